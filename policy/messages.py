@@ -1,0 +1,93 @@
+"""Typed messages passed between the driver and the workers (Ray actors).
+
+Every stage of a training step returns one of these frozen dataclasses; shapes
+are given in the comments (B clips, G hypotheses per clip, T tokens, L prompt
+positions, H hidden size). Ragged per-clip data is a tuple of tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One line of a data manifest (DESIGN.md §4), paths already resolved."""
+
+    audio: str                      # absolute path to a wav/flac file
+    text: str                       # reference transcript; "" = noise-only clip
+    lang: str | None = None         # expected language, e.g. "en", "zh"
+    keywords: tuple[str, ...] = ()  # hotwords for the keyword reward / prompt context
+    context: str | None = None      # optional prompt context (hotwords, contextual prompt)
+    line: int = 0                   # 1-based line number in the manifest (for messages)
+    source: str = ""                # the manifest file the clip came from
+
+    def meta(self) -> dict:
+        """The `metas` entry the reward library expects for this clip."""
+        return {"lang": self.lang, "keywords": list(self.keywords)}
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Output of the audio-embedding worker: one prompt per clip."""
+
+    clips: tuple[Clip, ...]                 # B
+    prompt_embeds: tuple[Tensor, ...]       # B x [L_i, H]  ([prefix | audio | suffix])
+
+    def __post_init__(self) -> None:
+        if len(self.clips) != len(self.prompt_embeds):
+            raise ValueError(
+                f"PromptBatch: {len(self.clips)} clips but {len(self.prompt_embeds)} prompt embeds")
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """Output of the vLLM rollout worker: G sampled hypotheses per prompt."""
+
+    prompts: PromptBatch
+    token_ids: Tensor          # [B, G, T] long, right-padded with 0
+    mask: Tensor               # [B, G, T] float, 1 on generated tokens
+    sample_logprobs: Tensor    # [B, G, T] float, log-probs vLLM reported when sampling (0 on padding)
+    texts: tuple[tuple[str, ...], ...]   # [B][G] decoded hypotheses
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        B, G, T = self.token_ids.shape
+        for name in ("mask", "sample_logprobs"):
+            t = getattr(self, name)
+            if tuple(t.shape) != (B, G, T):
+                raise ValueError(f"RolloutBatch.{name} has shape {tuple(t.shape)}, expected {(B, G, T)}")
+        if len(self.texts) != B or any(len(row) != G for row in self.texts):
+            raise ValueError(f"RolloutBatch.texts must be [{B}][{G}]")
+        if len(self.prompts.clips) != B:
+            raise ValueError(f"RolloutBatch: {len(self.prompts.clips)} prompts for {B} rows of tokens")
+
+    @property
+    def group_size(self) -> int:
+        return int(self.token_ids.shape[1])
+
+
+@dataclass(frozen=True)
+class ScoredRollout:
+    """Rollout plus its rewards and GRPO advantages (computed by the driver)."""
+
+    rollout: RolloutBatch
+    rewards: dict[str, Tensor]   # name -> [B, G] (NaN where a reward is not applicable); includes "total"
+    advantages: Tensor           # [B, G]
+
+
+@dataclass(frozen=True)
+class LearnStats:
+    """What one learner update reports (averaged over micro-batches and epochs)."""
+
+    loss: float
+    kl: float
+    clip_frac: float
+    ratio_mean: float
+    grad_norm: float
+    lr: float
+    num_sequences: int
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)

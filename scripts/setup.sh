@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent setup: creates .venv, installs FunRL with the cpu (or gpu) extra,
+# then removes the CUDA builds of torchvision/torchaudio/torchcodec/triton that
+# vLLM pulls in and that break imports next to the CPU torch (DESIGN.md §6).
+# A second run on a ready venv only checks a stamp and returns in seconds.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+venv="$root/.venv"
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    extra="gpu"
+else
+    extra="cpu"
+fi
+
+# The stamp holds a hash of everything that decides what is installed.
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$extra"
+stamp="$venv/.funrl-setup-stamp"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    exit 0
+fi
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    echo "[setup] creating $venv with $("$PY" --version)" >&2
+    "$PY" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip)
+# This machine kind's pip config names local index folders that may not exist;
+# keep pip's complaints about them out of the log.
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+quiet "${pip[@]}" install -q --upgrade pip setuptools wheel >&2
+echo "[setup] installing funrl[$extra,dev] (first time: a few minutes)" >&2
+if [[ "$extra" == "cpu" ]]; then
+    # The CPU wheel of torch first, so nothing else pulls a CUDA build.
+    quiet "${pip[@]}" install -q "torch==2.13.0" >&2
+fi
+quiet "${pip[@]}" install -q -e ".[$extra,dev]" >&2
+if [[ "$extra" == "cpu" ]]; then
+    "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+fi
+"$venv/bin/python" - <<'PY' >&2
+import importlib
+for name in ("torch", "transformers", "ray", "vllm", "peft", "jiwer", "soundfile", "soxr"):
+    importlib.import_module(name)
+print("[setup] imports ok")
+PY
+echo "$want" > "$stamp"
