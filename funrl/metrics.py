@@ -1,0 +1,78 @@
+"""Run metrics: one JSON object per step in ``metrics.jsonl``, TensorBoard beside it."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+class MetricsLogger:
+    """Appends a flat ``{name: number}`` record per step; survives a resume.
+
+    On resume, records of steps after ``resume_step`` (written after the last
+    checkpoint by a killed run) are dropped so the file has each step once.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None,
+                 tensorboard: bool = True) -> None:
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a core dependency; stay usable without it
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        kept = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if rec.get("step", 0) <= step:
+                    kept.append(json.dumps(rec))
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, record: dict[str, float]) -> None:
+        clean = {"step": step}
+        for key, value in record.items():
+            value = float(value)
+            clean[key] = value if math.isfinite(value) else None
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in clean.items():
+                if key != "step" and value is not None:
+                    self._tb.add_scalar(key.replace(".", "/"), value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All records of a metrics.jsonl (skipping a final line cut by a kill)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

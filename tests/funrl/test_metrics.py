@@ -1,0 +1,35 @@
+import math
+
+from funrl.metrics import MetricsLogger, read_metrics
+
+
+def test_each_step_is_one_json_line_and_nonfinite_values_become_null(tmp_path):
+    log = MetricsLogger(tmp_path, tensorboard=False)
+    log.log(1, {"reward.total": 0.5, "loss": float("nan")})
+    log.log(2, {"reward.total": 0.75, "loss": 1.0})
+    log.close()
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert recs == [{"step": 1, "reward.total": 0.5, "loss": None},
+                    {"step": 2, "reward.total": 0.75, "loss": 1.0}]
+
+
+def test_resume_drops_records_written_after_the_checkpoint(tmp_path):
+    log = MetricsLogger(tmp_path, tensorboard=False)
+    for step in (1, 2, 3):
+        log.log(step, {"x": step})
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "x"')  # a line cut by SIGKILL
+    log = MetricsLogger(tmp_path, resume_step=2, tensorboard=False)
+    log.log(3, {"x": 30})
+    log.close()
+    assert [(r["step"], r["x"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1), (2, 2), (3, 30)]
+
+
+def test_tensorboard_events_are_written_beside_the_jsonl(tmp_path):
+    log = MetricsLogger(tmp_path, tensorboard=True)
+    log.log(1, {"kl": 0.1})
+    log.close()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert not math.isnan(read_metrics(tmp_path / "metrics.jsonl")[0]["kl"])
