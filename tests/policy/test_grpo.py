@@ -1,0 +1,242 @@
+"""GRPO math (DESIGN.md §2, Fun-ASR report eqs. 1-3): hand-computed values and a loop reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from policy.grpo import group_advantages, grpo_loss, kl_penalty
+
+# ---------------------------------------------------------------- advantages (eq. 1)
+
+
+def test_group_advantages_hand_computed_2x3():
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    # row 0: mean 2, unbiased std sqrt((1 + 0 + 1) / 2) = 1 -> (-1, 0, 1) / (1 + 1e-6)
+    # row 1: mean 1/3, unbiased std sqrt((1/9 + 1/9 + 4/9) / 2) = 1/sqrt(3) = 0.57735...
+    #        -> (-1/3, -1/3, 2/3) / (0.5773502691896258 + 1e-6)
+    expected = torch.tensor([
+        [-0.9999990000010001, 0.0, 0.9999990000010001],
+        [-0.5773492691913577, -0.5773492691913577, 1.1546985383827153],
+    ], dtype=torch.float64)
+    torch.testing.assert_close(group_advantages(rewards), expected, rtol=0, atol=1e-12)
+
+
+def test_group_advantages_zero_variance_group_is_exactly_zero():
+    # 0.1 * 3 / 3 != 0.1 in floating point: the zero must not depend on rounding
+    rewards = torch.tensor([[0.1, 0.1, 0.1], [0.7, 0.7, 0.7], [0.0, 1.0, 0.0]])
+    adv = group_advantages(rewards)
+    assert torch.equal(adv[:2], torch.zeros(2, 3))
+    assert adv[2].abs().sum() > 0
+
+
+def test_group_advantages_single_hypothesis_groups_are_zero():
+    adv = group_advantages(torch.tensor([[0.3], [5.0]]))
+    assert torch.equal(adv, torch.zeros(2, 1))
+
+
+def test_group_advantages_rejects_wrong_rank_and_nonfinite():
+    with pytest.raises(ValueError, match=r"\(6,\)"):
+        group_advantages(torch.zeros(6))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        group_advantages(torch.tensor([[1.0, float("nan")]]))
+
+
+# ---------------------------------------------------------------- KL estimators
+
+
+def test_kl_penalty_each_kind_hand_computed():
+    logp = torch.tensor([[-1.0, -2.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.5, -1.0]], dtype=torch.float64)
+    # k1 = logp - ref
+    torch.testing.assert_close(kl_penalty(logp, ref, "k1"), torch.tensor([[0.5, -1.0]], dtype=torch.float64))
+    # k2 = 0.5 (logp - ref)^2
+    torch.testing.assert_close(kl_penalty(logp, ref, "k2"), torch.tensor([[0.125, 0.5]], dtype=torch.float64))
+    # k3 with x = ref - logp = (-0.5, 1): e^-0.5 + 0.5 - 1 = 0.10653065971263342, e - 2 = 0.7182818284590451
+    expected_k3 = torch.tensor([[0.10653065971263342, 0.7182818284590451]], dtype=torch.float64)
+    torch.testing.assert_close(kl_penalty(logp, ref, "k3"), expected_k3)
+    torch.testing.assert_close(kl_penalty(logp, ref), expected_k3)  # k3 is the default
+
+
+def test_kl_penalty_unknown_kind_lists_the_kinds():
+    with pytest.raises(ValueError, match="k1, k2, k3"):
+        kl_penalty(torch.zeros(1, 2), torch.zeros(1, 2), "k4")
+
+
+def test_kl_penalty_shape_mismatch_names_shapes():
+    with pytest.raises(ValueError, match=r"\(1, 2\).*\(1, 3\)"):
+        kl_penalty(torch.zeros(1, 2), torch.zeros(1, 3))
+
+
+# ---------------------------------------------------------------- the loss (eq. 2)
+# Two sequences, T = 3, clip_eps = 0.2, old_logp = 0 so ratio = exp(logp):
+#   seq 0, A = +1: ratios 1.5 (clipped: min(1.5, 1.2) = 1.2), 1.0, 0.5 (min(0.5, 0.8) = 0.5, unclipped)
+#   seq 1, A = -2: ratios 0.5 (clipped: min(-1.0, -1.6) = -1.6), 1.1 (-2.2), then one padding token
+# per-token objective: seq 0 = (1.2, 1.0, 0.5) -> mean 0.9; seq 1 = (-1.6, -2.2) -> mean -1.9
+RATIOS = [[1.5, 1.0, 0.5], [0.5, 1.1, 1.0]]
+
+
+def _case(padding_value: float = float("nan")):
+    logp = torch.log(torch.tensor(RATIOS, dtype=torch.float64))
+    logp[1, 2] = padding_value                      # garbage on padding must not leak
+    old = torch.zeros(2, 3, dtype=torch.float64)
+    old[1, 2] = float("inf")
+    ref = torch.zeros(2, 3, dtype=torch.float64)    # reference = old policy
+    adv = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    return logp.requires_grad_(True), old, ref, adv, mask
+
+
+def test_grpo_loss_seq_mean_token_mean_with_clipping_and_padding():
+    logp, old, ref, adv, mask = _case()
+    loss, m = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.0)
+    # L = -(0.9 + (-1.9)) / 2 = 0.5
+    assert loss.item() == pytest.approx(0.5, abs=1e-6)
+    assert m["clip_frac"] == pytest.approx(2 / 5)                     # tokens (0,0) and (1,0)
+    assert m["ratio_mean"] == pytest.approx((1.5 + 1.0 + 0.5 + 0.5 + 1.1) / 5)   # 0.92
+    assert m["n_tokens"] == 5 and m["n_seqs"] == 2
+
+
+def test_grpo_loss_token_mean_hand_computed():
+    logp, old, ref, adv, mask = _case()
+    loss, _ = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.0, agg="token-mean")
+    # L = -(1.2 + 1.0 + 0.5 - 1.6 - 2.2) / 5 = -(-1.1) / 5 = 0.22
+    assert loss.item() == pytest.approx(0.22, abs=1e-6)
+
+
+def test_grpo_loss_kl_term_hand_computed_both_aggregations():
+    logp, old, ref, adv, mask = _case()
+    # k3 with ref = 0: x = -log r, KL = 1/r + log r - 1 per token
+    k = {r: 1 / r + math.log(r) - 1 for r in (1.5, 1.0, 0.5, 1.1)}
+    kl0 = [k[1.5], k[1.0], k[0.5]]                 # 0.0721318, 0, 0.3068528
+    kl1 = [k[0.5], k[1.1]]                         # 0.3068528, 0.0044010
+    beta = 0.04
+    seq0 = (1.2 + 1.0 + 0.5 - beta * sum(kl0)) / 3
+    seq1 = (-1.6 - 2.2 - beta * sum(kl1)) / 2
+    loss, m = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=beta)
+    assert loss.item() == pytest.approx(-(seq0 + seq1) / 2, abs=1e-9)
+    assert m["kl"] == pytest.approx((sum(kl0) + sum(kl1)) / 5, abs=1e-9)
+    loss_t, _ = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=beta, agg="token-mean")
+    total = 1.2 + 1.0 + 0.5 - 1.6 - 2.2 - beta * (sum(kl0) + sum(kl1))
+    assert loss_t.item() == pytest.approx(-total / 5, abs=1e-9)
+    loss_k1, m1 = grpo_loss(logp, old, ref, adv, mask, beta=beta, kl_kind="k1")
+    kl1_tokens = [math.log(1.5), 0.0, math.log(0.5), math.log(0.5), math.log(1.1)]  # logp - 0
+    assert m1["kl"] == pytest.approx(sum(kl1_tokens) / 5, abs=1e-9)
+    assert loss_k1.item() != pytest.approx(loss.item())
+
+
+def test_grpo_loss_gradient_zero_on_clipped_tokens_nonzero_elsewhere():
+    logp, old, ref, adv, mask = _case()
+    loss, _ = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.0)
+    loss.backward()
+    g = logp.grad
+    # dL/dlogp = -(1/2)(1/|o_i|) * ratio * A on unclipped tokens; 0 on clipped tokens and padding
+    expected = torch.tensor([[0.0, -1 / 6, -1 / 12], [0.0, 0.55, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(g, expected, rtol=0, atol=1e-12)
+    assert g[0, 0].item() == 0.0 and g[1, 0].item() == 0.0 and g[1, 2].item() == 0.0
+    assert torch.isfinite(g).all()
+
+
+def test_grpo_loss_clipped_token_gradient_is_only_the_kl_gradient():
+    logp, old, ref, adv, mask = _case()
+    loss, _ = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.04)
+    loss.backward()
+    # clipped token (0, 0): d/dlogp of (1/2)(1/3) * beta * (e^{-logp} + logp - 1) = (beta/6)(1 - 1/1.5)
+    assert logp.grad[0, 0].item() == pytest.approx(0.04 / 6 * (1 - 1 / 1.5), abs=1e-12)
+
+
+def test_grpo_loss_empty_sequences_do_not_produce_nan():
+    logp = torch.randn(3, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    args = (logp.detach() + 0.1, torch.zeros(3, 4), torch.tensor([1.0, 2.0, -1.0]))
+    loss, m = grpo_loss(logp, args[0], args[1], args[2], mask)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert m["n_seqs"] == 2 and m["n_tokens"] == 3
+    # the empty row does not count: same loss as without it
+    keep = torch.tensor([0, 2])
+    loss2, _ = grpo_loss(logp.detach()[keep], args[0][keep], args[1][keep], args[2][keep], mask[keep])
+    assert loss.item() == pytest.approx(loss2.item(), abs=1e-7)
+    # nothing valid at all: loss 0, finite metrics, backward still works
+    lp = torch.randn(2, 3, requires_grad=True)
+    loss0, m0 = grpo_loss(lp, torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), torch.zeros(2, 3))
+    loss0.backward()
+    assert loss0.item() == 0.0 and all(math.isfinite(v) for v in m0.values())
+    assert torch.equal(lp.grad, torch.zeros(2, 3))
+
+
+def _loop_reference(logp, old, ref, adv, mask, clip_eps, beta, agg):
+    """Eq. 2 written out token by token with the math module."""
+    seq_means, token_terms = [], []
+    for i in range(len(logp)):
+        terms = []
+        for t in range(len(logp[i])):
+            if not mask[i][t]:
+                continue
+            rho = math.exp(logp[i][t] - old[i][t])
+            clipped = min(max(rho, 1 - clip_eps), 1 + clip_eps)
+            x = ref[i][t] - logp[i][t]
+            kl = math.exp(x) - x - 1
+            terms.append(min(rho * adv[i], clipped * adv[i]) - beta * kl)
+        token_terms += terms
+        if terms:
+            seq_means.append(sum(terms) / len(terms))
+    if agg == "token-mean":
+        return -sum(token_terms) / len(token_terms)
+    return -sum(seq_means) / len(seq_means)
+
+
+@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean"])
+def test_grpo_loss_matches_per_sequence_loop(agg):
+    gen = torch.Generator().manual_seed(0)
+    N, T = 6, 9
+    logp = -torch.rand(N, T, generator=gen, dtype=torch.float64) * 3
+    old = logp + 0.4 * torch.randn(N, T, generator=gen, dtype=torch.float64)
+    ref = logp + 0.4 * torch.randn(N, T, generator=gen, dtype=torch.float64)
+    adv = torch.randn(N, generator=gen, dtype=torch.float64)
+    lengths = torch.tensor([9, 1, 5, 0, 7, 3])
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(torch.float64)
+    loss, m = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.1, agg=agg)
+    expected = _loop_reference(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(),
+                               mask.tolist(), 0.2, 0.1, agg)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < m["clip_frac"] < 1.0      # the random case does exercise clipping
+
+
+def test_grpo_loss_shape_errors_name_the_shapes():
+    logp = torch.zeros(2, 3)
+    ok = dict(old_logp=torch.zeros(2, 3), ref_logp=torch.zeros(2, 3),
+              advantages=torch.zeros(2), mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"logp must be \[N, T\].*\(6,\)"):
+        grpo_loss(torch.zeros(6), **ok)
+    for key, bad in [("old_logp", torch.zeros(2, 4)), ("ref_logp", torch.zeros(3, 3)),
+                     ("mask", torch.ones(2, 3, 1))]:
+        with pytest.raises(ValueError, match=rf"{key} has shape \({', '.join(map(str, bad.shape))}\)"):
+            grpo_loss(logp, **{**ok, key: bad})
+    with pytest.raises(ValueError, match=r"advantages must be \[N\].*\(2, 1\)"):
+        grpo_loss(logp, **{**ok, "advantages": torch.zeros(2, 1)})
+
+
+def test_grpo_loss_rejects_bad_options():
+    args = (torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="seq-mean-token-mean, token-mean"):
+        grpo_loss(*args, agg="sum")
+    with pytest.raises(ValueError, match="k1, k2, k3"):
+        grpo_loss(*args, kl_kind="k5")
+    with pytest.raises(ValueError, match="clip_eps"):
+        grpo_loss(*args, clip_eps=1.5)
+    with pytest.raises(ValueError, match="ref_logp is None"):
+        grpo_loss(args[0], args[1], None, args[3], args[4], beta=0.04)
+    loss, _ = grpo_loss(args[0], args[1], None, args[3], args[4], beta=0.0)   # allowed without KL
+    assert loss.item() == 0.0
+
+
+def test_grpo_loss_bf16_inputs_are_computed_in_fp32():
+    logp32, old, ref, adv, mask = _case()
+    logp = logp32.detach().to(torch.bfloat16).requires_grad_(True)
+    loss, _ = grpo_loss(logp, old.to(torch.bfloat16), ref.to(torch.bfloat16), adv.to(torch.bfloat16), mask,
+                        beta=0.0)
+    loss.backward()
+    assert loss.dtype == torch.float32 and logp.grad.dtype == torch.bfloat16
+    assert loss.item() == pytest.approx(0.5, abs=1e-2)     # bf16 rounding of log(1.5) etc.
