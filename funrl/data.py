@@ -1,0 +1,250 @@
+"""Data manifests (DESIGN.md §4) and the deterministic training-data iterator.
+
+A manifest is JSONL, one clip a line::
+
+    {"audio": "wav/a.wav", "text": "reference", "lang": "en", "keywords": ["..."], "context": "..."}
+
+`load_manifest` validates every line before returning anything and raises one `ManifestError`
+that lists every bad line as ``path:LINE: field: reason``. `ClipSampler` walks the clips epoch
+by epoch in a seeded order; its position is a small dict, so a resumed run sees the same data.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from policy.messages import Clip
+
+REQUIRED_KEYS = ("audio", "text")
+OPTIONAL_KEYS = ("lang", "keywords", "context")
+KNOWN_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
+
+
+class ManifestError(ValueError):
+    """A manifest (or records to write) has bad entries; `errors` holds one string per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        head = f"{source}: {len(errors)} problem(s); fix them and run again:"
+        super().__init__("\n".join([head, *("  " + e for e in errors)]))
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_record(rec: Mapping) -> list[tuple[str, str]]:
+    """Problems of one manifest record as (field, reason); empty when the record is valid."""
+    problems: list[tuple[str, str]] = []
+    for key in REQUIRED_KEYS:
+        if key not in rec:
+            problems.append((key, f'missing (every line needs "{key}")'))
+        elif not isinstance(rec[key], str):
+            problems.append((key, f"expected a string, got {_type_name(rec[key])}"))
+    if isinstance(rec.get("audio"), str) and not rec["audio"].strip():
+        problems.append(("audio", "empty path"))
+    lang = rec.get("lang")
+    if lang is not None and (not isinstance(lang, str) or not lang.strip()):
+        problems.append(("lang", f"expected a language code such as \"en\", got {lang!r}"))
+    kws = rec.get("keywords")
+    if kws is not None:
+        if not isinstance(kws, list):
+            problems.append(("keywords", f"expected a list of strings, got {_type_name(kws)}"))
+        else:
+            bad = [i for i, k in enumerate(kws) if not isinstance(k, str) or not k.strip()]
+            if bad:
+                problems.append(("keywords", f"expected a list of non-empty strings; "
+                                             f"bad item(s) at index {bad}"))
+    ctx = rec.get("context")
+    if ctx is not None and not isinstance(ctx, str):
+        problems.append(("context", f"expected a string, got {_type_name(ctx)}"))
+    for key in rec:
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1, cutoff=0.6)
+            hint = f'; did you mean "{close[0]}"?' if close else f"; allowed: {', '.join(KNOWN_KEYS)}"
+            problems.append((str(key), f"unknown key{hint}"))
+    return problems
+
+
+def _parse_line(raw: bytes) -> tuple[dict | None, list[tuple[str, str]]]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [("line", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")]
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, [("json", f"malformed JSON: {exc.msg} at column {exc.colno}")]
+    if not isinstance(rec, dict):
+        return None, [("line", f"expected a JSON object {{...}}, got {_type_name(rec)}")]
+    return rec, _check_record(rec)
+
+
+def _resolve_audio(audio: str, base: Path) -> str:
+    p = Path(audio).expanduser()
+    return os.path.normpath(p if p.is_absolute() else base / p)
+
+
+def _clip_from_record(rec: dict, audio: str, line: int, source: str) -> Clip:
+    return Clip(audio=audio, text=rec["text"], lang=rec.get("lang"),
+                keywords=tuple(rec.get("keywords") or ()), context=rec.get("context"),
+                line=line, source=source)
+
+
+def load_manifest(path: str | os.PathLike, check_audio: bool = True) -> list[Clip]:
+    """Read and validate a JSONL manifest; relative audio paths resolve against its folder.
+
+    Every line is checked before anything is returned; all problems (malformed JSON, missing
+    or mistyped fields, unknown keys, missing audio files when `check_audio`) are raised
+    together as one `ManifestError`. Blank lines are skipped.
+    """
+    path = Path(path)
+    source = str(path.absolute())
+    if not path.is_file():
+        raise ManifestError(source, [f"{path}: manifest file not found"])
+    base = path.absolute().parent
+    clips: list[Clip] = []
+    errors: list[str] = []
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            rec, problems = _parse_line(raw)
+            audio = None
+            if rec is not None and not problems:
+                audio = _resolve_audio(rec["audio"], base)
+                if check_audio and not os.path.isfile(audio):
+                    reason = "is not a file" if os.path.exists(audio) else "file not found"
+                    problems.append(("audio", f"{reason}: {audio}"))
+            errors += [f"{path}:{line_no}: {field}: {reason}" for field, reason in problems]
+            if not problems:
+                clips.append(_clip_from_record(rec, audio, line_no, source))
+    if errors:
+        raise ManifestError(source, errors)
+    if not clips:
+        raise ManifestError(source, [f"{path}: no clips (the manifest is empty)"])
+    return clips
+
+
+def _record_of(item: Clip | Mapping, base: Path) -> dict:
+    if isinstance(item, Clip):
+        audio = Path(item.audio)
+        if audio.is_absolute() and audio.is_relative_to(base):
+            audio = audio.relative_to(base)
+        rec = {"audio": audio.as_posix(), "text": item.text, "lang": item.lang,
+               "keywords": list(item.keywords), "context": item.context}
+    else:
+        rec = dict(item)
+    out = {k: rec[k] for k in REQUIRED_KEYS if k in rec}
+    out.update({k: rec[k] for k in OPTIONAL_KEYS if rec.get(k) not in (None, [], ())})
+    out.update({k: v for k, v in rec.items() if k not in KNOWN_KEYS})   # kept so the check reports them
+    return out
+
+
+def write_manifest(clips_or_dicts: Iterable[Clip | Mapping], path: str | os.PathLike) -> Path:
+    """Write clips (or manifest dicts) as JSONL, atomically (temp file + rename).
+
+    Audio paths of `Clip`s inside the manifest's folder are written relative to it. Records are
+    validated first (not the audio files); bad ones raise `ManifestError` naming the item index.
+    Keys are written in the order audio, text, lang, keywords, context; empty optional ones are
+    left out.
+    """
+    path = Path(path)
+    base = path.absolute().parent
+    records, errors = [], []
+    for i, item in enumerate(clips_or_dicts):
+        if not isinstance(item, (Clip, Mapping)):
+            errors.append(f"item {i}: item: expected a Clip or a dict, got {_type_name(item)}")
+            continue
+        rec = _record_of(item, base)
+        errors += [f"item {i}: {field}: {reason}" for field, reason in _check_record(rec)]
+        records.append(rec)
+    if errors:
+        raise ManifestError(str(path), errors)
+    base.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=base)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class ClipSampler:
+    """Epoch-based, seeded iterator over clips for training.
+
+    Epoch e visits every clip once, in the order `default_rng([seed, e]).permutation(n)`
+    (or file order with `shuffle=False`); a batch that reaches the end of an epoch continues
+    with the next epoch's order. The position is `{"epoch", "index"}` (plus `num_clips` and
+    `seed`, checked on load), so a run resumed from `state_dict()` sees identical batches.
+    """
+
+    def __init__(self, clips: list[Clip], clips_per_step: int, seed: int, shuffle: bool = True):
+        if not clips:
+            raise ValueError("ClipSampler: no clips to sample from")
+        if int(clips_per_step) < 1:
+            raise ValueError(f"ClipSampler: clips_per_step must be >= 1, got {clips_per_step}")
+        self.clips = list(clips)
+        self.clips_per_step = int(clips_per_step)
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.epoch = 0
+        self.index = 0
+        self._order_epoch = -1
+        self._order = np.arange(0)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Indices of the clips in the order epoch `epoch` visits them."""
+        n = len(self.clips)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+
+    def _current_order(self) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            self._order, self._order_epoch = self.order(self.epoch), self.epoch
+        return self._order
+
+    def next_batch(self) -> list[Clip]:
+        """The next `clips_per_step` clips; advances the position."""
+        batch = []
+        while len(batch) < self.clips_per_step:
+            order = self._current_order()
+            take = min(self.clips_per_step - len(batch), len(order) - self.index)
+            batch += [self.clips[i] for i in order[self.index:self.index + take]]
+            self.index += take
+            if self.index == len(order):
+                self.epoch, self.index = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index, "num_clips": len(self.clips),
+                "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Restore a position from `state_dict()`; a state from other data or seed is refused."""
+        missing = [k for k in ("epoch", "index") if k not in state]
+        if missing:
+            raise ValueError(f"ClipSampler state lacks {missing}; got keys {sorted(state)}")
+        for key, mine in (("num_clips", len(self.clips)), ("seed", self.seed)):
+            if key in state and int(state[key]) != mine:
+                raise ValueError(f"ClipSampler state was saved with {key}={state[key]}, "
+                                 f"but this sampler has {key}={mine}: not the same data/seed")
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if epoch < 0 or not 0 <= index < len(self.clips):
+            raise ValueError(f"ClipSampler state out of range: epoch={epoch}, index={index} "
+                             f"for {len(self.clips)} clips")
+        self.epoch, self.index = epoch, index
