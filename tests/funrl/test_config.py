@@ -1,0 +1,175 @@
+"""funrl.config: YAML + dotted overrides, unknown-key suggestions, validation, round-trip."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from funrl.config import (ConfigError, LoraConfig, RayConfig, RolloutConfig, TrainConfig, dump_config,
+                          load_config, save_config, validate_reward_names)
+
+
+def _write(tmp_path, text: str, name: str = "cfg.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_defaults_without_file_or_overrides():
+    assert load_config(None, []) == TrainConfig()
+    assert TrainConfig().rewards.weights == {"wer": 1.0, "keyword": 1.0, "hallucination": 1.0, "language": 1.0}
+
+
+def test_overrides_of_each_type():
+    cfg = load_config(None, [
+        "rollout.n=8",                          # int
+        "rollout.temperature=0.7",              # float
+        "learner.lr=5e-6",                      # float written the way YAML 1.1 reads as a string
+        "rollout.enforce_eager=false",          # bool
+        "learner.finetune=lora",                # str
+        "model.path=0123",                      # str that YAML would read as an (octal) int
+        "ray.address=auto",                     # str | None
+        "model.prompt=null",                    # None
+        "ray.num_cpus=4",                       # int | None
+        "learner.adam_betas=[0.9,0.95]",        # fixed tuple
+        "learner.lora.target_modules=[q_proj, v_proj]",   # tuple[str, ...]
+        "rewards.plugins=my_rewards:score",     # tuple from one string
+        "learner.lora.r=16",                    # nested section
+    ])
+    assert cfg.rollout.n == 8 and cfg.rollout.temperature == 0.7 and cfg.learner.lr == 5e-6
+    assert cfg.rollout.enforce_eager is False and cfg.learner.finetune == "lora"
+    assert cfg.model.path == "0123" and cfg.ray.address == "auto" and cfg.model.prompt is None
+    assert cfg.ray.num_cpus == 4 and cfg.learner.adam_betas == (0.9, 0.95)
+    assert cfg.learner.lora == LoraConfig(r=16, target_modules=("q_proj", "v_proj"))
+    assert cfg.rewards.plugins == ("my_rewards:score",)
+
+
+def test_nested_dict_override_changes_one_entry_and_keeps_the_rest():
+    cfg = load_config(None, ["rewards.weights.wer=2", "rewards.weights.my_plugin=0.5"])
+    assert cfg.rewards.weights == {"wer": 2.0, "keyword": 1.0, "hallucination": 1.0, "language": 1.0,
+                                   "my_plugin": 0.5}
+    # a whole mapping replaces, in a file or as an override
+    assert load_config(None, ["rewards.weights={wer: 1}"]).rewards.weights == {"wer": 1.0}
+
+
+def test_file_then_overrides_in_order(tmp_path):
+    path = _write(tmp_path, "rollout:\n  n: 6\n  top_p: 0.9\nrewards:\n  weights: {wer: 1, keyword: 0.5}\n"
+                            "learner:\n  lora:\n    r: 4\n")
+    cfg = load_config(path, ["rollout.n=8", "rewards.weights.keyword=2", "learner.lora={alpha: 8}"])
+    assert cfg.rollout.n == 8 and cfg.rollout.top_p == 0.9           # override wins, file kept otherwise
+    assert cfg.rewards.weights == {"wer": 1.0, "keyword": 2.0}       # file mapping replaced the default
+    assert cfg.learner.lora.r == 4 and cfg.learner.lora.alpha == 8   # section mapping merges
+
+
+def test_unknown_override_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'rollout\.nn'; did you mean rollout\.n\?"):
+        load_config(None, ["rollout.nn=8"])
+    with pytest.raises(ConfigError, match=r"'lerner'; did you mean learner\?"):
+        load_config(None, ["lerner.lr=1"])
+    with pytest.raises(ConfigError, match=r"'learner\.lora\.alhpa'; did you mean learner\.lora\.alpha\?"):
+        load_config(None, ["learner.lora.alhpa=3"])
+
+
+def test_typo_in_yaml_file_names_file_line_and_key(tmp_path):
+    path = _write(tmp_path, "run:\n  steps: 3\nlearner:\n  lr: 1.0e-6\n  clip_esp: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [])
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:5: ") and "'learner.clip_esp'" in msg and "did you mean learner.clip_eps" in msg
+    with pytest.raises(ConfigError, match=r"cfg2\.yaml:1: unknown config key 'rolout'; did you mean rollout"):
+        load_config(_write(tmp_path, "rolout: {n: 2}\n", "cfg2.yaml"), [])
+
+
+def test_bad_yaml_and_missing_file_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: invalid YAML"):
+        load_config(_write(tmp_path, "run:\n  steps: 3: 4\n", "bad.yaml"), [])
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "missing.yaml"), [])
+    with pytest.raises(ConfigError, match="must be a mapping of sections"):
+        load_config(_write(tmp_path, "- 1\n- 2\n", "list.yaml"), [])
+    with pytest.raises(ConfigError, match=r"must look like key=value"):
+        load_config(None, ["rollout.n"])
+
+
+def test_validation_errors_name_the_dotted_key_and_where_it_was_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"^learner\.clip_eps must be in \(0, 1\), got 1\.5 \(set in override"):
+        load_config(None, ["learner.clip_eps=1.5"])
+    path = _write(tmp_path, "rollout:\n  top_p: 0\n")
+    with pytest.raises(ConfigError, match=rf"rollout\.top_p must be in \(0, 1\], got 0\.0 \(set in {path}:2\)"):
+        load_config(path, [])
+    with pytest.raises(ConfigError, match=r"rewards\.weights\.wer must be a number, got 'high'"):
+        load_config(None, ["rewards.weights.wer=high"])
+    with pytest.raises(ConfigError, match=r"rollout\.n must be >= 2 for GRPO"):
+        load_config(None, ["rollout.n=1"])
+    with pytest.raises(ConfigError, match=r"run\.save_every must be >= 1, got 0"):
+        load_config(None, ["run.save_every=0"])
+    with pytest.raises(ConfigError, match=r"rewards\.plugins must be module:function entries"):
+        load_config(None, ["rewards.plugins=[not a plugin]"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"top_p": 1.5}, r"rollout\.top_p must be in \(0, 1\], got 1\.5"),
+    ({"temperature": 0}, r"rollout\.temperature must be > 0, got 0\.0"),
+    ({"max_new_tokens": 512}, r"rollout\.max_new_tokens must be < rollout\.max_model_len \(512\)"),
+    ({"gpu_memory_utilization": 0}, r"rollout\.gpu_memory_utilization must be in \(0, 1\]"),
+    ({"kv_cache_memory_bytes": 0}, r"rollout\.kv_cache_memory_bytes must be >= 1, got 0"),
+])
+def test_rollout_validation(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        RolloutConfig(**kwargs)
+
+
+def test_ray_config_validation():
+    assert RayConfig(address="auto").address == "auto"
+    with pytest.raises(ConfigError, match=r"ray\.num_cpus must be >= 1, got 0"):
+        RayConfig(num_cpus=0)
+    with pytest.raises(ConfigError, match=r"ray\.address must not be empty"):
+        RayConfig(address="")
+
+
+def test_round_trip_dump_then_load_is_identity(tmp_path):
+    cfg = load_config(None, ["rollout.n=8", "learner.lr=3e-7", "rewards.weights.wer=2.5", "ray.address=auto",
+                             "learner.lora.target_modules=[q_proj]", "model.prompt=Transcribe: 'x'",
+                             "learner.adam_betas=[0.8,0.9]", "data.train_manifest=data/train 1.jsonl"])
+    path = tmp_path / "out" / "config.yaml"
+    save_config(cfg, path)
+    assert load_config(str(path), []) == cfg
+    assert dump_config(load_config(str(path), [])) == dump_config(cfg)
+    assert [p for p in os.listdir(path.parent)] == ["config.yaml"]      # no temp file left behind
+    assert load_config(_write(tmp_path, dump_config(TrainConfig())), []) == TrainConfig()
+
+
+def test_train_config_is_frozen_and_builds_sections_from_mappings():
+    cfg = TrainConfig(rollout={"n": 8})
+    assert cfg.rollout == RolloutConfig(n=8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rollout = RolloutConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rollout.n = 2
+    with pytest.raises(ConfigError, match=r"'rollout\.nn'; did you mean rollout\.n"):
+        TrainConfig(rollout={"nn": 8})
+
+
+def test_weights_mapping_is_copied_not_shared():
+    weights = {"wer": 1.0}
+    cfg = TrainConfig(rewards={"weights": weights})
+    weights["wer"] = 9.0
+    assert cfg.rewards.weights == {"wer": 1.0}
+
+
+def test_validate_reward_names_against_registry():
+    cfg = load_config(None, ["rewards.weights.wr=1"])
+    validate_reward_names(load_config(None, []), ["wer", "keyword", "hallucination", "language"])
+    with pytest.raises(ConfigError, match=r"rewards\.weights\.wr: unknown reward 'wr'; did you mean "
+                                          r"rewards\.weights\.wer\?"):
+        validate_reward_names(cfg, ["wer", "keyword", "hallucination", "language"])
+
+
+def test_config_pickles_for_ray_and_replace_revalidates():
+    import pickle
+    cfg = load_config(None, ["rollout.n=8", "rewards.weights.wer=3"])
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert dataclasses.replace(cfg.rollout, n=6).n == 6
+    with pytest.raises(ConfigError, match=r"rollout\.top_p"):
+        dataclasses.replace(cfg.rollout, top_p=2.0)
