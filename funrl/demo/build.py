@@ -1,0 +1,232 @@
+"""Build the built-in demo speech task: `python -m funrl.demo.build OUT_DIR [--seed N] [--small]`.
+
+Writes ordinary manifests (DESIGN.md §4) — `sft_train.jsonl`, `rl_train.jsonl`, `dev.jsonl`,
+`test.jsonl` — and `wav/` (16-bit 16 kHz mono) into OUT_DIR, from speech synthesised locally
+(espeak-ng voices and the piper neural voice) and synthetic noise:
+
+* English sentences of 3–6 common words; a share contain rarer keywords (listed in `keywords`;
+  for part of them the keywords, sometimes with one distractor, are also given as `context`);
+* Mandarin sentences (`lang: "zh"`) from a small pool of common characters;
+* 30–40 % of speech clips mixed with white/pink/babble noise at 0–15 dB SNR;
+* noise-only clips (`text: ""`) in rl_train, dev and test — never in sft_train, as in real SFT data.
+
+Splits are made by sentence: no sentence occurs in two splits (checked after every build).
+The output is deterministic for a seed and cached: `DONE` holds a hash of the parameters, a
+second call with the same parameters returns at once, and a folder without a valid stamp is
+rebuilt (in a temporary folder that is renamed into place when complete).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from funrl.data import load_manifest, write_manifest
+from funrl.demo.plan import BUILD_VERSION, DemoSizes, plan_clips
+from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_to_file
+from funrl.demo.text import fingerprint
+
+SPLITS = ("sft_train", "rl_train", "dev", "test")
+TRAIN_SPLITS = ("sft_train", "rl_train")
+_OWN_ENTRIES = {f"{s}.jsonl" for s in SPLITS} | {"wav", "DONE", "build.json"}
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where a built demo data set lives."""
+
+    root: Path
+
+    def manifest(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; the demo has {', '.join(SPLITS)}")
+        return self.root / f"{split}.jsonl"
+
+    @property
+    def sft_train(self) -> Path:
+        return self.manifest("sft_train")
+
+    @property
+    def rl_train(self) -> Path:
+        return self.manifest("rl_train")
+
+    @property
+    def dev(self) -> Path:
+        return self.manifest("dev")
+
+    @property
+    def test(self) -> Path:
+        return self.manifest("test")
+
+
+def cache_key(seed: int, sizes: DemoSizes) -> str:
+    """Hash of everything the output depends on (parameters, text pools, builder version)."""
+    blob = json.dumps({"version": BUILD_VERSION, "seed": int(seed), "sizes": dataclasses.asdict(sizes),
+                       "text": fingerprint(), "sample_rate": SAMPLE_RATE}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def is_built(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes | None = None) -> bool:
+    stamp = Path(out_dir) / "DONE"
+    return stamp.is_file() and stamp.read_text().strip() == cache_key(seed, sizes or DemoSizes())
+
+
+def check_split_by_sentence(texts: dict[str, set[str]]) -> None:
+    """Raise if a non-empty sentence occurs in two splits (test/dev vs training above all)."""
+    names = list(texts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = (texts[a] & texts[b]) - {""}
+            if shared:
+                raise RuntimeError(f"demo data: {len(shared)} sentence(s) occur in both {a} and {b}, "
+                                   f"e.g. {sorted(shared)[:3]}: splits must be disjoint by sentence")
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; choose another data folder")
+    foreign = sorted(set(os.listdir(out_dir)) - _OWN_ENTRIES) if out_dir.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"{out_dir} holds files the demo builder did not write ({foreign[:5]}); "
+                              "refusing to replace it: choose an empty or new data folder")
+
+
+def _remove_stale_builds(out_dir: Path) -> None:
+    """Delete temp folders of builds whose process is gone (a crashed or killed build)."""
+    for tmp in out_dir.parent.glob(f".{out_dir.name}.building-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _render_all(specs: list[ClipSpec], folder: Path, workers: int, progress: bool) -> dict[str, int]:
+    from tqdm import tqdm
+
+    job = functools.partial(render_to_file, out_dir=str(folder))
+    bar = tqdm(total=len(specs), desc="demo data", unit="clip", disable=not progress,
+               file=sys.stderr)
+    samples: dict[str, int] = {}
+    with bar:
+        if workers <= 1:
+            for spec in specs:
+                name, n = job(spec)
+                samples[name] = n
+                bar.update()
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for name, n in pool.imap_unordered(job, specs, chunksize=4):
+                    samples[name] = n
+                    bar.update()
+    return samples
+
+
+def _summary(specs: list[ClipSpec], samples: dict[str, int], seed: int, sizes: DemoSizes) -> dict:
+    per_split = {}
+    for split in SPLITS:
+        mine = [s for s in specs if s.split == split]
+        speech = [s for s in mine if s.text]
+        per_split[split] = {
+            "clips": len(mine), "noise_only": len(mine) - len(speech),
+            "mandarin": sum(s.lang == "zh" for s in speech),
+            "with_keywords": sum(bool(s.keywords) for s in speech),
+            "with_context": sum(bool(s.context) for s in speech),
+            "noisy_speech": sum(s.noise_kind is not None for s in speech),
+            "piper": sum(s.engine == "piper" for s in speech),
+            "hours": round(sum(samples[s.name] for s in mine) / SAMPLE_RATE / 3600, 4),
+        }
+    return {"version": BUILD_VERSION, "seed": seed, "sizes": dataclasses.asdict(sizes),
+            "sample_rate": SAMPLE_RATE, "splits": per_split}
+
+
+def _write_outputs(specs: list[ClipSpec], folder: Path, key: str, summary: dict) -> None:
+    for split in SPLITS:
+        write_manifest([s.manifest_record() for s in specs if s.split == split],
+                       folder / f"{split}.jsonl")
+    texts = {split: {c.text for c in load_manifest(folder / f"{split}.jsonl")} for split in SPLITS}
+    check_split_by_sentence(texts)
+    if any(t == "" for t in texts["sft_train"]):
+        raise RuntimeError("demo data: a noise-only clip ended up in sft_train")
+    (folder / "build.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    (folder / "DONE").write_text(key + "\n")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_demo_data(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes | None = None,
+                    workers: int | None = None, progress: bool = True) -> DemoPaths:
+    """Build (or reuse) the demo data set in `out_dir`; returns its manifest paths.
+
+    `workers`: rendering processes (default: 2 when there are two or more CPU cores and the
+    set is large enough to pay for starting them, else 1). The output does not depend on it.
+    """
+    sizes = sizes or DemoSizes()
+    out_dir = Path(out_dir).absolute()
+    key = cache_key(seed, sizes)
+    if is_built(out_dir, seed, sizes):
+        return DemoPaths(out_dir)
+    _check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "wav").mkdir(parents=True)
+    try:
+        specs = plan_clips(seed, sizes)
+        if workers is None:
+            workers = min(2, os.cpu_count() or 1) if len(specs) >= 300 else 1
+        samples = _render_all(specs, tmp, workers, progress)
+        _write_outputs(specs, tmp, key, _summary(specs, samples, seed, sizes))
+        if is_built(out_dir, seed, sizes):          # another process finished the same build first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return DemoPaths(out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m funrl.demo.build", description=__doc__.split("\n")[0])
+    ap.add_argument("out_dir", help="data folder to create (reused when already built)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--small", action="store_true", help="tiny set for CI and tests (seconds)")
+    ap.add_argument("--workers", type=int, default=None, help="rendering processes (default: auto)")
+    args = ap.parse_args(argv)
+    sizes = DemoSizes.small() if args.small else DemoSizes()
+    cached = is_built(args.out_dir, args.seed, sizes)
+    t0 = time.perf_counter()
+    paths = build_demo_data(args.out_dir, seed=args.seed, sizes=sizes, workers=args.workers)
+    info = json.loads((paths.root / "build.json").read_text())
+    print(f"{'reused' if cached else 'built'} demo data in {paths.root} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    cols = ("clips", "noise_only", "mandarin", "with_keywords", "with_context", "noisy_speech",
+            "piper", "hours")
+    print(f"{'split':<10}" + "".join(f"{c:>14}" for c in cols))
+    for split, row in info["splits"].items():
+        print(f"{split:<10}" + "".join(f"{row[c]:>14}" for c in cols))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
