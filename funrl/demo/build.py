@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from funrl.data import load_manifest, write_manifest
 from funrl.demo.plan import BUILD_VERSION, DemoSizes, plan_clips
 from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_to_file
 from funrl.demo.text import fingerprint
@@ -151,6 +150,8 @@ def _summary(specs: list[ClipSpec], samples: dict[str, int], seed: int, sizes: D
 
 
 def _write_outputs(specs: list[ClipSpec], folder: Path, key: str, summary: dict) -> None:
+    from funrl.data import load_manifest, write_manifest   # imports torch: only when building
+
     for split in SPLITS:
         write_manifest([s.manifest_record() for s in specs if s.split == split],
                        folder / f"{split}.jsonl")
@@ -207,7 +208,9 @@ def build_demo_data(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m funrl.demo.build", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m funrl.demo.build",
+        description="Build (or reuse) the built-in demo speech task: manifests + 16 kHz wavs.")
     ap.add_argument("out_dir", help="data folder to create (reused when already built)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", action="store_true", help="tiny set for CI and tests (seconds)")

@@ -18,6 +18,7 @@ from funrl.demo import tts
 
 SAMPLE_RATE = tts.SAMPLE_RATE
 PEAK = 0.95
+FLOOR_SNR_DB = 50.0   # clean speech gets a white noise floor this far below it
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ def render_audio(spec: ClipSpec) -> np.ndarray:
         if spec.noise_kind is not None:
             nz = _noise(spec.noise_kind, audio.size, rng)
             audio = noise_mod.mix_at_snr(audio, nz, float(spec.snr_db))
+        else:                                        # a faint floor: no digital silence
+            floor = noise_mod.white_noise(audio.size, rng)
+            audio = noise_mod.mix_at_snr(audio, floor, FLOOR_SNR_DB)
     return _set_level(audio, spec.level_dbfs)
 
 

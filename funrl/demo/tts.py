@@ -54,9 +54,15 @@ class EspeakSynth:
     re-seeds espeak's and libc's random generators; this costs about 2 ms.
     """
 
+    _live = False     # one instance per process: reloading the library resets global state
+
     def __init__(self) -> None:
         import espeakng_loader
 
+        if EspeakSynth._live:
+            raise RuntimeError("EspeakSynth: only one instance per process (espeak-ng is global "
+                               "state); use funrl.demo.tts.get_espeak()")
+        EspeakSynth._live = True
         self._path = espeakng_loader.get_library_path()
         self._data = str(espeakng_loader.get_data_path()).encode()
         self._libc = ctypes.CDLL(None)
@@ -95,6 +101,11 @@ class EspeakSynth:
 
         The result depends only on the arguments (not on earlier calls).
         """
+        return _to_16k(self.synth_native(text, voice, rate, pitch, seed), self.native_rate)
+
+    def synth_native(self, text: str, voice: str = "en+m3", rate: int = 175, pitch: int = 50,
+                     seed: int = 0) -> np.ndarray:
+        """As `synth`, at espeak-ng's own sample rate (`native_rate`, 22050 Hz)."""
         self._load()
         lib = self._lib
         if lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
@@ -113,7 +124,7 @@ class EspeakSynth:
             raise RuntimeError(f"espeak-ng failed (status {status}) on text {text!r}")
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         self._chunks = []
-        return _to_16k(pcm.astype(np.float32) / 32768.0, self.native_rate)
+        return pcm.astype(np.float32) / 32768.0
 
 
 def piper_model_path() -> Path:
@@ -161,6 +172,12 @@ class PiperSynth:
     def synth(self, text: str, length_scale: float = 1.0, noise_scale: float = 0.667,
               noise_w: float = 0.8, seed: int | None = 0) -> np.ndarray:
         """Speak `text`; length_scale > 1 is slower. Audio is not peak-normalised."""
+        return _to_16k(self.synth_native(text, length_scale, noise_scale, noise_w, seed),
+                       self.native_rate)
+
+    def synth_native(self, text: str, length_scale: float = 1.0, noise_scale: float = 0.667,
+                     noise_w: float = 0.8, seed: int | None = 0) -> np.ndarray:
+        """As `synth`, at the voice's own sample rate (`native_rate`, 22050 Hz)."""
         import onnxruntime
         from piper.config import SynthesisConfig
 
@@ -171,8 +188,7 @@ class PiperSynth:
         cfg = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale,
                               noise_w_scale=noise_w, normalize_audio=False)
         chunks = [c.audio_float_array for c in voice.synthesize(text, syn_config=cfg)]
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        return _to_16k(audio, self.native_rate)
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 _ESPEAK: EspeakSynth | None = None
