@@ -195,6 +195,8 @@ class ClipSampler:
     def __init__(self, clips: list[Clip], clips_per_step: int, seed: int, shuffle: bool = True):
         if not clips:
             raise ValueError("ClipSampler: no clips to sample from")
+        if int(seed) < 0:
+            raise ValueError(f"ClipSampler: seed must be >= 0, got {seed}")
         if int(clips_per_step) < 1:
             raise ValueError(f"ClipSampler: clips_per_step must be >= 1, got {clips_per_step}")
         self.clips = list(clips)

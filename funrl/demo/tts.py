@@ -136,7 +136,8 @@ def piper_model_path() -> Path:
 
 
 class PiperSynth:
-    """piper-tts neural voice. `synth(text, length_scale, noise_scale, noise_w, seed)` -> float32 16 kHz.
+    """piper-tts neural voice: `synth(text, length_scale, noise_scale, noise_w, seed)` -> float32
+    16 kHz mono.
 
     The voice model draws its noise inside onnxruntime from a generator that is seeded when a
     session is created and then advances run after run. With `seed` given, `synth` builds a
@@ -155,7 +156,7 @@ class PiperSynth:
         config_path = Path(f"{model_path}.json")
         self.config = PiperConfig.from_dict(json.loads(config_path.read_text("utf-8")))
         self.native_rate = int(self.config.sample_rate)
-        self._voice = self._new_voice()
+        self._voice = None                          # the reused session for seed=None, made lazily
 
     def _new_voice(self):
         import onnxruntime
@@ -181,10 +182,11 @@ class PiperSynth:
         import onnxruntime
         from piper.config import SynthesisConfig
 
-        voice = self._voice
         if seed is not None:
             onnxruntime.set_seed(int(seed))
             voice = self._new_voice()
+        else:
+            self._voice = voice = self._voice or self._new_voice()
         cfg = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale,
                               noise_w_scale=noise_w, normalize_audio=False)
         chunks = [c.audio_float_array for c in voice.synthesize(text, syn_config=cfg)]
@@ -204,7 +206,7 @@ def get_espeak() -> EspeakSynth:
 
 
 def get_piper() -> PiperSynth:
-    """The process-wide piper synthesiser (loading the 63 MB voice takes about a second)."""
+    """The process-wide piper synthesiser (holds the 63 MB voice model in memory)."""
     global _PIPER
     if _PIPER is None:
         _PIPER = PiperSynth()

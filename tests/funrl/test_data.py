@@ -203,3 +203,5 @@ def test_sampler_refuses_state_of_other_data_or_bad_values():
         ClipSampler(_clips(3), 0, seed=0)
     with pytest.raises(ValueError, match="no clips"):
         ClipSampler([], 1, seed=0)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        ClipSampler(_clips(3), 1, seed=-1)
