@@ -25,6 +25,7 @@ Facts this relies on (vLLM 0.32, see DESIGN.md §6):
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -221,7 +222,6 @@ class VLLMRolloutWorker:
             with contextlib.suppress(Exception):
                 llm.llm_engine.engine_core.shutdown()
             del llm
-        import gc
         gc.collect()
 
     # ------------------------------------------------------------------ helpers
