@@ -7,6 +7,8 @@ from policy.models.base import (ADAPTERS, AudioLLM, FeatureBatch, get_adapter, l
                                 supported_model_types)
 from policy.models.prompt import PromptTemplate, build_prompt_embeds
 
+from policy.models import encoder_adapter_llm  # noqa: F401,E402  (registers the adapter)
+
 __all__ = ["ADAPTERS", "AudioLLM", "FeatureBatch", "PromptTemplate", "SUPPORTED_MODEL_TYPES", "build_prompt_embeds",
            "get_adapter", "load_audio_llm", "register_adapter", "supported_model_types"]
 
