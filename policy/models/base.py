@@ -21,6 +21,7 @@ Adapters register a loader object under one or more ``config.json`` ``model_type
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -270,22 +271,29 @@ class AudioLLM(nn.Module):
         """Save the whole model with its adapter's layout; atomic (temp dir beside it, then rename)."""
         if self.adapter is None:
             raise ValueError(f"this {self.model_type} model has no adapter to save it with")
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
-        try:
+        with atomic_dir(folder) as tmp:
             self.adapter.save(self, tmp)
-            old = None
-            if folder.exists():
-                old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
+
+
+@contextlib.contextmanager
+def atomic_dir(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty temp dir beside ``folder``; on success it replaces ``folder``, on error it is removed."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+    try:
+        yield tmp
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
