@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,18 @@ import transformers
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from policy.models.base import AudioLLM, FeatureBatch, read_config, register_adapter
 from policy.models.fun_asr_features import FunAsrFeatureConfig, fun_asr_features
+from policy.models.prompt import DEFAULT_INSTRUCTION, PromptTemplate
 
 SR = 16000
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-CONFIG_FILES = ("config.json", "generation_config.json", "preprocessor_config.json")
+PROMPT_FILE = "funrl_prompt.json"  # our prompt template beside the HF files
 
 
 # ----------------------------------------------------------------------------------------------- extractors
+# Each extractor turns waveforms into a `FeatureBatch` with time on axis 1 (``feats [B, T, F]``, ``mask [B, T]``);
+# `AudioFamily.hf_inputs` turns that back into the keyword arguments the HF model's forward takes.
 
 
 class FunAsrExtractor:
@@ -45,28 +49,30 @@ class FunAsrExtractor:
     def __init__(self, cfg: FunAsrFeatureConfig) -> None:
         self.cfg = cfg
 
-    def __call__(self, waves: list[np.ndarray]) -> dict[str, Tensor]:
+    def __call__(self, waves: list[np.ndarray]) -> FeatureBatch:
         feats, mask = fun_asr_features(waves, self.cfg)
-        return {"input_features": torch.from_numpy(feats), "input_features_mask": torch.from_numpy(mask)}
+        mask_t = torch.from_numpy(mask).long()
+        return FeatureBatch(feats=torch.from_numpy(feats), lengths=mask_t.sum(-1), mask=mask_t)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature_extractor_type": "FunAsrNanoFeatureExtractor", **asdict(self.cfg)}
 
 
-class WhisperExtractor:
-    """transformers' WhisperFeatureExtractor (no torchaudio needed).
+class MelExtractor:
+    """A transformers log-mel extractor (WhisperFeatureExtractor, Qwen3ASRFeatureExtractor; no torchaudio).
 
     ``fixed_frames``: pad every clip to this many mel frames (encoders with a fixed 30 s window: Qwen2-Audio,
-    Voxtral); ``None`` pads to the longest clip. Clips longer than the window are refused.
+    Voxtral), refusing longer clips; ``None`` pads to the longest clip (the extractor may round up further).
     """
 
-    def __init__(self, extractor: Any, fixed_frames: int | None, mask_key: str) -> None:
+    def __init__(self, extractor: Any, fixed_frames: int | None) -> None:
         self.extractor = extractor
         self.fixed_frames = fixed_frames
-        self.mask_key = mask_key
 
-    def __call__(self, waves: list[np.ndarray]) -> dict[str, Tensor]:
-        hop = self.extractor.hop_length
+    def __call__(self, waves: list[np.ndarray]) -> FeatureBatch:
         kwargs: dict[str, Any] = {"padding": "longest"}
         if self.fixed_frames is not None:
-            limit = self.fixed_frames * hop
+            limit = self.fixed_frames * self.extractor.hop_length
             for i, w in enumerate(waves):
                 if len(w) > limit:
                     raise ValueError(
@@ -78,7 +84,12 @@ class WhisperExtractor:
             [np.asarray(w, dtype=np.float32) for w in waves], sampling_rate=SR, return_attention_mask=True,
             return_tensors="pt", **kwargs,
         )
-        return {"input_features": out["input_features"].float(), self.mask_key: out["attention_mask"].long()}
+        mask = out["attention_mask"].long()
+        feats = out["input_features"].float().transpose(1, 2).contiguous()
+        return FeatureBatch(feats=feats, lengths=mask.sum(-1), mask=mask)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.extractor.to_dict()
 
 
 def _preprocessor_dict(folder: Path) -> dict[str, Any]:
@@ -86,15 +97,19 @@ def _preprocessor_dict(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _whisper_like(folder: Path, audio_cfg: Any, cls_name: str, **defaults: Any) -> Any:
-    """Build the named extractor class from the folder's preprocessor_config.json, else from the encoder config."""
+def _mel_extractor(folder: Path, audio_cfg: Any, cls_name: str, fixed_frames: int | None,
+                   **defaults: Any) -> MelExtractor:
+    """The named extractor from the folder's preprocessor_config.json, else from the encoder config."""
     values = _preprocessor_dict(Path(folder))
     values.setdefault("feature_size", audio_cfg.num_mel_bins)
     for key, value in defaults.items():
         values.setdefault(key, value)
-    values.pop("feature_extractor_type", None)
-    values.pop("processor_class", None)
-    return getattr(transformers, cls_name)(**values)
+    for key in ("feature_extractor_type", "processor_class", "n_samples", "nb_max_frames"):
+        values.pop(key, None)
+    if values["feature_size"] != audio_cfg.num_mel_bins:
+        raise ValueError(f"{folder}/preprocessor_config.json: feature_size {values['feature_size']} != the audio "
+                         f"encoder's num_mel_bins {audio_cfg.num_mel_bins}")
+    return MelExtractor(getattr(transformers, cls_name)(**values), fixed_frames)
 
 
 def _fun_asr_extractor(folder: Path, config: Any) -> FunAsrExtractor:
@@ -108,40 +123,15 @@ def _fun_asr_extractor(folder: Path, config: Any) -> FunAsrExtractor:
     return FunAsrExtractor(cfg)
 
 
-def _window_frames(audio_cfg: Any) -> int:
-    """Mel frames of the fixed Whisper-style window: max_source_positions x conv2 stride 2."""
-    return 2 * audio_cfg.max_source_positions
+def _whisper_window_extractor(folder: Path, config: Any) -> MelExtractor:
+    """Qwen2-Audio / Voxtral: Whisper log-mel padded to the encoder's window, 2 x max_source_positions frames."""
+    frames = 2 * config.audio_config.max_source_positions
+    return _mel_extractor(folder, config.audio_config, "WhisperFeatureExtractor", frames, chunk_length=frames // 100)
 
 
-def _qwen2_audio_extractor(folder: Path, config: Any) -> WhisperExtractor:
-    frames = _window_frames(config.audio_config)
-    ext = _whisper_like(folder, config.audio_config, "WhisperFeatureExtractor", chunk_length=frames // 100)
-    return WhisperExtractor(ext, fixed_frames=frames, mask_key="feature_attention_mask")
-
-
-def _voxtral_extractor(folder: Path, config: Any) -> WhisperExtractor:
-    frames = _window_frames(config.audio_config)
-    ext = _whisper_like(folder, config.audio_config, "WhisperFeatureExtractor", chunk_length=frames // 100)
-    return WhisperExtractor(ext, fixed_frames=frames, mask_key="feature_attention_mask")
-
-
-def _qwen3_asr_extractor(folder: Path, config: Any) -> WhisperExtractor:
-    ext = _whisper_like(folder, config.audio_config, "Qwen3ASRFeatureExtractor", n_window=config.audio_config.n_window)
-    return _Qwen3AsrExtractor(ext)
-
-
-class _Qwen3AsrExtractor(WhisperExtractor):
-    """Qwen3ASRFeatureExtractor: log-mel padded to a multiple of 2 * n_window frames (longest clip)."""
-
-    def __init__(self, extractor: Any) -> None:
-        super().__init__(extractor, fixed_frames=None, mask_key="input_features_mask")
-
-    def __call__(self, waves: list[np.ndarray]) -> dict[str, Tensor]:
-        out = self.extractor(
-            [np.asarray(w, dtype=np.float32) for w in waves], sampling_rate=SR, padding=True,
-            return_attention_mask=True, return_tensors="pt",
-        )
-        return {"input_features": out["input_features"].float(), "input_features_mask": out["attention_mask"].long()}
+def _qwen3_asr_extractor(folder: Path, config: Any) -> MelExtractor:
+    return _mel_extractor(folder, config.audio_config, "Qwen3ASRFeatureExtractor", None,
+                          n_window=config.audio_config.n_window)
 
 
 # ------------------------------------------------------------------------------------------- audio -> embeds
@@ -203,8 +193,10 @@ class AudioFamily:
     model_type: str  # config.json "model_type" == adapter name
     model_class: str  # transformers class of the whole model
     lm_class: str  # transformers causal-LM class of its text part (what vLLM serves)
-    extractor: Callable[[Path, Any], Callable[[list[np.ndarray]], dict[str, Tensor]]]
+    extractor: Callable[[Path, Any], Callable[[list[np.ndarray]], FeatureBatch]]
     embed: Callable[[nn.Module, nn.Module, dict[str, Tensor]], list[Tensor]]
+    mask_key: str | None  # keyword of the feature mask in the HF forward (None: the model takes no mask)
+    channels_first: bool  # the HF model reads features as [B, F, T] (log-mel) instead of [B, T, F]
     paths: dict[str, str] = field(
         default_factory=lambda: {
             "tower": "model.audio_tower", "projector": "model.multi_modal_projector",
@@ -217,15 +209,26 @@ FAMILIES: dict[str, AudioFamily] = {
     f.model_type: f
     for f in (
         AudioFamily("fun_asr_nano", "FunAsrNanoForConditionalGeneration", "Qwen3ForCausalLM",
-                    _fun_asr_extractor, _fun_asr_embed),
+                    _fun_asr_extractor, _fun_asr_embed, "input_features_mask", False),
         AudioFamily("qwen2_audio", "Qwen2AudioForConditionalGeneration", "Qwen2ForCausalLM",
-                    _qwen2_audio_extractor, _qwen2_audio_embed),
+                    _whisper_window_extractor, _qwen2_audio_embed, "feature_attention_mask", True),
         AudioFamily("qwen3_asr", "Qwen3ASRForConditionalGeneration", "Qwen3ForCausalLM",
-                    _qwen3_asr_extractor, _qwen3_asr_embed),
+                    _qwen3_asr_extractor, _qwen3_asr_embed, "input_features_mask", True),
         AudioFamily("voxtral", "VoxtralForConditionalGeneration", "LlamaForCausalLM",
-                    _voxtral_extractor, _voxtral_embed),
+                    _whisper_window_extractor, _voxtral_embed, None, True),
     )
 }
+
+
+def hf_inputs(family: AudioFamily, batch: FeatureBatch) -> dict[str, Tensor]:
+    """The keyword arguments of the family's HF forward / get_audio_features for a `FeatureBatch`."""
+    feats = batch.feats.transpose(1, 2) if family.channels_first else batch.feats
+    out = {"input_features": feats}
+    if family.mask_key is not None:
+        mask = batch.mask if batch.mask is not None else (
+            torch.arange(batch.feats.shape[1], device=batch.lengths.device)[None, :] < batch.lengths[:, None])
+        out[family.mask_key] = mask.long()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -276,73 +279,8 @@ def causal_lm_view(hf_model: nn.Module, family: AudioFamily) -> nn.Module:
         lm = getattr(transformers, family.lm_class)(text_cfg)
     lm.model = lm_body
     lm.lm_head = head
+    lm.generation_config = copy.deepcopy(hf_model.generation_config)
     return lm.eval()
-
-
-# ------------------------------------------------------------------------------------------- tiny checkpoints
-
-
-def _tiny_text(model_type: str, vocab_size: int) -> dict[str, Any]:
-    """A 2-layer text model, hidden 64, head_dim 32 (vLLM's CPU attention needs head_dim >= 32)."""
-    return {
-        "model_type": model_type, "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
-        "max_position_embeddings": 1024, "tie_word_embeddings": model_type != "llama", "rope_theta": 10000.0,
-    }
-
-
-def tiny_config(model_type: str, vocab_size: int, audio_token_id: int) -> Any:
-    """A tiny random-init config of the family (tiny audio encoder; text part see `_tiny_text`)."""
-    if model_type == "fun_asr_nano":
-        return transformers.FunAsrNanoConfig(
-            audio_config={"num_mel_bins": 80, "num_stacked_frames": 7, "hidden_size": 32, "num_attention_heads": 2,
-                          "intermediate_size": 64, "num_hidden_layers": 3, "num_timestamp_prediction_layers": 1,
-                          "max_position_embeddings": 1024},
-            adaptor_config={"hidden_size": 64, "intermediate_size": 16, "num_hidden_layers": 1,
-                            "num_attention_heads": 2, "projector_hidden_size": 64},
-            text_config=_tiny_text("qwen3", vocab_size), audio_token_id=audio_token_id, tie_word_embeddings=True,
-        )
-    whisper_like = {"num_mel_bins": 128, "d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
-                    "encoder_ffn_dim": 64}
-    if model_type == "qwen2_audio":
-        return transformers.Qwen2AudioConfig(
-            audio_config={"model_type": "qwen2_audio_encoder", **whisper_like, "max_source_positions": 1500},
-            text_config=_tiny_text("qwen2", vocab_size), audio_token_index=audio_token_id,
-        )
-    if model_type == "qwen3_asr":
-        return transformers.Qwen3ASRConfig(
-            audio_config={"model_type": "qwen3_asr_encoder", **whisper_like, "output_dim": 64, "n_window": 50,
-                          "n_window_infer": 400, "downsample_hidden_size": 16, "max_position_embeddings": 64},
-            text_config=_tiny_text("qwen3", vocab_size), audio_token_id=audio_token_id, pad_token_id=0,
-            timestamp_token_id=audio_token_id,
-        )
-    if model_type == "voxtral":
-        return transformers.VoxtralConfig(
-            audio_config={"model_type": "voxtral_encoder", "num_mel_bins": 128, "hidden_size": 32,
-                          "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                          "max_source_positions": 1500, "vocab_size": 8},
-            text_config=_tiny_text("llama", vocab_size), audio_token_id=audio_token_id,
-        )
-    raise ValueError(f"no tiny config for model_type {model_type!r}; known: {sorted(FAMILIES)}")
-
-
-def save_tiny_hf_model(folder: str | Path, model_type: str, vocab_size: int, audio_token_id: int,
-                       seed: int = 0) -> Path:
-    """Write a random tiny checkpoint of the family (safetensors + config + preprocessor_config.json)."""
-    family = FAMILIES[model_type]
-    folder = Path(folder)
-    config = tiny_config(model_type, vocab_size, audio_token_id)
-    torch.manual_seed(seed)
-    model = getattr(transformers, family.model_class)(config).eval()
-    model.save_pretrained(folder, safe_serialization=True)
-    extractor = family.extractor(folder, config)
-    inner = getattr(extractor, "extractor", None)
-    if inner is not None:
-        inner.save_pretrained(folder)
-    else:
-        (folder / "preprocessor_config.json").write_text(json.dumps(
-            {"feature_extractor_type": "FunAsrNanoFeatureExtractor", **vars(extractor.cfg)}, indent=2))
-    return folder
 
 
 # ----------------------------------------------------------------------------------------- frontend + parts
@@ -352,25 +290,24 @@ class HFAudioFrontend(nn.Module):
     """audio_tower + multi_modal_projector of an HF audio-LLM, with the family's feature extractor."""
 
     def __init__(self, family: AudioFamily, tower: nn.Module, projector: nn.Module,
-                 extractor: Callable[[list[np.ndarray]], dict[str, Tensor]]) -> None:
+                 extractor: Callable[[list[np.ndarray]], FeatureBatch]) -> None:
         super().__init__()
         self.family = family
         self.tower = tower
         self.projector = projector
         self.extractor = extractor
 
-    def extract(self, waves: list[np.ndarray]) -> dict[str, Tensor]:
-        """Feature tensors exactly as the family's HF processor would pass them to the model."""
+    def features(self, waves: list[np.ndarray]) -> FeatureBatch:
+        """Input features exactly as the family's HF processor computes them (time on axis 1)."""
         if len(waves) == 0:
             raise ValueError("no waveforms given")
         return self.extractor(list(waves))
 
-    def forward(self, batch: dict[str, Tensor]) -> list[Tensor]:
+    def forward(self, batch: FeatureBatch) -> list[Tensor]:
         """Per clip audio embeddings ``[L_a, H]`` in the LLM's hidden size."""
-        dtype = next(self.tower.parameters()).dtype
-        device = next(self.tower.parameters()).device
-        moved = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
-        return self.family.embed(self.tower, self.projector, moved)
+        weight = next(self.tower.parameters())
+        inputs = hf_inputs(self.family, batch.to(device=weight.device, dtype=weight.dtype))
+        return self.family.embed(self.tower, self.projector, inputs)
 
 
 HF_PREFIXES = {"tower": "frontend.tower.", "projector": "frontend.projector.", "lm": "llm.model.",
@@ -391,32 +328,8 @@ def to_hf_names(named: dict[str, Tensor], family: AudioFamily, tied: bool) -> di
     return out
 
 
-def save_hf_folder(folder: str | Path, source: str | Path, named: dict[str, Tensor], family: AudioFamily,
-                   tied: bool) -> Path:
-    """Write an HF checkpoint folder (config/preprocessor files copied from ``source``, weights from ``named``)."""
-    folder, source = Path(folder), Path(source)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in CONFIG_FILES:
-        if (source / name).is_file():
-            (folder / name).write_bytes((source / name).read_bytes())
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_names(named, family, tied).items()}
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return folder
-
-
-def read_model_type(folder: str | Path) -> str:
-    """``model_type`` of ``<folder>/config.json``, with a clear error when the file or key is missing."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; is {folder} a model folder?")
-    try:
-        return json.loads(path.read_text())["model_type"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{path}: cannot read 'model_type' ({err})") from None
-
-
 def family_of(folder: str | Path) -> AudioFamily:
-    model_type = read_model_type(folder)
+    model_type = read_config(folder)["model_type"]
     if model_type not in FAMILIES:
         raise ValueError(
             f"{Path(folder) / 'config.json'}: model_type {model_type!r} is not a supported transformers audio-LLM; "
@@ -433,3 +346,54 @@ def load_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) -> tup
     frontend = HFAudioFrontend(family, _get(hf_model, family.paths["tower"]),
                                _get(hf_model, family.paths["projector"]), extractor)
     return frontend.eval(), causal_lm_view(hf_model, family)
+
+
+# ------------------------------------------------------------------------------------------------- adapter
+
+
+class HFAudioAdapter:
+    """`AudioLLM` loader/saver of one family; the folder is the HF checkpoint itself (+ our prompt file)."""
+
+    def __init__(self, family: AudioFamily) -> None:
+        self.family = family
+
+    def load(self, folder: Path, dtype: torch.dtype = torch.float32) -> AudioLLM:
+        folder = Path(folder)
+        frontend, llm = load_hf_parts(folder, dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        prompt_file = folder / PROMPT_FILE
+        if prompt_file.is_file():
+            template = PromptTemplate.from_dict(json.loads(prompt_file.read_text()), where=str(prompt_file))
+        else:
+            template = PromptTemplate.for_tokenizer(tokenizer, DEFAULT_INSTRUCTION)
+        return AudioLLM(frontend, llm, tokenizer, template, self.family.model_type, adapter=self,
+                        config=read_config(folder))
+
+    def save(self, model: AudioLLM, folder: Path) -> None:
+        """The HF checkpoint layout (config, preprocessor config, safetensors, tokenizer) + our prompt file."""
+        folder = Path(folder)
+        (folder / "config.json").write_text(json.dumps(model.config, indent=2, ensure_ascii=False) + "\n")
+        (folder / "preprocessor_config.json").write_text(
+            json.dumps(model.frontend.extractor.to_dict(), indent=2) + "\n")
+        (folder / PROMPT_FILE).write_text(json.dumps(model.template.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        base = model.base_llm()
+        if getattr(base, "generation_config", None) is not None:
+            base.generation_config.save_pretrained(folder)
+        named = {f"frontend.{k}": v for k, v in model.frontend.state_dict().items()}
+        named.update({f"llm.{k}": v for k, v in model.llm_state_dict()})
+        tied = bool(base.config.tie_word_embeddings)
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_names(named, self.family, tied).items()}
+        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        model.tokenizer.save_pretrained(folder)
+
+    def build_tiny(self, folder: Path, seed: int = 0, extra_chars: str = "",
+                   instruction: str = DEFAULT_INSTRUCTION) -> Path:
+        """A random tiny checkpoint of this family with a locally built tokenizer (see `hf_audio_tiny`)."""
+        from policy.models.hf_audio_tiny import build_tiny_hf_audio_llm
+
+        return build_tiny_hf_audio_llm(folder, self.family.model_type, seed=seed, extra_chars=extra_chars,
+                                       instruction=instruction)
+
+
+for _family in FAMILIES.values():
+    register_adapter(_family.model_type)(HFAudioAdapter(_family))

@@ -1,4 +1,6 @@
-"""transformers audio-LLM adapters (policy.models.hf_audio_llm) against the HF models' own forward."""
+"""transformers' audio-LLM classes as AudioLLM adapters (policy.models.hf_audio_llm), checked against the HF
+models' own forward (input_ids with audio placeholders + the HF feature extractors where they need no torchaudio).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +13,24 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import AutoModelForCausalLM  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from policy.models import hf_audio_llm as H  # noqa: E402
+from policy.models import load_audio_llm  # noqa: E402
+from policy.models.fun_asr_features import fun_asr_features  # noqa: E402
+from policy.models.hf_audio_tiny import AUDIO_TOKEN, build_tiny_hf_audio_llm  # noqa: E402
+from policy.models.prompt import prompt_token_ids  # noqa: E402
 
 FAMILY_NAMES = ["fun_asr_nano", "qwen2_audio", "qwen3_asr", "voxtral"]
-VOCAB, AUDIO_ID = 96, 5
-# 16000 samples and 7213 samples: hand-computed audio token counts per family
-#  fun_asr_nano: Kaldi frames 1 + (N - 400) // 160 = 98, 43 -> LFR ceil(/6) = 17, 8
-#  qwen2_audio: Whisper frames ceil(N / 160) = 100, 46 -> conv (L-1)//2+1 = 50, 23 -> pool (L-2)//2+1 = 25, 11
-#  qwen3_asr: clips < 8000 samples are zero-padded to 8000 -> 100, 50 frames -> 3x (L-1)//2+1 -> 13, 7
-#  voxtral: the whole 30 s window, 1500 encoder frames / 4 -> 375, 375
-EXPECTED_LENGTHS = {"fun_asr_nano": [17, 8], "qwen2_audio": [25, 11], "qwen3_asr": [13, 7], "voxtral": [375, 375]}
+# Clips of 16000 and 7213 samples; hand-computed feature frames and audio-embedding counts per family:
+#  fun_asr_nano: Kaldi frames 1 + (N - 400) // 160 = 98, 43 -> LFR ceil(T / 6) = 17, 8 (one embedding per frame)
+#  qwen2_audio: Whisper frames ceil(N / 160) = 100, 46 (padded to 3000) -> conv (L-1)//2+1 = 50, 23
+#               -> pool (L-2)//2+1 = 25, 11
+#  qwen3_asr: clips under 8000 samples are zero-padded to 8000 -> 100, 50 frames -> 3x (L-1)//2+1 -> 13, 7
+#  voxtral: 100, 46 frames, but the whole 30 s window is embedded: 1500 encoder frames / 4 = 375 each
+FRAMES = {"fun_asr_nano": [17, 8], "qwen2_audio": [100, 46], "qwen3_asr": [100, 50], "voxtral": [100, 46]}
+EMBEDS = {"fun_asr_nano": [17, 8], "qwen2_audio": [25, 11], "qwen3_asr": [13, 7], "voxtral": [375, 375]}
 
 
 @pytest.fixture(scope="module")
@@ -34,104 +42,125 @@ def waves() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def tiny_folders(tmp_path_factory) -> dict[str, str]:
+def tiny_dirs(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("hf_audio")
-    return {name: str(H.save_tiny_hf_model(root / name, name, VOCAB, AUDIO_ID, seed=i))
-            for i, name in enumerate(FAMILY_NAMES)}
+    return {name: str(build_tiny_hf_audio_llm(root / name, name, seed=i)) for i, name in enumerate(FAMILY_NAMES)}
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_audio_embeddings_have_hand_computed_lengths(tiny_folders, waves, name):
-    frontend, llm = H.load_hf_parts(tiny_folders[name])
+def test_features_and_audio_embeddings_have_hand_computed_lengths(tiny_dirs, waves, name):
+    model = load_audio_llm(tiny_dirs[name])
+    batch = model.audio_features(waves)
+    assert batch.lengths.tolist() == FRAMES[name]
     with torch.no_grad():
-        embeds = frontend(frontend.extract(waves))
-    assert [e.shape[0] for e in embeds] == EXPECTED_LENGTHS[name]
-    assert all(e.shape[1] == llm.config.hidden_size for e in embeds)
+        embeds = model.embed_audio(batch)
+    assert [e.shape for e in embeds] == [(n, model.llm.config.hidden_size) for n in EMBEDS[name]]
 
 
-def _ours_logprobs(frontend, llm, waves, prefix, suffix, completions):
-    """Splice [prefix | audio | suffix | completion] by hand and read log p(completion) from the LM view."""
-    embed_tokens = llm.get_input_embeddings()
-    out = []
-    with torch.no_grad():
-        audio = frontend(frontend.extract(waves))
-        for a, comp in zip(audio, completions):
-            x = torch.cat([embed_tokens(torch.tensor(prefix)), a, embed_tokens(torch.tensor(suffix + comp))])[None]
-            logp = llm(inputs_embeds=x).logits.log_softmax(-1)[0]
-            start = len(prefix) + a.shape[0] + len(suffix) - 1
-            out.append(logp[start:start + len(comp)].gather(-1, torch.tensor(comp)[:, None])[:, 0])
-    return audio, out
+def _hf_audio_inputs(name: str, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """The HF forward's audio kwargs, computed WITHOUT our frontend (HF extractors; fixture-pinned fbank)."""
+    if name == "fun_asr_nano":  # transformers' extractor needs torchaudio; ours is pinned to it by a fixture
+        feats, mask = fun_asr_features(waves)
+        return {"input_features": torch.from_numpy(feats), "input_features_mask": torch.from_numpy(mask)}
+    if name == "qwen3_asr":
+        out = transformers.Qwen3ASRFeatureExtractor(feature_size=128, n_window=50)(
+            waves, sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
+        return {"input_features": out["input_features"], "input_features_mask": out["attention_mask"]}
+    out = transformers.WhisperFeatureExtractor(feature_size=128)(
+        waves, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt")
+    extra = {"feature_attention_mask": out["attention_mask"]} if name == "qwen2_audio" else {}
+    return {"input_features": out["input_features"], **extra}
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_spliced_logprobs_equal_hf_forward_with_audio_placeholders(tiny_folders, waves, name):
-    """Our frontend + LM view vs an independently loaded HF model fed input_ids with audio placeholders."""
-    frontend, llm = H.load_hf_parts(tiny_folders[name])
-    family = H.FAMILIES[name]
-    reference = H.load_hf_model(tiny_folders[name], family)
-    prefix, suffix, completions = [10, 11, 12], [13, 14], [[20, 21, 22, 23], [30, 31]]
-    audio, ours = _ours_logprobs(frontend, llm, waves, prefix, suffix, completions)
-    seqs = [prefix + [AUDIO_ID] * a.shape[0] + suffix + c for a, c in zip(audio, completions)]
-    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-    attn = torch.zeros_like(ids)
+def test_sequence_logprobs_equal_hf_forward_with_audio_placeholders(tiny_dirs, waves, name):
+    """build_prompt_embeds + sequence_logprobs == log_softmax of the HF model's own forward on
+    [prefix ids | <|audio|> x L_a | suffix ids | completion] with its own audio inputs (independent load)."""
+    model = load_audio_llm(tiny_dirs[name])
+    reference = H.load_hf_model(tiny_dirs[name], H.FAMILIES[name])
+    tok = model.tokenizer
+    contexts = ["hello world", None]
+    completions = [tok("the cat sat", add_special_tokens=False)["input_ids"], tok("ok", add_special_tokens=False)["input_ids"]]
+    width = max(map(len, completions))
+    ids = torch.tensor([c + [tok.pad_token_id] * (width - len(c)) for c in completions])
+    mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for c in completions])
+    with torch.no_grad():
+        prompts = model.build_prompt_embeds(model.embed_audio(model.audio_features(waves)), contexts)
+        ours = model.sequence_logprobs(prompts, ids, mask)
+    audio_id = tok.convert_tokens_to_ids(AUDIO_TOKEN)
+    seqs = []
+    for i, context in enumerate(contexts):
+        p = prompt_token_ids(tok, model.template, context)
+        seqs.append(list(p.prefix) + [audio_id] * EMBEDS[name][i] + list(p.suffix) + completions[i])
+        assert prompts[i].shape[0] == len(p.prefix) + EMBEDS[name][i] + len(p.suffix)
+    input_ids = torch.full((2, max(map(len, seqs))), tok.pad_token_id)
+    attn = torch.zeros_like(input_ids)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)], attn[i, : len(s)] = torch.tensor(s), 1
+        input_ids[i, : len(s)], attn[i, : len(s)] = torch.tensor(s), 1
     with torch.no_grad():
-        logp = reference(input_ids=ids, attention_mask=attn, **frontend.extract(waves)).logits.log_softmax(-1)
-    for i, (a, comp) in enumerate(zip(audio, completions)):
-        start = len(prefix) + a.shape[0] + len(suffix) - 1
+        logp = reference(input_ids=input_ids, attention_mask=attn, **_hf_audio_inputs(name, waves)).logits
+        logp = logp.float().log_softmax(-1)
+    for i, comp in enumerate(completions):
+        start = len(seqs[i]) - len(comp) - 1
         ref = logp[i, start:start + len(comp)].gather(-1, torch.tensor(comp)[:, None])[:, 0]
-        assert torch.allclose(ours[i], ref, atol=1e-5, rtol=0), (ours[i], ref)
+        torch.testing.assert_close(ours[i, : len(comp)], ref, atol=1e-5, rtol=0)
+        assert torch.all(ours[i, len(comp):] == 0)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_lm_view_shares_hf_tensors_and_exports_plain_causal_lm(tiny_folders, tmp_path, name):
-    frontend, llm = H.load_hf_parts(tiny_folders[name])
+def test_export_llm_is_a_plain_causal_lm_folder_with_identical_logits(tiny_dirs, tmp_path, name):
+    model = load_audio_llm(tiny_dirs[name])
     family = H.FAMILIES[name]
-    assert type(llm).__name__ == family.lm_class
-    names = dict(llm.named_parameters())
+    names = dict(model.llm_state_dict())
     assert "model.embed_tokens.weight" in names and "model.layers.0.self_attn.q_proj.weight" in names
-    assert not any(p.is_meta for p in llm.parameters())
-    llm.save_pretrained(tmp_path / "lm")
-    config = json.loads((tmp_path / "lm" / "config.json").read_text())
-    assert config["architectures"] == [family.lm_class]
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "lm", local_files_only=True).eval()
+    assert not any(k.startswith(("model.language_model", "model.audio_tower", "frontend")) for k in names)
+    # the LLM view shares the loaded HF model's tensors: no copy of the text weights
+    assert model.llm.get_input_embeddings() is model.base_llm().model.embed_tokens
+    folder = model.export_llm(tmp_path / "lm")
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [family.lm_class]
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     assert type(reloaded).__name__ == family.lm_class
-    x = torch.randn(2, 7, llm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    assert set(reloaded.state_dict()) == set(names)
+    x = torch.randn(2, 7, model.llm.config.hidden_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(reloaded(inputs_embeds=x).logits, llm(inputs_embeds=x).logits)
+        assert torch.equal(reloaded(inputs_embeds=x).logits, model.llm(inputs_embeds=x).logits)
+    text = "the cat sat, 你好"
+    assert AutoTokenizer.from_pretrained(folder)(text)["input_ids"] == model.tokenizer(text)["input_ids"]
 
 
 @pytest.mark.parametrize("name", ["fun_asr_nano", "qwen2_audio"])
-def test_hf_folder_round_trip_keeps_every_weight(tiny_folders, tmp_path, name):
-    frontend, llm = H.load_hf_parts(tiny_folders[name])
-    named = {f"frontend.{k}": v for k, v in frontend.state_dict().items()}
-    named.update({f"llm.{k}": v for k, v in llm.state_dict().items()})
-    tied = llm.config.tie_word_embeddings
-    H.save_hf_folder(tmp_path / "copy", tiny_folders[name], named, H.FAMILIES[name], tied=tied)
-    original = H.load_hf_model(tiny_folders[name], H.FAMILIES[name]).state_dict()
-    copied = H.load_hf_model(tmp_path / "copy", H.FAMILIES[name]).state_dict()
-    assert original.keys() == copied.keys()
-    assert all(torch.equal(original[k], copied[k]) for k in original)
+def test_save_round_trip_keeps_every_weight_and_the_prompt(tiny_dirs, tmp_path, name):
+    model = load_audio_llm(tiny_dirs[name])
+    with torch.no_grad():  # change a weight so that the saved one must come from the model, not the source
+        model.frontend.projector.state_dict(keep_vars=True)[next(iter(model.frontend.projector.state_dict()))].add_(1)
+    model.save(tmp_path / "copy")
+    again = load_audio_llm(tmp_path / "copy")
+    assert again.template == model.template
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, info = getattr(transformers, H.FAMILIES[name].model_class).from_pretrained(
+        tmp_path / "copy", local_files_only=True, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
-def test_pickle_only_folder_is_refused(tiny_folders, tmp_path):
+def test_pickle_only_folder_is_refused(tiny_dirs, tmp_path):
     folder = tmp_path / "pickled"
     folder.mkdir()
-    (folder / "config.json").write_text((__import__("pathlib").Path(tiny_folders["qwen2_audio"]) / "config.json")
-                                        .read_text())
+    (folder / "config.json").write_text(open(os.path.join(tiny_dirs["qwen2_audio"], "config.json")).read())
     torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"only pickle weights \(pytorch_model.bin\).*safetensors only"):
-        H.load_hf_parts(folder)
+        load_audio_llm(folder)
 
 
-def test_unsupported_model_type_lists_supported_ones(tmp_path):
+def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper"}))
-    with pytest.raises(ValueError, match=r"model_type 'whisper' is not a supported.*fun_asr_nano, qwen2_audio"):
-        H.load_hf_parts(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown model_type 'whisper'; supported: .*fun_asr_nano.*qwen2_audio"):
+        load_audio_llm(tmp_path)
+    with pytest.raises(ValueError, match=r"'whisper' is not a supported transformers audio-LLM; supported: fun_asr"):
+        H.family_of(tmp_path)
 
 
-def test_clip_longer_than_the_fixed_window_is_refused(tiny_folders):
-    frontend, _ = H.load_hf_parts(tiny_folders["qwen2_audio"])
+def test_clip_longer_than_the_fixed_window_is_refused(tiny_dirs):
+    model = load_audio_llm(tiny_dirs["qwen2_audio"])
     with pytest.raises(ValueError, match=r"clip 1 has 480001 samples .* at most 480000 samples"):
-        frontend.extract([np.zeros(16000, np.float32), np.zeros(480001, np.float32)])
+        model.audio_features([np.zeros(16000, np.float32), np.zeros(480001, np.float32)])
