@@ -22,6 +22,7 @@ Adapters register a loader object under one or more ``config.json`` ``model_type
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -257,7 +258,9 @@ class AudioLLM(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         base = self.base_llm()
-        base.config.save_pretrained(folder)
+        config = copy.deepcopy(base.config)
+        config.architectures = [type(base).__name__]  # vLLM picks its model class by this
+        config.save_pretrained(folder)
         if getattr(base, "generation_config", None) is not None:
             base.generation_config.save_pretrained(folder)
         tied = bool(getattr(base.config.get_text_config(), "tie_word_embeddings", False))
