@@ -197,6 +197,7 @@ class AudioFamily:
     embed: Callable[[nn.Module, nn.Module, dict[str, Tensor]], list[Tensor]]
     mask_key: str | None  # keyword of the feature mask in the HF forward (None: the model takes no mask)
     channels_first: bool  # the HF model reads features as [B, F, T] (log-mel) instead of [B, T, F]
+    audio_wrap: tuple[str, str] | None = None  # tokens the processor puts around the audio, if the vocab has them
     paths: dict[str, str] = field(
         default_factory=lambda: {
             "tower": "model.audio_tower", "projector": "model.multi_modal_projector",
@@ -211,9 +212,11 @@ FAMILIES: dict[str, AudioFamily] = {
         AudioFamily("fun_asr_nano", "FunAsrNanoForConditionalGeneration", "Qwen3ForCausalLM",
                     _fun_asr_extractor, _fun_asr_embed, "input_features_mask", False),
         AudioFamily("qwen2_audio", "Qwen2AudioForConditionalGeneration", "Qwen2ForCausalLM",
-                    _whisper_window_extractor, _qwen2_audio_embed, "feature_attention_mask", True),
+                    _whisper_window_extractor, _qwen2_audio_embed, "feature_attention_mask", True,
+                    ("<|audio_bos|>", "<|audio_eos|>")),
         AudioFamily("qwen3_asr", "Qwen3ASRForConditionalGeneration", "Qwen3ForCausalLM",
-                    _qwen3_asr_extractor, _qwen3_asr_embed, "input_features_mask", True),
+                    _qwen3_asr_extractor, _qwen3_asr_embed, "input_features_mask", True,
+                    ("<|audio_start|>", "<|audio_end|>")),
         AudioFamily("voxtral", "VoxtralForConditionalGeneration", "LlamaForCausalLM",
                     _whisper_window_extractor, _voxtral_embed, None, True),
     )
@@ -351,6 +354,21 @@ def load_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) -> tup
 # ------------------------------------------------------------------------------------------------- adapter
 
 
+def default_template(tokenizer: Any, family: AudioFamily, instruction: str = DEFAULT_INSTRUCTION) -> PromptTemplate:
+    """The tokenizer's chat-template prompt, the audio wrapped in the processor's boundary tokens when the
+    tokenizer names them (``audio_bos_token`` / ``audio_eos_token``) or has the family's ones as single tokens."""
+    template = PromptTemplate.for_tokenizer(tokenizer, instruction)
+    bos = getattr(tokenizer, "audio_bos_token", None) or (family.audio_wrap or (None, None))[0]
+    eos = getattr(tokenizer, "audio_eos_token", None) or (family.audio_wrap or (None, None))[1]
+    if bos is None or eos is None:
+        return template
+    vocab = tokenizer.get_vocab()
+    if bos not in vocab or eos not in vocab:
+        return template
+    return PromptTemplate(prefix=template.prefix + bos, suffix=eos + template.suffix,
+                          context_format=template.context_format)
+
+
 class HFAudioAdapter:
     """`AudioLLM` loader/saver of one family; the folder is the HF checkpoint itself (+ our prompt file)."""
 
@@ -365,7 +383,7 @@ class HFAudioAdapter:
         if prompt_file.is_file():
             template = PromptTemplate.from_dict(json.loads(prompt_file.read_text()), where=str(prompt_file))
         else:
-            template = PromptTemplate.for_tokenizer(tokenizer, DEFAULT_INSTRUCTION)
+            template = default_template(tokenizer, self.family)
         return AudioLLM(frontend, llm, tokenizer, template, self.family.model_type, adapter=self,
                         config=read_config(folder))
 

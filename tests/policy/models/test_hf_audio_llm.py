@@ -200,3 +200,41 @@ def test_vllm_sampled_logprobs_equal_sequence_logprobs_on_exported_llm(tiny_dirs
         ours = model.sequence_logprobs(prompt_rows, torch.tensor(rows))
     print(f"{name}: max |ours - vllm| = {(ours - torch.tensor(vllm_lp)).abs().max().item():.2e}")
     torch.testing.assert_close(ours, torch.tensor(vllm_lp), atol=1e-4, rtol=0)
+
+
+def test_default_prompt_wraps_audio_in_the_processors_boundary_tokens_when_the_vocab_has_them():
+    from policy.models.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    plain = H.default_template(tok, H.FAMILIES["qwen2_audio"])
+    assert plain.prefix.endswith("<|im_start|>user\n{context}") and plain.suffix.startswith("Transcribe")
+    tok.add_special_tokens({"additional_special_tokens": ["<|audio_bos|>", "<|audio_eos|>"]})
+    wrapped = H.default_template(tok, H.FAMILIES["qwen2_audio"])
+    assert wrapped.prefix == plain.prefix + "<|audio_bos|>" and wrapped.suffix == "<|audio_eos|>" + plain.suffix
+    assert H.default_template(tok, H.FAMILIES["fun_asr_nano"]) == plain  # no known wrap for this family
+    ids = prompt_token_ids(tok, wrapped, None)
+    assert ids.prefix[-1] == tok.convert_tokens_to_ids("<|audio_bos|>")
+    assert ids.suffix[0] == tok.convert_tokens_to_ids("<|audio_eos|>")
+
+
+def test_lora_merged_export_and_save_match_the_peft_model(tiny_dirs, tmp_path):
+    import types
+
+    from policy.models.lora import apply_lora
+
+    model = load_audio_llm(tiny_dirs["fun_asr_nano"])
+    apply_lora(model, types.SimpleNamespace(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    x = torch.randn(1, 9, model.base_llm().config.hidden_size, generator=g)
+    with torch.no_grad():
+        ref = model.llm(inputs_embeds=x).logits
+        exported = AutoModelForCausalLM.from_pretrained(model.export_llm(tmp_path / "lm")).eval()
+        torch.testing.assert_close(exported(inputs_embeds=x).logits, ref, atol=1e-5, rtol=0)
+        model.save(tmp_path / "merged")
+        again = load_audio_llm(tmp_path / "merged")
+        torch.testing.assert_close(again.llm(inputs_embeds=x).logits, ref, atol=1e-5, rtol=0)
+        assert not torch.allclose(ref, load_audio_llm(tiny_dirs["fun_asr_nano"]).llm(inputs_embeds=x).logits)
