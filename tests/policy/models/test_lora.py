@@ -91,3 +91,29 @@ def test_export_llm_of_lora_model_is_the_merged_plain_model(tiny_model_dir, tmp_
 def test_unknown_target_module_error_lists_linear_layers(tiny_model_dir):
     with pytest.raises(ValueError, match=r"\['qq_proj'\] are not modules of this LLM; its Linear layers: .*q_proj"):
         apply_lora(load_audio_llm(tiny_model_dir), Cfg(target_modules=("qq_proj",)))
+
+
+def test_merged_state_dict_of_fsdp2_sharded_model_is_plain_and_equal(tiny_model_dir):
+    """FSDP2 (gloo, world size 1: parameters become DTensors) -> the same plain tensors as unsharded."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    model = _lora_model(tiny_model_dir, seed=3)
+    want = {k: v.clone() for k, v in merged_llm_state_dict(model)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        for layer in model.decoder_layers():
+            fully_shard(layer)
+        fully_shard(model.llm)
+        assert type(model.decoder_layers()[0].self_attn.q_proj.base_layer.weight).__name__ == "DTensor"
+        got = dict(model.llm_state_dict())
+    finally:
+        dist.destroy_process_group()
+    assert got.keys() == want.keys() and all(type(v) is torch.Tensor for v in got.values())
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
