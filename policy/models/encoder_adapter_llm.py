@@ -84,6 +84,19 @@ class EncoderAdapterFrontend(nn.Module):
     def has_cmvn(self) -> bool:
         return hasattr(self, "cmvn_mean")
 
+    def set_cmvn(self, mean: np.ndarray | Tensor, std: np.ndarray | Tensor, floor: float = 1e-5) -> None:
+        """Set the global CMVN statistics (per mel bin) from data, e.g. before an SFT stage."""
+        if not self.has_cmvn:
+            raise ValueError("this model was built without CMVN (config 'cmvn': false)")
+        mean_t = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
+        std_t = torch.as_tensor(np.asarray(std), dtype=torch.float32)
+        if mean_t.shape != self.cmvn_mean.shape or std_t.shape != self.cmvn_mean.shape:
+            raise ValueError(f"CMVN mean/std must have shape {tuple(self.cmvn_mean.shape)}, "
+                             f"got {tuple(mean_t.shape)} and {tuple(std_t.shape)}")
+        with torch.no_grad():
+            self.cmvn_mean.copy_(mean_t)
+            self.cmvn_istd.copy_(1.0 / std_t.clamp(min=floor))
+
     def features(self, waves: Sequence[np.ndarray]) -> FeatureBatch:
         cmvn = None
         if self.has_cmvn:

@@ -131,3 +131,21 @@ def test_missing_frontend_weights_error_names_file(tiny_model_dir, tmp_path):
     (folder / "frontend.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"frontend\.safetensors is missing"):
         load_audio_llm(folder)
+
+
+def test_cmvn_statistics_apply_and_survive_save_load(tmp_path):
+    from policy.models import get_adapter
+    from policy.models.features import fbank
+
+    folder = get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "c", cmvn=True, ctc=False)
+    model = load_audio_llm(folder)
+    assert model.frontend.ctc is None
+    mean, std = np.full(80, 3.0, np.float32), np.full(80, 2.0, np.float32)
+    model.frontend.set_cmvn(mean, std)
+    wave = np.random.default_rng(4).standard_normal(4000).astype(np.float32) * 0.1
+    np.testing.assert_allclose(model.audio_features([wave]).feats[0].numpy(), (fbank(wave) - 3.0) / 2.0, rtol=1e-6)
+    model.save(tmp_path / "c2")
+    again = load_audio_llm(tmp_path / "c2")
+    assert torch.equal(again.audio_features([wave]).feats, model.audio_features([wave]).feats)
+    with pytest.raises(ValueError, match=r"must have shape \(80,\)"):
+        model.frontend.set_cmvn(np.zeros(3), np.ones(3))
