@@ -217,6 +217,7 @@ class AudioFamily:
     paths: dict[str, str | None] = field(default_factory=lambda: dict(DEFAULT_PATHS))  # projector None: none
     sub_config: str | None = None  # load model_class with this part of the folder's config (e.g. the thinker)
     save_prefix: str = ""  # the part's key prefix in the folder's checkpoint (e.g. "thinker.")
+    unused_prefixes: tuple[str, ...] = ()  # checkpoint keys FunRL does not load; `save` copies them unchanged
     text_config: Callable[[Any], Any] | None = None  # the text part's config -> the lm_class's config
 
 
@@ -241,14 +242,15 @@ FAMILIES: dict[str, AudioFamily] = {
                     _whisper_longest_extractor, _omni_embed, "feature_attention_mask", True,
                     ("<|audio_bos|>", "<|audio_eos|>"),
                     paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
-                    text_config=_qwen2_text_config),
+                    text_config=_qwen2_text_config, unused_prefixes=("visual.",)),
         # the full Qwen2.5-Omni checkpoint: only its thinker is loaded (keys "thinker.*"; talker/token2wav and
         # the pickled spk_dict.pt of the speech-output half are not read)
         AudioFamily("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2ForCausalLM",
                     _whisper_longest_extractor, _omni_embed, "feature_attention_mask", True,
                     ("<|audio_bos|>", "<|audio_eos|>"),
                     paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
-                    text_config=_qwen2_text_config, sub_config="thinker_config", save_prefix="thinker."),
+                    text_config=_qwen2_text_config, sub_config="thinker_config", save_prefix="thinker.",
+                    unused_prefixes=("thinker.visual.", "talker.", "token2wav.")),
     )
 }
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -159,10 +160,30 @@ def load_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) -> tup
     extractor = family.extractor(Path(folder), hf_model.config)
     projector = nn.Identity() if family.paths["projector"] is None else _get(hf_model, family.paths["projector"])
     frontend = HFAudioFrontend(family, _get(hf_model, family.paths["tower"]), projector, extractor)
+    frontend.source = str(folder)  # where `HFAudioAdapter.save` finds the parts FunRL does not load
     return frontend.eval(), causal_lm_view(hf_model, family)
 
 
 # ------------------------------------------------------------------------------------------------- adapter
+
+
+def _copy_other_files(source: Path, folder: Path) -> None:
+    """Files of the source checkpoint other than its weights (written by `HFAudioAdapter.save` itself)."""
+    for path in source.iterdir():
+        stale_weights = path.name.endswith((".safetensors", ".index.json")) or path.name.startswith("pytorch_model")
+        if path.is_file() and not stale_weights:
+            (folder / path.name).write_bytes(path.read_bytes())
+
+
+def _unused_source_tensors(source: Path, prefixes: tuple[str, ...]) -> dict[str, Tensor]:
+    """Tensors of the source checkpoint under ``prefixes`` (parts FunRL does not load), unchanged."""
+    out: dict[str, Tensor] = {}
+    if not prefixes:
+        return out
+    for shard in sorted(source.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            out.update({key: f.get_tensor(key) for key in f.keys() if key.startswith(prefixes)})
+    return out
 
 
 def default_template(tokenizer: Any, family: AudioFamily, instruction: str = DEFAULT_INSTRUCTION) -> PromptTemplate:
@@ -199,8 +220,15 @@ class HFAudioAdapter:
                         config=read_config(folder))
 
     def save(self, model: AudioLLM, folder: Path) -> None:
-        """The HF checkpoint layout (config, preprocessor config, safetensors, tokenizer) + our prompt file."""
+        """The HF checkpoint layout (config, preprocessor config, safetensors, tokenizer) + our prompt file.
+
+        Weights FunRL does not hold (a vision tower, Qwen2.5-Omni's talker ...) and other files of the folder
+        the model was loaded from are copied from it unchanged, so the saved folder is a complete checkpoint.
+        """
         folder = Path(folder)
+        source = getattr(model.frontend, "source", None)
+        if source is not None:
+            _copy_other_files(Path(source), folder)
         (folder / "config.json").write_text(json.dumps(model.config, indent=2, ensure_ascii=False) + "\n")
         (folder / "preprocessor_config.json").write_text(
             json.dumps(model.frontend.extractor.to_dict(), indent=2) + "\n")
@@ -212,6 +240,8 @@ class HFAudioAdapter:
         named.update({f"llm.{k}": v for k, v in model.llm_state_dict()})
         tied = bool(base.config.tie_word_embeddings)
         weights = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_names(named, self.family, tied).items()}
+        if source is not None:
+            weights.update(_unused_source_tensors(Path(source), self.family.unused_prefixes))
         save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
         model.tokenizer.save_pretrained(folder)
 
