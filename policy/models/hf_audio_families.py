@@ -28,7 +28,7 @@ SR = 16000
 
 # ----------------------------------------------------------------------------------------------- extractors
 # Each extractor turns waveforms into a `FeatureBatch` with time on axis 1 (``feats [B, T, F]``, ``mask [B, T]``);
-# `AudioFamily.hf_inputs` turns that back into the keyword arguments the HF model's forward takes.
+# `hf_inputs(family, batch)` turns that back into the keyword arguments the HF model's forward takes.
 
 
 class FunAsrExtractor:
@@ -207,7 +207,7 @@ class AudioFamily:
     """How one transformers audio-LLM class maps onto `AudioLLM` (DESIGN.md §8 table)."""
 
     model_type: str  # config.json "model_type" == adapter name
-    model_class: str  # transformers class of the whole model
+    model_class: str  # transformers class that is loaded (the whole audio-LLM, or its thinker)
     lm_class: str  # transformers causal-LM class of its text part (what vLLM serves)
     extractor: Callable[[Path, Any], Callable[[list[np.ndarray]], FeatureBatch]]
     embed: Callable[[nn.Module, nn.Module, dict[str, Tensor]], list[Tensor]]

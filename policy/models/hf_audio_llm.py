@@ -1,8 +1,11 @@
 """transformers' own audio-LLM classes as `AudioLLM` adapters (DESIGN.md §5, §8).
 
-One generic adapter for the classes that share the ``model.audio_tower`` / ``model.multi_modal_projector`` /
-``model.language_model`` + ``lm_head`` layout, parameterised per family by an `AudioFamily` spec: which feature
-extractor, how audio features become embeddings, the HF class and the causal-LM class of its text part.
+One generic adapter for the classes that share the ``audio_tower`` / ``multi_modal_projector`` /
+``language_model`` + ``lm_head`` layout, parameterised per family by an `AudioFamily` spec
+(`policy.models.hf_audio_families`): which feature extractor, how audio features become embeddings, the
+attribute paths, the HF class and the causal-LM class of its text part. Registered ``model_type`` names:
+``fun_asr_nano``, ``qwen2_audio``, ``qwen3_asr``, ``voxtral``, ``qwen2_5_omni_thinker`` and ``qwen2_5_omni``
+(the thinker of a full Qwen2.5-Omni checkpoint).
 
 The HF model is loaded once (``from_pretrained(folder, local_files_only=True, use_safetensors=True)``; a folder
 with only .bin/.pt weights is refused; remote code never runs). Its modules are then *shared*, not copied:
@@ -105,12 +108,13 @@ class HFAudioFrontend(nn.Module):
     """audio_tower + multi_modal_projector of an HF audio-LLM, with the family's feature extractor."""
 
     def __init__(self, family: AudioFamily, tower: nn.Module, projector: nn.Module,
-                 extractor: Callable[[list[np.ndarray]], FeatureBatch]) -> None:
+                 extractor: Callable[[list[np.ndarray]], FeatureBatch], source: str | None = None) -> None:
         super().__init__()
         self.family = family
         self.tower = tower
-        self.projector = projector
+        self.projector = projector  # nn.Identity() for towers that project themselves (Qwen2.5-Omni)
         self.extractor = extractor
+        self.source = source  # the folder it was loaded from: `HFAudioAdapter.save` copies unused parts from it
 
     def features(self, waves: list[np.ndarray]) -> FeatureBatch:
         """Input features exactly as the family's HF processor computes them (time on axis 1)."""
@@ -159,8 +163,7 @@ def load_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) -> tup
     hf_model = load_hf_model(folder, family, dtype=dtype)
     extractor = family.extractor(Path(folder), hf_model.config)
     projector = nn.Identity() if family.paths["projector"] is None else _get(hf_model, family.paths["projector"])
-    frontend = HFAudioFrontend(family, _get(hf_model, family.paths["tower"]), projector, extractor)
-    frontend.source = str(folder)  # where `HFAudioAdapter.save` finds the parts FunRL does not load
+    frontend = HFAudioFrontend(family, _get(hf_model, family.paths["tower"]), projector, extractor, str(folder))
     return frontend.eval(), causal_lm_view(hf_model, family)
 
 

@@ -119,13 +119,14 @@ def test_too_short_clip_is_a_clear_error():
 
 def test_config_from_preprocessor_json(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({"feature_extractor_type": "FunAsrNanoFeatureExtractor", "num_frames_lfr": 5, "stride_lfr": 3,
-                    "processor_class": "FunAsrNanoProcessor"})
+        json.dumps({"feature_extractor_type": "FunAsrNanoFeatureExtractor", "num_frames_lfr": 5,
+                    "stride_lfr": 3, "processor_class": "FunAsrNanoProcessor"})
     )
     cfg = FunAsrFeatureConfig.from_folder(tmp_path)
     assert (cfg.num_frames_lfr, cfg.stride_lfr, cfg.feature_size, cfg.dim) == (5, 3, 80, 400)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"feature_extractor_type": "WhisperFeatureExtractor"}))
-    with pytest.raises(ValueError, match="preprocessor_config.json: feature_extractor_type is 'WhisperFeatureExtractor'"):
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(json.dumps({"feature_extractor_type": "WhisperFeatureExtractor"}))
+    with pytest.raises(ValueError, match="json: feature_extractor_type is 'WhisperFeatureExtractor'"):
         FunAsrFeatureConfig.from_folder(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"stride_lfr": 0}))
     with pytest.raises(ValueError, match="stride_lfr must be a positive integer"):

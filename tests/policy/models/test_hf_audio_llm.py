@@ -83,7 +83,7 @@ def test_sequence_logprobs_equal_hf_forward_with_audio_placeholders(tiny_dirs, w
     reference = H.load_hf_model(tiny_dirs[name], H.FAMILIES[name])
     tok = model.tokenizer
     contexts = ["hello world", None]
-    completions = [tok("the cat sat", add_special_tokens=False)["input_ids"], tok("ok", add_special_tokens=False)["input_ids"]]
+    completions = [tok(text, add_special_tokens=False)["input_ids"] for text in ("the cat sat", "ok")]
     width = max(map(len, completions))
     ids = torch.tensor([c + [tok.pad_token_id] * (width - len(c)) for c in completions])
     mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for c in completions])
