@@ -201,8 +201,10 @@ def language_mismatch(hyp: str, lang: str | None) -> bool:
 
 @register("language")
 def language(hyps: list[str], refs: list[str], metas: list[dict]) -> list[float | None]:
-    """R4, in {-1, 0}: -1 when ``meta["lang"]`` is given, the hypothesis is non-empty and its
-    detected language differs from it; else 0.
+    """R4, in {-1, 0}: -1 when the hypothesis is not in the expected language ``meta["lang"]``.
+
+    -1 when ``meta["lang"]`` is given, the hypothesis is non-empty and its detected
+    language differs from it; else 0.
 
     Detection separates zh / ja / ko / other scripts from Latin by a per-token script
     vote, and English from other Latin-script languages by function words (lingua for

@@ -1,0 +1,223 @@
+"""``python -m rewards``: score JSONL hypothesis/reference pairs from the command line.
+
+    python -m rewards score IN.jsonl [--weights wer=1,keyword=0.5] [--plugin module:function]... [--out OUT.jsonl]
+    python -m rewards list [--plugin module:function]... [-v]
+
+Every input line is validated before anything is scored or written; ``--out`` is
+written to a temporary file in the same folder and renamed into place, so a failed
+run never leaves a half-written output (nor touches an existing one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from rewards.registry import REGISTRY, TOTAL, RewardError, load_plugin, resolve_weights, score_batch
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+_EPILOG = """\
+input (IN.jsonl, or - for stdin): one JSON object per line,
+  {"hyp": str, "ref": str, "lang": str (optional), "keywords": [str, ...] (optional)}
+  Other keys are passed to the rewards in the item's meta dict. Blank lines are skipped.
+  "ref": "" marks a noise-only clip (the right output is empty).
+output: one JSON object per input line, same order, with every reward name and
+  "total" = sum of weight * reward over the rewards that apply (null = not applicable),
+  to stdout or --out; a per-reward count/mean/std table goes to stderr.
+weights: --weights wer=1,keyword=0.5 gives the listed rewards those weights and every
+  other reward weight 0; without --weights every reward has weight 1.
+plugins: --plugin my_module:my_reward imports my_module (from PYTHONPATH or the current
+  folder) and registers my_reward(hyps, refs, metas) -> list[float | None] under its own
+  name (or the name it gave itself with @rewards.register). Repeat for several.
+exit codes: 0 ok; 2 bad input (malformed line, unknown reward, bad weight, plugin that
+  does not load, missing file: one line on stderr names the line or the name);
+  1 a reward function raised while scoring.
+"""
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rewards", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score ASR hypotheses against references with the FunRL reward library "
+                    "(wer, keyword, hallucination, language, plus plugins).", epilog=_EPILOG)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{score,list}")
+    plugin_help = "import and register a reward function 'module:function' (repeatable)"
+    s = sub.add_parser("score", help="score a JSONL file of hyp/ref pairs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
+    s.add_argument("input", metavar="IN.jsonl", help="input JSONL file ('-' reads stdin)")
+    s.add_argument("--weights", metavar="NAME=W,...",
+                   help="reward weights for 'total', e.g. wer=1,keyword=0.5 (unlisted rewards get 0; "
+                        "default: all 1)")
+    s.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
+    s.add_argument("--out", metavar="OUT.jsonl", help="write the scores here (atomically) instead of stdout")
+    lst = sub.add_parser("list", help="print the registered reward names")
+    lst.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
+    lst.add_argument("-v", "--verbose", action="store_true", help="also print each reward's first doc line")
+    return p
+
+
+def parse_weights(spec: str) -> dict[str, float]:
+    """'wer=1,keyword=0.5' -> {'wer': 1.0, 'keyword': 0.5}; raises CliError naming the bad entry."""
+    out: dict[str, float] = {}
+    for item in spec.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name:
+            raise CliError(f"--weights: bad entry {item.strip()!r}: expected NAME=NUMBER, e.g. wer=1,keyword=0.5")
+        if name in out:
+            raise CliError(f"--weights: reward {name!r} is given twice")
+        try:
+            w = float(value)
+        except ValueError:
+            raise CliError(f"--weights: weight of {name!r} is not a number: {value!r}") from None
+        if not math.isfinite(w):
+            raise CliError(f"--weights: weight of {name!r} must be finite, got {value!r}")
+        out[name] = w
+    return out
+
+
+def _read_bytes(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"input file not found: {path}") from None
+    except OSError as exc:
+        raise CliError(f"cannot read input file {path}: {exc.strerror or exc}") from None
+
+
+def _check_item(obj: object, where: str) -> dict:
+    if not isinstance(obj, dict):
+        raise CliError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key in ("hyp", "ref"):
+        if key not in obj:
+            raise CliError(f"{where}: missing {key!r} (each line needs \"hyp\" and \"ref\" strings)")
+        if not isinstance(obj[key], str):
+            raise CliError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__}")
+    lang = obj.get("lang")
+    if lang is not None and not isinstance(lang, str):
+        raise CliError(f"{where}: 'lang' must be a string such as \"en\", got {type(lang).__name__}")
+    kws = obj.get("keywords")
+    if kws is not None and not (isinstance(kws, list) and all(isinstance(k, str) for k in kws)):
+        raise CliError(f"{where}: 'keywords' must be a list of strings")
+    return obj
+
+
+def read_items(path: str) -> list[dict]:
+    """Parse and validate every line of a JSONL file; the first bad line raises CliError."""
+    data = _read_bytes(path)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    items = []
+    for num, raw in enumerate(data.split(b"\n"), start=1):
+        where = f"{path}, line {num}" if path != "-" else f"stdin, line {num}"
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        items.append(_check_item(obj, where))
+    return items
+
+
+def _write_atomic(path: str, lines: list[str]) -> None:
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise CliError(f"--out: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summary_table(rows: list[dict[str, float | None]]) -> str:
+    """Per-reward count of non-None values, mean and (population) std, as an aligned text table."""
+    names = list(rows[0]) if rows else [*REGISTRY, TOTAL]
+    width = max(len("reward"), *(len(n) for n in names))
+    lines = [f"{'reward':<{width}}  {'count':>7}  {'mean':>8}  {'std':>8}"]
+    for name in names:
+        vals = [r[name] for r in rows if r[name] is not None]
+        if vals:
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+            lines.append(f"{name:<{width}}  {len(vals):>7}  {mean:>8.4f}  {std:>8.4f}")
+        else:
+            lines.append(f"{name:<{width}}  {0:>7}  {'-':>8}  {'-':>8}")
+    return "\n".join(lines)
+
+
+def _load_plugins(specs: Sequence[str]) -> None:
+    if specs and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # `python -m` has the current folder; the console script does not
+    for spec in specs:
+        try:
+            load_plugin(spec)
+        except RewardError as exc:
+            raise CliError(f"--plugin {exc}") from None
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    _load_plugins(args.plugin)
+    weights = parse_weights(args.weights) if args.weights is not None else None
+    try:
+        resolve_weights(weights)
+    except RewardError as exc:
+        raise CliError(f"--weights: {exc}") from None
+    items = read_items(args.input)
+    metas = [{k: v for k, v in it.items() if k not in ("hyp", "ref")} for it in items]
+    try:
+        rows = score_batch([it["hyp"] for it in items], [it["ref"] for it in items], metas, weights)
+    except RewardError as exc:
+        print(f"rewards: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    if args.out:
+        _write_atomic(args.out, lines)
+    else:
+        sys.stdout.writelines(lines)
+        sys.stdout.flush()
+    print(summary_table(rows), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _load_plugins(args.plugin)
+    for name, fn in REGISTRY.items():
+        doc = (fn.__doc__ or "").strip().splitlines()
+        print(f"{name}\t{doc[0] if doc else ''}" if args.verbose else name)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m rewards``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return cmd_score(args) if args.command == "score" else cmd_list(args)
+    except CliError as exc:
+        print(f"rewards: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. `python -m rewards score x.jsonl | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
