@@ -1,0 +1,166 @@
+"""``python -m rewards`` through a real subprocess: output, --out atomicity, and one-line errors (exit 2)."""
+import json
+import re
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = [
+    {"hyp": "Hello world", "ref": "hello, world!", "lang": "en", "keywords": ["world"]},
+    {"hyp": "我爱北京", "ref": "我爱北京天安门", "lang": "zh"},
+    {"hyp": "thank you", "ref": ""},
+]
+
+
+def run(*args, cwd=None, stdin=None):
+    return subprocess.run([sys.executable, "-m", "rewards", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, input=stdin, timeout=60)
+
+
+def write_jsonl(path: Path, items, extra_lines=()):
+    path.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items) + "".join(extra_lines),
+                    encoding="utf-8")
+    return path
+
+
+def test_score_writes_one_object_per_line_in_order_and_a_summary(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", GOOD[:1], ["\n"])           # a blank line is skipped
+    with src.open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(it, ensure_ascii=False) + "\n" for it in GOOD[1:])
+    out = run("score", src)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows == [
+        {"wer": 1.0, "keyword": 1.0, "hallucination": 0.0, "language": 0.0, "total": 2.0},
+        {"wer": pytest.approx(4 / 7), "keyword": None, "hallucination": 0.0, "language": 0.0,
+         "total": pytest.approx(4 / 7)},
+        {"wer": 0.0, "keyword": None, "hallucination": -1.0, "language": 0.0, "total": -1.0},
+    ]
+    table = out.stderr.splitlines()
+    assert table[0].split() == ["reward", "count", "mean", "std"]
+    wers = [1.0, 4 / 7, 0.0]                                           # population std, by the stdlib
+    assert table[1].split() == ["wer", "3", f"{statistics.mean(wers):.4f}", f"{statistics.pstdev(wers):.4f}"]
+    assert table[2].split() == ["keyword", "1", "1.0000", "0.0000"]
+
+
+def test_score_with_weights_and_stdin(tmp_path):
+    text = "".join(json.dumps(it) + "\n" for it in GOOD)
+    out = run("score", "-", "--weights", "wer=2, hallucination=0.5", stdin=text)
+    assert out.returncode == 0, out.stderr
+    totals = [json.loads(line)["total"] for line in out.stdout.splitlines()]
+    assert totals == pytest.approx([2.0, 8 / 7, -0.5])
+
+
+def test_out_file_is_written_and_replaced(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", GOOD)
+    dst = tmp_path / "scores.jsonl"
+    dst.write_text("old\n")
+    out = run("score", src, "--out", dst)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""
+    assert len(dst.read_text().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "scores.jsonl"]  # no temp file left
+
+
+def test_bad_line_leaves_existing_out_file_untouched(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", GOOD, ['{"hyp": "a", "ref": \n'])
+    dst = tmp_path / "scores.jsonl"
+    dst.write_text("previous results\n")
+    out = run("score", src, "--out", dst)
+    assert out.returncode == 2
+    assert dst.read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "scores.jsonl"]
+    assert out.stdout == ""
+    assert "line 4" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"hyp": "a", "ref": \n', r"line 2: invalid JSON"),
+    ('["hyp", "ref"]\n', r"line 2: expected a JSON object, got list"),
+    ('{"ref": "a"}\n', r"line 2: missing 'hyp'"),
+    ('{"hyp": "a"}\n', r"line 2: missing 'ref'"),
+    ('{"hyp": 3, "ref": "a"}\n', r"line 2: 'hyp' must be a string, got int"),
+    ('{"hyp": "a", "ref": null}\n', r"line 2: 'ref' must be a string, got NoneType"),
+    ('{"hyp": "a", "ref": "a", "lang": 7}\n', r"line 2: 'lang' must be a string"),
+    ('{"hyp": "a", "ref": "a", "keywords": "x"}\n', r"line 2: 'keywords' must be a list of strings"),
+    ('{"hyp": "a", "ref": "a", "keywords": ["x", 1]}\n', r"line 2: 'keywords' must be a list of strings"),
+])
+def test_bad_line_exits_2_with_one_line_naming_the_line(tmp_path, bad_line, message):
+    src = write_jsonl(tmp_path / "in.jsonl", GOOD[:1], [bad_line])
+    out = run("score", src)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert str(src) in out.stderr
+    assert re.search(message, out.stderr), out.stderr
+
+
+def test_invalid_utf8_line_is_named(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"hyp": "a", "ref": "a"}\n{"hyp": "\xff", "ref": "a"}\n')
+    out = run("score", src)
+    assert out.returncode == 2 and "line 2: not valid UTF-8" in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "wer=1,foo=2"], "unknown reward 'foo'"),
+    (["--weights", "wer=abc"], "weight of 'wer' is not a number: 'abc'"),
+    (["--weights", "wer"], "bad entry 'wer'"),
+    (["--weights", "wer=nan"], "must be finite"),
+    (["--weights", "wer=1,wer=2"], "'wer' is given twice"),
+    (["--plugin", "no_such_plugin_mod:f"], "cannot import module 'no_such_plugin_mod'"),
+    (["--plugin", "cli_plugin:NOT_CALLABLE"], "'NOT_CALLABLE' is a int, not a callable"),
+    (["--plugin", "cli_plugin:absent"], "has no attribute 'absent'"),
+    (["--out", "no/such/folder/x.jsonl"], "folder no/such/folder does not exist"),
+])
+def test_bad_option_exits_2_with_one_line_naming_it(tmp_path, args, message):
+    src = write_jsonl(tmp_path / "in.jsonl", GOOD)
+    (tmp_path / "cli_plugin.py").write_text("NOT_CALLABLE = 3\n")
+    out = run("score", src, *args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_missing_input_file_exits_2_with_the_path(tmp_path):
+    out = run("score", tmp_path / "absent.jsonl")
+    assert out.returncode == 2
+    assert f"input file not found: {tmp_path / 'absent.jsonl'}" in out.stderr
+
+
+def test_plugin_is_scored_and_listed(tmp_path):
+    (tmp_path / "my_rewards.py").write_text(textwrap.dedent("""
+        def brevity(hyps, refs, metas):
+            return [-0.1 * len(h.split()) for h in hyps]
+    """))
+    src = write_jsonl(tmp_path / "in.jsonl", GOOD)
+    out = run("score", src, "--plugin", "my_rewards:brevity", "--weights", "brevity=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["total"] for r in rows] == pytest.approx([-0.2, -0.1, -0.2])
+    assert list(rows[0]) == ["wer", "keyword", "hallucination", "language", "brevity", "total"]
+    listed = run("list", "--plugin", "my_rewards:brevity", cwd=tmp_path)
+    assert listed.stdout.split() == ["wer", "keyword", "hallucination", "language", "brevity"]
+
+
+def test_plugin_raising_while_scoring_exits_1_naming_it(tmp_path):
+    (tmp_path / "bad_rewards.py").write_text("def crash(h, r, m):\n    raise KeyError('lang')\n")
+    out = run("score", write_jsonl(tmp_path / "in.jsonl", GOOD), "--plugin", "bad_rewards:crash", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "reward 'crash' failed: KeyError" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_list_and_help():
+    out = run("list")
+    assert out.returncode == 0 and out.stdout.split() == ["wer", "keyword", "hallucination", "language"]
+    verbose = run("list", "-v")
+    assert verbose.stdout.splitlines()[0].startswith("wer\tR1")
+    helped = run("score", "--help")
+    assert helped.returncode == 0
+    for needle in ("--weights", "--plugin", "--out", '"hyp": str', "exit codes"):
+        assert needle in helped.stdout
