@@ -1,0 +1,351 @@
+"""The FSDP2 GRPO policy learner: one `Learner` per rank (a plain class; `policy.learner_group` runs one Ray
+actor per rank). DESIGN.md §1, §2, §8.
+
+One `update(batch)`:
+
+1. every rank gets the whole `ScoredRollout` and flattens it to N = B*G sequences; rank r takes rows
+   ``r::world_size`` in micro-batches of ``micro_batch`` sequences; a rank with fewer rows runs masked dummy
+   micro-batches so that every rank runs the same number of forward/backward passes (FSDP collectives);
+2. old log-probs (current weights, no grad) and reference log-probs (LoRA: the same model with its adapters
+   disabled; full fine-tuning: a frozen, sharded copy of the starting model) once, per micro-batch;
+3. ``ppo_epochs`` passes; each pass accumulates gradients over all micro-batches and ends with grad-norm
+   clipping and one AdamW step. The LR scheduler steps once per update (``warmup_steps`` counts updates).
+
+Loss scaling (gradient accumulation == one big batch of all N sequences over all ranks). Micro-batch j's
+``grpo_loss`` is a mean over its own units; it is multiplied by ``n_j / N_total`` where the *unit* is
+
+* ``token-mean``: a valid (mask != 0) token; n_j = valid tokens of micro-batch j, N_total = valid tokens of
+  the whole batch, so the sum over j is (sum of every token's loss) / (all valid tokens);
+* ``seq-mean-token-mean``: a sequence with at least one valid token; each sequence's loss is the mean over
+  its tokens, so the sum over j is (sum of sequence losses) / (non-empty sequences of the whole batch).
+
+FSDP averages gradients over ranks, so each backward uses ``loss * n_j / N_total * world_size``.
+NaN/inf in advantages, losses or the gradient norm raise `FloatingPointError` on every rank before any
+optimizer step (weights and optimizer state untouched, gradients cleared).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from policy.config import LearnerConfig, ModelConfig
+from policy.distributed import (all_reduce, barrier, init_process_group, mixed_precision, pick_device,
+                                rank_micro_batches, shard)
+from policy.grpo import grpo_loss
+from policy.learner_state import load_learner_state, make_scheduler, read_learner_info, save_learner_state
+from policy.messages import LearnStats, ScoredRollout
+from policy.models import AudioLLM, load_audio_llm
+from policy.models.base import atomic_dir
+
+NamedTensors = list[tuple[str, Tensor]]
+
+
+class PolicyForward(nn.Module):
+    """The FSDP root: sequences -> ``[N, T]`` log-probs, so every parameter is used inside the root's hooks."""
+
+    def __init__(self, model: AudioLLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, prompt_embeds: list[Tensor], ids: Tensor, mask: Tensor) -> Tensor:
+        return self.model.sequence_logprobs(prompt_embeds, ids, mask)
+
+
+@dataclass
+class _Flat:
+    """A ScoredRollout as N = B*G rows."""
+
+    prompts: list[Tensor]   # N x [L, H] (the clip's prompt, repeated G times)
+    ids: Tensor             # [N, T]
+    mask: Tensor            # [N, T] float
+    adv: Tensor             # [N] float
+
+
+@dataclass
+class _Micro:
+    rows: list[int]
+    dummy: bool             # padding micro-batch: its mask is all zero
+    width: int              # columns kept (up to the last valid token of these rows)
+
+
+def flatten_batch(batch: ScoredRollout) -> _Flat:
+    """Rows of the batch; FloatingPointError for non-finite advantages, ValueError for bad shapes."""
+    r = batch.rollout
+    B, G, T = r.token_ids.shape
+    if tuple(batch.advantages.shape) != (B, G):
+        raise ValueError(f"ScoredRollout.advantages has shape {tuple(batch.advantages.shape)}, expected {(B, G)}")
+    adv = batch.advantages.detach().reshape(B * G).to(torch.float32)
+    if not bool(torch.isfinite(adv).all()):
+        bad = (~torch.isfinite(batch.advantages)).nonzero().tolist()
+        raise FloatingPointError(f"learner.update: advantages contain NaN/inf at [clip, hypothesis] {bad[:8]}; "
+                                 "check the rewards of these clips (no weights were changed)")
+    prompts = [r.prompts.prompt_embeds[b] for b in range(B) for _ in range(G)]
+    return _Flat(prompts, r.token_ids.reshape(B * G, T).long(), r.mask.reshape(B * G, T).to(torch.float32), adv)
+
+
+class Learner:
+    """One FSDP2 rank of the GRPO learner. Construct cheaply; `setup()` joins the process group and loads."""
+
+    def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, rank: int = 0,
+                 world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500, *,
+                 total_steps: int | None = None, timeout_s: float = 1800.0) -> None:
+        if cfg.lr_schedule != "constant" and total_steps is None:
+            raise ValueError(f"learner.lr_schedule={cfg.lr_schedule!r} needs total_steps (the run's step count)")
+        self.model_dir, self.model_cfg, self.cfg = str(model_dir), model_cfg, cfg
+        self.rank, self.world_size = rank, world_size
+        self.master_addr, self.master_port = master_addr, master_port
+        self.total_steps, self.timeout_s = total_steps, timeout_s
+        self.updates = 0
+        self.model: AudioLLM | None = None
+
+    # ----------------------------------------------------------------------------------------- setup
+    def setup(self) -> dict[str, Any]:
+        """Join the process group (blocks until every rank has), load, LoRA, shard, optimizer, schedule."""
+        cfg = self.cfg
+        if self.model_cfg.train_encoder:
+            raise NotImplementedError(
+                "model.train_encoder=true is not implemented in the learner yet: it would recompute prompt "
+                "embeddings from audio inside the FSDP forward; train with model.train_encoder=false")
+        self.device = pick_device(cfg.gpus_per_rank, self.rank)
+        self.mesh = init_process_group(self.device, self.rank, self.world_size, self.master_addr,
+                                       self.master_port, self.timeout_s)
+        torch.manual_seed(cfg.seed)  # identical LoRA init on every rank before sharding
+        self.model = self._load()
+        self.lora = cfg.finetune == "lora"
+        if self.lora:
+            from policy.models.lora import apply_lora
+            apply_lora(self.model, cfg.lora, train_frontend=False)
+        else:
+            self.model.frontend.requires_grad_(False)
+        mp = mixed_precision(cfg.dtype, self.device)
+        self.root = shard(PolicyForward(self.model), self.model.decoder_layers(), self.mesh, mp)
+        self.ref_root = None
+        if not self.lora:
+            ref = self._load().requires_grad_(False).eval()
+            self.ref_root = shard(PolicyForward(ref), ref.decoder_layers(), self.mesh, mp)
+        params = [p for p in self.root.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
+        torch.manual_seed(cfg.seed + 1000 * (self.rank + 1))  # per-rank stream for dropout
+        return {"rank": self.rank, "device": str(self.device),
+                "parameters": sum(p.numel() for p in self.root.parameters()) * self.world_size,
+                "trainable": sum(p.numel() for p in params) * self.world_size}
+
+    def _load(self) -> AudioLLM:
+        return load_audio_llm(self.model_dir, dtype="float32", prompt=self.model_cfg.prompt)
+
+    def _require_setup(self) -> None:
+        if self.model is None:
+            raise RuntimeError("Learner.setup() must run first (on every rank)")
+
+    # ---------------------------------------------------------------------------------------- update
+    def update(self, batch: ScoredRollout) -> LearnStats:
+        """One GRPO update on the whole batch (every rank gets the same batch); see the module doc."""
+        self._require_setup()
+        start = time.perf_counter()
+        data = flatten_batch(batch)
+        micro = self._micro_batches(data)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.root.eval()
+        old = [self._logprobs(self.root, data, m) for m in micro]
+        ref = [self._ref_logprobs(data, m) for m in micro]
+        norm = self._normaliser(data)
+        sums = torch.zeros(6, dtype=torch.float64)  # loss, clip*n, kl*n, ratio*n, n_tokens, grad_norm
+        ratio_max = 0.0
+        self.root.train()
+        for _ in range(self.cfg.ppo_epochs):
+            epoch, ratio_max_e = self._accumulate(data, micro, old, ref, norm)
+            sums[:5] += epoch
+            ratio_max = max(ratio_max, ratio_max_e)
+            sums[5] += self._optimizer_step(float(epoch[0]))
+        self.scheduler.step()
+        self.updates += 1
+        return self._stats(sums, ratio_max, lr, data, len(micro), time.perf_counter() - start)
+
+    def _micro_batches(self, data: _Flat) -> list[_Micro]:
+        out = []
+        for rows in rank_micro_batches(len(data.prompts), self.rank, self.world_size, self.cfg.micro_batch):
+            dummy = not rows
+            rows = rows or [0]
+            valid = data.mask[rows].sum(dim=0).nonzero()
+            width = int(valid.max()) + 1 if (len(valid) and not dummy) else 1
+            out.append(_Micro(rows, dummy, width))
+        return out
+
+    def _inputs(self, data: _Flat, m: _Micro) -> tuple[list[Tensor], Tensor, Tensor]:
+        ids = data.ids[m.rows, :m.width].to(self.device)
+        mask = data.mask[m.rows, :m.width].to(self.device)
+        if m.dummy:
+            mask = torch.zeros_like(mask)
+        return [data.prompts[i] for i in m.rows], ids, mask
+
+    @torch.no_grad()
+    def _logprobs(self, root: nn.Module, data: _Flat, m: _Micro) -> Tensor:
+        prompts, ids, mask = self._inputs(data, m)
+        return root(prompts, ids, mask).float()
+
+    @torch.no_grad()
+    def _ref_logprobs(self, data: _Flat, m: _Micro) -> Tensor:
+        if self.ref_root is None:  # LoRA: the base model is the reference
+            with self.model.llm.disable_adapter():
+                out = self._logprobs(self.root, data, m)
+            return out
+        out = self._logprobs(self.ref_root, data, m)
+        return out
+
+    def _normaliser(self, data: _Flat) -> float:
+        """N_total of the module doc: valid tokens (token-mean) or non-empty sequences, whole batch."""
+        if self.cfg.agg == "token-mean":
+            return max(1.0, float(data.mask.ne(0).sum()))
+        return max(1.0, float(data.mask.ne(0).any(dim=1).sum()))
+
+    def _accumulate(self, data: _Flat, micro: list[_Micro], old: list[Tensor], ref: list[Tensor],
+                    norm: float) -> tuple[Tensor, float]:
+        """Forward/backward over this rank's micro-batches; returns this rank's partial sums."""
+        cfg = self.cfg
+        sums = torch.zeros(5, dtype=torch.float64)
+        ratio_max = 0.0
+        for m, old_m, ref_m in zip(micro, old, ref):
+            prompts, ids, mask = self._inputs(data, m)
+            logp = self.root(prompts, ids, mask)
+            adv = data.adv[m.rows].to(self.device)
+            loss, metrics = grpo_loss(logp, old_m, ref_m, adv, mask, clip_eps=cfg.clip_eps, beta=cfg.beta,
+                                      agg=cfg.agg, kl_kind=cfg.kl_kind)
+            units = metrics["n_tokens"] if cfg.agg == "token-mean" else metrics["n_seqs"]
+            weight = units / norm
+            (loss * (weight * self.world_size)).backward()
+            n = metrics["n_tokens"]
+            sums += torch.tensor([float(loss.detach()) * weight, metrics["clip_frac"] * n, metrics["kl"] * n,
+                                  metrics["ratio_mean"] * n, n], dtype=torch.float64)
+            ratio_max = max(ratio_max, metrics["ratio_max"])
+        return sums, ratio_max
+
+    def _optimizer_step(self, local_loss: float) -> float:
+        """Clip and step, unless any rank saw a non-finite loss or the gradient norm is not finite."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        bad = all_reduce([0.0 if math.isfinite(local_loss) else 1.0], op="max", device=self.device)[0]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if not bad else torch.tensor(float("nan"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        if bad or not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "the loss" if bad else f"the gradient norm ({grad_norm})"
+            raise FloatingPointError(f"learner.update (update {self.updates}, rank {self.rank}): {what} is NaN/inf; "
+                                     "the optimizer step was skipped and no weights were changed")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _stats(self, sums: Tensor, ratio_max: float, lr: float, data: _Flat, n_micro: int,
+               seconds: float) -> LearnStats:
+        total = all_reduce(sums[:5].tolist(), device=self.device)
+        ratio_max = all_reduce([ratio_max], op="max", device=self.device)[0]
+        epochs = self.cfg.ppo_epochs
+        tokens = max(1.0, total[4])
+        return LearnStats(loss=total[0] / epochs, kl=total[2] / tokens, clip_frac=total[1] / tokens,
+                          ratio_mean=total[3] / tokens, grad_norm=float(sums[5]) / epochs, lr=lr,
+                          num_sequences=len(data.prompts), seconds=seconds,
+                          extra={"ratio_max": ratio_max, "tokens": total[4] / epochs,
+                                 "micro_batches": float(n_micro), "updates": float(self.updates)})
+
+    # ------------------------------------------------------------------------------------ weight sync
+    def named_weights_for_sync(self) -> Iterator[tuple[str, Tensor]]:
+        """Full LLM weights (LoRA merged) under the names vLLM loads, one tensor at a time, on CPU.
+
+        A collective: every rank must exhaust the iterator; rank 0 yields, the others yield nothing.
+        """
+        self._require_setup()
+        for name, tensor in self.model.llm_state_dict():
+            if self.rank == 0:
+                yield name, tensor.detach().to("cpu")
+
+    def weight_buckets_for_sync(self, bucket_bytes: int) -> Iterator[NamedTensors]:
+        """`named_weights_for_sync` grouped into buckets of at most ``bucket_bytes`` (a bigger tensor alone)."""
+        if bucket_bytes <= 0:
+            raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+        bucket: NamedTensors = []
+        size = 0
+        for name, t in self.named_weights_for_sync():
+            nbytes = t.numel() * t.element_size()
+            if bucket and size + nbytes > bucket_bytes:
+                yield bucket
+                bucket, size = [], 0
+            bucket.append((name, t))
+            size += nbytes
+        if bucket:
+            yield bucket
+
+    def gather_weights(self) -> NamedTensors | None:
+        """Collective: rank 0 returns the full list of (name, tensor); other ranks None."""
+        weights = list(self.named_weights_for_sync())
+        return weights if self.rank == 0 else None
+
+    def sync_weights(self, send: Callable[[NamedTensors], None], bucket_bytes: int,
+                     finish: Callable[[], None] | None = None) -> dict[str, float]:
+        """Collective: stream buckets to ``send`` on rank 0 (then ``finish()``); returns rank 0's counts."""
+        start, count, nbytes = time.perf_counter(), 0, 0
+        for bucket in self.weight_buckets_for_sync(bucket_bytes):
+            send(bucket)
+            count += 1
+            nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
+        if self.rank == 0 and finish is not None:
+            finish()
+        return {"seconds": time.perf_counter() - start, "buckets": float(count), "bytes": float(nbytes)}
+
+    def export_adapter(self, folder: str) -> str:
+        """LoRA only, collective: gather the adapter; rank 0 writes a peft folder (atomic) at ``folder``."""
+        self._require_setup()
+        if not self.lora:
+            raise ValueError("export_adapter: learner.finetune is 'full'; sync full weights instead")
+        from policy.models.lora import ADAPTER_WEIGHTS, lora_state_dict
+        weights = lora_state_dict(self.model)
+        if self.rank == 0:
+            with atomic_dir(folder) as tmp:
+                save_file(weights, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+                self.model.llm.peft_config["default"].save_pretrained(str(tmp))
+        barrier(self.device)
+        return str(Path(folder))
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, folder: str) -> str:
+        """Collective: trainable weights + AdamW (DCP), scheduler, RNG of every rank, into ``folder``."""
+        self._require_setup()
+        info = {"updates": self.updates, "world_size": self.world_size, "finetune": self.cfg.finetune,
+                "model_dir": self.model_dir}
+        save_learner_state(folder, self.root, self.optimizer, self.scheduler, self.rank, info)
+        barrier(self.device)
+        return str(folder)
+
+    def load_checkpoint(self, folder: str) -> dict[str, Any]:
+        """Collective: restore a `save_checkpoint` folder (saved with any number of ranks)."""
+        self._require_setup()
+        saved = read_learner_info(folder).get("finetune")
+        if saved != self.cfg.finetune:
+            raise ValueError(f"{folder}: checkpoint was saved with learner.finetune={saved!r}, "
+                             f"this run uses {self.cfg.finetune!r}")
+        info = load_learner_state(folder, self.root, self.optimizer, self.scheduler, self.rank)
+        self.updates = int(info["updates"])
+        barrier(self.device)
+        return info
+
+    # -------------------------------------------------------------------------------------- lifecycle
+    def ready(self) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        """Destroy the process group and drop the model (every rank)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.model = self.root = self.ref_root = None

@@ -1,0 +1,140 @@
+"""Learner state that outlives a process: the LR schedule and checkpoints with torch.distributed.checkpoint.
+
+A learner checkpoint folder holds (written exactly into the folder the caller names; the driver makes it
+atomic with a temp dir + rename)::
+
+    dcp/                    model (trainable parameters only: the LoRA adapter, or the LLM [+ frontend]) and
+                            AdamW state, sharded by DCP (loads into any number of ranks)
+    learner.json            scheduler state, update counter, world size, fine-tuning mode (rank 0)
+    rng_rank{r}.json        python / numpy RNG state of rank r
+    rng_rank{r}.safetensors torch CPU (+ CUDA) RNG state of rank r
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.optim.lr_scheduler import LambdaLR
+
+STATE_FILE = "learner.json"
+_OPTIONS = StateDictOptions(ignore_frozen_params=True)
+# frozen parameters come from the model folder; dcp.load already fails on a trainable key the checkpoint lacks
+_LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
+def lr_multiplier(step: int, schedule: str, warmup_steps: int, total_steps: int | None) -> float:
+    """Factor on the base LR for update number ``step`` (0-based).
+
+    Warm-up: ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` updates (the first update
+    already moves). Then ``constant`` = 1; ``linear`` = 1 - p; ``cosine`` = (1 + cos(pi p)) / 2, with
+    p = (step - warmup) / (total - warmup) clamped to [0, 1] (so the LR reaches 0 at ``total_steps``).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if total_steps is None:
+        raise ValueError(f"learner.lr_schedule={schedule!r} needs the total number of steps (total_steps)")
+    p = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    if schedule == "linear":
+        return 1.0 - p
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    raise ValueError(f"unknown learner.lr_schedule {schedule!r}; use constant, linear or cosine")
+
+
+class ScheduleFn:
+    """Picklable LambdaLR function (a plain object instead of a closure)."""
+
+    def __init__(self, schedule: str, warmup_steps: int, total_steps: int | None) -> None:
+        lr_multiplier(0, schedule, warmup_steps, total_steps)  # fail now on a bad combination
+        self.schedule, self.warmup_steps, self.total_steps = schedule, warmup_steps, total_steps
+
+    def __call__(self, step: int) -> float:
+        return lr_multiplier(step, self.schedule, self.warmup_steps, self.total_steps)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int | None) -> LambdaLR:
+    return LambdaLR(optimizer, ScheduleFn(cfg.lr_schedule, cfg.warmup_steps, total_steps))
+
+
+def _scheduler_state(scheduler: LambdaLR) -> dict[str, Any]:
+    state = scheduler.state_dict()
+    state.pop("lr_lambdas", None)   # the function is rebuilt from the config
+    return state
+
+
+def _rng_save(folder: Path, rank: int) -> None:
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {"python": [py_version, list(py_state), py_gauss],
+            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    (folder / f"rng_rank{rank}.json").write_text(json.dumps(meta))
+    tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(folder / f"rng_rank{rank}.safetensors"))
+
+
+def _rng_load(folder: Path, rank: int) -> bool:
+    meta_path, tensor_path = folder / f"rng_rank{rank}.json", folder / f"rng_rank{rank}.safetensors"
+    if not (meta_path.is_file() and tensor_path.is_file()):
+        return False  # saved with fewer ranks: this rank keeps its seeded state
+    meta = json.loads(meta_path.read_text())
+    tensors = load_file(str(tensor_path))
+    version, state, gauss = meta["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    return True
+
+
+def save_learner_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       scheduler: LambdaLR, rank: int, info: dict[str, Any]) -> Path:
+    """Collective (every rank calls it): DCP model + optimizer, rank 0's json, every rank's RNG."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"))
+    if rank == 0:
+        state = {**info, "scheduler": _scheduler_state(scheduler)}
+        (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+    _rng_save(folder, rank)
+    return folder
+
+
+def read_learner_info(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / STATE_FILE
+    if not path.is_file() or not (Path(folder) / "dcp").is_dir():
+        raise FileNotFoundError(f"{folder} is not a learner checkpoint ({STATE_FILE} or dcp/ missing); "
+                                "pass the folder that save_checkpoint wrote")
+    return json.loads(path.read_text())
+
+
+def load_learner_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       scheduler: LambdaLR, rank: int) -> dict[str, Any]:
+    """Collective: restore what `save_learner_state` wrote (any world size); returns the saved info."""
+    folder = Path(folder)
+    info = read_learner_info(folder)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(folder / "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_LOAD_OPTIONS)
+    sched = dict(info["scheduler"])
+    sched["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
+    scheduler.load_state_dict(sched)
+    _rng_load(folder, rank)
+    return info
