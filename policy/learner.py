@@ -42,7 +42,7 @@ from policy.distributed import (all_reduce, barrier, init_process_group, mixed_p
                                 rank_micro_batches, shard)
 from policy.grpo import grpo_loss
 from policy.learner_state import load_learner_state, make_scheduler, read_learner_info, save_learner_state
-from policy.messages import LearnStats, ScoredRollout
+from policy.messages import LearnStats, RolloutBatch, ScoredRollout
 from policy.models import AudioLLM, load_audio_llm
 from policy.models.base import atomic_dir
 
@@ -77,6 +77,14 @@ class _Micro:
     width: int              # columns kept (up to the last valid token of these rows)
 
 
+def flatten_rollout(r: RolloutBatch, adv: Tensor | None = None) -> _Flat:
+    """Rows of a rollout (advantages [N] or zeros)."""
+    B, G, T = r.token_ids.shape
+    prompts = [r.prompts.prompt_embeds[b] for b in range(B) for _ in range(G)]
+    adv = torch.zeros(B * G) if adv is None else adv
+    return _Flat(prompts, r.token_ids.reshape(B * G, T).long(), r.mask.reshape(B * G, T).to(torch.float32), adv)
+
+
 def flatten_batch(batch: ScoredRollout) -> _Flat:
     """Rows of the batch; FloatingPointError for non-finite advantages, ValueError for bad shapes."""
     r = batch.rollout
@@ -88,8 +96,7 @@ def flatten_batch(batch: ScoredRollout) -> _Flat:
         bad = (~torch.isfinite(batch.advantages)).nonzero().tolist()
         raise FloatingPointError(f"learner.update: advantages contain NaN/inf at [clip, hypothesis] {bad[:8]}; "
                                  "check the rewards of these clips (no weights were changed)")
-    prompts = [r.prompts.prompt_embeds[b] for b in range(B) for _ in range(G)]
-    return _Flat(prompts, r.token_ids.reshape(B * G, T).long(), r.mask.reshape(B * G, T).to(torch.float32), adv)
+    return flatten_rollout(r, adv)
 
 
 class Learner:
@@ -138,8 +145,8 @@ class Learner:
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         torch.manual_seed(cfg.seed + 1000 * (self.rank + 1))  # per-rank stream for dropout
         return {"rank": self.rank, "device": str(self.device),
-                "parameters": sum(p.numel() for p in self.root.parameters()) * self.world_size,
-                "trainable": sum(p.numel() for p in params) * self.world_size}
+                "parameters": sum(p.numel() for p in self.root.parameters()),  # DTensor numel is global
+                "trainable": sum(p.numel() for p in params)}
 
     def _load(self) -> AudioLLM:
         return load_audio_llm(self.model_dir, dtype="float32", prompt=self.model_cfg.prompt)
@@ -171,6 +178,22 @@ class Learner:
         self.scheduler.step()
         self.updates += 1
         return self._stats(sums, ratio_max, lr, data, len(micro), time.perf_counter() - start)
+
+    def logprobs(self, batch: ScoredRollout | RolloutBatch, reference: bool = False) -> Tensor:
+        """``[B, G, T]`` log-probs of the batch's tokens under the current policy, or under the reference
+        (0 where the mask is 0). Collective: every rank computes its rows and returns the whole tensor."""
+        self._require_setup()
+        rollout = batch.rollout if isinstance(batch, ScoredRollout) else batch
+        data = flatten_rollout(rollout)
+        out = torch.zeros(data.ids.shape, dtype=torch.float32, device=self.device)
+        self.root.eval()
+        for m in self._micro_batches(data):
+            lp = self._ref_logprobs(data, m) if reference else self._logprobs(self.root, data, m)
+            if not m.dummy:
+                out[m.rows, :m.width] = lp
+        if self.world_size > 1:
+            dist.all_reduce(out)
+        return out.reshape(rollout.token_ids.shape).cpu()
 
     def _micro_batches(self, data: _Flat) -> list[_Micro]:
         out = []
@@ -292,16 +315,26 @@ class Learner:
         weights = list(self.named_weights_for_sync())
         return weights if self.rank == 0 else None
 
-    def sync_weights(self, send: Callable[[NamedTensors], None], bucket_bytes: int,
-                     finish: Callable[[], None] | None = None) -> dict[str, float]:
-        """Collective: stream buckets to ``send`` on rank 0 (then ``finish()``); returns rank 0's counts."""
+    def sync_weights(self, send: Callable[[NamedTensors], None], bucket_bytes: int) -> dict[str, float]:
+        """Collective: stream weight buckets to ``send`` on rank 0, then call ``send.finish()`` if it has one.
+
+        A failing ``send`` stops the sending, but rank 0 still gathers to the end (the other ranks are in the
+        same collectives) and raises afterwards. Returns rank 0's seconds / buckets / bytes.
+        """
         start, count, nbytes = time.perf_counter(), 0, 0
+        error: BaseException | None = None
         for bucket in self.weight_buckets_for_sync(bucket_bytes):
-            send(bucket)
             count += 1
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
-        if self.rank == 0 and finish is not None:
-            finish()
+            if error is None:
+                try:
+                    send(bucket)
+                except Exception as exc:  # noqa: BLE001 - re-raised once every rank is through
+                    error = exc
+        if error is None and self.rank == 0 and hasattr(send, "finish"):
+            send.finish()
+        if error is not None:
+            raise error
         return {"seconds": time.perf_counter() - start, "buckets": float(count), "bytes": float(nbytes)}
 
     def export_adapter(self, folder: str) -> str:

@@ -1,0 +1,173 @@
+"""`LearnerGroup`: the FSDP2 learner as one Ray actor per rank, in a placement group.
+
+Bundles are ``{"CPU": 1}`` (or ``{"CPU": 1, "GPU": gpus_per_rank}``), packed onto as few nodes as possible;
+the rendezvous address is a free port on the node of bundle 0. Every rank's ``setup`` is launched before
+any result is awaited (each blocks until all ranks join). Every other call is fanned out to all ranks (they
+run collectives) and returns rank 0's result. An actor that dies or raises gives `WorkerError` naming the
+rank, with its remote traceback; after a failure other than a NaN guard (which every rank raises together,
+leaving the group usable) the group is marked broken and refuses further calls.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+
+from policy.config import LearnerConfig, ModelConfig
+from policy.distributed import free_port
+from policy.learner import Learner
+from policy.messages import LearnStats, ScoredRollout
+from policy.ray_utils import WorkerError, get_named, in_bundle, remote_class
+
+__all__ = ["LearnerGroup", "WorkerError"]
+
+
+def _rendezvous_address() -> tuple[str, int]:
+    return ray.util.get_node_ip_address(), free_port()
+
+
+class RolloutSender:
+    """Sends weight buckets from learner rank 0 to rollout actors (``update_weights`` /
+    ``finish_weight_update``); at most two buckets in flight. Built by the group, called inside rank 0."""
+
+    def __init__(self, rollouts: Sequence[Any]) -> None:
+        self.rollouts = list(rollouts)
+        self._pending: list = []
+
+    def __call__(self, bucket: list) -> None:
+        ref = ray.put(bucket)
+        self._wait()
+        self._pending = [(f"rollout worker {i}", r.update_weights.remote(ref)) for i, r in enumerate(self.rollouts)]
+
+    def finish(self) -> None:
+        self._wait()
+        get_named([(f"rollout worker {i}", r.finish_weight_update.remote()) for i, r in enumerate(self.rollouts)])
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        get_named(pending)
+
+
+class LearnerGroup:
+    """``num_ranks`` `Learner` actors (one per rank) running FSDP2 together; see the module doc."""
+
+    def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, *,
+                 total_steps: int | None = None, placement_strategy: str = "PACK",
+                 placement_timeout_s: float = 300.0, call_timeout_s: float | None = None,
+                 runtime_env: dict | None = None) -> None:
+        if not ray.is_initialized():
+            raise RuntimeError("LearnerGroup needs a running Ray (ray.init(...) or ray.init(address=...)) first")
+        self.cfg = cfg
+        self.num_ranks = cfg.num_ranks
+        self.call_timeout_s = call_timeout_s
+        self._broken: str | None = None
+        self.actors: list[Any] = []
+        self.pg = self._placement_group(cfg, placement_strategy, placement_timeout_s)
+        try:
+            addr, port = ray.get(ray.remote(num_cpus=0)(_rendezvous_address)
+                                 .options(scheduling_strategy=in_bundle(self.pg, 0)).remote())
+            self.master_addr, self.master_port = addr, port
+            options = {"num_cpus": 1, "num_gpus": cfg.gpus_per_rank}
+            if runtime_env:
+                options["runtime_env"] = runtime_env
+            self.actors = [
+                remote_class(Learner, scheduling_strategy=in_bundle(self.pg, r), **options).remote(
+                    model_dir, model_cfg, cfg, r, self.num_ranks, addr, port, total_steps=total_steps)
+                for r in range(self.num_ranks)]
+            self.info = self._call("setup")
+        except BaseException:
+            self.kill()
+            raise
+
+    @staticmethod
+    def _placement_group(cfg: LearnerConfig, strategy: str, timeout_s: float):
+        bundle = {"CPU": 1.0}
+        if cfg.gpus_per_rank > 0:
+            bundle["GPU"] = float(cfg.gpus_per_rank)
+        pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy=strategy)
+        ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+        if not ready:
+            remove_placement_group(pg)
+            raise RuntimeError(
+                f"cannot place {cfg.num_ranks} learner ranks of {bundle} (learner.num_ranks, learner.gpus_per_rank) "
+                f"within {timeout_s:.0f} s; the cluster has {ray.available_resources()} available")
+        return pg
+
+    # ------------------------------------------------------------------------------------- fan-out
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call ``method`` on every rank; results by rank."""
+        if self._broken:
+            raise WorkerError(f"the learner group is unusable after an earlier failure: {self._broken}")
+        refs = [(f"learner rank {r}", getattr(a, method).remote(*args, **kwargs)) for r, a in enumerate(self.actors)]
+        try:
+            return get_named(refs, timeout_s=self.call_timeout_s)
+        except WorkerError as err:
+            if isinstance(err.cause, FloatingPointError) and self._all_settle(refs):
+                raise  # every rank stopped before its optimizer step: the group is still consistent
+            self._broken = f"{err.actor} in {method}(): {err.cause!r}" if err.cause else str(err).splitlines()[0]
+            raise
+
+    @staticmethod
+    def _all_settle(refs: list[tuple[str, Any]], timeout_s: float = 60.0) -> bool:
+        ready, _ = ray.wait([r for _, r in refs], num_returns=len(refs), timeout=timeout_s)
+        return len(ready) == len(refs)
+
+    def update(self, batch: ScoredRollout) -> LearnStats:
+        """One GRPO update on every rank (the batch goes to the object store once); rank 0's stats."""
+        return self._call("update", ray.put(batch))[0]
+
+    def logprobs(self, batch: Any, reference: bool = False) -> Any:
+        """``[B, G, T]`` log-probs of a RolloutBatch / ScoredRollout under the policy (or the reference)."""
+        return self._call("logprobs", ray.put(batch), reference)[0]
+
+    def named_weights_for_sync(self) -> list[tuple[str, Any]]:
+        """The full (LoRA: merged) LLM weights under vLLM names, gathered by rank 0."""
+        return self._call("gather_weights")[0]
+
+    def push_weights(self, rollouts: Sequence[Any], bucket_bytes: int) -> dict[str, float]:
+        """Stream full weights from rank 0 straight to the rollout actors (``update_weights`` per bucket,
+        then ``finish_weight_update``); returns rank 0's seconds / buckets / bytes."""
+        return self._call("sync_weights", RolloutSender(rollouts), bucket_bytes)[0]
+
+    def export_adapter(self, folder: str) -> str:
+        """LoRA: write the adapter as a peft folder at ``folder`` (rank 0 writes); returns its path."""
+        return self._call("export_adapter", str(folder))[0]
+
+    def save_checkpoint(self, folder: str) -> str:
+        return self._call("save_checkpoint", str(folder))[0]
+
+    def load_checkpoint(self, folder: str) -> dict[str, Any]:
+        return self._call("load_checkpoint", str(folder))[0]
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Destroy the process groups, then end the actors and free the placement group."""
+        if self.actors and not self._broken:
+            try:
+                refs = [a.shutdown.remote() for a in self.actors]
+                ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+            except Exception:  # noqa: BLE001 - the actors are killed next anyway
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+        self.actors = []
+        if getattr(self, "pg", None) is not None:
+            try:
+                remove_placement_group(self.pg)
+            except Exception:  # noqa: BLE001
+                pass
+            self.pg = None
+
+    def __enter__(self) -> "LearnerGroup":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()

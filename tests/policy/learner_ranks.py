@@ -1,0 +1,149 @@
+"""Test helper for the learner tests: random scored batches, a plain single-process GRPO reference (no FSDP,
+no micro-batches: one big batch), and the body of a learner rank run as a torch.multiprocessing process."""
+from __future__ import annotations
+
+import traceback
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from policy.config import LearnerConfig, LoraConfig, ModelConfig
+from policy.grpo import group_advantages, grpo_loss
+from policy.messages import Clip, PromptBatch, RolloutBatch, ScoredRollout
+from policy.models import load_audio_llm
+
+HIDDEN, VOCAB = 128, 843   # the tiny encoder_adapter_llm (Qwen2) of tests/conftest.py
+
+
+def make_batch(seed: int, B: int = 3, G: int = 3, T: int = 6, nan_adv: bool = False,
+               nan_prompt: bool = False) -> ScoredRollout:
+    """B clips x G hypotheses: random prompts [L_i, H], tokens, lengths 1..T (one row fully padded), rewards."""
+    g = torch.Generator().manual_seed(seed)
+    clips = tuple(Clip(audio=f"/nowhere/{i}.wav", text="x") for i in range(B))
+    embeds = [torch.randn(int(torch.randint(3, 8, (1,), generator=g)), HIDDEN, generator=g) for _ in range(B)]
+    if nan_prompt:
+        embeds[0][1, 0] = float("nan")
+    lens = torch.randint(1, T + 1, (B, G), generator=g)
+    lens[B - 1, G - 1] = 0                                 # an empty hypothesis: no tokens in the loss
+    mask = (torch.arange(T) < lens[..., None]).float()
+    ids = torch.randint(0, VOCAB, (B, G, T), generator=g) * mask.long()
+    texts = tuple(tuple("h" for _ in range(G)) for _ in range(B))
+    rollout = RolloutBatch(PromptBatch(clips, tuple(embeds)), ids, mask, torch.zeros(B, G, T), texts)
+    rewards = torch.rand(B, G, generator=g)
+    adv = group_advantages(rewards)
+    if nan_adv:
+        adv[1, 0] = float("nan")
+    return ScoredRollout(rollout, {"total": rewards}, adv)
+
+
+def learner_cfg(**kw) -> LearnerConfig:
+    base = dict(lr=1e-4, micro_batch=2, ppo_epochs=2, grad_clip=1.0, beta=0.04, weight_decay=0.01,
+                lora=LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj")))
+    base.update(kw)
+    return LearnerConfig(**base)
+
+
+def rows(batch: ScoredRollout):
+    r = batch.rollout
+    B, G, T = r.token_ids.shape
+    prompts = [r.prompts.prompt_embeds[b] for b in range(B) for _ in range(G)]
+    return prompts, r.token_ids.reshape(B * G, T), r.mask.reshape(B * G, T), batch.advantages.reshape(B * G)
+
+
+def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout]):
+    """Plain PyTorch GRPO: one big batch per epoch, AdamW; returns (per-update mean losses and mean
+    pre-clip gradient norms, llm weights)."""
+    torch.manual_seed(cfg.seed)
+    model = load_audio_llm(model_dir)
+    if cfg.finetune == "lora":
+        from policy.models.lora import apply_lora
+        apply_lora(model, cfg.lora)
+        ref = None
+    else:
+        model.frontend.requires_grad_(False)
+        ref = load_audio_llm(model_dir).requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    losses, norms = [], []
+    for batch in batches:
+        prompts, ids, mask, adv = rows(batch)
+        with torch.no_grad():
+            old = model.sequence_logprobs(prompts, ids, mask)
+            if ref is None:
+                with model.llm.disable_adapter():
+                    ref_lp = model.sequence_logprobs(prompts, ids, mask)
+            else:
+                ref_lp = ref.sequence_logprobs(prompts, ids, mask)
+        epoch_losses, epoch_norms = [], []
+        for _ in range(cfg.ppo_epochs):
+            loss, _ = grpo_loss(model.sequence_logprobs(prompts, ids, mask), old, ref_lp, adv, mask,
+                                clip_eps=cfg.clip_eps, beta=cfg.beta, agg=cfg.agg, kl_kind=cfg.kl_kind)
+            loss.backward()
+            epoch_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+            opt.step()
+            opt.zero_grad()
+            epoch_losses.append(float(loss.detach()))
+        losses.append(sum(epoch_losses) / len(epoch_losses))
+        norms.append(sum(epoch_norms) / len(epoch_norms))
+    return (losses, norms), {k: v.detach().clone() for k, v in model.llm_state_dict()}
+
+
+def _full_state(learner) -> dict[str, np.ndarray]:
+    """Every parameter of the policy (collective), as numpy arrays on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(learner.root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.numpy().copy() for k, v in sd.items()}
+
+
+def _weights(learner) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in learner.named_weights_for_sync()}
+
+
+def _run_scenario(name: str, spec: dict, learner) -> dict:
+    """What each scenario records (on rank 0; every rank runs the same collectives)."""
+    out: dict = {}
+    if spec.get("state_before"):
+        out["state_before"] = _full_state(learner)
+    if spec.get("expect_error"):
+        before = _weights(learner)
+        try:
+            learner.update(spec["batches"][0])
+            out["error"] = None
+        except FloatingPointError as err:
+            out["error"] = str(err)
+        out["unchanged"] = all(np.array_equal(before[k], v) for k, v in _weights(learner).items())
+        learner.update(spec["batches"][1])   # the group stays usable after the guard
+        out["after_ok"] = True
+        return out
+    out["stats"] = [learner.update(b) for b in spec["batches"]]
+    out["weights"] = _weights(learner)
+    if spec.get("state_after"):
+        out["state_after"] = _full_state(learner)
+    if spec.get("ref_logprobs"):
+        out["ref_logprobs"] = learner.logprobs(spec["batches"][0], reference=True).numpy()
+        out["logprobs"] = learner.logprobs(spec["batches"][0]).numpy()
+    return out
+
+
+def rank_main(rank: int, world: int, ports: list[int], model_dir: str, scenarios: dict, queue) -> None:
+    """Body of one rank: run every scenario with a fresh Learner (own port); rank 0 reports."""
+    from policy.learner import Learner
+    torch.set_num_threads(1)
+    results: dict = {}
+    try:
+        for (name, spec), port in zip(scenarios.items(), ports):
+            learner = Learner(model_dir, ModelConfig(path=model_dir), spec["cfg"], rank, world, "127.0.0.1", port)
+            learner.setup()
+            try:
+                results[name] = _run_scenario(name, spec, learner)
+            finally:
+                learner.shutdown()
+    except Exception:  # noqa: BLE001 - reported to the test
+        results["__error__"] = f"rank {rank}:\n{traceback.format_exc()}"
+    if rank == 0 or "__error__" in results:
+        queue.put((rank, results))
+
+
+def with_agg(cfg: LearnerConfig, agg: str, micro_batch: int) -> LearnerConfig:
+    return replace(cfg, agg=agg, micro_batch=micro_batch)

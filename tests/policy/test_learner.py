@@ -1,0 +1,139 @@
+"""policy.learner without Ray: 2 FSDP2 ranks as torch.multiprocessing processes (gloo, fp32) against a plain
+single-process GRPO reference (no FSDP, one big batch), LoRA, micro-batching equivalence, the NaN guard."""
+from __future__ import annotations
+
+import math
+import queue as queue_mod
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from learner_ranks import learner_cfg, make_batch, rank_main, reference_run, rows, with_agg
+from policy.distributed import free_port, rank_micro_batches
+from policy.learner_state import lr_multiplier
+from policy.models import load_audio_llm
+
+WORLD = 2
+AGGS = ("token-mean", "seq-mean-token-mean")
+
+
+def _scenarios() -> dict:
+    b1, b2 = make_batch(1), make_batch(2)
+    scen = {
+        "full": {"cfg": learner_cfg(), "batches": [b1, b2]},
+        "lora": {"cfg": learner_cfg(finetune="lora"), "batches": [b1, b2], "state_before": True,
+                 "state_after": True, "ref_logprobs": True},
+        "nan_adv": {"cfg": learner_cfg(), "batches": [make_batch(1, nan_adv=True), b1], "expect_error": True},
+        "nan_loss": {"cfg": learner_cfg(), "batches": [make_batch(1, nan_prompt=True), b1], "expect_error": True},
+    }
+    for agg in AGGS:
+        for mb in (2, 8):
+            scen[f"{agg}/{mb}"] = {"cfg": with_agg(learner_cfg(ppo_epochs=1), agg, mb), "batches": [b1]}
+    return scen
+
+
+@pytest.fixture(scope="module")
+def ranks(tiny_model_dir) -> dict:
+    """Run every scenario once on 2 ranks (one spawn for the module); rank 0's results by scenario."""
+    scenarios = _scenarios()
+    ports = [free_port() for _ in scenarios]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=rank_main, args=(r, WORLD, ports, str(tiny_model_dir), scenarios, q))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    try:
+        rank, results = q.get(timeout=240)
+    except queue_mod.Empty:
+        results = {"__error__": "no result from the ranks within 240 s"}
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    assert "__error__" not in results, results["__error__"]
+    return results
+
+
+def _close(got: dict, want: dict, atol: float) -> float:
+    assert got.keys() == want.keys()
+    worst = max(float(np.abs(got[k] - want[k].numpy()).max()) for k in want)
+    assert worst <= atol, f"max |diff| {worst:.3g} > {atol} ({max(want, key=lambda k: float(np.abs(got[k] - want[k].numpy()).max()))})"
+    return worst
+
+
+@pytest.mark.slow
+def test_two_fsdp_ranks_match_single_process_reference_losses_and_weights(ranks, tiny_model_dir):
+    cfg = learner_cfg()
+    (losses, norms), weights = reference_run(tiny_model_dir, cfg, [make_batch(1), make_batch(2)])
+    got = ranks["full"]
+    assert [s.num_sequences for s in got["stats"]] == [9, 9]
+    np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
+    assert min(norms) > cfg.grad_clip  # clipping was active (the norm is global over the shards)
+    _close(got["weights"], weights, atol=1e-5)
+    start = dict(load_audio_llm(tiny_model_dir).llm_state_dict())
+    moved = max(float(np.abs(got["weights"][k] - start[k].numpy()).max()) for k in start)
+    assert moved > 1e-4  # the updates did something the comparison can see
+    s = got["stats"][1]
+    assert s.lr == pytest.approx(1e-4) and s.grad_norm > 0 and math.isfinite(s.kl) and s.kl > 0
+    assert 0 <= s.clip_frac <= 1 and s.extra["micro_batches"] == 3  # 5 rows on rank 0 in pairs
+
+
+@pytest.mark.slow
+def test_lora_updates_only_adapter_and_reference_is_the_base_model(ranks, tiny_model_dir):
+    got = ranks["lora"]
+    before, after = got["state_before"], got["state_after"]
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    lora_keys = {k for k in before if ".lora_A." in k or ".lora_B." in k}
+    assert lora_keys and changed == lora_keys
+    (losses, norms), weights = reference_run(tiny_model_dir, learner_cfg(finetune="lora"),
+                                             [make_batch(1), make_batch(2)])
+    np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
+    _close(got["weights"], weights, atol=1e-5)   # merged weights under plain names
+    base = load_audio_llm(tiny_model_dir)
+    batch = make_batch(1)
+    prompts, ids, mask, _ = rows(batch)
+    with torch.no_grad():
+        want = base.sequence_logprobs(prompts, ids, mask).reshape(batch.rollout.token_ids.shape).numpy()
+    np.testing.assert_allclose(got["ref_logprobs"], want, rtol=0, atol=1e-5)
+    assert np.abs(got["logprobs"] - want).max() > 1e-4   # the policy itself has moved away from the base
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agg", AGGS)
+def test_micro_batch_2_and_8_give_the_same_update(ranks, agg):
+    small, big = ranks[f"{agg}/2"], ranks[f"{agg}/8"]
+    assert small["stats"][0].extra["micro_batches"] == 3 and big["stats"][0].extra["micro_batches"] == 1
+    assert small["stats"][0].loss == pytest.approx(big["stats"][0].loss, abs=1e-6)
+    worst = max(float(np.abs(small["weights"][k] - big["weights"][k]).max()) for k in big["weights"])
+    assert worst <= 1e-6
+    other = ranks[f"{AGGS[1 - AGGS.index(agg)]}/2"]
+    assert abs(other["stats"][0].loss - small["stats"][0].loss) > 1e-6  # the two modes really differ here
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, words", [("nan_adv", "advantages contain NaN"), ("nan_loss", "loss is NaN")])
+def test_nan_raises_before_the_step_and_leaves_weights_unchanged(ranks, case, words):
+    got = ranks[case]
+    assert got["error"] is not None and words in got["error"]
+    assert got["unchanged"] and got["after_ok"]
+
+
+def test_rank_micro_batches_split_rows_and_pad_with_empty_batches():
+    assert rank_micro_batches(9, 0, 2, 2) == [[0, 2], [4, 6], [8]]
+    assert rank_micro_batches(9, 1, 2, 2) == [[1, 3], [5, 7], []]
+    assert rank_micro_batches(1, 1, 2, 8) == [[]]
+    assert rank_micro_batches(9, 0, 1, 8) == [list(range(8)), [8]]
+
+
+def test_lr_multiplier_warmup_then_schedule():
+    assert [lr_multiplier(s, "constant", 2, None) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert [lr_multiplier(s, "linear", 1, 5) for s in range(6)] == [1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    cos = [lr_multiplier(s, "cosine", 0, 4) for s in range(5)]
+    np.testing.assert_allclose(cos, [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2, 0])
+    with pytest.raises(ValueError, match="total_steps"):
+        lr_multiplier(3, "cosine", 0, None)
