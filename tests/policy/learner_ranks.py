@@ -147,3 +147,20 @@ def rank_main(rank: int, world: int, ports: list[int], model_dir: str, scenarios
 
 def with_agg(cfg: LearnerConfig, agg: str, micro_batch: int) -> LearnerConfig:
     return replace(cfg, agg=agg, micro_batch=micro_batch)
+
+
+class BucketRecorder:
+    """Stands in for the rollout worker's weight-sync endpoint (same two methods): records what arrives."""
+
+    def __init__(self) -> None:
+        self.buckets: list[list[tuple[str, np.ndarray]]] = []
+        self.finished = 0
+
+    def update_weights(self, named_tensors) -> None:
+        self.buckets.append([(n, t.numpy().copy()) for n, t in named_tensors])
+
+    def finish_weight_update(self) -> None:
+        self.finished += 1
+
+    def received(self) -> tuple[list, int]:
+        return self.buckets, self.finished
