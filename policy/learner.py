@@ -20,6 +20,10 @@ Loss scaling (gradient accumulation == one big batch of all N sequences over all
   its tokens, so the sum over j is (sum of sequence losses) / (non-empty sequences of the whole batch).
 
 FSDP averages gradients over ranks, so each backward uses ``loss * n_j / N_total * world_size``.
+``model.train_encoder``: the frontend (encoder + adapter) trains too; the prompt embeddings in the batch are
+ignored and recomputed from the clips' audio inside the forward (`policy.learner_batch`); the reference uses
+the starting frontend. `named_frontend_weights_for_sync` feeds the embedding worker.
+
 NaN/inf in advantages, losses or the gradient norm raise `FloatingPointError` on every rank before any
 optimizer step (weights and optimizer state untouched, gradients cleared).
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +42,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from policy.config import LearnerConfig, ModelConfig
-from policy.distributed import (all_reduce, barrier, init_process_group, mixed_precision, pick_device,
-                                rank_micro_batches, shard)
+from policy.distributed import all_reduce, barrier, init_process_group, mixed_precision, pick_device, shard
+from policy.learner_batch import (MicroBatch, PolicyForward, Rows, flatten_batch, flatten_rollout, load_waves,
+                                  plan_micro_batches)
 from policy.grpo import grpo_loss
 from policy.learner_state import load_learner_state, make_scheduler, read_learner_info, save_learner_state
 from policy.messages import LearnStats, RolloutBatch, ScoredRollout
@@ -49,68 +54,21 @@ from policy.models.base import atomic_dir
 NamedTensors = list[tuple[str, Tensor]]
 
 
-class PolicyForward(nn.Module):
-    """The FSDP root: sequences -> ``[N, T]`` log-probs, so every parameter is used inside the root's hooks."""
-
-    def __init__(self, model: AudioLLM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, prompt_embeds: list[Tensor], ids: Tensor, mask: Tensor) -> Tensor:
-        return self.model.sequence_logprobs(prompt_embeds, ids, mask)
-
-
-@dataclass
-class _Flat:
-    """A ScoredRollout as N = B*G rows."""
-
-    prompts: list[Tensor]   # N x [L, H] (the clip's prompt, repeated G times)
-    ids: Tensor             # [N, T]
-    mask: Tensor            # [N, T] float
-    adv: Tensor             # [N] float
-
-
-@dataclass
-class _Micro:
-    rows: list[int]
-    dummy: bool             # padding micro-batch: its mask is all zero
-    width: int              # columns kept (up to the last valid token of these rows)
-
-
-def flatten_rollout(r: RolloutBatch, adv: Tensor | None = None) -> _Flat:
-    """Rows of a rollout (advantages [N] or zeros)."""
-    B, G, T = r.token_ids.shape
-    prompts = [r.prompts.prompt_embeds[b] for b in range(B) for _ in range(G)]
-    adv = torch.zeros(B * G) if adv is None else adv
-    return _Flat(prompts, r.token_ids.reshape(B * G, T).long(), r.mask.reshape(B * G, T).to(torch.float32), adv)
-
-
-def flatten_batch(batch: ScoredRollout) -> _Flat:
-    """Rows of the batch; FloatingPointError for non-finite advantages, ValueError for bad shapes."""
-    r = batch.rollout
-    B, G, T = r.token_ids.shape
-    if tuple(batch.advantages.shape) != (B, G):
-        raise ValueError(f"ScoredRollout.advantages has shape {tuple(batch.advantages.shape)}, expected {(B, G)}")
-    adv = batch.advantages.detach().reshape(B * G).to(torch.float32)
-    if not bool(torch.isfinite(adv).all()):
-        bad = (~torch.isfinite(batch.advantages)).nonzero().tolist()
-        raise FloatingPointError(f"learner.update: advantages contain NaN/inf at [clip, hypothesis] {bad[:8]}; "
-                                 "check the rewards of these clips (no weights were changed)")
-    return flatten_rollout(r, adv)
-
-
 class Learner:
     """One FSDP2 rank of the GRPO learner. Construct cheaply; `setup()` joins the process group and loads."""
 
     def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, rank: int = 0,
                  world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500, *,
-                 total_steps: int | None = None, timeout_s: float = 1800.0) -> None:
+                 total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
+                 timeout_s: float = 1800.0) -> None:
         if cfg.lr_schedule != "constant" and total_steps is None:
             raise ValueError(f"learner.lr_schedule={cfg.lr_schedule!r} needs total_steps (the run's step count)")
         self.model_dir, self.model_cfg, self.cfg = str(model_dir), model_cfg, cfg
         self.rank, self.world_size = rank, world_size
         self.master_addr, self.master_port = master_addr, master_port
         self.total_steps, self.timeout_s = total_steps, timeout_s
+        self.max_audio_seconds = max_audio_seconds
+        self.train_encoder = model_cfg.train_encoder
         self.updates = 0
         self.model: AudioLLM | None = None
 
@@ -118,27 +76,29 @@ class Learner:
     def setup(self) -> dict[str, Any]:
         """Join the process group (blocks until every rank has), load, LoRA, shard, optimizer, schedule."""
         cfg = self.cfg
-        if self.model_cfg.train_encoder:
-            raise NotImplementedError(
-                "model.train_encoder=true is not implemented in the learner yet: it would recompute prompt "
-                "embeddings from audio inside the FSDP forward; train with model.train_encoder=false")
         self.device = pick_device(cfg.gpus_per_rank, self.rank)
         self.mesh = init_process_group(self.device, self.rank, self.world_size, self.master_addr,
                                        self.master_port, self.timeout_s)
         torch.manual_seed(cfg.seed)  # identical LoRA init on every rank before sharding
         self.model = self._load()
         self.lora = cfg.finetune == "lora"
+        ref_frontend = None
         if self.lora:
             from policy.models.lora import apply_lora
-            apply_lora(self.model, cfg.lora, train_frontend=False)
+            if self.train_encoder:
+                ref_frontend = copy.deepcopy(self.model.frontend).requires_grad_(False).eval()
+            apply_lora(self.model, cfg.lora, train_frontend=self.train_encoder)
         else:
-            self.model.frontend.requires_grad_(False)
+            self.model.frontend.requires_grad_(self.train_encoder)
         mp = mixed_precision(cfg.dtype, self.device)
-        self.root = shard(PolicyForward(self.model), self.model.decoder_layers(), self.mesh, mp)
+        # the frontend is its own FSDP unit: gathered only when it runs (train_encoder), never otherwise
+        own_units = [self.model.frontend] + ([ref_frontend] if ref_frontend is not None else [])
+        self.root = shard(PolicyForward(self.model, ref_frontend), self.model.decoder_layers(), self.mesh, mp,
+                          extra=own_units)
         self.ref_root = None
         if not self.lora:
             ref = self._load().requires_grad_(False).eval()
-            self.ref_root = shard(PolicyForward(ref), ref.decoder_layers(), self.mesh, mp)
+            self.ref_root = shard(PolicyForward(ref), ref.decoder_layers(), self.mesh, mp, extra=[ref.frontend])
         params = [p for p in self.root.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            weight_decay=cfg.weight_decay)
@@ -195,52 +155,49 @@ class Learner:
             dist.all_reduce(out)
         return out.reshape(rollout.token_ids.shape).cpu()
 
-    def _micro_batches(self, data: _Flat) -> list[_Micro]:
-        out = []
-        for rows in rank_micro_batches(len(data.prompts), self.rank, self.world_size, self.cfg.micro_batch):
-            dummy = not rows
-            rows = rows or [0]
-            valid = data.mask[rows].sum(dim=0).nonzero()
-            width = int(valid.max()) + 1 if (len(valid) and not dummy) else 1
-            out.append(_Micro(rows, dummy, width))
-        return out
+    def _micro_batches(self, data: Rows) -> list[MicroBatch]:
+        features = None
+        if self.train_encoder:  # prompts are recomputed from the audio, inside the forward
+            waves = load_waves(data, self.max_audio_seconds)
+            features = lambda clips: self.model.audio_features([waves[c] for c in clips])  # noqa: E731
+        return plan_micro_batches(data, self.rank, self.world_size, self.cfg.micro_batch, features)
 
-    def _inputs(self, data: _Flat, m: _Micro) -> tuple[list[Tensor], Tensor, Tensor]:
+    def _forward(self, root: nn.Module, data: Rows, m: MicroBatch, use_ref_frontend: bool = False
+                 ) -> tuple[Tensor, Tensor]:
+        """(log-probs [n, width], mask [n, width]) of one micro-batch through ``root``."""
         ids = data.ids[m.rows, :m.width].to(self.device)
         mask = data.mask[m.rows, :m.width].to(self.device)
         if m.dummy:
             mask = torch.zeros_like(mask)
-        return [data.prompts[i] for i in m.rows], ids, mask
+        prompts = None if m.audio is not None else [data.prompts[i] for i in m.rows]
+        kwargs = {"audio": m.audio, "use_ref_frontend": True} if use_ref_frontend else {"audio": m.audio}
+        return root(prompts, ids, mask, **kwargs), mask
 
     @torch.no_grad()
-    def _logprobs(self, root: nn.Module, data: _Flat, m: _Micro) -> Tensor:
-        prompts, ids, mask = self._inputs(data, m)
-        return root(prompts, ids, mask).float()
+    def _logprobs(self, root: nn.Module, data: Rows, m: MicroBatch) -> Tensor:
+        return self._forward(root, data, m)[0].float()
 
     @torch.no_grad()
-    def _ref_logprobs(self, data: _Flat, m: _Micro) -> Tensor:
-        if self.ref_root is None:  # LoRA: the base model is the reference
-            with self.model.llm.disable_adapter():
-                out = self._logprobs(self.root, data, m)
-            return out
-        out = self._logprobs(self.ref_root, data, m)
-        return out
+    def _ref_logprobs(self, data: Rows, m: MicroBatch) -> Tensor:
+        if self.ref_root is not None:   # full fine-tuning: the frozen copy (with its own frontend)
+            return self._logprobs(self.ref_root, data, m)
+        with self.model.llm.disable_adapter():  # LoRA: the base LLM (+ the frozen frontend copy)
+            return self._forward(self.root, data, m, use_ref_frontend=self.train_encoder)[0].float()
 
-    def _normaliser(self, data: _Flat) -> float:
+    def _normaliser(self, data: Rows) -> float:
         """N_total of the module doc: valid tokens (token-mean) or non-empty sequences, whole batch."""
         if self.cfg.agg == "token-mean":
             return max(1.0, float(data.mask.ne(0).sum()))
         return max(1.0, float(data.mask.ne(0).any(dim=1).sum()))
 
-    def _accumulate(self, data: _Flat, micro: list[_Micro], old: list[Tensor], ref: list[Tensor],
+    def _accumulate(self, data: Rows, micro: list[MicroBatch], old: list[Tensor], ref: list[Tensor],
                     norm: float) -> tuple[Tensor, float]:
         """Forward/backward over this rank's micro-batches; returns this rank's partial sums."""
         cfg = self.cfg
         sums = torch.zeros(5, dtype=torch.float64)
         ratio_max = 0.0
         for m, old_m, ref_m in zip(micro, old, ref):
-            prompts, ids, mask = self._inputs(data, m)
-            logp = self.root(prompts, ids, mask)
+            logp, mask = self._forward(self.root, data, m)
             adv = data.adv[m.rows].to(self.device)
             loss, metrics = grpo_loss(logp, old_m, ref_m, adv, mask, clip_eps=cfg.clip_eps, beta=cfg.beta,
                                       agg=cfg.agg, kl_kind=cfg.kl_kind)
@@ -271,7 +228,7 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def _stats(self, sums: Tensor, ratio_max: float, lr: float, data: _Flat, n_micro: int,
+    def _stats(self, sums: Tensor, ratio_max: float, lr: float, data: Rows, n_micro: int,
                seconds: float) -> LearnStats:
         total = all_reduce(sums[:5].tolist(), device=self.device)
         ratio_max = all_reduce([ratio_max], op="max", device=self.device)[0]
@@ -279,7 +236,7 @@ class Learner:
         tokens = max(1.0, total[4])
         return LearnStats(loss=total[0] / epochs, kl=total[2] / tokens, clip_frac=total[1] / tokens,
                           ratio_mean=total[3] / tokens, grad_norm=float(sums[5]) / epochs, lr=lr,
-                          num_sequences=len(data.prompts), seconds=seconds,
+                          num_sequences=len(data), seconds=seconds,
                           extra={"ratio_max": ratio_max, "tokens": total[4] / epochs,
                                  "micro_batches": float(n_micro), "updates": float(self.updates)})
 
@@ -313,6 +270,21 @@ class Learner:
     def gather_weights(self) -> NamedTensors | None:
         """Collective: rank 0 returns the full list of (name, tensor); other ranks None."""
         weights = list(self.named_weights_for_sync())
+        return weights if self.rank == 0 else None
+
+    def named_frontend_weights_for_sync(self) -> Iterator[tuple[str, Tensor]]:
+        """Full frontend (encoder + adapter) parameters under ``model.frontend`` names, for the embedding
+        worker when ``train_encoder`` is on. Collective like `named_weights_for_sync`; rank 0 yields."""
+        self._require_setup()
+        for name, param in self.model.frontend.named_parameters():
+            t = param.detach()
+            t = t.full_tensor() if hasattr(t, "full_tensor") else t
+            if self.rank == 0:
+                yield name, t.to("cpu")
+
+    def gather_frontend_weights(self) -> NamedTensors | None:
+        """Collective: rank 0 returns the frontend's (name, tensor) list; other ranks None."""
+        weights = list(self.named_frontend_weights_for_sync())
         return weights if self.rank == 0 else None
 
     def sync_weights(self, send: Callable[[NamedTensors], None], bucket_bytes: int) -> dict[str, float]:

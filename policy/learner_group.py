@@ -126,6 +126,11 @@ class LearnerGroup:
         """The full (LoRA: merged) LLM weights under vLLM names, gathered by rank 0."""
         return self._call("gather_weights")[0]
 
+    def frontend_weights_for_sync(self) -> list[tuple[str, Any]]:
+        """The trained frontend's parameters (names of ``model.frontend``), gathered by rank 0 — for the
+        embedding worker's ``load_frontend_weights`` when ``model.train_encoder`` is on."""
+        return self._call("gather_frontend_weights")[0]
+
     def push_weights(self, rollouts: Sequence[Any], bucket_bytes: int) -> dict[str, float]:
         """Stream full weights from rank 0 straight to the rollout actors (``update_weights`` per bucket,
         then ``finish_weight_update``); returns rank 0's seconds / buckets / bytes."""

@@ -37,6 +37,39 @@ def make_batch(seed: int, B: int = 3, G: int = 3, T: int = 6, nan_adv: bool = Fa
     return ScoredRollout(rollout, {"total": rewards}, adv)
 
 
+def write_waves(folder, n: int = 3, seed: int = 0) -> list[str]:
+    """``n`` short 16 kHz wav files of noise (0.4-0.8 s) in ``folder``."""
+    import soundfile as sf
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = f"{folder}/clip{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(16000 * (0.4 + 0.2 * i)))).astype(np.float32), 16000)
+        paths.append(path)
+    return paths
+
+
+def audio_batch(seed: int, paths: list[str], G: int = 3, T: int = 6) -> ScoredRollout:
+    """Like `make_batch` but the clips are real audio files and the prompt embeds are zeros: a learner that
+    trains the encoder must recompute them from the audio."""
+    base = make_batch(seed, B=len(paths), G=G, T=T)
+    clips = tuple(Clip(audio=p, text="x", context="ctx" if i == 1 else None) for i, p in enumerate(paths))
+    r = base.rollout
+    prompts = PromptBatch(clips, tuple(torch.zeros(4, HIDDEN) for _ in paths))
+    rollout = RolloutBatch(prompts, r.token_ids, r.mask, r.sample_logprobs, r.texts)
+    return ScoredRollout(rollout, base.rewards, base.advantages)
+
+
+def audio_prompts(model, batch: ScoredRollout, frontend=None) -> list[torch.Tensor]:
+    """Per-row prompt embeds recomputed from the audio (with grad), as the embedding worker builds them."""
+    from policy.models.audio import load_audio
+    clips = batch.rollout.prompts.clips
+    feats = model.audio_features([load_audio(c.audio) for c in clips])
+    per_clip = model.build_prompt_embeds((frontend or model.frontend)(feats), [c.context for c in clips])
+    G = batch.rollout.group_size
+    return [per_clip[b] for b in range(len(clips)) for _ in range(G)]
+
+
 def learner_cfg(**kw) -> LearnerConfig:
     base = dict(lr=1e-4, micro_batch=2, ppo_epochs=2, grad_clip=1.0, beta=0.04, weight_decay=0.01,
                 lora=LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj")))
@@ -51,33 +84,40 @@ def rows(batch: ScoredRollout):
     return prompts, r.token_ids.reshape(B * G, T), r.mask.reshape(B * G, T), batch.advantages.reshape(B * G)
 
 
-def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout]):
-    """Plain PyTorch GRPO: one big batch per epoch, AdamW; returns (per-update mean losses and mean
-    pre-clip gradient norms, llm weights)."""
+def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], train_encoder: bool = False):
+    """Plain PyTorch GRPO: one big batch per epoch, AdamW; returns ((per-update mean losses, mean pre-clip
+    gradient norms), llm weights[, frontend weights when train_encoder])."""
+    import copy
     torch.manual_seed(cfg.seed)
     model = load_audio_llm(model_dir)
+    ref_frontend = copy.deepcopy(model.frontend).requires_grad_(False)
     if cfg.finetune == "lora":
         from policy.models.lora import apply_lora
-        apply_lora(model, cfg.lora)
+        apply_lora(model, cfg.lora, train_frontend=train_encoder)
         ref = None
     else:
-        model.frontend.requires_grad_(False)
+        model.frontend.requires_grad_(train_encoder)
         ref = load_audio_llm(model_dir).requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+
+    def prompts_of(batch, m=None, frontend=None):
+        return audio_prompts(m or model, batch, frontend) if train_encoder else rows(batch)[0]
+
     losses, norms = [], []
     for batch in batches:
-        prompts, ids, mask, adv = rows(batch)
+        _, ids, mask, adv = rows(batch)
         with torch.no_grad():
-            old = model.sequence_logprobs(prompts, ids, mask)
+            old = model.sequence_logprobs(prompts_of(batch), ids, mask)
             if ref is None:
                 with model.llm.disable_adapter():
-                    ref_lp = model.sequence_logprobs(prompts, ids, mask)
+                    ref_lp = model.sequence_logprobs(prompts_of(batch, frontend=ref_frontend), ids, mask)
             else:
-                ref_lp = ref.sequence_logprobs(prompts, ids, mask)
+                ref_lp = ref.sequence_logprobs(prompts_of(batch, ref), ids, mask)
         epoch_losses, epoch_norms = [], []
         for _ in range(cfg.ppo_epochs):
-            loss, _ = grpo_loss(model.sequence_logprobs(prompts, ids, mask), old, ref_lp, adv, mask,
+            logp = model.sequence_logprobs(prompts_of(batch), ids, mask)
+            loss, _ = grpo_loss(logp, old, ref_lp, adv, mask,
                                 clip_eps=cfg.clip_eps, beta=cfg.beta, agg=cfg.agg, kl_kind=cfg.kl_kind)
             loss.backward()
             epoch_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
@@ -86,7 +126,10 @@ def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout]):
             epoch_losses.append(float(loss.detach()))
         losses.append(sum(epoch_losses) / len(epoch_losses))
         norms.append(sum(epoch_norms) / len(epoch_norms))
-    return (losses, norms), {k: v.detach().clone() for k, v in model.llm_state_dict()}
+    weights = {k: v.detach().clone() for k, v in model.llm_state_dict()}
+    if train_encoder:
+        return (losses, norms), weights, {k: v.detach().clone() for k, v in model.frontend.named_parameters()}
+    return (losses, norms), weights
 
 
 def _full_state(learner) -> dict[str, np.ndarray]:
@@ -120,6 +163,8 @@ def _run_scenario(name: str, spec: dict, learner) -> dict:
     out["weights"] = _weights(learner)
     if spec.get("state_after"):
         out["state_after"] = _full_state(learner)
+    if spec.get("frontend"):
+        out["frontend"] = {k: v.numpy().copy() for k, v in learner.named_frontend_weights_for_sync()}
     if spec.get("ref_logprobs"):
         out["ref_logprobs"] = learner.logprobs(spec["batches"][0], reference=True).numpy()
         out["logprobs"] = learner.logprobs(spec["batches"][0]).numpy()
@@ -133,7 +178,8 @@ def rank_main(rank: int, world: int, ports: list[int], model_dir: str, scenarios
     results: dict = {}
     try:
         for (name, spec), port in zip(scenarios.items(), ports):
-            learner = Learner(model_dir, ModelConfig(path=model_dir), spec["cfg"], rank, world, "127.0.0.1", port)
+            model_cfg = ModelConfig(path=model_dir, train_encoder=spec.get("train_encoder", False))
+            learner = Learner(model_dir, model_cfg, spec["cfg"], rank, world, "127.0.0.1", port)
             learner.setup()
             try:
                 results[name] = _run_scenario(name, spec, learner)

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from learner_ranks import learner_cfg, make_batch, rank_main, reference_run, rows, with_agg
+from learner_ranks import (audio_batch, audio_prompts, learner_cfg, make_batch, rank_main, reference_run, rows,
+                           with_agg, write_waves)
 from policy.distributed import free_port, rank_micro_batches
 from policy.learner_state import lr_multiplier
 from policy.models import load_audio_llm
@@ -19,9 +20,13 @@ WORLD = 2
 AGGS = ("token-mean", "seq-mean-token-mean")
 
 
-def _scenarios() -> dict:
+def _scenarios(waves: list[str]) -> dict:
     b1, b2 = make_batch(1), make_batch(2)
+    a1, a2 = audio_batch(1, waves), audio_batch(2, waves)
     scen = {
+        "encoder": {"cfg": learner_cfg(), "batches": [a1, a2], "train_encoder": True, "frontend": True},
+        "encoder_lora": {"cfg": learner_cfg(finetune="lora"), "batches": [a1, a2], "train_encoder": True,
+                         "frontend": True, "ref_logprobs": True},
         "full": {"cfg": learner_cfg(), "batches": [b1, b2]},
         "lora": {"cfg": learner_cfg(finetune="lora"), "batches": [b1, b2], "state_before": True,
                  "state_after": True, "ref_logprobs": True},
@@ -35,9 +40,14 @@ def _scenarios() -> dict:
 
 
 @pytest.fixture(scope="module")
-def ranks(tiny_model_dir) -> dict:
+def waves(tmp_path_factory) -> list[str]:
+    return write_waves(tmp_path_factory.mktemp("learner_audio"))
+
+
+@pytest.fixture(scope="module")
+def ranks(tiny_model_dir, waves) -> dict:
     """Run every scenario once on 2 ranks (one spawn for the module); rank 0's results by scenario."""
-    scenarios = _scenarios()
+    scenarios = _scenarios(waves)
     ports = [free_port() for _ in scenarios]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -137,3 +147,24 @@ def test_lr_multiplier_warmup_then_schedule():
     np.testing.assert_allclose(cos, [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2, 0])
     with pytest.raises(ValueError, match="total_steps"):
         lr_multiplier(3, "cosine", 0, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_train_encoder_recomputes_prompts_from_audio_and_matches_reference(ranks, tiny_model_dir, waves, finetune):
+    got = ranks["encoder" if finetune == "full" else "encoder_lora"]
+    batches = [audio_batch(1, waves), audio_batch(2, waves)]
+    (losses, norms), weights, frontend = reference_run(tiny_model_dir, learner_cfg(finetune=finetune), batches,
+                                                       train_encoder=True)
+    np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
+    _close(got["weights"], weights, atol=1e-5)
+    _close(got["frontend"], frontend, atol=1e-5)
+    start = dict(load_audio_llm(tiny_model_dir).frontend.named_parameters())
+    assert max(float(np.abs(got["frontend"][k] - start[k].detach().numpy()).max()) for k in start) > 1e-5
+    if finetune == "lora":  # the reference is the untouched model: base LLM and starting encoder
+        base = load_audio_llm(tiny_model_dir)
+        _, ids, mask, _ = rows(batches[0])
+        with torch.no_grad():
+            want = base.sequence_logprobs(audio_prompts(base, batches[0]), ids, mask)
+        np.testing.assert_allclose(got["ref_logprobs"], want.reshape(got["ref_logprobs"].shape), rtol=0, atol=1e-5)

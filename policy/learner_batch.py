@@ -1,0 +1,120 @@
+"""What one learner rank runs a forward on: the batch as N = B*G rows, this rank's micro-batches, and the
+FSDP root module (`PolicyForward`) that turns one micro-batch into ``[n, T]`` log-probs.
+
+With ``model.train_encoder`` the prompt embeddings are recomputed from the clips' audio inside the root's
+forward (so the encoder gets gradients); each clip's encoder pass is shared by its G hypotheses.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from policy.distributed import rank_micro_batches
+from policy.messages import RolloutBatch, ScoredRollout
+from policy.models import AudioLLM, FeatureBatch
+
+
+@dataclass(frozen=True)
+class AudioInputs:
+    """Audio of the distinct clips of one micro-batch; ``index[i]``: the clip of row i (into ``feats``)."""
+
+    feats: FeatureBatch
+    contexts: tuple[str | None, ...]
+    index: tuple[int, ...]
+
+
+class PolicyForward(nn.Module):
+    """The FSDP root: rows -> ``[n, T]`` log-probs, so every parameter is used inside the root's hooks.
+
+    ``ref_frontend``: a frozen copy of the starting frontend (LoRA + train_encoder: the reference policy
+    needs the untrained encoder, while its LLM is the same model with the adapters disabled).
+    """
+
+    def __init__(self, model: AudioLLM, ref_frontend: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.ref_frontend = ref_frontend
+
+    def forward(self, prompt_embeds: list[Tensor] | None, ids: Tensor, mask: Tensor,
+                audio: AudioInputs | None = None, use_ref_frontend: bool = False) -> Tensor:
+        if audio is not None:
+            frontend = self.ref_frontend if use_ref_frontend else self.model.frontend
+            clips = self.model.build_prompt_embeds(frontend(audio.feats), list(audio.contexts))
+            prompt_embeds = [clips[j] for j in audio.index]
+        return self.model.sequence_logprobs(prompt_embeds, ids, mask)
+
+
+@dataclass
+class Rows:
+    """A rollout as N = B*G rows (row = b*G + g)."""
+
+    prompts: list[Tensor]   # N x [L, H] (the clip's prompt embeds, shared by its G rows)
+    ids: Tensor             # [N, T] long
+    mask: Tensor            # [N, T] float
+    adv: Tensor             # [N] float
+    clip: list[int]         # N: the clip (0..B-1) of each row
+    rollout: RolloutBatch
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class MicroBatch:
+    rows: list[int]
+    dummy: bool                      # padding micro-batch: its mask is all zero
+    width: int                       # columns kept (up to the last valid token of these rows)
+    audio: AudioInputs | None = None
+
+
+def flatten_rollout(r: RolloutBatch, adv: Tensor | None = None) -> Rows:
+    """Rows of a rollout (advantages [N] or zeros)."""
+    B, G, T = r.token_ids.shape
+    prompts = [r.prompts.prompt_embeds[b] for b in range(B) for _ in range(G)]
+    adv = torch.zeros(B * G) if adv is None else adv
+    return Rows(prompts, r.token_ids.reshape(B * G, T).long(), r.mask.reshape(B * G, T).to(torch.float32), adv,
+                [b for b in range(B) for _ in range(G)], r)
+
+
+def flatten_batch(batch: ScoredRollout) -> Rows:
+    """Rows of the batch; FloatingPointError for non-finite advantages, ValueError for bad shapes."""
+    r = batch.rollout
+    B, G, T = r.token_ids.shape
+    if tuple(batch.advantages.shape) != (B, G):
+        raise ValueError(f"ScoredRollout.advantages has shape {tuple(batch.advantages.shape)}, expected {(B, G)}")
+    adv = batch.advantages.detach().reshape(B * G).to(torch.float32)
+    if not bool(torch.isfinite(adv).all()):
+        bad = (~torch.isfinite(batch.advantages)).nonzero().tolist()
+        raise FloatingPointError(f"learner.update: advantages contain NaN/inf at [clip, hypothesis] {bad[:8]}; "
+                                 "check the rewards of these clips (no weights were changed)")
+    return flatten_rollout(r, adv)
+
+
+def plan_micro_batches(data: Rows, rank: int, world_size: int, micro_batch: int,
+                       features: Callable[[list[int]], FeatureBatch] | None = None) -> list[MicroBatch]:
+    """This rank's micro-batches (`rank_micro_batches`), each trimmed to its longest completion; an empty
+    one becomes a dummy (row 0, mask zero). ``features(clips)``: the audio features of those clips, when
+    the prompts are to be recomputed from audio."""
+    out = []
+    for rows in rank_micro_batches(len(data), rank, world_size, micro_batch):
+        dummy = not rows
+        rows = rows or [0]
+        valid = data.mask[rows].sum(dim=0).nonzero()
+        width = int(valid.max()) + 1 if (len(valid) and not dummy) else 1
+        audio = None
+        if features is not None:
+            clips = list(dict.fromkeys(data.clip[i] for i in rows))
+            contexts = tuple(data.rollout.prompts.clips[c].context for c in clips)
+            audio = AudioInputs(features(clips), contexts, tuple(clips.index(data.clip[i]) for i in rows))
+        out.append(MicroBatch(rows, dummy, width, audio))
+    return out
+
+
+def load_waves(data: Rows, max_seconds: float | None) -> list[np.ndarray]:
+    """16 kHz mono samples of every clip of the rollout (for train_encoder)."""
+    from policy.models.audio import load_audio
+    return [load_audio(c.audio, max_seconds=max_seconds) for c in data.rollout.prompts.clips]
