@@ -46,7 +46,7 @@ def full_run(ray_local, tiny_model_dir, tmp_path_factory) -> dict:
     ck = tmp_path_factory.mktemp("learner_ck") / "ck"
     b1, b2 = make_batch(1), make_batch(2)
     out: dict = {}
-    with _group(tiny_model_dir) as a:
+    with _group(tiny_model_dir, warmup_steps=3) as a:   # lr x 1/3, 2/3, then 1
         out["info"] = a.info
         out["stats1"] = a.update(b1)
         out["weights1"] = _np(a.named_weights_for_sync())
@@ -58,11 +58,11 @@ def full_run(ray_local, tiny_model_dir, tmp_path_factory) -> dict:
         except WorkerError as err:
             out["nan_error"] = err
         a.save_checkpoint(str(ck))
-        out["stats2"] = a.update(b2)
+        out["stats2"] = [a.update(b2), a.update(b1)]
         out["weights2"] = _np(a.named_weights_for_sync())
-    with _group(tiny_model_dir) as b:
+    with _group(tiny_model_dir, warmup_steps=3) as b:
         out["loaded"] = b.load_checkpoint(str(ck))
-        out["stats2_resumed"] = b.update(b2)
+        out["stats2_resumed"] = [b.update(b2), b.update(b1)]
         out["weights2_resumed"] = _np(b.named_weights_for_sync())
         ray.kill(b.actors[1])
         for key in ("killed_error", "after_kill_error"):
@@ -76,7 +76,9 @@ def full_run(ray_local, tiny_model_dir, tmp_path_factory) -> dict:
 
 def test_group_update_and_gathered_weights_equal_single_process_reference(full_run, tiny_model_dir):
     assert [i["rank"] for i in full_run["info"]] == [0, 1]
-    (losses, _), weights = reference_run(tiny_model_dir, learner_cfg(), [make_batch(1)])
+    # the group warms up over 3 updates: its first update runs at a third of the LR
+    (losses, _), weights = reference_run(tiny_model_dir, learner_cfg(lr=1e-4 / 3), [make_batch(1)])
+    assert full_run["stats1"].lr == pytest.approx(1e-4 / 3)
     assert full_run["stats1"].loss == pytest.approx(losses[0], abs=1e-5)
     got = full_run["weights1"]
     assert got.keys() == weights.keys()
@@ -97,14 +99,16 @@ def test_nan_in_advantages_gives_worker_error_and_the_group_goes_on(full_run):
     err = full_run["nan_error"]
     assert isinstance(err.cause, FloatingPointError) and err.actor.startswith("learner rank ")
     assert "FloatingPointError" in str(err) and "advantages contain NaN" in str(err)
-    assert np.isfinite(full_run["stats2"].loss)  # the same group updated again afterwards
+    assert np.isfinite(full_run["stats2"][0].loss)  # the same group updated again afterwards
 
 
 def test_checkpoint_loaded_by_a_new_group_gives_the_identical_next_update(full_run):
     ck = full_run["ck"]
     assert (ck / "dcp").is_dir() and (ck / "rng_rank0.json").is_file() and (ck / "rng_rank1.safetensors").is_file()
     assert json.loads((ck / "learner.json").read_text())["updates"] == 1 and full_run["loaded"]["world_size"] == 2
-    assert full_run["stats2_resumed"].loss == full_run["stats2"].loss
+    assert [s.loss for s in full_run["stats2_resumed"]] == [s.loss for s in full_run["stats2"]]
+    lrs = [s.lr for s in full_run["stats2_resumed"]]   # the scheduler went on where it stopped
+    assert lrs == [s.lr for s in full_run["stats2"]] and lrs == pytest.approx([2e-4 / 3, 1e-4])
     a, b = full_run["weights2"], full_run["weights2_resumed"]
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert any(not np.array_equal(a[k], full_run["weights1"][k]) for k in a)  # step 2 changed the weights
