@@ -22,11 +22,13 @@ BUCKET = 200_000  # bytes: the tiny LLM (1.6 MB) arrives in several buckets
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """A local Ray for this module (or the one already running); the test helper module travels by value."""
+    import learner_ranks
+    ray.cloudpickle.register_pickle_by_value(learner_ranks)
     own = not ray.is_initialized()
     if own:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent), "HF_HUB_OFFLINE": "1",
-                                           "RAY_AUTH_MODE": "disabled"}})
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}})
     yield
     if own:
         ray.shutdown()
