@@ -251,7 +251,7 @@ class Learner:
             if self.rank == 0:
                 yield name, tensor.detach().to("cpu")
 
-    def weight_buckets_for_sync(self, bucket_bytes: int) -> Iterator[NamedTensors]:
+    def state_dict_for_sync(self, bucket_bytes: int) -> Iterator[NamedTensors]:
         """`named_weights_for_sync` grouped into buckets of at most ``bucket_bytes`` (a bigger tensor alone)."""
         if bucket_bytes <= 0:
             raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
@@ -295,7 +295,7 @@ class Learner:
         """
         start, count, nbytes = time.perf_counter(), 0, 0
         error: BaseException | None = None
-        for bucket in self.weight_buckets_for_sync(bucket_bytes):
+        for bucket in self.state_dict_for_sync(bucket_bytes):
             count += 1
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             if error is None:

@@ -69,9 +69,10 @@ def ranks(tiny_model_dir, waves) -> dict:
 
 def _close(got: dict, want: dict, atol: float) -> float:
     assert got.keys() == want.keys()
-    worst = max(float(np.abs(got[k] - want[k].numpy()).max()) for k in want)
-    assert worst <= atol, f"max |diff| {worst:.3g} > {atol} ({max(want, key=lambda k: float(np.abs(got[k] - want[k].numpy()).max()))})"
-    return worst
+    diffs = {k: float(np.abs(got[k] - want[k].detach().numpy()).max()) for k in want}
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] <= atol, f"max |diff| {diffs[worst]:.3g} > {atol} in {worst}"
+    return diffs[worst]
 
 
 @pytest.mark.slow
