@@ -255,6 +255,11 @@ class VLLMRolloutWorker:
             raise KeyError(f"update_weights: {len(unknown)} name(s) not in the checkpoint {self.llm_dir}, e.g. "
                            f"{unknown[:3]}; expected names like {sorted(self.checkpoint_names)[:3]} "
                            "(strip wrapper prefixes such as 'base_model.model.' / '_orig_mod.')")
+        if self.ignored_names and any(n.endswith("embed_tokens.weight") for n, _ in named_tensors):
+            raise ValueError(
+                f"update_weights: {self.llm_dir} ties its output layer to embed_tokens, and vLLM's in-place "
+                "reload never refreshes a tied head, so this update would leave it stale; export the rollout "
+                "LLM untied (AudioLLM.export_llm(folder, untie_embeddings=True)) and send lm_head.weight too")
         late = sorted({module_group(n) for n, _ in named_tensors} & self._loaded_groups)
         if late:
             raise ValueError(f"update_weights: weights of {late} arrived after that module was loaded in this "

@@ -253,18 +253,28 @@ class AudioLLM(nn.Module):
         for name, tensor in self.llm.state_dict(keep_vars=True).items():
             yield name, _full(tensor.detach())
 
-    def export_llm(self, folder: str | Path) -> Path:
-        """Write the LLM (merged) + tokenizer as a plain HF causal-LM folder that vLLM loads as it is."""
+    def export_llm(self, folder: str | Path, untie_embeddings: bool = False) -> Path:
+        """Write the LLM (merged) + tokenizer as a plain HF causal-LM folder that vLLM loads as it is.
+
+        ``untie_embeddings=True`` writes a model with tied input/output embeddings as an untied one
+        (``lm_head.weight`` stored, ``tie_word_embeddings: false``; same outputs). Rollout engines need
+        this: vLLM's in-place weight reload never refreshes a tied head (it keeps a processed copy), so
+        a synced ``embed_tokens`` would leave the output layer stale.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         base = self.base_llm()
         config = copy.deepcopy(base.config)
         config.architectures = [type(base).__name__]  # vLLM picks its model class by this
+        tied = bool(getattr(base.config.get_text_config(), "tie_word_embeddings", False))
+        if untie_embeddings and tied:
+            config.tie_word_embeddings = False
+            config.get_text_config().tie_word_embeddings = False
+            tied = False
         config.save_pretrained(folder)
         if getattr(base, "generation_config", None) is not None:
             base.generation_config.save_pretrained(folder)
-        tied = bool(getattr(base.config.get_text_config(), "tie_word_embeddings", False))
-        weights = {k: v.to("cpu").contiguous() for k, v in self.llm_state_dict()
+        weights = {k: v.to("cpu").contiguous().clone() for k, v in self.llm_state_dict()
                    if not (tied and k == "lm_head.weight")}
         save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(folder)

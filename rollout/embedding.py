@@ -1,0 +1,63 @@
+"""The audio-embedding worker: clips -> prompt embeddings ``[prefix | audio | suffix]``.
+
+A plain class (Ray wrapping happens in ``funrl.cluster``). It owns an inference
+copy of the audio-LLM and uses the model layer's one prompt-building path, so the
+rollout worker and the learner see exactly the same prompt (DESIGN.md §1, §5).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from policy.config import ModelConfig
+from policy.messages import Clip, PromptBatch
+from policy.models import load_audio_llm
+from policy.models.audio import load_audio
+
+
+class AudioEmbeddingWorker:
+    """Loads audio, runs the frozen encoder + adapter, splices the prompt."""
+
+    def __init__(self, model_cfg: ModelConfig, max_audio_seconds: float = 30.0, batch_size: int = 16) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_cfg = model_cfg
+        self.max_audio_seconds = max_audio_seconds
+        self.batch_size = batch_size
+        self.model = load_audio_llm(model_cfg.path, dtype=model_cfg.dtype, prompt=model_cfg.prompt)
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def ready(self) -> bool:
+        return True
+
+    def export_llm(self, folder: str) -> str:
+        """Write the LLM as a plain HF folder for vLLM (embeddings untied, so weight sync reaches the
+        output layer); returns its path."""
+        return str(self.model.export_llm(folder, untie_embeddings=True))
+
+    @torch.no_grad()
+    def embed(self, clips: Sequence[Clip]) -> PromptBatch:
+        """Prompt embeddings for ``clips``, in order; a bad audio file raises ValueError naming it."""
+        embeds: list[torch.Tensor] = []
+        for chunk in _chunks(list(clips), self.batch_size):
+            waves = [load_audio(c.audio, max_seconds=self.max_audio_seconds) for c in chunk]
+            audio = self.model.embed_audio(self.model.audio_features(waves))
+            prompts = self.model.build_prompt_embeds(audio, [c.context for c in chunk])
+            embeds.extend(p.detach().to("cpu", torch.float32).contiguous() for p in prompts)
+        return PromptBatch(clips=tuple(clips), prompt_embeds=tuple(embeds))
+
+    def load_frontend_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Sync a trained encoder + adapter from the learner (names of ``model.frontend``)."""
+        params = dict(self.model.frontend.named_parameters())
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in params:
+                    raise KeyError(f"frontend has no parameter {name!r}")
+                params[name].copy_(tensor)
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
