@@ -323,6 +323,45 @@ class Learner:
         barrier(self.device)
         return str(Path(folder))
 
+    # ------------------------------------------------------------------------------------ export
+    def save_model(self, folder: str, *, llm_only: bool = False, dtype: str = "float32") -> str:
+        """Collective: the trained model as a plain model folder that `load_audio_llm` (and, for the
+        transformers families, transformers itself) loads as it is; rank 0 writes, atomically.
+
+        The full weights (frontend + LLM, LoRA merged) are gathered one tensor at a time into a plain copy of
+        the starting model (``model_dir``, loaded on rank 0 in ``dtype``), which is saved with its adapter's
+        own layout (`AudioLLM.save`). ``llm_only``: the LLM alone as a plain HF causal-LM folder
+        (`AudioLLM.export_llm`, text-only serving). Every rank raises if rank 0 fails.
+        """
+        self._require_setup()
+        from policy.model_export import fill_model, gathered_model_state
+        plain, error = None, None
+        if self.rank == 0:
+            try:
+                plain = load_audio_llm(self.model_dir, dtype=dtype, prompt=self.model_cfg.prompt)
+            except Exception as exc:  # noqa: BLE001 - raised on every rank below
+                error = exc
+        named = gathered_model_state(self.model, llm_only)
+        if plain is None:
+            for _ in named:  # the other ranks (and a failed rank 0) take part in the gathers
+                pass
+        else:
+            try:
+                fill_model(plain, named, f"save_model({folder})", prefixes=("llm.",) if llm_only else ())
+                if llm_only:
+                    with atomic_dir(folder) as tmp:
+                        plain.export_llm(tmp)
+                else:
+                    plain.save(folder)
+            except Exception as exc:  # noqa: BLE001 - raised on every rank below
+                error = exc
+        failed = all_reduce([0.0 if error is None else 1.0], op="max", device=self.device)[0]
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(f"save_model({folder}): rank 0 failed to write the model (see its error)")
+        return str(Path(folder))
+
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str) -> str:
         """Collective: trainable weights + AdamW (DCP), scheduler, RNG of every rank, into ``folder``."""

@@ -140,6 +140,11 @@ class LearnerGroup:
         """LoRA: write the adapter as a peft folder at ``folder`` (rank 0 writes); returns its path."""
         return self._call("export_adapter", str(folder))[0]
 
+    def save_model(self, folder: str, *, llm_only: bool = False, dtype: str = "float32") -> str:
+        """Write the trained model as a plain model folder in its own format (`Learner.save_model`; rank 0
+        writes); ``llm_only``: the LLM alone as an HF causal-LM folder. Returns the folder."""
+        return self._call("save_model", str(folder), llm_only=llm_only, dtype=dtype)[0]
+
     def save_checkpoint(self, folder: str) -> str:
         return self._call("save_checkpoint", str(folder))[0]
 
