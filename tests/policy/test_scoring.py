@@ -1,0 +1,135 @@
+"""policy.scoring: reward tensors [B, G] from a hand-built RolloutBatch, advantages, dynamic sampling."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import rewards
+from policy.grpo import group_advantages
+from policy.messages import Clip, PromptBatch, RolloutBatch
+from policy.scoring import drop_flat_groups, score_and_advantage, score_rollout
+
+CLIPS = (
+    Clip("/d/0.wav", "hello world", "en", keywords=("world",)),
+    Clip("/d/1.wav", "我爱北京", "zh"),
+    Clip("/d/2.wav", ""),                                  # noise-only
+    Clip("/d/3.wav", "good morning", "en"),
+)
+TEXTS = (
+    ("hello world", "hello"),
+    ("我爱北京", "我爱"),
+    ("", "thank you"),
+    ("good morning", "good morning"),                     # a flat group: equal rewards
+)
+# Hand-computed (DESIGN.md §3): wer = 1 - WER; keyword = (precision + recall) / 2, NaN without keywords;
+# hallucination = -hallucinated/max(1, N_ref); language 0 (no mismatch here); total = their sum.
+WER = [[1.0, 0.5], [1.0, 0.5], [1.0, 0.0], [1.0, 1.0]]
+KEYWORD = [[1.0, 0.5]] + [[math.nan, math.nan]] * 3
+HALLUCINATION = [[0.0, 0.0], [0.0, 0.0], [0.0, -1.0], [0.0, 0.0]]
+TOTAL = [[2.0, 1.0], [1.0, 0.5], [1.0, -1.0], [1.0, 1.0]]
+
+
+def make_rollout(clips=CLIPS, texts=TEXTS, T=3, H=4) -> RolloutBatch:
+    """Row b of every tensor is filled with values that identify b (to check which rows are kept)."""
+    B, G = len(clips), len(texts[0])
+    prompts = PromptBatch(clips=tuple(clips),
+                          prompt_embeds=tuple(torch.full((2 + b, H), float(b)) for b in range(B)))
+    token_ids = torch.arange(B).view(B, 1, 1).expand(B, G, T).clone() + 1
+    lengths = torch.tensor([[1 + (b + g) % T for g in range(G)] for b in range(B)])
+    mask = (torch.arange(T) < lengths[..., None]).float()
+    logprobs = -(torch.arange(B * G * T, dtype=torch.float32).view(B, G, T) + 1) * mask
+    return RolloutBatch(prompts=prompts, token_ids=token_ids * mask.long(), mask=mask, sample_logprobs=logprobs,
+                        texts=tuple(tuple(row) for row in texts), seconds=1.5)
+
+
+def assert_tensor(actual: torch.Tensor, expected) -> None:
+    expected = torch.tensor(expected, dtype=torch.float32)
+    assert actual.dtype == torch.float32 and actual.shape == expected.shape
+    assert torch.equal(torch.isnan(actual), torch.isnan(expected))
+    torch.testing.assert_close(actual.nan_to_num(), expected.nan_to_num())
+
+
+def test_every_reward_is_a_b_by_g_tensor_with_nan_where_not_applicable():
+    scores = score_rollout(make_rollout())
+    assert set(scores) == set(rewards.REGISTRY) | {"total"}
+    for name, t in scores.items():
+        assert t.shape == (4, 2), name
+    assert_tensor(scores["wer"], WER)
+    assert_tensor(scores["keyword"], KEYWORD)
+    assert_tensor(scores["hallucination"], HALLUCINATION)
+    assert_tensor(scores["language"], [[0.0, 0.0]] * 4)
+    assert_tensor(scores["total"], TOTAL)
+
+
+def test_language_mismatch_shows_in_its_own_tensor():
+    clips = (Clip("/x.wav", "今天天气好", "zh"),)
+    scores = score_rollout(make_rollout(clips, (("today is good", "今天天气好"),)))
+    assert_tensor(scores["language"], [[-1.0, 0.0]])
+
+
+@pytest.mark.parametrize("weights", [None, {"wer": 2.0, "hallucination": 0.5}, {"keyword": 1.0}])
+def test_totals_equal_score_batch_called_per_hypothesis(weights):
+    scores = score_rollout(make_rollout(), weights)
+    for b, clip in enumerate(CLIPS):
+        for g, hyp in enumerate(TEXTS[b]):
+            one = rewards.score_batch([hyp], [clip.text], [clip.meta()], weights=weights)[0]
+            assert scores["total"][b, g].item() == pytest.approx(one["total"])
+            for name, value in one.items():
+                got = scores[name][b, g].item()
+                assert math.isnan(got) if value is None else got == pytest.approx(value), (name, b, g)
+
+
+def test_advantages_are_group_advantages_of_the_total():
+    rollout = make_rollout()
+    scored = score_and_advantage(rollout)
+    assert scored.rollout is rollout
+    torch.testing.assert_close(scored.advantages, group_advantages(scored.rewards["total"]))
+    s = 1 / math.sqrt(2)      # two values a > b: mean ± (a - b)/2, unbiased std (a - b)/sqrt(2)
+    torch.testing.assert_close(scored.advantages, torch.tensor([[s, -s], [s, -s], [s, -s], [0.0, 0.0]]),
+                               atol=1e-5, rtol=0)
+    scored_eps = score_and_advantage(rollout, eps=0.5)
+    torch.testing.assert_close(scored_eps.advantages, group_advantages(scored.rewards["total"], eps=0.5))
+
+
+def test_drop_flat_groups_keeps_the_informative_rows_of_everything():
+    clips = (CLIPS[0], CLIPS[3], CLIPS[2], CLIPS[3])        # flat groups at rows 1 and 3
+    texts = (TEXTS[0], TEXTS[3], TEXTS[2], TEXTS[3])
+    rollout = make_rollout(clips, texts)
+    scored = score_and_advantage(rollout)
+    kept, dropped = drop_flat_groups(scored)
+    keep = [0, 2]
+    assert dropped == 2
+    r = kept.rollout
+    assert torch.equal(r.token_ids, rollout.token_ids[keep]) and torch.equal(r.mask, rollout.mask[keep])
+    assert torch.equal(r.sample_logprobs, rollout.sample_logprobs[keep])
+    assert r.texts == (texts[0], texts[2]) and r.prompts.clips == (clips[0], clips[2])
+    assert all(a is rollout.prompts.prompt_embeds[i] for a, i in zip(r.prompts.prompt_embeds, keep))
+    assert r.seconds == rollout.seconds
+    assert set(kept.rewards) == set(scored.rewards)
+    for name, t in kept.rewards.items():
+        assert torch.equal(t.nan_to_num(), scored.rewards[name][keep].nan_to_num()), name
+    assert torch.equal(kept.advantages, scored.advantages[keep])
+
+
+def test_drop_flat_groups_without_flat_groups_returns_the_batch_itself():
+    scored = score_and_advantage(make_rollout(CLIPS[:3], TEXTS[:3]))
+    assert drop_flat_groups(scored) == (scored, 0)
+
+
+def test_drop_flat_groups_all_flat_gives_none():
+    clips = (CLIPS[3], CLIPS[2])
+    scored = score_and_advantage(make_rollout(clips, (TEXTS[3], ("", ""))))
+    assert drop_flat_groups(scored) == (None, 2)
+
+
+def test_nan_total_raises_floating_point_error_naming_the_item(monkeypatch):
+    def flaky(hyps, refs, metas):
+        return [math.nan if h == "hello" else 0.0 for h in hyps]
+
+    monkeypatch.setitem(rewards.REGISTRY, "flaky", flaky)
+    with pytest.raises(FloatingPointError, match=r"\[\[0, 1\]\]"):
+        score_rollout(make_rollout())
+    with pytest.raises(FloatingPointError):
+        score_and_advantage(make_rollout())
