@@ -86,6 +86,7 @@ class RunConfig:
     keep_last: int = 2
     dynamic_sampling: bool = False   # drop groups whose rewards are all equal
     log_every: int = 1
+    save_model: bool = True          # write the trained model (its own format) to OUT/model at the end
 
     def __post_init__(self) -> None:
         validate(self, {
@@ -149,11 +150,11 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def dump_config(cfg: TrainConfig) -> str:
+def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
-def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write ``dump_config(cfg)`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,18 +173,21 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 # ---------------------------------------------------------------- load
 
 
-def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
-    """Defaults <- YAML file ``path`` (any subset of keys) <- dotted ``overrides`` (``key=value``)."""
+def load_config(path: str | None, overrides: list[str], root: type = TrainConfig) -> Any:
+    """Defaults <- YAML file ``path`` (any subset of keys) <- dotted ``overrides`` (``key=value``).
+
+    ``root``: the top-level config dataclass (``TrainConfig``; ``funrl.sft.SftConfig`` reuses the loader).
+    """
     raw: dict[str, Any] = {}
     origin: dict[str, str] = {}          # dotted key -> where it was set, for error messages
     if path:
-        raw, lines = _read_yaml(path)
-        _check_tree(TrainConfig, raw, "", lambda key: f"{path}:{lines.get(key, '?')}: ")
+        raw, lines = _read_yaml(path, root)
+        _check_tree(root, raw, "", lambda key: f"{path}:{lines.get(key, '?')}: ")
         origin.update({key: f"{path}:{line}" for key, line in lines.items()})
     for text in overrides:
-        origin[_apply_override(raw, text)] = f"override {text!r}"
+        origin[_apply_override(raw, text, root)] = f"override {text!r}"
     try:
-        return build(TrainConfig, raw, "")
+        return build(root, raw, "")
     except ConfigError as exc:
         where = _origin_of(exc.key, origin)
         if where is None:
@@ -191,7 +195,7 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
         raise ConfigError(f"{exc} (set in {where})", key=exc.key) from None
 
 
-def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
+def _read_yaml(path: str, root: type = TrainConfig) -> tuple[dict[str, Any], dict[str, int]]:
     """The file's mapping and the 1-based line of every dotted key in it."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -209,7 +213,7 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
         return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of sections "
-                          f"({', '.join(field_types(TrainConfig))}), got {type(data).__name__}")
+                          f"({', '.join(field_types(root))}), got {type(data).__name__}")
     lines: dict[str, int] = {}
     _key_lines(node, "", lines)
     return data, lines
@@ -251,7 +255,7 @@ def _default(cls: type, name: str) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def _apply_override(raw: dict[str, Any], text: str) -> str:
+def _apply_override(raw: dict[str, Any], text: str, root: type = TrainConfig) -> str:
     """Apply one ``a.b.c=value`` to the raw tree; returns the dotted key."""
     key, eq, value_text = text.partition("=")
     key = key.strip()
@@ -259,7 +263,7 @@ def _apply_override(raw: dict[str, Any], text: str) -> str:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. rollout.n=8")
     where = f"override {text!r}: "
     parts = key.split(".")
-    cls, node, prefix = TrainConfig, raw, ""
+    cls, node, prefix = root, raw, ""
     for i, part in enumerate(parts):
         hints = field_types(cls)
         if part not in hints:

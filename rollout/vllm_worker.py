@@ -85,6 +85,10 @@ class VLLMRolloutWorker:
         self._loaded_groups: set[str] = set()           # groups loaded in the current update
         self.last_sync_seconds = 0.0
 
+    def ready(self) -> bool:
+        """True once the engine is up (the constructor has returned): lets a caller surface a failed start."""
+        return self.llm is not None
+
     # ------------------------------------------------------------------ sampling
     def generate(self, prompts: PromptBatch, n: int | None = None, greedy: bool = False,
                  max_new_tokens: int | None = None) -> RolloutBatch:

@@ -1,0 +1,186 @@
+"""Ray wiring: start or join Ray, place the three workers, fan calls out to them.
+
+The workers are plain classes (``rollout.embedding.AudioEmbeddingWorker``,
+``rollout.vllm_worker.VLLMRolloutWorker``, ``policy.learner.Learner``); this module
+and ``policy.learner_group`` are the only places that turn them into Ray actors.
+A failing actor surfaces as ``WorkerError`` naming the actor, with its traceback.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import ray
+import torch
+
+from funrl.config import TrainConfig
+from policy.learner_group import LearnerGroup
+from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout
+from policy.ray_utils import WorkerError, get_named, remote_class
+from rollout.embedding import AudioEmbeddingWorker
+from rollout.vllm_worker import VLLMRolloutWorker
+
+__all__ = ["Cluster", "WorkerError"]
+
+_WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+}
+
+
+def _get(name: str, ref):
+    """ray.get that names the actor (and carries its traceback) when it fails."""
+    return get_named([(name, ref)])[0]
+
+
+def _split(n: int, parts: int) -> list[range]:
+    """Contiguous, near-equal ranges covering 0..n-1."""
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [range(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
+
+
+class Cluster:
+    """The running actors of one training run. Use as a context manager."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.run.out_dir)
+        self._lora_version = 0
+        self._own_ray = False
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> "Cluster":
+        self._start_ray()
+        try:
+            self._start_actors()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def _start_actors(self) -> None:
+        cfg = self.cfg
+        on_gpu = cfg.rollout.gpus_per_worker > 0
+        embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=0)
+        self.embedder = embed_cls.remote(cfg.model, cfg.data.max_audio_seconds, cfg.rollout.embed_batch_size)
+        llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
+        vllm_cls = remote_class(VLLMRolloutWorker, num_cpus=1, num_gpus=cfg.rollout.gpus_per_worker)
+        lora = cfg.learner.finetune == "lora"
+        self.rollouts = [
+            vllm_cls.remote(llm_dir, cfg.rollout, dtype=cfg.model.dtype if on_gpu else "float32",
+                            enable_lora=lora, max_lora_rank=max(8, cfg.learner.lora.r))
+            for _ in range(cfg.rollout.num_workers)]
+        self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps)
+        # surface a failed engine start now, by name
+        get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def _start_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        cfg = self.cfg
+        for key, value in _WORKER_ENV.items():   # the driver too: Ray's auth mode must match its workers'
+            os.environ.setdefault(key, value)
+        env = {"env_vars": {k: os.environ[k] for k in _WORKER_ENV}}
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
+        else:
+            need = 1 + cfg.rollout.num_workers + cfg.learner.num_ranks
+            num_cpus = cfg.ray.num_cpus or max(need, os.cpu_count() or 1)
+            num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                     runtime_env=env, log_to_driver=True)
+        self._own_ray = True
+
+    def shutdown(self) -> None:
+        """Stop the learner group and the workers; stop Ray if this run started it."""
+        group = getattr(self, "learner", None)
+        if group is not None:
+            try:
+                group.shutdown()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        for actor in [*getattr(self, "rollouts", []), getattr(self, "embedder", None)]:
+            if actor is not None:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - already dead
+                    pass
+        if self._own_ray and ray.is_initialized():
+            ray.shutdown()
+
+    # ---- the stages of a step --------------------------------------------------------
+    def embed(self, clips: list[Clip]) -> PromptBatch:
+        return _get("embedding worker", self.embedder.embed.remote(list(clips)))
+
+    def generate(self, prompts: PromptBatch, greedy: bool = False) -> RolloutBatch:
+        parts = _split(len(prompts.clips), len(self.rollouts))
+        refs = [w.generate.remote(_slice_prompts(prompts, rng), greedy=greedy)
+                for w, rng in zip(self.rollouts, parts)]
+        outs = [_get(f"rollout worker {i}", ref) for i, ref in enumerate(refs)]
+        return _concat_rollouts(prompts, outs)
+
+    def update(self, batch: ScoredRollout) -> LearnStats:
+        """One learner update; colocated engines sleep meanwhile (GPU memory goes to the learner)."""
+        if self.cfg.ray.colocate:
+            _get_all("rollout worker", [w.sleep.remote() for w in self.rollouts])
+        try:
+            return self.learner.update(batch)
+        finally:
+            if self.cfg.ray.colocate:
+                _get_all("rollout worker", [w.wake_up.remote() for w in self.rollouts])
+
+    def sync(self) -> None:
+        """Learner weights -> every rollout worker (bucketed full weights, or the LoRA adapter);
+        the trained encoder + adapter -> the embedding worker when ``model.train_encoder``."""
+        if self.cfg.model.train_encoder:
+            weights = self.learner.frontend_weights_for_sync()
+            _get("embedding worker", self.embedder.load_frontend_weights.remote(weights))
+        if self.cfg.learner.finetune == "lora":
+            self._lora_version += 1
+            folder = self.out / "rollout_lora" / f"v{self._lora_version:06d}"
+            path = self.learner.export_adapter(str(folder))
+            _get_all("rollout worker", [w.set_lora.remote(path) for w in self.rollouts])
+            stale = folder.parent / f"v{self._lora_version - 2:06d}"   # loaded by vLLM two syncs ago
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            self.learner.push_weights(self.rollouts, self.cfg.rollout.sync_bucket_bytes)
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def save_checkpoint(self, folder: Path) -> None:
+        self.learner.save_checkpoint(str(Path(folder) / "learner"))
+
+    def load_checkpoint(self, folder: Path) -> None:
+        self.learner.load_checkpoint(str(folder))
+
+
+def _get_all(name: str, refs: list) -> list:
+    return [_get(f"{name} {i}", ref) for i, ref in enumerate(refs)]
+
+
+def _slice_prompts(prompts: PromptBatch, rng: range) -> PromptBatch:
+    return PromptBatch(clips=tuple(prompts.clips[i] for i in rng),
+                       prompt_embeds=tuple(prompts.prompt_embeds[i] for i in rng))
+
+
+def _concat_rollouts(prompts: PromptBatch, parts: list[RolloutBatch]) -> RolloutBatch:
+    if len(parts) == 1:
+        return parts[0]
+    T = max(p.token_ids.shape[2] for p in parts)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, T - t.shape[2]))
+
+    return RolloutBatch(
+        prompts=prompts,
+        token_ids=torch.cat([pad(p.token_ids) for p in parts]),
+        mask=torch.cat([pad(p.mask) for p in parts]),
+        sample_logprobs=torch.cat([pad(p.sample_logprobs) for p in parts]),
+        texts=tuple(row for p in parts for row in p.texts),
+        seconds=max(p.seconds for p in parts))

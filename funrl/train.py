@@ -1,0 +1,182 @@
+"""``python -m funrl.train``: GRPO fine-tuning of an audio-LLM for speech recognition.
+
+The loop is DESIGN.md §1: embed -> generate -> score -> advantage -> update -> sync.
+With no arguments it runs the built-in demo (funrl/demo): builds the speech data
+and the starting model if needed, evaluates, trains, evaluates again and prints a
+before/after table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from funrl.checkpoint import CheckpointManager
+from funrl.cluster import Cluster, WorkerError
+from funrl.config import ConfigError, TrainConfig, dump_config, load_config, save_config
+from funrl.data import ClipSampler, ManifestError, load_manifest
+from funrl.eval import EvalReport, evaluate, format_table, write_report
+from funrl.metrics import MetricsLogger
+from funrl.timing import StageTimer
+from policy.scoring import drop_flat_groups, score_and_advantage
+
+EPILOG = """\
+examples:
+  python -m funrl.train                                   # the built-in demo, end to end
+  python -m funrl.train --config my.yaml rollout.n=8 learner.lr=5e-6
+  python -m funrl.train --config my.yaml learner.finetune=lora learner.lora.r=16
+  python -m funrl.train --resume runs/my-run              # continue a killed run
+  python -m funrl.train --config my.yaml ray.address=auto learner.num_ranks=8 learner.gpus_per_rank=1
+Overrides are dotted keys of the config (see the dump printed at start, or OUT/config.yaml).
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m funrl.train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--config", help="YAML config file (any subset of the keys; the rest keep defaults)")
+    p.add_argument("--resume", metavar="OUT", help="resume the run in folder OUT from its last checkpoint")
+    p.add_argument("--no-demo", action="store_true",
+                   help="never fall back to the built-in demo (fail if data.train_manifest is unset)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. rollout.n=8")
+    return p.parse_args(argv)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Run GRPO for ``cfg.run.steps`` steps; returns the run folder.
+
+    With ``data.test_manifest`` set, the policy is evaluated (greedy) on it before and after training and
+    a before/after table is printed (OUT/eval_before.json, OUT/eval_after.json).
+    """
+    out = Path(cfg.run.out_dir)
+    clips = load_manifest(cfg.data.train_manifest)         # validated before any actor starts
+    test_clips = load_manifest(cfg.data.test_manifest) if cfg.data.test_manifest else None
+    eval_clips = load_manifest(cfg.data.eval_manifest) if cfg.data.eval_manifest else None
+    sampler = ClipSampler(clips, cfg.run.clips_per_step, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    ckpts = CheckpointManager(out, keep_last=cfg.run.keep_last)
+    last = ckpts.latest() if resume else None
+    start = last.step + 1 if last else 1
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.run.seed + start)
+    metrics = MetricsLogger(out, resume_step=last.step if last else None)
+    with Cluster(cfg) as cluster:
+        if last:
+            sampler.load_state_dict(last.trainer_state()["data"])
+            cluster.load_checkpoint(last.path / "learner")
+            cluster.sync()
+            print(f"[funrl] resumed from {last.path} at step {start}", file=sys.stderr)
+        if test_clips and not (out / "eval_before.json").exists():
+            run_eval(cluster, test_clips, out / "eval_before.json")
+        progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
+        for step in progress:
+            record = train_step(cfg, cluster, sampler.next_batch())
+            if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
+                dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
+                record |= {f"eval.{k}": v for k, v in asdict(dev).items() if isinstance(v, float)}
+            metrics.log(step, record)
+            progress.set_postfix(reward=f"{record['reward.total.mean']:.3f}",
+                                 wer=f"{1.0 - record.get('reward.wer.mean', float('nan')):.3f}",
+                                 kl=f"{record.get('kl', float('nan')):.3f}", s_step=f"{record['time.step']:.1f}")
+            if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+                ckpts.save(step, {"data": sampler.state_dict()}, cluster.save_checkpoint)
+        if cfg.run.save_model:
+            cluster.learner.save_model(str(out / "model"))
+        if test_clips:
+            after = run_eval(cluster, test_clips, out / "eval_after.json")
+            before = EvalReport(**json.loads((out / "eval_before.json").read_text()))
+            print(format_table({"before": before, "after": after}))
+    metrics.close()
+    return out
+
+
+def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> EvalReport:
+    """Greedy evaluation of the current policy on ``clips`` through the running workers."""
+    report, records = evaluate(cluster.embed, lambda p: cluster.generate(p, greedy=True), clips,
+                               batch_size=cluster.cfg.rollout.embed_batch_size, progress=progress)
+    write_report(report, records, path)
+    return report
+
+
+def train_step(cfg: TrainConfig, cluster: Cluster, clips) -> dict[str, float]:
+    """One GRPO step; returns its metrics record."""
+    t = StageTimer()
+    with t("embed"):
+        prompts = cluster.embed(clips)
+    with t("generate"):
+        rollout = cluster.generate(prompts)
+    with t("score"):
+        scored = score_and_advantage(rollout, cfg.rewards.weights)
+        batch, dropped = drop_flat_groups(scored) if cfg.run.dynamic_sampling else (scored, 0)
+    with t("learn"):
+        stats = cluster.update(batch) if batch is not None else None
+    with t("sync"):
+        if stats is not None:
+            cluster.sync()
+    return step_record(scored, stats, dropped) | t.as_metrics()
+
+
+def step_record(scored, stats, dropped: int) -> dict[str, float]:
+    """Flat metrics of a step: each reward's mean/std, lengths, flat groups, learner stats."""
+    rec: dict[str, float] = {}
+    for name, values in scored.rewards.items():
+        valid = values[~torch.isnan(values)]
+        rec[f"reward.{name}.mean"] = float(valid.mean()) if valid.numel() else float("nan")
+        rec[f"reward.{name}.std"] = float(valid.std()) if valid.numel() > 1 else float("nan")
+    total = scored.rewards["total"]
+    rec["groups.zero_variance_frac"] = float((total.amax(1) == total.amin(1)).float().mean())
+    rec["groups.dropped"] = float(dropped)
+    rec["hyp.length.mean"] = float(scored.rollout.mask.sum(-1).mean())
+    if stats is not None:
+        rec.update(loss=stats.loss, kl=stats.kl, clip_frac=stats.clip_frac, ratio_mean=stats.ratio_mean,
+                   grad_norm=stats.grad_norm, lr=stats.lr)
+    return rec
+
+
+def _progress(steps, total: int, done: int):
+    from tqdm import tqdm
+    return tqdm(steps, total=total, initial=done, desc="GRPO", unit="step", dynamic_ncols=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.resume:
+            cfg = load_config(str(Path(args.resume) / "config.yaml"), args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
+        if not cfg.data.train_manifest and not args.no_demo:
+            from funrl.demo.run import run_demo
+            return run_demo(cfg, args)
+        if not cfg.data.train_manifest:
+            raise ConfigError("data.train_manifest is not set: give a manifest (data.train_manifest=PATH)")
+        print("[funrl] config:\n" + dump_config(cfg), file=sys.stderr)
+        out = train(cfg, resume=bool(args.resume))
+    except (ConfigError, ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"[funrl] run folder: {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Score a rollout with the reward library and turn rewards into GRPO advantages.
+
+The glue between ``rewards.score_batch`` (lists of dicts, one per hypothesis) and
+the tensors the learner consumes: every reward becomes a ``[B, G]`` tensor (NaN
+where a reward does not apply, e.g. ``keyword`` on a clip without keywords).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+import rewards
+from policy.grpo import group_advantages
+from policy.messages import PromptBatch, RolloutBatch, ScoredRollout
+
+
+def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+    """Every registered reward and ``"total"`` as ``[B, G]`` float tensors (NaN = not applicable)."""
+    clips = rollout.prompts.clips
+    G = rollout.group_size
+    hyps = [h for row in rollout.texts for h in row]
+    refs = [c.text for c in clips for _ in range(G)]
+    metas = [c.meta() for c in clips for _ in range(G)]
+    scored = rewards.score_batch(hyps, refs, metas, weights=dict(weights) if weights is not None else None)
+    names = list(scored[0].keys()) if scored else ["total"]
+    out = {}
+    for name in names:
+        vals = [math.nan if s[name] is None else float(s[name]) for s in scored]
+        out[name] = torch.tensor(vals, dtype=torch.float32).view(len(clips), G)
+    if not bool(torch.isfinite(out["total"]).all()):
+        bad = torch.nonzero(~torch.isfinite(out["total"])).tolist()
+        raise FloatingPointError(
+            f"reward total is NaN/inf for (clip, hypothesis) {bad[:5]}: check the reward functions "
+            "and plugins; the step was stopped before any update")
+    return out
+
+
+def score_and_advantage(rollout: RolloutBatch, weights: Mapping[str, float] | None = None,
+                        eps: float = 1e-6) -> ScoredRollout:
+    """Rewards -> group-normalised advantages (DESIGN.md §2, eq. 1)."""
+    scores = score_rollout(rollout, weights)
+    return ScoredRollout(rollout=rollout, rewards=scores, advantages=group_advantages(scores["total"], eps))
+
+
+def drop_flat_groups(scored: ScoredRollout) -> tuple[ScoredRollout | None, int]:
+    """Dynamic sampling: remove the clips whose G rewards are all equal (advantage 0).
+
+    Returns the reduced batch (None when every group was flat) and how many were dropped.
+    """
+    total = scored.rewards["total"]
+    keep = (total.amax(dim=1) != total.amin(dim=1)).nonzero().flatten()
+    dropped = int(total.shape[0] - keep.numel())
+    if dropped == 0:
+        return scored, 0
+    if keep.numel() == 0:
+        return None, dropped
+    idx = keep.tolist()
+    r = scored.rollout
+    prompts = PromptBatch(clips=tuple(r.prompts.clips[i] for i in idx),
+                          prompt_embeds=tuple(r.prompts.prompt_embeds[i] for i in idx))
+    rollout = RolloutBatch(prompts=prompts, token_ids=r.token_ids[keep], mask=r.mask[keep],
+                           sample_logprobs=r.sample_logprobs[keep],
+                           texts=tuple(r.texts[i] for i in idx), seconds=r.seconds)
+    return ScoredRollout(rollout=rollout, rewards={k: v[keep] for k, v in scored.rewards.items()},
+                         advantages=scored.advantages[keep]), dropped
