@@ -49,12 +49,20 @@ class AudioEmbeddingWorker:
         return PromptBatch(clips=tuple(clips), prompt_embeds=tuple(embeds))
 
     def load_frontend_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Sync a trained encoder + adapter from the learner (names of ``model.frontend``)."""
+        """Sync a trained encoder + adapter from the learner (names of ``model.frontend``).
+
+        Every name and shape is checked before anything is copied, so a bad update changes nothing
+        (an unknown name raises KeyError, a shape mismatch ValueError)."""
         params = dict(self.model.frontend.named_parameters())
+        items = list(named_tensors)
+        for name, tensor in items:
+            if name not in params:
+                raise KeyError(f"frontend has no parameter {name!r}")
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise ValueError(f"frontend parameter {name!r} has shape {tuple(params[name].shape)}, "
+                                 f"the update {tuple(tensor.shape)}")
         with torch.no_grad():
-            for name, tensor in named_tensors:
-                if name not in params:
-                    raise KeyError(f"frontend has no parameter {name!r}")
+            for name, tensor in items:
                 params[name].copy_(tensor)
 
 

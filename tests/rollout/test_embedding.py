@@ -104,8 +104,10 @@ def test_load_frontend_weights_changes_embeddings_and_rejects_unknown_names(mode
     # the text part of the prompt (LLM embeddings) is unchanged: only the audio positions move
     assert torch.equal(after[0][0], before[0][0])
     snapshot = {n: p.detach().clone() for n, p in w.model.frontend.named_parameters()}
-    with pytest.raises(KeyError, match="no_such.weight"):
-        w.load_frontend_weights([("no_such.weight", torch.zeros(1))])
+    with pytest.raises(KeyError, match="no_such.weight"):     # a good tensor before it is not applied either
+        w.load_frontend_weights([(name, torch.zeros_like(new)), ("no_such.weight", torch.zeros(1))])
+    with pytest.raises(ValueError, match="shape"):             # would broadcast silently with copy_
+        w.load_frontend_weights([(name, torch.zeros(new.shape[-1]))])
     assert all(torch.equal(p, snapshot[n]) for n, p in w.model.frontend.named_parameters())
 
 
