@@ -318,6 +318,8 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("batch", "max_new_tokens", "max_audio_seconds"):
         if getattr(args, name) <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.out and Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a folder; give a file path such as {Path(args.out) / 'report.json'}")
     try:
         clips = load_manifest(args.manifest)
     except ManifestError as exc:

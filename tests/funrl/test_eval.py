@@ -81,7 +81,8 @@ def test_wer_equals_jiwer_corpus_wer_on_independently_normalised_text():
 
 
 def test_cer_equals_jiwer_cer_on_chinese_clips():
-    zh = [(Clip("/z/1.wav", "我爱北京天安门", "zh"), "我爱北京"), (Clip("/z/2.wav", "今天天气很好", "cmn"), "今天天汽很好吗")]
+    zh = [(Clip("/z/1.wav", "我爱北京天安门", "zh"), "我爱北京"),
+          (Clip("/z/2.wav", "今天天气很好", "cmn"), "今天天汽很好吗")]
     expected = jiwer.cer([c.text for c, _ in zh], [h for _, h in zh])
     rep = summarise(clip_results(*map(list, zip(*zh))))
     assert rep.wer is None and rep.cer == pytest.approx(expected) == pytest.approx((3 + 2) / 13)
