@@ -1,0 +1,322 @@
+"""``python -m funrl.sft``: supervised training (SFT) of an ``encoder_adapter_llm`` audio-LLM.
+
+Loss = cross-entropy of the transcript tokens (and EOS) after the clip's prompt + ``optim.ctc_weight`` x CTC
+on the encoder's CTC head (blank = the pad token). The prompt is built by the model layer itself
+(``audio_features -> embed_audio -> build_prompt_embeds`` with the clip's context), so the SFT model learns
+exactly the prompt the rollout gives it. Noise-only clips (``text: ""``) are skipped. Every
+``run.eval_every`` steps the model decodes the dev clips greedily (WER on English, CER on Mandarin, share of
+non-empty outputs on noise-only clips) and is saved.
+
+Writes OUT/config.yaml, OUT/train_log.jsonl (step, loss, ce, ctc, lr, elapsed_s; dev_* when evaluated) and
+OUT/model (the model folder; ``policy.models.load_audio_llm`` loads it).
+"""
+from __future__ import annotations
+
+import os
+
+# Busy-waiting OpenMP threads collapse on a shared 2-core CPU (measured: 2-4x slower steps under load);
+# libgomp reads this when torch loads it, so it is set before the first torch import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# ruff: noqa: E402
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from funrl.config import ConfigError, dump_config, save_config
+from funrl.data import ClipSampler, ManifestError, load_manifest
+from funrl.sft_config import SftConfig, load_sft_config
+from policy.messages import Clip
+from policy.models import AudioLLM, FeatureBatch, get_adapter, load_audio_llm
+from policy.models.audio import load_audio
+from policy.models.features import fbank
+
+EPILOG = """\
+examples:
+  python -m funrl.sft --config funrl/demo/sft.yaml             # the shipped demo starting model
+  python -m funrl.sft data.train_manifest=train.jsonl data.dev_manifest=dev.jsonl optim.steps=3000
+  python -m funrl.sft --config funrl/demo/sft.yaml data.demo_size=small model.size=tiny optim.steps=20
+  python -m funrl.sft model.path=runs/sft/model data.train_manifest=more.jsonl optim.lr=2e-4   # continue
+Overrides are dotted keys of the config (sections model, data, optim, run; see OUT/config.yaml).
+"""
+
+
+# ------------------------------------------------------------------------------------------------ loss
+
+
+def ctc_blank_id(tokenizer) -> int:
+    """The CTC blank: the pad token (never part of a transcript)."""
+    return int(tokenizer.pad_token_id)
+
+
+def completion_ids(model: AudioLLM, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Right-padded ``[N, T]`` ids of each text + EOS, their mask, and the text ids alone (CTC targets)."""
+    tok = model.tokenizer
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    eos = model.eos_token_ids[0]
+    width = max(len(i) for i in ids) + 1
+    out = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(ids), width)
+    for r, row in enumerate(ids):
+        out[r, :len(row) + 1] = torch.tensor(row + [eos])
+        mask[r, :len(row) + 1] = 1
+    return out, mask, ids
+
+
+def sft_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str], contexts: Sequence[str | None],
+             ctc_weight: float) -> tuple[torch.Tensor, float, float]:
+    """(loss, ce, ctc): token-mean CE over the completions (EOS included) + ``ctc_weight`` x mean CTC.
+
+    The encoder runs once: its output inside ``embed_audio`` is caught by a forward hook for the CTC head.
+    """
+    caught: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hook = None
+    if ctc_weight > 0:
+        if getattr(model.frontend, "ctc", None) is None:
+            raise ValueError("optim.ctc_weight > 0 but the model has no CTC head (set optim.ctc_weight=0)")
+        hook = model.frontend.encoder.register_forward_hook(lambda _m, _i, out: caught.__setitem__("enc", out))
+    try:
+        audio = model.embed_audio(feats)
+    finally:
+        if hook is not None:
+            hook.remove()
+    prompts = model.build_prompt_embeds(audio, list(contexts))
+    ids, mask, targets = completion_ids(model, texts)
+    logp = model.sequence_logprobs(prompts, ids, mask)
+    ce = -logp.sum() / mask.sum()
+    if ctc_weight <= 0:
+        return ce, float(ce.detach()), 0.0
+    enc, lengths = caught["enc"]
+    log_probs = model.frontend.ctc(enc).float().log_softmax(-1).transpose(0, 1)     # [T, B, V]
+    flat = torch.tensor([i for row in targets for i in row], dtype=torch.long)
+    ctc = F.ctc_loss(log_probs, flat, lengths.cpu(), torch.tensor([len(r) for r in targets]),
+                     blank=ctc_blank_id(model.tokenizer), reduction="mean", zero_infinity=True)
+    return ce + ctc_weight * ctc, float(ce.detach()), float(ctc.detach())
+
+
+def spec_augment(feats: FeatureBatch, freq_masks: int, time_masks: int, rng: np.random.Generator) -> FeatureBatch:
+    """Zero ``freq_masks`` bands of up to 8 mel bins and ``time_masks`` spans of up to 10 frames per clip."""
+    if not freq_masks and not time_masks:
+        return feats
+    x = feats.feats.clone()
+    n_bins = x.shape[-1]
+    for b, length in enumerate(feats.lengths.tolist()):
+        for _ in range(freq_masks):
+            w = int(rng.integers(0, 9))
+            f0 = int(rng.integers(0, n_bins - w + 1))
+            x[b, :, f0:f0 + w] = 0
+        for _ in range(time_masks):
+            w = int(rng.integers(0, min(10, length // 5) + 1))
+            t0 = int(rng.integers(0, length - w + 1))
+            x[b, t0:t0 + w] = 0
+    return FeatureBatch(x, feats.lengths, feats.mask)
+
+
+# -------------------------------------------------------------------------------------------- decoding
+
+
+@torch.no_grad()
+def greedy_decode(model: AudioLLM, waves: Sequence[np.ndarray], contexts: Sequence[str | None],
+                  max_new_tokens: int = 96, batch_size: int = 32) -> list[str]:
+    """Greedy transcripts (HF ``generate`` on the left-padded prompt embeddings, KV cache)."""
+    was_training = model.training
+    model.eval()
+    llm, tok = model.llm, model.tokenizer
+    out: list[str] = []
+    try:
+        for start in range(0, len(waves), batch_size):
+            chunk = list(waves[start:start + batch_size])
+            prompts = model.build_prompt_embeds(model.embed_audio(model.audio_features(chunk)),
+                                                list(contexts[start:start + batch_size]))
+            width = max(p.shape[0] for p in prompts)
+            inputs = prompts[0].new_zeros(len(prompts), width, prompts[0].shape[-1])
+            attn = torch.zeros(len(prompts), width, dtype=torch.long)
+            for i, p in enumerate(prompts):
+                inputs[i, width - p.shape[0]:] = p
+                attn[i, width - p.shape[0]:] = 1
+            gen = llm.generate(inputs_embeds=inputs, attention_mask=attn, max_new_tokens=max_new_tokens,
+                               do_sample=False, eos_token_id=model.eos_token_ids, pad_token_id=tok.pad_token_id)
+            out += [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate(model: AudioLLM, clips: Sequence[Clip], waves: Sequence[np.ndarray], max_new_tokens: int,
+             batch_size: int) -> dict[str, float]:
+    """dev_wer (English speech clips), dev_cer_zh (Mandarin), dev_noise_nonempty (noise-only clips)."""
+    from rewards.builtin import token_errors
+    hyps = greedy_decode(model, waves, [c.context for c in clips], max_new_tokens, batch_size)
+    groups = {"dev_wer": lambda c: c.text and c.lang != "zh", "dev_cer_zh": lambda c: c.text and c.lang == "zh"}
+    res: dict[str, float] = {}
+    for name, keep in groups.items():
+        idx = [i for i, c in enumerate(clips) if keep(c)]
+        if idx:
+            errs = token_errors([hyps[i] for i in idx], [clips[i].text for i in idx])
+            res[name] = sum(e for e, _ in errs) / max(1, sum(n for _, n in errs))
+    noise = [hyps[i] for i, c in enumerate(clips) if not c.text]
+    if noise:
+        res["dev_noise_nonempty"] = sum(bool(h.strip()) for h in noise) / len(noise)
+    return res
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def lr_factor(step: int, progress: float, cfg) -> float:
+    """Warm-up (linear over ``warmup_steps``), then the schedule over ``progress`` in [0, 1]."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    p = min(1.0, max(0.0, progress))
+    lo = cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "linear":
+        return lo + (1 - lo) * (1 - p)
+    return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def resolve_manifests(cfg: SftConfig) -> tuple[str, str]:
+    """(train, dev) manifest paths; builds (or reuses) the demo data when one is unset and demo_dir is set."""
+    train, dev = cfg.data.train_manifest, cfg.data.dev_manifest
+    if cfg.data.demo_dir and (not train or not dev):
+        from funrl.demo.build import build_demo_data
+        from funrl.demo.plan import DemoSizes
+        sizes = DemoSizes.small() if cfg.data.demo_size == "small" else DemoSizes()
+        paths = build_demo_data(cfg.data.demo_dir, seed=cfg.data.demo_seed, sizes=sizes)
+        train, dev = train or str(paths.sft_train), dev or str(paths.dev)
+    return train, dev
+
+
+def load_clips(path: str, max_seconds: float, speech_only: bool) -> tuple[list[Clip], list[np.ndarray]]:
+    clips = [c for c in load_manifest(path) if c.text or not speech_only]
+    if not clips:
+        raise ManifestError(path, [f"{path}: no speech clips (every clip has text \"\")"])
+    return clips, [load_audio(c.audio, max_seconds) for c in clips]
+
+
+def build_model(cfg: SftConfig, waves: Sequence[np.ndarray]) -> AudioLLM:
+    """Load ``model.path``, or build a new random model (CMVN statistics from up to 500 training clips)."""
+    if cfg.model.path:
+        return load_audio_llm(cfg.model.path)
+    with tempfile.TemporaryDirectory(prefix="funrl-sft-init-") as tmp:
+        folder = get_adapter("encoder_adapter_llm").build_tiny(
+            Path(tmp) / "model", llm=cfg.model.llm, seed=cfg.model.seed, size=cfg.model.size, ctc=cfg.model.ctc,
+            cmvn=cfg.model.cmvn)
+        model = load_audio_llm(folder)
+    if cfg.model.cmvn:
+        feats = np.concatenate([fbank(w, model.frontend.fbank_cfg) for w in waves[:500]])
+        model.frontend.set_cmvn(feats.mean(0), feats.std(0))
+    return model
+
+
+def train(cfg: SftConfig) -> Path:
+    """Run the SFT stage; returns the output folder (config.yaml, train_log.jsonl, model/)."""
+    from tqdm import tqdm
+    torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    out = Path(cfg.run.out_dir)
+    train_path, dev_path = resolve_manifests(cfg)
+    clips, waves = load_clips(train_path, cfg.data.max_audio_seconds, speech_only=True)
+    dev: tuple[list[Clip], list[np.ndarray]] | None = None
+    if dev_path:
+        dev_clips, dev_waves = load_clips(dev_path, cfg.data.max_audio_seconds, speech_only=False)
+        n = cfg.data.dev_clips or len(dev_clips)
+        dev = (dev_clips[:n], dev_waves[:n])
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    model = build_model(cfg, waves)
+    model.train()
+    index = {id(c): i for i, c in enumerate(clips)}
+    sampler = ClipSampler(clips, cfg.optim.batch_size, seed=cfg.run.seed)
+    rng = np.random.default_rng(cfg.run.seed)
+    o = cfg.optim
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=o.lr)
+    log = open(out / "train_log.jsonl", "w", encoding="utf-8")
+    t0 = time.perf_counter()
+    sums = {"loss": 0.0, "ce": 0.0, "ctc": 0.0}
+    count, step = 0, 0
+    bar = tqdm(total=o.steps, desc="SFT", unit="step", dynamic_ncols=True)
+
+    def progress() -> float:
+        p = step / o.steps
+        return max(p, (time.perf_counter() - t0) / (60 * o.minutes)) if o.minutes else p
+
+    def run_eval() -> dict[str, float]:
+        res = evaluate(model, dev[0], dev[1], cfg.run.max_new_tokens, cfg.run.eval_batch) if dev else {}
+        model.save(out / "model")
+        return res
+
+    try:
+        while step < o.steps and progress() < 1.0:
+            lr = o.lr * lr_factor(step, progress(), o)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batch = sampler.next_batch()
+            feats = model.audio_features([waves[index[id(c)]] for c in batch])
+            feats = spec_augment(feats, o.spec_freq_masks, o.spec_time_masks, rng)
+            loss, ce, ctc = sft_loss(model, feats, [c.text for c in batch], [c.context for c in batch],
+                                     o.ctc_weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            opt.step()
+            step += 1
+            for k, v in (("loss", float(loss)), ("ce", ce), ("ctc", ctc)):
+                sums[k] += v
+            count += 1
+            last = step >= o.steps or progress() >= 1.0
+            evaluated = (cfg.run.eval_every and step % cfg.run.eval_every == 0) or last
+            if step % cfg.run.log_every == 0 or evaluated:
+                rec = {"step": step, **{k: round(v / count, 5) for k, v in sums.items()}, "lr": lr}
+                if evaluated:
+                    rec.update({k: round(v, 4) for k, v in run_eval().items()})
+                rec["elapsed_s"] = round(time.perf_counter() - t0, 1)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                sums, count = dict.fromkeys(sums, 0.0), 0
+                bar.set_postfix({k: rec[k] for k in ("loss", "ce", "ctc", "dev_wer") if k in rec})
+            bar.update(1)
+    finally:
+        bar.close()
+        log.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m funrl.sft", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config file (any subset of the keys; the rest keep defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. optim.lr=1e-3")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_sft_config(args.config, args.overrides)
+        print("[funrl.sft] config:\n" + dump_config(cfg), file=sys.stderr)
+        out = train(cfg)
+    except (ConfigError, ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FloatingPointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"[funrl.sft] model: {out / 'model'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

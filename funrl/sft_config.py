@@ -1,0 +1,123 @@
+"""Config of the supervised stage (``python -m funrl.sft``): frozen sections, same loader as training.
+
+    cfg = load_sft_config("funrl/demo/sft.yaml", ["optim.steps=50", "model.size=tiny"])
+
+Sections: ``model`` (a new random model or an existing folder), ``data`` (manifests, or the built-in
+demo data), ``optim`` (AdamW, schedule, loss weights, SpecAugment), ``run`` (output, evaluation).
+Errors are `ConfigError` naming the dotted key and where it was set (``funrl.config.load_config``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from funrl.config import load_config
+from policy.config import ConfigError, in_range, non_empty, one_of, validate
+
+__all__ = ["ConfigError", "SftConfig", "SftDataConfig", "SftModelConfig", "SftOptimConfig", "SftRunConfig",
+           "load_sft_config"]
+
+SIZES = ("tiny", "demo")                 # policy.models.encoder_adapter_llm.SIZES
+LLM_FAMILIES = ("qwen2", "qwen3", "llama")
+
+
+@dataclass(frozen=True)
+class SftModelConfig:
+    """The model to train: ``path`` = an existing checkpoint folder, else a new random encoder_adapter_llm."""
+
+    SECTION: ClassVar[str] = "model"
+    path: str = ""              # existing model folder to continue from; "" = build a new one (below)
+    llm: str = "qwen2"          # LLM family of a new model
+    size: str = "demo"          # size of a new model (tiny | demo)
+    seed: int = 0               # init seed of a new model
+    ctc: bool = True            # a new model gets an encoder CTC head (needed for optim.ctc_weight > 0)
+    cmvn: bool = True           # a new model gets global CMVN statistics from the training clips
+
+    def __post_init__(self) -> None:
+        validate(self, {"llm": one_of(*LLM_FAMILIES), "size": one_of(*SIZES), "seed": in_range(0)})
+
+
+@dataclass(frozen=True)
+class SftDataConfig:
+    """Speech manifests (DESIGN.md §4); clips with ``text: ""`` are skipped."""
+
+    SECTION: ClassVar[str] = "data"
+    train_manifest: str = ""    # "" = <demo_dir>/sft_train.jsonl
+    dev_manifest: str = ""      # "" = <demo_dir>/dev.jsonl (or no dev evaluation without demo_dir)
+    demo_dir: str = ""          # build (or reuse) the built-in demo data here when a manifest is ""
+    demo_size: str = "full"     # full | small (CI)
+    demo_seed: int = 0
+    max_audio_seconds: float = 30.0
+    dev_clips: int = 0          # evaluate on the first N dev clips (0 = all)
+
+    def __post_init__(self) -> None:
+        validate(self, {"demo_size": one_of("full", "small"), "demo_seed": in_range(0),
+                        "max_audio_seconds": in_range(0, lo_open=True), "dev_clips": in_range(0)})
+
+
+@dataclass(frozen=True)
+class SftOptimConfig:
+    """AdamW, warm-up then a cosine/linear/constant schedule, loss = CE + ctc_weight * CTC."""
+
+    SECTION: ClassVar[str] = "optim"
+    lr: float = 1.5e-3
+    warmup_steps: int = 100
+    schedule: str = "cosine"    # after warm-up: cosine | linear | constant
+    min_lr_ratio: float = 0.05  # the schedule ends at lr * min_lr_ratio
+    batch_size: int = 24
+    steps: int = 2000           # schedule length and step limit
+    minutes: float = 0.0        # wall-clock limit (0 = none); the schedule follows whichever limit is nearer
+    ctc_weight: float = 0.5
+    grad_clip: float = 1.0      # max grad norm; 0 disables clipping
+    weight_decay: float = 0.01
+    spec_freq_masks: int = 0    # SpecAugment: masks of up to 8 mel bins each
+    spec_time_masks: int = 0    # SpecAugment: masks of up to 10 frames (100 ms) each
+
+    def __post_init__(self) -> None:
+        validate(self, {
+            "lr": in_range(0, lo_open=True), "warmup_steps": in_range(0),
+            "schedule": one_of("cosine", "linear", "constant"), "min_lr_ratio": in_range(0, 1),
+            "batch_size": in_range(1), "steps": in_range(1), "minutes": in_range(0), "ctc_weight": in_range(0),
+            "grad_clip": in_range(0), "weight_decay": in_range(0), "spec_freq_masks": in_range(0),
+            "spec_time_masks": in_range(0),
+        })
+
+
+@dataclass(frozen=True)
+class SftRunConfig:
+    SECTION: ClassVar[str] = "run"
+    out_dir: str = "runs/sft"   # config.yaml, train_log.jsonl, model/
+    seed: int = 0               # data order and SpecAugment
+    eval_every: int = 200       # dev WER every N steps (0 = only at the end); the model is saved then too
+    log_every: int = 10         # train_log.jsonl: one line per N steps (means over them)
+    eval_batch: int = 32
+    max_new_tokens: int = 96    # greedy decoding limit
+    threads: int = 2            # torch.set_num_threads
+
+    def __post_init__(self) -> None:
+        validate(self, {"out_dir": non_empty, "seed": in_range(0), "eval_every": in_range(0),
+                        "log_every": in_range(1), "eval_batch": in_range(1), "max_new_tokens": in_range(1),
+                        "threads": in_range(1)})
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    SECTION: ClassVar[str] = ""
+    model: SftModelConfig = field(default_factory=SftModelConfig)
+    data: SftDataConfig = field(default_factory=SftDataConfig)
+    optim: SftOptimConfig = field(default_factory=SftOptimConfig)
+    run: SftRunConfig = field(default_factory=SftRunConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if not self.data.train_manifest and not self.data.demo_dir:
+            raise ConfigError("data.train_manifest is not set: give a manifest (data.train_manifest=PATH) "
+                              "or the built-in demo data (data.demo_dir=DIR)", key="data.train_manifest")
+        if self.optim.ctc_weight > 0 and not self.model.path and not self.model.ctc:
+            raise ConfigError("optim.ctc_weight > 0 needs a CTC head: set model.ctc=true or optim.ctc_weight=0",
+                              key="optim.ctc_weight")
+
+
+def load_sft_config(path: str | None, overrides: list[str]) -> Any:
+    """Defaults <- YAML file <- dotted overrides, with `funrl.config.load_config`'s checks and errors."""
+    return load_config(path, overrides, root=SftConfig)
