@@ -1,0 +1,123 @@
+"""funrl.sft: the CLI at reduced size (the shipped recipe), config errors, the loss by hand, decoding."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from funrl.demo.build import build_demo_data
+from funrl.demo.plan import DemoSizes
+from funrl.sft import ctc_blank_id, greedy_decode, load_clips, lr_factor, main, sft_loss
+from funrl.sft_config import SftOptimConfig
+from policy.models import load_audio_llm
+from policy.models.prompt import prompt_token_ids
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft") / "data"
+    return build_demo_data(root, seed=0, sizes=DemoSizes.small(), workers=1, progress=False)
+
+
+def test_cli_reduced_recipe_writes_a_loadable_model(demo_small, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "funrl.sft", "--config", str(REPO / "funrl/demo/sft.yaml"),
+           f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", "optim.steps=30",
+           "optim.minutes=0", "optim.warmup_steps=3", "optim.batch_size=8", "run.eval_every=15", "run.log_every=5",
+           "run.max_new_tokens=16", f"run.out_dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"]
+    assert all(k in log[0] for k in ("loss", "ce", "ctc", "lr", "elapsed_s"))
+    evaluated = [r for r in log if "dev_wer" in r]
+    assert [r["step"] for r in evaluated] == [15, 30] and 0.0 <= evaluated[-1]["dev_noise_nonempty"] <= 1.0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["optim"]["steps"] == 30 and saved["model"]["size"] == "tiny" and saved["optim"]["ctc_weight"] == 0.5
+    model = load_audio_llm(out / "model")
+    assert model.frontend.ctc is not None and float(model.frontend.cmvn_istd.std()) > 0  # CMVN set from data
+
+
+@pytest.mark.parametrize("args,key", [(["optim.lrr=1e-3"], "optim.lrr"), (["data.train_manifest=x", "run.eval_evry=5"],
+                                                                          "run.eval_evry")])
+def test_config_typo_exits_2_naming_the_key(args, key, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert key in err and "did you mean" in err
+
+
+def test_config_file_typo_names_file_line_and_key(tmp_path, capsys):
+    path = tmp_path / "sft.yaml"
+    path.write_text("data:\n  train_manifest: a.jsonl\noptim:\n  ctc_wieght: 0.3\n")
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:4" in err and "optim.ctc_wieght" in err and "optim.ctc_weight" in err
+
+
+def test_missing_manifest_exits_2(tmp_path, capsys):
+    assert main([f"data.train_manifest={tmp_path / 'none.jsonl'}", f"run.out_dir={tmp_path / 'o'}"]) == 2
+    assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_sft_loss_equals_hand_computed_ce_plus_ctc(tiny_model_dir, demo_small):
+    model = load_audio_llm(tiny_model_dir)
+    model.train()
+    clips, waves = load_clips(str(demo_small.sft_train), 30.0, speech_only=True)
+    clip = next(c for c in clips if c.context)          # a clip whose prompt holds context
+    wave = waves[clips.index(clip)]
+    feats = model.audio_features([wave])
+    loss, ce, ctc = sft_loss(model, feats, [clip.text], [clip.context], ctc_weight=0.5)
+
+    tok = model.tokenizer
+    text_ids = tok(clip.text, add_special_tokens=False)["input_ids"]
+    target = torch.tensor(text_ids + [tok.convert_tokens_to_ids("<|im_end|>")])
+    ids = prompt_token_ids(tok, model.template, clip.context)
+    emb = model.llm.get_input_embeddings()
+    with torch.no_grad():
+        audio = model.frontend(feats)[0]
+        seq = torch.cat([emb(torch.tensor(ids.prefix)), audio, emb(torch.tensor(ids.suffix)), emb(target[:-1])])
+        logits = model.llm(inputs_embeds=seq[None]).logits[0]
+        n_prompt = len(ids.prefix) + audio.shape[0] + len(ids.suffix)
+        ce_hand = F.cross_entropy(logits[n_prompt - 1:n_prompt - 1 + len(target)], target)
+        ctc_logits, lengths = model.frontend.ctc_logits(feats)
+        ctc_hand = F.ctc_loss(ctc_logits.log_softmax(-1).transpose(0, 1), torch.tensor(text_ids), lengths,
+                              torch.tensor([len(text_ids)]), blank=tok.pad_token_id, reduction="mean")
+    assert ctc_blank_id(tok) == tok.pad_token_id
+    assert ce == pytest.approx(float(ce_hand), abs=1e-4) and ctc == pytest.approx(float(ctc_hand), abs=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(ce_hand + 0.5 * ctc_hand), abs=1e-4)
+    loss.backward()
+    assert model.frontend.ctc.weight.grad.abs().sum() > 0 and model.frontend.adapter.fc1.weight.grad.abs().sum() > 0
+    ce_only, _, ctc0 = sft_loss(model, feats, [clip.text], [clip.context], ctc_weight=0.0)
+    assert ctc0 == 0.0 and float(ce_only) == pytest.approx(float(ce_hand), abs=1e-4)
+
+
+def test_greedy_decode_batched_equals_one_by_one(tiny_model_dir, demo_small):
+    model = load_audio_llm(tiny_model_dir)
+    clips, waves = load_clips(str(demo_small.dev), 30.0, speech_only=False)
+    clips, waves = clips[:5], waves[:5]
+    ctx = [c.context for c in clips]
+    batched = greedy_decode(model, waves, ctx, max_new_tokens=8, batch_size=5)
+    single = [greedy_decode(model, [w], [c], max_new_tokens=8, batch_size=1)[0] for w, c in zip(waves, ctx)]
+    assert batched == single and len(batched) == 5
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = SftOptimConfig(warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, 0.0, cfg) == pytest.approx(0.1) and lr_factor(9, 0.0, cfg) == pytest.approx(1.0)
+    values = [lr_factor(10, p, cfg) for p in np.linspace(0, 1, 11)]
+    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert lr_factor(50, 0.5, SftOptimConfig(schedule="constant", warmup_steps=0)) == 1.0
