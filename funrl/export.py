@@ -3,8 +3,9 @@
 The folder has the starting model's own format — an ``encoder_adapter_llm`` folder, or transformers' own
 layout for ``qwen2_audio`` / ``fun_asr_nano`` / ... — with the RL-tuned weights (LoRA merged), so that
 ``load_audio_llm``, ``python -m funrl.eval --model DIR``, transformers' ``from_pretrained`` and a further
-``python -m funrl.train model.path=DIR`` read it as they read the original. ``--llm-only`` writes the decoder
-LLM alone as a plain HF causal-LM folder (text-only serving, e.g. ``vllm serve DIR``).
+``python -m funrl.train model.path=DIR`` read it as they read the original (docs/checkpoints.md: weight names
+of the transformers families). ``--llm-only`` writes the decoder LLM alone as a plain HF causal-LM folder
+(text-only serving, e.g. ``vllm serve DIR``).
 
 It runs in this process, without Ray: a 1-rank learner is set up from RUN_DIR/config.yaml (model.path is
 the starting model), the checkpoint's trained weights are loaded into it (no optimizer state), and
