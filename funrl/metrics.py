@@ -7,20 +7,42 @@ import os
 from pathlib import Path
 
 
-class MetricsLogger:
-    """Appends a flat ``{name: number}`` record per step; survives a resume.
+class JsonlLog:
+    """Appends one JSON object per step to ``path``; survives a resume.
 
-    On resume, records of steps after ``resume_step`` (written after the last
-    checkpoint by a killed run) are dropped so the file has each step once.
+    On resume, records of steps after ``resume_step`` (written after the last checkpoint by a killed
+    run) and a last line cut by the kill are dropped, so the file has each step once.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None,
-                 tensorboard: bool = True) -> None:
-        self.path = Path(out_dir) / "metrics.jsonl"
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
+        self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
+
+    def _truncate_after(self, step: int) -> None:
+        kept = [json.dumps(rec, ensure_ascii=False) for rec in read_metrics(self.path) if rec.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, record: dict) -> None:
+        self._file.write(json.dumps({"step": step, **record}, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class MetricsLogger:
+    """A flat ``{name: number}`` record per step in ``metrics.jsonl`` (non-finite -> null), mirrored to
+    TensorBoard; see `JsonlLog` for resume behaviour."""
+
+    def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None,
+                 tensorboard: bool = True) -> None:
+        self.log_file = JsonlLog(Path(out_dir) / "metrics.jsonl", resume_step)
+        self.path = self.log_file.path
         self._tb = None
         if tensorboard:
             try:
@@ -30,35 +52,20 @@ class MetricsLogger:
             if SummaryWriter is not None:
                 self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
 
-    def _truncate_after(self, step: int) -> None:
-        kept = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if rec.get("step", 0) <= step:
-                    kept.append(json.dumps(rec))
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
-
     def log(self, step: int, record: dict[str, float]) -> None:
-        clean = {"step": step}
+        clean = {}
         for key, value in record.items():
             value = float(value)
             clean[key] = value if math.isfinite(value) else None
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        self.log_file.write(step, clean)
         if self._tb is not None:
             for key, value in clean.items():
-                if key != "step" and value is not None:
+                if value is not None:
                     self._tb.add_scalar(key.replace(".", "/"), value, step)
             self._tb.flush()
 
     def close(self) -> None:
-        self._file.close()
+        self.log_file.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -22,8 +22,9 @@ from funrl.cluster import Cluster, WorkerError
 from funrl.config import ConfigError, TrainConfig, dump_config, load_config, save_config
 from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.eval import EvalReport, evaluate, format_table, write_report
-from funrl.metrics import MetricsLogger
+from funrl.metrics import JsonlLog, MetricsLogger
 from funrl.timing import StageTimer
+from policy.messages import ScoredRollout
 from policy.scoring import drop_flat_groups, score_and_advantage
 
 EPILOG = """\
@@ -68,11 +69,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     sampler = ClipSampler(clips, cfg.run.clips_per_step, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     ckpts = CheckpointManager(out, keep_last=cfg.run.keep_last)
     last = ckpts.latest() if resume else None
+    if not resume and ckpts.latest() is not None:
+        raise ConfigError(f"run.out_dir {out} already holds a run with checkpoints: continue it with "
+                          f"--resume {out}, or choose another run.out_dir")
     start = last.step + 1 if last else 1
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed + start)
     metrics = MetricsLogger(out, resume_step=last.step if last else None)
+    samples = JsonlLog(out / "rollouts.jsonl", resume_step=last.step if last else None)
     with Cluster(cfg) as cluster:
         if last:
             sampler.load_state_dict(last.trainer_state()["data"])
@@ -83,7 +88,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             run_eval(cluster, test_clips, out / "eval_before.json")
         progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
         for step in progress:
-            record = train_step(cfg, cluster, sampler.next_batch())
+            record, scored = train_step(cfg, cluster, sampler.next_batch())
+            samples.write(step, rollout_record(scored))
             if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
                 dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
                 record |= {f"eval.{k}": v for k, v in asdict(dev).items() if isinstance(v, float)}
@@ -100,6 +106,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             before = EvalReport(**json.loads((out / "eval_before.json").read_text()))
             print(format_table({"before": before, "after": after}))
     metrics.close()
+    samples.close()
     return out
 
 
@@ -111,8 +118,8 @@ def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> Eval
     return report
 
 
-def train_step(cfg: TrainConfig, cluster: Cluster, clips) -> dict[str, float]:
-    """One GRPO step; returns its metrics record."""
+def train_step(cfg: TrainConfig, cluster: Cluster, clips) -> tuple[dict[str, float], ScoredRollout]:
+    """One GRPO step; returns its metrics record and the scored rollout."""
     t = StageTimer()
     with t("embed"):
         prompts = cluster.embed(clips)
@@ -126,7 +133,7 @@ def train_step(cfg: TrainConfig, cluster: Cluster, clips) -> dict[str, float]:
     with t("sync"):
         if stats is not None:
             cluster.sync()
-    return step_record(scored, stats, dropped) | t.as_metrics()
+    return step_record(scored, stats, dropped) | t.as_metrics(), scored
 
 
 def step_record(scored, stats, dropped: int) -> dict[str, float]:
@@ -144,6 +151,13 @@ def step_record(scored, stats, dropped: int) -> dict[str, float]:
         rec.update(loss=stats.loss, kl=stats.kl, clip_frac=stats.clip_frac, ratio_mean=stats.ratio_mean,
                    grad_norm=stats.grad_norm, lr=stats.lr)
     return rec
+
+
+def rollout_record(scored: ScoredRollout) -> dict:
+    """What OUT/rollouts.jsonl keeps of a step: each clip's audio, reference, hypotheses and total rewards."""
+    total = scored.rewards["total"]
+    return {"clips": [{"audio": clip.audio, "ref": clip.text, "hyps": list(hyps), "total": total[i].tolist()}
+                      for i, (clip, hyps) in enumerate(zip(scored.rollout.prompts.clips, scored.rollout.texts))]}
 
 
 def _progress(steps, total: int, done: int):
