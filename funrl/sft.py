@@ -298,8 +298,19 @@ def train(cfg: SftConfig) -> Path:
     return out
 
 
+def keys_help() -> str:
+    """Every config key with its default, by section (for --help)."""
+    import dataclasses
+    lines = ["\nconfig keys (defaults):"]
+    for f in dataclasses.fields(SftConfig):
+        section = f.default_factory()
+        items = [f"{k.name}={getattr(section, k.name)!r}" for k in dataclasses.fields(section)]
+        lines.append(f"  {f.name}: " + ", ".join(items))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m funrl.sft", description=__doc__, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog="python -m funrl.sft", description=__doc__, epilog=EPILOG + keys_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config file (any subset of the keys; the rest keep defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. optim.lr=1e-3")
