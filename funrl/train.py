@@ -46,8 +46,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", metavar="OUT", help="resume the run in folder OUT from its last checkpoint")
     p.add_argument("--no-demo", action="store_true",
                    help="never fall back to the built-in demo (fail if data.train_manifest is unset)")
+    p.add_argument("--demo-size", choices=["full", "small"], default="full",
+                   help="built-in demo only: 'small' is the reduced data and run CI uses (about a minute)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. rollout.n=8")
     return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """--resume OUT: OUT/config.yaml; --config or a data.train_manifest override: that; else the demo."""
+    if args.resume:
+        return load_config(str(Path(args.resume) / "config.yaml"), args.overrides)
+    if args.config or args.no_demo or any(o.startswith("data.train_manifest=") for o in args.overrides):
+        cfg = load_config(args.config, args.overrides)
+        if not cfg.data.train_manifest:
+            raise ConfigError("data.train_manifest is not set: give a manifest (data.train_manifest=PATH), "
+                              "or run without --config/--no-demo for the built-in demo")
+        return cfg
+    from funrl.demo.run import demo_config
+    return demo_config(args.overrides, size=args.demo_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -147,9 +163,11 @@ def step_record(scored, stats, dropped: int) -> dict[str, float]:
     rec["groups.zero_variance_frac"] = float((total.amax(1) == total.amin(1)).float().mean())
     rec["groups.dropped"] = float(dropped)
     rec["hyp.length.mean"] = float(scored.rollout.mask.sum(-1).mean())
+    rec["time.vllm_generate"] = scored.rollout.seconds        # inside the engine(s): the rest is transport
     if stats is not None:
         rec.update(loss=stats.loss, kl=stats.kl, clip_frac=stats.clip_frac, ratio_mean=stats.ratio_mean,
                    grad_norm=stats.grad_norm, lr=stats.lr)
+        rec["time.learner_compute"] = stats.seconds           # forward/backward/step inside the learner
     return rec
 
 
@@ -168,24 +186,13 @@ def _progress(steps, total: int, done: int):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.resume:
-            cfg = load_config(str(Path(args.resume) / "config.yaml"), args.overrides)
-        else:
-            cfg = load_config(args.config, args.overrides)
-        if not cfg.data.train_manifest and not args.no_demo:
-            from funrl.demo.run import run_demo
-            return run_demo(cfg, args)
-        if not cfg.data.train_manifest:
-            raise ConfigError("data.train_manifest is not set: give a manifest (data.train_manifest=PATH)")
+        cfg = resolve_config(args)
         print("[funrl] config:\n" + dump_config(cfg), file=sys.stderr)
         out = train(cfg, resume=bool(args.resume))
-    except (ConfigError, ManifestError) as exc:
+    except (ConfigError, ManifestError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except WorkerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except FloatingPointError as exc:
+    except (WorkerError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"[funrl] run folder: {out}", file=sys.stderr)
