@@ -124,7 +124,8 @@ class Learner:
         micro = self._micro_batches(data)
         lr = self.optimizer.param_groups[0]["lr"]
         self.root.eval()
-        old = [self._logprobs(self.root, data, m) for m in micro]
+        # one epoch: the sampling policy IS the current one, so its log-probs are the forward's own, detached
+        old = [self._logprobs(self.root, data, m) for m in micro] if self.cfg.ppo_epochs > 1 else [None] * len(micro)
         ref = [self._ref_logprobs(data, m) for m in micro]
         norm = self._normaliser(data)
         sums = torch.zeros(6, dtype=torch.float64)  # loss, clip*n, kl*n, ratio*n, n_tokens, grad_norm
@@ -190,7 +191,7 @@ class Learner:
             return max(1.0, float(data.mask.ne(0).sum()))
         return max(1.0, float(data.mask.ne(0).any(dim=1).sum()))
 
-    def _accumulate(self, data: Rows, micro: list[MicroBatch], old: list[Tensor], ref: list[Tensor],
+    def _accumulate(self, data: Rows, micro: list[MicroBatch], old: list[Tensor | None], ref: list[Tensor],
                     norm: float) -> tuple[Tensor, float]:
         """Forward/backward over this rank's micro-batches; returns this rank's partial sums."""
         cfg = self.cfg
@@ -198,6 +199,7 @@ class Learner:
         ratio_max = 0.0
         for m, old_m, ref_m in zip(micro, old, ref):
             logp, mask = self._forward(self.root, data, m)
+            old_m = logp.detach().float() if old_m is None else old_m
             adv = data.adv[m.rows].to(self.device)
             loss, metrics = grpo_loss(logp, old_m, ref_m, adv, mask, clip_eps=cfg.clip_eps, beta=cfg.beta,
                                       agg=cfg.agg, kl_kind=cfg.kl_kind)
