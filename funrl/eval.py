@@ -37,6 +37,7 @@ from pathlib import Path
 
 import jiwer
 
+from funrl.data import write_text_atomic
 from policy.messages import Clip, PromptBatch, RolloutBatch
 from rewards import score_batch
 from rewards.language import detect_language, expected_class, language_mismatch
@@ -229,26 +230,13 @@ def clips_path(out: str | os.PathLike) -> Path:
     return Path(out).with_suffix(".clips.jsonl")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: EvalReport, records: Sequence[dict], out: str | os.PathLike) -> None:
     """``out`` (summary JSON) and `clips_path(out)` (one JSON line per clip), each written atomically;
     the summary last, so its presence means both are complete."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(clips_path(out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    _write_atomic(out, json.dumps(asdict(report), indent=1) + "\n")
+    write_text_atomic(clips_path(out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(out, json.dumps(asdict(report), indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- CLI
