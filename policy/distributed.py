@@ -4,6 +4,7 @@ cross-rank reductions and the row split of a batch. No Ray here: a rank is a pla
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 from collections.abc import Sequence
 
@@ -22,13 +23,15 @@ def free_port(host: str = "") -> int:
 
 
 def pick_device(gpus_per_rank: float, rank: int) -> torch.device:
-    """cuda when the rank asked for GPUs and CUDA is there, else cpu.
+    """cuda when the rank asked for GPUs and CUDA is there, else cpu; sets it as the current CUDA device
+    (before `init_process_group`, so nccl binds this rank to it).
 
-    Under Ray a rank sees only its own GPU(s) (CUDA_VISIBLE_DEVICES), so this is cuda:0; in plain
-    processes on one machine rank r takes GPU ``r % device_count``.
+    Under Ray a rank sees only its own GPU(s) (CUDA_VISIBLE_DEVICES), so this is cuda:0; under torchrun it is
+    ``LOCAL_RANK``; in plain processes on one machine rank r takes GPU ``r % device_count``.
     """
     if gpus_per_rank > 0 and torch.cuda.is_available():
-        index = rank % torch.cuda.device_count()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        index = local % torch.cuda.device_count()
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
@@ -45,15 +48,21 @@ def init_process_group(device: torch.device, rank: int, world_size: int, master_
                            "process (call shutdown() before setting up another)")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)  # nccl uses the current device; pick_device set it already
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
+                            rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s),
+                            device_id=device if cuda else None)
     return init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
 
 
 def mixed_precision(dtype: str, device: torch.device) -> MixedPrecisionPolicy:
-    """bf16 compute with fp32 gradient reduction on GPU when asked; full fp32 otherwise (exact on CPU)."""
-    if dtype == "bfloat16" and device.type == "cuda":
+    """``bfloat16``: parameters all-gathered and used in bf16, gradients reduced in fp32, the sharded (master)
+    parameters and the optimizer stay fp32. FSDP2 does this on CPU too (how the CPU tests cover the path).
+    ``float32``: no policy, everything fp32 (exact). ``device`` is unused (kept for callers)."""
+    del device
+    if dtype == "bfloat16":
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
 
