@@ -219,10 +219,23 @@ class AudioFamily:
     save_prefix: str = ""  # the part's key prefix in the folder's checkpoint (e.g. "thinker.")
     unused_prefixes: tuple[str, ...] = ()  # checkpoint keys FunRL does not load; `save` copies them unchanged
     text_config: Callable[[Any], Any] | None = None  # the text part's config -> the lm_class's config
+    # checkpoint weight names: transformers 5 loads its modules' own names ("model.language_model.*") and, for
+    # some classes, an older layout ("language_model.model.*") that the Hub checkpoints, transformers 4.x and
+    # vLLM use. `legacy_names`: (module-name prefix, legacy prefix) pairs, empty when there is no older layout;
+    # `hub_layout`: the layout the family's real checkpoints use ("legacy" or "transformers5")
+    legacy_names: tuple[tuple[str, str], ...] = ()
+    hub_layout: str = "transformers5"
 
 
 DEFAULT_PATHS = {"tower": "model.audio_tower", "projector": "model.multi_modal_projector",
                  "lm": "model.language_model", "head": "lm_head"}
+# Qwen2-Audio and Voxtral checkpoints (written by transformers 4.x; vLLM's Qwen2AudioForConditionalGeneration
+# has no mapping from the transformers 5 names); transformers 5 maps them back (conversion_mapping "qwen2_audio")
+LEGACY_AUDIO_NAMES = (("model.audio_tower.", "audio_tower."),
+                      ("model.multi_modal_projector.", "multi_modal_projector."),
+                      ("model.language_model.", "language_model.model."),
+                      ("lm_head.", "language_model.lm_head."))
+LAYOUTS = ("legacy", "transformers5")
 
 
 FAMILIES: dict[str, AudioFamily] = {
@@ -232,12 +245,13 @@ FAMILIES: dict[str, AudioFamily] = {
                     _fun_asr_extractor, _fun_asr_embed, "input_features_mask", False),
         AudioFamily("qwen2_audio", "Qwen2AudioForConditionalGeneration", "Qwen2ForCausalLM",
                     _whisper_window_extractor, _qwen2_audio_embed, "feature_attention_mask", True,
-                    ("<|audio_bos|>", "<|audio_eos|>")),
+                    ("<|audio_bos|>", "<|audio_eos|>"), legacy_names=LEGACY_AUDIO_NAMES, hub_layout="legacy"),
         AudioFamily("qwen3_asr", "Qwen3ASRForConditionalGeneration", "Qwen3ForCausalLM",
                     _qwen3_asr_extractor, _qwen3_asr_embed, "input_features_mask", True,
                     ("<|audio_start|>", "<|audio_end|>")),
         AudioFamily("voxtral", "VoxtralForConditionalGeneration", "LlamaForCausalLM",
-                    _whisper_window_extractor, _voxtral_embed, None, True),
+                    _whisper_window_extractor, _voxtral_embed, None, True,
+                    legacy_names=LEGACY_AUDIO_NAMES, hub_layout="legacy"),
         AudioFamily("qwen2_5_omni_thinker", "Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2ForCausalLM",
                     _whisper_longest_extractor, _omni_embed, "feature_attention_mask", True,
                     ("<|audio_bos|>", "<|audio_eos|>"),

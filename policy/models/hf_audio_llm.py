@@ -15,6 +15,11 @@ with only .bin/.pt weights is refused; remote code never runs). Its modules are 
   ``lm_head`` *are* the HF model's ``language_model`` and ``lm_head`` modules. Its state dict therefore has the
   names vLLM's loader expects (``model.layers.0...``, ``lm_head.weight``) and ``save_pretrained`` writes a plain
   HF causal-LM folder.
+
+``save`` names the weights as the folder the model came from does (`checkpoint_layout`): Qwen2-Audio and Voxtral
+checkpoints on the Hub (and transformers 4.x, and vLLM's Qwen2-Audio loader) use ``audio_tower.*``,
+``multi_modal_projector.*``, ``language_model.model.*``, ``language_model.lm_head.*``, where transformers 5's
+modules are ``model.audio_tower.*`` ... ``lm_head.*``; transformers 5 loads both (`AudioFamily.legacy_names`).
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from policy.models.base import AudioLLM, FeatureBatch, read_config, register_adapter
-from policy.models.hf_audio_families import FAMILIES, AudioFamily, hf_inputs
+from policy.models.hf_audio_families import FAMILIES, LAYOUTS, AudioFamily, hf_inputs
 from policy.models.prompt import DEFAULT_INSTRUCTION, PromptTemplate
 
-__all__ = ["FAMILIES", "AudioFamily", "HFAudioAdapter", "HFAudioFrontend", "causal_lm_view", "default_template",
-           "family_of", "load_hf_model", "load_hf_parts", "to_hf_names"]
+__all__ = ["FAMILIES", "AudioFamily", "HFAudioAdapter", "HFAudioFrontend", "causal_lm_view", "checkpoint_keys",
+           "checkpoint_layout", "checkpoint_name", "default_template", "family_of", "load_hf_model", "load_hf_parts",
+           "to_hf_names"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PROMPT_FILE = "funrl_prompt.json"  # our prompt template beside the HF files
@@ -133,18 +139,57 @@ HF_PREFIXES = {"tower": "frontend.tower.", "projector": "frontend.projector.", "
                "head": "llm.lm_head."}
 
 
-def to_hf_names(named: dict[str, Tensor], family: AudioFamily, tied: bool) -> dict[str, Tensor]:
-    """Our names (``frontend.tower.*``, ``llm.model.*`` ...) -> the HF checkpoint's (``model.audio_tower.*`` ...)."""
+def to_hf_names(named: dict[str, Tensor], family: AudioFamily, tied: bool,
+                layout: str | None = None) -> dict[str, Tensor]:
+    """Our names (``frontend.tower.*``, ``llm.model.*`` ...) -> the checkpoint's, in ``layout`` (default: the
+    family's hub layout): ``"transformers5"`` gives transformers 5's module names (``model.audio_tower.*``,
+    ``model.language_model.*``, ``lm_head.*``), ``"legacy"`` the older ones of `AudioFamily.legacy_names`
+    (``audio_tower.*``, ``language_model.model.*``, ``language_model.lm_head.*``). A tied head is left out."""
     out: dict[str, Tensor] = {}
     for name, tensor in named.items():
-        for part, ours in HF_PREFIXES.items():
-            if name.startswith(ours):
-                if not (tied and part == "head"):
-                    out[family.save_prefix + family.paths[part] + "." + name[len(ours):]] = tensor
-                break
-        else:
+        part = next((p for p, ours in HF_PREFIXES.items() if name.startswith(ours)), None)
+        if part is None:
             raise KeyError(f"parameter {name!r} belongs to no part of a {family.model_type} model")
+        if not (tied and part == "head"):
+            out[checkpoint_name(family.paths[part] + "." + name[len(HF_PREFIXES[part]):], family, layout)] = tensor
     return out
+
+
+def checkpoint_name(name: str, family: AudioFamily, layout: str | None = None) -> str:
+    """A name of the family's HF model (``model.language_model.norm.weight``) -> its checkpoint key in
+    ``layout`` (default: the family's hub layout; see `to_hf_names`), ``save_prefix`` included."""
+    layout = layout or family.hub_layout
+    if layout not in LAYOUTS or (layout == "legacy" and not family.legacy_names):
+        raise ValueError(f"{family.model_type}: no weight-name layout {layout!r}; it has "
+                         f"{'legacy, transformers5' if family.legacy_names else 'transformers5'}")
+    renames = family.legacy_names if layout == "legacy" else ()
+    old, new = next(((o, n) for o, n in renames if name.startswith(o)), ("", ""))
+    return family.save_prefix + new + name[len(old):]
+
+
+def checkpoint_keys(folder: str | Path) -> list[str]:
+    """Tensor names of a folder's safetensors weights (the index's weight map, else the files' headers)."""
+    folder = Path(folder)
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        return sorted(json.loads(index.read_text())["weight_map"])
+    keys: list[str] = []
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            keys.extend(f.keys())
+    return sorted(keys)
+
+
+def checkpoint_layout(folder: str | Path, family: AudioFamily) -> str:
+    """The weight-name layout of the checkpoint in ``folder`` (see `to_hf_names`): the one most of its keys
+    start with; the family's hub layout when none do (or the family has a single layout)."""
+    if not family.legacy_names:
+        return "transformers5"
+    keys = checkpoint_keys(folder)
+    legacy = sum(k.startswith(tuple(family.save_prefix + n for _, n in family.legacy_names)) for k in keys)
+    current = sum(k.startswith(tuple(family.save_prefix + o for o, _ in family.legacy_names)) for k in keys)
+    if legacy == current == 0:
+        return family.hub_layout
+    return "legacy" if legacy >= current else "transformers5"
 
 
 def family_of(folder: str | Path) -> AudioFamily:
@@ -227,11 +272,15 @@ class HFAudioAdapter:
 
         Weights FunRL does not hold (a vision tower, Qwen2.5-Omni's talker ...) and other files of the folder
         the model was loaded from are copied from it unchanged, so the saved folder is a complete checkpoint.
+        The weights get the names of that folder's layout (`checkpoint_layout`: e.g. a Hub Qwen2-Audio folder's
+        ``language_model.model.*``), or the family's hub layout for a model not loaded from a folder.
         """
         folder = Path(folder)
         source = getattr(model.frontend, "source", None)
+        layout = self.family.hub_layout
         if source is not None:
             _copy_other_files(Path(source), folder)
+            layout = checkpoint_layout(source, self.family)
         (folder / "config.json").write_text(json.dumps(model.config, indent=2, ensure_ascii=False) + "\n")
         (folder / "preprocessor_config.json").write_text(
             json.dumps(model.frontend.extractor.to_dict(), indent=2) + "\n")
@@ -242,7 +291,8 @@ class HFAudioAdapter:
         named = {f"frontend.{k}": v for k, v in model.frontend.state_dict().items()}
         named.update({f"llm.{k}": v for k, v in model.llm_state_dict()})
         tied = bool(base.config.tie_word_embeddings)
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_names(named, self.family, tied).items()}
+        weights = {k: v.detach().to("cpu").contiguous()
+                   for k, v in to_hf_names(named, self.family, tied, layout).items()}
         if source is not None:
             weights.update(_unused_source_tensors(Path(source), self.family.unused_prefixes))
         save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -1,9 +1,10 @@
 """Tiny random checkpoints of the transformers audio-LLM families (policy.models.hf_audio_llm), for tests.
 
 Each is the real HF class with a tiny audio encoder and a 2-layer text model (hidden 64, head_dim 32: vLLM's CPU
-attention needs head_dim >= 32), saved the way the real checkpoints are (config.json, model.safetensors,
-preprocessor_config.json) plus the locally built character tokenizer (policy.models.tokenizer, whose
-``<|audio|>`` token is the audio placeholder id) and our prompt template file. Built offline in well under 1 s.
+attention needs head_dim >= 32), saved the way the real checkpoints are (config.json, model.safetensors with
+the weight names of the family's Hub checkpoints, preprocessor_config.json) plus the locally built character
+tokenizer (policy.models.tokenizer, whose ``<|audio|>`` token is the audio placeholder id) and our prompt
+template file. Built offline in well under 1 s.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors.torch import save_file
 
 from policy.models.base import atomic_dir
-from policy.models.hf_audio_llm import FAMILIES, PROMPT_FILE
+from policy.models.hf_audio_llm import FAMILIES, PROMPT_FILE, checkpoint_name
 from policy.models.prompt import DEFAULT_INSTRUCTION, PromptTemplate
 from policy.models.tokenizer import build_char_tokenizer
 
@@ -49,7 +51,9 @@ def tiny_config(model_type: str, vocab_size: int, audio_token_id: int) -> Any:
     if model_type == "qwen2_audio":
         return transformers.Qwen2AudioConfig(
             audio_config={"model_type": "qwen2_audio_encoder", **whisper_like, "max_source_positions": 1500},
-            text_config=_tiny_text("qwen2", vocab_size), audio_token_index=audio_token_id,
+            # untied, as Qwen2-Audio-7B: transformers never ties this class's head, vLLM would with this True
+            text_config={**_tiny_text("qwen2", vocab_size), "tie_word_embeddings": False},
+            audio_token_index=audio_token_id,
         )
     if model_type == "qwen3_asr":
         return transformers.Qwen3ASRConfig(
@@ -90,6 +94,21 @@ def _tiny_omni(model_type: str, vocab_size: int, audio_token_id: int) -> Any:
     return transformers.Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False)
 
 
+def _rewrite_in_hub_layout(model: Any, family: Any, folder: Path) -> None:
+    """Replace the weights ``save_pretrained`` wrote with the module's tensors under the family's hub names.
+
+    transformers 5.19's ``save_pretrained`` of a Qwen2-Audio / Voxtral model built from its config (not loaded
+    from a folder, whose layout it would keep) writes the text weights as ``language_model.model.model.*`` (it
+    reverses two of its renamings), a layout of no Hub checkpoint that vLLM refuses; the real checkpoints have
+    ``language_model.model.*``."""
+    tied = model.lm_head.weight is model.get_input_embeddings().weight
+    weights = {checkpoint_name(name, family, family.hub_layout): tensor.contiguous()
+               for name, tensor in model.state_dict().items() if not (tied and name == "lm_head.weight")}
+    for path in folder.glob("model*.safetensors*"):
+        path.unlink()
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 def build_tiny_hf_audio_llm(folder: str | Path, model_type: str, seed: int = 0, extra_chars: str = "",
                             instruction: str = DEFAULT_INSTRUCTION) -> Path:
     """Write a random tiny checkpoint of the family ``model_type`` into ``folder`` (replaced atomically)."""
@@ -107,6 +126,8 @@ def build_tiny_hf_audio_llm(folder: str | Path, model_type: str, seed: int = 0, 
     template = PromptTemplate.for_tokenizer(tokenizer, instruction)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if family.legacy_names:
+            _rewrite_in_hub_layout(model, family, tmp)
         extractor = family.extractor(tmp, getattr(config, family.sub_config) if family.sub_config else config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(extractor.to_dict(), indent=2) + "\n")
         (tmp / PROMPT_FILE).write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False) + "\n")
