@@ -49,7 +49,7 @@ from policy.grpo import grpo_loss
 from policy.learner_state import load_learner_state, make_scheduler, read_learner_info, save_learner_state
 from policy.messages import LearnStats, RolloutBatch, ScoredRollout
 from policy.models import AudioLLM, load_audio_llm
-from policy.models.base import atomic_dir
+from policy.models.base import as_dtype, atomic_dir
 
 NamedTensors = list[tuple[str, Tensor]]
 
@@ -243,23 +243,27 @@ class Learner:
                                  "micro_batches": float(n_micro), "updates": float(self.updates)})
 
     # ------------------------------------------------------------------------------------ weight sync
-    def named_weights_for_sync(self) -> Iterator[tuple[str, Tensor]]:
-        """Full LLM weights (LoRA merged) under the names vLLM loads, one tensor at a time, on CPU.
+    def named_weights_for_sync(self, dtype: str = "float32") -> Iterator[tuple[str, Tensor]]:
+        """Full LLM weights (LoRA merged) under the names vLLM loads, one tensor at a time, on CPU, each cast to
+        ``dtype`` (the rollout engine's, e.g. ``"bfloat16"``: half the bytes of the fp32 master weights) as
+        it is gathered, so no second full copy is made.
 
         A collective: every rank must exhaust the iterator; rank 0 yields, the others yield nothing.
         """
         self._require_setup()
+        target = as_dtype(dtype)
         for name, tensor in self.model.llm_state_dict():
             if self.rank == 0:
-                yield name, tensor.detach().to("cpu")
+                yield name, tensor.detach().to(dtype=target).to("cpu")
 
-    def state_dict_for_sync(self, bucket_bytes: int) -> Iterator[NamedTensors]:
-        """`named_weights_for_sync` grouped into buckets of at most ``bucket_bytes`` (a bigger tensor alone)."""
+    def state_dict_for_sync(self, bucket_bytes: int, dtype: str = "float32") -> Iterator[NamedTensors]:
+        """`named_weights_for_sync` (in ``dtype``) grouped into buckets of at most ``bucket_bytes`` (a bigger
+        tensor alone); the sizes count the cast tensors."""
         if bucket_bytes <= 0:
             raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
         bucket: NamedTensors = []
         size = 0
-        for name, t in self.named_weights_for_sync():
+        for name, t in self.named_weights_for_sync(dtype):
             nbytes = t.numel() * t.element_size()
             if bucket and size + nbytes > bucket_bytes:
                 yield bucket
@@ -269,9 +273,9 @@ class Learner:
         if bucket:
             yield bucket
 
-    def gather_weights(self) -> NamedTensors | None:
-        """Collective: rank 0 returns the full list of (name, tensor); other ranks None."""
-        weights = list(self.named_weights_for_sync())
+    def gather_weights(self, dtype: str = "float32") -> NamedTensors | None:
+        """Collective: rank 0 returns the full list of (name, tensor) in ``dtype``; other ranks None."""
+        weights = list(self.named_weights_for_sync(dtype))
         return weights if self.rank == 0 else None
 
     def named_frontend_weights_for_sync(self) -> Iterator[tuple[str, Tensor]]:
@@ -289,15 +293,17 @@ class Learner:
         weights = list(self.named_frontend_weights_for_sync())
         return weights if self.rank == 0 else None
 
-    def sync_weights(self, send: Callable[[NamedTensors], None], bucket_bytes: int) -> dict[str, float]:
-        """Collective: stream weight buckets to ``send`` on rank 0, then call ``send.finish()`` if it has one.
+    def sync_weights(self, send: Callable[[NamedTensors], None], bucket_bytes: int,
+                     dtype: str = "float32") -> dict[str, float]:
+        """Collective: stream weight buckets, each tensor cast to ``dtype`` (the rollout engine's), to ``send``
+        on rank 0, then call ``send.finish()`` if it has one.
 
         A failing ``send`` stops the sending, but rank 0 still gathers to the end (the other ranks are in the
-        same collectives) and raises afterwards. Returns rank 0's seconds / buckets / bytes.
+        same collectives) and raises afterwards. Returns rank 0's seconds / buckets / bytes (bytes as sent).
         """
         start, count, nbytes = time.perf_counter(), 0, 0
         error: BaseException | None = None
-        for bucket in self.state_dict_for_sync(bucket_bytes):
+        for bucket in self.state_dict_for_sync(bucket_bytes, dtype):
             count += 1
             nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
             if error is None:

@@ -122,19 +122,21 @@ class LearnerGroup:
         """``[B, G, T]`` log-probs of a RolloutBatch / ScoredRollout under the policy (or the reference)."""
         return self._call("logprobs", ray.put(batch), reference)[0]
 
-    def named_weights_for_sync(self) -> list[tuple[str, Any]]:
-        """The full (LoRA: merged) LLM weights under vLLM names, gathered by rank 0."""
-        return self._call("gather_weights")[0]
+    def named_weights_for_sync(self, dtype: str = "float32") -> list[tuple[str, Any]]:
+        """The full (LoRA: merged) LLM weights under vLLM names, gathered by rank 0, cast to ``dtype``."""
+        return self._call("gather_weights", dtype)[0]
 
     def frontend_weights_for_sync(self) -> list[tuple[str, Any]]:
         """The trained frontend's parameters (names of ``model.frontend``), gathered by rank 0 — for the
         embedding worker's ``load_frontend_weights`` when ``model.train_encoder`` is on."""
         return self._call("gather_frontend_weights")[0]
 
-    def push_weights(self, rollouts: Sequence[Any], bucket_bytes: int) -> dict[str, float]:
+    def push_weights(self, rollouts: Sequence[Any], bucket_bytes: int, dtype: str = "float32") -> dict[str, float]:
         """Stream full weights from rank 0 straight to the rollout actors (``update_weights`` per bucket,
-        then ``finish_weight_update``); returns rank 0's seconds / buckets / bytes."""
-        return self._call("sync_weights", RolloutSender(rollouts), bucket_bytes)[0]
+        then ``finish_weight_update``), each tensor cast to ``dtype``: pass the rollout engine's dtype
+        (``"bfloat16"`` halves the bytes; vLLM converts whatever arrives to its own dtype anyway). Returns rank
+        0's seconds / buckets / bytes (as sent)."""
+        return self._call("sync_weights", RolloutSender(rollouts), bucket_bytes, dtype)[0]
 
     def export_adapter(self, folder: str) -> str:
         """LoRA: write the adapter as a peft folder at ``folder`` (rank 0 writes); returns its path."""

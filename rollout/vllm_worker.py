@@ -161,7 +161,10 @@ class VLLMRolloutWorker:
 
         Buckets of one update must arrive in state-dict order (each decoder layer's
         tensors contiguous). The last layer of a bucket is held back until the next bucket
-        or :meth:`finish_weight_update`.
+        or :meth:`finish_weight_update`. Tensors may be in any float dtype: vLLM's loaders
+        ``copy_`` them into the engine's (bf16 into fp32 is exact; fp32 into bf16 rounds to
+        nearest, as the learner's cast does, and logs a vLLM warning per tensor), so send
+        the engine's dtype (``Learner.sync_weights(..., dtype=)``) to halve the bytes.
         """
         bucket = self._validate_bucket(named_tensors)
         ready, self._pending = split_trailing_group(self._pending + bucket)
