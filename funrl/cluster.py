@@ -70,8 +70,9 @@ class Cluster:
         llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
         vllm_cls = remote_class(VLLMRolloutWorker, num_cpus=1, num_gpus=cfg.rollout.gpus_per_worker)
         lora = cfg.learner.finetune == "lora"
+        self._engine_dtype = cfg.model.dtype if on_gpu else "float32"   # weight sync sends this dtype
         self.rollouts = [
-            vllm_cls.remote(llm_dir, cfg.rollout, dtype=cfg.model.dtype if on_gpu else "float32",
+            vllm_cls.remote(llm_dir, cfg.rollout, dtype=self._engine_dtype,
                             enable_lora=lora, max_lora_rank=max(8, cfg.learner.lora.r))
             for _ in range(cfg.rollout.num_workers)]
         self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps)
@@ -150,7 +151,7 @@ class Cluster:
             stale = folder.parent / f"v{self._lora_version - 2:06d}"   # loaded by vLLM two syncs ago
             shutil.rmtree(stale, ignore_errors=True)
         else:
-            self.learner.push_weights(self.rollouts, self.cfg.rollout.sync_bucket_bytes)
+            self.learner.push_weights(self.rollouts, self.cfg.rollout.sync_bucket_bytes, dtype=self._engine_dtype)
 
     # ---- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, folder: Path) -> None:
