@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from learner_ranks import learner_cfg, make_batch
+from learner_ranks import audio_batch, learner_cfg, make_batch, write_waves
 from policy.config import ModelConfig
 from policy.distributed import free_port, mixed_precision
 from policy.models import load_audio_llm
@@ -21,9 +21,10 @@ pytestmark = pytest.mark.slow
 
 
 @contextmanager
-def one_rank_learner(model_dir, cfg):
+def one_rank_learner(model_dir, cfg, train_encoder: bool = False):
     from policy.learner import Learner
-    learner = Learner(str(model_dir), ModelConfig(path=str(model_dir)), cfg, 0, 1, "127.0.0.1", free_port())
+    learner = Learner(str(model_dir), ModelConfig(path=str(model_dir), train_encoder=train_encoder), cfg, 0, 1,
+                      "127.0.0.1", free_port())
     learner.setup()
     try:
         yield learner
@@ -87,3 +88,18 @@ def test_bf16_update_moves_the_weights_the_way_fp32_does(runs, tiny_model_dir):
     d16 = np.concatenate([(runs["bfloat16"]["weights"][k] - start[k]).ravel() for k in start])
     cosine = float(d32 @ d16 / (np.linalg.norm(d32) * np.linalg.norm(d16)))
     assert np.abs(d16).max() > 1e-5 and cosine > 0.9, cosine
+
+
+def test_bf16_with_train_encoder_recomputes_prompts_in_bf16_close_to_fp32(tiny_model_dir, tmp_path):
+    """FSDP2 casts the root's inputs (the audio features inside a frozen dataclass) to bf16 as well."""
+    waves = write_waves(tmp_path)
+    got = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = replace(learner_cfg(ppo_epochs=1), dtype=dtype)
+        with one_rank_learner(tiny_model_dir, cfg, train_encoder=True) as learner:
+            got[dtype] = learner.update(audio_batch(1, waves))
+            frontend = dict(learner.named_frontend_weights_for_sync())
+            assert {v.dtype for v in frontend.values()} == {torch.float32}
+    assert np.isfinite(got["bfloat16"].grad_norm) and got["bfloat16"].grad_norm > 0
+    assert got["bfloat16"].grad_norm == pytest.approx(got["float32"].grad_norm, rel=0.05)
+    assert got["bfloat16"].loss == pytest.approx(got["float32"].loss, abs=0.01)
