@@ -185,16 +185,29 @@ def lr_factor(step: int, progress: float, cfg) -> float:
     return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def resolve_manifests(cfg: SftConfig) -> tuple[str, str]:
-    """(train, dev) manifest paths; builds (or reuses) the demo data when one is unset and demo_dir is set."""
-    train, dev = cfg.data.train_manifest, cfg.data.dev_manifest
-    if cfg.data.demo_dir and (not train or not dev):
+def resolve_manifests(cfg: SftConfig, out: Path) -> tuple[str, str, str]:
+    """(train, dev, curriculum) manifest paths ("" = none); builds (or reuses) the demo data where needed.
+
+    The demo's curriculum manifest (its clean espeak English sft_train clips) is written to OUT.
+    """
+    d = cfg.data
+    train, dev = d.train_manifest, d.dev_manifest
+    easy = d.curriculum_manifest if d.curriculum_steps else ""
+    if d.demo_dir and (not train or not dev or (d.curriculum_steps and not easy)):
+        from funrl.data import write_manifest
         from funrl.demo.build import build_demo_data
-        from funrl.demo.plan import DemoSizes
-        sizes = DemoSizes.small() if cfg.data.demo_size == "small" else DemoSizes()
-        paths = build_demo_data(cfg.data.demo_dir, seed=cfg.data.demo_seed, sizes=sizes)
+        from funrl.demo.plan import DemoSizes, plan_clips
+        sizes = DemoSizes.small() if d.demo_size == "small" else DemoSizes()
+        paths = build_demo_data(d.demo_dir, seed=d.demo_seed, sizes=sizes)
         train, dev = train or str(paths.sft_train), dev or str(paths.dev)
-    return train, dev
+        if d.curriculum_steps and not easy:
+            clean = {s.manifest_record()["audio"]: s for s in plan_clips(d.demo_seed, sizes)
+                     if s.split == "sft_train" and s.noise_kind is None and s.engine == "espeak" and s.lang == "en"}
+            root = paths.sft_train.parent
+            rows = [c for c in load_manifest(paths.sft_train)
+                    if Path(c.audio).relative_to(root).as_posix() in clean]
+            easy = str(write_manifest(rows, out / "curriculum.jsonl"))
+    return train, dev, easy
 
 
 def load_clips(path: str, max_seconds: float, speech_only: bool) -> tuple[list[Clip], list[np.ndarray]]:
@@ -225,19 +238,24 @@ def train(cfg: SftConfig) -> Path:
     torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     out = Path(cfg.run.out_dir)
-    train_path, dev_path = resolve_manifests(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    train_path, dev_path, easy_path = resolve_manifests(cfg, out)
     clips, waves = load_clips(train_path, cfg.data.max_audio_seconds, speech_only=True)
+    easy = load_clips(easy_path, cfg.data.max_audio_seconds, speech_only=True) if easy_path else None
     dev: tuple[list[Clip], list[np.ndarray]] | None = None
     if dev_path:
         dev_clips, dev_waves = load_clips(dev_path, cfg.data.max_audio_seconds, speech_only=False)
         n = cfg.data.dev_clips or len(dev_clips)
         dev = (dev_clips[:n], dev_waves[:n])
-    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     model = build_model(cfg, waves)
     model.train()
-    index = {id(c): i for i, c in enumerate(clips)}
+    audio = {id(c): w for c, w in zip(clips, waves)}
     sampler = ClipSampler(clips, cfg.optim.batch_size, seed=cfg.run.seed)
+    easy_sampler = None
+    if easy:
+        audio.update({id(c): w for c, w in zip(*easy)})
+        easy_sampler = ClipSampler(easy[0], cfg.optim.batch_size, seed=cfg.run.seed)
     rng = np.random.default_rng(cfg.run.seed)
     o = cfg.optim
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
@@ -264,8 +282,9 @@ def train(cfg: SftConfig) -> Path:
             lr = o.lr * lr_factor(step, progress(), o)
             for g in opt.param_groups:
                 g["lr"] = lr
-            batch = sampler.next_batch()
-            feats = model.audio_features([waves[index[id(c)]] for c in batch])
+            use_easy = easy_sampler is not None and step < cfg.data.curriculum_steps
+            batch = (easy_sampler if use_easy else sampler).next_batch()
+            feats = model.audio_features([audio[id(c)] for c in batch])
             feats = spec_augment(feats, o.spec_freq_masks, o.spec_time_masks, rng)
             loss, ce, ctc = sft_loss(model, feats, [c.text for c in batch], [c.context for c in batch],
                                      o.ctc_weight)

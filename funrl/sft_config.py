@@ -49,10 +49,16 @@ class SftDataConfig:
     demo_seed: int = 0
     max_audio_seconds: float = 30.0
     dev_clips: int = 0          # evaluate on the first N dev clips (0 = all)
+    # Curriculum: the first curriculum_steps steps draw only from curriculum_manifest (easy clips, e.g. clean
+    # speech: the encoder's CTC leaves its blank/space plateau far sooner on them); with the demo data and
+    # curriculum_manifest "", its clean espeak English sft_train clips are used.
+    curriculum_manifest: str = ""
+    curriculum_steps: int = 0
 
     def __post_init__(self) -> None:
         validate(self, {"demo_size": one_of("full", "small"), "demo_seed": in_range(0),
-                        "max_audio_seconds": in_range(0, lo_open=True), "dev_clips": in_range(0)})
+                        "max_audio_seconds": in_range(0, lo_open=True), "dev_clips": in_range(0),
+                        "curriculum_steps": in_range(0)})
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,9 @@ class SftConfig:
         if not self.data.train_manifest and not self.data.demo_dir:
             raise ConfigError("data.train_manifest is not set: give a manifest (data.train_manifest=PATH) "
                               "or the built-in demo data (data.demo_dir=DIR)", key="data.train_manifest")
+        if self.data.curriculum_steps and not (self.data.curriculum_manifest or self.data.demo_dir):
+            raise ConfigError("data.curriculum_steps > 0 needs data.curriculum_manifest (or data.demo_dir)",
+                              key="data.curriculum_steps")
         if self.optim.ctc_weight > 0 and not self.model.path and not self.model.ctc:
             raise ConfigError("optim.ctc_weight > 0 needs a CTC head: set model.ctc=true or optim.ctc_weight=0",
                               key="optim.ctc_weight")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from funrl.data import load_manifest
 from funrl.demo.build import build_demo_data
 from funrl.demo.plan import DemoSizes
 from funrl.sft import ctc_blank_id, greedy_decode, load_clips, lr_factor, main, sft_loss
@@ -34,7 +35,8 @@ def test_cli_reduced_recipe_writes_a_loadable_model(demo_small, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "funrl.sft", "--config", str(REPO / "funrl/demo/sft.yaml"),
            f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", "optim.steps=30",
-           "optim.minutes=0", "optim.warmup_steps=3", "optim.batch_size=8", "run.eval_every=15", "run.log_every=5",
+           "optim.minutes=0", "optim.warmup_steps=3", "optim.batch_size=8", "data.curriculum_steps=10",
+           "run.eval_every=15", "run.log_every=5",
            "run.max_new_tokens=16", f"run.out_dir={out}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
@@ -47,6 +49,9 @@ def test_cli_reduced_recipe_writes_a_loadable_model(demo_small, tmp_path):
     assert [r["step"] for r in evaluated] == [15, 30] and 0.0 <= evaluated[-1]["dev_noise_nonempty"] <= 1.0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["optim"]["steps"] == 30 and saved["model"]["size"] == "tiny" and saved["optim"]["ctc_weight"] == 0.5
+    easy = load_manifest(out / "curriculum.jsonl")          # the demo's clean English sft_train clips
+    train = {c.audio: c for c in load_manifest(demo_small.sft_train)}
+    assert 0 < len(easy) < len(train) and all(c.audio in train and c.lang == "en" for c in easy)
     model = load_audio_llm(out / "model")
     assert model.frontend.ctc is not None and float(model.frontend.cmvn_istd.std()) > 0  # CMVN set from data
 
@@ -65,6 +70,11 @@ def test_config_file_typo_names_file_line_and_key(tmp_path, capsys):
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:4" in err and "optim.ctc_wieght" in err and "optim.ctc_weight" in err
+
+
+def test_curriculum_needs_a_manifest(capsys):
+    assert main(["data.train_manifest=a.jsonl", "data.curriculum_steps=10"]) == 2
+    assert "data.curriculum_steps" in capsys.readouterr().err
 
 
 def test_missing_manifest_exits_2(tmp_path, capsys):
