@@ -19,13 +19,15 @@ import torch
 
 from funrl.checkpoint import CheckpointManager
 from funrl.cluster import Cluster, WorkerError
-from funrl.config import ConfigError, TrainConfig, dump_config, load_config, save_config
+from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config,
+                          validate_reward_names)
 from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.eval import EvalReport, evaluate, format_table, write_report
 from funrl.metrics import JsonlLog, MetricsLogger
 from funrl.timing import StageTimer
 from policy.messages import ScoredRollout
 from policy.scoring import drop_flat_groups, score_and_advantage
+import rewards
 
 EPILOG = """\
 examples:
@@ -79,7 +81,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     a before/after table is printed (OUT/eval_before.json, OUT/eval_after.json).
     """
     out = Path(cfg.run.out_dir)
-    clips = load_manifest(cfg.data.train_manifest)         # validated before any actor starts
+    load_rewards(cfg)                                      # plugins and reward names, like the data,
+    clips = load_manifest(cfg.data.train_manifest)         # are validated before any actor starts
     test_clips = load_manifest(cfg.data.test_manifest) if cfg.data.test_manifest else None
     eval_clips = load_manifest(cfg.data.eval_manifest) if cfg.data.eval_manifest else None
     sampler = ClipSampler(clips, cfg.run.clips_per_step, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
@@ -124,6 +127,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     metrics.close()
     samples.close()
     return out
+
+
+def load_rewards(cfg: TrainConfig) -> None:
+    """Import and register ``rewards.plugins``; every name in ``rewards.weights`` must then be registered."""
+    for spec in cfg.rewards.plugins:
+        rewards.load_plugin(spec)
+    validate_reward_names(cfg, rewards.REGISTRY)
 
 
 def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> EvalReport:
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         print("[funrl] config:\n" + dump_config(cfg), file=sys.stderr)
         out = train(cfg, resume=bool(args.resume))
-    except (ConfigError, ManifestError, FileNotFoundError) as exc:
+    except (ConfigError, ManifestError, rewards.RewardError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (WorkerError, FloatingPointError) as exc:

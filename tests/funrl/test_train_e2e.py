@@ -72,8 +72,9 @@ def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
     assert all(METRIC_KEYS - {"step"} <= set(r) for r in records)
 
 
-def _run(args: list[str], **kw) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", RAY_AUTH_MODE="disabled")
+def _run(args: list[str], env_extra: dict | None = None, **kw) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", RAY_AUTH_MODE="disabled",
+               **(env_extra or {}))
     return subprocess.Popen([sys.executable, "-m", "funrl.train", "--no-demo", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
@@ -88,11 +89,7 @@ def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(tiny_mo
     args = _overrides(tiny_model_dir, demo_data, out, **{"run.steps": steps, "data.test_manifest":
                                                          demo_data.manifest("test")})
     proc = _run(args)
-    marker = out / "checkpoints" / "step_000002" / "COMPLETE"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint in 300 s"
+    _wait_for(out / "checkpoints" / "step_000002" / "COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)   # the driver and the local Ray it started
     proc.wait()
     killed_at = len(_jsonl(out / "metrics.jsonl"))
@@ -129,3 +126,39 @@ def test_config_typo_names_the_closest_key(tmp_path):
     proc = _run(["rollout.nn=8", f"run.out_dir={tmp_path}"])
     log = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and "rollout.n" in log and "Traceback" not in log, log[-2000:]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else f"no {path.name}"
+
+
+def test_nan_reward_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(tiny_model_dir, demo_data, tmp_path):
+    (tmp_path / "nan_plugin.py").write_text(
+        "CALLS = []\n"
+        "def flaky(hyps, refs, metas):\n"
+        "    CALLS.append(1)\n"
+        "    return [float('nan') if len(CALLS) > 1 else 0.0 for _ in hyps]\n")
+    out = tmp_path / "run"
+    args = _overrides(tiny_model_dir, demo_data, out, **{"run.steps": 3, "rewards.plugins": "[nan_plugin:flaky]",
+                                                         "rewards.weights.flaky": 1.0})
+    env_path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    proc = _run(args, env_extra={"PYTHONPATH": env_path})
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 1, log[-3000:]
+    assert "NaN" in log and "Traceback" not in log.split("[funrl] config:")[-1].split("error:")[-1]
+    assert (out / "checkpoints" / "step_000001" / "COMPLETE").is_file()
+    assert not (out / "checkpoints" / "step_000002").exists()
+
+
+def test_killed_rollout_actor_is_named_and_the_run_exits_nonzero(tiny_model_dir, demo_data, tmp_path):
+    out = tmp_path / "run"
+    proc = _run(_overrides(tiny_model_dir, demo_data, out, **{"run.steps": 200}))
+    _wait_for(out / "checkpoints" / "step_000001" / "COMPLETE", proc)
+    subprocess.run(["pkill", "-9", "-f", "ray::VLLMRolloutWorker"], check=False)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, log[-3000:]
+    assert "rollout worker 0" in log, log[-3000:]
+    assert (out / "checkpoints" / "step_000001" / "COMPLETE").is_file()
