@@ -121,6 +121,25 @@ def spec_augment(feats: FeatureBatch, freq_masks: int, time_masks: int, rng: np.
     return FeatureBatch(x, feats.lengths, feats.mask)
 
 
+def concat_pairs(batch: Sequence[Clip], audio: dict[int, np.ndarray], pool: Sequence[Clip], prob: float,
+                 rng: np.random.Generator) -> tuple[list[np.ndarray], list[str], list[str | None]]:
+    """(waves, texts, contexts) of a batch where each English clip, with probability ``prob``, is followed by a
+    random English clip of ``pool`` (audio concatenated, texts joined by a space, contexts by ", ")."""
+    waves, texts, contexts = [], [], []
+    english = [c for c in pool if c.lang in (None, "en")]
+    for c in batch:
+        wave, text, ctx = audio[id(c)], c.text, c.context
+        if prob > 0 and english and c.lang in (None, "en") and rng.random() < prob:
+            other = english[int(rng.integers(len(english)))]
+            wave = np.concatenate([wave, audio[id(other)]])
+            text = f"{text} {other.text}"
+            ctx = ", ".join(x for x in (ctx, other.context) if x) or None
+        waves.append(wave)
+        texts.append(text)
+        contexts.append(ctx)
+    return waves, texts, contexts
+
+
 # -------------------------------------------------------------------------------------------- decoding
 
 
@@ -283,11 +302,10 @@ def train(cfg: SftConfig) -> Path:
             for g in opt.param_groups:
                 g["lr"] = lr
             use_easy = easy_sampler is not None and step < cfg.data.curriculum_steps
-            batch = (easy_sampler if use_easy else sampler).next_batch()
-            feats = model.audio_features([audio[id(c)] for c in batch])
-            feats = spec_augment(feats, o.spec_freq_masks, o.spec_time_masks, rng)
-            loss, ce, ctc = sft_loss(model, feats, [c.text for c in batch], [c.context for c in batch],
-                                     o.ctc_weight)
+            source = easy_sampler if use_easy else sampler
+            bwaves, btexts, bcontexts = concat_pairs(source.next_batch(), audio, source.clips, o.concat_prob, rng)
+            feats = spec_augment(model.audio_features(bwaves), o.spec_freq_masks, o.spec_time_masks, rng)
+            loss, ce, ctc = sft_loss(model, feats, btexts, bcontexts, o.ctc_weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
             opt.zero_grad(set_to_none=True)

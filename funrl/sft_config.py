@@ -78,6 +78,8 @@ class SftOptimConfig:
     weight_decay: float = 0.01
     spec_freq_masks: int = 0    # SpecAugment: masks of up to 8 mel bins each
     spec_time_masks: int = 0    # SpecAugment: masks of up to 10 frames (100 ms) each
+    concat_prob: float = 0.0    # share of English clips joined with a random other English clip (audio and text):
+                                # new word sequences every step, so the LLM cannot memorise the transcripts
 
     def __post_init__(self) -> None:
         validate(self, {
@@ -85,7 +87,7 @@ class SftOptimConfig:
             "schedule": one_of("cosine", "linear", "constant"), "min_lr_ratio": in_range(0, 1),
             "batch_size": in_range(1), "steps": in_range(1), "minutes": in_range(0), "ctc_weight": in_range(0),
             "grad_clip": in_range(0), "weight_decay": in_range(0), "spec_freq_masks": in_range(0),
-            "spec_time_masks": in_range(0),
+            "spec_time_masks": in_range(0), "concat_prob": in_range(0, 1),
         })
 
 

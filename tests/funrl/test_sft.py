@@ -111,7 +111,7 @@ def test_sft_loss_equals_hand_computed_ce_plus_ctc(tiny_model_dir, demo_small):
     loss.backward()
     assert model.frontend.ctc.weight.grad.abs().sum() > 0 and model.frontend.adapter.fc1.weight.grad.abs().sum() > 0
     ce_only, _, ctc0 = sft_loss(model, feats, [clip.text], [clip.context], ctc_weight=0.0)
-    assert ctc0 == 0.0 and float(ce_only) == pytest.approx(float(ce_hand), abs=1e-4)
+    assert ctc0 == 0.0 and float(ce_only.detach()) == pytest.approx(float(ce_hand), abs=1e-4)
 
 
 def test_greedy_decode_batched_equals_one_by_one(tiny_model_dir, demo_small):
@@ -131,3 +131,19 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert lr_factor(50, 0.5, SftOptimConfig(schedule="constant", warmup_steps=0)) == 1.0
+
+
+def test_concat_pairs_joins_english_clips_only():
+    from funrl.sft import concat_pairs
+    from policy.messages import Clip
+    clips = [Clip("a.wav", "one two", "en", context="kw"), Clip("b.wav", "三四", "zh"), Clip("c.wav", "five", "en")]
+    audio = {id(c): np.full(10 * (i + 1), i, dtype=np.float32) for i, c in enumerate(clips)}
+    rng = np.random.default_rng(0)
+    waves, texts, contexts = concat_pairs(clips, audio, clips, 1.0, rng)
+    assert texts[1] == "三四" and len(waves[1]) == 20 and contexts[1] is None
+    for i in (0, 2):
+        first, second = clips[i], next(c for c in clips if texts[i] == f"{clips[i].text} {c.text}")
+        assert second.lang == "en" and len(waves[i]) == len(audio[id(first)]) + len(audio[id(second)])
+        assert contexts[i] == ", ".join(x for x in (first.context, second.context) if x)
+    same = concat_pairs(clips, audio, clips, 0.0, rng)
+    assert same[1] == [c.text for c in clips] and same[2] == [c.context for c in clips]
