@@ -51,9 +51,10 @@ class DataConfig:
     test_manifest: str = ""
     shuffle: bool = True
     max_audio_seconds: float = 30.0
+    noise_per_step: int = 0          # noise-only clips (text "") in every training batch; 0 = sample uniformly
 
     def __post_init__(self) -> None:
-        validate(self, {"max_audio_seconds": in_range(0, lo_open=True)})
+        validate(self, {"max_audio_seconds": in_range(0, lo_open=True), "noise_per_step": in_range(0)})
 
 
 def _plugins(v: tuple[str, ...]) -> str | None:
@@ -120,6 +121,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.data.noise_per_step >= self.run.clips_per_step:
+            raise ConfigError(f"data.noise_per_step ({self.data.noise_per_step}) must be smaller than "
+                              f"run.clips_per_step ({self.run.clips_per_step})", key="data.noise_per_step")
         if self.rollout.n < 2:
             raise ConfigError("rollout.n must be >= 2 for GRPO (advantages compare the n hypotheses "
                               f"of a clip), got {self.rollout.n}", key="rollout.n")

@@ -255,3 +255,48 @@ class ClipSampler:
             raise ValueError(f"ClipSampler state out of range: epoch={epoch}, index={index} "
                              f"for {len(self.clips)} clips")
         self.epoch, self.index = epoch, index
+
+
+class MixedSampler:
+    """Batches with exactly ``noise_per_step`` noise-only clips (``text == ""``) and the rest speech clips.
+
+    Each pool has its own `ClipSampler` (same seed, so the same epoch-based, resumable order within the
+    pool); the state is both positions. Gives noise-only clips a fixed share of every step, whatever
+    their share of the manifest.
+    """
+
+    def __init__(self, clips: list[Clip], clips_per_step: int, noise_per_step: int, seed: int,
+                 shuffle: bool = True):
+        noise = [c for c in clips if not c.text]
+        speech = [c for c in clips if c.text]
+        if not 0 < noise_per_step < clips_per_step:
+            raise ValueError(f"MixedSampler: need 0 < noise_per_step ({noise_per_step}) < clips_per_step "
+                             f"({clips_per_step})")
+        if not noise:
+            raise ValueError("data.noise_per_step > 0 but the training manifest has no noise-only clip "
+                             '(text ""); set data.noise_per_step=0 or add such clips')
+        if not speech:
+            raise ValueError("the training manifest has only noise-only clips; data.noise_per_step needs speech too")
+        self.speech = ClipSampler(speech, clips_per_step - noise_per_step, seed, shuffle)
+        self.noise = ClipSampler(noise, noise_per_step, seed, shuffle)
+
+    def next_batch(self) -> list[Clip]:
+        return self.speech.next_batch() + self.noise.next_batch()
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        return {"speech": self.speech.state_dict(), "noise": self.noise.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, int]]) -> None:
+        if set(state) != {"speech", "noise"}:
+            raise ValueError(f"MixedSampler state needs 'speech' and 'noise' positions; got keys {sorted(state)} "
+                             "(was the run started with another data.noise_per_step?)")
+        self.speech.load_state_dict(state["speech"])
+        self.noise.load_state_dict(state["noise"])
+
+
+def make_sampler(clips: list[Clip], clips_per_step: int, noise_per_step: int, seed: int,
+                 shuffle: bool = True) -> ClipSampler | MixedSampler:
+    """`ClipSampler` (uniform over the manifest) or, with ``noise_per_step > 0``, a `MixedSampler`."""
+    if noise_per_step:
+        return MixedSampler(clips, clips_per_step, noise_per_step, seed, shuffle)
+    return ClipSampler(clips, clips_per_step, seed, shuffle)

@@ -21,7 +21,7 @@ from funrl.checkpoint import CheckpointManager
 from funrl.cluster import Cluster, WorkerError
 from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config,
                           validate_reward_names)
-from funrl.data import ClipSampler, ManifestError, load_manifest
+from funrl.data import ManifestError, load_manifest, make_sampler
 from funrl.eval import EvalReport, evaluate, format_table, write_report
 from funrl.metrics import JsonlLog, MetricsLogger
 from funrl.timing import StageTimer
@@ -85,7 +85,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     clips = load_manifest(cfg.data.train_manifest)         # are validated before any actor starts
     test_clips = load_manifest(cfg.data.test_manifest) if cfg.data.test_manifest else None
     eval_clips = load_manifest(cfg.data.eval_manifest) if cfg.data.eval_manifest else None
-    sampler = ClipSampler(clips, cfg.run.clips_per_step, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    try:
+        sampler = make_sampler(clips, cfg.run.clips_per_step, cfg.data.noise_per_step, cfg.run.seed,
+                               shuffle=cfg.data.shuffle)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key="data.noise_per_step") from None
     ckpts = CheckpointManager(out, keep_last=cfg.run.keep_last)
     last = ckpts.latest() if resume else None
     if not resume and ckpts.latest() is not None:

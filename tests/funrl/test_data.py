@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from funrl.data import ClipSampler, ManifestError, load_manifest, write_manifest
+from funrl.data import ClipSampler, ManifestError, MixedSampler, load_manifest, make_sampler, write_manifest
 from policy.messages import Clip
 
 
@@ -205,3 +205,38 @@ def test_sampler_refuses_state_of_other_data_or_bad_values():
         ClipSampler([], 1, seed=0)
     with pytest.raises(ValueError, match="seed must be >= 0"):
         ClipSampler(_clips(3), 1, seed=-1)
+
+
+def _mixed_clips(n_speech=10, n_noise=3):
+    return ([Clip(audio=f"/s{i}.wav", text=f"word {i}") for i in range(n_speech)]
+            + [Clip(audio=f"/n{i}.wav", text="") for i in range(n_noise)])
+
+
+def test_mixed_sampler_puts_exactly_k_noise_clips_in_every_batch_and_visits_each_pool_per_epoch():
+    sampler = MixedSampler(_mixed_clips(), clips_per_step=5, noise_per_step=2, seed=3)
+    batches = [sampler.next_batch() for _ in range(6)]   # 6 x 3 speech = 18 (1.8 epochs), 6 x 2 noise = 12 (4 epochs)
+    assert all(sum(c.text == "" for c in b) == 2 and len(b) == 5 for b in batches)
+    speech = [c.audio for b in batches for c in b if c.text]
+    noise = [c.audio for b in batches for c in b if not c.text]
+    assert sorted(speech[:10]) == sorted(f"/s{i}.wav" for i in range(10))    # first speech epoch: each once
+    assert sorted(noise[:3]) == sorted(f"/n{i}.wav" for i in range(3))
+    # each pool follows a plain ClipSampler of its own clips with the same seed
+    expected = ClipSampler(_mixed_clips()[:10], 3, seed=3)
+    assert speech[:6] == [c.audio for c in expected.next_batch() + expected.next_batch()]
+
+
+def test_mixed_sampler_resumes_identically_and_refuses_a_plain_state():
+    a = MixedSampler(_mixed_clips(), 5, 2, seed=0)
+    for _ in range(4):
+        a.next_batch()
+    b = MixedSampler(_mixed_clips(), 5, 2, seed=0)
+    b.load_state_dict(a.state_dict())
+    assert [c.audio for c in a.next_batch()] == [c.audio for c in b.next_batch()]
+    with pytest.raises(ValueError, match="noise_per_step"):
+        b.load_state_dict(ClipSampler(_mixed_clips(), 5, seed=0).state_dict())
+
+
+def test_make_sampler_needs_noise_clips_when_asked_for_them():
+    assert isinstance(make_sampler(_mixed_clips(), 5, 0, seed=0), ClipSampler)
+    with pytest.raises(ValueError, match="no noise-only clip"):
+        make_sampler(_mixed_clips(n_noise=0), 5, 2, seed=0)
