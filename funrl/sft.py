@@ -245,6 +245,14 @@ def build_model(cfg: SftConfig, waves: Sequence[np.ndarray]) -> AudioLLM:
             Path(tmp) / "model", llm=cfg.model.llm, seed=cfg.model.seed, size=cfg.model.size, ctc=cfg.model.ctc,
             cmvn=cfg.model.cmvn)
         model = load_audio_llm(folder)
+    if cfg.model.init_std > 0:
+        gen = torch.Generator().manual_seed(cfg.model.seed)
+        with torch.no_grad():
+            for module in model.llm.modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                    module.weight.normal_(0.0, cfg.model.init_std, generator=gen)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
     if cfg.model.cmvn:
         feats = np.concatenate([fbank(w, model.frontend.fbank_cfg) for w in waves[:500]])
         model.frontend.set_cmvn(feats.mean(0), feats.std(0))
