@@ -20,7 +20,7 @@ from funrl.demo.plan import DemoSizes
 GRPO_CONFIG = Path(__file__).resolve().parent / "grpo.yaml"
 DEMO_SIZES = ("full", "small")
 # The reduced run CI uses: the same path end to end, in about a minute.
-SMALL_OVERRIDES = ("run.steps=2", "run.clips_per_step=4", "rollout.n=4", "run.save_every=2")
+SMALL_OVERRIDES = ("run.steps=2", "run.clips_per_step=4", "data.noise_per_step=1", "rollout.n=4", "run.save_every=2")
 
 
 def demo_data_dir(size: str) -> Path:
