@@ -11,7 +11,15 @@ def test_noise_length_grades_outputs_on_noise_clips_and_skips_speech_clips():
     assert noise_length(hyps, refs, [{}] * 5) == [-0.0, -2 / 16, -1.0, None, -2 / 16]
 
 
-def test_noise_length_loads_as_a_plugin_and_joins_the_total():
+@pytest.fixture
+def registry_restored():
+    saved = dict(rewards.REGISTRY)
+    yield
+    rewards.REGISTRY.clear()
+    rewards.REGISTRY.update(saved)
+
+
+def test_noise_length_loads_as_a_plugin_and_joins_the_total(registry_restored):
     name = rewards.load_plugin("funrl.demo.rewards:noise_length")
     assert name == "noise_length"
     weights = {"wer": 1.0, "hallucination": 1.0, "noise_length": 1.0}
