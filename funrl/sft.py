@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from funrl.config import ConfigError, dump_config, save_config
 from funrl.data import ClipSampler, ManifestError, load_manifest
+from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
 from funrl.sft_config import SftConfig, load_sft_config
 from policy.messages import Clip
 from policy.models import AudioLLM, FeatureBatch, get_adapter, load_audio_llm
@@ -95,49 +96,22 @@ def sft_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str], context
     ce = -logp.sum() / mask.sum()
     if ctc_weight <= 0:
         return ce, float(ce.detach()), 0.0
-    enc, lengths = caught["enc"]
-    log_probs = model.frontend.ctc(enc).float().log_softmax(-1).transpose(0, 1)     # [T, B, V]
-    flat = torch.tensor([i for row in targets for i in row], dtype=torch.long)
-    ctc = F.ctc_loss(log_probs, flat, lengths.cpu(), torch.tensor([len(r) for r in targets]),
-                     blank=ctc_blank_id(model.tokenizer), reduction="mean", zero_infinity=True)
+    ctc = _ctc_loss(model, *caught["enc"], targets)
     return ce + ctc_weight * ctc, float(ce.detach()), float(ctc.detach())
 
 
-def spec_augment(feats: FeatureBatch, freq_masks: int, time_masks: int, rng: np.random.Generator) -> FeatureBatch:
-    """Zero ``freq_masks`` bands of up to 8 mel bins and ``time_masks`` spans of up to 10 frames per clip."""
-    if not freq_masks and not time_masks:
-        return feats
-    x = feats.feats.clone()
-    n_bins = x.shape[-1]
-    for b, length in enumerate(feats.lengths.tolist()):
-        for _ in range(freq_masks):
-            w = int(rng.integers(0, 9))
-            f0 = int(rng.integers(0, n_bins - w + 1))
-            x[b, :, f0:f0 + w] = 0
-        for _ in range(time_masks):
-            w = int(rng.integers(0, min(10, length // 5) + 1))
-            t0 = int(rng.integers(0, length - w + 1))
-            x[b, t0:t0 + w] = 0
-    return FeatureBatch(x, feats.lengths, feats.mask)
+def _ctc_loss(model: AudioLLM, enc: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    log_probs = model.frontend.ctc(enc).float().log_softmax(-1).transpose(0, 1)     # [T, B, V]
+    flat = torch.tensor([i for row in targets for i in row], dtype=torch.long)
+    return F.ctc_loss(log_probs, flat, lengths.cpu(), torch.tensor([len(r) for r in targets]),
+                      blank=ctc_blank_id(model.tokenizer), reduction="mean", zero_infinity=True)
 
 
-def concat_pairs(batch: Sequence[Clip], audio: dict[int, np.ndarray], pool: Sequence[Clip], prob: float,
-                 rng: np.random.Generator) -> tuple[list[np.ndarray], list[str], list[str | None]]:
-    """(waves, texts, contexts) of a batch where each English clip, with probability ``prob``, is followed by a
-    random English clip of ``pool`` (audio concatenated, texts joined by a space, contexts by ", ")."""
-    waves, texts, contexts = [], [], []
-    english = [c for c in pool if c.lang in (None, "en")]
-    for c in batch:
-        wave, text, ctx = audio[id(c)], c.text, c.context
-        if prob > 0 and english and c.lang in (None, "en") and rng.random() < prob:
-            other = english[int(rng.integers(len(english)))]
-            wave = np.concatenate([wave, audio[id(other)]])
-            text = f"{text} {other.text}"
-            ctx = ", ".join(x for x in (ctx, other.context) if x) or None
-        waves.append(wave)
-        texts.append(text)
-        contexts.append(ctx)
-    return waves, texts, contexts
+def encoder_ctc_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str]) -> tuple[torch.Tensor, float, float]:
+    """(loss, ce=nan, ctc): the encoder's CTC loss alone (the LLM is not run)."""
+    tok = model.tokenizer
+    ctc = _ctc_loss(model, *model.frontend.encode(feats), [tok(t, add_special_tokens=False)["input_ids"] for t in texts])
+    return ctc, float("nan"), float(ctc.detach())
 
 
 # -------------------------------------------------------------------------------------------- decoding
@@ -284,6 +258,7 @@ def train(cfg: SftConfig) -> Path:
         audio.update({id(c): w for c, w in zip(*easy)})
         easy_sampler = ClipSampler(easy[0], cfg.optim.batch_size, seed=cfg.run.seed)
     rng = np.random.default_rng(cfg.run.seed)
+    cuts: dict[int, list[int]] = {}
     o = cfg.optim
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
@@ -306,14 +281,27 @@ def train(cfg: SftConfig) -> Path:
 
     try:
         while step < o.steps and progress() < 1.0:
-            lr = o.lr * lr_factor(step, progress(), o)
+            encoder_phase = step < o.encoder_steps
+            if step == o.encoder_steps and o.encoder_steps and o.freeze_encoder:
+                for p in [*model.frontend.encoder.parameters(), *model.frontend.ctc.parameters()]:
+                    p.requires_grad_(False)
+                    p.grad = None
+            if step == o.encoder_steps and o.shuffle_words_prob > 0:
+                cuts = word_cuts(model, clips, waves)
+                tqdm.write(f"[funrl.sft] step {step}: CTC word cuts for {len(cuts)} of {len(clips)} clips", file=sys.stderr)
+            lr = o.lr * lr_factor(step if encoder_phase else step - o.encoder_steps, progress(), o)
             for g in opt.param_groups:
                 g["lr"] = lr
             use_easy = easy_sampler is not None and step < cfg.data.curriculum_steps
             source = easy_sampler if use_easy else sampler
-            bwaves, btexts, bcontexts = concat_pairs(source.next_batch(), audio, source.clips, o.concat_prob, rng)
+            bwaves, btexts, bcontexts = concat_pairs(source.next_batch(), audio, source.clips, o.concat_prob, rng,
+                                                     o.shuffle_words_prob, cuts)
             feats = spec_augment(model.audio_features(bwaves), o.spec_freq_masks, o.spec_time_masks, rng)
-            loss, ce, ctc = sft_loss(model, feats, btexts, bcontexts, o.ctc_weight)
+            if encoder_phase:
+                loss, ce, ctc = encoder_ctc_loss(model, feats, btexts)
+            else:
+                frozen = o.freeze_encoder and o.encoder_steps > 0
+                loss, ce, ctc = sft_loss(model, feats, btexts, bcontexts, 0.0 if frozen else o.ctc_weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
             opt.zero_grad(set_to_none=True)
@@ -322,13 +310,13 @@ def train(cfg: SftConfig) -> Path:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             opt.step()
             step += 1
-            for k, v in (("loss", float(loss)), ("ce", ce), ("ctc", ctc)):
+            for k, v in (("loss", float(loss.detach())), ("ce", ce), ("ctc", ctc)):
                 sums[k] += v
             count += 1
             last = step >= o.steps or progress() >= 1.0
-            evaluated = (cfg.run.eval_every and step % cfg.run.eval_every == 0) or last
+            evaluated = (cfg.run.eval_every and step % cfg.run.eval_every == 0 and step > o.encoder_steps) or last
             if step % cfg.run.log_every == 0 or evaluated:
-                rec = {"step": step, **{k: round(v / count, 5) for k, v in sums.items()}, "lr": lr}
+                rec = {"step": step, **{k: round(v / count, 5) for k, v in sums.items() if v == v}, "lr": lr}
                 if evaluated:
                     rec.update({k: round(v, 4) for k, v in run_eval().items()})
                 rec["elapsed_s"] = round(time.perf_counter() - t0, 1)

@@ -78,6 +78,11 @@ class SftOptimConfig:
     steps: int = 2000           # schedule length and step limit
     minutes: float = 0.0        # wall-clock limit (0 = none); the schedule follows whichever limit is nearer
     ctc_weight: float = 0.5
+    shuffle_words_prob: float = 0.0  # after encoder_steps: share of English clips whose words (cut where the
+                                     # encoder's CTC head emits the spaces) are put in a random order
+    encoder_steps: int = 0      # the first N steps train the encoder + CTC head alone (CTC loss; no LLM): fast,
+                                # and the LLM then learns to read features that already carry the transcript
+    freeze_encoder: bool = False  # after encoder_steps: encoder + CTC head frozen (adapter + LLM train on CE)
     grad_clip: float = 1.0      # max grad norm; 0 disables clipping
     weight_decay: float = 0.01
     spec_freq_masks: int = 0    # SpecAugment: masks of up to 8 mel bins each
@@ -91,7 +96,8 @@ class SftOptimConfig:
             "schedule": one_of("cosine", "linear", "constant"), "min_lr_ratio": in_range(0, 1),
             "batch_size": in_range(1), "steps": in_range(1), "minutes": in_range(0), "ctc_weight": in_range(0),
             "grad_clip": in_range(0), "weight_decay": in_range(0), "spec_freq_masks": in_range(0),
-            "spec_time_masks": in_range(0), "concat_prob": in_range(0, 1),
+            "spec_time_masks": in_range(0), "concat_prob": in_range(0, 1), "encoder_steps": in_range(0),
+            "shuffle_words_prob": in_range(0, 1),
         })
 
 
@@ -128,6 +134,9 @@ class SftConfig:
         if self.data.curriculum_steps and not (self.data.curriculum_manifest or self.data.demo_dir):
             raise ConfigError("data.curriculum_steps > 0 needs data.curriculum_manifest (or data.demo_dir)",
                               key="data.curriculum_steps")
+        if self.optim.encoder_steps and not self.model.path and not self.model.ctc:
+            raise ConfigError("optim.encoder_steps > 0 trains the encoder's CTC head: set model.ctc=true",
+                              key="optim.encoder_steps")
         if self.optim.ctc_weight > 0 and not self.model.path and not self.model.ctc:
             raise ConfigError("optim.ctc_weight > 0 needs a CTC head: set model.ctc=true or optim.ctc_weight=0",
                               key="optim.ctc_weight")

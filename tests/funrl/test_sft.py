@@ -35,16 +35,19 @@ def test_cli_reduced_recipe_writes_a_loadable_model(demo_small, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "funrl.sft", "--config", str(REPO / "funrl/demo/sft.yaml"),
            f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", "optim.steps=30",
-           "optim.minutes=0", "optim.warmup_steps=3", "optim.batch_size=8", "data.curriculum_steps=10",
-           "run.eval_every=15", "run.log_every=5",
+           "optim.minutes=0", "optim.warmup_steps=3", "optim.batch_size=8", "data.curriculum_steps=5",
+           "optim.encoder_steps=10", "run.eval_every=15", "run.log_every=5",
            "run.max_new_tokens=16", f"run.out_dir={out}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
-    assert log[-1]["loss"] < 0.7 * log[0]["loss"]
-    assert all(k in log[0] for k in ("loss", "ce", "ctc", "lr", "elapsed_s"))
+    encoder_phase, llm_phase = log[:2], log[2:]          # CTC alone, then CE over the frozen encoder
+    assert all("ce" not in r and r["loss"] == r["ctc"] for r in encoder_phase)
+    assert encoder_phase[1]["ctc"] < encoder_phase[0]["ctc"] and llm_phase[-1]["ce"] < 0.8 * llm_phase[0]["ce"]
+    assert all(k in log[-1] for k in ("loss", "ce", "ctc", "lr", "elapsed_s"))
+    assert "CTC word cuts" in proc.stderr
     evaluated = [r for r in log if "dev_wer" in r]
     assert [r["step"] for r in evaluated] == [15, 30] and 0.0 <= evaluated[-1]["dev_noise_nonempty"] <= 1.0
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -147,3 +150,21 @@ def test_concat_pairs_joins_english_clips_only():
         assert contexts[i] == ", ".join(x for x in (first.context, second.context) if x)
     same = concat_pairs(clips, audio, clips, 0.0, rng)
     assert same[1] == [c.text for c in clips] and same[2] == [c.context for c in clips]
+
+
+def test_ctc_align_first_frames_and_infeasible():
+    from funrl.sft_augment import ctc_align
+    frames = [1, 1, 0, 2, 0, 2, 0]                        # blank = 0: best path emits 1 @0, 2 @3, 2 @5
+    lp = np.full((len(frames), 3), -10.0)
+    lp[np.arange(len(frames)), frames] = 0.0
+    assert ctc_align(lp, [1, 2, 2], blank=0) == [0, 3, 5]
+    assert ctc_align(np.zeros((2, 3)), [1, 1], blank=0) is None   # a repeat needs a blank between: 3 frames
+
+
+def test_shuffle_words_keeps_audio_and_words_together():
+    from funrl.sft_augment import shuffle_words
+    wave = np.concatenate([np.full(5, 1.0), np.full(7, 2.0), np.full(3, 3.0)]).astype(np.float32)
+    out, text = shuffle_words(wave, "one two three", [5, 12], np.random.default_rng(1))
+    value = {"one": 1.0, "two": 2.0, "three": 3.0}
+    assert sorted(text.split()) == ["one", "three", "two"] and len(out) == len(wave)
+    assert [float(v) for v in dict.fromkeys(out.tolist())] == [value[w] for w in text.split()]
