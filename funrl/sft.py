@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,89 @@ def build_model(cfg: SftConfig, waves: Sequence[np.ndarray]) -> AudioLLM:
     return model
 
 
+@dataclass
+class _Data:
+    clips: list[Clip]                    # speech clips of the training manifest
+    waves: list[np.ndarray]
+    easy: tuple[list[Clip], list[np.ndarray]] | None     # curriculum clips (first data.curriculum_steps steps)
+    dev: tuple[list[Clip], list[np.ndarray]] | None
+
+    def samplers(self, batch_size: int, seed: int) -> tuple[dict[int, np.ndarray], ClipSampler, ClipSampler | None]:
+        """(id(clip) -> wave for train + curriculum clips, train sampler, curriculum sampler or None)."""
+        audio = {id(c): w for c, w in zip(self.clips, self.waves)}
+        if self.easy:
+            audio.update({id(c): w for c, w in zip(*self.easy)})
+        easy = ClipSampler(self.easy[0], batch_size, seed=seed) if self.easy else None
+        return audio, ClipSampler(self.clips, batch_size, seed=seed), easy
+
+
+def _load_data(cfg: SftConfig, out: Path) -> _Data:
+    train_path, dev_path, easy_path = resolve_manifests(cfg, out)
+    clips, waves = load_clips(train_path, cfg.data.max_audio_seconds, speech_only=True)
+    easy = load_clips(easy_path, cfg.data.max_audio_seconds, speech_only=True) if easy_path else None
+    dev = None
+    if dev_path:
+        dev_clips, dev_waves = load_clips(dev_path, cfg.data.max_audio_seconds, speech_only=False)
+        n = cfg.data.dev_clips or len(dev_clips)
+        dev = (dev_clips[:n], dev_waves[:n])
+    return _Data(clips, waves, easy, dev)
+
+
+def _optimizer(model: AudioLLM, o) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=o.lr)
+
+
+def _start_llm_phase(model: AudioLLM, o, data: _Data) -> dict[int, list[int]]:
+    """At step ``optim.encoder_steps``: freeze the encoder + CTC head (if asked); returns the CTC word cuts."""
+    if o.encoder_steps and o.freeze_encoder:
+        for p in [*model.frontend.encoder.parameters(), *model.frontend.ctc.parameters()]:
+            p.requires_grad_(False)
+            p.grad = None
+    if o.shuffle_words_prob <= 0:
+        return {}
+    cuts = word_cuts(model, data.clips, data.waves)
+    print(f"[funrl.sft] step {o.encoder_steps}: CTC word cuts for {len(cuts)} of {len(data.clips)} clips",
+          file=sys.stderr)
+    return cuts
+
+
+class _Meter:
+    """Running means of loss/ce/ctc, written to OUT/train_log.jsonl every ``log_every`` steps."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "w", encoding="utf-8")
+        self.t0 = time.perf_counter()
+        self.sums, self.count = {"loss": 0.0, "ce": 0.0, "ctc": 0.0}, 0
+
+    def add(self, loss: float, ce: float, ctc: float) -> None:
+        for k, v in (("loss", loss), ("ce", ce), ("ctc", ctc)):
+            self.sums[k] += v
+        self.count += 1
+
+    def flush(self, step: int, lr: float, extra: dict[str, float]) -> dict:
+        rec = {"step": step, **{k: round(v / self.count, 5) for k, v in self.sums.items() if v == v}, "lr": lr}
+        rec.update({k: round(v, 4) for k, v in extra.items()})
+        rec["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        self.sums, self.count = dict.fromkeys(self.sums, 0.0), 0
+        return rec
+
+
+def _step_loss(model: AudioLLM, o, batch: tuple[list, list, list], rng: np.random.Generator,
+               encoder_phase: bool) -> tuple[torch.Tensor, float, float]:
+    waves, texts, contexts = batch
+    feats = spec_augment(model.audio_features(waves), o.spec_freq_masks, o.spec_time_masks, rng)
+    if encoder_phase:
+        return encoder_ctc_loss(model, feats, texts)
+    frozen = o.freeze_encoder and o.encoder_steps > 0
+    return sft_loss(model, feats, texts, contexts, 0.0 if frozen else o.ctc_weight)
+
+
 def train(cfg: SftConfig) -> Path:
     """Run the SFT stage; returns the output folder (config.yaml, train_log.jsonl, model/)."""
     from tqdm import tqdm
@@ -240,68 +324,35 @@ def train(cfg: SftConfig) -> Path:
     torch.manual_seed(cfg.run.seed)
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_path, dev_path, easy_path = resolve_manifests(cfg, out)
-    clips, waves = load_clips(train_path, cfg.data.max_audio_seconds, speech_only=True)
-    easy = load_clips(easy_path, cfg.data.max_audio_seconds, speech_only=True) if easy_path else None
-    dev: tuple[list[Clip], list[np.ndarray]] | None = None
-    if dev_path:
-        dev_clips, dev_waves = load_clips(dev_path, cfg.data.max_audio_seconds, speech_only=False)
-        n = cfg.data.dev_clips or len(dev_clips)
-        dev = (dev_clips[:n], dev_waves[:n])
+    data = _load_data(cfg, out)
     save_config(cfg, out / "config.yaml")
-    model = build_model(cfg, waves)
+    model = build_model(cfg, data.waves)
     model.train()
-    audio = {id(c): w for c, w in zip(clips, waves)}
-    sampler = ClipSampler(clips, cfg.optim.batch_size, seed=cfg.run.seed)
-    easy_sampler = None
-    if easy:
-        audio.update({id(c): w for c, w in zip(*easy)})
-        easy_sampler = ClipSampler(easy[0], cfg.optim.batch_size, seed=cfg.run.seed)
+    o = cfg.optim
+    audio, sampler, easy_sampler = data.samplers(o.batch_size, cfg.run.seed)
     rng = np.random.default_rng(cfg.run.seed)
     cuts: dict[int, list[int]] = {}
-    o = cfg.optim
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=o.lr)
-    log = open(out / "train_log.jsonl", "w", encoding="utf-8")
-    t0 = time.perf_counter()
-    sums = {"loss": 0.0, "ce": 0.0, "ctc": 0.0}
-    count, step = 0, 0
+    opt = _optimizer(model, o)
+    meter = _Meter(out / "train_log.jsonl")
+    step = 0
     bar = tqdm(total=o.steps, desc="SFT", unit="step", dynamic_ncols=True)
 
     def progress() -> float:
         p = step / o.steps
-        return max(p, (time.perf_counter() - t0) / (60 * o.minutes)) if o.minutes else p
-
-    def run_eval() -> dict[str, float]:
-        res = evaluate(model, dev[0], dev[1], cfg.run.max_new_tokens, cfg.run.eval_batch) if dev else {}
-        model.save(out / "model")
-        return res
+        return max(p, (time.perf_counter() - meter.t0) / (60 * o.minutes)) if o.minutes else p
 
     try:
         while step < o.steps and progress() < 1.0:
             encoder_phase = step < o.encoder_steps
-            if step == o.encoder_steps and o.encoder_steps and o.freeze_encoder:
-                for p in [*model.frontend.encoder.parameters(), *model.frontend.ctc.parameters()]:
-                    p.requires_grad_(False)
-                    p.grad = None
-            if step == o.encoder_steps and o.shuffle_words_prob > 0:
-                cuts = word_cuts(model, clips, waves)
-                tqdm.write(f"[funrl.sft] step {step}: CTC word cuts for {len(cuts)} of {len(clips)} clips", file=sys.stderr)
+            if step == o.encoder_steps and (step > 0 or o.shuffle_words_prob > 0):
+                cuts = _start_llm_phase(model, o, data)
             lr = o.lr * lr_factor(step if encoder_phase else step - o.encoder_steps, progress(), o)
             for g in opt.param_groups:
                 g["lr"] = lr
-            use_easy = easy_sampler is not None and step < cfg.data.curriculum_steps
-            source = easy_sampler if use_easy else sampler
-            bwaves, btexts, bcontexts = concat_pairs(source.next_batch(), audio, source.clips, o.concat_prob, rng,
-                                                     o.shuffle_words_prob, cuts)
-            feats = spec_augment(model.audio_features(bwaves), o.spec_freq_masks, o.spec_time_masks, rng)
-            if encoder_phase:
-                loss, ce, ctc = encoder_ctc_loss(model, feats, btexts)
-            else:
-                frozen = o.freeze_encoder and o.encoder_steps > 0
-                loss, ce, ctc = sft_loss(model, feats, btexts, bcontexts, 0.0 if frozen else o.ctc_weight)
+            source = easy_sampler if easy_sampler is not None and step < cfg.data.curriculum_steps else sampler
+            batch = concat_pairs(source.next_batch(), audio, source.clips, o.concat_prob, rng,
+                                 o.shuffle_words_prob, cuts)
+            loss, ce, ctc = _step_loss(model, o, batch, rng, encoder_phase)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
             opt.zero_grad(set_to_none=True)
@@ -310,24 +361,20 @@ def train(cfg: SftConfig) -> Path:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             opt.step()
             step += 1
-            for k, v in (("loss", float(loss.detach())), ("ce", ce), ("ctc", ctc)):
-                sums[k] += v
-            count += 1
+            meter.add(float(loss.detach()), ce, ctc)
             last = step >= o.steps or progress() >= 1.0
             evaluated = (cfg.run.eval_every and step % cfg.run.eval_every == 0 and step > o.encoder_steps) or last
             if step % cfg.run.log_every == 0 or evaluated:
-                rec = {"step": step, **{k: round(v / count, 5) for k, v in sums.items() if v == v}, "lr": lr}
+                res = {}
                 if evaluated:
-                    rec.update({k: round(v, 4) for k, v in run_eval().items()})
-                rec["elapsed_s"] = round(time.perf_counter() - t0, 1)
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                sums, count = dict.fromkeys(sums, 0.0), 0
+                    res = evaluate(model, *data.dev, cfg.run.max_new_tokens, cfg.run.eval_batch) if data.dev else {}
+                    model.save(out / "model")
+                rec = meter.flush(step, lr, res)
                 bar.set_postfix({k: rec[k] for k in ("loss", "ce", "ctc", "dev_wer") if k in rec})
             bar.update(1)
     finally:
         bar.close()
-        log.close()
+        meter.file.close()
     return out
 
 
