@@ -300,7 +300,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def _checked_inputs(args: argparse.Namespace) -> list[Clip]:
+    """The manifest's clips, after every argument, audio file and the model folder are checked."""
     from funrl.data import ManifestError, load_manifest
 
     for name in ("batch", "max_new_tokens", "max_audio_seconds"):
@@ -314,7 +315,6 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(_one_line(exc)) from None
     _check_audio(clips, args.max_audio_seconds)
 
-    from policy.config import ModelConfig
     from policy.models import get_adapter
     from policy.models.base import read_config
     if not Path(args.model).is_dir():
@@ -323,11 +323,16 @@ def _run(args: argparse.Namespace) -> int:
         get_adapter(read_config(args.model)["model_type"], where=str(Path(args.model) / "config.json"))
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(_one_line(exc)) from None
+    return clips
 
+
+def _run(args: argparse.Namespace) -> int:
+    from policy.config import ModelConfig
     from rollout.config import RolloutConfig
     from rollout.embedding import AudioEmbeddingWorker
     from rollout.vllm_worker import VLLMRolloutWorker
 
+    clips = _checked_inputs(args)
     embedder = AudioEmbeddingWorker(ModelConfig(path=str(args.model), dtype=args.dtype),
                                     max_audio_seconds=args.max_audio_seconds, batch_size=args.batch)
 
@@ -362,6 +367,11 @@ def _run(args: argparse.Namespace) -> int:
             report, records = evaluate(embed, generate, clips, args.batch, progress=not args.no_progress)
         finally:
             worker.shutdown()
+    _print_report(args, report, records)
+    return 0
+
+
+def _print_report(args: argparse.Namespace, report: EvalReport, records: Sequence[dict]) -> None:
     if args.out:
         write_report(report, records, args.out)
     print(format_table({Path(args.model).name or "model": report}))
@@ -369,7 +379,6 @@ def _run(args: argparse.Namespace) -> int:
           f"Chinese characters {report.num_chars}, keywords {report.num_keywords}")
     if args.out:
         print(f"report: {args.out}  per clip: {clips_path(args.out)}", file=sys.stderr)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
