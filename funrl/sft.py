@@ -3,7 +3,8 @@
 Loss = cross-entropy of the transcript tokens (and EOS) after the clip's prompt + ``optim.ctc_weight`` x CTC
 on the encoder's CTC head (blank = the pad token). The prompt is built by the model layer itself
 (``audio_features -> embed_audio -> build_prompt_embeds`` with the clip's context), so the SFT model learns
-exactly the prompt the rollout gives it. Noise-only clips (``text: ""``) are skipped. Every
+exactly the prompt the rollout gives it. Noise-only clips (``text: ""``) are skipped unless
+``data.noise_clips=true`` (then their target is EOS alone). Every
 ``run.eval_every`` steps the model decodes the dev clips greedily (WER on English, CER on Mandarin, share of
 non-empty outputs on noise-only clips) and is saved.
 
@@ -252,7 +253,7 @@ class _Data:
 
 def _load_data(cfg: SftConfig, out: Path) -> _Data:
     train_path, dev_path, easy_path = resolve_manifests(cfg, out)
-    clips, waves = load_clips(train_path, cfg.data.max_audio_seconds, speech_only=True)
+    clips, waves = load_clips(train_path, cfg.data.max_audio_seconds, speech_only=not cfg.data.noise_clips)
     easy = load_clips(easy_path, cfg.data.max_audio_seconds, speech_only=True) if easy_path else None
     dev = None
     if dev_path:

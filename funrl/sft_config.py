@@ -43,7 +43,7 @@ class SftModelConfig:
 
 @dataclass(frozen=True)
 class SftDataConfig:
-    """Speech manifests (DESIGN.md §4); clips with ``text: ""`` are skipped."""
+    """Speech manifests (DESIGN.md §4); clips with ``text: ""`` (noise only) are skipped unless noise_clips."""
 
     SECTION: ClassVar[str] = "data"
     train_manifest: str = ""    # "" = <demo_dir>/sft_train.jsonl
@@ -53,6 +53,7 @@ class SftDataConfig:
     demo_seed: int = 0
     max_audio_seconds: float = 30.0
     dev_clips: int = 0          # evaluate on the first N dev clips (0 = all)
+    noise_clips: bool = False   # train on noise-only clips too (target: EOS at once, i.e. an empty transcript)
     # Curriculum: the first curriculum_steps steps draw only from curriculum_manifest (easy clips, e.g. clean
     # speech: the encoder's CTC leaves its blank/space plateau far sooner on them); with the demo data and
     # curriculum_manifest "", its clean espeak English sft_train clips are used.

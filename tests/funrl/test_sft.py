@@ -117,6 +117,23 @@ def test_sft_loss_equals_hand_computed_ce_plus_ctc(tiny_model_dir, demo_small):
     assert ctc0 == 0.0 and float(ce_only.detach()) == pytest.approx(float(ce_hand), abs=1e-4)
 
 
+def test_noise_clip_target_is_eos_alone(tiny_model_dir, demo_small):
+    """data.noise_clips: an empty transcript trains -log p(EOS | prompt); its CTC target is empty (finite)."""
+    model = load_audio_llm(tiny_model_dir)
+    clips, waves = load_clips(str(demo_small.manifest("rl_train")), 30.0, speech_only=False)
+    i = next(k for k, c in enumerate(clips) if not c.text)
+    feats = model.audio_features([waves[i]])
+    loss, ce, ctc = sft_loss(model, feats, [""], [clips[i].context], ctc_weight=0.5)
+    ids = prompt_token_ids(model.tokenizer, model.template, clips[i].context)
+    emb = model.llm.get_input_embeddings()
+    with torch.no_grad():
+        audio = model.frontend(feats)[0]
+        seq = torch.cat([emb(torch.tensor(ids.prefix)), audio, emb(torch.tensor(ids.suffix))])
+        last = model.llm(inputs_embeds=seq[None]).logits[0, -1].log_softmax(-1)
+    assert ce == pytest.approx(-float(last[model.eos_token_ids[0]]), abs=1e-4)
+    assert np.isfinite(ctc) and torch.isfinite(loss)
+
+
 def test_greedy_decode_batched_equals_one_by_one(tiny_model_dir, demo_small):
     model = load_audio_llm(tiny_model_dir)
     clips, waves = load_clips(str(demo_small.dev), 30.0, speech_only=False)
