@@ -3,8 +3,8 @@
 Layout under ``<out_dir>/checkpoints``::
 
     step_000010/            a complete checkpoint (has the COMPLETE marker)
-        trainer_state.json  step, data position, RNG of the driver, config hash
-        learner/            whatever the learner writes (DCP shards, adapter, ...)
+        trainer_state.json  step and the data sampler's position (the driver re-seeds from run.seed + step)
+        learner/            whatever the learner writes (DCP shards, AdamW, scheduler, each rank's RNG)
         COMPLETE
     .tmp-step_000012-<pid>/ a checkpoint being written; never picked up
 

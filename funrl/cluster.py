@@ -73,9 +73,10 @@ class Cluster:
         self._engine_dtype = cfg.model.dtype if on_gpu else "float32"   # weight sync sends this dtype
         self.rollouts = [
             vllm_cls.remote(llm_dir, cfg.rollout, dtype=self._engine_dtype,
-                            enable_lora=lora, max_lora_rank=max(8, cfg.learner.lora.r))
+                            enable_lora=lora, max_lora_rank=cfg.learner.lora.r)
             for _ in range(cfg.rollout.num_workers)]
-        self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps)
+        self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps,
+                                    max_audio_seconds=cfg.data.max_audio_seconds)
         # surface a failed engine start now, by name
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
 

@@ -86,14 +86,12 @@ class RunConfig:
     save_every: int = 10             # checkpoint every N steps (and at the last step)
     keep_last: int = 2
     dynamic_sampling: bool = False   # drop groups whose rewards are all equal
-    log_every: int = 1
     save_model: bool = True          # write the trained model (its own format) to OUT/model at the end
 
     def __post_init__(self) -> None:
         validate(self, {
             "steps": in_range(1), "clips_per_step": in_range(1), "seed": in_range(0), "out_dir": non_empty,
             "eval_every": in_range(0), "save_every": in_range(1), "keep_last": in_range(1),
-            "log_every": in_range(1),
         })
 
 

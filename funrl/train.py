@@ -99,8 +99,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed + start)
-    metrics = MetricsLogger(out, resume_step=last.step if last else None)
-    samples = JsonlLog(out / "rollouts.jsonl", resume_step=last.step if last else None)
+    done = start - 1                                       # steps already taken: later log lines (a run
+    metrics = MetricsLogger(out, resume_step=done)         # killed before its first or next checkpoint) go
+    samples = JsonlLog(out / "rollouts.jsonl", resume_step=done)
     with Cluster(cfg) as cluster:
         if last:
             sampler.load_state_dict(last.trainer_state()["data"])

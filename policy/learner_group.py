@@ -54,7 +54,8 @@ class LearnerGroup:
     """``num_ranks`` `Learner` actors (one per rank) running FSDP2 together; see the module doc."""
 
     def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, *,
-                 total_steps: int | None = None, placement_strategy: str = "PACK",
+                 total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
+                 placement_strategy: str = "PACK",
                  placement_timeout_s: float = 300.0, call_timeout_s: float | None = None,
                  runtime_env: dict | None = None) -> None:
         if not ray.is_initialized():
@@ -74,7 +75,8 @@ class LearnerGroup:
                 options["runtime_env"] = runtime_env
             self.actors = [
                 remote_class(Learner, scheduling_strategy=in_bundle(self.pg, r), **options).remote(
-                    model_dir, model_cfg, cfg, r, self.num_ranks, addr, port, total_steps=total_steps)
+                    model_dir, model_cfg, cfg, r, self.num_ranks, addr, port, total_steps=total_steps,
+                    max_audio_seconds=max_audio_seconds)
                 for r in range(self.num_ranks)]
             self.info = self._call("setup")
         except BaseException:

@@ -48,9 +48,19 @@ from rollout.config import RolloutConfig  # noqa: E402
 from rollout.weight_sync import iter_buckets, module_group, split_trailing_group  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # the max_lora_rank values vLLM 0.32 accepts
 # vLLM loggers that warn about every weight a *partial* reload does not carry.
 _RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.inplace",
                    "vllm.model_executor.model_loader.reload.layerwise")
+
+
+def vllm_max_lora_rank(r: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of rank ``r`` (vLLM takes only
+    the values in ``VLLM_LORA_RANKS``; an adapter of a smaller rank loads under a larger cap)."""
+    for cap in VLLM_LORA_RANKS:
+        if r <= cap:
+            return cap
+    raise ValueError(f"learner.lora.r={r} is above the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]})")
 
 
 class VLLMRolloutWorker:
@@ -74,7 +84,7 @@ class VLLMRolloutWorker:
         else:
             kwargs.update(kv_cache_memory_bytes=cfg.kv_cache_memory_bytes)
         if enable_lora:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(max_lora_rank), max_loras=1)
         self.enable_lora = enable_lora
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()

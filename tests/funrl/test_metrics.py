@@ -26,6 +26,16 @@ def test_resume_drops_records_written_after_the_checkpoint(tmp_path):
     assert [(r["step"], r["x"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1), (2, 2), (3, 30)]
 
 
+def test_a_restart_from_step_one_drops_the_lines_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+    log = MetricsLogger(tmp_path, tensorboard=False)
+    log.log(1, {"x": 1})
+    log.close()
+    log = MetricsLogger(tmp_path, resume_step=0, tensorboard=False)   # what train() passes when it starts at 1
+    log.log(1, {"x": 10})
+    log.close()
+    assert [(r["step"], r["x"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 10)]
+
+
 def test_tensorboard_events_are_written_beside_the_jsonl(tmp_path):
     log = MetricsLogger(tmp_path, tensorboard=True)
     log.log(1, {"kl": 0.1})

@@ -125,7 +125,7 @@ def test_bad_manifest_is_reported_before_any_actor_starts(tiny_model_dir, tmp_pa
 def test_config_typo_names_the_closest_key(tmp_path):
     proc = _run(["rollout.nn=8", f"run.out_dir={tmp_path}"])
     log = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 2 and "rollout.n" in log and "Traceback" not in log, log[-2000:]
+    assert proc.returncode == 2 and "did you mean rollout.n?" in log and "Traceback" not in log, log[-2000:]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
@@ -153,11 +153,26 @@ def test_nan_reward_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(t
     assert not (out / "checkpoints" / "step_000002").exists()
 
 
+def _own_processes(root_pid: int, title: str) -> list:
+    import psutil
+    found = []
+    for child in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if title in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def test_killed_rollout_actor_is_named_and_the_run_exits_nonzero(tiny_model_dir, demo_data, tmp_path):
     out = tmp_path / "run"
     proc = _run(_overrides(tiny_model_dir, demo_data, out, **{"run.steps": 200}))
     _wait_for(out / "checkpoints" / "step_000001" / "COMPLETE", proc)
-    subprocess.run(["pkill", "-9", "-f", "ray::VLLMRolloutWorker"], check=False)
+    victims = _own_processes(proc.pid, "ray::VLLMRolloutWorker")   # this run's actor only, not another run's
+    assert victims, "no rollout actor found under the run's process tree"
+    for victim in victims:
+        victim.kill()
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 1, log[-3000:]
     assert "rollout worker 0" in log, log[-3000:]

@@ -117,6 +117,7 @@ def test_invalid_utf8_line_is_named(tmp_path):
     (["--plugin", "cli_plugin:NOT_CALLABLE"], "'NOT_CALLABLE' is a int, not a callable"),
     (["--plugin", "cli_plugin:absent"], "has no attribute 'absent'"),
     (["--out", "no/such/folder/x.jsonl"], "folder no/such/folder does not exist"),
+    (["--out", "."], "--out: . is a folder; give a file path"),
 ])
 def test_bad_option_exits_2_with_one_line_naming_it(tmp_path, args, message):
     src = write_jsonl(tmp_path / "in.jsonl", GOOD)

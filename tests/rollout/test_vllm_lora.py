@@ -108,3 +108,23 @@ def test_full_update_works_on_a_lora_enabled_engine(worker, tiny):
 def test_set_lora_needs_a_peft_folder(worker, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         worker.set_lora(str(tmp_path))
+
+
+@pytest.mark.parametrize("r, cap", [(1, 1), (2, 8), (8, 8), (12, 16), (24, 32), (300, 320), (512, 512)])
+def test_lora_rank_rounds_up_to_a_cap_vllm_accepts(r, cap):
+    import typing
+
+    from vllm.config.lora import MaxLoRARanks
+
+    from rollout.vllm_worker import vllm_max_lora_rank
+    assert vllm_max_lora_rank(r) == cap
+    assert cap in typing.get_args(MaxLoRARanks)
+
+
+def test_lora_rank_above_vllm_largest_is_a_config_error():
+    from policy.config import ConfigError, LoraConfig
+    from rollout.vllm_worker import vllm_max_lora_rank
+    with pytest.raises(ValueError, match="largest LoRA rank"):
+        vllm_max_lora_rank(513)
+    with pytest.raises(ConfigError, match="learner.lora.r"):
+        LoraConfig(r=513)
