@@ -15,9 +15,10 @@ import ray
 import torch
 
 from funrl.config import TrainConfig
+from funrl.placement import create_placement
 from policy.learner_group import LearnerGroup
 from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout
-from policy.ray_utils import WorkerError, get_named, remote_class
+from policy.ray_utils import WorkerError, get_named, in_bundle, remote_class
 from rollout.embedding import AudioEmbeddingWorker
 from rollout.vllm_worker import VLLMRolloutWorker
 
@@ -68,15 +69,18 @@ class Cluster:
         embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=0)
         self.embedder = embed_cls.remote(cfg.model, cfg.data.max_audio_seconds, cfg.rollout.embed_batch_size)
         llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
-        vllm_cls = remote_class(VLLMRolloutWorker, num_cpus=1, num_gpus=cfg.rollout.gpus_per_worker)
+        self.placement = create_placement(cfg)
+        plan, pg = self.placement.plan, self.placement.pg
         lora = cfg.learner.finetune == "lora"
         self._engine_dtype = cfg.model.dtype if on_gpu else "float32"   # weight sync sends this dtype
         self.rollouts = [
-            vllm_cls.remote(llm_dir, cfg.rollout, dtype=self._engine_dtype,
-                            enable_lora=lora, max_lora_rank=cfg.learner.lora.r)
-            for _ in range(cfg.rollout.num_workers)]
+            remote_class(VLLMRolloutWorker, num_cpus=1, num_gpus=cfg.rollout.gpus_per_worker,
+                         scheduling_strategy=in_bundle(pg, plan.rollout[i])).remote(
+                llm_dir, cfg.rollout, dtype=self._engine_dtype, enable_lora=lora, max_lora_rank=cfg.learner.lora.r)
+            for i in range(cfg.rollout.num_workers)]
         self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps,
-                                    max_audio_seconds=cfg.data.max_audio_seconds)
+                                    max_audio_seconds=cfg.data.max_audio_seconds,
+                                    placement=(pg, plan.learner))
         # surface a failed engine start now, by name
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
 
@@ -114,6 +118,13 @@ class Cluster:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - already dead
                     pass
+        placement = getattr(self, "placement", None)
+        if placement is not None:
+            try:
+                placement.remove()
+            except Exception:  # noqa: BLE001 - Ray already gone
+                pass
+            self.placement = None
         if self._own_ray and ray.is_initialized():
             ray.shutdown()
 

@@ -122,9 +122,24 @@ class TrainConfig:
         if self.data.noise_per_step >= self.run.clips_per_step:
             raise ConfigError(f"data.noise_per_step ({self.data.noise_per_step}) must be smaller than "
                               f"run.clips_per_step ({self.run.clips_per_step})", key="data.noise_per_step")
+        if self.ray.colocate:
+            self._check_colocation()
         if self.rollout.n < 2:
             raise ConfigError("rollout.n must be >= 2 for GRPO (advantages compare the n hypotheses "
                               f"of a clip), got {self.rollout.n}", key="rollout.n")
+
+
+    def _check_colocation(self) -> None:
+        workers, ranks = self.rollout.num_workers, self.learner.num_ranks
+        if workers != ranks:
+            raise ConfigError(f"ray.colocate=true pairs rollout worker i with learner rank i on one device: "
+                              f"rollout.num_workers ({workers}) must equal learner.num_ranks ({ranks})",
+                              key="ray.colocate")
+        share = self.rollout.gpus_per_worker + self.learner.gpus_per_rank
+        if share > 1.0:
+            raise ConfigError(f"ray.colocate=true shares one GPU between an engine and a rank: "
+                              f"rollout.gpus_per_worker + learner.gpus_per_rank must be <= 1, got {share:g} "
+                              f"(e.g. 0.5 + 0.5)", key="ray.colocate")
 
 
 def validate_reward_names(cfg: TrainConfig, registry_names: Iterable[str]) -> None:

@@ -1,6 +1,7 @@
 """`LearnerGroup`: the FSDP2 learner as one Ray actor per rank, in a placement group.
 
 Bundles are ``{"CPU": 1}`` (or ``{"CPU": 1, "GPU": gpus_per_rank}``), packed onto as few nodes as possible;
+a caller that places the rollout engines too (``funrl.placement``) passes its own group and bundle indices;
 the rendezvous address is a free port on the node of bundle 0. Every rank's ``setup`` is launched before
 any result is awaited (each blocks until all ranks join). Every other call is fanned out to all ranks (they
 run collectives) and returns rank 0's result. An actor that dies or raises gives `WorkerError` naming the
@@ -57,7 +58,7 @@ class LearnerGroup:
                  total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
                  placement_strategy: str = "PACK",
                  placement_timeout_s: float = 300.0, call_timeout_s: float | None = None,
-                 runtime_env: dict | None = None) -> None:
+                 runtime_env: dict | None = None, placement: tuple[Any, Sequence[int]] | None = None) -> None:
         if not ray.is_initialized():
             raise RuntimeError("LearnerGroup needs a running Ray (ray.init(...) or ray.init(address=...)) first")
         self.cfg = cfg
@@ -65,16 +66,21 @@ class LearnerGroup:
         self.call_timeout_s = call_timeout_s
         self._broken: str | None = None
         self.actors: list[Any] = []
-        self.pg = self._placement_group(cfg, placement_strategy, placement_timeout_s)
+        own = placement is None     # else: bundles of the caller's group (e.g. shared with rollout engines)
+        pg, bundles = (self._placement_group(cfg, placement_strategy, placement_timeout_s), range(cfg.num_ranks)) \
+            if own else placement
+        self.pg = pg if own else None   # kill() frees only a group of our own
+        if len(bundles) != cfg.num_ranks:
+            raise ValueError(f"placement gives {len(bundles)} bundles for {cfg.num_ranks} learner ranks")
         try:
             addr, port = ray.get(ray.remote(num_cpus=0)(_rendezvous_address)
-                                 .options(scheduling_strategy=in_bundle(self.pg, 0)).remote())
+                                 .options(scheduling_strategy=in_bundle(pg, bundles[0])).remote())
             self.master_addr, self.master_port = addr, port
             options = {"num_cpus": 1, "num_gpus": cfg.gpus_per_rank}
             if runtime_env:
                 options["runtime_env"] = runtime_env
             self.actors = [
-                remote_class(Learner, scheduling_strategy=in_bundle(self.pg, r), **options).remote(
+                remote_class(Learner, scheduling_strategy=in_bundle(pg, bundles[r]), **options).remote(
                     model_dir, model_cfg, cfg, r, self.num_ranks, addr, port, total_steps=total_steps,
                     max_audio_seconds=max_audio_seconds)
                 for r in range(self.num_ranks)]

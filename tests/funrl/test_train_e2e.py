@@ -43,18 +43,24 @@ def _overrides(model_dir, data, out, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-@pytest.mark.parametrize("finetune", ["full", "lora"])
+@pytest.mark.parametrize("finetune, placement", [
+    ("full", {}), ("lora", {}),
+    # engine 0 and rank 0 share bundle 0 of one placement group; the engine sleeps during each update
+    ("full", {"ray.colocate": "true", "learner.num_ranks": 1})])
 def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
-        finetune, tiny_model_dir, demo_data, tmp_path):
+        finetune, placement, tiny_model_dir, demo_data, tmp_path):
     import ray
     from funrl.cluster import Cluster
     from funrl.train import train_step
 
-    cfg = load_config(None, _overrides(tiny_model_dir, demo_data, tmp_path / "run", **{"learner.finetune": finetune}))
+    cfg = load_config(None, _overrides(tiny_model_dir, demo_data, tmp_path / "run",
+                                       **{"learner.finetune": finetune, **placement}))
     clips = load_manifest(demo_data.manifest("rl_train"))
     sampler = ClipSampler(clips, 4, seed=0)
     try:
         with Cluster(cfg) as cluster:
+            plan = cluster.placement.plan
+            assert (plan.rollout == plan.learner) == cfg.ray.colocate
             before = dict(cluster.learner.named_weights_for_sync())
             records = [train_step(cfg, cluster, sampler.next_batch())[0] for _ in range(2)]
             after = dict(cluster.learner.named_weights_for_sync())
