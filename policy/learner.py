@@ -77,6 +77,8 @@ class Learner:
         """Join the process group (blocks until every rank has), load, LoRA, shard, optimizer, schedule."""
         cfg = self.cfg
         self.device = pick_device(cfg.gpus_per_rank, self.rank)
+        if self.device.type == "cpu" and cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)   # Ray's actors start with OMP_NUM_THREADS = their num_cpus
         self.mesh = init_process_group(self.device, self.rank, self.world_size, self.master_addr,
                                        self.master_port, self.timeout_s)
         torch.manual_seed(cfg.seed)  # identical LoRA init on every rank before sharding

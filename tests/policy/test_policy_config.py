@@ -35,6 +35,7 @@ def test_values_are_coerced_to_the_field_type():
     ({"adam_betas": (0.9, 1.0)}, "learner.adam_betas must be two numbers in [0, 1), got (0.9, 1.0)"),
     ({"adam_betas": (0.9,)}, "learner.adam_betas must be a list of 2 values"),
     ({"ppo_epochs": 0}, "learner.ppo_epochs must be >= 1, got 0"),
+    ({"cpu_threads": -1}, "learner.cpu_threads must be >= 0, got -1"),
     ({"micro_batch": 2.5}, "learner.micro_batch must be an integer, got 2.5"),
     ({"num_ranks": True}, "learner.num_ranks must be an integer, got True"),
     ({"lr": float("nan")}, "learner.lr must be a number, got nan"),
@@ -48,7 +49,7 @@ def test_learner_validation_names_the_dotted_key(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"r": 0}, "learner.lora.r must be >= 1, got 0"),
+    ({"r": 0}, "learner.lora.r must be in [1, 512], got 0"),
     ({"dropout": 1.0}, "learner.lora.dropout must be in [0, 1), got 1.0"),
     ({"target_modules": ()}, "learner.lora.target_modules must not be empty"),
 ])
