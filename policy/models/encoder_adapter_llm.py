@@ -117,10 +117,13 @@ class EncoderAdapterFrontend(nn.Module):
         return self.ctc(enc), lengths
 
     def forward(self, batch: FeatureBatch) -> list[Tensor]:
-        """Per clip audio embeddings ``[ceil(T_enc / splice), llm_hidden_size]``."""
+        """Per clip audio embeddings ``[ceil(T_enc / splice), llm_hidden_size]``.
+
+        Each is a copy, not a view of the padded batch: FSDP2 hooks the module's outputs for its backward
+        all-gather, and a view output would lose that hook to any later in-place op."""
         enc, lengths = self.encode(batch)
         out, out_lengths = self.adapter(enc, lengths)
-        return [out[i, :n] for i, n in enumerate(out_lengths.tolist())]
+        return [out[i, :n].clone() for i, n in enumerate(out_lengths.tolist())]
 
 
 def frontend_from_config(config: dict[str, Any], where: str) -> EncoderAdapterFrontend:

@@ -129,10 +129,11 @@ class HFAudioFrontend(nn.Module):
         return self.extractor(list(waves))
 
     def forward(self, batch: FeatureBatch) -> list[Tensor]:
-        """Per clip audio embeddings ``[L_a, H]`` in the LLM's hidden size."""
+        """Per clip audio embeddings ``[L_a, H]`` in the LLM's hidden size (copies, not views: see
+        `EncoderAdapterFrontend.forward`)."""
         weight = next(self.tower.parameters())
         inputs = hf_inputs(self.family, batch.to(device=weight.device, dtype=weight.dtype))
-        return self.family.embed(self.tower, self.projector, inputs)
+        return [e.clone() if e._is_view() else e for e in self.family.embed(self.tower, self.projector, inputs)]
 
 
 HF_PREFIXES = {"tower": "frontend.tower.", "projector": "frontend.projector.", "lm": "llm.model.",
