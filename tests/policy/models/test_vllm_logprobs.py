@@ -94,3 +94,21 @@ def test_vllm_lora_request_logprobs_equal_peft_sequence_logprobs(engine, tiny_mo
     with torch.no_grad(), model.llm.disable_adapter():
         base = model.sequence_logprobs(rows, ids, mask)
     assert (base - got).abs().max() > 1e-2  # the adapter matters, so vLLM really applied it
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_other_llm_families_load_in_vllm_and_their_logprobs_equal_sequence_logprobs(family, tiny_model_dirs):
+    """The exported llm/ of an encoder_adapter_llm with a Qwen3 or Llama decoder is served by vLLM as it is."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM
+
+    from policy.models import load_audio_llm
+
+    folder = tiny_model_dirs[family]
+    llm = LLM(model=str(folder / "llm"), dtype="float32", enforce_eager=True, enable_prompt_embeds=True,
+              max_model_len=256, kv_cache_memory_bytes=32 << 20, seed=0, enable_prefix_caching=False)
+    try:
+        _, ids, _, _ = _sample_and_compare(llm, load_audio_llm(folder))
+        assert len({tuple(t) for t in ids.tolist()}) > 1
+    finally:
+        del llm
