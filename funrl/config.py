@@ -128,7 +128,6 @@ class TrainConfig:
             raise ConfigError("rollout.n must be >= 2 for GRPO (advantages compare the n hypotheses "
                               f"of a clip), got {self.rollout.n}", key="rollout.n")
 
-
     def _check_colocation(self) -> None:
         workers, ranks = self.rollout.num_workers, self.learner.num_ranks
         if workers != ranks:

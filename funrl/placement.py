@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 
 from funrl.config import TrainConfig
+from policy.ray_utils import reserve_placement_group
 
 __all__ = ["BundlePlan", "Placement", "plan_bundles", "create_placement"]
 
@@ -59,14 +59,10 @@ def plan_bundles(cfg: TrainConfig) -> BundlePlan:
 def create_placement(cfg: TrainConfig, timeout_s: float = 300.0) -> Placement:
     """Reserve the run's placement group (``PACK``); a clear error when the cluster cannot hold it."""
     plan = plan_bundles(cfg)
-    pg = placement_group([dict(b) for b in plan.bundles], strategy="PACK")
-    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
-    if not ready:
-        remove_placement_group(pg)
-        mode = "colocated" if cfg.ray.colocate else "split"
-        raise RuntimeError(
-            f"cannot place {cfg.rollout.num_workers} rollout worker(s) and {cfg.learner.num_ranks} learner rank(s) "
-            f"({mode}: bundles {list(plan.bundles)}; rollout.num_workers, rollout.gpus_per_worker, "
-            f"learner.num_ranks, learner.gpus_per_rank, ray.colocate) within {timeout_s:.0f} s; "
-            f"the cluster has {ray.available_resources()} available")
+    mode = "colocated" if cfg.ray.colocate else "split"
+    pg = reserve_placement_group(
+        plan.bundles, "PACK", timeout_s,
+        f"{cfg.rollout.num_workers} rollout worker(s) and {cfg.learner.num_ranks} learner rank(s) "
+        f"({mode}: bundles {list(plan.bundles)}; rollout.num_workers, rollout.gpus_per_worker, "
+        f"learner.num_ranks, learner.gpus_per_rank, ray.colocate)")
     return Placement(pg, plan)

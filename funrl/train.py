@@ -99,9 +99,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed + start)
-    done = start - 1                                       # steps already taken: later log lines (a run
-    metrics = MetricsLogger(out, resume_step=done)         # killed before its first or next checkpoint) go
-    samples = JsonlLog(out / "rollouts.jsonl", resume_step=done)
+    # log lines of steps after start - 1 (left by a run killed before its next checkpoint) are dropped
+    metrics = MetricsLogger(out, resume_step=start - 1)
+    samples = JsonlLog(out / "rollouts.jsonl", resume_step=start - 1)
     with Cluster(cfg) as cluster:
         if last:
             sampler.load_state_dict(last.trainer_state()["data"])

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 
 from policy.config import LearnerConfig, ModelConfig
 from policy.distributed import free_port
 from policy.learner import Learner
 from policy.messages import LearnStats, ScoredRollout
-from policy.ray_utils import WorkerError, get_named, in_bundle, remote_class
+from policy.ray_utils import WorkerError, get_named, in_bundle, remote_class, reserve_placement_group
 
 __all__ = ["LearnerGroup", "WorkerError"]
 
@@ -94,14 +94,9 @@ class LearnerGroup:
         bundle = {"CPU": 1.0}
         if cfg.gpus_per_rank > 0:
             bundle["GPU"] = float(cfg.gpus_per_rank)
-        pg = placement_group([dict(bundle) for _ in range(cfg.num_ranks)], strategy=strategy)
-        ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
-        if not ready:
-            remove_placement_group(pg)
-            raise RuntimeError(
-                f"cannot place {cfg.num_ranks} learner ranks of {bundle} (learner.num_ranks, learner.gpus_per_rank) "
-                f"within {timeout_s:.0f} s; the cluster has {ray.available_resources()} available")
-        return pg
+        return reserve_placement_group(
+            [bundle] * cfg.num_ranks, strategy, timeout_s,
+            f"{cfg.num_ranks} learner ranks of {bundle} (learner.num_ranks, learner.gpus_per_rank)")
 
     # ------------------------------------------------------------------------------------- fan-out
     def _call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:

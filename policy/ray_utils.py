@@ -3,6 +3,7 @@
 * `remote_class(cls, **options)`: ``ray.remote(cls)`` with actor options (``num_cpus``, ``num_gpus``,
   ``scheduling_strategy``, ``runtime_env`` ...); call ``.remote(*args)`` on the result to start an actor.
 * `WorkerError`: an actor died or raised; the message names the actor and carries the remote traceback.
+* `reserve_placement_group(bundles, ...)`: a ready placement group, or an error naming what did not fit.
 * `get_named(named_refs)`: ``ray.get`` of several calls that fails fast, on the first failure, with a
   `WorkerError` naming that actor (other calls may be stuck in a collective with a dead peer).
 """
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 _REMOTE: dict[type, Any] = {}
@@ -42,6 +43,20 @@ def in_bundle(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrateg
     """Scheduling strategy that puts an actor or task in bundle ``index`` of ``pg``."""
     return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index,
                                             placement_group_capture_child_tasks=False)
+
+
+def reserve_placement_group(bundles: Sequence[dict[str, float]], strategy: str, timeout_s: float,
+                            what: str) -> PlacementGroup:
+    """A ready placement group of ``bundles``; if Ray cannot place it within ``timeout_s``, the group is
+    removed and ``RuntimeError`` says ``what`` could not be placed (name the config keys there) and what
+    the cluster has free."""
+    pg = placement_group([dict(b) for b in bundles], strategy=strategy)
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        raise RuntimeError(f"cannot place {what} within {timeout_s:.0f} s; "
+                           f"the cluster has {ray.available_resources()} available")
+    return pg
 
 
 def worker_error(actor: str, exc: BaseException) -> WorkerError:
