@@ -279,6 +279,7 @@ class LearnerConfig:
     agg: str = "seq-mean-token-mean"
     ppo_epochs: int = 1
     micro_batch: int = 8                    # sequences per forward/backward
+    share_prompts: bool = True              # run each clip's prompt once for its G rows (packed; same values)
     grad_clip: float = 1.0                  # max grad norm; 0 disables clipping
     finetune: str = "full"                  # full | lora
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -172,8 +172,14 @@ class Learner:
         mask = data.mask[m.rows, :m.width].to(self.device)
         if m.dummy:
             mask = torch.zeros_like(mask)
-        prompts = None if m.audio is not None else [data.prompts[i] for i in m.rows]
-        kwargs = {"audio": m.audio, "use_ref_frontend": True} if use_ref_frontend else {"audio": m.audio}
+        share = self.cfg.share_prompts   # each clip's prompt runs once for its rows (same values)
+        prompts = None
+        if m.audio is None:
+            prompts = ([data.rollout.prompts.prompt_embeds[c] for c in m.clips] if share
+                       else [data.prompts[i] for i in m.rows])
+        kwargs = {"audio": m.audio, "prompt_index": m.index if share else None}
+        if use_ref_frontend:
+            kwargs["use_ref_frontend"] = True
         return root(prompts, ids, mask, **kwargs), mask
 
     @torch.no_grad()

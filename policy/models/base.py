@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from policy.models.packing import packed_logprobs
 from policy.models.prompt import PromptTemplate, build_prompt_embeds
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -199,8 +200,13 @@ class AudioLLM(nn.Module):
 
     # ---------------------------------------------------------------------------------------- log-probs
     def sequence_logprobs(self, prompt_embeds: Sequence[Tensor], completion_ids: Tensor,
-                          completion_mask: Tensor | None = None) -> Tensor:
+                          completion_mask: Tensor | None = None,
+                          prompt_index: Sequence[int] | None = None) -> Tensor:
         """``[N, T]`` log-probs of ``completion_ids`` (right-padded) after each prompt; 0 where the mask is 0.
+
+        ``prompt_index``: ``prompt_embeds`` are the distinct prompts and row i follows
+        ``prompt_embeds[prompt_index[i]]``; each prompt then runs once for all its rows
+        (`policy.models.packing`, same values). Without it, row i follows ``prompt_embeds[i]``:
 
         The N sequences ``prompt_i ++ embed(completion_i[:-1])`` are left-padded to one length with an
         attention mask and position ids counting from 0 at each sequence's first real position, so every
@@ -208,12 +214,14 @@ class AudioLLM(nn.Module):
         only and log-softmaxed in float32.
         """
         n, t = completion_ids.shape
-        if len(prompt_embeds) != n:
+        if prompt_index is None and len(prompt_embeds) != n:
             raise ValueError(f"sequence_logprobs: {len(prompt_embeds)} prompts but {n} completion rows")
         if completion_mask is None:
             completion_mask = torch.ones_like(completion_ids, dtype=torch.float32)
         if t == 0:
             return torch.zeros(n, 0, device=completion_ids.device)
+        if prompt_index is not None:
+            return packed_logprobs(self.llm, prompt_embeds, prompt_index, completion_ids, completion_mask)
         embedding = self.llm.get_input_embeddings()
         device, dtype = embedding.weight.device, embedding.weight.dtype
         ids = completion_ids.to(device)
@@ -235,9 +243,9 @@ class AudioLLM(nn.Module):
         return picked * completion_mask.to(device=device, dtype=picked.dtype)
 
     def forward(self, prompt_embeds: Sequence[Tensor], completion_ids: Tensor,
-                completion_mask: Tensor | None = None) -> Tensor:
+                completion_mask: Tensor | None = None, prompt_index: Sequence[int] | None = None) -> Tensor:
         """= `sequence_logprobs` (so FSDP2's root pre/post-forward hooks run)."""
-        return self.sequence_logprobs(prompt_embeds, completion_ids, completion_mask)
+        return self.sequence_logprobs(prompt_embeds, completion_ids, completion_mask, prompt_index)
 
     # ------------------------------------------------------------------------------------------ weights
     def llm_state_dict(self) -> Iterator[tuple[str, Tensor]]:

@@ -28,6 +28,7 @@ def _scenarios(waves: list[str]) -> dict:
         "encoder_lora": {"cfg": learner_cfg(finetune="lora"), "batches": [a1, a2], "train_encoder": True,
                          "frontend": True, "ref_logprobs": True},
         "full": {"cfg": learner_cfg(), "batches": [b1, b2]},
+        "full_unshared": {"cfg": learner_cfg(share_prompts=False), "batches": [b1, b2]},
         "lora": {"cfg": learner_cfg(finetune="lora"), "batches": [b1, b2], "state_before": True,
                  "state_after": True, "ref_logprobs": True},
         "nan_adv": {"cfg": learner_cfg(), "batches": [make_batch(1, nan_adv=True), b1], "expect_error": True},
@@ -94,6 +95,15 @@ def test_two_fsdp_ranks_match_single_process_reference_losses_and_weights(ranks,
 
 
 @pytest.mark.slow
+def test_shared_prompt_packing_gives_the_update_of_one_prompt_per_row(ranks):
+    shared, unshared = ranks["full"], ranks["full_unshared"]
+    np.testing.assert_allclose([s.loss for s in shared["stats"]], [s.loss for s in unshared["stats"]],
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose([s.kl for s in shared["stats"]], [s.kl for s in unshared["stats"]], rtol=1e-5)
+    _close(shared["weights"], {k: torch.from_numpy(v) for k, v in unshared["weights"].items()}, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_lora_updates_only_adapter_and_reference_is_the_base_model(ranks, tiny_model_dir):
     got = ranks["lora"]
     before, after = got["state_before"], got["state_after"]
@@ -121,7 +131,7 @@ def test_micro_batch_2_and_8_give_the_same_update(ranks, agg):
     assert small["stats"][0].extra["micro_batches"] == 3 and big["stats"][0].extra["micro_batches"] == 1
     assert small["stats"][0].loss == pytest.approx(big["stats"][0].loss, abs=1e-6)
     worst = max(float(np.abs(small["weights"][k] - big["weights"][k]).max()) for k in big["weights"])
-    assert worst <= 1e-6
+    assert worst <= 5e-6   # fp32 round-off: packing puts different rows in one sequence at the two sizes
     other = ranks[f"{AGGS[1 - AGGS.index(agg)]}/2"]
     assert abs(other["stats"][0].loss - small["stats"][0].loss) > 1e-6  # the two modes really differ here
 
