@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +25,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from funrl.data import write_text_atomic
 from policy.config import (ConfigError, LearnerConfig, LoraConfig, ModelConfig, build, closest, dotted,
                            field_types, in_range, non_empty, optional, type_name, unknown_key_error,
                            validate)
@@ -174,16 +174,7 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write ``dump_config(cfg)`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dump_config(cfg))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, dump_config(cfg))
 
 
 # ---------------------------------------------------------------- load

@@ -174,10 +174,14 @@ def write_manifest(clips_or_dicts: Iterable[Clip | Mapping], path: str | os.Path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, then rename over it: never half a file."""
+    """Write ``text`` to a temp file beside ``path``, fsync, then rename over it: never half a file. The file
+    gets the mode an ordinary ``open(path, "w")`` would (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
             fh.flush()

@@ -147,6 +147,9 @@ def _write_atomic(path: str, lines: list[str]) -> None:
     except OSError as exc:
         raise CliError(f"--out: cannot write in {folder}: {exc.strerror}") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)   # what open(path, "w") would give, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(lines)
             f.flush()

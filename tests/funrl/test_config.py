@@ -137,6 +137,12 @@ def test_round_trip_dump_then_load_is_identity(tmp_path):
     assert load_config(str(path), []) == cfg
     assert dump_config(load_config(str(path), [])) == dump_config(cfg)
     assert [p for p in os.listdir(path.parent)] == ["config.yaml"]      # no temp file left behind
+    mask = os.umask(0o027)
+    try:
+        save_config(cfg, path)                                           # the mode open() would give
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(mask)
     assert load_config(_write(tmp_path, dump_config(TrainConfig())), []) == TrainConfig()
 
 

@@ -1,5 +1,6 @@
 """``python -m rewards`` through a real subprocess: output, --out atomicity, and one-line errors (exit 2)."""
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -65,6 +66,13 @@ def test_out_file_is_written_and_replaced(tmp_path):
     assert out.stdout == ""
     assert len(dst.read_text().splitlines()) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "scores.jsonl"]  # no temp file left
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~_umask()   # as open(path, "w") makes it, not 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_bad_line_leaves_existing_out_file_untouched(tmp_path):
