@@ -90,6 +90,10 @@ def test_sequence_logprobs_equal_hf_forward_with_audio_placeholders(tiny_dirs, w
     with torch.no_grad():
         prompts = model.build_prompt_embeds(model.embed_audio(model.audio_features(waves)), contexts)
         ours = model.sequence_logprobs(prompts, ids, mask)
+        rows = [0, 1, 1, 0]   # each prompt shared by two rows: packed (4-D mask) == one prompt per row
+        shared = model.sequence_logprobs(prompts, ids[rows], mask[rows], prompt_index=[0, 0, 1, 1])
+        unshared = model.sequence_logprobs([prompts[j] for j in (0, 0, 1, 1)], ids[rows], mask[rows])
+    torch.testing.assert_close(shared, unshared, atol=1e-5, rtol=0)
     audio_id = tok.convert_tokens_to_ids(AUDIO_TOKEN)
     seqs = []
     for i, context in enumerate(contexts):
