@@ -7,7 +7,9 @@ One `update(batch)`:
    ``r::world_size`` in micro-batches of ``micro_batch`` sequences; a rank with fewer rows runs masked dummy
    micro-batches so that every rank runs the same number of forward/backward passes (FSDP collectives);
 2. old log-probs (current weights, no grad) and reference log-probs (LoRA: the same model with its adapters
-   disabled; full fine-tuning: a frozen, sharded copy of the starting model) once, per micro-batch;
+   disabled; full fine-tuning: a frozen, sharded copy of the starting model) once, per micro-batch. All
+   log-probs are of ``softmax(logits / temperature)``, the rollout's sampling distribution (as verl and TRL
+   do); each clip's prompt runs once for its G rows (``learner.share_prompts``, `policy.models.packing`);
 3. ``ppo_epochs`` passes; each pass accumulates gradients over all micro-batches and ends with grad-norm
    clipping and one AdamW step. The LR scheduler steps once per update (``warmup_steps`` counts updates).
 
@@ -60,7 +62,7 @@ class Learner:
     def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, rank: int = 0,
                  world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500, *,
                  total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
-                 timeout_s: float = 1800.0) -> None:
+                 temperature: float = 1.0, timeout_s: float = 1800.0) -> None:
         if cfg.lr_schedule != "constant" and total_steps is None:
             raise ValueError(f"learner.lr_schedule={cfg.lr_schedule!r} needs total_steps (the run's step count)")
         self.model_dir, self.model_cfg, self.cfg = str(model_dir), model_cfg, cfg
@@ -68,6 +70,9 @@ class Learner:
         self.master_addr, self.master_port = master_addr, master_port
         self.total_steps, self.timeout_s = total_steps, timeout_s
         self.max_audio_seconds = max_audio_seconds
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (the rollout's sampling temperature), got {temperature}")
+        self.temperature = float(temperature)   # samples are scored under softmax(logits / T), as drawn
         self.train_encoder = model_cfg.train_encoder
         self.updates = 0
         self.model: AudioLLM | None = None
@@ -177,7 +182,7 @@ class Learner:
         if m.audio is None:
             prompts = ([data.rollout.prompts.prompt_embeds[c] for c in m.clips] if share
                        else [data.prompts[i] for i in m.rows])
-        kwargs = {"audio": m.audio, "prompt_index": m.index if share else None}
+        kwargs = {"audio": m.audio, "prompt_index": m.index if share else None, "temperature": self.temperature}
         if use_ref_frontend:
             kwargs["use_ref_frontend"] = True
         return root(prompts, ids, mask, **kwargs), mask

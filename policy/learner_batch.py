@@ -41,14 +41,14 @@ class PolicyForward(nn.Module):
 
     def forward(self, prompt_embeds: list[Tensor] | None, ids: Tensor, mask: Tensor,
                 audio: AudioInputs | None = None, use_ref_frontend: bool = False,
-                prompt_index: tuple[int, ...] | None = None) -> Tensor:
+                prompt_index: tuple[int, ...] | None = None, temperature: float = 1.0) -> Tensor:
         """``prompt_index`` given: ``prompt_embeds`` (or the clips of ``audio``) are distinct prompts, each
         run once for its rows (`policy.models.packing`); else one prompt per row."""
         if audio is not None:
             frontend = self.ref_frontend if use_ref_frontend else self.model.frontend
             clips = self.model.build_prompt_embeds(frontend(audio.feats), list(audio.contexts))
             prompt_embeds = clips if prompt_index is not None else [clips[j] for j in audio.index]
-        return self.model.sequence_logprobs(prompt_embeds, ids, mask, prompt_index)
+        return self.model.sequence_logprobs(prompt_embeds, ids, mask, prompt_index, temperature=temperature)
 
 
 @dataclass

@@ -13,7 +13,7 @@ class RolloutConfig:
 
     SECTION: ClassVar[str] = "rollout"
     n: int = 4                                   # G, hypotheses per clip
-    temperature: float = 1.0
+    temperature: float = 1.0                     # the learner scores samples at it too: softmax(logits / T)
     top_p: float = 1.0
     max_new_tokens: int = 32
     kv_cache_memory_bytes: int = 64 << 20        # vLLM KV cache size (CPU and GPU)

@@ -17,7 +17,9 @@ Facts this relies on (vLLM 0.32, see DESIGN.md §6):
   bucket or :meth:`finish_weight_update` (called automatically before the next
   ``generate``/``logprobs_of``).
 * ``sample_logprobs`` are vLLM's default ``raw_logprobs``: log-softmax of the model's
-  logits before temperature/top-p, the same quantity the learner computes.
+  logits before temperature/top-p, what the learner computes at temperature 1 (at another
+  sampling temperature the learner scores samples under ``softmax(logits / T)``; these stay
+  raw, for checks, and the loss never reads them).
 * Prompt logprobs work for mixed prompts (``prompt_embeds`` + ``prompt_token_ids`` +
   ``prompt_is_token_ids``): :meth:`logprobs_of` scores given tokens after the embeddings.
 * Prefix caching is off: cached KV blocks would survive a weight update.

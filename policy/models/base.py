@@ -201,12 +201,14 @@ class AudioLLM(nn.Module):
     # ---------------------------------------------------------------------------------------- log-probs
     def sequence_logprobs(self, prompt_embeds: Sequence[Tensor], completion_ids: Tensor,
                           completion_mask: Tensor | None = None,
-                          prompt_index: Sequence[int] | None = None) -> Tensor:
+                          prompt_index: Sequence[int] | None = None, temperature: float = 1.0) -> Tensor:
         """``[N, T]`` log-probs of ``completion_ids`` (right-padded) after each prompt; 0 where the mask is 0.
 
         ``prompt_index``: ``prompt_embeds`` are the distinct prompts and row i follows
         ``prompt_embeds[prompt_index[i]]``; each prompt then runs once for all its rows
-        (`policy.models.packing`, same values). Without it, row i follows ``prompt_embeds[i]``:
+        (`policy.models.packing`, same values). Without it, row i follows ``prompt_embeds[i]``.
+        ``temperature``: log-probs of ``softmax(logits / temperature)``, the distribution sampled at that
+        temperature (what the learner scores rollouts with).
 
         The N sequences ``prompt_i ++ embed(completion_i[:-1])`` are left-padded to one length with an
         attention mask and position ids counting from 0 at each sequence's first real position, so every
@@ -221,7 +223,8 @@ class AudioLLM(nn.Module):
         if t == 0:
             return torch.zeros(n, 0, device=completion_ids.device)
         if prompt_index is not None:
-            return packed_logprobs(self.llm, prompt_embeds, prompt_index, completion_ids, completion_mask)
+            return packed_logprobs(self.llm, prompt_embeds, prompt_index, completion_ids, completion_mask,
+                                   temperature)
         embedding = self.llm.get_input_embeddings()
         device, dtype = embedding.weight.device, embedding.weight.dtype
         ids = completion_ids.to(device)
@@ -239,13 +242,16 @@ class AudioLLM(nn.Module):
         out = self.llm(inputs_embeds=inputs, attention_mask=attn, position_ids=positions,
                        logits_to_keep=t, use_cache=False)
         logits = out.logits[:, -t:].float()
+        if temperature != 1.0:
+            logits = logits / temperature
         picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
         return picked * completion_mask.to(device=device, dtype=picked.dtype)
 
     def forward(self, prompt_embeds: Sequence[Tensor], completion_ids: Tensor,
-                completion_mask: Tensor | None = None, prompt_index: Sequence[int] | None = None) -> Tensor:
+                completion_mask: Tensor | None = None, prompt_index: Sequence[int] | None = None,
+                temperature: float = 1.0) -> Tensor:
         """= `sequence_logprobs` (so FSDP2's root pre/post-forward hooks run)."""
-        return self.sequence_logprobs(prompt_embeds, completion_ids, completion_mask, prompt_index)
+        return self.sequence_logprobs(prompt_embeds, completion_ids, completion_mask, prompt_index, temperature)
 
     # ------------------------------------------------------------------------------------------ weights
     def llm_state_dict(self) -> Iterator[tuple[str, Tensor]]:

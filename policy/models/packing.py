@@ -41,7 +41,7 @@ def _groups(index: Sequence[int], n_prompts: int) -> list[list[int]]:
 
 
 def packed_logprobs(llm: nn.Module, prompts: Sequence[Tensor], index: Sequence[int], ids: Tensor,
-                    mask: Tensor) -> Tensor:
+                    mask: Tensor, temperature: float = 1.0) -> Tensor:
     """``[N, T]`` log-probs of ``ids`` (right-padded) after ``prompts[index[i]]``; 0 where ``mask`` is 0.
 
     ``prompts``: the distinct prompts ``[L_p, H]``; ``index``: the prompt of each of the N rows. Equal to
@@ -93,5 +93,7 @@ def packed_logprobs(llm: nn.Module, prompts: Sequence[Tensor], index: Sequence[i
               logits_to_keep=keep, use_cache=False)
     logits = out.logits[:, -keep:]                                           # [S, keep, V]
     rows = logits[seq_of_row.unsqueeze(1).expand(-1, where.shape[1]), where][:, :t].float()   # [N, T, V]
+    if temperature != 1.0:
+        rows = rows / temperature
     picked = rows.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - rows.logsumexp(-1)
     return picked * mask.to(dtype=picked.dtype)

@@ -46,7 +46,9 @@ def _overrides(model_dir, data, out, **extra) -> list[str]:
 @pytest.mark.parametrize("finetune, placement", [
     ("full", {}), ("lora", {}),
     # engine 0 and rank 0 share bundle 0 of one placement group; the engine sleeps during each update
-    ("full", {"ray.colocate": "true", "learner.num_ranks": 1})])
+    ("full", {"ray.colocate": "true", "learner.num_ranks": 1}),
+    # two vLLM engines: each samples half of the clips, and the sync reaches both
+    ("full", {"rollout.num_workers": 2, "learner.num_ranks": 1})])
 def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
         finetune, placement, tiny_model_dir, demo_data, tmp_path):
     import ray

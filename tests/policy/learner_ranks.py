@@ -179,7 +179,8 @@ def rank_main(rank: int, world: int, ports: list[int], model_dir: str, scenarios
     try:
         for (name, spec), port in zip(scenarios.items(), ports):
             model_cfg = ModelConfig(path=model_dir, train_encoder=spec.get("train_encoder", False))
-            learner = Learner(model_dir, model_cfg, spec["cfg"], rank, world, "127.0.0.1", port)
+            learner = Learner(model_dir, model_cfg, spec["cfg"], rank, world, "127.0.0.1", port,
+                              temperature=spec.get("temperature", 1.0))
             learner.setup()
             try:
                 results[name] = _run_scenario(name, spec, learner)

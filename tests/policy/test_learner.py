@@ -29,6 +29,7 @@ def _scenarios(waves: list[str]) -> dict:
                          "frontend": True, "ref_logprobs": True},
         "full": {"cfg": learner_cfg(), "batches": [b1, b2]},
         "full_unshared": {"cfg": learner_cfg(share_prompts=False), "batches": [b1, b2]},
+        "temperature": {"cfg": learner_cfg(), "batches": [b1], "temperature": 0.7, "ref_logprobs": True},
         "lora": {"cfg": learner_cfg(finetune="lora"), "batches": [b1, b2], "state_before": True,
                  "state_after": True, "ref_logprobs": True},
         "nan_adv": {"cfg": learner_cfg(), "batches": [make_batch(1, nan_adv=True), b1], "expect_error": True},
@@ -101,6 +102,21 @@ def test_shared_prompt_packing_gives_the_update_of_one_prompt_per_row(ranks):
                                rtol=0, atol=1e-6)
     np.testing.assert_allclose([s.kl for s in shared["stats"]], [s.kl for s in unshared["stats"]], rtol=1e-5)
     _close(shared["weights"], {k: torch.from_numpy(v) for k, v in unshared["weights"].items()}, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_learner_scores_samples_at_the_rollout_temperature(ranks, tiny_model_dir):
+    """Reference log-probs on 2 FSDP ranks == the starting model's log-softmax(logits / 0.7)."""
+    got = ranks["temperature"]
+    batch = make_batch(1)
+    prompts, ids, mask, _ = rows(batch)
+    base = load_audio_llm(tiny_model_dir)
+    with torch.no_grad():
+        want = base.sequence_logprobs(prompts, ids, mask, temperature=0.7)
+        at_one = base.sequence_logprobs(prompts, ids, mask)
+    shape = batch.rollout.token_ids.shape
+    np.testing.assert_allclose(got["ref_logprobs"], want.reshape(shape).numpy(), rtol=0, atol=1e-5)
+    assert np.abs(got["ref_logprobs"] - at_one.reshape(shape).numpy()).max() > 1e-2
 
 
 @pytest.mark.slow

@@ -126,3 +126,23 @@ def test_shared_prompt_packing_rejects_a_bad_prompt_index(tiny_model_dir):
         model.sequence_logprobs(prompts, ids, mask, prompt_index=[0, 3, 0, 1, 2, 2, 1])
     with pytest.raises(ValueError, match="6 prompt indices for 7"):
         model.sequence_logprobs(prompts, ids, mask, prompt_index=index[:6])
+
+
+@torch.no_grad()
+def test_temperature_gives_log_softmax_of_scaled_logits_packed_or_not(tiny_model_dir):
+    model = load_audio_llm(tiny_model_dir)
+    prompts, index, lengths, ids, mask = _packing_case(model)
+    t = 0.7
+    got = model.sequence_logprobs([prompts[j] for j in index], ids, mask, temperature=t)
+    packed = model.sequence_logprobs(prompts, ids, mask, prompt_index=index, temperature=t)
+    torch.testing.assert_close(packed, got, rtol=0, atol=1e-5)
+    emb = model.llm.get_input_embeddings()
+    for i, n in enumerate(lengths):
+        if not n:
+            continue
+        x = torch.cat([prompts[index[i]], emb(ids[i, :n - 1])])[None]
+        logits = model.llm(inputs_embeds=x).logits[0, -n:].double() / t
+        want = torch.log_softmax(logits, -1).gather(-1, ids[i, :n, None])[:, 0].float()
+        torch.testing.assert_close(got[i, :n], want, rtol=0, atol=1e-5)
+    plain = model.sequence_logprobs([prompts[j] for j in index], ids, mask)
+    assert float((plain - got).abs().max()) > 1e-2      # the temperature really changes them
