@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from policy.models.packing import packed_logprobs
+from policy.models.packing import packed_logprobs, token_logprobs
 from policy.models.prompt import PromptTemplate, build_prompt_embeds
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -241,11 +241,7 @@ class AudioLLM(nn.Module):
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         out = self.llm(inputs_embeds=inputs, attention_mask=attn, position_ids=positions,
                        logits_to_keep=t, use_cache=False)
-        logits = out.logits[:, -t:].float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-        return picked * completion_mask.to(device=device, dtype=picked.dtype)
+        return token_logprobs(out.logits[:, -t:], ids, completion_mask.to(device), temperature)
 
     def forward(self, prompt_embeds: Sequence[Tensor], completion_ids: Tensor,
                 completion_mask: Tensor | None = None, prompt_index: Sequence[int] | None = None,

@@ -31,6 +31,16 @@ def row_lengths(mask: Tensor) -> list[int]:
     return [int(v) for v in (idx * mask.ne(0)).amax(dim=1).tolist()] if t else [0] * mask.shape[0]
 
 
+def token_logprobs(logits: Tensor, ids: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """``[N, T]`` log-probs of ``ids`` under ``softmax(logits / temperature)`` (logits ``[N, T, V]``, float32),
+    0 where ``mask`` is 0."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return picked * mask.to(dtype=picked.dtype)
+
+
 def _groups(index: Sequence[int], n_prompts: int) -> list[list[int]]:
     groups: list[list[int]] = [[] for _ in range(n_prompts)]
     for row, p in enumerate(index):
@@ -92,8 +102,5 @@ def packed_logprobs(llm: nn.Module, prompts: Sequence[Tensor], index: Sequence[i
     out = llm(inputs_embeds=inputs, attention_mask=attn.unsqueeze(1), position_ids=positions,
               logits_to_keep=keep, use_cache=False)
     logits = out.logits[:, -keep:]                                           # [S, keep, V]
-    rows = logits[seq_of_row.unsqueeze(1).expand(-1, where.shape[1]), where][:, :t].float()   # [N, T, V]
-    if temperature != 1.0:
-        rows = rows / temperature
-    picked = rows.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - rows.logsumexp(-1)
-    return picked * mask.to(dtype=picked.dtype)
+    per_row = logits[seq_of_row.unsqueeze(1).expand(-1, where.shape[1]), where][:, :t]   # [N, T, V]
+    return token_logprobs(per_row, ids, mask, temperature)
