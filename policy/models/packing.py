@@ -24,6 +24,9 @@ import torch
 from torch import Tensor, nn
 
 
+PACKABLE_ATTENTION = ("sdpa", "eager")   # attention functions that apply a custom 4-D mask as given
+
+
 def row_lengths(mask: Tensor) -> list[int]:
     """Per row: 1 + the index of its last non-zero mask entry (0 for an all-zero row)."""
     t = mask.shape[1]
@@ -60,6 +63,10 @@ def packed_logprobs(llm: nn.Module, prompts: Sequence[Tensor], index: Sequence[i
     n, t = ids.shape
     if len(index) != n:
         raise ValueError(f"packed_logprobs: {len(index)} prompt indices for {n} completion rows")
+    attn_impl = getattr(getattr(llm, "config", None), "_attn_implementation", None) or "sdpa"
+    if attn_impl not in PACKABLE_ATTENTION:
+        raise ValueError(f"packed_logprobs: the LLM uses {attn_impl!r} attention, which ignores a 4-D mask; "
+                         "packing needs 'sdpa' or 'eager' (set learner.share_prompts=false)")
     embedding = llm.get_input_embeddings()
     device, dtype = embedding.weight.device, embedding.weight.dtype
     ids, mask = ids.to(device), mask.to(device)

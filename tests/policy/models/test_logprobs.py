@@ -146,3 +146,11 @@ def test_temperature_gives_log_softmax_of_scaled_logits_packed_or_not(tiny_model
         torch.testing.assert_close(got[i, :n], want, rtol=0, atol=1e-5)
     plain = model.sequence_logprobs([prompts[j] for j in index], ids, mask)
     assert float((plain - got).abs().max()) > 1e-2      # the temperature really changes them
+
+
+def test_shared_prompt_packing_refuses_attention_that_ignores_a_4d_mask(tiny_model_dir):
+    model = load_audio_llm(tiny_model_dir)
+    prompts, index, _, ids, mask = _packing_case(model)
+    model.llm.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="'flash_attention_2' attention.*learner.share_prompts=false"):
+        model.sequence_logprobs(prompts, ids, mask, prompt_index=index)
