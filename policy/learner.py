@@ -182,10 +182,8 @@ class Learner:
         if m.audio is None:
             prompts = ([data.rollout.prompts.prompt_embeds[c] for c in m.clips] if share
                        else [data.prompts[i] for i in m.rows])
-        kwargs = {"audio": m.audio, "prompt_index": m.index if share else None, "temperature": self.temperature}
-        if use_ref_frontend:
-            kwargs["use_ref_frontend"] = True
-        return root(prompts, ids, mask, **kwargs), mask
+        return root(prompts, ids, mask, audio=m.audio, use_ref_frontend=use_ref_frontend,
+                    prompt_index=m.index if share else None, temperature=self.temperature), mask
 
     @torch.no_grad()
     def _logprobs(self, root: nn.Module, data: Rows, m: MicroBatch) -> Tensor:
