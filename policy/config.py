@@ -274,7 +274,7 @@ class LearnerConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     clip_eps: float = 0.2
-    beta: float = 0.04                      # KL penalty weight
+    beta: float = 0.04                      # KL penalty weight; 0 = no reference kept or run (KL logged null)
     kl_kind: str = "k3"
     agg: str = "seq-mean-token-mean"
     ppo_epochs: int = 1

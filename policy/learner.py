@@ -7,7 +7,8 @@ One `update(batch)`:
    ``r::world_size`` in micro-batches of ``micro_batch`` sequences; a rank with fewer rows runs masked dummy
    micro-batches so that every rank runs the same number of forward/backward passes (FSDP collectives);
 2. old log-probs (current weights, no grad) and reference log-probs (LoRA: the same model with its adapters
-   disabled; full fine-tuning: a frozen, sharded copy of the starting model) once, per micro-batch. All
+   disabled; full fine-tuning: a frozen, sharded copy of the starting model) once, per micro-batch; with
+   ``beta = 0`` no reference is kept or run (as TRL and verl do) and the reported KL is NaN. All
    log-probs are of ``softmax(logits / temperature)``, the rollout's sampling distribution (as verl and TRL
    do); each clip's prompt runs once for its G rows (``learner.share_prompts``, `policy.models.packing`);
 3. ``ppo_epochs`` passes; each pass accumulates gradients over all micro-batches and ends with grad-norm
@@ -90,9 +91,10 @@ class Learner:
         self.model = self._load()
         self.lora = cfg.finetune == "lora"
         ref_frontend = None
+        self.has_reference = cfg.beta > 0   # beta = 0: the KL term is off, so no reference is kept or run
         if self.lora:
             from policy.models.lora import apply_lora
-            if self.train_encoder:
+            if self.train_encoder and self.has_reference:
                 ref_frontend = copy.deepcopy(self.model.frontend).requires_grad_(False).eval()
             apply_lora(self.model, cfg.lora, train_frontend=self.train_encoder)
         else:
@@ -103,7 +105,7 @@ class Learner:
         self.root = shard(PolicyForward(self.model, ref_frontend), self.model.decoder_layers(), self.mesh, mp,
                           extra=own_units)
         self.ref_root = None
-        if not self.lora:
+        if not self.lora and self.has_reference:
             ref = self._load().requires_grad_(False).eval()
             self.ref_root = shard(PolicyForward(ref), ref.decoder_layers(), self.mesh, mp, extra=[ref.frontend])
         params = [p for p in self.root.parameters() if p.requires_grad]
@@ -133,7 +135,7 @@ class Learner:
         self.root.eval()
         # one epoch: the sampling policy IS the current one, so its log-probs are the forward's own, detached
         old = [self._logprobs(self.root, data, m) for m in micro] if self.cfg.ppo_epochs > 1 else [None] * len(micro)
-        ref = [self._ref_logprobs(data, m) for m in micro]
+        ref = [self._ref_logprobs(data, m) if self.has_reference else None for m in micro]
         norm = self._normaliser(data)
         sums = torch.zeros(6, dtype=torch.float64)  # loss, clip*n, kl*n, ratio*n, n_tokens, grad_norm
         ratio_max = 0.0
@@ -151,6 +153,9 @@ class Learner:
         """``[B, G, T]`` log-probs of the batch's tokens under the current policy, or under the reference
         (0 where the mask is 0). Collective: every rank computes its rows and returns the whole tensor."""
         self._require_setup()
+        if reference and not self.has_reference:
+            raise RuntimeError("Learner.logprobs(reference=True): learner.beta=0 keeps no reference model; "
+                               "set learner.beta > 0 to compare against the starting model")
         rollout = batch.rollout if isinstance(batch, ScoredRollout) else batch
         data = flatten_rollout(rollout)
         out = torch.zeros(data.ids.shape, dtype=torch.float32, device=self.device)
@@ -202,7 +207,7 @@ class Learner:
             return max(1.0, float(data.mask.ne(0).sum()))
         return max(1.0, float(data.mask.ne(0).any(dim=1).sum()))
 
-    def _accumulate(self, data: Rows, micro: list[MicroBatch], old: list[Tensor | None], ref: list[Tensor],
+    def _accumulate(self, data: Rows, micro: list[MicroBatch], old: list[Tensor | None], ref: list[Tensor | None],
                     norm: float) -> tuple[Tensor, float]:
         """Forward/backward over this rank's micro-batches; returns this rank's partial sums."""
         cfg = self.cfg
@@ -247,7 +252,8 @@ class Learner:
         ratio_max = all_reduce([ratio_max], op="max", device=self.device)[0]
         epochs = self.cfg.ppo_epochs
         tokens = max(1.0, total[4])
-        return LearnStats(loss=total[0] / epochs, kl=total[2] / tokens, clip_frac=total[1] / tokens,
+        kl = total[2] / tokens if self.has_reference else float("nan")
+        return LearnStats(loss=total[0] / epochs, kl=kl, clip_frac=total[1] / tokens,
                           ratio_mean=total[3] / tokens, grad_norm=float(sums[5]) / epochs, lr=lr,
                           num_sequences=len(data), seconds=seconds,
                           extra={"ratio_max": ratio_max, "tokens": total[4] / epochs,

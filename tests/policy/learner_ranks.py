@@ -165,6 +165,13 @@ def _run_scenario(name: str, spec: dict, learner) -> dict:
         out["state_after"] = _full_state(learner)
     if spec.get("frontend"):
         out["frontend"] = {k: v.numpy().copy() for k, v in learner.named_frontend_weights_for_sync()}
+    if spec.get("no_reference"):
+        out["no_ref_model"] = learner.ref_root is None
+        try:
+            learner.logprobs(spec["batches"][0], reference=True)   # raises before any collective
+            out["ref_error"] = None
+        except RuntimeError as err:
+            out["ref_error"] = str(err)
     if spec.get("ref_logprobs"):
         out["ref_logprobs"] = learner.logprobs(spec["batches"][0], reference=True).numpy()
         out["logprobs"] = learner.logprobs(spec["batches"][0]).numpy()

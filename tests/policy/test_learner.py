@@ -28,6 +28,7 @@ def _scenarios(waves: list[str]) -> dict:
         "encoder_lora": {"cfg": learner_cfg(finetune="lora"), "batches": [a1, a2], "train_encoder": True,
                          "frontend": True, "ref_logprobs": True},
         "full": {"cfg": learner_cfg(), "batches": [b1, b2]},
+        "no_reference": {"cfg": learner_cfg(beta=0.0), "batches": [b1, b2], "no_reference": True},
         "full_unshared": {"cfg": learner_cfg(share_prompts=False), "batches": [b1, b2]},
         "temperature": {"cfg": learner_cfg(), "batches": [b1], "temperature": 0.7, "ref_logprobs": True},
         "lora": {"cfg": learner_cfg(finetune="lora"), "batches": [b1, b2], "state_before": True,
@@ -93,6 +94,20 @@ def test_two_fsdp_ranks_match_single_process_reference_losses_and_weights(ranks,
     s = got["stats"][1]
     assert s.lr == pytest.approx(1e-4) and s.grad_norm > 0 and math.isfinite(s.kl) and s.kl > 0
     assert 0 <= s.clip_frac <= 1 and s.extra["micro_batches"] == 3  # 5 rows on rank 0 in pairs
+
+
+@pytest.mark.slow
+def test_beta_zero_keeps_no_reference_and_gives_the_plain_clipped_update(ranks, tiny_model_dir):
+    cfg = learner_cfg(beta=0.0)
+    (losses, norms), weights = reference_run(tiny_model_dir, cfg, [make_batch(1), make_batch(2)])
+    got = ranks["no_reference"]
+    np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
+    _close(got["weights"], weights, atol=1e-5)
+    with_kl = ranks["full"]["weights"]   # the same batches with beta = 0.04: the KL term does move the weights
+    assert max(float(np.abs(with_kl[k] - got["weights"][k]).max()) for k in with_kl) > 1e-5
+    assert got["no_ref_model"] and all(math.isnan(s.kl) for s in got["stats"])
+    assert "learner.beta=0 keeps no reference model" in got["ref_error"]
 
 
 @pytest.mark.slow
