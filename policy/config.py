@@ -296,6 +296,6 @@ class LearnerConfig:
             "clip_eps": in_range(0, 1, lo_open=True, hi_open=True), "beta": in_range(0),
             "kl_kind": one_of(*KL_KINDS), "agg": one_of(*AGG_MODES), "ppo_epochs": in_range(1),
             "micro_batch": in_range(1), "grad_clip": in_range(0), "finetune": one_of("full", "lora"),
-            "dtype": one_of(*DTYPES), "num_ranks": in_range(1), "gpus_per_rank": in_range(0), "cpu_threads": in_range(0),
-            "seed": in_range(0),
+            "dtype": one_of(*DTYPES), "num_ranks": in_range(1), "gpus_per_rank": in_range(0),
+            "cpu_threads": in_range(0), "seed": in_range(0),
         })
