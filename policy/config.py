@@ -243,6 +243,9 @@ class ModelConfig:
         validate(self, {"dtype": one_of(*DTYPES, "float16")})
 
 
+MAX_LORA_RANK = 512   # the largest max_lora_rank vLLM 0.32 serves (the top of rollout.vllm_worker.VLLM_LORA_RANKS)
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     SECTION: ClassVar[str] = "learner.lora"
@@ -253,7 +256,7 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         validate(self, {
-            "r": in_range(1, 512), "alpha": in_range(0, lo_open=True), "dropout": in_range(0, 1, hi_open=True),
+            "r": in_range(1, MAX_LORA_RANK), "alpha": in_range(0, lo_open=True), "dropout": in_range(0, 1, hi_open=True),
             "target_modules": lambda v: non_empty(v) or (
                 "must not contain empty names" if any(not m for m in v) else None),
         })

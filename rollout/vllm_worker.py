@@ -45,12 +45,13 @@ from torch import Tensor  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.lora.request import LoRARequest  # noqa: E402
 
+from policy.config import MAX_LORA_RANK  # noqa: E402
 from policy.messages import PromptBatch, RolloutBatch  # noqa: E402
 from rollout.config import RolloutConfig  # noqa: E402
 from rollout.weight_sync import iter_buckets, module_group, split_trailing_group  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # the max_lora_rank values vLLM 0.32 accepts
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, MAX_LORA_RANK)   # the max_lora_rank values vLLM 0.32 accepts
 # vLLM loggers that warn about every weight a *partial* reload does not carry.
 _RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.inplace",
                    "vllm.model_executor.model_loader.reload.layerwise")
