@@ -256,7 +256,8 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         validate(self, {
-            "r": in_range(1, MAX_LORA_RANK), "alpha": in_range(0, lo_open=True), "dropout": in_range(0, 1, hi_open=True),
+            "r": in_range(1, MAX_LORA_RANK), "alpha": in_range(0, lo_open=True),
+            "dropout": in_range(0, 1, hi_open=True),
             "target_modules": lambda v: non_empty(v) or (
                 "must not contain empty names" if any(not m for m in v) else None),
         })
