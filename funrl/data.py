@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from policy.files import created_mode
 from policy.messages import Clip
 
 REQUIRED_KEYS = ("audio", "text")
@@ -179,9 +180,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, created_mode(0o666))
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
             fh.flush()

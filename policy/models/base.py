@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from policy.files import created_mode
 from policy.models.packing import packed_logprobs, token_logprobs
 from policy.models.prompt import PromptTemplate, build_prompt_embeds
 
@@ -305,9 +306,7 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+    os.chmod(tmp, created_mode(0o777))  # mkdtemp makes it 0700
     try:
         yield tmp
         old = None
