@@ -150,11 +150,15 @@ class Cluster:
                 _get_all("rollout worker", [w.wake_up.remote() for w in self.rollouts])
 
     def sync(self) -> None:
-        """Learner weights -> every rollout worker (bucketed full weights, or the LoRA adapter);
-        the trained encoder + adapter -> the embedding worker when ``model.train_encoder``."""
+        """Learner weights -> every rollout worker (bucketed full weights, or the LoRA adapter); to the
+        embedding worker whatever it builds prompts with that the learner trains: the encoder + adapter
+        (``model.train_encoder``) and the LLM's input embedding table (full fine-tuning)."""
         if self.cfg.model.train_encoder:
             weights = self.learner.frontend_weights_for_sync()
             _get("embedding worker", self.embedder.load_frontend_weights.remote(weights))
+        if self.cfg.learner.finetune == "full":
+            table = self.learner.input_embeddings_for_sync()
+            _get("embedding worker", self.embedder.load_input_embeddings.remote(table))
         if self.cfg.learner.finetune == "lora":
             self._lora_version += 1
             folder = self.out / "rollout_lora" / f"v{self._lora_version:06d}"

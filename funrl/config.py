@@ -124,6 +124,10 @@ class TrainConfig:
                               f"run.clips_per_step ({self.run.clips_per_step})", key="data.noise_per_step")
         if self.ray.colocate:
             self._check_colocation()
+        if self.learner.mini_batches > self.run.clips_per_step:
+            raise ConfigError(f"learner.mini_batches ({self.learner.mini_batches}) splits a step's clips into "
+                              f"optimizer steps: it must be <= run.clips_per_step ({self.run.clips_per_step})",
+                              key="learner.mini_batches")
         if self.rollout.n < 2:
             raise ConfigError("rollout.n must be >= 2 for GRPO (advantages compare the n hypotheses "
                               f"of a clip), got {self.rollout.n}", key="rollout.n")

@@ -69,6 +69,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     _panel(axes[2], records, ["loss", "hyp.length.mean"], "loss / hypothesis length")
     written.append(_save(fig, out_dir / "training.png"))
 
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    _panel(axes[0], records, ["rollout.logprob_diff.mean", "rollout.logprob_diff.max"],
+           "|vLLM - learner| log-prob of sampled tokens")
+    _panel(axes[1], records, ["kl_max", "ratio_max", "rollout.is_weight.max"], "per-token outliers of the update")
+    written.append(_save(fig, out_dir / "agreement.png"))
+
     fig, ax = plt.subplots(figsize=(7, 4))
     _panel(ax, records, [k for k in keys if k.startswith("time.") and k != "time.step"], "seconds per stage")
     written.append(_save(fig, out_dir / "timing.png"))

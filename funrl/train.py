@@ -182,8 +182,19 @@ def step_record(scored, stats, dropped: int) -> dict[str, float]:
     if stats is not None:
         rec.update(loss=stats.loss, kl=stats.kl, clip_frac=stats.clip_frac, ratio_mean=stats.ratio_mean,
                    grad_norm=stats.grad_norm, lr=stats.lr)
+        rec.update({name: stats.extra[key] for name, key in LEARNER_EXTRAS.items() if key in stats.extra})
         rec["time.learner_compute"] = stats.seconds           # forward/backward/step inside the learner
     return rec
+
+
+# metrics.jsonl name -> LearnStats.extra key: the sampler/learner agreement (before the update) and the
+# per-token outliers of the update, which a mean hides (one token with KL 200 among 2,000)
+LEARNER_EXTRAS = {
+    "rollout.logprob_diff.mean": "logprob_diff_mean", "rollout.logprob_diff.max": "logprob_diff_max",
+    "rollout.is_weight.min": "is_weight_min", "rollout.is_weight.max": "is_weight_max",
+    "kl_max": "kl_max", "ratio_max": "ratio_max", "ratio_min": "ratio_min",
+    "tis.weight_mean": "tis_weight_mean", "tis.clip_frac": "tis_clip_frac", "optimizer_steps": "optimizer_steps",
+}
 
 
 def rollout_record(scored: ScoredRollout) -> dict:

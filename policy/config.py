@@ -280,8 +280,11 @@ class LearnerConfig:
     clip_eps: float = 0.2
     beta: float = 0.04                      # KL penalty weight; 0 = no reference kept or run (KL logged null)
     kl_kind: str = "k3"
+    kl_clamp: float | None = 10.0           # per-token KL estimate bounded to [-kl_clamp, kl_clamp] (verl); null = off
     agg: str = "seq-mean-token-mean"
     ppo_epochs: int = 1
+    mini_batches: int = 1                   # optimizer steps per rollout (old log-probs computed once, before)
+    tis_cap: float | None = None            # truncated importance sampling with vLLM's log-probs; null = off
     micro_batch: int = 8                    # sequences per forward/backward
     share_prompts: bool = True              # run each clip's prompt once for its G rows (packed; same values)
     grad_clip: float = 1.0                  # max grad norm; 0 disables clipping
@@ -298,7 +301,9 @@ class LearnerConfig:
             "lr": in_range(0, lo_open=True), "lr_schedule": one_of("constant", "cosine", "linear"),
             "warmup_steps": in_range(0), "weight_decay": in_range(0), "adam_betas": _betas,
             "clip_eps": in_range(0, 1, lo_open=True, hi_open=True), "beta": in_range(0),
-            "kl_kind": one_of(*KL_KINDS), "agg": one_of(*AGG_MODES), "ppo_epochs": in_range(1),
+            "kl_kind": one_of(*KL_KINDS), "kl_clamp": optional(in_range(0, lo_open=True)),
+            "agg": one_of(*AGG_MODES), "ppo_epochs": in_range(1), "mini_batches": in_range(1),
+            "tis_cap": optional(in_range(0, lo_open=True)),
             "micro_batch": in_range(1), "grad_clip": in_range(0), "finetune": one_of("full", "lora"),
             "dtype": one_of(*DTYPES), "num_ranks": in_range(1), "gpus_per_rank": in_range(0),
             "cpu_threads": in_range(0), "seed": in_range(0),

@@ -8,6 +8,19 @@ DESIGN.md §2 is the contract:
 
     L = -1/G sum_i 1/|o_i| sum_t [min(rho A_i, clip(rho, 1-eps, 1+eps) A_i) - beta KL_{i,t}]
 
+Two guards on top of the paper's loss, both about what the sampler (vLLM) drew:
+
+- ``kl_clamp``: the per-token KL estimate is bounded to ``[-kl_clamp, kl_clamp]`` (verl bounds its
+  low-variance KL to [-10, 10]). k3 = exp(ref - logp) - (ref - logp) - 1 grows exponentially when a sampled
+  token is far likelier under the reference than under the policy (a token the policy has all but ruled
+  out, e.g. text on a noise clip that the hallucinating reference still likes); one such token can
+  dominate a whole batch's loss and gradient;
+- ``tis_cap`` (truncated importance sampling, verl's TIS): the policy-gradient term of each token is
+  weighted by ``min(exp(old_logp - rollout_logp), tis_cap)``, correcting for a sampler whose log-probs
+  differ from the learner's (a bf16 engine, a stale weight); the KL term is not weighted.
+
+`logprob_agreement` measures that difference: |rollout_logp - logp| and the importance weight range.
+
 No model and no config objects here: the learner passes tensors in and gets a
 scalar loss plus float metrics back.
 """
@@ -100,7 +113,8 @@ def _check_options(clip_eps: float, beta: float, agg: str, kl_kind: str,
 def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
               mask: Tensor, clip_eps: float = 0.2, beta: float = 0.04,
               agg: str = "seq-mean-token-mean",
-              kl_kind: str = "k3") -> tuple[Tensor, dict[str, float]]:
+              kl_kind: str = "k3", kl_clamp: float | None = None, rollout_logp: Tensor | None = None,
+              tis_cap: float | None = None) -> tuple[Tensor, dict[str, float]]:
     """Eq. 2 as a loss to minimise; returns (scalar loss, metrics).
 
     logp / old_logp / ref_logp / mask: [N, T] (mask non-zero on hypothesis tokens);
@@ -110,12 +124,22 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     tokens, then over the sequences that have at least one token) or
     "token-mean" (every valid token of the batch weighted equally).
 
+    ``kl_clamp`` (None = unbounded): the per-token KL estimate is clamped to
+    ``[-kl_clamp, kl_clamp]`` (a clamped token gets no KL gradient). ``rollout_logp``
+    [N, T] + ``tis_cap``: truncated importance sampling, the policy-gradient term
+    of each token times ``min(exp(old_logp - rollout_logp), tis_cap)`` (detached).
+
     Metrics (means over valid tokens): clip_frac (share of tokens where the
-    clipped term is active, so their policy-gradient is zero), kl, ratio_mean,
-    ratio_max, plus n_tokens and n_seqs (counts that entered the loss).
+    clipped term is active, so their policy-gradient is zero), kl (after the
+    clamp), ratio_mean, ratio_max, ratio_min, kl_max (the largest per-token KL
+    estimate before the clamp), tis_weight_mean and tis_clip_frac (share of
+    tokens whose weight hit the cap; 0 without TIS), plus n_tokens and n_seqs
+    (counts that entered the loss). Over no valid token the max/min metrics are
+    -inf/+inf (neutral for a max/min over micro-batches).
     """
     _check_inputs(logp, old_logp, ref_logp, advantages, mask)
     _check_options(clip_eps, beta, agg, kl_kind, ref_logp)
+    _check_guards(kl_clamp, rollout_logp, tis_cap, logp)
     valid = mask != 0
     dt = torch.promote_types(logp.dtype, torch.float32)     # bf16/fp16 are computed in fp32
     zero = torch.zeros((), dtype=dt, device=logp.device)
@@ -128,11 +152,17 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     surr = ratio * adv
     surr_clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     objective = torch.minimum(surr, surr_clipped)
+    tis = None
+    if tis_cap is not None:
+        sampled = torch.where(valid, rollout_logp.detach().to(dt), zero)
+        tis = torch.clamp(torch.exp(old - sampled), max=tis_cap)
+        objective = objective * tis
     if ref_logp is not None:
         ref = torch.where(valid, ref_logp.detach().to(dt), zero)
-        kl = kl_penalty(lp, ref, kl_kind)
+        kl_raw = kl_penalty(lp, ref, kl_kind)
     else:
-        kl = torch.zeros_like(lp)
+        kl_raw = torch.zeros_like(lp)
+    kl = kl_raw if kl_clamp is None else torch.clamp(kl_raw, -kl_clamp, kl_clamp)
     if beta > 0.0:
         objective = objective - beta * kl
     per_token = torch.where(valid, -objective, zero)
@@ -146,7 +176,24 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
         seq_loss = per_token.sum(dim=1) / tokens_per_seq.clamp(min=1.0)
         n_seqs_nonempty = (tokens_per_seq > 0).to(dt).sum()
         loss = seq_loss.sum() / n_seqs_nonempty.clamp(min=1.0)
-    return loss, _metrics(ratio, surr, surr_clipped, kl, valid, n_tokens)
+    metrics = _metrics(ratio, surr, surr_clipped, kl, valid, n_tokens)
+    metrics.update(_outliers(ratio, kl_raw, tis, tis_cap, valid, n_tokens))
+    return loss, metrics
+
+
+def _check_guards(kl_clamp: float | None, rollout_logp: Tensor | None, tis_cap: float | None,
+                  logp: Tensor) -> None:
+    if kl_clamp is not None and not kl_clamp > 0.0:
+        raise ValueError(f"grpo_loss: kl_clamp must be > 0 (or None for no bound), got {kl_clamp}")
+    if tis_cap is None:
+        return
+    if not tis_cap > 0.0:
+        raise ValueError(f"grpo_loss: tis_cap must be > 0 (or None for no importance sampling), got {tis_cap}")
+    if rollout_logp is None:
+        raise ValueError("grpo_loss: tis_cap is set but rollout_logp is None; pass the sampler's log-probs")
+    if _shape(rollout_logp) != _shape(logp):
+        raise ValueError(f"grpo_loss: rollout_logp has shape {_shape(rollout_logp)}, expected {_shape(logp)} "
+                         "like logp")
 
 
 @torch.no_grad()
@@ -159,7 +206,49 @@ def _metrics(ratio: Tensor, surr: Tensor, surr_clipped: Tensor, kl: Tensor,
         "clip_frac": float(clipped.to(ratio.dtype).sum() / denom),
         "kl": float((kl * w).sum() / denom),
         "ratio_mean": float((ratio * w).sum() / denom),
-        "ratio_max": float((ratio * w).max()) if bool(valid.any()) else 0.0,   # ratios are > 0
         "n_tokens": float(n_tokens),
         "n_seqs": float((w.sum(dim=1) > 0).sum()),
     }
+
+
+def _masked_max(t: Tensor, valid: Tensor) -> float:
+    return float(t[valid].max()) if bool(valid.any()) else float("-inf")
+
+
+def _masked_min(t: Tensor, valid: Tensor) -> float:
+    return float(t[valid].min()) if bool(valid.any()) else float("inf")
+
+
+@torch.no_grad()
+def _outliers(ratio: Tensor, kl_raw: Tensor, tis: Tensor | None, tis_cap: float | None, valid: Tensor,
+              n_tokens: Tensor) -> dict[str, float]:
+    """Per-token extremes of one loss call (one bad token hides in a mean) and the TIS weights' summary."""
+    denom = n_tokens.clamp(min=1.0)
+    out = {"ratio_max": _masked_max(ratio, valid), "ratio_min": _masked_min(ratio, valid),
+           "kl_max": _masked_max(kl_raw, valid), "tis_weight_mean": 1.0 if bool(valid.any()) else 0.0,
+           "tis_clip_frac": 0.0}
+    if tis is not None:
+        w = valid.to(tis.dtype)
+        out["tis_weight_mean"] = float((tis * w).sum() / denom)
+        out["tis_clip_frac"] = float(((tis >= tis_cap) & valid).to(tis.dtype).sum() / denom)
+    return out
+
+
+@torch.no_grad()
+def logprob_agreement(logp: Tensor, rollout_logp: Tensor, mask: Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs of its own tokens are from the learner's, [N, T] each.
+
+    Over valid (mask != 0) tokens: ``diff_sum`` and ``diff_max`` of |rollout_logp - logp|, ``n_tokens``,
+    and the range of the per-token importance weight ``exp(logp - rollout_logp)`` (``weight_min``,
+    ``weight_max``). Sums and extremes, not means, so micro-batches and ranks combine exactly; over no
+    valid token the max/min are -inf/+inf.
+    """
+    if _shape(logp) != _shape(rollout_logp) or _shape(mask) != _shape(logp):
+        raise ValueError(f"logprob_agreement: logp {_shape(logp)}, rollout_logp {_shape(rollout_logp)} and "
+                         f"mask {_shape(mask)} must have one shape")
+    valid = mask != 0
+    delta = logp.double() - rollout_logp.double()
+    weight = torch.exp(delta)
+    return {"diff_sum": float(delta.abs()[valid].sum()), "diff_max": _masked_max(delta.abs(), valid),
+            "n_tokens": float(valid.sum()), "weight_min": _masked_min(weight, valid),
+            "weight_max": _masked_max(weight, valid)}

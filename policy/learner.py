@@ -47,8 +47,9 @@ from torch import Tensor, nn
 from policy.config import LearnerConfig, ModelConfig
 from policy.distributed import all_reduce, barrier, init_process_group, mixed_precision, pick_device, shard
 from policy.learner_batch import (MicroBatch, PolicyForward, Rows, flatten_batch, flatten_rollout, load_waves,
-                                  plan_micro_batches)
-from policy.grpo import grpo_loss
+                                  mini_batch_rows, plan_micro_batches)
+from policy.grpo import grpo_loss, logprob_agreement
+from policy.learner_stats import UpdateSums
 from policy.learner_state import load_learner_state, make_scheduler, read_learner_info, save_learner_state
 from policy.messages import LearnStats, RolloutBatch, ScoredRollout
 from policy.models import AudioLLM, load_audio_llm
@@ -97,6 +98,10 @@ class Learner:
             if self.train_encoder and self.has_reference:
                 ref_frontend = copy.deepcopy(self.model.frontend).requires_grad_(False).eval()
             apply_lora(self.model, cfg.lora, train_frontend=self.train_encoder)
+            if any(p.requires_grad for p in self.model.llm.get_input_embeddings().parameters()):
+                raise ValueError("learner.lora.target_modules adapts the LLM's input embedding, which the "
+                                 "embedding worker uses to build prompts and is not synced under LoRA: "
+                                 "remove it from learner.lora.target_modules (or use learner.finetune=full)")
         else:
             self.model.frontend.requires_grad_(self.train_encoder)
         mp = mixed_precision(cfg.dtype, self.device)
@@ -130,24 +135,28 @@ class Learner:
         self._require_setup()
         start = time.perf_counter()
         data = flatten_batch(batch)
-        micro = self._micro_batches(data)
+        features = self._features(data)
+        parts = [data.select(rows) for rows in mini_batch_rows(data, self.cfg.mini_batches)]
+        micro = [self._plan(part, features) for part in parts]
         lr = self.optimizer.param_groups[0]["lr"]
         self.root.eval()
-        # one epoch: the sampling policy IS the current one, so its log-probs are the forward's own, detached
-        old = [self._logprobs(self.root, data, m) for m in micro] if self.cfg.ppo_epochs > 1 else [None] * len(micro)
-        ref = [self._ref_logprobs(data, m) if self.has_reference else None for m in micro]
-        norm = self._normaliser(data)
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, clip*n, kl*n, ratio*n, n_tokens, grad_norm
-        ratio_max = 0.0
+        # one pass over one mini-batch: the sampling policy IS the current one, so its log-probs are the
+        # forward's own, detached; otherwise they are computed here, once, before any optimizer step
+        separate_old = self.cfg.ppo_epochs > 1 or len(parts) > 1
+        old = [[self._logprobs(self.root, p, m) if separate_old else None for m in ms] for p, ms in zip(parts, micro)]
+        ref = [[self._ref_logprobs(p, m) if self.has_reference else None for m in ms] for p, ms in zip(parts, micro)]
+        acc = UpdateSums()
+        total_steps = self.cfg.ppo_epochs * len(parts)
         self.root.train()
-        for _ in range(self.cfg.ppo_epochs):
-            epoch, ratio_max_e = self._accumulate(data, micro, old, ref, norm)
-            sums[:5] += epoch
-            ratio_max = max(ratio_max, ratio_max_e)
-            sums[5] += self._optimizer_step(float(epoch[0]))
+        for epoch in range(self.cfg.ppo_epochs):
+            for j, part in enumerate(parts):
+                loss = self._accumulate(part, micro[j], old[j], ref[j], acc, agreement=epoch == 0)
+                acc.grad_norms.append(self._optimizer_step(loss, len(acc.grad_norms), total_steps))
         self.scheduler.step()
         self.updates += 1
-        return self._stats(sums, ratio_max, lr, data, len(micro), time.perf_counter() - start)
+        return acc.reduce(self.device, has_reference=self.has_reference, lr=lr, num_sequences=len(data),
+                          micro_batches=sum(len(ms) for ms in micro), updates=self.updates,
+                          seconds=time.perf_counter() - start)
 
     def logprobs(self, batch: ScoredRollout | RolloutBatch, reference: bool = False) -> Tensor:
         """``[B, G, T]`` log-probs of the batch's tokens under the current policy, or under the reference
@@ -160,7 +169,7 @@ class Learner:
         data = flatten_rollout(rollout)
         out = torch.zeros(data.ids.shape, dtype=torch.float32, device=self.device)
         self.root.eval()
-        for m in self._micro_batches(data):
+        for m in self._plan(data, self._features(data)):
             lp = self._ref_logprobs(data, m) if reference else self._logprobs(self.root, data, m)
             if not m.dummy:
                 out[m.rows, :m.width] = lp
@@ -168,11 +177,14 @@ class Learner:
             dist.all_reduce(out)
         return out.reshape(rollout.token_ids.shape).cpu()
 
-    def _micro_batches(self, data: Rows) -> list[MicroBatch]:
-        features = None
-        if self.train_encoder:  # prompts are recomputed from the audio, inside the forward
-            waves = load_waves(data, self.max_audio_seconds)
-            features = lambda clips: self.model.audio_features([waves[c] for c in clips])  # noqa: E731
+    def _features(self, data: Rows) -> Callable[[list[int]], Any] | None:
+        """train_encoder: audio features of given clips (prompts are recomputed inside the forward)."""
+        if not self.train_encoder:
+            return None
+        waves = load_waves(data, self.max_audio_seconds)
+        return lambda clips: self.model.audio_features([waves[c] for c in clips])
+
+    def _plan(self, data: Rows, features: Callable[[list[int]], Any] | None) -> list[MicroBatch]:
         return plan_micro_batches(data, self.rank, self.world_size, self.cfg.micro_batch, features)
 
     def _forward(self, root: nn.Module, data: Rows, m: MicroBatch, use_ref_frontend: bool = False
@@ -202,34 +214,38 @@ class Learner:
             return self._forward(self.root, data, m, use_ref_frontend=self.train_encoder)[0].float()
 
     def _normaliser(self, data: Rows) -> float:
-        """N_total of the module doc: valid tokens (token-mean) or non-empty sequences, whole batch."""
+        """N_total of the module doc: valid tokens (token-mean) or non-empty sequences of one mini-batch."""
         if self.cfg.agg == "token-mean":
             return max(1.0, float(data.mask.ne(0).sum()))
         return max(1.0, float(data.mask.ne(0).any(dim=1).sum()))
 
     def _accumulate(self, data: Rows, micro: list[MicroBatch], old: list[Tensor | None], ref: list[Tensor | None],
-                    norm: float) -> tuple[Tensor, float]:
-        """Forward/backward over this rank's micro-batches; returns this rank's partial sums."""
+                    acc: UpdateSums, agreement: bool) -> float:
+        """Forward/backward over this rank's micro-batches of one mini-batch (``data``), metrics into ``acc``
+        (``agreement``: the pre-update log-probs against the sampler's too); returns this rank's loss."""
         cfg = self.cfg
-        sums = torch.zeros(5, dtype=torch.float64)
-        ratio_max = 0.0
+        norm = self._normaliser(data)
+        total = 0.0
         for m, old_m, ref_m in zip(micro, old, ref):
             logp, mask = self._forward(self.root, data, m)
             old_m = logp.detach().float() if old_m is None else old_m
+            sampled = data.sample_logp[m.rows, :m.width].to(self.device)
             adv = data.adv[m.rows].to(self.device)
             loss, metrics = grpo_loss(logp, old_m, ref_m, adv, mask, clip_eps=cfg.clip_eps, beta=cfg.beta,
-                                      agg=cfg.agg, kl_kind=cfg.kl_kind)
+                                      agg=cfg.agg, kl_kind=cfg.kl_kind, kl_clamp=cfg.kl_clamp,
+                                      rollout_logp=sampled, tis_cap=cfg.tis_cap)
             units = metrics["n_tokens"] if cfg.agg == "token-mean" else metrics["n_seqs"]
             weight = units / norm
             (loss * (weight * self.world_size)).backward()
-            n = metrics["n_tokens"]
-            sums += torch.tensor([float(loss.detach()) * weight, metrics["clip_frac"] * n, metrics["kl"] * n,
-                                  metrics["ratio_mean"] * n, n], dtype=torch.float64)
-            ratio_max = max(ratio_max, metrics["ratio_max"])
-        return sums, ratio_max
+            total += float(loss.detach()) * weight
+            acc.add_loss(float(loss.detach()) * weight, metrics)
+            if agreement:
+                acc.add_agreement(logprob_agreement(old_m, sampled, mask))
+        return total
 
-    def _optimizer_step(self, local_loss: float) -> float:
-        """Clip and step, unless any rank saw a non-finite loss or the gradient norm is not finite."""
+    def _optimizer_step(self, local_loss: float, index: int = 0, count: int = 1) -> float:
+        """Clip and step, unless any rank saw a non-finite loss or the gradient norm is not finite.
+        ``index`` of ``count``: this step's place among the update's optimizer steps (for the message)."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         bad = all_reduce([0.0 if math.isfinite(local_loss) else 1.0], op="max", device=self.device)[0]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
@@ -240,24 +256,13 @@ class Learner:
         if bad or not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             what = "the loss" if bad else f"the gradient norm ({grad_norm})"
-            raise FloatingPointError(f"learner.update (update {self.updates}, rank {self.rank}): {what} is NaN/inf; "
-                                     "the optimizer step was skipped and no weights were changed")
+            changed = ("no weights were changed" if index == 0 else
+                       f"the {index} earlier optimizer step(s) of this update had already changed the weights")
+            raise FloatingPointError(f"learner.update (update {self.updates}, rank {self.rank}): {what} is NaN/inf "
+                                     f"in optimizer step {index + 1} of {count}; that step was skipped and {changed}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
-
-    def _stats(self, sums: Tensor, ratio_max: float, lr: float, data: Rows, n_micro: int,
-               seconds: float) -> LearnStats:
-        total = all_reduce(sums[:5].tolist(), device=self.device)
-        ratio_max = all_reduce([ratio_max], op="max", device=self.device)[0]
-        epochs = self.cfg.ppo_epochs
-        tokens = max(1.0, total[4])
-        kl = total[2] / tokens if self.has_reference else float("nan")
-        return LearnStats(loss=total[0] / epochs, kl=kl, clip_frac=total[1] / tokens,
-                          ratio_mean=total[3] / tokens, grad_norm=float(sums[5]) / epochs, lr=lr,
-                          num_sequences=len(data), seconds=seconds,
-                          extra={"ratio_max": ratio_max, "tokens": total[4] / epochs,
-                                 "micro_batches": float(n_micro), "updates": float(self.updates)})
 
     # ------------------------------------------------------------------------------------ weight sync
     def named_weights_for_sync(self, dtype: str = "float32") -> Iterator[tuple[str, Tensor]]:
@@ -309,6 +314,17 @@ class Learner:
         """Collective: rank 0 returns the frontend's (name, tensor) list; other ranks None."""
         weights = list(self.named_frontend_weights_for_sync())
         return weights if self.rank == 0 else None
+
+    def gather_input_embeddings(self) -> Tensor | None:
+        """Collective: the LLM's input embedding table ``[V, H]`` (fp32, CPU) on rank 0, None elsewhere.
+
+        The embedding worker embeds the prompts' text (prefix, suffix) with its own copy of this table; full
+        fine-tuning trains it, so it is synced with the rest (else vLLM would sample from prompts built with
+        the starting table while the learner scores them with the trained one)."""
+        self._require_setup()
+        weight = self.model.llm.get_input_embeddings().weight.detach()
+        weight = weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+        return weight.to("cpu", torch.float32) if self.rank == 0 else None
 
     def sync_weights(self, send: Callable[[NamedTensors], None], bucket_bytes: int,
                      dtype: str = "float32") -> dict[str, float]:

@@ -61,9 +61,15 @@ class Rows:
     adv: Tensor             # [N] float
     clip: list[int]         # N: the clip (0..B-1) of each row
     rollout: RolloutBatch
+    sample_logp: Tensor     # [N, T] float: the sampler's (vLLM's) log-probs of the same tokens
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def select(self, rows: list[int]) -> "Rows":
+        """These rows only (in this order); ``clip`` keeps indexing the whole rollout's clips."""
+        return Rows([self.prompts[i] for i in rows], self.ids[rows], self.mask[rows], self.adv[rows],
+                    [self.clip[i] for i in rows], self.rollout, self.sample_logp[rows])
 
 
 @dataclass
@@ -82,7 +88,23 @@ def flatten_rollout(r: RolloutBatch, adv: Tensor | None = None) -> Rows:
     prompts = [r.prompts.prompt_embeds[b] for b in range(B) for _ in range(G)]
     adv = torch.zeros(B * G) if adv is None else adv
     return Rows(prompts, r.token_ids.reshape(B * G, T).long(), r.mask.reshape(B * G, T).to(torch.float32), adv,
-                [b for b in range(B) for _ in range(G)], r)
+                [b for b in range(B) for _ in range(G)], r, r.sample_logprobs.reshape(B * G, T).to(torch.float32))
+
+
+def mini_batch_rows(data: Rows, parts: int) -> list[list[int]]:
+    """Rows of each of ``parts`` optimizer steps (``learner.mini_batches``): whole groups (a clip's G rows
+    stay together), clips split into contiguous, near-equal runs in rollout order; never an empty part
+    (fewer parts when the batch has fewer clips, e.g. after dynamic sampling dropped groups)."""
+    if parts < 1:
+        raise ValueError(f"mini_batch_rows: parts must be >= 1, got {parts}")
+    clips = list(dict.fromkeys(data.clip))
+    parts = min(parts, len(clips))
+    bounds = [round(i * len(clips) / parts) for i in range(parts + 1)]
+    out = []
+    for j in range(parts):
+        chosen = set(clips[bounds[j]:bounds[j + 1]])
+        out.append([i for i, c in enumerate(data.clip) if c in chosen])
+    return out
 
 
 def flatten_batch(batch: ScoredRollout) -> Rows:

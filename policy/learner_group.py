@@ -134,6 +134,11 @@ class LearnerGroup:
         embedding worker's ``load_frontend_weights`` when ``model.train_encoder`` is on."""
         return self._call("gather_frontend_weights")[0]
 
+    def input_embeddings_for_sync(self) -> Any:
+        """The LLM's trained input embedding table (rank 0's, fp32) — for the embedding worker's
+        ``load_input_embeddings`` under full fine-tuning."""
+        return self._call("gather_input_embeddings")[0]
+
     def push_weights(self, rollouts: Sequence[Any], bucket_bytes: int, dtype: str = "float32") -> dict[str, float]:
         """Stream full weights from rank 0 straight to the rollout actors (``update_weights`` per bucket,
         then ``finish_weight_update``), each tensor cast to ``dtype``: pass the rollout engine's dtype

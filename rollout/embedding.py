@@ -65,6 +65,15 @@ class AudioEmbeddingWorker:
             for name, tensor in items:
                 params[name].copy_(tensor)
 
+    def load_input_embeddings(self, weight: torch.Tensor) -> None:
+        """Sync the LLM's input embedding table ``[V, H]`` (full fine-tuning trains it; the prompts' text is
+        embedded with it). A shape mismatch raises ValueError and changes nothing."""
+        table = self.model.llm.get_input_embeddings().weight
+        if tuple(weight.shape) != tuple(table.shape):
+            raise ValueError(f"input embedding has shape {tuple(table.shape)}, the update {tuple(weight.shape)}")
+        with torch.no_grad():
+            table.copy_(weight)
+
 
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):

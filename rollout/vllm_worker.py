@@ -16,10 +16,11 @@ Facts this relies on (vLLM 0.32, see DESIGN.md §6):
   :meth:`update_weights` holds back the last decoder layer of each bucket until the next
   bucket or :meth:`finish_weight_update` (called automatically before the next
   ``generate``/``logprobs_of``).
-* ``sample_logprobs`` are vLLM's default ``raw_logprobs``: log-softmax of the model's
-  logits before temperature/top-p, what the learner computes at temperature 1 (at another
-  sampling temperature the learner scores samples under ``softmax(logits / T)``; these stay
-  raw, for checks, and the loss never reads them).
+* ``sample_logprobs`` are vLLM's ``processed_logprobs``: log-softmax of the logits after
+  temperature (and top-k/top-p), i.e. of the distribution each token was drawn from, what the
+  learner computes as ``log_softmax(logits / T)`` (equal when ``top_p`` is 1). The learner
+  measures its agreement with them every step and uses them for truncated importance sampling.
+  Greedy requests (evaluation) report the raw log-softmax.
 * Prompt logprobs work for mixed prompts (``prompt_embeds`` + ``prompt_token_ids`` +
   ``prompt_is_token_ids``): :meth:`logprobs_of` scores given tokens after the embeddings.
 * Prefix caching is off: cached KV blocks would survive a weight update.
@@ -81,7 +82,7 @@ class VLLMRolloutWorker:
         self.checkpoint_names, self.ignored_names = _checkpoint_names(self.llm_dir)
         kwargs = dict(model=self.llm_dir, dtype=dtype, enforce_eager=cfg.enforce_eager,
                       enable_prompt_embeds=True, max_model_len=cfg.max_model_len, seed=cfg.seed,
-                      enable_prefix_caching=False)
+                      enable_prefix_caching=False, logprobs_mode="processed_logprobs")
         if self.on_gpu:
             kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=True)
         else:

@@ -229,14 +229,14 @@ class AudioLLM(nn.Module):
         embedding = self.llm.get_input_embeddings()
         device, dtype = embedding.weight.device, embedding.weight.dtype
         ids = completion_ids.to(device)
-        text = embedding(ids[:, :-1]) if t > 1 else None
+        text = embedding(ids[:, :-1])   # [n, t - 1, H]
         lengths = [int(p.shape[0]) + t - 1 for p in prompt_embeds]
         width = max(lengths)
         inputs = torch.zeros(n, width, embedding.weight.shape[-1], device=device, dtype=dtype)
         attn = torch.zeros(n, width, dtype=torch.long, device=device)
         for i, p in enumerate(prompt_embeds):
             pad = width - lengths[i]
-            parts = [p.to(device=device, dtype=dtype)] + ([text[i]] if text is not None else [])
+            parts = [p.to(device=device, dtype=dtype), text[i]]   # text[i] may be empty: still in the graph
             inputs[i, pad:] = torch.cat(parts, dim=0)
             attn[i, pad:] = 1
         positions = (attn.cumsum(-1) - 1).clamp(min=0)

@@ -76,7 +76,7 @@ def packed_logprobs(llm: nn.Module, prompts: Sequence[Tensor], index: Sequence[i
     p_max = max(int(prompts[p].shape[0]) for p in used)
     seg_total = [sum(max(lengths[r] - 1, 0) for r in g) for g in groups]
     width = p_max + max(seg_total)
-    text = embedding(ids[:, :-1]) if t > 1 else None
+    text = embedding(ids[:, :-1])   # [n, t - 1, H]; empty at t = 1, but see `anchor` below
 
     inputs = torch.zeros(len(groups), width, embedding.weight.shape[-1], device=device, dtype=dtype)
     positions = torch.zeros(len(groups), width, dtype=torch.long, device=device)
@@ -98,6 +98,7 @@ def packed_logprobs(llm: nn.Module, prompts: Sequence[Tensor], index: Sequence[i
                 segment[s, start:start + k] = j + 1
                 where[r, 1:k + 1] = torch.arange(start - p_max + 1, start - p_max + 1 + k, device=device)
             start += k
+    inputs = anchor(inputs, text)
 
     q, kv = segment.unsqueeze(2), segment.unsqueeze(1)                       # [S, W, 1], [S, 1, W]
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
@@ -111,3 +112,11 @@ def packed_logprobs(llm: nn.Module, prompts: Sequence[Tensor], index: Sequence[i
     logits = out.logits[:, -keep:]                                           # [S, keep, V]
     per_row = logits[seq_of_row.unsqueeze(1).expand(-1, where.shape[1]), where][:, :t]   # [N, T, V]
     return token_logprobs(per_row, ids, mask, temperature)
+
+
+def anchor(inputs: Tensor, text: Tensor) -> Tensor:
+    """``inputs``, with the completion-token embeddings ``text`` made part of the autograd graph even when
+    none of them is used (every completion 1 token long: ``text`` is empty). Without it the input embedding
+    gets no gradient on such a micro-batch, and an FSDP rank whose micro-batch this is would reduce-scatter
+    a different set of gradients than the other ranks (a collective mismatch that aborts the job)."""
+    return inputs + text.sum() * 0 if text.requires_grad else inputs

@@ -5,7 +5,7 @@ from funrl.metrics import MetricsLogger
 from funrl.plot import plot_run
 
 
-def test_plot_writes_three_pngs_from_metrics(tmp_path):
+def test_plot_writes_four_pngs_from_metrics(tmp_path):
     log = MetricsLogger(tmp_path, tensorboard=False)
     for step in range(1, 6):
         log.log(step, {"reward.wer.mean": 0.1 * step, "reward.wer.std": 0.05, "kl": 0.01 * step,
@@ -13,7 +13,7 @@ def test_plot_writes_three_pngs_from_metrics(tmp_path):
                        "time.step": 3.0})
     log.close()
     paths = plot_run(tmp_path)
-    assert sorted(p.name for p in paths) == ["rewards.png", "timing.png", "training.png"]
+    assert sorted(p.name for p in paths) == ["agreement.png", "rewards.png", "timing.png", "training.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 

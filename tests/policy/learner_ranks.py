@@ -17,8 +17,9 @@ HIDDEN, VOCAB = 128, 843   # the tiny encoder_adapter_llm (Qwen2) of tests/conft
 
 
 def make_batch(seed: int, B: int = 3, G: int = 3, T: int = 6, nan_adv: bool = False,
-               nan_prompt: bool = False) -> ScoredRollout:
-    """B clips x G hypotheses: random prompts [L_i, H], tokens, lengths 1..T (one row fully padded), rewards."""
+               nan_prompt: bool = False, sampled: bool = False) -> ScoredRollout:
+    """B clips x G hypotheses: random prompts [L_i, H], tokens, lengths 1..T (one row fully padded), rewards;
+    ``sampled``: random sampler log-probs in [-8, 0) on the tokens (else zeros)."""
     g = torch.Generator().manual_seed(seed)
     clips = tuple(Clip(audio=f"/nowhere/{i}.wav", text="x") for i in range(B))
     embeds = [torch.randn(int(torch.randint(3, 8, (1,), generator=g)), HIDDEN, generator=g) for _ in range(B)]
@@ -29,8 +30,9 @@ def make_batch(seed: int, B: int = 3, G: int = 3, T: int = 6, nan_adv: bool = Fa
     mask = (torch.arange(T) < lens[..., None]).float()
     ids = torch.randint(0, VOCAB, (B, G, T), generator=g) * mask.long()
     texts = tuple(tuple("h" for _ in range(G)) for _ in range(B))
-    rollout = RolloutBatch(PromptBatch(clips, tuple(embeds)), ids, mask, torch.zeros(B, G, T), texts)
     rewards = torch.rand(B, G, generator=g)
+    sample_lp = -8.0 * torch.rand(B, G, T, generator=g) * mask if sampled else torch.zeros(B, G, T)
+    rollout = RolloutBatch(PromptBatch(clips, tuple(embeds)), ids, mask, sample_lp, texts)
     adv = group_advantages(rewards)
     if nan_adv:
         adv[1, 0] = float("nan")
@@ -84,6 +86,13 @@ def rows(batch: ScoredRollout):
     return prompts, r.token_ids.reshape(B * G, T), r.mask.reshape(B * G, T), batch.advantages.reshape(B * G)
 
 
+def halves(batch: ScoredRollout, parts: int) -> list[list[int]]:
+    """Row indices of ``parts`` mini-batches written out by hand: clips in contiguous near-equal runs."""
+    B, G = batch.advantages.shape
+    bounds = [round(j * B / parts) for j in range(parts + 1)]
+    return [[b * G + g for b in range(bounds[j], bounds[j + 1]) for g in range(G)] for j in range(parts)]
+
+
 def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], train_encoder: bool = False):
     """Plain PyTorch GRPO: one big batch per epoch, AdamW; returns ((per-update mean losses, mean pre-clip
     gradient norms), llm weights[, frontend weights when train_encoder])."""
@@ -107,6 +116,7 @@ def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], t
     losses, norms = [], []
     for batch in batches:
         _, ids, mask, adv = rows(batch)
+        sampled = batch.rollout.sample_logprobs.reshape(ids.shape)
         with torch.no_grad():
             old = model.sequence_logprobs(prompts_of(batch), ids, mask)
             if ref is None:
@@ -116,14 +126,16 @@ def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], t
                 ref_lp = ref.sequence_logprobs(prompts_of(batch, ref), ids, mask)
         epoch_losses, epoch_norms = [], []
         for _ in range(cfg.ppo_epochs):
-            logp = model.sequence_logprobs(prompts_of(batch), ids, mask)
-            loss, _ = grpo_loss(logp, old, ref_lp, adv, mask,
-                                clip_eps=cfg.clip_eps, beta=cfg.beta, agg=cfg.agg, kl_kind=cfg.kl_kind)
-            loss.backward()
-            epoch_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
-            opt.step()
-            opt.zero_grad()
-            epoch_losses.append(float(loss.detach()))
+            for part in halves(batch, cfg.mini_batches):   # one optimizer step per mini-batch, in order
+                logp = model.sequence_logprobs([prompts_of(batch)[i] for i in part], ids[part], mask[part])
+                loss, _ = grpo_loss(logp, old[part], ref_lp[part], adv[part], mask[part],
+                                    clip_eps=cfg.clip_eps, beta=cfg.beta, agg=cfg.agg, kl_kind=cfg.kl_kind,
+                                    kl_clamp=cfg.kl_clamp, rollout_logp=sampled[part], tis_cap=cfg.tis_cap)
+                loss.backward()
+                epoch_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
+                opt.step()
+                opt.zero_grad()
+                epoch_losses.append(float(loss.detach()))
         losses.append(sum(epoch_losses) / len(epoch_losses))
         norms.append(sum(epoch_norms) / len(epoch_norms))
     weights = {k: v.detach().clone() for k, v in model.llm_state_dict()}
@@ -218,3 +230,41 @@ class BucketRecorder:
 
     def received(self) -> tuple[list, int]:
         return self.buckets, self.finished
+
+
+def _trainable_and_optimizer(learner) -> tuple[dict[str, np.ndarray], dict]:
+    """Collective: full trainable weights and AdamW state ({param: {key: array}}) on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    model_sd, optim_sd = get_state_dict(learner.root, learner.optimizer, options=opts)
+    state = {p: {k: v.numpy().copy() for k, v in s.items()} for p, s in optim_sd.get("state", {}).items()}
+    return {k: v.numpy().copy() for k, v in model_sd.items()}, state
+
+
+def resume_rank_main(rank: int, world: int, ports: list[int], model_dir: str, waves: list[str], folder: str,
+                     queue) -> None:
+    """Learner A (train_encoder): update, save a checkpoint into ``folder``, update. Learner B: load it, the same
+    second update. Rank 0 reports both (trainable weights, AdamW state)."""
+    from policy.learner import Learner
+    torch.set_num_threads(1)
+    cfg, model_cfg = learner_cfg(ppo_epochs=1), ModelConfig(path=model_dir, train_encoder=True)
+    b1, b2 = audio_batch(1, waves), audio_batch(2, waves)
+    results: dict = {}
+    try:
+        for name, port in zip(("uninterrupted", "resumed"), ports):
+            learner = Learner(model_dir, model_cfg, cfg, rank, world, "127.0.0.1", port)
+            learner.setup()
+            try:
+                if name == "uninterrupted":
+                    learner.update(b1)
+                    learner.save_checkpoint(folder)
+                else:
+                    learner.load_checkpoint(folder)
+                learner.update(b2)
+                results[name] = _trainable_and_optimizer(learner)
+            finally:
+                learner.shutdown()
+    except Exception:  # noqa: BLE001 - reported to the test
+        results["__error__"] = f"rank {rank}:\n{traceback.format_exc()}"
+    if rank == 0 or "__error__" in results:
+        queue.put((rank, results))

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from policy.grpo import group_advantages, grpo_loss, kl_penalty
+from policy.grpo import group_advantages, grpo_loss, kl_penalty, logprob_agreement
 
 # ---------------------------------------------------------------- advantages (eq. 1)
 
@@ -158,11 +158,13 @@ def test_grpo_loss_empty_sequences_do_not_produce_nan():
     keep = torch.tensor([0, 2])
     loss2, _ = grpo_loss(logp.detach()[keep], args[0][keep], args[1][keep], args[2][keep], mask[keep])
     assert loss.item() == pytest.approx(loss2.item(), abs=1e-7)
-    # nothing valid at all: loss 0, finite metrics, backward still works
+    # nothing valid at all: loss 0, finite means, neutral extremes (-inf max, +inf min), backward still works
     lp = torch.randn(2, 3, requires_grad=True)
     loss0, m0 = grpo_loss(lp, torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), torch.zeros(2, 3))
     loss0.backward()
-    assert loss0.item() == 0.0 and all(math.isfinite(v) for v in m0.values())
+    extremes = {"ratio_max": -math.inf, "kl_max": -math.inf, "ratio_min": math.inf}
+    assert loss0.item() == 0.0 and all(math.isfinite(v) for k, v in m0.items() if k not in extremes)
+    assert {k: m0[k] for k in extremes} == extremes
     assert torch.equal(lp.grad, torch.zeros(2, 3))
 
 
@@ -240,3 +242,77 @@ def test_grpo_loss_bf16_inputs_are_computed_in_fp32():
     loss.backward()
     assert loss.dtype == torch.float32 and logp.grad.dtype == torch.bfloat16
     assert loss.item() == pytest.approx(0.5, abs=1e-2)     # bf16 rounding of log(1.5) etc.
+
+
+# ---- truncated importance sampling, the KL bound, sampler agreement (hand-computed) -------------------
+
+def test_tis_weights_the_policy_gradient_by_the_capped_sampler_ratio():
+    logp = torch.tensor([[0.0, -1.0]], requires_grad=True)
+    old = logp.detach().clone()                      # ratio 1: the clip is not active
+    rollout = torch.tensor([[0.5, -2.0]])            # raw weights exp(-0.5) = 0.6065, exp(1) = 2.718 -> cap 2
+    adv, mask = torch.tensor([1.5]), torch.ones(1, 2)
+    loss, m = grpo_loss(logp, old, None, adv, mask, beta=0.0, rollout_logp=rollout, tis_cap=2.0)
+    w = [math.exp(-0.5), 2.0]
+    assert loss.item() == pytest.approx(-1.5 * (w[0] + w[1]) / 2, abs=1e-6)
+    loss.backward()   # d/dlogp of -(rho * A * w) / 2 at rho = 1
+    assert logp.grad[0].tolist() == pytest.approx([-0.75 * w[0], -0.75 * w[1]], abs=1e-6)
+    assert m["tis_weight_mean"] == pytest.approx((w[0] + w[1]) / 2, abs=1e-6)
+    assert m["tis_clip_frac"] == pytest.approx(0.5)
+    plain, m0 = grpo_loss(logp.detach(), old, None, adv, mask, beta=0.0)   # off by default
+    assert plain.item() == pytest.approx(-1.5) and m0["tis_weight_mean"] == 1.0 and m0["tis_clip_frac"] == 0.0
+
+
+def test_tis_does_not_weight_the_kl_term():
+    logp = torch.tensor([[-0.5]], requires_grad=True)
+    ref, rollout = torch.tensor([[-1.0]]), torch.tensor([[-3.0]])        # weight exp(2.5) capped at 3
+    loss, _ = grpo_loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 1), beta=0.1,
+                        rollout_logp=rollout, tis_cap=3.0)
+    k3 = math.exp(-0.5) + 0.5 - 1.0   # advantage 0: only the KL term is left, unweighted
+    assert loss.item() == pytest.approx(0.1 * k3, abs=1e-7)
+
+
+def test_kl_clamp_bounds_each_token_and_stops_its_gradient():
+    logp = torch.tensor([[-20.0, -0.5]], requires_grad=True)
+    ref = torch.tensor([[0.0, -1.0]])
+    k3 = [math.exp(20.0) - 21.0, math.exp(-0.5) + 0.5 - 1.0]
+    loss, m = grpo_loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 2), beta=0.04, kl_clamp=10.0)
+    assert loss.item() == pytest.approx(0.04 * (10.0 + k3[1]) / 2, rel=1e-6)
+    assert m["kl"] == pytest.approx((10.0 + k3[1]) / 2, rel=1e-6)
+    assert m["kl_max"] == pytest.approx(k3[0], rel=1e-6)            # the outlier is still reported
+    loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([0.0, 0.04 * (1 - math.exp(-0.5)) / 2], abs=1e-9)
+    unbounded, _ = grpo_loss(logp.detach(), logp.detach(), ref, torch.zeros(1), torch.ones(1, 2), beta=0.04)
+    assert unbounded.item() == pytest.approx(0.04 * (k3[0] + k3[1]) / 2, rel=1e-6)
+
+
+def test_outlier_metrics_are_per_token_extremes_over_valid_tokens():
+    logp = torch.tensor([[0.0, -1.0, 9.0], [-0.2, 0.0, 0.0]])
+    old = torch.tensor([[0.1, -1.5, 0.0], [0.0, 0.0, 0.0]])
+    ref = torch.tensor([[0.0, -1.0, 0.0], [0.3, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])      # the 9.0 is padding: never an extreme
+    _, m = grpo_loss(logp, old, ref, torch.ones(2), mask, beta=0.04)
+    assert m["ratio_max"] == pytest.approx(math.exp(0.5)) and m["ratio_min"] == pytest.approx(math.exp(-0.2))
+    assert m["kl_max"] == pytest.approx(math.exp(0.5) - 0.5 - 1.0)
+
+
+def test_logprob_agreement_hand_computed():
+    logp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]])
+    rollout = torch.tensor([[-1.5, -2.0, 5.0], [-0.25, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    a = logprob_agreement(logp, rollout, mask)
+    assert a["n_tokens"] == 3 and a["diff_sum"] == pytest.approx(0.75) and a["diff_max"] == pytest.approx(0.5)
+    assert a["weight_max"] == pytest.approx(math.exp(0.5)) and a["weight_min"] == pytest.approx(math.exp(-0.25))
+    empty = logprob_agreement(logp, rollout, torch.zeros(2, 3))
+    assert empty["n_tokens"] == 0 and empty["diff_max"] == -math.inf and empty["weight_min"] == math.inf
+
+
+def test_guards_reject_bad_options():
+    args = (torch.zeros(1, 2), torch.zeros(1, 2), None, torch.ones(1), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="rollout_logp is None"):
+        grpo_loss(*args, beta=0.0, tis_cap=2.0)
+    with pytest.raises(ValueError, match="tis_cap must be > 0"):
+        grpo_loss(*args, beta=0.0, tis_cap=0.0, rollout_logp=torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="kl_clamp must be > 0"):
+        grpo_loss(*args, beta=0.0, kl_clamp=-1.0)
+    with pytest.raises(ValueError, match="rollout_logp has shape"):
+        grpo_loss(*args, beta=0.0, tis_cap=2.0, rollout_logp=torch.zeros(2, 2))

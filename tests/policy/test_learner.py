@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from learner_ranks import (audio_batch, audio_prompts, learner_cfg, make_batch, rank_main, reference_run, rows,
                            with_agg, write_waves)
+from policy.learner_batch import flatten_batch, mini_batch_rows
 from policy.distributed import free_port, rank_micro_batches
 from policy.learner_state import lr_multiplier
 from policy.models import load_audio_llm
@@ -33,6 +34,8 @@ def _scenarios(waves: list[str]) -> dict:
         "temperature": {"cfg": learner_cfg(), "batches": [b1], "temperature": 0.7, "ref_logprobs": True},
         "lora": {"cfg": learner_cfg(finetune="lora"), "batches": [b1, b2], "state_before": True,
                  "state_after": True, "ref_logprobs": True},
+        "mini2": {"cfg": learner_cfg(ppo_epochs=1, mini_batches=2, lr=3e-3), "batches": [b1, b2]},
+        "tis": {"cfg": learner_cfg(ppo_epochs=1, tis_cap=2.0), "batches": [make_batch(1, sampled=True)]},
         "nan_adv": {"cfg": learner_cfg(), "batches": [make_batch(1, nan_adv=True), b1], "expect_error": True},
         "nan_loss": {"cfg": learner_cfg(), "batches": [make_batch(1, nan_prompt=True), b1], "expect_error": True},
     }
@@ -94,6 +97,61 @@ def test_two_fsdp_ranks_match_single_process_reference_losses_and_weights(ranks,
     s = got["stats"][1]
     assert s.lr == pytest.approx(1e-4) and s.grad_norm > 0 and math.isfinite(s.kl) and s.kl > 0
     assert 0 <= s.clip_frac <= 1 and s.extra["micro_batches"] == 3  # 5 rows on rank 0 in pairs
+    assert s.extra["optimizer_steps"] == 2   # ppo_epochs = 2, one mini-batch
+
+
+@pytest.mark.slow
+def test_mini_batches_2_are_two_sequential_updates_on_the_halves_with_old_logprobs_from_before(ranks, tiny_model_dir):
+    cfg = learner_cfg(ppo_epochs=1, mini_batches=2, lr=3e-3)
+    (losses, norms), weights = reference_run(tiny_model_dir, cfg, [make_batch(1), make_batch(2)])
+    got = ranks["mini2"]
+    assert [s.extra["optimizer_steps"] for s in got["stats"]] == [2, 2]
+    np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
+    # Adam moves every weight by about lr per step whatever its gradient's size, so where a gradient is near
+    # fp32 round-off of the 2-rank sum the step itself can differ by a fraction of lr: the bound is 0.1 lr
+    atol = 0.1 * cfg.lr
+    _close(got["weights"], weights, atol=atol)
+    one = reference_run(tiny_model_dir, learner_cfg(ppo_epochs=1, lr=3e-3), [make_batch(1), make_batch(2)])[1]
+    assert max(float((one[k] - weights[k]).abs().max()) for k in one) > 10 * atol   # k = 2 is another update
+    # the second step scores with weights the first one moved, against old log-probs from before: ratio != 1
+    assert all(s.extra["ratio_max"] > 1.0 + 1e-3 or s.extra["ratio_min"] < 1.0 - 1e-3 for s in got["stats"])
+    one_step = ranks["full"]["stats"][0].extra   # ppo_epochs 2, one mini-batch: the first pass has ratio 1
+    assert one_step["ratio_max"] >= 1.0
+
+
+def test_mini_batch_rows_keep_groups_whole_and_never_empty():
+    data = flatten_batch(make_batch(1, B=3, G=2))
+    assert mini_batch_rows(data, 1) == [[0, 1, 2, 3, 4, 5]]
+    assert mini_batch_rows(data, 2) == [[0, 1, 2, 3], [4, 5]]
+    assert mini_batch_rows(data, 3) == [[0, 1], [2, 3], [4, 5]]
+    assert mini_batch_rows(data, 5) == [[0, 1], [2, 3], [4, 5]]   # fewer clips than parts
+
+
+@pytest.mark.slow
+def test_tis_update_matches_reference_and_agreement_is_measured_before_the_update(ranks, tiny_model_dir):
+    batch = make_batch(1, sampled=True)
+    cfg = learner_cfg(ppo_epochs=1, tis_cap=2.0)
+    (losses, norms), weights = reference_run(tiny_model_dir, cfg, [batch])
+    got = ranks["tis"]
+    np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
+    _close(got["weights"], weights, atol=1e-5)
+    prompts, ids, mask, _ = rows(batch)
+    with torch.no_grad():
+        start = load_audio_llm(tiny_model_dir).sequence_logprobs(prompts, ids, mask)
+    sampled = batch.rollout.sample_logprobs.reshape(ids.shape)
+    valid = mask != 0
+    diff = (start - sampled).abs()[valid]
+    weight = torch.exp(start - sampled)[valid]
+    extra = got["stats"][0].extra
+    assert extra["logprob_diff_mean"] == pytest.approx(float(diff.mean()), rel=1e-5)
+    assert extra["logprob_diff_max"] == pytest.approx(float(diff.max()), rel=1e-5)
+    assert extra["is_weight_min"] == pytest.approx(float(weight.min()), rel=1e-4)
+    assert extra["is_weight_max"] == pytest.approx(float(weight.max()), rel=1e-4)
+    capped = float((weight >= 2.0).double().mean())
+    assert 0 < capped < 1 and extra["tis_clip_frac"] == pytest.approx(capped, abs=1e-6)
+    untouched = reference_run(tiny_model_dir, learner_cfg(ppo_epochs=1), [batch])[1]   # TIS changes the update
+    assert max(float((untouched[k] - weights[k]).abs().max()) for k in weights) > 1e-6
 
 
 @pytest.mark.slow
