@@ -4,7 +4,10 @@ A learner checkpoint folder holds (written exactly into the folder the caller na
 atomic with a temp dir + rename)::
 
     dcp/                    model (trainable parameters only: the LoRA adapter, or the LLM [+ frontend]) and
-                            AdamW state, sharded by DCP (loads into any number of ranks)
+                            AdamW state, sharded by DCP (loads into any number of ranks). Every trainable
+                            parameter has AdamW state, zeros with step 0 ("never stepped") for one that has
+                            had no gradient yet (the CTC head in GRPO); checkpoints written before that rule
+                            lack those entries and load with no state for them, as in the run that wrote them
     learner.json            scheduler state, update counter, world size, fine-tuning mode (rank 0)
     rng_rank{r}.json        python / numpy RNG state of rank r
     rng_rank{r}.safetensors torch CPU (+ CUDA) RNG state of rank r
@@ -27,7 +30,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 STATE_FILE = "learner.json"
 _OPTIONS = StateDictOptions(ignore_frozen_params=True)
-# frozen parameters come from the model folder; dcp.load already fails on a trainable key the checkpoint lacks
+# frozen parameters come from the model folder; `_checked_against` fails on a trainable key the checkpoint lacks;
+# not strict for the optimizer: a parameter without saved state (older checkpoints) keeps none
 _LOAD_OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
@@ -101,11 +105,55 @@ def _rng_load(folder: Path, rank: int) -> bool:
     return True
 
 
+def fill_never_stepped_state(optimizer: torch.optim.Optimizer) -> int:
+    """Give every Adam/AdamW parameter without state the state of one never stepped; returns how many.
+
+    AdamW creates a parameter's state (step 0, zero moments) lazily at its first gradient and skips
+    parameters whose grad is None, so a parameter that never got a gradient (the CTC head in GRPO) has none.
+    The state made here is exactly what that first step would create, so the optimizer behaves the same with
+    it; the checkpoint then holds state for every trainable parameter. Other optimizers are left alone.
+    """
+    if not isinstance(optimizer, torch.optim.Adam):   # AdamW is an Adam
+        return 0
+    filled = 0
+    for group in optimizer.param_groups:
+        on_param = group["capturable"] or group["fused"]
+        step_dtype = torch.float32 if group["fused"] or torch.get_default_dtype() != torch.float64 else torch.float64
+        moments = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        for p in group["params"]:
+            if optimizer.state.get(p):
+                continue
+            state = {"step": torch.zeros((), dtype=step_dtype, device=p.device if on_param else "cpu")}
+            state |= {name: torch.zeros_like(p, memory_format=torch.preserve_format) for name in moments}
+            optimizer.state[p] = state
+            filled += 1
+    return filled
+
+
+def _checked_against(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with the optimizer entries the checkpoint has no keys for left out; fails on a missing weight.
+
+    A checkpoint written before `fill_never_stepped_state` has no AdamW state for parameters that had no
+    gradient: leaving them out of what is loaded leaves them without state, as in the run that wrote it.
+    """
+    saved = dcp.FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    missing = [k for k in state["model"] if f"model.{k}" not in saved]
+    if missing:
+        raise RuntimeError(
+            f"{checkpoint.parent}: the checkpoint has no weights for {len(missing)} trainable parameter(s) of this "
+            f"model, e.g. {', '.join(missing[:3])}; it was written for another model or other trainable parts "
+            "(model.path, model.train_encoder, learner.finetune)")
+    optim_state = {fqn: entry for fqn, entry in state["optim"]["state"].items()
+                   if any(f"optim.state.{fqn}.{key}" in saved for key in entry)}
+    return {"model": state["model"], "optim": {**state["optim"], "state": optim_state}}
+
+
 def save_learner_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                        scheduler: LambdaLR, rank: int, info: dict[str, Any]) -> Path:
     """Collective (every rank calls it): DCP model + optimizer, rank 0's json, every rank's RNG."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    fill_never_stepped_state(optimizer)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"))
     if rank == 0:
@@ -128,8 +176,9 @@ def load_learner_state(folder: str | Path, model: nn.Module, optimizer: torch.op
     """Collective: restore what `save_learner_state` wrote (any world size); returns the saved info."""
     folder = Path(folder)
     info = read_learner_info(folder)
+    fill_never_stepped_state(optimizer)   # the templates DCP loads into (without: a zero-gradient step to make them)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
-    state = {"model": model_sd, "optim": optim_sd}
+    state = _checked_against(folder / "dcp", {"model": model_sd, "optim": optim_sd})
     dcp.load(state, checkpoint_id=str(folder / "dcp"))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_LOAD_OPTIONS)
