@@ -11,7 +11,7 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """--resume OUT: OUT/config.yaml; --config or a data.train_manifest override: that; else the demo."""
+    """--resume OUT: OUT/config.yaml, trained in OUT; --config or a data.train_manifest override: that; else the
+    demo."""
     if args.resume:
-        return load_config(str(Path(args.resume) / "config.yaml"), args.overrides)
+        # the saved run.out_dir may be relative to the original run's working directory: the run is in OUT
+        if any(o.partition("=")[0].strip() == "run.out_dir" for o in args.overrides):
+            raise ConfigError(f"--resume {args.resume} continues the run in {args.resume}: drop the run.out_dir "
+                              "override (to train elsewhere, copy the folder and resume the copy)")
+        cfg = load_config(str(Path(args.resume) / "config.yaml"), args.overrides)
+        return replace(cfg, run=replace(cfg.run, out_dir=str(args.resume)))
     if args.config or args.no_demo or any(o.startswith("data.train_manifest=") for o in args.overrides):
         cfg = load_config(args.config, args.overrides)
         if not cfg.data.train_manifest:
