@@ -80,7 +80,8 @@ class Cluster:
             for i in range(cfg.rollout.num_workers)]
         self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps,
                                     max_audio_seconds=cfg.data.max_audio_seconds,
-                                    temperature=cfg.rollout.temperature, placement=(pg, plan.learner))
+                                    temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                                    placement=(pg, plan.learner))
         # surface a failed engine start now, by name
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
 

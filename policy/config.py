@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from policy.grpo import AGG_MODES, KL_KINDS
+from policy.grpo import ADVANTAGE_ESTIMATORS, AGG_MODES, KL_KINDS, POLICY_LOSSES
 
 
 class ConfigError(ValueError):
@@ -277,11 +277,15 @@ class LearnerConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    advantage: str = "grpo"                 # grpo | dr_grpo (no std division) | rloo (leave-one-out baseline)
+    loss: str = "ppo_clip"                  # ppo_clip (token ratio) | gspo (sequence ratio, length-normalised)
     clip_eps: float = 0.2
+    clip_eps_low: float | None = None       # lower clip range; null = clip_eps
+    clip_eps_high: float | None = None      # upper clip range; null = clip_eps (DAPO clip-higher: e.g. 0.28)
     beta: float = 0.04                      # KL penalty weight; 0 = no reference kept or run (KL logged null)
     kl_kind: str = "k3"
     kl_clamp: float | None = 10.0           # per-token KL estimate bounded to [-kl_clamp, kl_clamp] (verl); null = off
-    agg: str = "seq-mean-token-mean"
+    agg: str = "seq-mean-token-mean"       # | token-mean | seq-mean-token-sum-norm (Dr. GRPO: / max_new_tokens)
     ppo_epochs: int = 1
     mini_batches: int = 1                   # optimizer steps per rollout (old log-probs computed once, before)
     tis_cap: float | None = None            # truncated importance sampling with vLLM's log-probs; null = off
@@ -300,7 +304,10 @@ class LearnerConfig:
         validate(self, {
             "lr": in_range(0, lo_open=True), "lr_schedule": one_of("constant", "cosine", "linear"),
             "warmup_steps": in_range(0), "weight_decay": in_range(0), "adam_betas": _betas,
+            "advantage": one_of(*ADVANTAGE_ESTIMATORS), "loss": one_of(*POLICY_LOSSES),
             "clip_eps": in_range(0, 1, lo_open=True, hi_open=True), "beta": in_range(0),
+            "clip_eps_low": optional(in_range(0, 1, lo_open=True, hi_open=True)),
+            "clip_eps_high": optional(in_range(0, 1, lo_open=True, hi_open=True)),
             "kl_kind": one_of(*KL_KINDS), "kl_clamp": optional(in_range(0, lo_open=True)),
             "agg": one_of(*AGG_MODES), "ppo_epochs": in_range(1), "mini_batches": in_range(1),
             "tis_cap": optional(in_range(0, lo_open=True)),

@@ -26,11 +26,13 @@ scalar loss plus float metrics back.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 KL_KINDS = ("k1", "k2", "k3")
-AGG_MODES = ("seq-mean-token-mean", "token-mean")
+AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:
@@ -43,15 +45,9 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     A group whose rewards are all equal (and every group of size G = 1) gets
     advantages of exactly 0. Non-finite rewards raise ValueError.
     """
-    if rewards.dim() != 2:
-        raise ValueError(f"group_advantages: rewards must be [B, G], got shape {_shape(rewards)}")
     if eps < 0:
         raise ValueError(f"group_advantages: eps must be >= 0, got {eps}")
-    r = rewards.detach()
-    if not r.is_floating_point():
-        r = r.to(torch.float32)
-    if r.numel() and not bool(torch.isfinite(r).all()):
-        raise ValueError(f"group_advantages: rewards contain NaN or inf: {r.tolist()}")
+    r = _group_rewards(rewards, "group_advantages")
     if r.shape[1] < 2:
         return torch.zeros_like(r)
     mean = r.mean(dim=1, keepdim=True)
@@ -59,6 +55,48 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     adv = (r - mean) / (std + eps)
     constant = (r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True))
     return torch.where(constant, torch.zeros_like(adv), adv)
+
+
+def _group_rewards(rewards: Tensor, where: str) -> Tensor:
+    if rewards.dim() != 2:
+        raise ValueError(f"{where}: rewards must be [B, G], got shape {_shape(rewards)}")
+    r = rewards.detach()
+    r = r if r.is_floating_point() else r.to(torch.float32)
+    if r.numel() and not bool(torch.isfinite(r).all()):
+        raise ValueError(f"{where}: rewards contain NaN or inf: {r.tolist()}")
+    return r
+
+
+def dr_grpo_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
+    """Dr. GRPO: ``A_i = r_i - mean(r)`` within each group, no division by the std (which up-weights groups
+    whose rewards barely differ). ``eps`` is unused (one signature for the family)."""
+    r = _group_rewards(rewards, "dr_grpo_advantages")
+    if r.shape[1] < 2:
+        return torch.zeros_like(r)
+    return r - r.mean(dim=1, keepdim=True)
+
+
+def rloo_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
+    """RLOO: ``A_i = r_i - mean_{j != i} r_j``, the leave-one-out baseline (= G / (G - 1) (r_i - mean)).
+    ``eps`` is unused."""
+    r = _group_rewards(rewards, "rloo_advantages")
+    G = r.shape[1]
+    if G < 2:
+        return torch.zeros_like(r)
+    others = (r.sum(dim=1, keepdim=True) - r) / (G - 1)
+    return r - others
+
+
+# name -> (rewards [B, G], eps) -> advantages [B, G]; `learner.advantage` picks one
+ADVANTAGE_ESTIMATORS = {"grpo": group_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages}
+
+
+def compute_advantages(rewards: Tensor, estimator: str = "grpo", eps: float = 1e-6) -> Tensor:
+    """Rewards ``[B, G]`` -> advantages ``[B, G]`` with the estimator named (`ADVANTAGE_ESTIMATORS`)."""
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of "
+                         f"{', '.join(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[estimator](rewards, eps)
 
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
@@ -96,33 +134,96 @@ def _check_inputs(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None,
             f"{_shape(logp)}, got shape {_shape(advantages)}")
 
 
-def _check_options(clip_eps: float, beta: float, agg: str, kl_kind: str,
-                   ref_logp: Tensor | None) -> None:
+def _check_options(clip_low: float, clip_high: float, beta: float, agg: str, kl_kind: str, loss: str,
+                   ref_logp: Tensor | None, norm_len: int | None) -> None:
     if agg not in AGG_MODES:
         raise ValueError(f"grpo_loss: unknown agg {agg!r}; choose one of {', '.join(AGG_MODES)}")
+    if agg == "seq-mean-token-sum-norm" and not (norm_len and norm_len > 0):
+        raise ValueError("grpo_loss: agg 'seq-mean-token-sum-norm' divides by a constant length: pass "
+                         f"norm_len > 0 (e.g. the rollout's max_new_tokens), got {norm_len}")
     if kl_kind not in KL_KINDS:
         raise ValueError(f"grpo_loss: unknown kl_kind {kl_kind!r}; choose one of {', '.join(KL_KINDS)}")
-    if not 0.0 < clip_eps < 1.0:
-        raise ValueError(f"grpo_loss: clip_eps must be in (0, 1), got {clip_eps}")
+    if loss not in POLICY_LOSSES:
+        raise ValueError(f"grpo_loss: unknown loss {loss!r}; choose one of {', '.join(POLICY_LOSSES)}")
+    for name, eps in (("clip_eps_low", clip_low), ("clip_eps_high", clip_high)):
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"grpo_loss: {name} (or clip_eps) must be in (0, 1), got {eps}")
     if beta < 0.0:
         raise ValueError(f"grpo_loss: beta must be >= 0, got {beta}")
     if ref_logp is None and beta > 0.0:
         raise ValueError("grpo_loss: ref_logp is None but beta > 0; pass the reference log-probs")
 
 
+# ---------------------------------------------------------------- policy losses: one signature
+# (logp, old_logp, advantages [N, 1], valid [N, T], clip_low, clip_high) -> PolicyTerms; padding already zeroed
+
+
+@dataclass(frozen=True)
+class PolicyTerms:
+    objective: Tensor   # [N, T] per-token surrogate to maximise
+    ratio: Tensor       # [N, T] the importance ratio it used (GSPO: the sequence's, on each of its tokens)
+    clipped: Tensor     # [N, T] bool: the clipped branch is active (no policy gradient through the ratio)
+
+
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> PolicyTerms:
+    surr = ratio * adv
+    surr_clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    return PolicyTerms(torch.minimum(surr, surr_clipped), ratio, surr_clipped < surr)
+
+
+def ppo_clip_objective(logp: Tensor, old_logp: Tensor, adv: Tensor, valid: Tensor, clip_low: float,
+                       clip_high: float) -> PolicyTerms:
+    """Eq. 2's token-level clipped ratio ``min(rho A, clip(rho, 1 - low, 1 + high) A)``; low = high is PPO/GRPO,
+    high > low is DAPO's clip-higher (more room for unlikely tokens to grow)."""
+    return _clipped_surrogate(torch.exp(logp - old_logp), adv, clip_low, clip_high)
+
+
+def gspo_objective(logp: Tensor, old_logp: Tensor, adv: Tensor, valid: Tensor, clip_low: float,
+                   clip_high: float) -> PolicyTerms:
+    """GSPO: one ratio per sequence, ``s_i = exp(mean_t (logp - old))`` (length-normalised), clipped per
+    sequence. Each token carries ``s_i`` as its value with the gradient of its own log-prob
+    (``s_i * exp(logp_t - sg(logp_t))``), so with ``seq-mean-token-mean`` the gradient is GSPO's
+    ``s_i A_i mean_t grad logp_t``. GSPO's clip range is far narrower than PPO's (e.g. 3e-4 / 4e-4)."""
+    lengths = valid.sum(dim=1, keepdim=True).clamp(min=1).to(logp.dtype)
+    seq_log_ratio = ((logp - old_logp) * valid).sum(dim=1, keepdim=True) / lengths
+    ratio = torch.exp(logp - logp.detach() + seq_log_ratio.detach())
+    return _clipped_surrogate(ratio, adv, clip_low, clip_high)
+
+
+# name -> objective; `learner.loss` picks one
+POLICY_LOSSES = {"ppo_clip": ppo_clip_objective, "gspo": gspo_objective}
+
+
+def aggregate(per_token: Tensor, valid: Tensor, agg: str, norm_len: int | None = None) -> Tensor:
+    """One scalar from per-token losses ``[N, T]`` (0 on padding): ``token-mean`` (every valid token of the
+    batch weighs the same), ``seq-mean-token-mean`` (mean over each sequence's tokens, then over the sequences
+    with at least one token: eq. 2), ``seq-mean-token-sum-norm`` (each sequence's sum divided by the constant
+    ``norm_len``, then the mean over sequences: Dr. GRPO, no length bias)."""
+    weights = valid.to(per_token.dtype)
+    tokens_per_seq = weights.sum(dim=1)
+    if agg == "token-mean":
+        return per_token.sum() / tokens_per_seq.sum().clamp(min=1.0)
+    n_seqs = (tokens_per_seq > 0).to(per_token.dtype).sum().clamp(min=1.0)
+    if agg == "seq-mean-token-sum-norm":
+        return (per_token.sum(dim=1) / float(norm_len)).sum() / n_seqs
+    return (per_token.sum(dim=1) / tokens_per_seq.clamp(min=1.0)).sum() / n_seqs
+
+
 def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
               mask: Tensor, clip_eps: float = 0.2, beta: float = 0.04,
               agg: str = "seq-mean-token-mean",
               kl_kind: str = "k3", kl_clamp: float | None = None, rollout_logp: Tensor | None = None,
-              tis_cap: float | None = None) -> tuple[Tensor, dict[str, float]]:
+              tis_cap: float | None = None, loss: str = "ppo_clip", clip_eps_low: float | None = None,
+              clip_eps_high: float | None = None, norm_len: int | None = None) -> tuple[Tensor, dict[str, float]]:
     """Eq. 2 as a loss to minimise; returns (scalar loss, metrics).
 
     logp / old_logp / ref_logp / mask: [N, T] (mask non-zero on hypothesis tokens);
     advantages: [N]. Gradients flow into ``logp`` only. ``ref_logp`` may be None
     when ``beta == 0``. Positions outside the mask never reach the loss (not even
-    as NaN). ``agg``: "seq-mean-token-mean" (eq. 2: mean over each sequence's
-    tokens, then over the sequences that have at least one token) or
-    "token-mean" (every valid token of the batch weighted equally).
+    as NaN). ``loss``: the policy objective (`POLICY_LOSSES`: "ppo_clip", "gspo")
+    with the clip range ``[1 - clip_eps_low, 1 + clip_eps_high]`` (each defaults to
+    ``clip_eps``). ``agg``: how per-token losses become one number (`aggregate`;
+    ``norm_len`` is the constant of "seq-mean-token-sum-norm").
 
     ``kl_clamp`` (None = unbounded): the per-token KL estimate is clamped to
     ``[-kl_clamp, kl_clamp]`` (a clamped token gets no KL gradient). ``rollout_logp``
@@ -137,8 +238,10 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     (counts that entered the loss). Over no valid token the max/min metrics are
     -inf/+inf (neutral for a max/min over micro-batches).
     """
+    clip_low = clip_eps if clip_eps_low is None else clip_eps_low
+    clip_high = clip_eps if clip_eps_high is None else clip_eps_high
     _check_inputs(logp, old_logp, ref_logp, advantages, mask)
-    _check_options(clip_eps, beta, agg, kl_kind, ref_logp)
+    _check_options(clip_low, clip_high, beta, agg, kl_kind, loss, ref_logp, norm_len)
     _check_guards(kl_clamp, rollout_logp, tis_cap, logp)
     valid = mask != 0
     dt = torch.promote_types(logp.dtype, torch.float32)     # bf16/fp16 are computed in fp32
@@ -148,10 +251,8 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     old = torch.where(valid, old_logp.detach().to(dt), zero)
     adv = advantages.detach().to(dt).unsqueeze(1)
 
-    ratio = torch.exp(lp - old)
-    surr = ratio * adv
-    surr_clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
-    objective = torch.minimum(surr, surr_clipped)
+    terms = POLICY_LOSSES[loss](lp, old, adv, valid, clip_low, clip_high)
+    objective = terms.objective
     tis = None
     if tis_cap is not None:
         sampled = torch.where(valid, rollout_logp.detach().to(dt), zero)
@@ -166,19 +267,10 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     if beta > 0.0:
         objective = objective - beta * kl
     per_token = torch.where(valid, -objective, zero)
-
-    weights = valid.to(dt)
-    tokens_per_seq = weights.sum(dim=1)
-    n_tokens = tokens_per_seq.sum()
-    if agg == "token-mean":
-        loss = per_token.sum() / n_tokens.clamp(min=1.0)
-    else:
-        seq_loss = per_token.sum(dim=1) / tokens_per_seq.clamp(min=1.0)
-        n_seqs_nonempty = (tokens_per_seq > 0).to(dt).sum()
-        loss = seq_loss.sum() / n_seqs_nonempty.clamp(min=1.0)
-    metrics = _metrics(ratio, surr, surr_clipped, kl, valid, n_tokens)
-    metrics.update(_outliers(ratio, kl_raw, tis, tis_cap, valid, n_tokens))
-    return loss, metrics
+    n_tokens = valid.to(dt).sum()
+    metrics = _metrics(terms.ratio, terms.clipped, kl, valid, n_tokens)
+    metrics.update(_outliers(terms.ratio, kl_raw, tis, tis_cap, valid, n_tokens))
+    return aggregate(per_token, valid, agg, norm_len), metrics
 
 
 def _check_guards(kl_clamp: float | None, rollout_logp: Tensor | None, tis_cap: float | None,
@@ -197,11 +289,10 @@ def _check_guards(kl_clamp: float | None, rollout_logp: Tensor | None, tis_cap: 
 
 
 @torch.no_grad()
-def _metrics(ratio: Tensor, surr: Tensor, surr_clipped: Tensor, kl: Tensor,
-             valid: Tensor, n_tokens: Tensor) -> dict[str, float]:
+def _metrics(ratio: Tensor, clipped: Tensor, kl: Tensor, valid: Tensor, n_tokens: Tensor) -> dict[str, float]:
     w = valid.to(ratio.dtype)
     denom = n_tokens.clamp(min=1.0)
-    clipped = (surr_clipped < surr) & valid
+    clipped = clipped & valid
     return {
         "clip_frac": float(clipped.to(ratio.dtype).sum() / denom),
         "kl": float((kl * w).sum() / denom),

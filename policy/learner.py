@@ -3,19 +3,26 @@ actor per rank). DESIGN.md §1, §2, §8.
 
 One `update(batch)`:
 
-1. every rank gets the whole `ScoredRollout` and flattens it to N = B*G sequences; rank r takes rows
+1. every rank gets the whole `ScoredRollout` and flattens it to N = B*G sequences, split into
+   ``mini_batches`` mini-batches of whole groups (`mini_batch_rows`); in each, rank r takes rows
    ``r::world_size`` in micro-batches of ``micro_batch`` sequences; a rank with fewer rows runs masked dummy
    micro-batches so that every rank runs the same number of forward/backward passes (FSDP collectives);
-2. old log-probs (current weights, no grad) and reference log-probs (LoRA: the same model with its adapters
-   disabled; full fine-tuning: a frozen, sharded copy of the starting model) once, per micro-batch; with
-   ``beta = 0`` no reference is kept or run (as TRL and verl do) and the reported KL is NaN. All
-   log-probs are of ``softmax(logits / temperature)``, the rollout's sampling distribution (as verl and TRL
-   do); each clip's prompt runs once for its G rows (``learner.share_prompts``, `policy.models.packing`);
-3. ``ppo_epochs`` passes; each pass accumulates gradients over all micro-batches and ends with grad-norm
-   clipping and one AdamW step. The LR scheduler steps once per update (``warmup_steps`` counts updates).
+2. old log-probs (current weights, no grad; only when there is more than one optimizer step: with one, the
+   sampling policy IS the current one and the forward's own detached log-probs are the old ones) and
+   reference log-probs (LoRA: the same model with its adapters disabled; full fine-tuning: a frozen, sharded
+   copy of the starting model) once, per micro-batch, before any step; with ``beta = 0`` no reference is
+   kept or run (as TRL and verl do) and the reported KL is NaN. All log-probs are of
+   ``softmax(logits / temperature)``, the rollout's sampling distribution (as verl and TRL do); each clip's
+   prompt runs once for its G rows (``learner.share_prompts``, `policy.models.packing`). The pre-update
+   log-probs are compared with vLLM's (`policy.grpo.logprob_agreement`, reported every update);
+3. ``ppo_epochs`` passes; each pass takes one optimizer step per mini-batch (gradients accumulated over its
+   micro-batches, grad-norm clipping, AdamW). The LR scheduler steps once per update (``warmup_steps``
+   counts updates). ``tis_cap``: truncated importance sampling with vLLM's log-probs; ``kl_clamp``: the
+   per-token KL bound (`policy.grpo`).
 
-Loss scaling (gradient accumulation == one big batch of all N sequences over all ranks). Micro-batch j's
-``grpo_loss`` is a mean over its own units; it is multiplied by ``n_j / N_total`` where the *unit* is
+Loss scaling (gradient accumulation == one big batch of all the mini-batch's sequences over all ranks).
+Micro-batch j's ``grpo_loss`` is a mean over its own units; it is multiplied by ``n_j / N_total`` (N_total: of
+the mini-batch) where the *unit* is
 
 * ``token-mean``: a valid (mask != 0) token; n_j = valid tokens of micro-batch j, N_total = valid tokens of
   the whole batch, so the sum over j is (sum of every token's loss) / (all valid tokens);
@@ -27,8 +34,8 @@ FSDP averages gradients over ranks, so each backward uses ``loss * n_j / N_total
 ignored and recomputed from the clips' audio inside the forward (`policy.learner_batch`); the reference uses
 the starting frontend. `named_frontend_weights_for_sync` feeds the embedding worker.
 
-NaN/inf in advantages, losses or the gradient norm raise `FloatingPointError` on every rank before any
-optimizer step (weights and optimizer state untouched, gradients cleared).
+NaN/inf in advantages, losses or the gradient norm raise `FloatingPointError` on every rank before that
+optimizer step (gradients cleared; the message says whether earlier steps of the update changed weights).
 """
 from __future__ import annotations
 
@@ -64,7 +71,7 @@ class Learner:
     def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, rank: int = 0,
                  world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500, *,
                  total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
-                 temperature: float = 1.0, timeout_s: float = 1800.0) -> None:
+                 temperature: float = 1.0, max_new_tokens: int | None = None, timeout_s: float = 1800.0) -> None:
         if cfg.lr_schedule != "constant" and total_steps is None:
             raise ValueError(f"learner.lr_schedule={cfg.lr_schedule!r} needs total_steps (the run's step count)")
         self.model_dir, self.model_cfg, self.cfg = str(model_dir), model_cfg, cfg
@@ -75,6 +82,10 @@ class Learner:
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0 (the rollout's sampling temperature), got {temperature}")
         self.temperature = float(temperature)   # samples are scored under softmax(logits / T), as drawn
+        if cfg.agg == "seq-mean-token-sum-norm" and not max_new_tokens:
+            raise ValueError("learner.agg=seq-mean-token-sum-norm divides each sequence's loss by the rollout's "
+                             "max_new_tokens: pass max_new_tokens")
+        self.max_new_tokens = max_new_tokens
         self.train_encoder = model_cfg.train_encoder
         self.updates = 0
         self.model: AudioLLM | None = None
@@ -233,7 +244,9 @@ class Learner:
             adv = data.adv[m.rows].to(self.device)
             loss, metrics = grpo_loss(logp, old_m, ref_m, adv, mask, clip_eps=cfg.clip_eps, beta=cfg.beta,
                                       agg=cfg.agg, kl_kind=cfg.kl_kind, kl_clamp=cfg.kl_clamp,
-                                      rollout_logp=sampled, tis_cap=cfg.tis_cap)
+                                      rollout_logp=sampled, tis_cap=cfg.tis_cap, loss=cfg.loss,
+                                      clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
+                                      norm_len=self.max_new_tokens)
             units = metrics["n_tokens"] if cfg.agg == "token-mean" else metrics["n_seqs"]
             weight = units / norm
             (loss * (weight * self.world_size)).backward()

@@ -56,7 +56,7 @@ class LearnerGroup:
 
     def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, *,
                  total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
-                 temperature: float = 1.0, placement_strategy: str = "PACK",
+                 temperature: float = 1.0, max_new_tokens: int | None = None, placement_strategy: str = "PACK",
                  placement_timeout_s: float = 300.0, call_timeout_s: float | None = None,
                  runtime_env: dict | None = None, placement: tuple[Any, Sequence[int]] | None = None) -> None:
         if not ray.is_initialized():
@@ -82,7 +82,7 @@ class LearnerGroup:
             self.actors = [
                 remote_class(Learner, scheduling_strategy=in_bundle(pg, bundles[r]), **options).remote(
                     model_dir, model_cfg, cfg, r, self.num_ranks, addr, port, total_steps=total_steps,
-                    max_audio_seconds=max_audio_seconds, temperature=temperature)
+                    max_audio_seconds=max_audio_seconds, temperature=temperature, max_new_tokens=max_new_tokens)
                 for r in range(self.num_ranks)]
             self.info = self._call("setup")
         except BaseException:

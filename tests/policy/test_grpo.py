@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from policy.grpo import group_advantages, grpo_loss, kl_penalty, logprob_agreement
+from policy.grpo import (ADVANTAGE_ESTIMATORS, aggregate, compute_advantages, group_advantages, grpo_loss, kl_penalty,
+                         logprob_agreement)
 
 # ---------------------------------------------------------------- advantages (eq. 1)
 
@@ -316,3 +317,96 @@ def test_guards_reject_bad_options():
         grpo_loss(*args, beta=0.0, kl_clamp=-1.0)
     with pytest.raises(ValueError, match="rollout_logp has shape"):
         grpo_loss(*args, beta=0.0, tis_cap=2.0, rollout_logp=torch.zeros(2, 2))
+
+
+# ---- the registries: advantage estimators, policy losses, aggregation (hand-computed) ---------------------
+
+def test_advantage_estimators_hand_computed():
+    r = torch.tensor([[1.0, 2.0, 3.0, 6.0], [5.0, 5.0, 5.0, 5.0]])
+    std = math.sqrt(((1 - 3) ** 2 + 1 + 0 + 9) / 3)   # unbiased std of the first group: sqrt(14 / 3)
+    assert compute_advantages(r, "grpo")[0].tolist() == pytest.approx([-2 / std, -1 / std, 0.0, 3 / std], abs=1e-5)
+    assert compute_advantages(r, "dr_grpo")[0].tolist() == pytest.approx([-2.0, -1.0, 0.0, 3.0])
+    # leave-one-out: 1 - (2 + 3 + 6) / 3, 2 - (1 + 3 + 6) / 3, 3 - (1 + 2 + 6) / 3, 6 - (1 + 2 + 3) / 3
+    assert compute_advantages(r, "rloo")[0].tolist() == pytest.approx([-8 / 3, -4 / 3, 0.0, 4.0], abs=1e-6)
+    for name in ADVANTAGE_ESTIMATORS:   # a flat group and a group of one carry no signal
+        assert compute_advantages(r, name)[1].tolist() == [0.0] * 4
+        assert compute_advantages(torch.tensor([[2.0]]), name).tolist() == [[0.0]]
+    with pytest.raises(ValueError, match="grpo, dr_grpo, rloo"):
+        compute_advantages(r, "ppo")
+    with pytest.raises(ValueError, match="NaN"):
+        compute_advantages(torch.tensor([[1.0, float("nan")]]), "rloo")
+
+
+def test_rloo_equals_the_leave_one_out_loop():
+    r = torch.rand(5, 6, generator=torch.Generator().manual_seed(0))
+    want = [[float(r[b, i] - (r[b].sum() - r[b, i]) / 5) for i in range(6)] for b in range(5)]
+    assert compute_advantages(r, "rloo").tolist() == [pytest.approx(row, abs=1e-6) for row in want]
+
+
+def test_clip_higher_lets_a_likely_token_grow_past_the_symmetric_bound():
+    old = torch.zeros(1, 2)
+    logp = torch.tensor([[math.log(1.25), math.log(0.7)]], requires_grad=True)
+    adv, mask = torch.ones(1), torch.ones(1, 2)
+    loss, m = grpo_loss(logp, old, None, adv, mask, beta=0.0, clip_eps_low=0.2, clip_eps_high=0.28)
+    assert loss.item() == pytest.approx(-(1.25 + 0.7) / 2, abs=1e-6) and m["clip_frac"] == 0.0
+    loss.backward()   # d/dlogp of -(rho A) / 2 = -rho / 2 on both tokens
+    assert logp.grad[0].tolist() == pytest.approx([-1.25 / 2, -0.7 / 2], abs=1e-6)
+    logp.grad = None
+    sym, m_sym = grpo_loss(logp, old, None, adv, mask, beta=0.0, clip_eps=0.2)   # 1.25 clipped at 1.2
+    assert sym.item() == pytest.approx(-(1.2 + 0.7) / 2, abs=1e-6) and m_sym["clip_frac"] == 0.5
+    sym.backward()
+    assert logp.grad[0].tolist() == pytest.approx([0.0, -0.7 / 2], abs=1e-6)
+
+
+def test_gspo_uses_one_length_normalised_ratio_per_sequence_and_its_gradient():
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.1, -0.3, 0.0], [0.05, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    adv = torch.tensor([1.0, -2.0])
+    loss, m = grpo_loss(logp, old, None, adv, mask, beta=0.0, loss="gspo")
+    s = [math.exp((0.1 - 0.3) / 2), math.exp(0.05)]        # sequence ratios, inside [0.8, 1.2]
+    assert loss.item() == pytest.approx(-(s[0] * 1.0 + s[1] * -2.0) / 2, abs=1e-6)
+    assert m["ratio_max"] == pytest.approx(s[1]) and m["ratio_min"] == pytest.approx(s[0])
+    loss.backward()
+    # GSPO's gradient: d/dlogp of -(1/2) sum_i s_i A_i with s_i = exp(mean over seq i of (logp - old))
+    direct = logp.detach().clone().requires_grad_(True)
+    seq = torch.stack([torch.exp(direct[0, :2].mean()), torch.exp(direct[1, :1].mean())])
+    (-(seq * adv).sum() / 2).backward()
+    assert logp.grad.tolist() == [pytest.approx(row, abs=1e-6) for row in direct.grad.tolist()]
+    assert logp.grad[0, 0].item() == pytest.approx(-s[0] / 2 / 2, abs=1e-6)   # s A / |y| / n_seqs
+
+
+def test_gspo_clips_the_whole_sequence():
+    logp = torch.tensor([[1.0, 1.0]], requires_grad=True)   # sequence ratio e > 1 + 0.2
+    loss, m = grpo_loss(logp, torch.zeros(1, 2), None, torch.ones(1), torch.ones(1, 2), beta=0.0, loss="gspo")
+    assert loss.item() == pytest.approx(-1.2, abs=1e-6) and m["clip_frac"] == 1.0
+    loss.backward()
+    assert logp.grad.tolist() == [[0.0, 0.0]]
+
+
+def test_aggregation_modes_hand_computed():
+    per_token = torch.tensor([[1.0, 2.0, 9.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    valid = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]) != 0     # the third sequence is empty
+    assert aggregate(per_token * valid, valid, "token-mean").item() == pytest.approx(6 / 3)
+    assert aggregate(per_token * valid, valid, "seq-mean-token-mean").item() == pytest.approx((1.5 + 3) / 2)
+    assert aggregate(per_token * valid, valid, "seq-mean-token-sum-norm", norm_len=4).item() == \
+        pytest.approx((3 / 4 + 3 / 4) / 2)
+
+
+def test_dr_grpo_aggregation_has_no_length_bias_in_the_gradient():
+    logp = torch.zeros(2, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
+    loss, _ = grpo_loss(logp, torch.zeros(2, 4), None, torch.tensor([1.0, 1.0]), mask, beta=0.0,
+                        agg="seq-mean-token-sum-norm", norm_len=8)
+    loss.backward()   # every token of either sequence: -A / (norm_len * n_seqs)
+    assert logp.grad.tolist() == [[-1 / 16] * 4, [-1 / 16, 0.0, 0.0, 0.0]]
+    logp.grad = None
+    grpo_loss(logp, torch.zeros(2, 4), None, torch.tensor([1.0, 1.0]), mask, beta=0.0)[0].backward()
+    assert logp.grad[0, 0].item() == pytest.approx(-1 / 8) and logp.grad[1, 0].item() == pytest.approx(-1 / 2)
+    with pytest.raises(ValueError, match="norm_len"):
+        grpo_loss(logp, torch.zeros(2, 4), None, torch.ones(2), mask, beta=0.0, agg="seq-mean-token-sum-norm")
+
+
+def test_unknown_loss_names_the_registry():
+    with pytest.raises(ValueError, match="ppo_clip, gspo"):
+        grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.ones(1), torch.ones(1, 1), beta=0.0, loss="dpo")

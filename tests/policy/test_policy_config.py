@@ -29,7 +29,8 @@ def test_values_are_coerced_to_the_field_type():
     ({"lr": 0}, "learner.lr must be > 0, got 0.0"),
     ({"beta": -0.1}, "learner.beta must be >= 0, got -0.1"),
     ({"kl_kind": "k9"}, "learner.kl_kind must be one of k1, k2, k3, got 'k9'"),
-    ({"agg": "sum"}, "learner.agg must be one of seq-mean-token-mean, token-mean, got 'sum'"),
+    ({"agg": "sum"}, "learner.agg must be one of seq-mean-token-mean, token-mean, seq-mean-token-sum-norm, "
+                     "got 'sum'"),
     ({"lr_schedule": "step"}, "learner.lr_schedule must be one of constant, cosine, linear, got 'step'"),
     ({"finetune": "qlora"}, "learner.finetune must be one of full, lora, got 'qlora'"),
     ({"adam_betas": (0.9, 1.0)}, "learner.adam_betas must be two numbers in [0, 1), got (0.9, 1.0)"),
@@ -40,6 +41,12 @@ def test_values_are_coerced_to_the_field_type():
     ({"num_ranks": True}, "learner.num_ranks must be an integer, got True"),
     ({"lr": float("nan")}, "learner.lr must be a number, got nan"),
     ({"dtype": "float16"}, "learner.dtype must be one of float32, bfloat16, got 'float16'"),
+    ({"advantage": "ppo"}, "learner.advantage must be one of grpo, dr_grpo, rloo, got 'ppo'"),
+    ({"loss": "dpo"}, "learner.loss must be one of ppo_clip, gspo, got 'dpo'"),
+    ({"clip_eps_high": 1.5}, "learner.clip_eps_high must be in (0, 1), got 1.5"),
+    ({"mini_batches": 0}, "learner.mini_batches must be >= 1, got 0"),
+    ({"tis_cap": 0}, "learner.tis_cap must be > 0, got 0"),
+    ({"kl_clamp": -1}, "learner.kl_clamp must be > 0, got -1"),
 ])
 def test_learner_validation_names_the_dotted_key(kwargs, message):
     with pytest.raises(ConfigError) as info:
