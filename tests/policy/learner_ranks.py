@@ -93,7 +93,8 @@ def halves(batch: ScoredRollout, parts: int) -> list[list[int]]:
     return [[b * G + g for b in range(bounds[j], bounds[j + 1]) for g in range(G)] for j in range(parts)]
 
 
-def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], train_encoder: bool = False):
+def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], train_encoder: bool = False,
+                  max_new_tokens: int | None = None):
     """Plain PyTorch GRPO: one big batch per epoch, AdamW; returns ((per-update mean losses, mean pre-clip
     gradient norms), llm weights[, frontend weights when train_encoder])."""
     import copy
@@ -130,7 +131,9 @@ def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], t
                 logp = model.sequence_logprobs([prompts_of(batch)[i] for i in part], ids[part], mask[part])
                 loss, _ = grpo_loss(logp, old[part], ref_lp[part], adv[part], mask[part],
                                     clip_eps=cfg.clip_eps, beta=cfg.beta, agg=cfg.agg, kl_kind=cfg.kl_kind,
-                                    kl_clamp=cfg.kl_clamp, rollout_logp=sampled[part], tis_cap=cfg.tis_cap)
+                                    kl_clamp=cfg.kl_clamp, rollout_logp=sampled[part], tis_cap=cfg.tis_cap,
+                                    loss=cfg.loss, clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
+                                    norm_len=max_new_tokens)
                 loss.backward()
                 epoch_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
                 opt.step()
@@ -199,7 +202,7 @@ def rank_main(rank: int, world: int, ports: list[int], model_dir: str, scenarios
         for (name, spec), port in zip(scenarios.items(), ports):
             model_cfg = ModelConfig(path=model_dir, train_encoder=spec.get("train_encoder", False))
             learner = Learner(model_dir, model_cfg, spec["cfg"], rank, world, "127.0.0.1", port,
-                              temperature=spec.get("temperature", 1.0))
+                              temperature=spec.get("temperature", 1.0), max_new_tokens=spec.get("max_new_tokens"))
             learner.setup()
             try:
                 results[name] = _run_scenario(name, spec, learner)

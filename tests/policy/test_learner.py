@@ -21,6 +21,10 @@ WORLD = 2
 AGGS = ("token-mean", "seq-mean-token-mean")
 
 
+# GSPO's sequence ratio with a narrow asymmetric clip, Dr. GRPO's constant normaliser, two epochs
+GSPO_DR = learner_cfg(loss="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, agg="seq-mean-token-sum-norm")
+
+
 def _scenarios(waves: list[str]) -> dict:
     b1, b2 = make_batch(1), make_batch(2)
     a1, a2 = audio_batch(1, waves), audio_batch(2, waves)
@@ -36,6 +40,7 @@ def _scenarios(waves: list[str]) -> dict:
                  "state_after": True, "ref_logprobs": True},
         "mini2": {"cfg": learner_cfg(ppo_epochs=1, mini_batches=2, lr=3e-3), "batches": [b1, b2]},
         "tis": {"cfg": learner_cfg(ppo_epochs=1, tis_cap=2.0), "batches": [make_batch(1, sampled=True)]},
+        "gspo_dr": {"cfg": GSPO_DR, "batches": [b1, b2], "max_new_tokens": 8},
         "nan_adv": {"cfg": learner_cfg(), "batches": [make_batch(1, nan_adv=True), b1], "expect_error": True},
         "nan_loss": {"cfg": learner_cfg(), "batches": [make_batch(1, nan_prompt=True), b1], "expect_error": True},
     }
@@ -118,6 +123,17 @@ def test_mini_batches_2_are_two_sequential_updates_on_the_halves_with_old_logpro
     assert all(s.extra["ratio_max"] > 1.0 + 1e-3 or s.extra["ratio_min"] < 1.0 - 1e-3 for s in got["stats"])
     one_step = ranks["full"]["stats"][0].extra   # ppo_epochs 2, one mini-batch: the first pass has ratio 1
     assert one_step["ratio_max"] >= 1.0
+
+
+@pytest.mark.slow
+def test_gspo_with_dr_grpo_aggregation_matches_reference(ranks, tiny_model_dir):
+    (losses, norms), weights = reference_run(tiny_model_dir, GSPO_DR, [make_batch(1), make_batch(2)],
+                                             max_new_tokens=8)
+    got = ranks["gspo_dr"]
+    np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
+    np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
+    _close(got["weights"], weights, atol=1e-5)
+    assert got["stats"][0].clip_frac > 0   # the second epoch moved sequence ratios past 1 +- 4e-4
 
 
 def test_mini_batch_rows_keep_groups_whole_and_never_empty():
