@@ -138,7 +138,7 @@ class Cluster:
         refs = [w.generate.remote(_slice_prompts(prompts, rng), greedy=greedy)
                 for w, rng in zip(self.rollouts, parts)]
         outs = [_get(f"rollout worker {i}", ref) for i, ref in enumerate(refs)]
-        return _concat_rollouts(prompts, outs)
+        return RolloutBatch.concat(outs, prompts)
 
     def update(self, batch: ScoredRollout) -> LearnStats:
         """One learner update; colocated engines sleep meanwhile (GPU memory goes to the learner)."""
@@ -185,20 +185,3 @@ def _get_all(name: str, refs: list) -> list:
 def _slice_prompts(prompts: PromptBatch, rng: range) -> PromptBatch:
     return PromptBatch(clips=tuple(prompts.clips[i] for i in rng),
                        prompt_embeds=tuple(prompts.prompt_embeds[i] for i in rng))
-
-
-def _concat_rollouts(prompts: PromptBatch, parts: list[RolloutBatch]) -> RolloutBatch:
-    if len(parts) == 1:
-        return parts[0]
-    T = max(p.token_ids.shape[2] for p in parts)
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, T - t.shape[2]))
-
-    return RolloutBatch(
-        prompts=prompts,
-        token_ids=torch.cat([pad(p.token_ids) for p in parts]),
-        mask=torch.cat([pad(p.mask) for p in parts]),
-        sample_logprobs=torch.cat([pad(p.sample_logprobs) for p in parts]),
-        texts=tuple(row for p in parts for row in p.texts),
-        seconds=max(p.seconds for p in parts))

@@ -52,9 +52,15 @@ class RolloutBatch:
     sample_logprobs: Tensor    # [B, G, T] float, log-probs vLLM reported when sampling (0 on padding)
     texts: tuple[tuple[str, ...], ...]   # [B][G] decoded hypotheses
     seconds: float = 0.0
+    truncated: Tensor | None = None      # [B, G] bool, True where sampling stopped at max_new_tokens
+                                         # (vLLM finish_reason "length"); None = all False
 
     def __post_init__(self) -> None:
         B, G, T = self.token_ids.shape
+        if self.truncated is None:
+            object.__setattr__(self, "truncated", torch.zeros(B, G, dtype=torch.bool))
+        elif tuple(self.truncated.shape) != (B, G):
+            raise ValueError(f"RolloutBatch.truncated has shape {tuple(self.truncated.shape)}, expected {(B, G)}")
         for name in ("mask", "sample_logprobs"):
             t = getattr(self, name)
             if tuple(t.shape) != (B, G, T):
@@ -67,6 +73,26 @@ class RolloutBatch:
     @property
     def group_size(self) -> int:
         return int(self.token_ids.shape[1])
+
+    @staticmethod
+    def concat(parts: "list[RolloutBatch]", prompts: PromptBatch | None = None) -> "RolloutBatch":
+        """The clips of ``parts`` in order as one batch (tokens right-padded to the longest ``T``); ``prompts``:
+        the joined prompts when the caller has them (else they are joined too); ``seconds``: the longest."""
+        if len(parts) == 1 and prompts in (None, parts[0].prompts):
+            return parts[0]
+        if prompts is None:
+            prompts = PromptBatch(clips=tuple(c for p in parts for c in p.prompts.clips),
+                                  prompt_embeds=tuple(e for p in parts for e in p.prompts.prompt_embeds))
+        T = max(p.token_ids.shape[2] for p in parts)
+
+        def pad(t: Tensor) -> Tensor:
+            return torch.nn.functional.pad(t, (0, T - t.shape[2]))
+
+        return RolloutBatch(prompts=prompts, token_ids=torch.cat([pad(p.token_ids) for p in parts]),
+                            mask=torch.cat([pad(p.mask) for p in parts]),
+                            sample_logprobs=torch.cat([pad(p.sample_logprobs) for p in parts]),
+                            texts=tuple(row for p in parts for row in p.texts), seconds=max(p.seconds for p in parts),
+                            truncated=torch.cat([p.truncated for p in parts]))
 
 
 @dataclass(frozen=True)

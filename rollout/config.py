@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from policy.config import ConfigError, in_range, validate
+from policy.config import ConfigError, in_range, one_of, validate
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,11 @@ class RolloutConfig:
     sync_bucket_bytes: int = 256 << 20           # weight-sync bucket size
     embed_batch_size: int = 16                   # clips per encoder forward in the embedding worker
     seed: int = 0
+    truncated: str = "keep"                      # hypotheses cut at max_new_tokens: keep | mask (no loss on
+                                                 # them: DAPO overlong filtering) | penalty (DAPO soft penalty)
+    overlong_buffer: int = 0                     # penalty: ramps from 0 to -overlong_penalty over the last
+                                                 # overlong_buffer tokens before max_new_tokens; truncated: full
+    overlong_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         validate(self, {
@@ -32,8 +37,12 @@ class RolloutConfig:
             "max_new_tokens": in_range(1), "kv_cache_memory_bytes": in_range(1),
             "gpu_memory_utilization": in_range(0, 1, lo_open=True), "num_workers": in_range(1),
             "gpus_per_worker": in_range(0), "max_model_len": in_range(2), "sync_bucket_bytes": in_range(1),
-            "embed_batch_size": in_range(1), "seed": in_range(0),
+            "embed_batch_size": in_range(1), "seed": in_range(0), "truncated": one_of("keep", "mask", "penalty"),
+            "overlong_buffer": in_range(0), "overlong_penalty": in_range(0),
         })
+        if self.overlong_buffer >= self.max_new_tokens:
+            raise ConfigError(f"rollout.overlong_buffer must be < rollout.max_new_tokens ({self.max_new_tokens}), "
+                              f"got {self.overlong_buffer}", key="rollout.overlong_buffer")
         if self.max_new_tokens >= self.max_model_len:
             raise ConfigError(
                 f"rollout.max_new_tokens must be < rollout.max_model_len ({self.max_model_len}) to leave "

@@ -136,8 +136,9 @@ class VLLMRolloutWorker:
         mask = (torch.arange(T) < torch.tensor([[len(c.token_ids) for c in row] for row in seqs])[..., None])
         texts = tuple(tuple(self.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) for c in row)
                       for row in seqs)
-        return RolloutBatch(prompts=prompts, token_ids=token_ids, mask=mask.float(),
-                            sample_logprobs=logprobs, texts=texts, seconds=time.perf_counter() - start)
+        truncated = torch.tensor([[c.finish_reason == "length" for c in row] for row in seqs], dtype=torch.bool)
+        return RolloutBatch(prompts=prompts, token_ids=token_ids, mask=mask.float(), sample_logprobs=logprobs,
+                            texts=texts, seconds=time.perf_counter() - start, truncated=truncated.view(B, G))
 
     def logprobs_of(self, prompts: PromptBatch, token_ids: Tensor, mask: Tensor) -> Tensor:
         """Log-probs ``[B, G, T]`` of given tokens after each prompt under the current weights

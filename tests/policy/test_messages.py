@@ -1,0 +1,33 @@
+"""policy.messages: shape checks of RolloutBatch, its truncated flags and joining batches."""
+import pytest
+import torch
+
+from policy.messages import Clip, PromptBatch, RolloutBatch
+
+
+def _batch(B: int, G: int, T: int, tag: str, truncated=None) -> RolloutBatch:
+    clips = tuple(Clip(audio=f"/{tag}{i}.wav", text=tag) for i in range(B))
+    prompts = PromptBatch(clips, tuple(torch.full((2, 4), float(i)) for i in range(B)))
+    ids = torch.arange(B * G * T).view(B, G, T) + 1
+    return RolloutBatch(prompts, ids, torch.ones(B, G, T), -torch.ones(B, G, T),
+                        tuple(tuple(f"{tag}{b}{g}" for g in range(G)) for b in range(B)), seconds=float(T),
+                        truncated=truncated)
+
+
+def test_truncated_defaults_to_none_truncated_and_is_shape_checked():
+    assert _batch(2, 3, 4, "a").truncated.tolist() == [[False] * 3] * 2
+    with pytest.raises(ValueError, match=r"truncated has shape \(3,\), expected \(2, 3\)"):
+        _batch(2, 3, 4, "a", truncated=torch.zeros(3, dtype=torch.bool))
+
+
+def test_concat_pads_tokens_and_keeps_clip_order_and_flags():
+    a = _batch(2, 2, 3, "a", truncated=torch.tensor([[True, False], [False, False]]))
+    b = _batch(1, 2, 5, "b", truncated=torch.tensor([[False, True]]))
+    joined = RolloutBatch.concat([a, b])
+    assert joined.token_ids.shape == (3, 2, 5) and joined.seconds == 5.0
+    assert [c.audio for c in joined.prompts.clips] == ["/a0.wav", "/a1.wav", "/b0.wav"]
+    assert joined.texts[2] == ("b00", "b01")
+    assert torch.equal(joined.token_ids[:2, :, :3], a.token_ids) and joined.token_ids[:2, :, 3:].eq(0).all()
+    assert joined.mask[:2, :, 3:].eq(0).all() and joined.sample_logprobs[:2, :, 3:].eq(0).all()
+    assert joined.truncated.tolist() == [[True, False], [False, False], [False, True]]
+    assert RolloutBatch.concat([a]) is a
