@@ -1,6 +1,7 @@
 """``python -m rewards``: score JSONL hypothesis/reference pairs from the command line.
 
     python -m rewards score IN.jsonl [--weights wer=1,keyword=0.5] [--plugin module:function]... [--out OUT.jsonl]
+                                     [--allow-nonfinite]
     python -m rewards list [--plugin module:function]... [-v]
 
 Every input line is validated before anything is scored or written; ``--out`` is
@@ -18,7 +19,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from rewards.registry import REGISTRY, TOTAL, RewardError, load_plugin, resolve_weights, score_batch
+from rewards.registry import (REGISTRY, TOTAL, NonFiniteRewardError, RewardError, load_plugin, resolve_weights,
+                              score_batch)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -27,17 +29,21 @@ input (IN.jsonl, or - for stdin): one JSON object per line,
   {"hyp": str, "ref": str, "lang": str (optional), "keywords": [str, ...] (optional)}
   Other keys are passed to the rewards in the item's meta dict. Blank lines are skipped.
   "ref": "" marks a noise-only clip (the right output is empty).
-output: one JSON object per input line, same order, with every reward name and
-  "total" = sum of weight * reward over the rewards that apply (null = not applicable),
-  to stdout or --out; a per-reward count/mean/std table goes to stderr.
+output: one JSON object per input line, same order, with the name of every reward
+  that was run and "total" = sum of weight * reward over the rewards that apply
+  (null = not applicable), to stdout or --out; a per-reward count/mean/std table goes
+  to stderr. A NaN or infinite reward stops the run (exit 1, nothing written) unless
+  --allow-nonfinite is given: then it is written as null and counted on stderr.
 weights: --weights wer=1,keyword=0.5 gives the listed rewards those weights and every
-  other reward weight 0; without --weights every reward has weight 1.
+  other reward weight 0; rewards of weight 0 are not run (nor in the output).
+  Without --weights every reward has weight 1.
 plugins: --plugin my_module:my_reward imports my_module (from PYTHONPATH or the current
   folder) and registers my_reward(hyps, refs, metas) -> list[float | None] under its own
   name (or the name it gave itself with @rewards.register). Repeat for several.
 exit codes: 0 ok; 2 bad input (malformed line, unknown reward, bad weight, plugin that
   does not load, missing file: one line on stderr names the line or the name);
-  1 a reward function raised while scoring.
+  1 a reward function raised while scoring, returned anything but one number
+  or null per line, or a NaN / infinity (without --allow-nonfinite).
 """
 
 
@@ -60,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                         "default: all 1)")
     s.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
     s.add_argument("--out", metavar="OUT.jsonl", help="write the scores here (atomically) instead of stdout")
+    s.add_argument("--allow-nonfinite", action="store_true",
+                   help="write a NaN or infinite reward (and total) as null and exit 0, instead of failing")
     lst = sub.add_parser("list", help="print the registered reward names")
     lst.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
     lst.add_argument("-v", "--verbose", action="store_true", help="also print each reward's first doc line")
@@ -115,6 +123,11 @@ def _check_item(obj: object, where: str) -> dict:
 
 def read_items(path: str) -> list[dict]:
     """Parse and validate every line of a JSONL file; the first bad line raises CliError."""
+    return [item for _, item in read_numbered_items(path)]
+
+
+def read_numbered_items(path: str) -> list[tuple[int, dict]]:
+    """``read_items`` with each item's line number (blank lines are skipped, so they differ from indices)."""
     data = _read_bytes(path)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -131,7 +144,7 @@ def read_items(path: str) -> list[dict]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise CliError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        items.append(_check_item(obj, where))
+        items.append((num, _check_item(obj, where)))
     return items
 
 
@@ -163,9 +176,9 @@ def _write_atomic(path: str, lines: list[str]) -> None:
         raise
 
 
-def summary_table(rows: list[dict[str, float | None]]) -> str:
+def summary_table(rows: list[dict[str, float | None]], names: Sequence[str] | None = None) -> str:
     """Per-reward count of non-None values, mean and (population) std, as an aligned text table."""
-    names = list(rows[0]) if rows else [*REGISTRY, TOTAL]
+    names = list(rows[0]) if rows else list(names or [*REGISTRY, TOTAL])
     width = max(len("reward"), *(len(n) for n in names))
     lines = [f"{'reward':<{width}}  {'count':>7}  {'mean':>8}  {'std':>8}"]
     for name in names:
@@ -189,27 +202,53 @@ def _load_plugins(specs: Sequence[str]) -> None:
             raise CliError(f"--plugin {exc}") from None
 
 
+def _nonfinite_as_null(rows: list[dict[str, float | None]], lines: list[int]) -> list[str]:
+    """Replace every NaN / inf in ``rows`` by None (in place); returns 'NAME on line N' for each."""
+    found = []
+    for row, num in zip(rows, lines):
+        for name, v in row.items():
+            if v is not None and not math.isfinite(v):
+                row[name] = None
+                found.append(f"{name} on line {num}")
+    return found
+
+
+def _located(exc: RewardError, where: str, lines: list[int]) -> str:
+    """The library's message, with the input line of the clip it names."""
+    if exc.item is None:
+        return str(exc)
+    hint = "; --allow-nonfinite writes it as null" if isinstance(exc, NonFiniteRewardError) else ""
+    return f"{exc} ({where}, line {lines[exc.item]}){hint}"
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
     weights = parse_weights(args.weights) if args.weights is not None else None
     try:
-        resolve_weights(weights)
+        active = [name for name, w in resolve_weights(weights).items() if w != 0.0]
     except RewardError as exc:
         raise CliError(f"--weights: {exc}") from None
-    items = read_items(args.input)
+    numbered = read_numbered_items(args.input)
+    lines, items = [num for num, _ in numbered], [it for _, it in numbered]
     metas = [{k: v for k, v in it.items() if k not in ("hyp", "ref")} for it in items]
     try:
-        rows = score_batch([it["hyp"] for it in items], [it["ref"] for it in items], metas, weights)
+        rows = score_batch([it["hyp"] for it in items], [it["ref"] for it in items], metas, weights,
+                           allow_nonfinite=args.allow_nonfinite)
     except RewardError as exc:
-        print(f"rewards: error: {exc}", file=sys.stderr)
+        where = "stdin" if args.input == "-" else args.input
+        print(f"rewards: error: {_located(exc, where, lines)}", file=sys.stderr)
         return EXIT_FAILED
-    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    nonfinite = _nonfinite_as_null(rows, lines)
+    out = [json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows]
     if args.out:
-        _write_atomic(args.out, lines)
+        _write_atomic(args.out, out)
     else:
-        sys.stdout.writelines(lines)
+        sys.stdout.writelines(out)
         sys.stdout.flush()
-    print(summary_table(rows), file=sys.stderr)
+    print(summary_table(rows, [*active, TOTAL]), file=sys.stderr)
+    if nonfinite:
+        print(f"rewards: warning: {len(nonfinite)} non-finite values written as null: "
+              f"{', '.join(nonfinite[:10])}{' ...' if len(nonfinite) > 10 else ''}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -3,16 +3,19 @@
 A reward is a function ``(hyps, refs, metas) -> list[float | None]`` that scores a
 whole batch in one call; ``None`` means "not applicable to this item" (it is left
 out of the total). ``@register(name)`` adds one to ``REGISTRY``; ``score_batch``
-runs every registered reward once over the batch and adds the weighted ``total``.
+runs every registered reward of non-zero weight once over the batch and adds the
+weighted ``total``; a reward that fails or returns anything but one finite
+float or None per item raises a ``RewardError`` naming it and the clip.
 """
 from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Real
 
-__all__ = ["REGISTRY", "RewardError", "RewardFn", "register", "score_batch", "load_plugin", "resolve_weights"]
+__all__ = ["REGISTRY", "NonFiniteRewardError", "RewardError", "RewardFn", "clip_label", "register", "score_batch",
+           "load_plugin", "resolve_weights"]
 
 RewardFn = Callable[[list[str], list[str], list[dict]], list["float | None"]]
 
@@ -21,7 +24,24 @@ TOTAL = "total"
 
 
 class RewardError(ValueError):
-    """A reward, a weight or a plugin is wrong; the message says which and what to do."""
+    """A reward, a weight or a plugin is wrong; the message says which and what to do.
+
+    ``reward`` names the reward and ``item`` the batch index of the clip, when the error is about one.
+    """
+
+    def __init__(self, message: str, *, reward: str | None = None, item: int | None = None) -> None:
+        super().__init__(message)
+        self.reward = reward
+        self.item = item
+
+
+class NonFiniteRewardError(RewardError):
+    """A reward (or the weighted total) is NaN or infinite for one clip; ``value`` is that value."""
+
+    def __init__(self, message: str, *, reward: str | None = None, item: int | None = None,
+                 value: float = math.nan) -> None:
+        super().__init__(message, reward=reward, item=item)
+        self.value = value
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -99,45 +119,104 @@ def resolve_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     return out
 
 
-def _run_reward(name: str, fn: RewardFn, hyps: list[str], refs: list[str], metas: list[dict]) -> list[float | None]:
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}..."
+
+
+def clip_label(i: int, hyps: Sequence[str], refs: Sequence[str]) -> str:
+    """How an error names item ``i`` of a batch: its index, reference and hypothesis (each cut to 40 chars)."""
+    return f"clip {i} (ref {_short(refs[i])}, hyp {_short(hyps[i])})"
+
+
+def _shown(x: float) -> str:
+    return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _as_float(v: Real) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond the float range
+        return math.inf if v > 0 else -math.inf
+
+
+def _first_failing_clip(fn: RewardFn, hyps: list[str], refs: list[str], metas: list[dict]) -> int | None:
+    """The first item on which the reward raises when called on that item alone (None: none does)."""
+    for i in range(len(hyps)):
+        try:
+            fn(hyps[i:i + 1], refs[i:i + 1], metas[i:i + 1])
+        except Exception:  # noqa: BLE001 - only locating the failure; the batch's exception is reported
+            return i
+    return None
+
+
+def _call(name: str, fn: RewardFn, hyps: list[str], refs: list[str], metas: list[dict]) -> list:
+    """``fn`` over the batch as a list of one value per item; anything else is a RewardError naming it."""
     try:
         values = fn(hyps, refs, metas)
-    except Exception as exc:  # noqa: BLE001 - name the failing reward, keep the cause chained
-        raise RewardError(f"reward {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    values = list(values)
+        if not isinstance(values, (str, bytes, Mapping)) and isinstance(values, Iterable):
+            values = list(values)
+    except Exception as exc:  # noqa: BLE001 - name the failing reward (and clip), keep the cause chained
+        where = _first_failing_clip(fn, hyps, refs, metas) if len(hyps) > 1 else (0 if hyps else None)
+        if where is None:
+            tail = f"; no clip of the {len(hyps)} fails alone" if len(hyps) > 1 else ""
+        else:
+            tail = f"; {clip_label(where, hyps, refs)}" + (" fails alone too" if len(hyps) > 1 else "")
+        raise RewardError(f"reward {name!r} failed: {type(exc).__name__}: {exc}{tail}",
+                          reward=name, item=where) from exc
+    if not isinstance(values, list):
+        raise RewardError(f"reward {name!r} returned a {type(values).__name__} ({values!r:.40}), not a list of "
+                          f"{len(hyps)} values (one float or None per clip)", reward=name)
     if len(values) != len(hyps):
-        raise RewardError(f"reward {name!r} returned {len(values)} values for a batch of {len(hyps)}")
+        raise RewardError(f"reward {name!r} returned {len(values)} values for a batch of {len(hyps)}", reward=name)
+    return values
+
+
+def _run_reward(name: str, fn: RewardFn, hyps: list[str], refs: list[str], metas: list[dict],
+                allow_nonfinite: bool = False) -> list[float | None]:
     out: list[float | None] = []
-    for i, v in enumerate(values):
+    for i, v in enumerate(_call(name, fn, hyps, refs, metas)):
         if v is None:
             out.append(None)
-        elif isinstance(v, Real) and not isinstance(v, bool):
-            out.append(float(v))
-        else:
-            raise RewardError(f"reward {name!r} returned {v!r} (a {type(v).__name__}) for item {i}; "
-                              "expected a float or None")
+            continue
+        if not isinstance(v, Real) or isinstance(v, bool):
+            raise RewardError(f"reward {name!r} returned {v!r:.40} (a {type(v).__name__}) for "
+                              f"{clip_label(i, hyps, refs)}; expected a float or None", reward=name, item=i)
+        x = _as_float(v)
+        if not (allow_nonfinite or math.isfinite(x)):
+            raise NonFiniteRewardError(f"reward {name!r} returned {_shown(x)} for {clip_label(i, hyps, refs)}; "
+                                       "a reward must be a finite number or None", reward=name, item=i, value=x)
+        out.append(x)
     return out
 
 
 def score_batch(hyps: Sequence[str], refs: Sequence[str], metas: Sequence[Mapping] | None = None,
-                weights: Mapping[str, float] | None = None) -> list[dict[str, float | None]]:
-    """Score every item with every registered reward (one call per reward over the batch).
+                weights: Mapping[str, float] | None = None, *,
+                allow_nonfinite: bool = False) -> list[dict[str, float | None]]:
+    """Score every item with every reward of non-zero weight (one call per reward over the batch).
 
-    Returns one dict per item with every reward name and ``"total"`` =
-    ``sum(w_k * r_k)`` over the rewards that are not ``None``. ``weights=None``
-    weights every reward 1.0; a mapping gives 0.0 to the rewards it leaves out and
-    raises ``RewardError`` (a ``ValueError``) on an unknown name.
+    Returns one dict per item with the name of every reward that was run and ``"total"`` =
+    ``sum(w_k * r_k)`` over the rewards that are not ``None``. ``weights=None`` weights every
+    reward 1.0; a mapping gives 0.0 to the rewards it leaves out and raises ``RewardError`` (a
+    ``ValueError``) on an unknown name. A reward of weight 0 is not run and not in the rows.
+
+    A reward that raises, returns anything but one float or ``None`` per item, or a NaN / inf
+    (or a total that overflows) raises ``RewardError`` naming the reward and the clip (a NaN /
+    inf: its subclass ``NonFiniteRewardError``); ``allow_nonfinite=True`` keeps NaN / inf instead.
     """
-    w = resolve_weights(weights)
+    w = {name: wt for name, wt in resolve_weights(weights).items() if wt != 0.0}
     hyps, refs = list(hyps), list(refs)
     metas = [{} for _ in hyps] if metas is None else [m if m is not None else {} for m in metas]
     if not len(hyps) == len(refs) == len(metas):
         raise RewardError(f"hyps, refs and metas must have the same length, got "
                           f"{len(hyps)}, {len(refs)}, {len(metas)}")
-    columns = {name: _run_reward(name, fn, hyps, refs, metas) for name, fn in REGISTRY.items()}
+    columns = {name: _run_reward(name, REGISTRY[name], hyps, refs, metas, allow_nonfinite) for name in w}
     out: list[dict[str, float | None]] = []
     for i in range(len(hyps)):
         row: dict[str, float | None] = {name: col[i] for name, col in columns.items()}
-        row[TOTAL] = sum(w[name] * v for name, v in row.items() if v is not None)
+        total = sum(w[name] * v for name, v in row.items() if v is not None)
+        if not (allow_nonfinite or math.isfinite(total)):
+            raise NonFiniteRewardError(f"reward {TOTAL} is {_shown(total)} for {clip_label(i, hyps, refs)}: the "
+                                       "weighted sum overflowed", reward=TOTAL, item=i, value=total)
+        row[TOTAL] = total
         out.append(row)
     return out

@@ -152,7 +152,7 @@ def test_plugin_is_scored_and_listed(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["total"] for r in rows] == pytest.approx([-0.2, -0.1, -0.2])
-    assert list(rows[0]) == ["wer", "keyword", "hallucination", "language", "brevity", "total"]
+    assert list(rows[0]) == ["brevity", "total"]                     # the rewards of weight 0 are not run
     listed = run("list", "--plugin", "my_rewards:brevity", cwd=tmp_path)
     assert listed.stdout.split() == ["wer", "keyword", "hallucination", "language", "brevity"]
 
@@ -164,6 +164,60 @@ def test_plugin_raising_while_scoring_exits_1_naming_it(tmp_path):
     assert "reward 'crash' failed: KeyError" in out.stderr and "Traceback" not in out.stderr
 
 
+SHAKY = "def shaky(hyps, refs, metas):\n    return [float('nan') if h == 'thank you' else 0.5 for h in hyps]\n"
+
+
+def strict_json(line: str) -> dict:
+    def refuse(token):
+        raise ValueError(f"non-JSON token {token}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_reward_exits_1_naming_reward_and_line_and_writes_nothing(tmp_path):
+    (tmp_path / "shaky_rewards.py").write_text(SHAKY)
+    src = write_jsonl(tmp_path / "in.jsonl", GOOD[:1], ["\n"])       # blank line 2: "thank you" is on line 4
+    with src.open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(it, ensure_ascii=False) + "\n" for it in GOOD[1:])
+    dst = tmp_path / "scores.jsonl"
+    out = run("score", src, "--plugin", "shaky_rewards:shaky", "--out", dst, cwd=tmp_path)
+    assert out.returncode == 1 and out.stdout == "" and not dst.exists()
+    assert out.stderr.strip().splitlines() == [
+        f"rewards: error: reward 'shaky' returned NaN for clip 2 (ref '', hyp 'thank you'); a reward must be a "
+        f"finite number or None ({src}, line 4); --allow-nonfinite writes it as null"]
+
+
+def test_allow_nonfinite_writes_null_as_valid_json_and_exits_0(tmp_path):
+    (tmp_path / "shaky_rewards.py").write_text(SHAKY)
+    src = write_jsonl(tmp_path / "in.jsonl", GOOD)
+    out = run("score", src, "--plugin", "shaky_rewards:shaky", "--weights", "wer=1,shaky=2", "--allow-nonfinite",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [strict_json(line) for line in out.stdout.splitlines()]
+    assert rows == [{"wer": 1.0, "shaky": 0.5, "total": 2.0},
+                    {"wer": pytest.approx(4 / 7), "shaky": 0.5, "total": pytest.approx(4 / 7 + 1)},
+                    {"wer": 0.0, "shaky": None, "total": None}]
+    assert "rewards: warning: 2 non-finite values written as null: shaky on line 3, total on line 3" in out.stderr
+
+
+def test_reward_of_weight_zero_is_not_run_by_the_cli(tmp_path):
+    (tmp_path / "bad_rewards.py").write_text("def crash(h, r, m):\n    raise KeyError('lang')\n")
+    out = run("score", write_jsonl(tmp_path / "in.jsonl", GOOD), "--plugin", "bad_rewards:crash",
+              "--weights", "wer=1,crash=0", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [strict_json(line) for line in out.stdout.splitlines()] == [
+        {"wer": 1.0, "total": 1.0}, {"wer": pytest.approx(4 / 7), "total": pytest.approx(4 / 7)},
+        {"wer": 0.0, "total": 0.0}]
+
+
+def test_plugin_returning_a_number_exits_1_with_one_line(tmp_path):
+    (tmp_path / "num_rewards.py").write_text("def constant(h, r, m):\n    return 1.0\n")
+    out = run("score", write_jsonl(tmp_path / "in.jsonl", GOOD), "--plugin", "num_rewards:constant", cwd=tmp_path)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "rewards: error: reward 'constant' returned a float (1.0), not a list of 3 values (one float or None per "
+        "clip)"]
+
+
 def test_list_and_help():
     out = run("list")
     assert out.returncode == 0 and out.stdout.split() == ["wer", "keyword", "hallucination", "language"]
@@ -171,5 +225,6 @@ def test_list_and_help():
     assert verbose.stdout.splitlines()[0].startswith("wer\tR1")
     helped = run("score", "--help")
     assert helped.returncode == 0
-    for needle in ("--weights", "--plugin", "--out", '"hyp": str', "exit codes"):
+    for needle in ("--weights", "--plugin", "--out", "--allow-nonfinite", '"hyp": str', "exit codes",
+                   "weight 0 are not run"):
         assert needle in helped.stdout

@@ -1,4 +1,5 @@
-"""Registry, score_batch (totals, weights, loop equivalence) and plugin loading."""
+"""Registry, score_batch (totals, weights, loop equivalence, bad rewards) and plugin loading."""
+import math
 import textwrap
 
 import pytest
@@ -46,7 +47,7 @@ def test_weights_mapping_leaves_unlisted_rewards_at_zero_and_skips_none():
         expected = 2.0 * row["wer"] + (0.5 * row["keyword"] if row["keyword"] is not None else 0.0)
         assert row["total"] == pytest.approx(expected)
     assert rows[4]["total"] == 0.0                      # hallucination -1 has weight 0 here
-    assert rows[4]["hallucination"] == -1.0             # ... but is still reported
+    assert all(list(row) == ["wer", "keyword", "total"] for row in rows)   # ... so it is not run
 
 
 def test_weights_none_means_every_reward_weight_one():
@@ -116,6 +117,95 @@ def test_reward_with_wrong_length_or_type_or_exception_is_named(restore_registry
     register("boom")(boom)
     with pytest.raises(RewardError, match="'boom' failed: ZeroDivisionError: oops"):
         score_batch(["a"], ["a"], [{}])
+
+
+def test_plugin_returning_a_number_instead_of_a_list_is_a_reward_error(restore_registry):
+    register("scalar")(lambda h, r, m: 0.5)
+    with pytest.raises(RewardError, match=r"'scalar' returned a float \(0.5\), not a list of 2 values"):
+        score_batch(["a", "b"], ["a", "b"], [{}, {}], weights={"scalar": 1.0})
+
+
+@pytest.mark.parametrize("value", ["0.5", b"0.5", {"x": 0.5}, None])
+def test_plugin_returning_a_string_mapping_or_none_is_a_reward_error(restore_registry, value):
+    register("odd")(lambda h, r, m: value)
+    with pytest.raises(RewardError, match=f"'odd' returned a {type(value).__name__}"):
+        score_batch(["a"], ["a"], [{}], weights={"odd": 1.0})
+
+
+def test_reward_exception_names_the_reward_and_the_clip_that_fails_alone(restore_registry):
+    def picky(hyps, refs, metas):
+        return [1.0 / len(h) for h in hyps]        # ZeroDivisionError on the empty hypothesis
+
+    register("picky")(picky)
+    with pytest.raises(RewardError) as info:
+        score_batch(["a", "", "c"], ["x", "y", "z"], [{}] * 3, weights={"picky": 1.0})
+    assert str(info.value) == ("reward 'picky' failed: ZeroDivisionError: float division by zero; "
+                               "clip 1 (ref 'y', hyp '') fails alone too")
+    assert info.value.reward == "picky" and info.value.item == 1
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_reward_exception_only_on_the_whole_batch_says_no_clip_fails_alone(restore_registry):
+    def pairs_only(hyps, refs, metas):
+        if len(hyps) > 1:
+            raise RuntimeError("batch too big")
+        return [0.0]
+
+    register("pairs_only")(pairs_only)
+    with pytest.raises(RewardError, match=r"'pairs_only' failed: RuntimeError: batch too big; "
+                                          r"no clip of the 2 fails alone") as info:
+        score_batch(["a", "b"], ["a", "b"], [{}, {}], weights={"pairs_only": 1.0})
+    assert info.value.item is None
+
+
+def test_wrong_value_type_names_the_clip_with_its_reference_and_hypothesis(restore_registry):
+    register("texty")(lambda h, r, m: [0.0, "x"])
+    long_ref = "word " * 30
+    with pytest.raises(RewardError) as info:
+        score_batch(["a", "b c"], ["a", long_ref], [{}, {}], weights={"texty": 1.0})
+    assert str(info.value) == ("reward 'texty' returned 'x' (a str) for clip 1 "
+                               f"(ref {long_ref[:40]!r}..., hyp 'b c'); expected a float or None")
+
+
+@pytest.mark.parametrize("value, shown", [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "-inf"),
+                                          (10 ** 400, "inf")], ids=["nan", "inf", "-inf", "int-too-big"])
+def test_non_finite_value_is_a_reward_error_naming_the_reward_and_the_clip(restore_registry, value, shown):
+    register("shaky")(lambda h, r, m: [0.0 if x == "fine" else value for x in h])
+    with pytest.raises(rewards.NonFiniteRewardError) as info:
+        score_batch(["fine", "bad"], ["fine", "ref"], [{}, {}], weights={"shaky": 1.0})
+    assert isinstance(info.value, RewardError)
+    assert str(info.value) == (f"reward 'shaky' returned {shown} for clip 1 (ref 'ref', hyp 'bad'); "
+                               "a reward must be a finite number or None")
+    assert (info.value.reward, info.value.item) == ("shaky", 1)
+
+
+def test_allow_nonfinite_keeps_the_value_and_spreads_it_to_the_total(restore_registry):
+    register("shaky")(lambda h, r, m: [float("nan"), float("inf")])
+    rows = score_batch(["a", "b"], ["a", "x"], [{}, {}], weights={"wer": 1.0, "shaky": 1.0}, allow_nonfinite=True)
+    assert rows[0]["wer"] == 1.0 and rows[1]["wer"] == 0.0
+    assert math.isnan(rows[0]["shaky"]) and math.isnan(rows[0]["total"])
+    assert rows[1]["shaky"] == rows[1]["total"] == math.inf
+
+
+def test_total_overflowing_to_inf_is_a_non_finite_reward_error(restore_registry):
+    register("huge")(lambda h, r, m: [1e308] * len(h))
+    with pytest.raises(rewards.NonFiniteRewardError, match=r"total is inf for clip 0 \(ref 'a', hyp 'a'\)") as info:
+        score_batch(["a"], ["a"], [{}], weights={"huge": 2.0})
+    assert (info.value.reward, info.value.item) == ("total", 0)
+
+
+def test_reward_with_weight_zero_is_not_run(restore_registry):
+    calls = []
+
+    def broken(hyps, refs, metas):
+        calls.append(len(hyps))
+        return [float("nan")] * len(hyps)
+
+    register("broken")(broken)
+    rows = score_batch(HYPS, REFS, METAS, weights={"wer": 1.0, "broken": 0.0})
+    assert calls == []
+    assert rows[0] == {"wer": 1.0, "total": 1.0} and rows[4] == {"wer": 0.0, "total": 0.0}
+    assert score_batch(HYPS, REFS, METAS, weights={"wer": 1.0, "broken": -0.0}) == rows and calls == []
 
 
 # ---------------------------------------------------------------------------- plugins
