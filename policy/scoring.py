@@ -17,20 +17,42 @@ from policy.grpo import group_advantages
 from policy.messages import PromptBatch, RolloutBatch, ScoredRollout
 
 
+def _in_rollout(exc: rewards.RewardError, rollout: RolloutBatch, hyps: list[str]) -> Exception:
+    """The library's error about hypothesis ``exc.item`` of the flat batch, located in the rollout:
+    a NaN / inf becomes a ``FloatingPointError`` (the run stops, exit 1), any other stays a ``RewardError``."""
+    b, g = divmod(exc.item, rollout.group_size)
+    where = f"clip {b} ({rollout.prompts.clips[b].audio}), hypothesis {g}"
+    if isinstance(exc, rewards.NonFiniteRewardError):
+        value = "NaN" if math.isnan(exc.value) else ("inf" if exc.value > 0 else "-inf")
+        return FloatingPointError(f"reward {exc.reward!r} is {value} for {where} ({hyps[exc.item]!r:.60}): check the "
+                                  "reward functions and plugins; the step was stopped before any update")
+    return rewards.RewardError(f"{exc}; in this rollout: {where}", reward=exc.reward, item=exc.item)
+
+
 def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = None) -> dict[str, Tensor]:
-    """Every registered reward and ``"total"`` as ``[B, G]`` float tensors (NaN = not applicable)."""
+    """Every reward of non-zero weight and ``"total"`` as ``[B, G]`` float tensors (NaN = not applicable).
+
+    A reward of weight 0 is not run and has no entry. A NaN / inf reward or total is a ``FloatingPointError``
+    naming the reward, the clip and the hypothesis.
+    """
     clips = rollout.prompts.clips
     G = rollout.group_size
     hyps = [h for row in rollout.texts for h in row]
     refs = [c.text for c in clips for _ in range(G)]
     metas = [c.meta() for c in clips for _ in range(G)]
-    scored = rewards.score_batch(hyps, refs, metas, weights=dict(weights) if weights is not None else None)
-    names = list(scored[0].keys()) if scored else ["total"]
+    weights = dict(weights) if weights is not None else None
+    try:
+        scored = rewards.score_batch(hyps, refs, metas, weights=weights)
+    except rewards.RewardError as exc:
+        if exc.item is None:
+            raise
+        raise _in_rollout(exc, rollout, hyps) from exc
+    names = [name for name, w in rewards.resolve_weights(weights).items() if w != 0.0] + ["total"]
     out = {}
     for name in names:
         vals = [math.nan if s[name] is None else float(s[name]) for s in scored]
         out[name] = torch.tensor(vals, dtype=torch.float32).view(len(clips), G)
-    if not bool(torch.isfinite(out["total"]).all()):
+    if not bool(torch.isfinite(out["total"]).all()):  # finite in float64, beyond float32
         bad = torch.nonzero(~torch.isfinite(out["total"])).tolist()
         raise FloatingPointError(
             f"reward total is NaN/inf for (clip, hypothesis) {bad[:5]}: check the reward functions "

@@ -124,12 +124,54 @@ def test_drop_flat_groups_all_flat_gives_none():
     assert drop_flat_groups(scored) == (None, 2)
 
 
-def test_nan_total_raises_floating_point_error_naming_the_item(monkeypatch):
+def test_nan_reward_raises_floating_point_error_naming_reward_clip_and_hypothesis(monkeypatch):
     def flaky(hyps, refs, metas):
         return [math.nan if h == "hello" else 0.0 for h in hyps]
 
     monkeypatch.setitem(rewards.REGISTRY, "flaky", flaky)
-    with pytest.raises(FloatingPointError, match=r"\[\[0, 1\]\]"):
+    expected = ("reward 'flaky' is NaN for clip 0 (/d/0.wav), hypothesis 1 ('hello'): check the reward functions "
+                "and plugins; the step was stopped before any update")
+    with pytest.raises(FloatingPointError) as info:
         score_rollout(make_rollout())
-    with pytest.raises(FloatingPointError):
+    assert str(info.value) == expected
+    with pytest.raises(FloatingPointError, match=r"'flaky' is NaN for clip 0"):
         score_and_advantage(make_rollout())
+
+
+def test_total_beyond_float32_raises_floating_point_error_naming_the_item(monkeypatch):
+    monkeypatch.setitem(rewards.REGISTRY, "big", lambda hyps, refs, metas: [1e39 if h == "hello" else 0.0
+                                                                             for h in hyps])
+    with pytest.raises(FloatingPointError, match=r"reward total is NaN/inf for \(clip, hypothesis\) \[\[0, 1\]\]"):
+        score_rollout(make_rollout(), {"big": 1.0})
+
+
+def test_bad_reward_value_names_the_rollout_clip_and_hypothesis(monkeypatch):
+    monkeypatch.setitem(rewards.REGISTRY, "texty", lambda hyps, refs, metas: ["x" if h == "thank you" else 0.0
+                                                                               for h in hyps])
+    with pytest.raises(rewards.RewardError) as info:
+        score_rollout(make_rollout(), {"texty": 1.0})
+    assert str(info.value) == ("reward 'texty' returned 'x' (a str) for clip 5 (ref '', hyp 'thank you'); expected "
+                               "a float or None; in this rollout: clip 2 (/d/2.wav), hypothesis 1")
+    assert (info.value.reward, info.value.item) == ("texty", 5)
+
+
+def test_reward_of_weight_zero_is_not_run_and_not_in_the_scores(monkeypatch):
+    calls = []
+
+    def broken(hyps, refs, metas):
+        calls.append(len(hyps))
+        return [math.nan] * len(hyps)
+
+    monkeypatch.setitem(rewards.REGISTRY, "broken", broken)
+    weights = {"wer": 1.0, "keyword": 1.0, "hallucination": 1.0, "language": 1.0, "broken": 0.0}
+    scored = score_and_advantage(make_rollout(), weights)
+    assert calls == []
+    assert list(scored.rewards) == ["wer", "keyword", "hallucination", "language", "total"]
+    assert_tensor(scored.rewards["wer"], WER)
+    assert_tensor(scored.rewards["keyword"], KEYWORD)
+    assert_tensor(scored.rewards["hallucination"], HALLUCINATION)
+    assert_tensor(scored.rewards["total"], TOTAL)
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(scored.advantages, torch.tensor([[s, -s], [s, -s], [s, -s], [0.0, 0.0]]),
+                               atol=1e-5, rtol=0)
+
