@@ -61,6 +61,7 @@ def test_generate_shapes_mask_and_texts_agree_with_token_ids(worker, tiny):
     for b, g, ids in _rows(batch):
         assert EOS_ID not in ids[:-1]                              # generation stops at EOS
         assert len(ids) == 10 or ids[-1] == EOS_ID
+        assert bool(batch.truncated[b, g]) == (ids[-1] != EOS_ID)   # cut at max_new_tokens, not ended
         assert batch.texts[b][g] == tokenizer.decode(ids, skip_special_tokens=True)
     assert len({batch.texts[0][g] for g in range(G)}) > 1          # G samples differ
 
@@ -72,6 +73,22 @@ def test_sampled_logprobs_equal_hf_forward_on_the_same_embeds(worker, tiny):
     for b, g, ids in _rows(batch):
         ref = hf_logprobs(model, prompts.prompt_embeds[b], ids)
         torch.testing.assert_close(batch.sample_logprobs[b, g, : len(ids)], ref, atol=TOL, rtol=0)
+
+
+def test_sampled_logprobs_are_of_the_tempered_distribution_the_tokens_were_drawn_from(worker, tiny):
+    from dataclasses import replace
+    model, cfg = tiny[1], worker.cfg
+    worker.cfg = replace(cfg, temperature=0.7)
+    try:
+        prompts = _prompts(seed=3)
+        batch = worker.generate(prompts, n=2)
+    finally:
+        worker.cfg = cfg
+    for b, g, ids in _rows(batch):
+        ref = hf_logprobs(model, prompts.prompt_embeds[b], ids, temperature=0.7)
+        torch.testing.assert_close(batch.sample_logprobs[b, g, : len(ids)], ref, atol=TOL, rtol=0)
+    b, g, ids = next(_rows(batch))
+    assert (batch.sample_logprobs[b, g, :len(ids)] - hf_logprobs(model, prompts.prompt_embeds[b], ids)).abs().max() > 1e-3
 
 
 def test_greedy_is_deterministic_and_equals_hf_argmax(worker, tiny):

@@ -46,10 +46,11 @@ def build_tiny_qwen(out: Path, seed: int = 0) -> tuple[Qwen2ForCausalLM, PreTrai
 
 
 @torch.no_grad()
-def hf_logprobs(model, embeds: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """log p(ids[t] | embeds, ids[:t]) from one HF forward on inputs_embeds."""
+def hf_logprobs(model, embeds: torch.Tensor, ids: list[int], temperature: float = 1.0) -> torch.Tensor:
+    """log p(ids[t] | embeds, ids[:t]) under softmax(logits / temperature), from one HF forward on
+    inputs_embeds."""
     tok = model.get_input_embeddings()(torch.tensor(ids, dtype=torch.long))
-    logits = model(inputs_embeds=torch.cat([embeds, tok])[None]).logits[0].float()
+    logits = model(inputs_embeds=torch.cat([embeds, tok])[None]).logits[0].float() / temperature
     L = embeds.shape[0]
     return torch.log_softmax(logits[L - 1: L - 1 + len(ids)], -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
 
