@@ -103,6 +103,18 @@ class ScoredRollout:
     rewards: dict[str, Tensor]   # name -> [B, G] (NaN where a reward is not applicable); includes "total"
     advantages: Tensor           # [B, G]
 
+    @staticmethod
+    def concat(parts: "list[ScoredRollout]") -> "ScoredRollout":
+        """The groups of ``parts`` in order as one batch (every part must have the same reward names)."""
+        if len(parts) == 1:
+            return parts[0]
+        names = list(parts[0].rewards)
+        if any(list(p.rewards) != names for p in parts):
+            raise ValueError(f"ScoredRollout.concat: parts have different rewards: {[list(p.rewards) for p in parts]}")
+        return ScoredRollout(rollout=RolloutBatch.concat([p.rollout for p in parts]),
+                             rewards={k: torch.cat([p.rewards[k] for p in parts]) for k in names},
+                             advantages=torch.cat([p.advantages for p in parts]))
+
 
 @dataclass(frozen=True)
 class LearnStats:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from policy.messages import Clip, PromptBatch, RolloutBatch
+from policy.messages import Clip, PromptBatch, RolloutBatch, ScoredRollout
 
 
 def _batch(B: int, G: int, T: int, tag: str, truncated=None) -> RolloutBatch:
@@ -31,3 +31,14 @@ def test_concat_pads_tokens_and_keeps_clip_order_and_flags():
     assert joined.mask[:2, :, 3:].eq(0).all() and joined.sample_logprobs[:2, :, 3:].eq(0).all()
     assert joined.truncated.tolist() == [[True, False], [False, False], [False, True]]
     assert RolloutBatch.concat([a]) is a
+
+
+def test_scored_concat_joins_groups_rewards_and_advantages():
+    a = ScoredRollout(_batch(2, 2, 3, "a"), {"total": torch.ones(2, 2), "wer": torch.zeros(2, 2)}, torch.ones(2, 2))
+    b = ScoredRollout(_batch(1, 2, 4, "b"), {"total": torch.full((1, 2), 2.0), "wer": torch.ones(1, 2)},
+                      -torch.ones(1, 2))
+    joined = ScoredRollout.concat([a, b])
+    assert joined.rewards["total"].tolist() == [[1, 1], [1, 1], [2, 2]] and joined.rewards["wer"].shape == (3, 2)
+    assert joined.advantages.tolist() == [[1, 1], [1, 1], [-1, -1]] and joined.rollout.token_ids.shape == (3, 2, 4)
+    with pytest.raises(ValueError, match="different rewards"):
+        ScoredRollout.concat([a, ScoredRollout(b.rollout, {"total": b.rewards["total"]}, b.advantages)])
