@@ -86,13 +86,19 @@ class RunConfig:
     save_every: int = 10             # checkpoint every N steps (and at the last step)
     keep_last: int = 2
     dynamic_sampling: bool = False   # drop groups whose rewards are all equal
+    max_refill_rounds: int = 0       # dynamic sampling: up to N extra rounds of clips to refill the batch to
+                                     # clips_per_step groups that are not flat (DAPO); 0 = train on what is left
     save_model: bool = True          # write the trained model (its own format) to OUT/model at the end
 
     def __post_init__(self) -> None:
         validate(self, {
             "steps": in_range(1), "clips_per_step": in_range(1), "seed": in_range(0), "out_dir": non_empty,
             "eval_every": in_range(0), "save_every": in_range(1), "keep_last": in_range(1),
+            "max_refill_rounds": in_range(0),
         })
+        if self.max_refill_rounds and not self.dynamic_sampling:
+            raise ConfigError("run.max_refill_rounds refills what dynamic sampling drops: set "
+                              "run.dynamic_sampling=true too (or max_refill_rounds=0)", key="run.max_refill_rounds")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from funrl.eval import EvalReport, evaluate, format_table, write_report
 from funrl.metrics import JsonlLog, MetricsLogger
 from funrl.timing import StageTimer
 from policy.messages import ScoredRollout
-from policy.scoring import drop_flat_groups, score_and_advantage
+from policy.scoring import drop_flat_groups, score_and_advantage, select_groups
+from policy.truncation import mask_truncated, rollout_penalty
 import rewards
 
 EPILOG = """\
@@ -118,7 +119,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             run_eval(cluster, test_clips, out / "eval_before.json")
         progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
         for step in progress:
-            record, scored = train_step(cfg, cluster, sampler.next_batch())
+            record, scored = train_step(cfg, cluster, sampler.next_batch(), more_clips=sampler.next_batch)
             samples.write(step, rollout_record(scored))
             if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
                 dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
@@ -155,25 +156,57 @@ def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> Eval
     return report
 
 
-def train_step(cfg: TrainConfig, cluster: Cluster, clips) -> tuple[dict[str, float], ScoredRollout]:
-    """One GRPO step; returns its metrics record and the scored rollout."""
+def train_step(cfg: TrainConfig, cluster: Cluster, clips,
+               more_clips: Callable[[], list] | None = None) -> tuple[dict[str, float], ScoredRollout]:
+    """One GRPO step; returns its metrics record and every group sampled, scored.
+    ``more_clips()``: the next clips, for dynamic sampling's refill rounds (``run.max_refill_rounds``)."""
     t = StageTimer()
-    with t("embed"):
-        prompts = cluster.embed(clips)
-    with t("generate"):
-        rollout = cluster.generate(prompts)
-    with t("score"):
-        scored = score_and_advantage(rollout, cfg.rewards.weights)
-        batch, dropped = drop_flat_groups(scored) if cfg.run.dynamic_sampling else (scored, 0)
+    scored, batch, info = sample_groups(cfg, cluster, clips, more_clips, t)
     with t("learn"):
         stats = cluster.update(batch) if batch is not None else None
     with t("sync"):
         if stats is not None:
             cluster.sync()
-    return step_record(scored, stats, dropped) | t.as_metrics(), scored
+    return step_record(scored, stats, info) | t.as_metrics(), scored
 
 
-def step_record(scored, stats, dropped: int) -> dict[str, float]:
+def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: StageTimer
+                  ) -> tuple[ScoredRollout, ScoredRollout | None, dict[str, float]]:
+    """embed -> generate -> score (-> drop flat groups -> refill, up to ``run.max_refill_rounds`` more rounds).
+    Returns every group sampled, the batch to train on (None: nothing left) and counts for the metrics."""
+    rounds = cfg.run.max_refill_rounds if (cfg.run.dynamic_sampling and more_clips is not None) else 0
+    sampled, kept, dropped = [], [], 0
+    for round_ in range(rounds + 1):
+        with t("embed"):
+            prompts = cluster.embed(clips if round_ == 0 else more_clips())
+        with t("generate"):
+            rollout = cluster.generate(prompts)
+        with t("score"):
+            sampled.append(score(cfg, rollout))
+            batch, n = drop_flat_groups(sampled[-1]) if cfg.run.dynamic_sampling else (sampled[-1], 0)
+        dropped += n
+        kept += [] if batch is None else [batch]
+        if sum(len(b.rollout.prompts.clips) for b in kept) >= cfg.run.clips_per_step:
+            break
+    batch = ScoredRollout.concat(kept) if kept else None
+    if batch is not None and len(batch.rollout.prompts.clips) > cfg.run.clips_per_step:
+        batch = select_groups(batch, list(range(cfg.run.clips_per_step)))
+    if batch is not None and cfg.rollout.truncated == "mask":
+        batch = mask_truncated(batch)
+    trained = 0 if batch is None else len(batch.rollout.prompts.clips)
+    return ScoredRollout.concat(sampled), batch, {"dropped": dropped, "refill_rounds": round_, "trained": trained}
+
+
+def score(cfg: TrainConfig, rollout) -> ScoredRollout:
+    """The composite reward (+ the overlong penalty with ``rollout.truncated=penalty``) and the advantages."""
+    extra = {}
+    if cfg.rollout.truncated == "penalty":
+        r = cfg.rollout
+        extra["overlong"] = rollout_penalty(rollout, r.max_new_tokens, r.overlong_buffer, r.overlong_penalty)
+    return score_and_advantage(rollout, cfg.rewards.weights, estimator=cfg.learner.advantage, extra=extra)
+
+
+def step_record(scored, stats, groups: dict[str, float]) -> dict[str, float]:
     """Flat metrics of a step: each reward's mean/std, lengths, flat groups, learner stats."""
     rec: dict[str, float] = {}
     for name, values in scored.rewards.items():
@@ -182,8 +215,9 @@ def step_record(scored, stats, dropped: int) -> dict[str, float]:
         rec[f"reward.{name}.std"] = float(valid.std()) if valid.numel() > 1 else float("nan")
     total = scored.rewards["total"]
     rec["groups.zero_variance_frac"] = float((total.amax(1) == total.amin(1)).float().mean())
-    rec["groups.dropped"] = float(dropped)
+    rec.update({f"groups.{k}": float(v) for k, v in groups.items()})
     rec["hyp.length.mean"] = float(scored.rollout.mask.sum(-1).mean())
+    rec["hyp.truncated_frac"] = float(scored.rollout.truncated.float().mean())
     rec["time.vllm_generate"] = scored.rollout.seconds        # inside the engine(s): the rest is transport
     if stats is not None:
         rec.update(loss=stats.loss, kl=stats.kl, clip_frac=stats.clip_frac, ratio_mean=stats.ratio_mean,

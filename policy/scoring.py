@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 import rewards
-from policy.grpo import group_advantages
+from policy.grpo import compute_advantages
 from policy.messages import PromptBatch, RolloutBatch, ScoredRollout
 
 
@@ -61,10 +61,33 @@ def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = N
 
 
 def score_and_advantage(rollout: RolloutBatch, weights: Mapping[str, float] | None = None,
-                        eps: float = 1e-6) -> ScoredRollout:
-    """Rewards -> group-normalised advantages (DESIGN.md §2, eq. 1)."""
+                        eps: float = 1e-6, estimator: str = "grpo",
+                        extra: Mapping[str, Tensor] | None = None) -> ScoredRollout:
+    """Rewards -> advantages within each clip's group (`policy.grpo.compute_advantages`; "grpo" is DESIGN.md
+    §2, eq. 1). ``extra``: reward terms computed outside the reward library from the rollout's tokens (e.g.
+    ``"overlong"``, `policy.truncation`), ``[B, G]`` each, added to the total with weight 1."""
     scores = score_rollout(rollout, weights)
-    return ScoredRollout(rollout=rollout, rewards=scores, advantages=group_advantages(scores["total"], eps))
+    for name, term in (extra or {}).items():
+        if tuple(term.shape) != tuple(scores["total"].shape) or name in scores:
+            raise ValueError(f"score_and_advantage: extra reward {name!r} must be new and [B, G] = "
+                             f"{tuple(scores['total'].shape)}, got {tuple(term.shape)}")
+        scores = {**{k: v for k, v in scores.items() if k != "total"}, name: term.float(),
+                  "total": scores["total"] + term.float()}
+    return ScoredRollout(rollout=rollout, rewards=scores,
+                         advantages=compute_advantages(scores["total"], estimator, eps))
+
+
+def select_groups(scored: ScoredRollout, idx: list[int]) -> ScoredRollout:
+    """The groups (clips) ``idx`` of a scored batch, in that order."""
+    r = scored.rollout
+    keep = torch.tensor(idx, dtype=torch.long)
+    prompts = PromptBatch(clips=tuple(r.prompts.clips[i] for i in idx),
+                          prompt_embeds=tuple(r.prompts.prompt_embeds[i] for i in idx))
+    rollout = RolloutBatch(prompts=prompts, token_ids=r.token_ids[keep], mask=r.mask[keep],
+                           sample_logprobs=r.sample_logprobs[keep], texts=tuple(r.texts[i] for i in idx),
+                           seconds=r.seconds, truncated=r.truncated[keep])
+    return ScoredRollout(rollout=rollout, rewards={k: v[keep] for k, v in scored.rewards.items()},
+                         advantages=scored.advantages[keep])
 
 
 def drop_flat_groups(scored: ScoredRollout) -> tuple[ScoredRollout | None, int]:
@@ -79,12 +102,4 @@ def drop_flat_groups(scored: ScoredRollout) -> tuple[ScoredRollout | None, int]:
         return scored, 0
     if keep.numel() == 0:
         return None, dropped
-    idx = keep.tolist()
-    r = scored.rollout
-    prompts = PromptBatch(clips=tuple(r.prompts.clips[i] for i in idx),
-                          prompt_embeds=tuple(r.prompts.prompt_embeds[i] for i in idx))
-    rollout = RolloutBatch(prompts=prompts, token_ids=r.token_ids[keep], mask=r.mask[keep],
-                           sample_logprobs=r.sample_logprobs[keep],
-                           texts=tuple(r.texts[i] for i in idx), seconds=r.seconds)
-    return ScoredRollout(rollout=rollout, rewards={k: v[keep] for k, v in scored.rewards.items()},
-                         advantages=scored.advantages[keep]), dropped
+    return select_groups(scored, keep.tolist()), dropped

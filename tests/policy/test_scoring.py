@@ -9,7 +9,7 @@ import torch
 import rewards
 from policy.grpo import group_advantages
 from policy.messages import Clip, PromptBatch, RolloutBatch
-from policy.scoring import drop_flat_groups, score_and_advantage, score_rollout
+from policy.scoring import drop_flat_groups, score_and_advantage, score_rollout, select_groups
 
 CLIPS = (
     Clip("/d/0.wav", "hello world", "en", keywords=("world",)),
@@ -175,3 +175,26 @@ def test_reward_of_weight_zero_is_not_run_and_not_in_the_scores(monkeypatch):
     torch.testing.assert_close(scored.advantages, torch.tensor([[s, -s], [s, -s], [s, -s], [0.0, 0.0]]),
                                atol=1e-5, rtol=0)
 
+
+
+def test_advantage_estimator_and_extra_reward_terms_enter_the_total():
+    rollout = make_rollout()
+    overlong = torch.tensor([[0.0, -1.0]] * 4)
+    scored = score_and_advantage(rollout, estimator="rloo", extra={"overlong": overlong})
+    total = torch.tensor(TOTAL) + overlong
+    assert scored.rewards["total"].tolist() == total.tolist() and scored.rewards["overlong"].tolist() == overlong.tolist()
+    # rloo with G = 2: A_i = r_i - r_other
+    assert scored.advantages.tolist() == [[a - b, b - a] for a, b in total.tolist()]
+    with pytest.raises(ValueError, match="extra reward 'wer' must be new"):
+        score_and_advantage(rollout, extra={"wer": overlong})
+
+
+def test_select_groups_keeps_every_field_of_the_chosen_clips():
+    rollout = make_rollout()
+    flags = torch.tensor([[True, False], [False, False], [False, True], [True, True]])
+    rollout = RolloutBatch(rollout.prompts, rollout.token_ids, rollout.mask, rollout.sample_logprobs, rollout.texts,
+                           truncated=flags)
+    picked = select_groups(score_and_advantage(rollout), [3, 0])
+    assert [c.audio for c in picked.rollout.prompts.clips] == ["/d/3.wav", "/d/0.wav"]
+    assert picked.rollout.truncated.tolist() == [[True, True], [True, False]]
+    assert picked.rewards["total"].tolist() == [TOTAL[3], TOTAL[0]] and picked.rollout.texts == (TEXTS[3], TEXTS[0])
