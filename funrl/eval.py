@@ -21,8 +21,9 @@ agree with the rewards a training run optimises:
 
 With ``--out report.json`` the summary goes there and one JSON line per clip (ref, hyp, errors,
 words, lang, keywords hit, ...) to ``report.clips.jsonl`` beside it, both written atomically.
-A bad manifest, a missing or unsupported model folder or an unreadable audio file ends with one
-line on stderr and exit code 2.
+A bad manifest, a missing or unsupported model folder, a model folder missing a part (its weights, the
+``llm/`` folder, the tokenizer) or an unreadable audio file ends with one line on stderr and exit code 2,
+before anything is decoded.
 """
 from __future__ import annotations
 
@@ -326,15 +327,24 @@ def _checked_inputs(args: argparse.Namespace) -> list[Clip]:
     return clips
 
 
-def _run(args: argparse.Namespace) -> int:
+def _load_embedder(args: argparse.Namespace):
+    """The audio-embedding worker with the model loaded; a model folder missing a part (weights, ``llm/``,
+    tokenizer) or not matching its config is an InputError naming the path, before vLLM starts."""
     from policy.config import ModelConfig
-    from rollout.config import RolloutConfig
     from rollout.embedding import AudioEmbeddingWorker
-    from rollout.vllm_worker import VLLMRolloutWorker
 
-    clips = _checked_inputs(args)
-    embedder = AudioEmbeddingWorker(ModelConfig(path=str(args.model), dtype=args.dtype),
+    try:
+        return AudioEmbeddingWorker(ModelConfig(path=str(args.model), dtype=args.dtype),
                                     max_audio_seconds=args.max_audio_seconds, batch_size=args.batch)
+    except (OSError, ValueError) as exc:  # FileNotFoundError of the model layer, transformers' OSError
+        raise InputError(f"--model {args.model}: {_one_line(exc)}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    clips = _checked_inputs(args)
+    embedder = _load_embedder(args)
+    from rollout.config import RolloutConfig
+    from rollout.vllm_worker import VLLMRolloutWorker
 
     def embed(batch: list[Clip]) -> PromptBatch:
         try:

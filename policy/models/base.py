@@ -128,6 +128,21 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
+def load_tokenizer(folder: str | Path) -> Any:
+    """The tokenizer saved in ``folder`` (local files only, no remote code); a folder without one is an error.
+
+    transformers builds a tokenizer with only the special tokens, silently, when the folder has a tokenizer
+    config but no vocabulary (or nothing at all); it encodes every text to nothing.
+    """
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if not tokenizer("a", add_special_tokens=False)["input_ids"]:
+        raise FileNotFoundError(f"{folder}: no tokenizer vocabulary (tokenizer.json, or vocab.json + merges.txt, or "
+                                f"tokenizer.model); the tokenizer loaded from it encodes every text to nothing")
+    return tokenizer
+
+
 def load_audio_llm(folder: str | Path, dtype: str | torch.dtype = "float32", prompt: str | None = None) -> "AudioLLM":
     """Load the checkpoint in ``folder`` with the adapter its ``config.json`` ``model_type`` names.
 

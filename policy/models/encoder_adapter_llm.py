@@ -25,7 +25,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from policy.models.base import AudioLLM, FeatureBatch, read_config, register_adapter
+from policy.models.base import AudioLLM, FeatureBatch, load_tokenizer, read_config, register_adapter
 from policy.models.conformer import ConformerEncoder, EncoderConfig, SpliceAdapter
 from policy.models.features import FbankConfig, fbank_batch
 from policy.models.prompt import PromptTemplate
@@ -143,9 +143,9 @@ def frontend_from_config(config: dict[str, Any], where: str) -> EncoderAdapterFr
 def _load_llm(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     if not folder.is_dir() or not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"{folder}: expected an HF causal-LM folder with *.safetensors weights")
+    tokenizer = load_tokenizer(folder)  # first: a missing tokenizer fails before the weights load
     llm = transformers.AutoModelForCausalLM.from_pretrained(
         folder, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     return llm.eval(), tokenizer
 
 

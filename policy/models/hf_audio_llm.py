@@ -37,7 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from policy.models.base import AudioLLM, FeatureBatch, read_config, register_adapter
+from policy.models.base import AudioLLM, FeatureBatch, load_tokenizer, read_config, register_adapter
 from policy.models.hf_audio_families import FAMILIES, LAYOUTS, AudioFamily, hf_inputs
 from policy.models.prompt import DEFAULT_INSTRUCTION, PromptTemplate
 
@@ -259,7 +259,7 @@ class HFAudioAdapter:
     def load(self, folder: Path, dtype: torch.dtype = torch.float32) -> AudioLLM:
         folder = Path(folder)
         frontend, llm = load_hf_parts(folder, dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        tokenizer = load_tokenizer(folder)
         prompt_file = folder / PROMPT_FILE
         if prompt_file.is_file():
             template = PromptTemplate.from_dict(json.loads(prompt_file.read_text()), where=str(prompt_file))

@@ -210,6 +210,45 @@ def test_cli_unreadable_audio_exits_2_naming_file_and_line(tmp_path, wav):
     assert out.returncode == 2 and len(lines) == 1 and f"{man}:2" in lines[0] and str(bad) in lines[0]
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from policy.models import get_adapter
+    return get_adapter("encoder_adapter_llm").build_tiny(tmp_path_factory.mktemp("eval_parts") / "tiny", seed=0)
+
+
+# (what is deleted from the encoder_adapter_llm folder, the path the error must name)
+MISSING_PARTS = [
+    (["frontend.safetensors"], "frontend.safetensors"),
+    (["llm"], "llm"),
+    (["llm/model.safetensors"], "llm"),
+    (["llm/tokenizer.json"], "llm"),                               # transformers builds an empty tokenizer
+    (["llm/tokenizer.json", "llm/tokenizer_config.json", "llm/chat_template.jinja"], "llm"),
+]
+
+
+@pytest.mark.parametrize("delete,named", MISSING_PARTS, ids=[" + ".join(d) for d, _ in MISSING_PARTS])
+def test_cli_model_folder_missing_a_part_exits_2_naming_it_before_decoding(tmp_path, wav, tiny_checkpoint,
+                                                                           capsys, delete, named):
+    import shutil
+
+    from funrl.eval import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    for rel in delete:
+        (shutil.rmtree if (model / rel).is_dir() else os.remove)(model / rel)
+    man = tmp_path / "m.jsonl"
+    man.write_text(json.dumps({"audio": wav.name, "text": "hi"}) + "\n")
+    out = tmp_path / "r.json"
+    code = main(["--model", str(model), "--manifest", str(man), "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, captured.err[-3000:]
+    assert lines[0].startswith(f"error: --model {model}: ") and str(model / named) in lines[0]
+    assert "tokenizer" in lines[0] if "tokenizer.json" in delete else True
+    assert captured.out == "" and not out.exists() and not clips_path(out).exists()
+
+
 MAX_NEW = 8
 
 
