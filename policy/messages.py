@@ -78,7 +78,7 @@ class RolloutBatch:
     def concat(parts: "list[RolloutBatch]", prompts: PromptBatch | None = None) -> "RolloutBatch":
         """The clips of ``parts`` in order as one batch (tokens right-padded to the longest ``T``); ``prompts``:
         the joined prompts when the caller has them (else they are joined too); ``seconds``: the longest."""
-        if len(parts) == 1 and prompts in (None, parts[0].prompts):
+        if len(parts) == 1 and (prompts is None or prompts is parts[0].prompts):
             return parts[0]
         if prompts is None:
             prompts = PromptBatch(clips=tuple(c for p in parts for c in p.prompts.clips),
