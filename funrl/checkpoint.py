@@ -6,23 +6,33 @@ Layout under ``<out_dir>/checkpoints``::
         trainer_state.json  step and the data sampler's position (the driver re-seeds from run.seed + step)
         learner/            whatever the learner writes (DCP shards, AdamW, scheduler, each rank's RNG)
         COMPLETE
-    .tmp-step_000012-<pid>/ a checkpoint being written; never picked up
+    .tmp-step_000012-<host>-<pid>/ a checkpoint being written; never picked up
 
-A checkpoint is written into a temporary folder, marked complete, fsync'd and
-renamed into place in one ``os.replace``; a run killed at any moment leaves at
-worst a ``.tmp-*`` folder, which ``latest()`` ignores and the next save removes.
+A checkpoint is written into a temporary folder, every file and folder of it fsync'd, then marked
+``COMPLETE`` (written and fsync'd last) and renamed into place in one ``os.replace``; a run killed at any moment
+leaves at worst a ``.tmp-*`` folder, which ``latest()`` ignores and a later save removes once its writer (host,
+pid) is gone. Pruning removes ``COMPLETE`` first, and skips a checkpoint a reader holds (`Checkpoint.reading`,
+e.g. ``funrl.export``). ``latest()`` returns the newest checkpoint whose files are intact (every JSON file
+parses, no file is empty) and says which newer ones it skipped. `RunLock` keeps a second process out of a run
+folder.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import socket
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
+_TMP_DIR = re.compile(r"^\.tmp-step_\d{6,}-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 
@@ -35,6 +45,55 @@ class Checkpoint:
     def trainer_state(self) -> dict:
         with open(self.path / STATE_FILE, encoding="utf-8") as f:
             return json.load(f)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator["Checkpoint"]:
+        """Hold the checkpoint while reading it: pruning skips it until the block ends (a shared lock)."""
+        with open(self.path / COMPLETE, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            yield self
+
+    def damage(self) -> str | None:
+        """Why the checkpoint cannot be loaded (a torn or empty file), or None when it looks intact."""
+        for path in sorted(self.path.rglob("*")):
+            if not path.is_file():
+                continue
+            if path.stat().st_size == 0 and path.name != COMPLETE:
+                return f"{path.relative_to(self.path)} is empty"
+            if path.suffix == ".json":
+                try:
+                    json.loads(path.read_text(encoding="utf-8"))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    return f"{path.relative_to(self.path)} does not parse ({exc})"
+        return None
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file below ``root``, then every folder (deepest first), then ``root``."""
+    folders = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            _fsync_file(path)
+        elif path.is_dir():
+            folders.append(path)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        _fsync_dir(folder)
+    _fsync_dir(root)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -71,15 +130,21 @@ class CheckpointManager:
         return sorted(found, key=lambda c: c.step)
 
     def latest(self) -> Checkpoint | None:
-        done = self.all()
-        return done[-1] if done else None
+        """The newest complete checkpoint that is intact (`Checkpoint.damage`); newer damaged ones are named
+        on stderr and skipped (left in place for a look)."""
+        for ckpt in reversed(self.all()):
+            why = ckpt.damage()
+            if why is None:
+                return ckpt
+            print(f"[funrl] skipping checkpoint {ckpt.path}: {why}", file=sys.stderr)
+        return None
 
     def save(self, step: int, trainer_state: dict, write_payload: Callable[[Path], None]) -> Checkpoint:
         """Write ``trainer_state`` and the payload (``write_payload(tmp_dir)``) as step ``step``."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_tmp()
         final = self.root / f"step_{step:06d}"
-        tmp = self.root / f".tmp-step_{step:06d}-{os.getpid()}"
+        tmp = self.root / f".tmp-step_{step:06d}-{socket.gethostname()}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
@@ -87,23 +152,81 @@ class CheckpointManager:
         state = dict(trainer_state, step=step)
         with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1, sort_keys=True)
+        _fsync_tree(tmp)                     # every file the checkpoint needs is on disk ...
+        with open(tmp / COMPLETE, "w", encoding="utf-8") as f:
+            f.write("ok\n")                  # ... before it is marked complete
             f.flush()
             os.fsync(f.fileno())
-        (tmp / COMPLETE).write_text("ok\n")
         _fsync_dir(tmp)
         if final.exists():  # a re-run of the same step replaces the older copy
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
         _fsync_dir(self.root)
         self._prune()
         return Checkpoint(step, final)
 
     def _remove_stale_tmp(self) -> None:
+        """Remove temp folders whose writer is gone: this host's, of a pid that no longer runs."""
+        host = socket.gethostname()
         for child in self.root.iterdir():
-            if child.name.startswith(".tmp-step_"):
+            m = _TMP_DIR.match(child.name)
+            if m and m.group("host") in (None, host) and not _pid_alive(int(m.group("pid"))):
                 shutil.rmtree(child, ignore_errors=True)
 
     def _prune(self) -> None:
         done = self.all()
         for old in done[: max(0, len(done) - self.keep_last)]:
-            shutil.rmtree(old.path, ignore_errors=True)
+            if not _remove(old.path):
+                print(f"[funrl] keeping {old.path} for now: a reader (e.g. funrl.export) holds it", file=sys.stderr)
+
+
+def _remove(folder: Path) -> bool:
+    """Delete a checkpoint folder, ``COMPLETE`` first (a crash midway leaves an incomplete one, never a torn
+    complete one); False (nothing deleted) while a reader holds it."""
+    marker = folder / COMPLETE
+    if marker.is_file():
+        with open(marker, "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            marker.unlink()
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run folder."""
+
+
+class RunLock:
+    """An exclusive lock on ``OUT/.lock`` for a run's life: a second training process on the same folder gets
+    a clear error instead of interleaving checkpoints. Released on `release` or when the process ends."""
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.path = Path(out_dir) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            owner = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise RunLockedError(f"{self.path.parent} is in use by another FunRL process ({owner}); wait for it "
+                                 "to end, or choose another run.out_dir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -116,7 +116,8 @@ def export(cfg, learner_dir: Path, out: str, llm_only: bool = False, dtype: str 
                           f"{cfg.learner.finetune!r}")
     lcfg = replace(cfg.learner, num_ranks=1, gpus_per_rank=1.0 if device == "cuda" else 0.0)
     learner = Learner(cfg.model.path, cfg.model, lcfg, 0, 1, "127.0.0.1", free_port(),
-                      total_steps=cfg.run.steps, max_audio_seconds=cfg.data.max_audio_seconds)
+                      total_steps=cfg.run.steps, max_audio_seconds=cfg.data.max_audio_seconds,
+                      temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
     try:
         learner.setup()
         learner.ref_root = None  # the frozen reference is for updates only: free its copy of the model
@@ -132,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, learner_dir = check_inputs(args)
         print(f"[funrl.export] {learner_dir.parent} -> {args.out}", file=sys.stderr)
-        out = export(cfg, learner_dir, args.out, llm_only=args.llm_only, dtype=args.dtype, device=args.device)
+        # held while read: a training run still writing checkpoints does not prune this one meanwhile
+        with Checkpoint(0, learner_dir.parent).reading():
+            out = export(cfg, learner_dir, args.out, llm_only=args.llm_only, dtype=args.dtype, device=args.device)
     except (ExportError, FileNotFoundError, ValueError) as exc:  # bad input (a broken model folder ...)
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from funrl.checkpoint import CheckpointManager
+from funrl.checkpoint import CheckpointManager, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
 from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config,
                           validate_reward_names)
@@ -87,6 +87,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     With ``data.test_manifest`` set, the policy is evaluated (greedy) on it before and after training and
     a before/after table is printed (OUT/eval_before.json, OUT/eval_after.json).
     """
+    with RunLock(cfg.run.out_dir):                         # one process per run folder
+        return _train(cfg, resume)
+
+
+def _train(cfg: TrainConfig, resume: bool) -> Path:
     out = Path(cfg.run.out_dir)
     load_rewards(cfg)                                      # plugins and reward names, like the data,
     clips = load_manifest(cfg.data.train_manifest)         # are validated before any actor starts
@@ -255,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         print("[funrl] config:\n" + dump_config(cfg), file=sys.stderr)
         out = train(cfg, resume=bool(args.resume))
-    except (ConfigError, ManifestError, rewards.RewardError, FileNotFoundError) as exc:
+    except (ConfigError, ManifestError, rewards.RewardError, FileNotFoundError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (WorkerError, FloatingPointError) as exc:

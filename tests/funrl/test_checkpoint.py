@@ -61,3 +61,69 @@ def test_next_save_removes_stale_temporary_folders(tmp_path):
 def test_keep_last_below_one_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="keep_last"):
         CheckpointManager(tmp_path, keep_last=0)
+
+
+def test_latest_falls_back_past_a_torn_checkpoint_marked_complete(tmp_path, capsys):
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    mgr.save(1, {}, _payload("a"))
+
+    def torn(folder):
+        (folder / "learner").mkdir()
+        (folder / "learner" / "learner.json").write_text('{"updates": 2, "sched')   # cut mid-write
+    mgr.save(2, {}, torn)
+    assert [c.step for c in mgr.all()] == [1, 2]
+    assert mgr.latest().step == 1
+    assert "skipping checkpoint" in capsys.readouterr().err and "learner.json does not parse" in mgr.all()[1].damage()
+
+    def empty(folder):
+        (folder / "shard.distcp").write_bytes(b"")
+    mgr.save(3, {}, empty)
+    assert mgr.latest().step == 1 and "shard.distcp is empty" in mgr.all()[2].damage()
+
+
+def test_pruning_skips_a_checkpoint_a_reader_holds_and_removes_it_later(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=1)
+    first = mgr.save(1, {}, _payload("a"))
+    with first.reading():
+        mgr.save(2, {}, _payload("b"))
+        assert (first.path / "weights.txt").read_text() == "a"      # still whole while read
+    mgr.save(3, {}, _payload("c"))
+    assert [c.step for c in mgr.all()] == [3] and not first.path.exists()
+
+
+def test_stale_temp_folders_are_removed_only_when_their_writer_is_gone(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    mgr = CheckpointManager(tmp_path)
+    mgr.root.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = socket.gethostname()
+    live_tmp = mgr.root / f".tmp-step_000005-{host}-{os.getppid()}"       # a live process (our parent)
+    dead_tmp = mgr.root / f".tmp-step_000006-{host}-{dead}"
+    other_host = mgr.root / f".tmp-step_000007-otherhost-{dead}"          # can't tell: left alone
+    for folder in (live_tmp, dead_tmp, other_host):
+        folder.mkdir()
+    mgr.save(8, {}, _payload("x"))
+    assert live_tmp.exists() and other_host.exists() and not dead_tmp.exists()
+
+
+def test_run_lock_keeps_a_second_process_out_until_released(tmp_path):
+    from funrl.checkpoint import RunLock, RunLockedError
+    lock = RunLock(tmp_path)
+    with pytest.raises(RunLockedError, match=f"{tmp_path} is in use by another FunRL process \\(pid {os.getpid()}"):
+        RunLock(tmp_path)
+    lock.release()
+    with RunLock(tmp_path):
+        pass
+
+
+def test_training_on_a_run_folder_another_process_holds_exits_2_naming_it(tmp_path, capsys):
+    from funrl.checkpoint import RunLock
+    from funrl.train import main
+    out = tmp_path / "run"
+    with RunLock(out):
+        code = main(["--no-demo", f"data.train_manifest={tmp_path / 'train.jsonl'}", f"run.out_dir={out}"])
+    assert code == 2 and "is in use by another FunRL process" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]       # nothing written
