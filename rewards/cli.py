@@ -3,6 +3,8 @@
     python -m rewards score IN.jsonl [--weights wer=1,keyword=0.5] [--plugin module:function]... [--out OUT.jsonl]
                                      [--allow-nonfinite]
     python -m rewards list [--plugin module:function]... [-v]
+    python -m rewards replay RUN_DIR/rollouts.jsonl [--weights ...] [--plugin ...]... [--advantage grpo]
+                                     [--run-advantage grpo] [--out REPORT.json]
 
 Every input line is validated before anything is scored or written; ``--out`` is
 written to a temporary file in the same folder and renamed into place, so a failed
@@ -19,8 +21,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from rewards.advantages import ESTIMATORS
 from rewards.registry import (REGISTRY, TOTAL, NonFiniteRewardError, RewardError, load_plugin, resolve_weights,
                               score_batch)
+from rewards.replay import RolloutsError, format_report, replay
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -46,6 +50,34 @@ exit codes: 0 ok; 2 bad input (malformed line, unknown reward, bad weight, plugi
   or null per line, or a NaN / infinity (without --allow-nonfinite).
 """
 
+_REPLAY_EPILOG = """\
+input: a run's rollouts.jsonl (or - for stdin), read one line at a time; one line per step,
+  {"step": N, "clips": [{"ref", "hyps": [...], "total": [...], "meta": {"lang", "keywords"}}, ...]}.
+  Each clip is one group. Files written before "meta" was logged are rescored as if no clip had
+  a language or keywords (a note on stderr says so).
+what is compared: the run's advantages (its logged totals under --run-advantage) with the new
+  ones (the totals rescored with --weights, under --advantage). Totals are compared as float32,
+  as training holds them, so ties and flat groups are exact equalities.
+  flat groups          share of groups whose totals are all equal (or G < 2): advantage 0
+  best changed         share of groups whose SET of best hypotheses (argmax of the total, all
+                       tied ones) changes; a tied best that stays tied the same way is unchanged
+  Spearman (primary)   rank correlation of new vs run advantages, pooled over every hypothesis
+                       of every group (sees the order in a group and each group's strength, so
+                       also the estimator); 1 = every advantage keeps its rank
+  mean per group       mean of the per-group rank correlations over groups flat in neither
+                       (blind to the estimator)
+  per-reward table     count / mean / std of each reward of the new mix, its total and the
+                       run's logged total ("total (run)"), over all hypotheses
+  A run with rollout.truncated=penalty logged totals that include the overlong penalty, which
+  replay cannot recompute (token counts are not logged).
+estimators: grpo (r - mean) / (std + 1e-6), unbiased std; dr_grpo r - mean; rloo r_i - mean of
+  the others; all 0 for a flat group. --run-advantage is the run's learner.advantage (its
+  config.yaml); --advantage defaults to it, so only the reward mix differs.
+output: the table on stdout; --out REPORT.json also writes the numbers (atomically).
+exit codes: 0 ok; 2 bad input (missing file, malformed line: one line on stderr naming
+  FILE:LINE; unknown reward, bad weight, plugin that does not load); 1 a reward failed.
+"""
+
 
 class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
@@ -56,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m rewards", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Score ASR hypotheses against references with the FunRL reward library "
                     "(wer, keyword, hallucination, language, plus plugins).", epilog=_EPILOG)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{score,list}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{score,list,replay}")
     plugin_help = "import and register a reward function 'module:function' (repeatable)"
     s = sub.add_parser("score", help="score a JSONL file of hyp/ref pairs",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
@@ -68,10 +100,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="OUT.jsonl", help="write the scores here (atomically) instead of stdout")
     s.add_argument("--allow-nonfinite", action="store_true",
                    help="write a NaN or infinite reward (and total) as null and exit 0, instead of failing")
+    _replay_parser(sub, plugin_help)
     lst = sub.add_parser("list", help="print the registered reward names")
     lst.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
     lst.add_argument("-v", "--verbose", action="store_true", help="also print each reward's first doc line")
     return p
+
+
+def _replay_parser(sub, plugin_help: str) -> None:
+    r = sub.add_parser("replay", help="rescore a run's rollouts.jsonl with another reward mix, without training",
+                       description="Rescore every logged group with another reward mix and report how the "
+                                   "advantages would change.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_REPLAY_EPILOG)
+    r.add_argument("input", metavar="ROLLOUTS.jsonl", help="a run's RUN_DIR/rollouts.jsonl ('-' reads stdin)")
+    r.add_argument("--weights", metavar="NAME=W,...",
+                   help="the new reward mix, e.g. wer=1,keyword=0.5 (unlisted rewards get 0; default: all 1)")
+    r.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
+    r.add_argument("--run-advantage", choices=ESTIMATORS, default="grpo",
+                   help="the run's advantage estimator, its learner.advantage (default: grpo)")
+    r.add_argument("--advantage", choices=ESTIMATORS,
+                   help="the estimator of the new advantages (default: the same as --run-advantage)")
+    r.add_argument("--out", metavar="REPORT.json", help="also write the numbers as JSON here (atomically)")
 
 
 def parse_weights(spec: str) -> dict[str, float]:
@@ -148,13 +197,19 @@ def read_numbered_items(path: str) -> list[tuple[int, dict]]:
     return items
 
 
-def _write_atomic(path: str, lines: list[str]) -> None:
+def _check_out(path: str) -> tuple[Path, Path]:
+    """``--out``'s file and folder; a missing folder or a folder given as the file is a CliError."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise CliError(f"--out: folder {folder} does not exist")
     if target.is_dir():
         raise CliError(f"--out: {target} is a folder; give a file path")
+    return target, folder
+
+
+def _write_atomic(path: str, lines: list[str]) -> None:
+    target, folder = _check_out(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
@@ -252,6 +307,34 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    _load_plugins(args.plugin)
+    weights = parse_weights(args.weights) if args.weights is not None else None
+    try:
+        resolve_weights(weights)
+    except RewardError as exc:
+        raise CliError(f"--weights: {exc}") from None
+    if args.out:
+        _check_out(args.out)
+    try:
+        report = replay(args.input, weights, advantage=args.advantage or args.run_advantage,
+                        run_advantage=args.run_advantage)
+    except RolloutsError as exc:
+        raise CliError(str(exc)) from None
+    except RewardError as exc:
+        print(f"rewards: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if report.clips_without_meta:
+        print(f"rewards: note: {report.clips_without_meta} of {report.groups} clips have no 'meta' (a run from "
+              "before rollouts.jsonl logged it): rescored as if they had no language and no keywords",
+              file=sys.stderr)
+    print(format_report(report))
+    sys.stdout.flush()
+    if args.out:
+        _write_atomic(args.out, [json.dumps(report.as_dict(), indent=2, allow_nan=False) + "\n"])
+    return EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
     for name, fn in REGISTRY.items():
@@ -264,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m rewards``; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return cmd_score(args) if args.command == "score" else cmd_list(args)
+        return {"score": cmd_score, "list": cmd_list, "replay": cmd_replay}[args.command](args)
     except CliError as exc:
         print(f"rewards: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
