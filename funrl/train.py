@@ -243,9 +243,11 @@ LEARNER_EXTRAS = {
 
 
 def rollout_record(scored: ScoredRollout) -> dict:
-    """What OUT/rollouts.jsonl keeps of a step: each clip's audio, reference, hypotheses and total rewards."""
+    """What OUT/rollouts.jsonl keeps of a step: each clip's audio, reference, hypotheses, total rewards and
+    reward meta (language, keywords: what ``python -m rewards replay`` needs to rescore them)."""
     total = scored.rewards["total"]
-    return {"clips": [{"audio": clip.audio, "ref": clip.text, "hyps": list(hyps), "total": total[i].tolist()}
+    return {"clips": [{"audio": clip.audio, "ref": clip.text, "hyps": list(hyps), "total": total[i].tolist(),
+                       "meta": clip.meta()}
                       for i, (clip, hyps) in enumerate(zip(scored.rollout.prompts.clips, scored.rollout.texts))]}
 
 
