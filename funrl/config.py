@@ -8,7 +8,8 @@ Sections live beside the worker that uses them (``policy.config``: model, learne
 loader. The loader is generic over nested dataclasses: it walks
 ``dataclasses.fields`` and the type hints, so a new field needs no loader code.
 Override values are parsed with ``yaml.safe_load`` and coerced to the field's
-type. A YAML mapping given for ``rewards.weights`` replaces the whole mapping;
+type. YAML anchors and aliases are refused (file and overrides): nested aliases
+expand exponentially ("billion laughs"). A YAML mapping given for ``rewards.weights`` replaces the whole mapping;
 ``rewards.weights.NAME=W`` changes one entry and keeps the others.
 """
 from __future__ import annotations
@@ -219,8 +220,7 @@ def _read_yaml(path: str, root: type = TrainConfig) -> tuple[dict[str, Any], dic
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node, data = _safe_load_no_alias(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""
@@ -234,6 +234,32 @@ def _read_yaml(path: str, root: type = TrainConfig) -> tuple[dict[str, Any], dic
     lines: dict[str, int] = {}
     _key_lines(node, "", lines)
     return data, lines
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors (``&a``) and aliases (``*a``): a config never needs them, and
+    a few hundred bytes of nested aliases ("billion laughs") expand to billions of nodes for any
+    code that walks the tree."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
+            sign = "*" if kind == "alias" else "&"
+            raise yaml.composer.ComposerError(
+                None, None, f"a YAML {kind} ({sign}{event.anchor}) is not allowed in a config: write the value "
+                f"out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _safe_load_no_alias(text: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree and its plain data (as ``yaml.safe_load``), refusing anchors and aliases."""
+    loader = _NoAliasLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 def _key_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
@@ -343,7 +369,7 @@ def _parse_value(text: str, hint: Any, where: str) -> Any:
     if nullable and text.strip().lower() in _NULLS:
         return None
     try:
-        value = yaml.safe_load(text)
+        value = _safe_load_no_alias(text)[1]
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}cannot parse value {text!r}: {problem}") from None

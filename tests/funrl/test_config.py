@@ -179,3 +179,33 @@ def test_config_pickles_for_ray_and_replace_revalidates():
     assert dataclasses.replace(cfg.rollout, n=6).n == 6
     with pytest.raises(ConfigError, match=r"rollout\.top_p"):
         dataclasses.replace(cfg.rollout, top_p=2.0)
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A "billion laughs" mapping: each level maps ``width`` keys to the level below (width**levels nodes)."""
+    lines = ["l0: &l0 {" + ", ".join(f"k{i}: x" for i in range(width)) + "}"]
+    for n in range(1, levels):
+        lines.append(f"l{n}: &l{n} {{" + ", ".join(f"k{i}: *l{n - 1}" for i in range(width)) + "}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_fails_fast_with_a_config_error_naming_file_and_line(tmp_path):
+    import time
+
+    text = _alias_bomb()
+    assert len(text.encode()) < 800          # a few hundred bytes, 9**9 nodes if expanded
+    path = _write(tmp_path, text, "bomb.yaml")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb\.yaml:1: invalid YAML: a YAML anchor \(&l0\) is not allowed"):
+        load_config(path, [])
+    assert time.perf_counter() - start < 0.5
+
+
+def test_yaml_anchors_and_aliases_are_refused_in_files_and_overrides_but_ampersands_in_values_load(tmp_path):
+    alias = _write(tmp_path, "run:\n  steps: 3\n  seed: *s\n", "alias.yaml")
+    with pytest.raises(ConfigError, match=r"alias\.yaml:3: invalid YAML: a YAML alias \(\*s\) is not allowed"):
+        load_config(alias, [])
+    with pytest.raises(ConfigError, match=r"override .*a YAML anchor \(&w\) is not allowed"):
+        load_config(None, ["rewards.weights={wer: &w 1, keyword: *w}"])
+    ok = _write(tmp_path, "run:\n  steps: 3\n  out_dir: 'runs/a&b*c'\n", "ok.yaml")
+    assert load_config(ok, []).run.out_dir == "runs/a&b*c"
