@@ -11,7 +11,8 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, sa
 from funrl.data import ManifestError, load_manifest, make_sampler
 from funrl.eval import EvalReport, evaluate, format_table, write_report
 from funrl.metrics import JsonlLog, MetricsLogger
+from funrl.preemption import GracefulStop, Preempted
 from funrl.timing import StageTimer
 from policy.messages import ScoredRollout
 from policy.scoring import drop_flat_groups, score_and_advantage, select_groups
@@ -122,19 +124,8 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
             print(f"[funrl] resumed from {last.path} at step {start}", file=sys.stderr)
         if test_clips and not (out / "eval_before.json").exists():
             run_eval(cluster, test_clips, out / "eval_before.json")
-        progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
-        for step in progress:
-            record, scored = train_step(cfg, cluster, sampler.next_batch(), more_clips=sampler.next_batch)
-            samples.write(step, rollout_record(scored))
-            if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
-                dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
-                record |= {f"eval.{k}": v for k, v in asdict(dev).items() if isinstance(v, float)}
-            metrics.log(step, record)
-            progress.set_postfix(reward=f"{record['reward.total.mean']:.3f}",
-                                 wer=f"{1.0 - record.get('reward.wer.mean', float('nan')):.3f}",
-                                 kl=f"{record.get('kl', float('nan')):.3f}", s_step=f"{record['time.step']:.1f}")
-            if step % cfg.run.save_every == 0 or step == cfg.run.steps:
-                ckpts.save(step, {"data": sampler.state_dict()}, cluster.save_checkpoint)
+        with GracefulStop() as stop:
+            run_steps(cfg, cluster, sampler, start, RunLogs(metrics, samples, ckpts), eval_clips, stop)
         if cfg.run.save_model:
             cluster.learner.save_model(str(out / "model"))
         if test_clips:
@@ -144,6 +135,39 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
     metrics.close()
     samples.close()
     return out
+
+
+@dataclass(frozen=True)
+class RunLogs:
+    """Where a run's steps go: metrics (metrics.jsonl + TensorBoard), rollouts.jsonl, checkpoints."""
+
+    metrics: MetricsLogger
+    samples: JsonlLog
+    ckpts: CheckpointManager
+
+
+def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: RunLogs, eval_clips,
+              stop: GracefulStop) -> None:
+    """Steps ``start``..``run.steps``, each logged and checkpointed every ``run.save_every``; on a stop signal,
+    after the step in progress: a checkpoint, then `Preempted`."""
+    out = Path(cfg.run.out_dir)
+    progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
+    for step in progress:
+        record, scored = train_step(cfg, cluster, sampler.next_batch(), more_clips=sampler.next_batch)
+        logs.samples.write(step, rollout_record(scored))
+        if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
+            dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
+            record |= {f"eval.{k}": v for k, v in asdict(dev).items() if isinstance(v, float)}
+        logs.metrics.log(step, record)
+        progress.set_postfix(reward=f"{record['reward.total.mean']:.3f}",
+                             wer=f"{1.0 - record.get('reward.wer.mean', float('nan')):.3f}",
+                             kl=f"{record.get('kl', float('nan')):.3f}", s_step=f"{record['time.step']:.1f}")
+        if step % cfg.run.save_every == 0 or step == cfg.run.steps or stop.requested:
+            logs.ckpts.save(step, {"data": sampler.state_dict()}, cluster.save_checkpoint)
+        if stop.requested and step < cfg.run.steps:
+            progress.close()
+            raise Preempted(f"stopped after step {step} of {cfg.run.steps} (checkpoint written); continue with:\n"
+                            f"  python -m funrl.train --resume {out}", stop.exit_code)
 
 
 def load_rewards(cfg: TrainConfig) -> None:
@@ -268,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkerError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Preempted as exc:
+        print(f"[funrl] {exc}", file=sys.stderr)
+        return exc.exit_code
     print(f"[funrl] run folder: {out}", file=sys.stderr)
     return 0
 
