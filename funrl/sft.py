@@ -358,8 +358,13 @@ def train(cfg: SftConfig) -> Path:
                 raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            # the norm is computed either way: a NaN/inf gradient with a finite loss must not reach the weights
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else
+                                                       float("inf"))
+            if not torch.isfinite(grad_norm):
+                raise FloatingPointError(f"SFT gradient norm is {float(grad_norm)} at step {step + 1} (loss "
+                                         f"{float(loss):.4g}); the step was skipped, {out / 'model'} keeps the "
+                                         "last good model")
             opt.step()
             step += 1
             meter.add(float(loss.detach()), ce, ctc)

@@ -418,13 +418,24 @@ class Learner:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str) -> str:
-        """Collective: trainable weights + AdamW (DCP), scheduler, RNG of every rank, into ``folder``."""
+        """Collective: trainable weights + AdamW (DCP), scheduler, RNG of every rank, into ``folder``.
+        FloatingPointError (nothing written) when a trainable weight is NaN/inf on any rank."""
         self._require_setup()
+        self._check_finite_weights(f"save_checkpoint({folder})")
         info = {"updates": self.updates, "world_size": self.world_size, "finetune": self.cfg.finetune,
                 "model_dir": self.model_dir}
         save_learner_state(folder, self.root, self.optimizer, self.scheduler, self.rank, info)
         barrier(self.device)
         return str(folder)
+
+    def _check_finite_weights(self, where: str) -> None:
+        """Collective: FloatingPointError naming the first non-finite trainable weight (this rank's shard)."""
+        bad = next((name for name, p in self.root.named_parameters()
+                    if p.requires_grad and not bool(torch.isfinite(p.detach().to_local() if hasattr(p, "to_local")
+                                                                  else p.detach()).all())), None)
+        if all_reduce([0.0 if bad is None else 1.0], op="max", device=self.device)[0]:
+            raise FloatingPointError(f"{where}: trainable weights are NaN/inf ({bad or 'on another rank'}); "
+                                     "not written, so the last checkpoint stays the newest good one")
 
     def load_checkpoint(self, folder: str) -> dict[str, Any]:
         """Collective: restore a `save_checkpoint` folder (saved with any number of ranks)."""
