@@ -8,11 +8,14 @@ A failing actor surfaces as ``WorkerError`` naming the actor, with its traceback
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
 import ray
 import torch
+from ray._raylet import AuthenticationMode, get_authentication_mode
+from ray._raylet import Config as RayConfig
 
 from funrl.config import TrainConfig
 from funrl.placement import create_placement
@@ -22,15 +25,48 @@ from policy.ray_utils import WorkerError, get_named, in_bundle, remote_class
 from rollout.embedding import AudioEmbeddingWorker
 from rollout.vllm_worker import VLLMRolloutWorker
 
-__all__ = ["Cluster", "WorkerError"]
+__all__ = ["NO_USAGE_STATS", "Cluster", "WorkerError", "worker_env"]
 
+# No usage statistics from Ray, vLLM or the Hugging Face hub (names as read by the installed packages:
+# ray._common.usage.usage_lib, vllm.envs, huggingface_hub.constants). Forced, not defaults.
+NO_USAGE_STATS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+# Defaults for the driver and every Ray worker; RAY_AUTH_MODE=token: Ray token authentication
+# (docs/security.md), RAY_AUTH_MODE=disabled in the environment opts out (e.g. an old cluster).
 _WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "RAY_AUTH_MODE": "disabled",
+    "RAY_AUTH_MODE": "token",
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_LOGGING_LEVEL": "WARNING",
 }
+
+
+def worker_env(local: bool) -> dict[str, str]:
+    """Set up this (driver) process's environment before Ray starts; returns the workers' ``env_vars``.
+
+    Usage statistics are switched off, the ``_WORKER_ENV`` defaults filled in. With token authentication
+    and a Ray this process starts itself (``local``) and no token given (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH``), a fresh random token for this run goes into the environment: the Ray
+    processes inherit it, nothing is written to disk, and it is never put in the workers' runtime_env
+    (which the cluster stores and shows). Joining a cluster uses the cluster's token (``~/.ray/auth_token``
+    or the variables above)."""
+    os.environ.update(NO_USAGE_STATS)
+    for key, value in _WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    token_auth = os.environ["RAY_AUTH_MODE"].lower() == "token"
+    if token_auth and local and not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Ray reads RAY_AUTH_MODE once, at import; make this process see the value just set (as
+    # ray.init itself does when it turns token mode on)
+    if (get_authentication_mode() == AuthenticationMode.TOKEN) != token_auth:
+        RayConfig.initialize("")
+    return {k: os.environ[k] for k in (*_WORKER_ENV, *NO_USAGE_STATS)}
 
 
 def _get(name: str, ref):
@@ -92,9 +128,7 @@ class Cluster:
         if ray.is_initialized():
             return
         cfg = self.cfg
-        for key, value in _WORKER_ENV.items():   # the driver too: Ray's auth mode must match its workers'
-            os.environ.setdefault(key, value)
-        env = {"env_vars": {k: os.environ[k] for k in _WORKER_ENV}}
+        env = {"env_vars": worker_env(local=not cfg.ray.address)}   # the driver's and its workers' env
         if cfg.ray.address:
             ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
         else:
@@ -133,9 +167,12 @@ class Cluster:
     def embed(self, clips: list[Clip]) -> PromptBatch:
         return _get("embedding worker", self.embedder.embed.remote(list(clips)))
 
-    def generate(self, prompts: PromptBatch, greedy: bool = False) -> RolloutBatch:
+    def generate(self, prompts: PromptBatch, greedy: bool = False, seed: int | None = None) -> RolloutBatch:
+        """Clips split over the engines; ``seed``: clip i is sampled with seed ``seed + i`` whichever engine
+        gets it (`VLLMRolloutWorker.generate`)."""
         parts = _split(len(prompts.clips), len(self.rollouts))
-        refs = [w.generate.remote(_slice_prompts(prompts, rng), greedy=greedy)
+        refs = [w.generate.remote(_slice_prompts(prompts, rng), greedy=greedy,
+                                  seed=None if seed is None else seed + rng.start)
                 for w, rng in zip(self.rollouts, parts)]
         outs = [_get(f"rollout worker {i}", ref) for i, ref in enumerate(refs)]
         return RolloutBatch.concat(outs, prompts)

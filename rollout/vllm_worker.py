@@ -105,9 +105,12 @@ class VLLMRolloutWorker:
 
     # ------------------------------------------------------------------ sampling
     def generate(self, prompts: PromptBatch, n: int | None = None, greedy: bool = False,
-                 max_new_tokens: int | None = None) -> RolloutBatch:
+                 max_new_tokens: int | None = None, seed: int | None = None) -> RolloutBatch:
         """Sample ``n`` (default ``cfg.n``; greedy: 1) hypotheses per prompt.
 
+        ``seed``: prompt b is sampled with its own random stream seeded ``seed + b``, so what a clip gets
+        depends only on its seed, the weights and the prompt, not on the engine's history or the other clips of
+        the batch (a resumed run samples what an uninterrupted one would). None: the engine's own stream.
         Greedy mode (evaluation) uses temperature 0. Returns token ids ``[B, G, T]``
         right-padded with 0, the mask (1 on generated tokens, EOS included), the raw
         log-prob of every sampled token and the texts, decoded by the model's tokenizer in
@@ -117,10 +120,11 @@ class VLLMRolloutWorker:
         self.finish_weight_update()
         start = time.perf_counter()
         G = n if n is not None else (1 if greedy else self.cfg.n)
-        params = SamplingParams(
-            n=G, temperature=0.0 if greedy else self.cfg.temperature,
-            top_p=1.0 if greedy else self.cfg.top_p,
-            max_tokens=max_new_tokens or self.cfg.max_new_tokens, logprobs=0, detokenize=False)
+        options = dict(n=G, temperature=0.0 if greedy else self.cfg.temperature,
+                       top_p=1.0 if greedy else self.cfg.top_p,
+                       max_tokens=max_new_tokens or self.cfg.max_new_tokens, logprobs=0, detokenize=False)
+        params = (SamplingParams(**options) if seed is None or greedy else
+                  [SamplingParams(**options, seed=seed + b) for b in range(len(prompts.clips))])
         outputs = self._run(self._embeds_requests(prompts), params)
         seqs = [sorted(o.outputs, key=lambda c: c.index) for o in outputs]
         T = max((len(c.token_ids) for row in seqs for c in row), default=0)
