@@ -83,6 +83,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "eval_before.json", "eval_after.json")
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Run GRPO for ``cfg.run.steps`` steps; returns the run folder.
 
@@ -95,6 +98,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 def _train(cfg: TrainConfig, resume: bool) -> Path:
     out = Path(cfg.run.out_dir)
+    ckpts = CheckpointManager(out, keep_last=cfg.run.keep_last)
+    last = ckpts.latest() if resume else None
+    if not resume and ckpts.latest() is not None:
+        raise ConfigError(f"run.out_dir {out} already holds a run with checkpoints: continue it with "
+                          f"--resume {out}, or choose another run.out_dir")
+    leftovers = [n for n in RUN_FILES if (out / n).exists()] if not resume else []
+    if leftovers:   # a fresh run would reuse eval_before.json and drop the old metrics without a word
+        raise ConfigError(f"run.out_dir {out} holds files of an earlier run ({', '.join(leftovers)}) but no "
+                          f"checkpoint: continue it from step 1 with --resume {out}, delete them, or choose "
+                          "another run.out_dir")
     load_rewards(cfg)                                      # plugins and reward names, like the data,
     clips = load_manifest(cfg.data.train_manifest)         # are validated before any actor starts
     test_clips = load_manifest(cfg.data.test_manifest) if cfg.data.test_manifest else None
@@ -104,11 +117,6 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
                                shuffle=cfg.data.shuffle)
     except ValueError as exc:
         raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key="data.noise_per_step") from None
-    ckpts = CheckpointManager(out, keep_last=cfg.run.keep_last)
-    last = ckpts.latest() if resume else None
-    if not resume and ckpts.latest() is not None:
-        raise ConfigError(f"run.out_dir {out} already holds a run with checkpoints: continue it with "
-                          f"--resume {out}, or choose another run.out_dir")
     start = last.step + 1 if last else 1
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -127,3 +127,17 @@ def test_training_on_a_run_folder_another_process_holds_exits_2_naming_it(tmp_pa
         code = main(["--no-demo", f"data.train_manifest={tmp_path / 'train.jsonl'}", f"run.out_dir={out}"])
     assert code == 2 and "is in use by another FunRL process" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [".lock"]       # nothing written
+
+
+def test_a_fresh_run_in_a_folder_with_an_earlier_runs_files_but_no_checkpoint_exits_2(tmp_path, capsys):
+    from funrl.train import main
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "eval_before.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("")
+    code = main(["--no-demo", f"data.train_manifest={manifest}", f"run.out_dir={out}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds files of an earlier run (metrics.jsonl, eval_before.json)" in err, err
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'      # nothing dropped
