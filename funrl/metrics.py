@@ -50,7 +50,9 @@ class MetricsLogger:
             except ImportError:  # tensorboard is a core dependency; stay usable without it
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
+                # on resume, steps after resume_step logged by the killed run are purged from the TB view too
+                purge = resume_step + 1 if resume_step else None
+                self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, record: dict[str, float]) -> None:
         clean = {}

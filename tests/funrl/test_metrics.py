@@ -43,3 +43,18 @@ def test_tensorboard_events_are_written_beside_the_jsonl(tmp_path):
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert not math.isnan(read_metrics(tmp_path / "metrics.jsonl")[0]["kl"])
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    first = MetricsLogger(tmp_path)
+    for step in (1, 2, 3):
+        first.log(step, {"loss": float(step)})
+    first.close()                        # killed after step 3; the last checkpoint was step 1
+    resumed = MetricsLogger(tmp_path, resume_step=1)
+    for step in (2, 3):
+        resumed.log(step, {"loss": 10.0 * step})
+    resumed.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 20.0), (3, 30.0)]
