@@ -76,6 +76,11 @@ class RewardsConfig:
                         "weights": lambda w: "must not have an empty name" if "" in w else None})
 
 
+def _every(v: str) -> str | None:
+    ok = v in ("all", "off") or (v.startswith("every_") and v[6:].isdigit() and int(v[6:]) > 0)
+    return None if ok else "must be all, off or every_N with N >= 1 (e.g. every_10)"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     SECTION: ClassVar[str] = "run"
@@ -90,12 +95,13 @@ class RunConfig:
     max_refill_rounds: int = 0       # dynamic sampling: up to N extra rounds of clips to refill the batch to
                                      # clips_per_step groups that are not flat (DAPO); 0 = train on what is left
     save_model: bool = True          # write the trained model (its own format) to OUT/model at the end
+    log_rollouts: str = "all"        # OUT/rollouts.jsonl: all | every_N (e.g. every_10) | off
 
     def __post_init__(self) -> None:
         validate(self, {
             "steps": in_range(1), "clips_per_step": in_range(1), "seed": in_range(0), "out_dir": non_empty,
             "eval_every": in_range(0), "save_every": in_range(1), "keep_last": in_range(1),
-            "max_refill_rounds": in_range(0),
+            "max_refill_rounds": in_range(0), "log_rollouts": _every,
         })
         if self.max_refill_rounds and not self.dynamic_sampling:
             raise ConfigError("run.max_refill_rounds refills what dynamic sampling drops: set "

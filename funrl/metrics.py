@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 
@@ -22,9 +23,14 @@ class JsonlLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _truncate_after(self, step: int) -> None:
-        kept = [json.dumps(rec, ensure_ascii=False) for rec in read_metrics(self.path) if rec.get("step", 0) <= step]
+        """Keep the records of steps <= ``step``, streaming line by line (a rollouts.jsonl can be GBs); kept
+        lines are copied as they are."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        with open(self.path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+            for line in src:
+                record_step = _line_step(line)
+                if record_step is not None and record_step <= step:
+                    dst.write(line if line.endswith("\n") else line + "\n")
         os.replace(tmp, self.path)
 
     def write(self, step: int, record: dict) -> None:
@@ -33,6 +39,31 @@ class JsonlLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+_STEP_PREFIX = re.compile(r'^\{"step": (\d+)[,}]')
+
+
+def _line_step(line: str) -> int | None:
+    """The step of one JSONL record (None for a blank or cut line): read from the ``{"step": N`` prefix this
+    module writes, else by parsing the line."""
+    m = _STEP_PREFIX.match(line)
+    if m and line.rstrip().endswith("}"):
+        return int(m.group(1))
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return int(record.get("step", 0)) if isinstance(record, dict) else None
+
+
+def should_log(every: str, step: int) -> bool:
+    """``run.log_rollouts``: "all" (every step), "off", or "every_N" (steps divisible by N)."""
+    if every == "all":
+        return True
+    if every == "off":
+        return False
+    return step % int(every.removeprefix("every_")) == 0
 
 
 class MetricsLogger:

@@ -24,7 +24,7 @@ from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, sa
                           validate_reward_names)
 from funrl.data import ManifestError, load_manifest, make_sampler
 from funrl.eval import EvalReport, evaluate, format_table, write_report
-from funrl.metrics import JsonlLog, MetricsLogger
+from funrl.metrics import JsonlLog, MetricsLogger, should_log
 from funrl.preemption import GracefulStop, Preempted
 from funrl.timing import StageTimer
 from policy.messages import ScoredRollout
@@ -162,7 +162,8 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
     progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
     for step in progress:
         record, scored = train_step(cfg, cluster, sampler.next_batch(), more_clips=sampler.next_batch, step=step)
-        logs.samples.write(step, rollout_record(scored))
+        if should_log(cfg.run.log_rollouts, step):
+            logs.samples.write(step, rollout_record(scored))
         if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
             dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
             record |= {f"eval.{k}": v for k, v in asdict(dev).items() if isinstance(v, float)}

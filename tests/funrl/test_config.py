@@ -209,3 +209,10 @@ def test_yaml_anchors_and_aliases_are_refused_in_files_and_overrides_but_ampersa
         load_config(None, ["rewards.weights={wer: &w 1, keyword: *w}"])
     ok = _write(tmp_path, "run:\n  steps: 3\n  out_dir: 'runs/a&b*c'\n", "ok.yaml")
     assert load_config(ok, []).run.out_dir == "runs/a&b*c"
+
+
+def test_log_rollouts_accepts_all_off_every_n_and_names_the_key_otherwise():
+    from funrl.config import ConfigError, load_config
+    assert load_config(None, ["run.log_rollouts=every_10"]).run.log_rollouts == "every_10"
+    with pytest.raises(ConfigError, match="run.log_rollouts must be all, off or every_N"):
+        load_config(None, ["run.log_rollouts=sometimes"])

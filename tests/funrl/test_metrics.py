@@ -58,3 +58,27 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 20.0), (3, 30.0)]
+
+
+def test_truncating_a_large_log_streams_it_and_keeps_kept_lines_byte_for_byte(tmp_path):
+    import tracemalloc
+    from funrl.metrics import JsonlLog
+    path = tmp_path / "rollouts.jsonl"
+    line = '{"step": %d, "clips": [{"hyps": ["%s"]}]}\n'
+    with open(path, "w") as f:
+        for step in range(1, 2001):
+            f.write(line % (step, "x" * 5000))      # ~10 MB
+        f.write('{"step": 2001, "clips": [{"hy')    # cut by a kill
+    tracemalloc.start()
+    JsonlLog(path, resume_step=1500).close()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, f"truncation held {peak} bytes: the file was read whole"
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 1500 and lines[-1] == line % (1500, "x" * 5000)
+
+
+def test_should_log_all_off_and_every_n():
+    from funrl.metrics import should_log
+    assert [s for s in range(1, 11) if should_log("every_3", s)] == [3, 6, 9]
+    assert all(should_log("all", s) for s in range(1, 5)) and not any(should_log("off", s) for s in range(1, 5))
