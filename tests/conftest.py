@@ -4,6 +4,21 @@
   layout) built once per session; treat it as read-only (copy it before changing it).
 * ``tiny_model_dirs`` — ``{"qwen2": dir, "qwen3": dir, "llama": dir}``: one such checkpoint per LLM family.
 * ``llm_family`` — parametrised over ``qwen2``, ``qwen3``, ``llama``; ``tiny_family_dir`` is that family's folder.
+
+How equivalence tolerances are chosen (they must hold on any x86 CPU, Intel or AMD, AVX2 or AVX-512, whose
+float summation order differs): a bound follows from the dtype (float32: eps = 1.2e-7), the number of terms
+accumulated and the magnitude compared, never from one machine's result.
+
+* log-probs and losses (a few hundred float32 terms of magnitude <= ~10): 1e-5 absolute, about 100x the
+  worst-case eps * terms * magnitude of these tiny models;
+* weights after optimizer steps: compared as *updates* (`tests/tolerances.update_error`): the difference must
+  stay below 1 % of the update's norm, per tensor (plus 4 eps of the weights' norm). Adam moves every weight by
+  about lr whatever its gradient's size, so an element whose gradient is zero up to round-off (an attention
+  key bias: softmax ignores it) moves by +-lr in a direction set by round-off, which differs between CPUs; an
+  element-wise bound would have to be ~lr to hold everywhere and could not tell a right update from a wrong
+  one. Measured: at most 0.2 % (encoder qkv bias). A wrong update direction (a missing micro-batch, a wrong
+  advantage) is off by tens of %. Adam does not see a loss scale: the losses and gradient norms, compared
+  alongside, catch those.
 """
 from __future__ import annotations
 
