@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 from ray._raylet import Config as RayConfig
 
 from funrl.cluster import NO_USAGE_STATS, worker_env
@@ -18,6 +19,8 @@ _KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *NO_USAGE_STA
 @pytest.fixture
 def clean_env(monkeypatch):
     """The auth and usage-stats variables unset; all restored (and Ray's cached auth mode with them) after."""
+    if ray.is_initialized():      # worker_env runs before Ray starts; never re-read a live Ray's config
+        pytest.skip("a Ray started by another test is still running in this process")
     for key in _KEYS:
         monkeypatch.delenv(key, raising=False)
     yield monkeypatch
