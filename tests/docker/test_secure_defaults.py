@@ -17,7 +17,8 @@ RAY_PORTS = {"6379", "8265", "10001"}
 def _code_lines(path: Path) -> list[str]:
     """The file's lines without comments, continuation lines joined."""
     text = re.sub(r"\\\n", " ", path.read_text())
-    return [line.split(" #")[0].strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [line.split(" #")[0].strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _dockerfile_env(path: Path) -> dict[str, str]:
