@@ -80,10 +80,10 @@ def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
     assert all(METRIC_KEYS - {"step"} <= set(r) for r in records)
 
 
-def _run(args: list[str], env_extra: dict | None = None, **kw) -> subprocess.Popen:
+def _run(args: list[str], env_extra: dict | None = None, cwd: Path = ROOT, **kw) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", RAY_AUTH_MODE="disabled",
                **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "funrl.train", "--no-demo", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "funrl.train", "--no-demo", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
@@ -91,19 +91,40 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(tiny_model_dir, demo_data, tmp_path):
-    out = tmp_path / "run"
-    steps = 6
-    args = _overrides(tiny_model_dir, demo_data, out, **{"run.steps": steps, "data.test_manifest":
-                                                         demo_data.manifest("test")})
-    proc = _run(args)
+@pytest.fixture(scope="module")
+def qwen2_audio_dir(tmp_path_factory) -> Path:
+    from policy.models import get_adapter
+    return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
+
+
+# model fixture (None: the shipped demo starting model) and overrides of each model the resume test runs on;
+# the encoder trains as in the demo recipe (funrl/demo/grpo.yaml), where the CTC head never gets a gradient;
+# one learner rank there (the tiny case resumes 2 sharded ranks)
+RESUME_MODELS = {
+    "tiny": ("tiny_model_dir", {}),
+    "demo_model_train_encoder": (None, {"model.train_encoder": "true", "learner.num_ranks": 1}),
+    "qwen2_audio_train_encoder": ("qwen2_audio_dir", {"model.train_encoder": "true", "learner.num_ranks": 1}),
+}
+
+
+@pytest.mark.parametrize("model", list(RESUME_MODELS))
+def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(model, demo_data, tmp_path, request):
+    fixture, extra = RESUME_MODELS[model]
+    model_dir = request.getfixturevalue(fixture) if fixture else ROOT / "funrl" / "demo" / "assets" / "start_model"
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    steps = 4
+    # run.out_dir relative to the first run's working directory; the resume runs from another one
+    args = _overrides(model_dir, demo_data, "run", **{"run.steps": steps, "data.test_manifest":
+                                                      demo_data.manifest("test"), **extra})
+    proc = _run(args, cwd=tmp_path)
     _wait_for(out / "checkpoints" / "step_000002" / "COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)   # the driver and the local Ray it started
     proc.wait()
     killed_at = len(_jsonl(out / "metrics.jsonl"))
     assert killed_at < steps, "the run finished before it was killed; the test did not test a resume"
 
-    resumed = _run(["--resume", str(out)])
+    resumed = _run(["--resume", str(out)], cwd=elsewhere)
     log = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, log[-4000:]
     assert "resumed from" in log and "before" in log and "after" in log   # eval table printed
@@ -118,6 +139,7 @@ def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(tiny_mo
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts[-1] == f"step_{steps:06d}" and not any(n.startswith(".tmp") for n in ckpts)
     assert (out / "model" / "config.json").is_file()
+    assert list(elsewhere.iterdir()) == []   # nothing of the run went to the resuming process's directory
 
 
 def test_bad_manifest_is_reported_before_any_actor_starts(tiny_model_dir, tmp_path):
