@@ -28,7 +28,7 @@ import yaml
 
 from funrl.data import write_text_atomic
 from policy.config import (ConfigError, LearnerConfig, LoraConfig, ModelConfig, build, closest, dotted,
-                           field_types, in_range, non_empty, optional, type_name, unknown_key_error,
+                           field_types, in_range, non_empty, one_of, optional, type_name, unknown_key_error,
                            validate)
 from rollout.config import RolloutConfig
 
@@ -52,10 +52,17 @@ class DataConfig:
     test_manifest: str = ""
     shuffle: bool = True
     max_audio_seconds: float = 30.0
+    min_audio_seconds: float = 0.05  # shorter clips (less than a couple of feature frames) are bad audio
+    on_bad_audio: str = "error"      # a clip whose audio does not decode, is too short/long or not finite:
+                                     # error (all named before any worker starts) | skip (each named, left out)
     noise_per_step: int = 0          # noise-only clips (text "") in every training batch; 0 = sample uniformly
 
     def __post_init__(self) -> None:
-        validate(self, {"max_audio_seconds": in_range(0, lo_open=True), "noise_per_step": in_range(0)})
+        validate(self, {"max_audio_seconds": in_range(0, lo_open=True), "noise_per_step": in_range(0),
+                        "min_audio_seconds": in_range(0), "on_bad_audio": one_of("error", "skip")})
+        if self.min_audio_seconds >= self.max_audio_seconds:
+            raise ConfigError(f"data.min_audio_seconds ({self.min_audio_seconds:g}) must be below "
+                              f"data.max_audio_seconds ({self.max_audio_seconds:g})", key="data.min_audio_seconds")
 
 
 def _plugins(v: tuple[str, ...]) -> str | None:

@@ -255,18 +255,14 @@ def _one_line(exc: BaseException, limit: int = 3) -> str:
 
 
 def _check_audio(clips: Sequence[Clip], max_seconds: float) -> None:
-    """Every audio file readable (header) and not too long, before any model is loaded."""
-    import soundfile as sf
+    """Every audio file readable, decodable, finite and not too long (header first), before any model is
+    loaded (`funrl.audio_check`, the checks training runs)."""
+    from funrl.audio_check import audio_problem
     for c in clips:
-        where = f"{c.source}:{c.line}: audio {c.audio}"
-        try:
-            info = sf.info(c.audio)
-        except Exception as exc:  # missing / unreadable / not audio
-            raise InputError(f"{where}: cannot read audio ({type(exc).__name__}: {' '.join(str(exc).split())})")
-        if info.frames == 0:
-            raise InputError(f"{where}: audio file is empty (0 samples)")
-        if info.duration > max_seconds:
-            raise InputError(f"{where}: {info.duration:.2f} s long, over --max-audio-seconds {max_seconds:g}")
+        why = audio_problem(c, 0.0, max_seconds)
+        if why:
+            why = why.replace("data.max_audio_seconds", "--max-audio-seconds")
+            raise InputError(f"{c.source}:{c.line}: audio: {why}")
 
 
 def _kv_bytes_per_token(llm_dir: str, dtype: str) -> int:

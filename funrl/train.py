@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from funrl.audio_check import check_clips
 from funrl.checkpoint import CheckpointManager, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
 from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config,
@@ -92,11 +93,36 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     With ``data.test_manifest`` set, the policy is evaluated (greedy) on it before and after training and
     a before/after table is printed (OUT/eval_before.json, OUT/eval_after.json).
     """
+    data = load_inputs(cfg)                                # everything checked before any file or actor
     with RunLock(cfg.run.out_dir):                         # one process per run folder
-        return _train(cfg, resume)
+        return _train(cfg, resume, data)
 
 
-def _train(cfg: TrainConfig, resume: bool) -> Path:
+@dataclass(frozen=True)
+class Inputs:
+    """A run's data, checked: the sampler over the training clips, the test and dev clips (None: not given)."""
+
+    sampler: object
+    test_clips: list | None
+    eval_clips: list | None
+
+
+def load_inputs(cfg: TrainConfig) -> Inputs:
+    """Reward plugins and names, every manifest line and audio file, the sampler: all problems before any
+    actor starts (ConfigError / ManifestError / RewardError)."""
+    load_rewards(cfg)
+    clips = checked_manifest(cfg, cfg.data.train_manifest)
+    test_clips = checked_manifest(cfg, cfg.data.test_manifest) if cfg.data.test_manifest else None
+    eval_clips = checked_manifest(cfg, cfg.data.eval_manifest) if cfg.data.eval_manifest else None
+    try:
+        sampler = make_sampler(clips, cfg.run.clips_per_step, cfg.data.noise_per_step, cfg.run.seed,
+                               shuffle=cfg.data.shuffle)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key="data.noise_per_step") from None
+    return Inputs(sampler, test_clips, eval_clips)
+
+
+def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
     out = Path(cfg.run.out_dir)
     ckpts = CheckpointManager(out, keep_last=cfg.run.keep_last)
     last = ckpts.latest() if resume else None
@@ -108,15 +134,7 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
         raise ConfigError(f"run.out_dir {out} holds files of an earlier run ({', '.join(leftovers)}) but no "
                           f"checkpoint: continue it from step 1 with --resume {out}, delete them, or choose "
                           "another run.out_dir")
-    load_rewards(cfg)                                      # plugins and reward names, like the data,
-    clips = load_manifest(cfg.data.train_manifest)         # are validated before any actor starts
-    test_clips = load_manifest(cfg.data.test_manifest) if cfg.data.test_manifest else None
-    eval_clips = load_manifest(cfg.data.eval_manifest) if cfg.data.eval_manifest else None
-    try:
-        sampler = make_sampler(clips, cfg.run.clips_per_step, cfg.data.noise_per_step, cfg.run.seed,
-                               shuffle=cfg.data.shuffle)
-    except ValueError as exc:
-        raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key="data.noise_per_step") from None
+    sampler, test_clips, eval_clips = data.sampler, data.test_clips, data.eval_clips
     start = last.step + 1 if last else 1
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -177,6 +195,12 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
             progress.close()
             raise Preempted(f"stopped after step {step} of {cfg.run.steps} (checkpoint written); continue with:\n"
                             f"  python -m funrl.train --resume {out}", stop.exit_code)
+
+
+def checked_manifest(cfg: TrainConfig, path: str) -> list:
+    """A manifest's clips, every line and every audio file checked (`funrl.audio_check`, data.on_bad_audio)."""
+    d = cfg.data
+    return check_clips(load_manifest(path), d.min_audio_seconds, d.max_audio_seconds, d.on_bad_audio)
 
 
 def load_rewards(cfg: TrainConfig) -> None:

@@ -119,12 +119,22 @@ def test_run_lock_keeps_a_second_process_out_until_released(tmp_path):
         pass
 
 
+def _manifest(folder):
+    """A valid one-clip manifest (the checks before the run folder is touched pass)."""
+    import numpy as np
+    import soundfile as sf
+    sf.write(folder / "a.wav", np.zeros(8000, dtype=np.float32), 16000)
+    (folder / "train.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "hi"}) + "\n")
+    return folder / "train.jsonl"
+
+
 def test_training_on_a_run_folder_another_process_holds_exits_2_naming_it(tmp_path, capsys):
     from funrl.checkpoint import RunLock
     from funrl.train import main
     out = tmp_path / "run"
     with RunLock(out):
-        code = main(["--no-demo", f"data.train_manifest={tmp_path / 'train.jsonl'}", f"run.out_dir={out}"])
+        code = main(["--no-demo", f"data.train_manifest={_manifest(tmp_path)}", "run.clips_per_step=1",
+                     f"run.out_dir={out}"])
     assert code == 2 and "is in use by another FunRL process" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [".lock"]       # nothing written
 
@@ -135,9 +145,8 @@ def test_a_fresh_run_in_a_folder_with_an_earlier_runs_files_but_no_checkpoint_ex
     out.mkdir()
     (out / "eval_before.json").write_text("{}")
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
-    manifest = tmp_path / "train.jsonl"
-    manifest.write_text("")
-    code = main(["--no-demo", f"data.train_manifest={manifest}", f"run.out_dir={out}"])
+    code = main(["--no-demo", f"data.train_manifest={_manifest(tmp_path)}", "run.clips_per_step=1",
+                 f"run.out_dir={out}"])
     err = capsys.readouterr().err
     assert code == 2 and "holds files of an earlier run (metrics.jsonl, eval_before.json)" in err, err
     assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'      # nothing dropped
