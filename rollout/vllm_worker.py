@@ -38,6 +38,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")   # no usage reports from any process that imports this
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
