@@ -24,7 +24,8 @@ SMALL_OVERRIDES = ("run.steps=2", "run.clips_per_step=4", "data.noise_per_step=1
 
 
 def demo_data_dir(size: str) -> Path:
-    root = Path(os.environ.get("FUNRL_DEMO_DATA", "data/demo"))
+    # absolute: a run's config.yaml names its manifests, and --resume may run from another directory
+    root = Path(os.environ.get("FUNRL_DEMO_DATA", "data/demo")).absolute()
     return root if size == "full" else root.with_name(root.name + "-small")
 
 

@@ -248,3 +248,9 @@ def test_half_built_or_stale_folder_is_rebuilt_and_foreign_folder_refused(small_
     assert (foreign / "thesis.tex").read_text() == "precious"
     info = json.loads((paths.root / "build.json").read_text())
     assert info["splits"]["test"]["noise_only"] == 1
+
+
+def test_demo_data_folder_is_absolute_so_a_run_resumes_from_any_directory(monkeypatch):
+    from funrl.demo.run import demo_data_dir
+    monkeypatch.setenv("FUNRL_DEMO_DATA", "data/demo")
+    assert demo_data_dir("full").is_absolute() and demo_data_dir("small").name == "demo-small"
