@@ -137,6 +137,12 @@ def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
     sampler, test_clips, eval_clips = data.sampler, data.test_clips, data.eval_clips
     start = last.step + 1 if last else 1
     out.mkdir(parents=True, exist_ok=True)
+    if last:   # checked against the checkpoint before config.yaml (with the --resume overrides) is written
+        try:
+            sampler.load_state_dict(last.trainer_state()["data"])
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"--resume {out}: this config does not match the checkpoint {last.path} ({exc}); "
+                              f"{out / 'config.yaml'} is unchanged") from None
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed + start)
     # log lines of steps after start - 1 (left by a run killed before its next checkpoint) are dropped
@@ -144,7 +150,6 @@ def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
     samples = JsonlLog(out / "rollouts.jsonl", resume_step=start - 1)
     with Cluster(cfg) as cluster:
         if last:
-            sampler.load_state_dict(last.trainer_state()["data"])
             cluster.load_checkpoint(last.path / "learner")
             cluster.sync()
             print(f"[funrl] resumed from {last.path} at step {start}", file=sys.stderr)

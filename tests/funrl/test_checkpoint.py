@@ -150,3 +150,21 @@ def test_a_fresh_run_in_a_folder_with_an_earlier_runs_files_but_no_checkpoint_ex
     err = capsys.readouterr().err
     assert code == 2 and "holds files of an earlier run (metrics.jsonl, eval_before.json)" in err, err
     assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'      # nothing dropped
+
+
+def test_resume_override_the_checkpoint_rejects_leaves_config_yaml_unchanged(tmp_path, capsys):
+    from funrl.config import load_config, save_config
+    from funrl.data import load_manifest, make_sampler
+    from funrl.train import main
+    out = tmp_path / "run"
+    manifest = _manifest(tmp_path)
+    cfg = load_config(None, [f"data.train_manifest={manifest}", "run.clips_per_step=1", f"run.out_dir={out}"])
+    out.mkdir()
+    save_config(cfg, out / "config.yaml")
+    before = (out / "config.yaml").read_text()
+    sampler = make_sampler(load_manifest(manifest), 1, 0, cfg.run.seed)
+    CheckpointManager(out).save(3, {"data": sampler.state_dict()}, _payload("w"))
+    code = main(["--resume", str(out), "run.seed=5"])          # the sampler state was saved with seed 0
+    err = capsys.readouterr().err
+    assert code == 2 and "does not match the checkpoint" in err and "seed=0" in err, err
+    assert (out / "config.yaml").read_text() == before
