@@ -100,8 +100,7 @@ def qwen2_audio_dir(tmp_path_factory) -> Path:
 # model fixture (None: the shipped demo starting model) and overrides of each model the resume test runs on;
 # the encoder trains as in the demo recipe (funrl/demo/grpo.yaml), where the CTC head never gets a gradient;
 # one learner rank there (the tiny case resumes 2 sharded ranks)
-RESUME_MODELS = {
-    "tiny": ("tiny_model_dir", {}),
+RESUME_MODELS = {   # the tiny model's resume runs in tests/faults/test_preemption.py (after SIGTERM)
     "demo_model_train_encoder": (None, {"model.train_encoder": "true", "learner.num_ranks": 1}),
     "qwen2_audio_train_encoder": ("qwen2_audio_dir", {"model.train_encoder": "true", "learner.num_ranks": 1}),
 }
