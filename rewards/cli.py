@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rewards.advantages import ESTIMATORS
+from rewards.files import created_mode
 from rewards.registry import (REGISTRY, TOTAL, NonFiniteRewardError, RewardError, load_plugin, resolve_weights,
                               score_batch)
 from rewards.replay import RolloutsError, format_report, replay
@@ -208,36 +209,6 @@ def _check_out(path: str) -> tuple[Path, Path]:
     return target, folder
 
 
-def _proc_umask() -> int | None:
-    """The process umask from ``/proc/self/status`` (Linux >= 4.7), read without changing it; None elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _umask_at_import() -> int:
-    umask = _proc_umask()
-    if umask is None:   # no /proc: os.umask can only be read by setting it, so do that once, at import
-        umask = os.umask(0o077)
-        os.umask(umask)
-    return umask
-
-
-_UMASK_AT_IMPORT = _umask_at_import()
-
-
-def _umask() -> int:
-    """The process umask, read, never set: ``os.umask(0)`` then back, even for an instant, gives files that
-    other threads create meanwhile mode 0666. (policy.files has the same; rewards imports nothing of ours.)"""
-    umask = _proc_umask()
-    return _UMASK_AT_IMPORT if umask is None else umask
-
-
 def _write_atomic(path: str, lines: list[str]) -> None:
     target, folder = _check_out(path)
     try:
@@ -245,7 +216,7 @@ def _write_atomic(path: str, lines: list[str]) -> None:
     except OSError as exc:
         raise CliError(f"--out: cannot write in {folder}: {exc.strerror}") from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())   # what open(path, "w") would give, not mkstemp's 0600
+        os.fchmod(fd, created_mode(0o666))   # what open(path, "w") would give, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(lines)
             f.flush()
