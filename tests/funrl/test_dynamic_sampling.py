@@ -22,14 +22,12 @@ class ScriptedEngines:
 
     def __init__(self) -> None:
         self.embedded: list[str] = []
-        self.seeds: list[int | None] = []
 
     def embed(self, clips) -> PromptBatch:
         self.embedded += [c.text for c in clips]
         return PromptBatch(tuple(clips), tuple(torch.zeros(2, 4) for _ in clips))
 
-    def generate(self, prompts: PromptBatch, seed: int | None = None) -> RolloutBatch:
-        self.seeds.append(seed)
+    def generate(self, prompts: PromptBatch) -> RolloutBatch:
         texts = tuple((c.text,) * G if c.text.startswith("flat") else tuple(c.text.split()[:g + 1] and
                       " ".join(c.text.split()[:g + 1]) for g in range(G)) for c in prompts.clips)
         B = len(texts)
@@ -57,15 +55,6 @@ def test_refill_tops_the_batch_up_to_clips_per_step_non_flat_groups():
     assert info == {"dropped": 4, "refill_rounds": 2, "trained": 3}
     assert len(scored.rollout.prompts.clips) == 3 + 3 + 2  # every group sampled is logged, flat or not
     assert engines.embedded[-1] == "x y z w"               # the last round's extra group is sampled, not trained
-    assert engines.seeds == [None] * 3                     # no step given: the engines' own streams
-
-
-def test_each_round_of_a_step_samples_with_its_own_seed():
-    from funrl.train import sampling_seed
-    engines, cfg = ScriptedEngines(), _cfg(**{"run.max_refill_rounds": 2, "rollout.seed": 7})
-    sample_groups(cfg, engines, _clips("flat x"), lambda: _clips("flat y"), StageTimer(), step=3)
-    assert engines.seeds == [7 + 3 * 10**9, 7 + 3 * 10**9 + 10**5, 7 + 3 * 10**9 + 2 * 10**5]
-    assert engines.seeds == [sampling_seed(cfg, 3, r) for r in range(3)]
 
 
 def test_refill_stops_after_max_rounds_and_trains_on_what_is_left():

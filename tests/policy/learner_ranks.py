@@ -271,3 +271,24 @@ def resume_rank_main(rank: int, world: int, ports: list[int], model_dir: str, wa
         results["__error__"] = f"rank {rank}:\n{traceback.format_exc()}"
     if rank == 0 or "__error__" in results:
         queue.put((rank, results))
+
+
+def run_ranks(target, world: int, args: tuple, timeout_s: float) -> dict:
+    """``target(rank, world, *args, queue)`` in ``world`` spawned processes; rank 0's results, or the first
+    error (``"__error__"``) a rank reported. Ranks still alive afterwards are killed."""
+    import queue as queue_mod
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, world, *args, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        _, results = q.get(timeout=timeout_s)
+    except queue_mod.Empty:
+        results = {"__error__": f"no result from the ranks within {timeout_s:g} s"}
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+    return results

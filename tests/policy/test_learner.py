@@ -3,15 +3,13 @@ single-process GRPO reference (no FSDP, one big batch), LoRA, micro-batching equ
 from __future__ import annotations
 
 import math
-import queue as queue_mod
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from learner_ranks import (audio_batch, audio_prompts, learner_cfg, make_batch, rank_main, reference_run, rows,
-                           with_agg, write_waves)
+                           run_ranks, with_agg, write_waves)
 from policy.learner_batch import flatten_batch, mini_batch_rows
 from tolerances import update_error
 from policy.distributed import free_port, rank_micro_batches
@@ -61,20 +59,7 @@ def ranks(tiny_model_dir, waves) -> dict:
     """Run every scenario once on 2 ranks (one spawn for the module); rank 0's results by scenario."""
     scenarios = _scenarios(waves)
     ports = [free_port() for _ in scenarios]
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=rank_main, args=(r, WORLD, ports, str(tiny_model_dir), scenarios, q))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    try:
-        rank, results = q.get(timeout=240)
-    except queue_mod.Empty:
-        results = {"__error__": "no result from the ranks within 240 s"}
-    for p in procs:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
+    results = run_ranks(rank_main, WORLD, (ports, str(tiny_model_dir), scenarios), timeout_s=240)
     assert "__error__" not in results, results["__error__"]
     return results
 

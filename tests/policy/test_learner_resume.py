@@ -2,13 +2,11 @@
 a gradient in GRPO: a new learner that loads its checkpoint makes the same next update as the one never stopped."""
 from __future__ import annotations
 
-import queue as queue_mod
 
 import numpy as np
 import pytest
-import torch.multiprocessing as mp
 
-from learner_ranks import resume_rank_main, write_waves
+from learner_ranks import resume_rank_main, run_ranks, write_waves
 from policy.distributed import free_port
 
 
@@ -16,20 +14,7 @@ from policy.distributed import free_port
 def test_resumed_encoder_training_learner_equals_the_uninterrupted_one(tiny_model_dir, tmp_path):
     waves = write_waves(tmp_path)
     ports = [free_port(), free_port()]
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=resume_rank_main, args=(r, 2, ports, str(tiny_model_dir), waves,
-                                                        str(tmp_path / "ck"), q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        _, results = q.get(timeout=180)
-    except queue_mod.Empty:
-        results = {"__error__": "no result from the ranks within 180 s"}
-    for p in procs:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
+    results = run_ranks(resume_rank_main, 2, (ports, str(tiny_model_dir), waves, str(tmp_path / "ck")), 180)
     assert "__error__" not in results, results["__error__"]
     (weights, state), (got_weights, got_state) = results["uninterrupted"], results["resumed"]
     assert "model.frontend.ctc.weight" in weights and weights.keys() == got_weights.keys()
