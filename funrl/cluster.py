@@ -103,7 +103,8 @@ class Cluster:
         cfg = self.cfg
         on_gpu = cfg.rollout.gpus_per_worker > 0
         embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=0)
-        self.embedder = embed_cls.remote(cfg.model, cfg.data.max_audio_seconds, cfg.rollout.embed_batch_size)
+        self.embedder = embed_cls.remote(cfg.model, cfg.data.max_audio_seconds, cfg.rollout.embed_batch_size,
+                                         augment=cfg.data.augment)
         llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
         self.placement = create_placement(cfg)
         plan, pg = self.placement.plan, self.placement.pg
@@ -117,7 +118,7 @@ class Cluster:
         self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps,
                                     max_audio_seconds=cfg.data.max_audio_seconds,
                                     temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                                    placement=(pg, plan.learner))
+                                    placement=(pg, plan.learner), augment=cfg.data.augment)
         # surface a failed engine start now, by name
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
 

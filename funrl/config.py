@@ -27,13 +27,15 @@ from typing import Any, ClassVar
 import yaml
 
 from funrl.data import write_text_atomic
+from policy.augment import AugmentConfig
 from policy.config import (ConfigError, LearnerConfig, LoraConfig, ModelConfig, build, closest, dotted,
                            field_types, in_range, non_empty, one_of, optional, type_name, unknown_key_error,
                            validate)
 from rollout.config import RolloutConfig
 
 __all__ = [
-    "ConfigError", "DataConfig", "LearnerConfig", "LoraConfig", "ModelConfig", "RayConfig", "RewardsConfig",
+    "AugmentConfig", "ConfigError", "DataConfig", "LearnerConfig", "LoraConfig", "ModelConfig", "RayConfig",
+    "RewardsConfig",
     "RolloutConfig", "RunConfig", "TrainConfig", "dump_config", "load_config", "save_config", "to_dict",
     "validate_reward_names",
 ]
@@ -56,6 +58,7 @@ class DataConfig:
     on_bad_audio: str = "error"      # a clip whose audio does not decode, is too short/long or not finite:
                                      # error (all named before any worker starts) | skip (each named, left out)
     noise_per_step: int = 0          # noise-only clips (text "") in every training batch; 0 = sample uniformly
+    augment: AugmentConfig = field(default_factory=AugmentConfig)   # online augmentation of the training batches
 
     def __post_init__(self) -> None:
         validate(self, {"max_audio_seconds": in_range(0, lo_open=True), "noise_per_step": in_range(0),

@@ -28,6 +28,7 @@ from funrl.eval import EvalReport, evaluate, format_table, write_report
 from funrl.metrics import JsonlLog, MetricsLogger, should_log
 from funrl.preemption import GracefulStop, Preempted
 from funrl.timing import StageTimer
+from policy.augment import at_step
 from policy.messages import ScoredRollout
 from policy.scoring import drop_flat_groups, score_and_advantage, select_groups
 from policy.truncation import mask_truncated, rollout_penalty
@@ -184,7 +185,9 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
     out = Path(cfg.run.out_dir)
     progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
     for step in progress:
-        record, scored = train_step(cfg, cluster, sampler.next_batch(), more_clips=sampler.next_batch)
+        # the step travels with each clip: data.augment draws from (seed, step, clip) wherever audio is loaded
+        record, scored = train_step(cfg, cluster, at_step(sampler.next_batch(), step),
+                                    more_clips=lambda: at_step(sampler.next_batch(), step))
         if should_log(cfg.run.log_rollouts, step):
             logs.samples.write(step, rollout_record(scored))
         if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:

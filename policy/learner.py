@@ -51,6 +51,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from policy.augment import AugmentConfig, Augmenter
 from policy.config import LearnerConfig, ModelConfig
 from policy.distributed import all_reduce, barrier, init_process_group, mixed_precision, pick_device, shard
 from policy.learner_batch import (MicroBatch, PolicyForward, Rows, flatten_batch, flatten_rollout, load_waves,
@@ -71,7 +72,8 @@ class Learner:
     def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, rank: int = 0,
                  world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500, *,
                  total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
-                 temperature: float = 1.0, max_new_tokens: int | None = None, timeout_s: float = 1800.0) -> None:
+                 temperature: float = 1.0, max_new_tokens: int | None = None, timeout_s: float = 1800.0,
+                 augment: AugmentConfig | None = None) -> None:
         if cfg.lr_schedule != "constant" and total_steps is None:
             raise ValueError(f"learner.lr_schedule={cfg.lr_schedule!r} needs total_steps (the run's step count)")
         self.model_dir, self.model_cfg, self.cfg = str(model_dir), model_cfg, cfg
@@ -79,6 +81,7 @@ class Learner:
         self.master_addr, self.master_port = master_addr, master_port
         self.total_steps, self.timeout_s = total_steps, timeout_s
         self.max_audio_seconds = max_audio_seconds
+        self.augment = Augmenter(augment)   # train_encoder: the clips' audio as the embedding worker heard it
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0 (the rollout's sampling temperature), got {temperature}")
         self.temperature = float(temperature)   # samples are scored under softmax(logits / T), as drawn
@@ -192,7 +195,7 @@ class Learner:
         """train_encoder: audio features of given clips (prompts are recomputed inside the forward)."""
         if not self.train_encoder:
             return None
-        waves = load_waves(data, self.max_audio_seconds)
+        waves = load_waves(data, self.max_audio_seconds, self.augment)
         return lambda clips: self.model.audio_features([waves[c] for c in clips])
 
     def _plan(self, data: Rows, features: Callable[[list[int]], Any] | None) -> list[MicroBatch]:

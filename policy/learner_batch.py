@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from policy.distributed import rank_micro_batches
-from policy.messages import RolloutBatch, ScoredRollout
+from policy.messages import Clip, RolloutBatch, ScoredRollout
 from policy.models import AudioLLM, FeatureBatch
 
 
@@ -142,7 +142,10 @@ def plan_micro_batches(data: Rows, rank: int, world_size: int, micro_batch: int,
     return out
 
 
-def load_waves(data: Rows, max_seconds: float | None) -> list[np.ndarray]:
-    """16 kHz mono samples of every clip of the rollout (for train_encoder)."""
+def load_waves(data: Rows, max_seconds: float | None, augment: Callable[[np.ndarray, Clip], np.ndarray] | None = None
+               ) -> list[np.ndarray]:
+    """16 kHz mono samples of every clip of the rollout (for train_encoder); ``augment``: a `policy.augment.Augmenter`,
+    so the learner hears each clip as the embedding worker did (the clip's ``augment_step``)."""
     from policy.models.audio import load_audio
-    return [load_audio(c.audio, max_seconds=max_seconds) for c in data.rollout.prompts.clips]
+    waves = [load_audio(c.audio, max_seconds=max_seconds) for c in data.rollout.prompts.clips]
+    return waves if augment is None else [augment(w, c) for w, c in zip(waves, data.rollout.prompts.clips)]

@@ -16,6 +16,7 @@ from typing import Any
 import ray
 from ray.util.placement_group import remove_placement_group
 
+from policy.augment import AugmentConfig
 from policy.config import LearnerConfig, ModelConfig
 from policy.distributed import free_port
 from policy.learner import Learner
@@ -58,7 +59,8 @@ class LearnerGroup:
                  total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
                  temperature: float = 1.0, max_new_tokens: int | None = None, placement_strategy: str = "PACK",
                  placement_timeout_s: float = 300.0, call_timeout_s: float | None = None,
-                 runtime_env: dict | None = None, placement: tuple[Any, Sequence[int]] | None = None) -> None:
+                 runtime_env: dict | None = None, placement: tuple[Any, Sequence[int]] | None = None,
+                 augment: AugmentConfig | None = None) -> None:
         if not ray.is_initialized():
             raise RuntimeError("LearnerGroup needs a running Ray (ray.init(...) or ray.init(address=...)) first")
         self.cfg = cfg
@@ -82,7 +84,8 @@ class LearnerGroup:
             self.actors = [
                 remote_class(Learner, scheduling_strategy=in_bundle(pg, bundles[r]), **options).remote(
                     model_dir, model_cfg, cfg, r, self.num_ranks, addr, port, total_steps=total_steps,
-                    max_audio_seconds=max_audio_seconds, temperature=temperature, max_new_tokens=max_new_tokens)
+                    max_audio_seconds=max_audio_seconds, temperature=temperature, max_new_tokens=max_new_tokens,
+                    augment=augment)
                 for r in range(self.num_ranks)]
             self.info = self._call("setup")
         except BaseException:

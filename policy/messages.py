@@ -23,6 +23,8 @@ class Clip:
     context: str | None = None      # optional prompt context (hotwords, contextual prompt)
     line: int = 0                   # 1-based line number in the manifest (for messages)
     source: str = ""                # the manifest file the clip came from
+    augment_step: int | None = None # training step whose augmentation (data.augment, policy.augment) the audio
+                                    # gets wherever it is loaded; None = the recording as it is (evaluation)
 
     def meta(self) -> dict:
         """The `metas` entry the reward library expects for this clip."""

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from policy.augment import AugmentConfig, Augmenter
 from policy.config import ModelConfig
 from policy.messages import Clip, PromptBatch
 from policy.models import load_audio_llm
@@ -17,14 +18,17 @@ from policy.models.audio import load_audio
 
 
 class AudioEmbeddingWorker:
-    """Loads audio, runs the frozen encoder + adapter, splices the prompt."""
+    """Loads audio (augmented for a clip's ``augment_step`` when ``augment`` is on: `policy.augment`), runs the
+    frozen encoder + adapter, splices the prompt."""
 
-    def __init__(self, model_cfg: ModelConfig, max_audio_seconds: float = 30.0, batch_size: int = 16) -> None:
+    def __init__(self, model_cfg: ModelConfig, max_audio_seconds: float = 30.0, batch_size: int = 16,
+                 augment: AugmentConfig | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_cfg = model_cfg
         self.max_audio_seconds = max_audio_seconds
         self.batch_size = batch_size
+        self.augment = Augmenter(augment)
         self.model = load_audio_llm(model_cfg.path, dtype=model_cfg.dtype, prompt=model_cfg.prompt)
         self.model.eval()
         self.model.requires_grad_(False)
@@ -42,7 +46,7 @@ class AudioEmbeddingWorker:
         """Prompt embeddings for ``clips``, in order; a bad audio file raises ValueError naming it."""
         embeds: list[torch.Tensor] = []
         for chunk in _chunks(list(clips), self.batch_size):
-            waves = [load_audio(c.audio, max_seconds=self.max_audio_seconds) for c in chunk]
+            waves = [self.augment(load_audio(c.audio, max_seconds=self.max_audio_seconds), c) for c in chunk]
             audio = self.model.embed_audio(self.model.audio_features(waves))
             prompts = self.model.build_prompt_embeds(audio, [c.context for c in chunk])
             embeds.extend(p.detach().to("cpu", torch.float32).contiguous() for p in prompts)

@@ -1,10 +1,14 @@
-"""Noise for the built-in demo task: white, pink and babble-like, and mixing at a given SNR.
+"""Noise for the built-in demo task: white, pink and babble-like; mixing at a given SNR is `policy.augment`'s.
 
 All generators return float32 arrays of unit RMS; scale them to the level you need.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from policy.augment import fit_length, mix_at_snr   # the one mixing code: RL augmentation (data.augment) uses it
+
+__all__ = ["NOISE_KINDS", "babble_noise", "fit_length", "make_noise", "mix_at_snr", "pink_noise", "white_noise"]
 
 NOISE_KINDS = ("white", "pink", "babble")
 
@@ -60,33 +64,6 @@ def babble_noise(talkers: list[np.ndarray], n: int, rng: np.random.Generator,
     ir = rng.standard_normal(taps) * np.exp(-np.arange(taps) / (taps / 4.0))
     ir[0] += 1.0                                 # keep some of the direct sound
     return _unit_rms(_fft_convolve(mix, ir))
-
-
-def fit_length(noise: np.ndarray, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Noise looped or cut to `n` samples (random start when `rng` is given)."""
-    noise = np.asarray(noise, dtype=np.float32)
-    if noise.size == 0:
-        raise ValueError("fit_length: empty noise")
-    reps = int(np.ceil((n + noise.size) / noise.size))
-    start = int(rng.integers(0, noise.size)) if rng is not None else 0
-    return np.tile(noise, reps)[start:start + n]
-
-
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """`speech + g·noise` with g chosen so that 10·log10(Σspeech² / Σ(g·noise)²) = snr_db.
-
-    Powers are means over the whole clip (silences included). `noise` is looped or cut to the
-    length of `speech`. Returns float32; the caller guards against clipping.
-    """
-    s = np.asarray(speech, dtype=np.float64)
-    nz = fit_length(noise, s.size).astype(np.float64)
-    p_s, p_n = np.mean(s ** 2), np.mean(nz ** 2)
-    if not p_s > 0:
-        raise ValueError("mix_at_snr: the speech signal is silent")
-    if not p_n > 0:
-        raise ValueError("mix_at_snr: the noise signal is silent")
-    gain = np.sqrt(p_s / (p_n * 10.0 ** (float(snr_db) / 10.0)))
-    return (s + gain * nz).astype(np.float32)
 
 
 def make_noise(kind: str, n: int, rng: np.random.Generator,
