@@ -46,7 +46,7 @@ _PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Manifests (DESIGN.md §4); "" = not given."""
+    """Manifests (docs/design.md#data-manifest); "" = not given."""
 
     SECTION: ClassVar[str] = "data"
     train_manifest: str = ""

@@ -1,4 +1,4 @@
-"""Data manifests (DESIGN.md §4) and the deterministic training-data iterator.
+"""Data manifests (docs/design.md#data-manifest) and the deterministic training-data iterator.
 
 A manifest is JSONL, one clip a line::
 

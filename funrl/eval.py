@@ -5,7 +5,7 @@
 ``DIR`` is any checkpoint folder the model layer loads (``policy.models.load_audio_llm``). The
 audio-embedding worker and one vLLM engine run in this process (no Ray); decoding is greedy.
 
-Metrics, all on the reward library's normalised tokens (``rewards.text``, DESIGN.md §3), so they
+Metrics, all on the reward library's normalised tokens (``rewards.text``, docs/design.md#text-normalisation), so they
 agree with the rewards a training run optimises:
 
 - ``wer``: corpus WER, sum(S + D + I) / sum(N_ref) over the speech clips that are not Chinese;
@@ -285,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m funrl.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint folder any model adapter supports")
-    p.add_argument("--manifest", required=True, help="JSONL manifest (DESIGN.md §4)")
+    p.add_argument("--manifest", required=True, help="JSONL manifest (docs/design.md#data-manifest)")
     p.add_argument("--out", help="summary JSON path; per-clip lines go to <out stem>.clips.jsonl beside it")
     p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16, help="clips per batch (16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest hypothesis in tokens (64)")

@@ -43,7 +43,8 @@ class SftModelConfig:
 
 @dataclass(frozen=True)
 class SftDataConfig:
-    """Speech manifests (DESIGN.md §4); clips with ``text: ""`` (noise only) are skipped unless noise_clips."""
+    """Speech manifests (docs/design.md#data-manifest); clips with ``text: ""`` (noise only) are skipped
+    unless noise_clips."""
 
     SECTION: ClassVar[str] = "data"
     train_manifest: str = ""    # "" = <demo_dir>/sft_train.jsonl

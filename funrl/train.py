@@ -1,6 +1,6 @@
 """``python -m funrl.train``: GRPO fine-tuning of an audio-LLM for speech recognition.
 
-The loop is DESIGN.md §1: embed -> generate -> score -> advantage -> update -> sync.
+The loop (docs/design.md#the-training-loop): embed -> generate -> score -> advantage -> update -> sync.
 With no arguments it runs the built-in demo (funrl/demo): builds the speech data
 and the starting model if needed, evaluates, trains, evaluates again and prints a
 before/after table.

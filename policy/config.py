@@ -269,7 +269,7 @@ def _betas(v: tuple[float, float]) -> str | None:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """GRPO learner: optimiser, loss options (DESIGN.md §2), fine-tuning mode, ranks."""
+    """GRPO learner: optimiser, loss options (docs/design.md#grpo-math), fine-tuning mode, ranks."""
 
     SECTION: ClassVar[str] = "learner"
     lr: float = 1e-5

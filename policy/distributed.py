@@ -1,4 +1,4 @@
-"""torch.distributed plumbing for the FSDP2 learner (DESIGN.md §8): process group, device, sharding,
+"""torch.distributed plumbing for the FSDP2 learner (docs/design.md#fsdp2-and-lora): process group, device, sharding,
 cross-rank reductions and the row split of a batch. No Ray here: a rank is a plain process.
 """
 from __future__ import annotations

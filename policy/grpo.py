@@ -1,6 +1,6 @@
 """GRPO math of the Fun-ASR technical report (eqs. 1-3), as pure tensor functions.
 
-DESIGN.md §2 is the contract:
+docs/design.md#grpo-math has the math with every variant; in short:
 
 - eq. 1, group-relative advantage: ``A_i = (r_i - mean(r)) / (std(r) + eps)``, unbiased std;
 - eq. 3, importance ratio: ``rho_{i,t} = exp(logp_{i,t} - old_logp_{i,t})``;

@@ -1,5 +1,5 @@
 """The FSDP2 GRPO policy learner: one `Learner` per rank (a plain class; `policy.learner_group` runs one Ray
-actor per rank). DESIGN.md §1, §2, §8.
+actor per rank). docs/design.md#grpo-math.
 
 One `update(batch)`:
 

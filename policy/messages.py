@@ -14,7 +14,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Clip:
-    """One line of a data manifest (DESIGN.md §4), paths already resolved."""
+    """One line of a data manifest (docs/design.md#data-manifest), paths already resolved."""
 
     audio: str                      # absolute path to a wav/flac file
     text: str                       # reference transcript; "" = noise-only clip

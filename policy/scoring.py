@@ -63,8 +63,8 @@ def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = N
 def score_and_advantage(rollout: RolloutBatch, weights: Mapping[str, float] | None = None,
                         eps: float = 1e-6, estimator: str = "grpo",
                         extra: Mapping[str, Tensor] | None = None) -> ScoredRollout:
-    """Rewards -> advantages within each clip's group (`policy.grpo.compute_advantages`; "grpo" is DESIGN.md
-    §2, eq. 1). ``extra``: reward terms computed outside the reward library from the rollout's tokens (e.g.
+    """Rewards -> advantages within each clip's group (`policy.grpo.compute_advantages`, docs/design.md#advantages).
+    ``extra``: reward terms computed outside the reward library from the rollout's tokens (e.g.
     ``"overlong"``, `policy.truncation`), ``[B, G]`` each, added to the total with weight 1."""
     scores = score_rollout(rollout, weights)
     for name, term in (extra or {}).items():

@@ -3,7 +3,7 @@
     from rewards import register, REGISTRY, score_batch
     score_batch(hyps, refs, metas, weights={"wer": 1.0, "keyword": 0.5})
 
-Built-in rewards (DESIGN.md §3): ``wer``, ``keyword``, ``hallucination``, ``language``.
+Built-in rewards (docs/design.md#rewards): ``wer``, ``keyword``, ``hallucination``, ``language``.
 This package imports nothing else of FunRL and no torch.
 """
 from rewards import builtin as _builtin  # noqa: F401  (registers wer, keyword, hallucination)

@@ -3,7 +3,7 @@
 The estimators are those of training (``learner.advantage``, ``policy.grpo``), written again
 here so the reward library stays free of torch; a group is one clip's G totals:
 
-- ``grpo`` (DESIGN.md §2, eq. 1): ``A_i = (r_i - mean(r)) / (std(r) + eps)``, unbiased std;
+- ``grpo`` (docs/design.md#advantages, eq. 1): ``A_i = (r_i - mean(r)) / (std(r) + eps)``, unbiased std;
 - ``dr_grpo``: ``A_i = r_i - mean(r)``;
 - ``rloo``: ``A_i = r_i - mean_{j != i} r_j``.
 

@@ -1,4 +1,4 @@
-"""The built-in rewards R1-R3 of DESIGN.md §3: ``wer``, ``keyword``, ``hallucination``.
+"""The built-in rewards R1-R3 (docs/design.md#rewards): ``wer``, ``keyword``, ``hallucination``.
 
 (R4, ``language``, lives in ``rewards.language``.) Every reward works on the
 tokens of ``rewards.text`` and scores the whole batch in one call.

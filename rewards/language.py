@@ -1,4 +1,4 @@
-"""R4 ``language``: is the hypothesis in the clip's expected language? (DESIGN.md §3)
+"""R4 ``language``: is the hypothesis in the clip's expected language? (docs/design.md#language-r4)
 
 Detection, in two stages, on the normalised tokens of ``rewards.text``:
 

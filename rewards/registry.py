@@ -1,4 +1,4 @@
-"""Reward registry, composite scoring and plugin loading (DESIGN.md §3).
+"""Reward registry, composite scoring and plugin loading (docs/design.md#composite-reward-and-errors).
 
 A reward is a function ``(hyps, refs, metas) -> list[float | None]`` that scores a
 whole batch in one call; ``None`` means "not applicable to this item" (it is left

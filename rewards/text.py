@@ -1,4 +1,4 @@
-"""The one text normaliser and tokeniser every reward uses (DESIGN.md §3).
+"""The one text normaliser and tokeniser every reward uses (docs/design.md#text-normalisation).
 
 ``normalize``: Unicode NFKC, lower-case, every punctuation character (Unicode
 category ``P*``) becomes a space, runs of whitespace collapse to one space, and

@@ -2,7 +2,7 @@
 
 A plain class (Ray wrapping happens in ``funrl.cluster``). It owns an inference
 copy of the audio-LLM and uses the model layer's one prompt-building path, so the
-rollout worker and the learner see exactly the same prompt (DESIGN.md §1, §5).
+rollout worker and the learner see exactly the same prompt (docs/design.md#the-model-layer).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ start, and it lets :meth:`VLLMRolloutWorker.update_weights` hand tensors to the 
 without serialisation). With a multiprocess engine (the variable set to ``1``) every
 bucket travels as a temporary safetensors folder instead.
 
-Facts this relies on (vLLM 0.32, see DESIGN.md §6):
+Facts this relies on (vLLM 0.32, see docs/design.md#vllm-facts):
 
 * Weight sync goes through the worker's ``reload_weights`` (``collective_rpc``), which
   re-runs the layers' post-load processing; editing parameters directly is silently

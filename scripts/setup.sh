@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: creates .venv, installs FunRL with the cpu (or gpu) extra,
 # then removes the CUDA builds of torchvision/torchaudio/torchcodec/triton that
-# vLLM pulls in and that break imports next to the CPU torch (DESIGN.md §6).
+# vLLM pulls in and that break imports next to the CPU torch (docs/design.md#vllm-facts).
 # A second run on a ready venv only checks a stamp and returns in seconds.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

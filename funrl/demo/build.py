@@ -1,6 +1,6 @@
 """Build the built-in demo speech task: `python -m funrl.demo.build OUT_DIR [--seed N] [--small]`.
 
-Writes ordinary manifests (DESIGN.md §4) — `sft_train.jsonl`, `rl_train.jsonl`, `dev.jsonl`,
+Writes ordinary manifests (docs/design.md#data-manifest) — `sft_train.jsonl`, `rl_train.jsonl`, `dev.jsonl`,
 `test.jsonl` — and `wav/` (16-bit 16 kHz mono) into OUT_DIR, from speech synthesised locally
 (espeak-ng voices and the piper neural voice) and synthetic noise:
 

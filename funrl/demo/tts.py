@@ -1,4 +1,4 @@
-"""Local speech synthesis for the built-in demo task (DESIGN.md §9); nothing is downloaded.
+"""Local speech synthesis for the built-in demo task (docs/design.md#the-built-in-demo); nothing is downloaded.
 
 Two synthesisers, both returning float32 mono audio at 16 kHz in [-1, 1]:
 

@@ -1,4 +1,5 @@
-"""The audio-LLM model layer (DESIGN.md §5): one `AudioLLM` class, adapters registered by ``model_type``.
+"""The audio-LLM model layer (docs/design.md#the-model-layer): one `AudioLLM` class, adapters registered by
+``model_type``.
 
 Importing this package registers the built-in adapters; `load_audio_llm(folder)` picks one by the folder's
 ``config.json`` ``model_type``.

@@ -1,4 +1,4 @@
-"""`AudioLLM`: the one model class every worker uses (DESIGN.md §5), plus the adapter registry.
+"""`AudioLLM`: the one model class every worker uses (docs/design.md#the-model-layer), plus the adapter registry.
 
 An `AudioLLM` is built by composition from
 

@@ -1,4 +1,5 @@
-"""The transformers audio-LLM families (DESIGN.md §8): feature extractors and audio -> embeddings, per class.
+"""The transformers audio-LLM families (docs/design.md#transformers-audio-llm-classes): feature extractors
+and audio -> embeddings, per class.
 
 Each `AudioFamily` says how one transformers class maps onto `AudioLLM`: its feature extractor (returning a
 `FeatureBatch` with time on axis 1), how the HF model's audio tower (+ projector) turns those features into
@@ -204,7 +205,7 @@ def _qwen2_text_config(text_cfg: Any) -> Any:
 
 @dataclass(frozen=True)
 class AudioFamily:
-    """How one transformers audio-LLM class maps onto `AudioLLM` (DESIGN.md §8 table)."""
+    """How one transformers audio-LLM class maps onto `AudioLLM` (docs/design.md#transformers-audio-llm-classes)."""
 
     model_type: str  # config.json "model_type" == adapter name
     model_class: str  # transformers class that is loaded (the whole audio-LLM, or its thinker)

@@ -1,4 +1,4 @@
-"""transformers' own audio-LLM classes as `AudioLLM` adapters (DESIGN.md §5, §8).
+"""transformers' own audio-LLM classes as `AudioLLM` adapters (docs/design.md#the-model-layer).
 
 One generic adapter for the classes that share the ``audio_tower`` / ``multi_modal_projector`` /
 ``language_model`` + ``lm_head`` layout, parameterised per family by an `AudioFamily` spec

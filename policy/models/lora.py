@@ -1,4 +1,4 @@
-"""LoRA on the LLM of an `AudioLLM` with peft (DESIGN.md §8).
+"""LoRA on the LLM of an `AudioLLM` with peft (docs/design.md#fsdp2-and-lora).
 
 * `apply_lora` wraps ``model.llm`` with peft LoRA (``target_modules`` configurable, Linear layers only); the
   LLM's base weights are frozen, the frontend is frozen unless ``train_frontend``.

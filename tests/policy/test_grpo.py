@@ -1,4 +1,4 @@
-"""GRPO math (DESIGN.md §2, Fun-ASR report eqs. 1-3): hand-computed values and a loop reference."""
+"""GRPO math (docs/design.md#grpo-math, Fun-ASR report eqs. 1-3): hand-computed values and a loop reference."""
 from __future__ import annotations
 
 import math

@@ -23,7 +23,7 @@ TEXTS = (
     ("", "thank you"),
     ("good morning", "good morning"),                     # a flat group: equal rewards
 )
-# Hand-computed (DESIGN.md §3): wer = 1 - WER; keyword = (precision + recall) / 2, NaN without keywords;
+# Hand-computed (docs/design.md#rewards): wer = 1 - WER; keyword = (precision + recall) / 2, NaN without keywords;
 # hallucination = -hallucinated/max(1, N_ref); language 0 (no mismatch here); total = their sum.
 WER = [[1.0, 0.5], [1.0, 0.5], [1.0, 0.0], [1.0, 1.0]]
 KEYWORD = [[1.0, 0.5]] + [[math.nan, math.nan]] * 3

@@ -1,4 +1,4 @@
-"""R1 wer, R2 keyword, R3 hallucination: hand-computed values (DESIGN.md §3)."""
+"""R1 wer, R2 keyword, R3 hallucination: hand-computed values (docs/design.md#rewards)."""
 import jiwer
 import pytest
 
