@@ -284,7 +284,8 @@ def _max_position(llm_dir: str) -> int | None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m funrl.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint folder any model adapter supports")
+    p.add_argument("--model", required=True, help="checkpoint folder any model adapter supports, or a Hub model id "
+                   "(org/name[@revision]) already in the local Hugging Face cache (never downloaded)")
     p.add_argument("--manifest", required=True, help="JSONL manifest (docs/design.md#data-manifest)")
     p.add_argument("--out", help="summary JSON path; per-clip lines go to <out stem>.clips.jsonl beside it")
     p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16, help="clips per batch (16)")
@@ -297,8 +298,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _checked_inputs(args: argparse.Namespace) -> list[Clip]:
-    """The manifest's clips, after every argument, audio file and the model folder are checked."""
+def _checked_inputs(args: argparse.Namespace) -> tuple[list[Clip], Path]:
+    """The manifest's clips and the local model folder, after every argument, audio file and the model folder are
+    checked."""
     from funrl.data import ManifestError, load_manifest
 
     for name in ("batch", "max_new_tokens", "max_audio_seconds"):
@@ -314,31 +316,34 @@ def _checked_inputs(args: argparse.Namespace) -> list[Clip]:
 
     from policy.models import get_adapter
     from policy.models.base import read_config
-    if not Path(args.model).is_dir():
-        raise InputError(f"--model {args.model}: no such folder (a checkpoint folder with a config.json)")
+    from policy.models.hub import resolve_model_path
+    try:   # a Hub id (org/name[@revision]) is its snapshot folder in the local Hugging Face cache
+        folder = resolve_model_path(args.model, key="--model")
+    except FileNotFoundError as exc:
+        raise InputError(_one_line(exc)) from None
     try:
-        get_adapter(read_config(args.model)["model_type"], where=str(Path(args.model) / "config.json"))
+        get_adapter(read_config(folder)["model_type"], where=str(folder / "config.json"))
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(_one_line(exc)) from None
-    return clips
+    return clips, folder
 
 
-def _load_embedder(args: argparse.Namespace):
+def _load_embedder(args: argparse.Namespace, folder: Path):
     """The audio-embedding worker with the model loaded; a model folder missing a part (weights, ``llm/``,
     tokenizer) or not matching its config is an InputError naming the path, before vLLM starts."""
     from policy.config import ModelConfig
     from rollout.embedding import AudioEmbeddingWorker
 
     try:
-        return AudioEmbeddingWorker(ModelConfig(path=str(args.model), dtype=args.dtype),
+        return AudioEmbeddingWorker(ModelConfig(path=str(folder), dtype=args.dtype),
                                     max_audio_seconds=args.max_audio_seconds, batch_size=args.batch)
     except (OSError, ValueError) as exc:  # FileNotFoundError of the model layer, transformers' OSError
         raise InputError(f"--model {args.model}: {_one_line(exc)}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
-    clips = _checked_inputs(args)
-    embedder = _load_embedder(args)
+    clips, folder = _checked_inputs(args)
+    embedder = _load_embedder(args, folder)
     from rollout.config import RolloutConfig
     from rollout.vllm_worker import VLLMRolloutWorker
 

@@ -94,9 +94,30 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     With ``data.test_manifest`` set, the policy is evaluated (greedy) on it before and after training and
     a before/after table is printed (OUT/eval_before.json, OUT/eval_after.json).
     """
+    cfg = with_local_model(cfg)                            # a Hub id -> its folder in the local HF cache
     data = load_inputs(cfg)                                # everything checked before any file or actor
     with RunLock(cfg.run.out_dir):                         # one process per run folder
         return _train(cfg, resume, data)
+
+
+def with_local_model(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``model.path`` as a local model folder whose ``model_type`` an adapter supports, before any
+    worker starts: a Hub id (``org/name[@revision]``) becomes its snapshot folder in the local Hugging Face cache
+    (`policy.models.hub`; never downloaded). The run's config.yaml then records that folder, so a resume loads
+    the same snapshot."""
+    from policy.models import get_adapter
+    from policy.models.base import read_config
+    from policy.models.hub import resolve_model_path
+
+    folder = resolve_model_path(cfg.model.path, key="model.path")
+    try:
+        get_adapter(read_config(folder)["model_type"], where=str(folder / "config.json"))
+    except ValueError as exc:
+        raise ConfigError(f"model.path {cfg.model.path}: {exc}", key="model.path") from None
+    if str(folder) == cfg.model.path:
+        return cfg
+    print(f"[funrl] model.path {cfg.model.path} -> {folder}", file=sys.stderr)
+    return replace(cfg, model=replace(cfg.model, path=str(folder)))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@
   layout) built once per session; treat it as read-only (copy it before changing it).
 * ``tiny_model_dirs`` — ``{"qwen2": dir, "qwen3": dir, "llama": dir}``: one such checkpoint per LLM family.
 * ``llm_family`` — parametrised over ``qwen2``, ``qwen3``, ``llama``; ``tiny_family_dir`` is that family's folder.
+* ``hub_cache`` — an empty Hugging Face Hub cache folder, set as ``HF_HUB_CACHE`` for the test; its
+  ``.add(folder, repo_id, commit, refs=("main",))`` copies a model folder in as ``hf download`` lays it out
+  (``models--ORG--NAME/blobs/<sha256>``, ``snapshots/<commit>/...`` relative symlinks, ``refs/<ref>``) and returns
+  the snapshot folder (huggingface_hub has no offline call that adds to the cache).
 
 How equivalence tolerances are chosen (they must hold on any x86 CPU, Intel or AMD, AVX2 or AVX-512, whose
 float summation order differs): a bound follows from the dtype (float32: eps = 1.2e-7), the number of terms
@@ -22,7 +26,9 @@ accumulated and the magnitude compared, never from one machine's result.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +63,31 @@ def llm_family(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def tiny_family_dir(tiny_model_dirs: dict[str, Path], llm_family: str) -> Path:
     return tiny_model_dirs[llm_family]
+
+
+class HubCache(type(Path())):
+    """A Hub cache folder (a Path) that model folders can be added to (the ``hub_cache`` fixture)."""
+
+    def add(self, source: Path, repo_id: str, commit: str, refs: tuple[str, ...] = ("main",)) -> Path:
+        repo = self / ("models--" + repo_id.replace("/", "--"))
+        snapshot = repo / "snapshots" / commit
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        for path in sorted(p for p in Path(source).rglob("*") if p.is_file()):
+            blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+            if not blob.exists():
+                shutil.copyfile(path, blob)
+            link = snapshot / path.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        for ref in refs:
+            (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+            (repo / "refs" / ref).write_text(commit)
+        return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HubCache:
+    cache = HubCache(tmp_path / "hf_hub_cache")
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
