@@ -86,9 +86,13 @@ def check_inputs(args: argparse.Namespace):
         cfg = load_config(str(run_dir / "config.yaml"), [])
     except ConfigError as exc:
         raise ExportError(f"{run_dir}/config.yaml: {exc}") from None
-    if not cfg.model.path or not Path(cfg.model.path).is_dir():
-        raise ExportError(f"{run_dir}/config.yaml: model.path {cfg.model.path!r} is not a folder; the export "
-                          "needs the starting model the run was trained from")
+    from policy.models.hub import resolve_model_path
+    try:   # a run's config.yaml holds a folder; one written by hand may hold a Hub id (the local HF cache)
+        folder = resolve_model_path(cfg.model.path, key="model.path")
+    except FileNotFoundError as exc:
+        raise ExportError(f"{run_dir}/config.yaml: {exc}; the export needs the starting model the run was "
+                          "trained from") from None
+    cfg = replace(cfg, model=replace(cfg.model, path=str(folder)))
     learner_dir = find_checkpoint(run_dir, args.step).path / "learner"
     if not (learner_dir / LEARNER_STATE).is_file() or not (learner_dir / "dcp").is_dir():
         raise ExportError(f"{learner_dir}: incomplete learner checkpoint ({LEARNER_STATE} or dcp/ missing)")

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ from policy.messages import Clip
 from policy.models import AudioLLM, FeatureBatch, get_adapter, load_audio_llm
 from policy.models.audio import load_audio
 from policy.models.features import fbank
+from policy.models.hub import resolve_model_path
 
 EPILOG = """\
 examples:
@@ -323,6 +324,8 @@ def train(cfg: SftConfig) -> Path:
     from tqdm import tqdm
     torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
+    if cfg.model.path:   # a Hub id (org/name[@revision]) -> its snapshot folder in the local HF cache, checked first
+        cfg = replace(cfg, model=replace(cfg.model, path=str(resolve_model_path(cfg.model.path, key="model.path"))))
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = _load_data(cfg, out)
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_sft_config(args.config, args.overrides)
         print("[funrl.sft] config:\n" + dump_config(cfg), file=sys.stderr)
         out = train(cfg)
-    except (ConfigError, ManifestError) as exc:
+    except (ConfigError, ManifestError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (FloatingPointError, ValueError) as exc:

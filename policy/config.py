@@ -234,7 +234,8 @@ class ModelConfig:
     """The policy model: a local checkpoint folder (its config names the adapter)."""
 
     SECTION: ClassVar[str] = "model"
-    path: str = ""                   # local model folder; "" = the built-in demo model
+    path: str = ""                   # local model folder, or a Hub id org/name[@revision] in the local HF cache
+                                     # (policy.models.hub; never downloaded); "" = the built-in demo model
     dtype: str = "float32"
     train_encoder: bool = False      # train the audio encoder + adapter too (synced to the embedder)
     prompt: str | None = None        # instruction text; None = the model's default prompt
