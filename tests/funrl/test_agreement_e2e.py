@@ -52,3 +52,53 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_t
     assert float((moved - table).abs().max()) > 1e-3, "the input embedding did not train: the test tests nothing"
     assert max(gaps) <= TOL, f"vLLM vs learner log-prob gap after each sync: {gaps}"
     assert max(metric) <= TOL, f"rollout.logprob_diff.max per step: {metric}"
+
+
+def test_augmented_clips_keep_vllm_and_learner_logprobs_equal_with_encoder_training(tiny_model_dir, demo_data,
+                                                                                    tmp_path):
+    """data.augment on: the embedding worker samples from augmented audio and the learner (model.train_encoder)
+    re-encodes the same augmented audio, so the gap stays at summation order; the same rollout scored on the
+    clean audio (the clips' step removed) is far off, so the check can fail."""
+    from dataclasses import replace
+
+    import numpy as np
+    import ray
+    import soundfile as sf
+    from funrl.cluster import Cluster
+    from funrl.train import train_step
+    from policy.augment import at_step
+    from policy.messages import PromptBatch, RolloutBatch
+
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    sf.write(noise / "white.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    overrides = {"model.path": tiny_model_dir, "model.train_encoder": "true", "learner.finetune": "full",
+                 "data.train_manifest": demo_data.manifest("rl_train"), "rollout.n": 4,
+                 "rollout.max_new_tokens": 12, "rollout.kv_cache_memory_bytes": 32 << 20, "learner.num_ranks": 1,
+                 "learner.lr": 1e-3, "learner.micro_batch": 16, "run.clips_per_step": 4,
+                 "run.out_dir": tmp_path / "run", "ray.num_cpus": 3, "data.augment.enabled": "true",
+                 "data.augment.noise_dir": noise, "data.augment.noise_prob": 1.0, "data.augment.snr_db": "[0,5]",
+                 "data.augment.speed_prob": 1.0, "data.augment.gain_prob": 1.0}
+    cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+    sampler = ClipSampler(load_manifest(demo_data.manifest("rl_train")), 4, seed=0)
+    gaps, metric, clean = [], [], []
+    try:
+        with Cluster(cfg) as cluster:
+            for step in (1, 2):
+                record, _ = train_step(cfg, cluster, at_step(sampler.next_batch(), step))
+                metric.append(record["rollout.logprob_diff.max"])
+                rollout = cluster.generate(cluster.embed(at_step(sampler.next_batch(), step)))
+                gaps.append(float(((cluster.learner.logprobs(rollout) - rollout.sample_logprobs)
+                                   * rollout.mask).abs().max()))
+                untagged = PromptBatch(tuple(replace(c, augment_step=None) for c in rollout.prompts.clips),
+                                       rollout.prompts.prompt_embeds)
+                as_clean = replace(rollout, prompts=untagged)
+                clean.append(float(((cluster.learner.logprobs(as_clean) - rollout.sample_logprobs)
+                                    * rollout.mask).abs().max()))
+                assert isinstance(as_clean, RolloutBatch) and rollout.mask.sum() > 0
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert max(gaps) <= TOL, f"vLLM vs learner log-prob gap with augmented clips: {gaps}"
+    assert max(metric) <= TOL, f"rollout.logprob_diff.max per step: {metric}"
+    assert min(clean) > 100 * TOL, f"the learner on clean audio agrees too: the check tests nothing ({clean})"

@@ -180,3 +180,35 @@ def test_embedding_worker_with_augment_differs_from_off_and_repeats_for_the_same
     with torch.no_grad():
         want = model.build_prompt_embeds(model.embed_audio(model.audio_features([direct])), [None])[0]
     torch.testing.assert_close(first[0], want, atol=1e-5, rtol=1e-5)
+
+
+def test_learner_recomputing_prompts_from_audio_hears_what_the_embedding_worker_heard(model_dir, noise_dir,
+                                                                                     speech_clip):
+    """model.train_encoder: the learner re-encodes the clips' audio (policy.learner_batch.load_waves with its
+    Augmenter); the prompts it builds equal the sampler's, and would not without the augmentation."""
+    from policy.config import LearnerConfig
+    from policy.learner import Learner
+    from policy.learner_batch import flatten_rollout, load_waves
+    from policy.messages import RolloutBatch
+
+    clip, _ = speech_clip
+    aug = AugmentConfig(enabled=True, noise_dir=str(noise_dir), noise_prob=1.0, speed_prob=1.0, gain_prob=1.0)
+    clips = at_step([clip, Clip(str(noise_dir / "white.wav"), "", source=str(noise_dir / "m.jsonl"))], 9)
+    prompts = AudioEmbeddingWorker(ModelConfig(path=str(model_dir)), augment=aug).embed(clips)
+    B, G, T = 2, 2, 3
+    rows = flatten_rollout(RolloutBatch(prompts, torch.zeros(B, G, T, dtype=torch.long), torch.ones(B, G, T),
+                                        torch.zeros(B, G, T), (("", ""), ("", ""))))
+    learner = Learner(str(model_dir), ModelConfig(path=str(model_dir), train_encoder=True), LearnerConfig(),
+                      augment=aug)
+    assert learner.augment.cfg == aug
+    model = AudioEmbeddingWorker(ModelConfig(path=str(model_dir))).model
+
+    def rebuilt(waves):
+        with torch.no_grad():
+            return [model.build_prompt_embeds(model.embed_audio(model.audio_features([w])), [c.context])[0]
+                    for w, c in zip(waves, clips)]
+
+    for got, want in zip(rebuilt(load_waves(rows, 30.0, learner.augment)), prompts.prompt_embeds, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    plain = rebuilt(load_waves(rows, 30.0))
+    assert all(p.shape != w.shape or not torch.allclose(p, w) for p, w in zip(plain, prompts.prompt_embeds))
