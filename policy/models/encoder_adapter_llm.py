@@ -4,6 +4,10 @@
 (40 ms) -> optional CTC head (vocabulary = the LLM tokenizer's) -> adapter: 2-frame splicing (80 ms) +
 Linear-ReLU-Linear into the LLM's hidden size -> any decoder LLM that transformers and vLLM load.
 
+``"encoder": {"type": "whisper", ...}`` puts a transformers ``WhisperEncoder`` in the Conformer's place, on
+Whisper log-mel features of each clip as it is (no 30 s padding; 20 ms frames; `policy.models.whisper_encoder`,
+docs/whisper.md); such a config has no ``features`` section and no CMVN. ``type`` absent = ``conformer``.
+
 Folder layout::
 
     config.json            {"model_type": "encoder_adapter_llm", "features": {...}, "cmvn": bool,
@@ -30,6 +34,7 @@ from policy.models.conformer import ConformerEncoder, EncoderConfig, SpliceAdapt
 from policy.models.features import FbankConfig, fbank_batch
 from policy.models.prompt import PromptTemplate
 from policy.models.tokenizer import build_char_tokenizer
+from policy.models.whisper_encoder import ENCODER_TYPE as WHISPER, WhisperAudioEncoder, WhisperEncoderConfig
 
 MODEL_TYPE = "encoder_adapter_llm"
 FRONTEND_FILE = "frontend.safetensors"
@@ -67,13 +72,21 @@ def _section(cls: type, data: Any, where: str) -> Any:
 class EncoderAdapterFrontend(nn.Module):
     """Features, Conformer encoder, splice adapter (and optional CTC head) of an encoder_adapter_llm model."""
 
-    def __init__(self, fbank: FbankConfig, encoder: EncoderConfig, adapter: AdapterConfig,
-                 cmvn: bool = False, ctc_vocab_size: int | None = None) -> None:
+    def __init__(self, fbank: FbankConfig | None, encoder: EncoderConfig | WhisperEncoderConfig,
+                 adapter: AdapterConfig, cmvn: bool = False, ctc_vocab_size: int | None = None) -> None:
         super().__init__()
-        if encoder.n_mels != fbank.num_mel_bins:
-            raise ValueError(f"encoder.n_mels {encoder.n_mels} != features.num_mel_bins {fbank.num_mel_bins}")
+        self.encoder: nn.Module
+        if isinstance(encoder, WhisperEncoderConfig):
+            if fbank is not None or cmvn:
+                raise ValueError("a whisper encoder computes its own log-mel features: no 'features' section and "
+                                 "'cmvn': false")
+            self.encoder = WhisperAudioEncoder(encoder)
+        else:
+            fbank = fbank or FbankConfig()
+            if encoder.n_mels != fbank.num_mel_bins:
+                raise ValueError(f"encoder.n_mels {encoder.n_mels} != features.num_mel_bins {fbank.num_mel_bins}")
+            self.encoder = ConformerEncoder(encoder)
         self.fbank_cfg = fbank
-        self.encoder = ConformerEncoder(encoder)
         self.adapter = SpliceAdapter(encoder.d_model, adapter.splice, adapter.hidden_size, adapter.llm_hidden_size)
         self.ctc = nn.Linear(encoder.d_model, ctc_vocab_size) if ctc_vocab_size else None
         if cmvn:  # global (mean, 1/std) per mel bin; identity until set from data
@@ -98,13 +111,15 @@ class EncoderAdapterFrontend(nn.Module):
             self.cmvn_istd.copy_(1.0 / std_t.clamp(min=floor))
 
     def features(self, waves: Sequence[np.ndarray]) -> FeatureBatch:
+        if isinstance(self.encoder, WhisperAudioEncoder):
+            return self.encoder.features(list(waves))
         cmvn = None
         if self.has_cmvn:
             cmvn = (self.cmvn_mean.float().cpu().numpy(), self.cmvn_istd.float().cpu().numpy())
         return fbank_batch(list(waves), self.fbank_cfg, cmvn)
 
     def encode(self, batch: FeatureBatch) -> tuple[Tensor, Tensor]:
-        """Encoder states ``[B, T_enc, d]`` (40 ms frames) and their lengths ``[B]``."""
+        """Encoder states ``[B, T_enc, d]`` (40 ms frames; whisper: 20 ms) and their lengths ``[B]``."""
         p = next(self.parameters())
         batch = batch.to(p.device, p.dtype)
         return self.encoder(batch.feats, batch.lengths)
@@ -131,9 +146,16 @@ def frontend_from_config(config: dict[str, Any], where: str) -> EncoderAdapterFr
     for key in ("encoder", "adapter"):
         if key not in config:
             raise ValueError(f"{where}: missing key {key!r}")
+    encoder = dict(config["encoder"]) if isinstance(config["encoder"], dict) else config["encoder"]
+    kind = encoder.pop("type", "conformer") if isinstance(encoder, dict) else "conformer"
+    if kind not in ("conformer", WHISPER):
+        raise ValueError(f"{where}: encoder.type {kind!r} is not one of conformer, {WHISPER}")
+    if kind == WHISPER and ("features" in config or config.get("cmvn")):
+        raise ValueError(f"{where}: a whisper encoder computes its own log-mel features; remove 'features' and "
+                         f"set 'cmvn': false")
     return EncoderAdapterFrontend(
-        fbank=_section(FbankConfig, config.get("features", {}), f"{where}: features"),
-        encoder=_section(EncoderConfig, config["encoder"], f"{where}: encoder"),
+        fbank=None if kind == WHISPER else _section(FbankConfig, config.get("features", {}), f"{where}: features"),
+        encoder=_section(WhisperEncoderConfig if kind == WHISPER else EncoderConfig, encoder, f"{where}: encoder"),
         adapter=_section(AdapterConfig, config["adapter"], f"{where}: adapter"),
         cmvn=bool(config.get("cmvn", False)),
         ctc_vocab_size=config.get("ctc_vocab_size"),
@@ -156,11 +178,13 @@ SIZES = {  # text head_dim 32 (vLLM's CPU attention needs >= 32)
                          num_key_value_heads=2, head_dim=32),
              "encoder": EncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192, conv_kernel=7,
                                       subsample_channels=8),
+             "whisper": WhisperEncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192),
              "adapter_hidden": 256},
     "demo": {"llm": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=6,
                          num_key_value_heads=2, head_dim=32),
              "encoder": EncoderConfig(d_model=144, n_heads=4, n_layers=3, ffn_dim=576, conv_kernel=15,
                                       subsample_channels=16),
+             "whisper": WhisperEncoderConfig(d_model=144, n_heads=4, n_layers=3, ffn_dim=576),
              "adapter_hidden": 384},
 }
 LLM_FAMILIES = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM", True),
@@ -222,21 +246,25 @@ class EncoderAdapterLLM:
 
     def build_tiny(self, folder: Path, llm: str = "qwen2", seed: int = 0, size: str = "tiny",
                    ctc: bool = True, cmvn: bool = False, extra_chars: str = "",
-                   instruction: str = DEFAULT_INSTRUCTION) -> Path:
-        """A random checkpoint (tokenizer built locally, LLM family ``llm``) written to ``folder``."""
+                   instruction: str = DEFAULT_INSTRUCTION, encoder: str = "conformer") -> Path:
+        """A random checkpoint (tokenizer built locally, LLM family ``llm``, ``encoder`` conformer or whisper)
+        written to ``folder``."""
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
+        if encoder not in ("conformer", WHISPER):
+            raise ValueError(f"unknown encoder {encoder!r}; known: conformer, {WHISPER}")
         torch.manual_seed(seed)
         tokenizer = build_char_tokenizer(extra_chars)
         lm = tiny_llm(llm, tokenizer, size)
-        enc = SIZES[size]["encoder"]
+        enc = SIZES[size][WHISPER if encoder == WHISPER else "encoder"]
         adapter = AdapterConfig(splice=2, hidden_size=SIZES[size]["adapter_hidden"],
                                 llm_hidden_size=lm.config.hidden_size)
-        fbank = FbankConfig()
+        fbank = None if encoder == WHISPER else FbankConfig()
         frontend = EncoderAdapterFrontend(fbank, enc, adapter, cmvn=cmvn,
                                           ctc_vocab_size=len(tokenizer) if ctc else None).eval()
-        config = {"model_type": MODEL_TYPE, "features": fbank.to_dict(), "cmvn": cmvn, "encoder": enc.to_dict(),
-                  "adapter": asdict(adapter), "ctc_vocab_size": len(tokenizer) if ctc else None}
+        config = {"model_type": MODEL_TYPE, **({"features": fbank.to_dict()} if fbank else {}), "cmvn": cmvn,
+                  "encoder": enc.to_dict(), "adapter": asdict(adapter),
+                  "ctc_vocab_size": len(tokenizer) if ctc else None}
         template = PromptTemplate.for_tokenizer(tokenizer, instruction)
         model = AudioLLM(frontend, lm, tokenizer, template, MODEL_TYPE, adapter=self, config=config)
         return model.save(folder)
