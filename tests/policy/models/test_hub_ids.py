@@ -177,6 +177,7 @@ except Exception as exc:
 """
 
 
+@pytest.mark.slow   # a child interpreter importing torch and transformers
 def test_resolving_makes_no_network_request_even_with_offline_mode_off(hub_cache, tiny_model_dir):
     hub_cache.add(tiny_model_dir, REPO, COMMIT)
     _Recorder.paths = []
