@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import yaml
 
 from funrl.data import write_text_atomic
+from funrl.data_formats import FORMATS
 from policy.augment import AugmentConfig
 from policy.config import (ConfigError, LearnerConfig, LoraConfig, ModelConfig, build, closest, dotted,
                            field_types, in_range, non_empty, one_of, optional, type_name, unknown_key_error,
@@ -52,6 +53,10 @@ class DataConfig:
     train_manifest: str = ""
     eval_manifest: str = ""
     test_manifest: str = ""
+    format: str = "jsonl"            # of the three manifests: jsonl | hf_datasets (a datasets folder) | lhotse |
+                                     # nemo (docs/data.md)
+    audio_cache_dir: str = ""        # where audio that is not a whole file (embedded, an excerpt) is written as
+                                     # wav; "" = .funrl_audio beside the data
     shuffle: bool = True
     max_audio_seconds: float = 30.0
     min_audio_seconds: float = 0.05  # shorter clips (less than a couple of feature frames) are bad audio
@@ -62,7 +67,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         validate(self, {"max_audio_seconds": in_range(0, lo_open=True), "noise_per_step": in_range(0),
-                        "min_audio_seconds": in_range(0), "on_bad_audio": one_of("error", "skip")})
+                        "min_audio_seconds": in_range(0), "on_bad_audio": one_of("error", "skip"),
+                        "format": one_of(*FORMATS)})
         if self.min_audio_seconds >= self.max_audio_seconds:
             raise ConfigError(f"data.min_audio_seconds ({self.min_audio_seconds:g}) must be below "
                               f"data.max_audio_seconds ({self.max_audio_seconds:g})", key="data.min_audio_seconds")

@@ -7,6 +7,8 @@ A manifest is JSONL, one clip a line::
 `load_manifest` validates every line before returning anything and raises one `ManifestError`
 that lists every bad line as ``path:LINE: field: reason``. `ClipSampler` walks the clips epoch
 by epoch in a seeded order; its position is a small dict, so a resumed run sees the same data.
+Other formats (a datasets folder, Lhotse, NeMo) are read by `funrl.data_formats`;
+``python -m funrl.data convert IN --format F --out manifest.jsonl`` turns them into a manifest.
 """
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ def _check_record(rec: Mapping) -> list[tuple[str, str]]:
     return problems
 
 
-def _parse_line(raw: bytes) -> tuple[dict | None, list[tuple[str, str]]]:
+def parse_json_line(raw: bytes) -> tuple[dict | None, list[tuple[str, str]]]:
+    """One JSON-lines line as a dict, or None and the (field, reason) problems (bad UTF-8, bad JSON, not an object)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -85,7 +88,12 @@ def _parse_line(raw: bytes) -> tuple[dict | None, list[tuple[str, str]]]:
         return None, [("json", f"malformed JSON: {exc.msg} at column {exc.colno}")]
     if not isinstance(rec, dict):
         return None, [("line", f"expected a JSON object {{...}}, got {_type_name(rec)}")]
-    return rec, _check_record(rec)
+    return rec, []
+
+
+def _parse_line(raw: bytes) -> tuple[dict | None, list[tuple[str, str]]]:
+    rec, problems = parse_json_line(raw)
+    return rec, problems if rec is None else _check_record(rec)
 
 
 def _resolve_audio(audio: str, base: Path) -> str:
@@ -303,3 +311,42 @@ def make_sampler(clips: list[Clip], clips_per_step: int, noise_per_step: int, se
     if noise_per_step:
         return MixedSampler(clips, clips_per_step, noise_per_step, seed, shuffle)
     return ClipSampler(clips, clips_per_step, seed, shuffle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m funrl.data convert IN --format F --out manifest.jsonl``; exit 2 (and the reason) on bad input."""
+    import argparse
+    import sys
+
+    from funrl import data as lib   # run as __main__, this module's own classes are not funrl.data's
+    from funrl.data_formats import FORMATS, load_clips
+
+    p = argparse.ArgumentParser(prog="python -m funrl.data", description="Data manifests (docs/data.md).")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="write any supported data format as a JSONL manifest",
+                       description="Read IN in --format (every item checked, as training does) and write its "
+                                   "clips as a JSONL manifest; audio paths inside the output's folder are "
+                                   "written relative to it.")
+    c.add_argument("input", metavar="IN", help="manifest file (a datasets folder for hf_datasets)")
+    c.add_argument("--format", required=True, choices=FORMATS, help="format of IN")
+    c.add_argument("--out", required=True, help="the JSONL manifest to write")
+    c.add_argument("--audio-dir", default=None,
+                   help="where audio that is not a whole file on disk (embedded in a datasets folder, an excerpt "
+                        "of a longer file) is written as wav (default: .funrl_audio beside IN)")
+    args = p.parse_args(argv)
+    if Path(args.out).is_dir():
+        print(f"error: --out {args.out} is a folder; give a file path such as {Path(args.out) / 'train.jsonl'}",
+              file=sys.stderr)
+        return 2
+    try:
+        clips = load_clips(args.input, args.format, args.audio_dir)
+        out = lib.write_manifest(clips, args.out)
+    except (lib.ManifestError, ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(clips)} clips to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -282,11 +282,18 @@ def _max_position(llm_dir: str) -> int | None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from funrl.data_formats import FORMATS
+
     p = argparse.ArgumentParser(prog="python -m funrl.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint folder any model adapter supports, or a Hub model id "
                    "(org/name[@revision]) already in the local Hugging Face cache (never downloaded)")
-    p.add_argument("--manifest", required=True, help="JSONL manifest (docs/design.md#data-manifest)")
+    p.add_argument("--manifest", required=True, help="JSONL manifest (docs/design.md#data-manifest), or data in --format")
+    p.add_argument("--format", default="jsonl", choices=FORMATS,
+                   help="format of --manifest (docs/data.md; default jsonl)")
+    p.add_argument("--audio-dir", default=None,
+                   help="where audio that is not a whole file (embedded, an excerpt) is written as wav "
+                        "(default: .funrl_audio beside the data)")
     p.add_argument("--out", help="summary JSON path; per-clip lines go to <out stem>.clips.jsonl beside it")
     p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16, help="clips per batch (16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest hypothesis in tokens (64)")
@@ -301,7 +308,8 @@ def _parser() -> argparse.ArgumentParser:
 def _checked_inputs(args: argparse.Namespace) -> tuple[list[Clip], Path]:
     """The manifest's clips and the local model folder, after every argument, audio file and the model folder are
     checked."""
-    from funrl.data import ManifestError, load_manifest
+    from funrl.data import ManifestError
+    from funrl.data_formats import load_clips
 
     for name in ("batch", "max_new_tokens", "max_audio_seconds"):
         if getattr(args, name) <= 0:
@@ -309,8 +317,8 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[list[Clip], Path]:
     if args.out and Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a folder; give a file path such as {Path(args.out) / 'report.json'}")
     try:
-        clips = load_manifest(args.manifest)
-    except ManifestError as exc:
+        clips = load_clips(args.manifest, args.format, args.audio_dir)
+    except (ManifestError, ImportError) as exc:
         raise InputError(_one_line(exc)) from None
     _check_audio(clips, args.max_audio_seconds)
 

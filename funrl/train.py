@@ -23,7 +23,8 @@ from funrl.checkpoint import CheckpointManager, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
 from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config,
                           validate_reward_names)
-from funrl.data import ManifestError, load_manifest, make_sampler
+from funrl.data import ManifestError, make_sampler
+from funrl.data_formats import load_clips
 from funrl.eval import EvalReport, evaluate, format_table, write_report
 from funrl.metrics import JsonlLog, MetricsLogger, should_log
 from funrl.preemption import GracefulStop, Preempted
@@ -227,9 +228,11 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
 
 
 def checked_manifest(cfg: TrainConfig, path: str) -> list:
-    """A manifest's clips, every line and every audio file checked (`funrl.audio_check`, data.on_bad_audio)."""
+    """A manifest's clips (in data.format), every line and every audio file checked (`funrl.audio_check`,
+    data.on_bad_audio)."""
     d = cfg.data
-    return check_clips(load_manifest(path), d.min_audio_seconds, d.max_audio_seconds, d.on_bad_audio)
+    clips = load_clips(path, d.format, d.audio_cache_dir or None)
+    return check_clips(clips, d.min_audio_seconds, d.max_audio_seconds, d.on_bad_audio)
 
 
 def load_rewards(cfg: TrainConfig) -> None:
