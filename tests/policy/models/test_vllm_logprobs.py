@@ -99,12 +99,23 @@ def test_vllm_lora_request_logprobs_equal_peft_sequence_logprobs(engine, tiny_mo
 @pytest.mark.parametrize("family", ["qwen3", "llama"])
 def test_other_llm_families_load_in_vllm_and_their_logprobs_equal_sequence_logprobs(family, tiny_model_dirs):
     """The exported llm/ of an encoder_adapter_llm with a Qwen3 or Llama decoder is served by vLLM as it is."""
+    _own_engine_agrees(tiny_model_dirs[family])
+
+
+def test_whisper_encoder_model_logprobs_equal_sequence_logprobs(tmp_path):
+    """An encoder_adapter_llm whose encoder is a Whisper encoder: its prompts (unpadded Whisper log-mel) sampled
+    by vLLM score the same as `sequence_logprobs`."""
+    from policy.models import get_adapter
+
+    _own_engine_agrees(get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "whisper", encoder="whisper"))
+
+
+def _own_engine_agrees(folder):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
     from policy.models import load_audio_llm
 
-    folder = tiny_model_dirs[family]
     llm = LLM(model=str(folder / "llm"), dtype="float32", enforce_eager=True, enable_prompt_embeds=True,
               max_model_len=256, kv_cache_memory_bytes=32 << 20, seed=0, enable_prefix_caching=False)
     try:
