@@ -92,6 +92,16 @@ class RewardsConfig:
                         "weights": lambda w: "must not have an empty name" if "" in w else None})
 
 
+def _loggers(v: tuple[str, ...]) -> str | None:
+    from funrl.loggers import LOGGERS
+    bad = [name for name in v if name not in LOGGERS]
+    if bad:
+        return f"has unknown logger(s) {', '.join(map(repr, bad))}: choose from {', '.join(LOGGERS)}"
+    if "jsonl" not in v:
+        return "must include jsonl (metrics.jsonl: what funrl.plot reads and --resume trims)"
+    return None
+
+
 def _every(v: str) -> str | None:
     ok = v in ("all", "off") or (v.startswith("every_") and v[6:].isdigit() and int(v[6:]) > 0)
     return None if ok else "must be all, off or every_N with N >= 1 (e.g. every_10)"
@@ -112,12 +122,16 @@ class RunConfig:
                                      # clips_per_step groups that are not flat (DAPO); 0 = train on what is left
     save_model: bool = True          # write the trained model (its own format) to OUT/model at the end
     log_rollouts: str = "all"        # OUT/rollouts.jsonl: all | every_N (e.g. every_10) | off
+    loggers: tuple[str, ...] = ("jsonl", "tensorboard")  # + wandb, mlflow (extras; offline / local files unless
+                                     # WANDB_MODE / MLFLOW_TRACKING_URI say otherwise); jsonl is required
+    project: str = "funrl"           # the W&B project and MLflow experiment of the run (named after OUT's folder)
 
     def __post_init__(self) -> None:
         validate(self, {
             "steps": in_range(1), "clips_per_step": in_range(1), "seed": in_range(0), "out_dir": non_empty,
             "eval_every": in_range(0), "save_every": in_range(1), "keep_last": in_range(1),
             "max_refill_rounds": in_range(0), "log_rollouts": _every,
+            "loggers": _loggers, "project": non_empty,
         })
         if self.max_refill_rounds and not self.dynamic_sampling:
             raise ConfigError("run.max_refill_rounds refills what dynamic sampling drops: set "

@@ -1,10 +1,11 @@
-"""Run metrics: one JSON object per step in ``metrics.jsonl``, TensorBoard beside it."""
+"""Run metrics: one JSON object per step in ``metrics.jsonl``, and the other ``run.loggers`` (`funrl.loggers`)."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -67,40 +68,47 @@ def should_log(every: str, step: int) -> bool:
 
 
 class MetricsLogger:
-    """A flat ``{name: number}`` record per step in ``metrics.jsonl`` (non-finite -> null), mirrored to
-    TensorBoard; see `JsonlLog` for resume behaviour."""
+    """A flat ``{name: number}`` record per step (non-finite -> null/left out), sent to every backend of
+    ``loggers`` (`funrl.loggers`: jsonl = ``metrics.jsonl``, tensorboard, wandb, mlflow) under the same
+    names; see `JsonlLog` for resume behaviour. ``loggers`` must include jsonl: ``metrics.jsonl`` is what
+    ``funrl.plot`` reads."""
 
     def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None,
-                 tensorboard: bool = True) -> None:
-        self.log_file = JsonlLog(Path(out_dir) / "metrics.jsonl", resume_step)
-        self.path = self.log_file.path
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is a core dependency; stay usable without it
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                # on resume, steps after resume_step logged by the killed run are purged from the TB view too
-                purge = resume_step + 1 if resume_step else None
-                self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"), purge_step=purge)
+                 loggers: Sequence[str] = ("jsonl", "tensorboard"), project: str = "funrl") -> None:
+        from funrl.loggers import make_backend
+        if "jsonl" not in loggers:
+            raise ValueError(f"loggers {list(loggers)} must include jsonl (metrics.jsonl)")
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.backends: dict = {}
+        try:
+            for name in dict.fromkeys(loggers):
+                self.backends[name] = make_backend(name, out_dir, resume_step, project)
+        except BaseException:
+            self.close()
+            raise
 
     def log(self, step: int, record: dict[str, float]) -> None:
         clean = {}
         for key, value in record.items():
             value = float(value)
             clean[key] = value if math.isfinite(value) else None
-        self.log_file.write(step, clean)
-        if self._tb is not None:
-            for key, value in clean.items():
-                if value is not None:
-                    self._tb.add_scalar(key.replace(".", "/"), value, step)
-            self._tb.flush()
+        for backend in self.backends.values():
+            backend.log(step, clean)
+
+    def log_config(self, config: dict) -> None:
+        """The resolved config (nested plain data, ``funrl.config.to_dict``) to every backend."""
+        for backend in self.backends.values():
+            backend.log_config(config)
+
+    def log_table(self, name: str, rows: list[dict]) -> None:
+        """A small table (one dict per row) to every backend, e.g. the before/after evaluation."""
+        for backend in self.backends.values():
+            backend.log_table(name, rows)
 
     def close(self) -> None:
-        self.log_file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for backend in self.backends.values():
+            backend.close()
+        self.backends = {}
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

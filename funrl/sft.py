@@ -206,8 +206,12 @@ def resolve_manifests(cfg: SftConfig, out: Path) -> tuple[str, str, str]:
     return train, dev, easy
 
 
-def load_clips(path: str, max_seconds: float, speech_only: bool) -> tuple[list[Clip], list[np.ndarray]]:
-    clips = [c for c in load_manifest(path) if c.text or not speech_only]
+def load_clips(path: str, max_seconds: float, speech_only: bool, fmt: str = "jsonl",
+               audio_cache_dir: str = "") -> tuple[list[Clip], list[np.ndarray]]:
+    """The manifest's clips (``fmt``: `funrl.data_formats.FORMATS`) and their 16 kHz mono waves."""
+    from funrl.data_formats import load_clips as load_formatted
+
+    clips = [c for c in load_formatted(path, fmt, audio_cache_dir or None) if c.text or not speech_only]
     if not clips:
         raise ManifestError(path, [f"{path}: no speech clips (every clip has text \"\")"])
     return clips, [load_audio(c.audio, max_seconds) for c in clips]
@@ -254,11 +258,18 @@ class _Data:
 
 def _load_data(cfg: SftConfig, out: Path) -> _Data:
     train_path, dev_path, easy_path = resolve_manifests(cfg, out)
-    clips, waves = load_clips(train_path, cfg.data.max_audio_seconds, speech_only=not cfg.data.noise_clips)
-    easy = load_clips(easy_path, cfg.data.max_audio_seconds, speech_only=True) if easy_path else None
+    d = cfg.data
+    given = {d.train_manifest, d.dev_manifest, d.curriculum_manifest} - {""}   # the demo's manifests are JSONL
+
+    def load(path: str, speech_only: bool) -> tuple[list[Clip], list[np.ndarray]]:
+        return load_clips(path, d.max_audio_seconds, speech_only, d.format if path in given else "jsonl",
+                          d.audio_cache_dir)
+
+    clips, waves = load(train_path, speech_only=not d.noise_clips)
+    easy = load(easy_path, speech_only=True) if easy_path else None
     dev = None
     if dev_path:
-        dev_clips, dev_waves = load_clips(dev_path, cfg.data.max_audio_seconds, speech_only=False)
+        dev_clips, dev_waves = load(dev_path, speech_only=False)
         n = cfg.data.dev_clips or len(dev_clips)
         dev = (dev_clips[:n], dev_waves[:n])
     return _Data(clips, waves, easy, dev)

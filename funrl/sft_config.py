@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from funrl.config import load_config
+from funrl.data_formats import FORMATS
 from policy.config import ConfigError, in_range, non_empty, one_of, validate
 
 __all__ = ["ConfigError", "SftConfig", "SftDataConfig", "SftModelConfig", "SftOptimConfig", "SftRunConfig",
@@ -49,6 +50,8 @@ class SftDataConfig:
     SECTION: ClassVar[str] = "data"
     train_manifest: str = ""    # "" = <demo_dir>/sft_train.jsonl
     dev_manifest: str = ""      # "" = <demo_dir>/dev.jsonl (or no dev evaluation without demo_dir)
+    format: str = "jsonl"       # of the manifests given here: jsonl | hf_datasets | lhotse | nemo (docs/data.md)
+    audio_cache_dir: str = ""   # embedded audio and excerpts are written here (wav); "" = .funrl_audio beside the data
     demo_dir: str = ""          # build (or reuse) the built-in demo data here when a manifest is ""
     demo_size: str = "full"     # full | small (CI)
     demo_seed: int = 0
@@ -64,7 +67,7 @@ class SftDataConfig:
     def __post_init__(self) -> None:
         validate(self, {"demo_size": one_of("full", "small"), "demo_seed": in_range(0),
                         "max_audio_seconds": in_range(0, lo_open=True), "dev_clips": in_range(0),
-                        "curriculum_steps": in_range(0)})
+                        "curriculum_steps": in_range(0), "format": one_of(*FORMATS)})
 
 
 @dataclass(frozen=True)

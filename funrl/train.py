@@ -21,11 +21,12 @@ import torch
 from funrl.audio_check import check_clips
 from funrl.checkpoint import CheckpointManager, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
-from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config,
+from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict,
                           validate_reward_names)
 from funrl.data import ManifestError, make_sampler
 from funrl.data_formats import load_clips
 from funrl.eval import EvalReport, evaluate, format_table, write_report
+from funrl.loggers import check_available
 from funrl.metrics import JsonlLog, MetricsLogger, should_log
 from funrl.preemption import GracefulStop, Preempted
 from funrl.timing import StageTimer
@@ -86,7 +87,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "eval_before.json", "eval_after.json")
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "eval_before.json", "eval_after.json", "wandb_run.json",
+             "mlflow_run.json")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -134,6 +136,9 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
     """Reward plugins and names, every manifest line and audio file, the sampler: all problems before any
     actor starts (ConfigError / ManifestError / RewardError)."""
     load_rewards(cfg)
+    missing = check_available(cfg.run.loggers)
+    if missing:
+        raise ConfigError(missing, key="run.loggers")
     clips = checked_manifest(cfg, cfg.data.train_manifest)
     test_clips = checked_manifest(cfg, cfg.data.test_manifest) if cfg.data.test_manifest else None
     eval_clips = checked_manifest(cfg, cfg.data.eval_manifest) if cfg.data.eval_manifest else None
@@ -169,7 +174,8 @@ def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed + start)
     # log lines of steps after start - 1 (left by a run killed before its next checkpoint) are dropped
-    metrics = MetricsLogger(out, resume_step=start - 1)
+    metrics = MetricsLogger(out, resume_step=start - 1, loggers=cfg.run.loggers, project=cfg.run.project)
+    metrics.log_config(to_dict(cfg))
     samples = JsonlLog(out / "rollouts.jsonl", resume_step=start - 1)
     with Cluster(cfg) as cluster:
         if last:
@@ -186,6 +192,7 @@ def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
             after = run_eval(cluster, test_clips, out / "eval_after.json")
             before = EvalReport(**json.loads((out / "eval_before.json").read_text()))
             print(format_table({"before": before, "after": after}))
+            metrics.log_table("eval", [{"split": "before", **asdict(before)}, {"split": "after", **asdict(after)}])
     metrics.close()
     samples.close()
     return out

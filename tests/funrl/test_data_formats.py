@@ -305,8 +305,8 @@ def test_convert_cli_round_trips_each_format_to_a_jsonl_manifest(data):
     run = _convert(nemo, "--format", "nemo", "--out", data / "from_nemo.jsonl")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"wrote 3 clips to {data / 'from_nemo.jsonl'}"
-    assert load_manifest(data / "from_nemo.jsonl") == [
-        c.__class__(**{**c.__dict__, "source": str(data / "from_nemo.jsonl")}) for c in load_manifest(data / "ref.jsonl")]
+    out = str(data / "from_nemo.jsonl")
+    assert load_manifest(out) == [dataclasses.replace(c, source=out) for c in load_manifest(data / "ref.jsonl")]
     assert json.loads((data / "from_nemo.jsonl").read_text().splitlines()[0])["audio"] == "wav/a.wav"
     audio = [{"bytes": _wav_bytes(data / "wav" / c[0]), "path": None} for c in CLIPS]
     folder = _save_dataset(data / "hf", audio, **_columns())
@@ -330,3 +330,18 @@ def test_convert_cli_bad_input_exits_2_with_the_reason(data, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["convert", "--help"])
     assert exit_info.value.code == 0 and "--format {jsonl,hf_datasets,lhotse,nemo}" in capsys.readouterr().out
+
+
+def test_sft_reads_its_given_manifests_in_data_format(data, tmp_path):
+    from funrl.sft import _load_data
+    from funrl.sft_config import load_sft_config
+    from policy.models.audio import load_audio
+
+    with pytest.raises(ConfigError, match="data.format must be one of jsonl, hf_datasets, lhotse, nemo"):
+        load_sft_config(None, ["data.format=csv", "data.train_manifest=x"])
+    train = _nemo_lines(data, [_nemo_rec(*c) for c in CLIPS])
+    cfg = load_sft_config(None, ["data.format=nemo", f"data.train_manifest={train}", "data.noise_clips=true"])
+    loaded = _load_data(cfg, tmp_path)
+    ref = load_manifest(data / "ref.jsonl")
+    _same_clips(loaded.clips, ref)
+    assert all(np.array_equal(w, load_audio(c.audio, 30.0)) for w, c in zip(loaded.waves, ref))

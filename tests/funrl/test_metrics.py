@@ -4,7 +4,7 @@ from funrl.metrics import MetricsLogger, read_metrics
 
 
 def test_each_step_is_one_json_line_and_nonfinite_values_become_null(tmp_path):
-    log = MetricsLogger(tmp_path, tensorboard=False)
+    log = MetricsLogger(tmp_path, loggers=("jsonl",))
     log.log(1, {"reward.total": 0.5, "loss": float("nan")})
     log.log(2, {"reward.total": 0.75, "loss": 1.0})
     log.close()
@@ -14,30 +14,30 @@ def test_each_step_is_one_json_line_and_nonfinite_values_become_null(tmp_path):
 
 
 def test_resume_drops_records_written_after_the_checkpoint(tmp_path):
-    log = MetricsLogger(tmp_path, tensorboard=False)
+    log = MetricsLogger(tmp_path, loggers=("jsonl",))
     for step in (1, 2, 3):
         log.log(step, {"x": step})
     log.close()
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "x"')  # a line cut by SIGKILL
-    log = MetricsLogger(tmp_path, resume_step=2, tensorboard=False)
+    log = MetricsLogger(tmp_path, resume_step=2, loggers=("jsonl",))
     log.log(3, {"x": 30})
     log.close()
     assert [(r["step"], r["x"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1), (2, 2), (3, 30)]
 
 
 def test_a_restart_from_step_one_drops_the_lines_of_a_run_killed_before_its_first_checkpoint(tmp_path):
-    log = MetricsLogger(tmp_path, tensorboard=False)
+    log = MetricsLogger(tmp_path, loggers=("jsonl",))
     log.log(1, {"x": 1})
     log.close()
-    log = MetricsLogger(tmp_path, resume_step=0, tensorboard=False)   # what train() passes when it starts at 1
+    log = MetricsLogger(tmp_path, resume_step=0, loggers=("jsonl",))   # what train() passes when it starts at 1
     log.log(1, {"x": 10})
     log.close()
     assert [(r["step"], r["x"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 10)]
 
 
 def test_tensorboard_events_are_written_beside_the_jsonl(tmp_path):
-    log = MetricsLogger(tmp_path, tensorboard=True)
+    log = MetricsLogger(tmp_path, loggers=("jsonl", "tensorboard"))
     log.log(1, {"kl": 0.1})
     log.close()
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
