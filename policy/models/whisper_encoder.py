@@ -161,3 +161,11 @@ def load_whisper_encoder_weights(encoder: WhisperAudioEncoder, folder: str | Pat
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(state[k].to(v.dtype))
+
+
+def whisper_encoder_config_from(folder: str | Path) -> WhisperEncoderConfig:
+    """The encoder section matching a transformers Whisper folder's ``config.json`` (e.g. a converted one)."""
+    c = transformers.WhisperConfig.from_pretrained(folder, local_files_only=True)
+    return WhisperEncoderConfig(n_mels=c.num_mel_bins, d_model=c.d_model, n_heads=c.encoder_attention_heads,
+                                n_layers=c.encoder_layers, ffn_dim=c.encoder_ffn_dim,
+                                max_source_positions=c.max_source_positions)

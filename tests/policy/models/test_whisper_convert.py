@@ -183,3 +183,30 @@ def test_transformers_whisper_model_folder_converts_to_the_same_weights(tmp_path
     second = convert_whisper(bare, tmp_path / "b")
     a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_converted_encoder_weights_load_into_the_whisper_encoder_kind_and_match_transformers(tmp_path):
+    """The encoder_adapter_llm whisper encoder started from converted tiny.en gives transformers' encoder output
+    on a 30 s padded clip (its own forward, module by module), and rejects a folder of another size."""
+    from funrl.demo import tts
+    from policy.models.whisper_convert import convert_whisper
+    from policy.models.whisper_encoder import (WhisperAudioEncoder, WhisperEncoderConfig, load_whisper_encoder_weights,
+                                               whisper_encoder_config_from)
+
+    folder = convert_whisper(shipped_ct2_folder(), tmp_path / "w")
+    cfg = whisper_encoder_config_from(folder)
+    assert cfg == WhisperEncoderConfig(n_mels=80, d_model=384, n_heads=6, n_layers=4, ffn_dim=1536)
+    encoder = WhisperAudioEncoder(cfg).eval()
+    load_whisper_encoder_weights(encoder, folder)
+    whisper = transformers.WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    wave = tts.get_piper().synth(SENTENCES[0], seed=0)
+    full = transformers.WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=16000,
+                                                                 return_tensors="pt").input_features
+    with torch.no_grad():
+        ours, lengths = encoder(full.transpose(1, 2), torch.tensor([3000]))
+        ref = whisper.model.encoder(full).last_hidden_state
+    assert lengths.tolist() == [1500]
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="does not match encoder"):
+        load_whisper_encoder_weights(WhisperAudioEncoder(WhisperEncoderConfig(d_model=96, n_heads=4)), folder)
