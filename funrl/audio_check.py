@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import soundfile as sf
 
-from funrl.data import ManifestError
+from funrl.data import ManifestError, clip_location
 from policy.messages import Clip
 
 
@@ -52,7 +52,7 @@ def check_clips(clips: Sequence[Clip], min_seconds: float, max_seconds: float, o
     if not bad:
         return list(clips)
     source = clips[0].source or "manifest"
-    lines = [f"{c.source}:{c.line}: audio: {why}" for c, why in bad]
+    lines = [f"{clip_location(c)}: audio: {why}" for c, why in bad]
     if on_bad == "error":
         raise ManifestError(source, lines + ["(data.on_bad_audio=skip trains without these clips)"])
     for line in lines:

@@ -107,6 +107,14 @@ def _clip_from_record(rec: dict, audio: str, line: int, source: str) -> Clip:
                 line=line, source=source)
 
 
+def clip_location(clip: Clip) -> str:
+    """Where a clip came from, as errors name it: ``FILE:LINE``, or ``FOLDER[row N]`` (N from 0) for a clip of a
+    datasets folder (`funrl.data_formats`), whose ``line`` is its row + 1."""
+    if clip.source and os.path.isdir(clip.source):
+        return f"{clip.source}[row {clip.line - 1}]"
+    return f"{clip.source}:{clip.line}"
+
+
 def load_manifest(path: str | os.PathLike, check_audio: bool = True) -> list[Clip]:
     """Read and validate a JSONL manifest; relative audio paths resolve against its folder.
 

@@ -258,11 +258,12 @@ def _check_audio(clips: Sequence[Clip], max_seconds: float) -> None:
     """Every audio file readable, decodable, finite and not too long (header first), before any model is
     loaded (`funrl.audio_check`, the checks training runs)."""
     from funrl.audio_check import audio_problem
+    from funrl.data import clip_location
     for c in clips:
         why = audio_problem(c, 0.0, max_seconds)
         if why:
             why = why.replace("data.max_audio_seconds", "--max-audio-seconds")
-            raise InputError(f"{c.source}:{c.line}: audio: {why}")
+            raise InputError(f"{clip_location(c)}: audio: {why}")
 
 
 def _kv_bytes_per_token(llm_dir: str, dtype: str) -> int:
@@ -352,6 +353,7 @@ def _load_embedder(args: argparse.Namespace, folder: Path):
 def _run(args: argparse.Namespace) -> int:
     clips, folder = _checked_inputs(args)
     embedder = _load_embedder(args, folder)
+    from funrl.data import clip_location
     from rollout.config import RolloutConfig
     from rollout.vllm_worker import VLLMRolloutWorker
 
@@ -361,7 +363,7 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:  # load_audio names the file
             bad = [c for c in batch if c.audio in str(exc)]
             if bad:
-                raise InputError(f"{bad[0].source}:{bad[0].line}: {_one_line(exc)}") from None
+                raise InputError(f"{clip_location(bad[0])}: {_one_line(exc)}") from None
             raise
 
     with tempfile.TemporaryDirectory(prefix="funrl-eval-") as tmp:
@@ -377,7 +379,7 @@ def _run(args: argparse.Namespace) -> int:
         def generate(prompts: PromptBatch) -> RolloutBatch:
             for clip, e in zip(prompts.clips, prompts.prompt_embeds):
                 if e.shape[0] + args.max_new_tokens > max_len:
-                    raise InputError(f"{clip.source}:{clip.line}: audio {clip.audio}: prompt of {e.shape[0]} "
+                    raise InputError(f"{clip_location(clip)}: audio {clip.audio}: prompt of {e.shape[0]} "
                                      f"positions + --max-new-tokens {args.max_new_tokens} exceeds "
                                      f"--max-model-len {max_len}")
             return worker.generate(prompts, greedy=True)

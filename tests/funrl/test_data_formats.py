@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -181,6 +182,19 @@ def test_hf_datasets_bad_rows_are_reported_by_row(data):
     with pytest.raises(ManifestError) as info:
         load_clips(paths, "hf_datasets")
     assert info.value.errors == [f"{paths}[row 1]: audio: file not found: {paths / 'gone.wav'}"]
+
+
+def test_audio_check_names_a_datasets_clip_by_its_row(data):
+    from funrl.audio_check import check_clips
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(160), 16000, format="WAV", subtype="PCM_16")      # 10 ms: under the minimum
+    ok = {"bytes": _wav_bytes(data / "wav" / "a.wav"), "path": None}
+    folder = _save_dataset(data / "hf_short", [ok, {"bytes": buf.getvalue(), "path": None}], text=["a", "b"])
+    clips = load_clips(folder, "hf_datasets")
+    with pytest.raises(ManifestError) as info:
+        check_clips(clips, 0.05, 30.0, progress=False)
+    assert info.value.errors[0].startswith(f"{folder}[row 1]: audio: {clips[1].audio} is 0.010 s long")
 
 
 def test_hf_datasets_folder_problems_name_the_fix(data):
