@@ -285,6 +285,16 @@ def _feature_extractor(n_mels: int) -> Any:
     return transformers.WhisperFeatureExtractor(feature_size=n_mels)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_whisper_source(src: str | Path) -> tuple[Any, dict[str, Tensor], Any]:
     """(WhisperConfig, float32 state dict, tokenizer) of a CTranslate2 or transformers Whisper folder."""
     src = Path(src)
@@ -292,17 +302,17 @@ def load_whisper_source(src: str | Path) -> tuple[Any, dict[str, Tensor], Any]:
         src = src.parent
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: not a folder (give a CTranslate2 or transformers Whisper model folder)")
-    tokenizer = load_whisper_tokenizer(src)
     if (src / "model.bin").is_file():
-        ct2_config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
         ct2 = read_ct2(src / "model.bin")
+        ct2_config = _read_json(src / "config.json") if (src / "config.json").is_file() else {}
+        tokenizer = load_whisper_tokenizer(src)
         return ct2_whisper_config(ct2, tokenizer, ct2_config), ct2_state_dict(ct2), tokenizer
     if (src / "config.json").is_file():
-        model_type = json.loads((src / "config.json").read_text()).get("model_type")
+        model_type = _read_json(src / "config.json").get("model_type")
         if model_type != "whisper":
             raise ValueError(f"{src / 'config.json'}: model_type {model_type!r} is not 'whisper'")
         config, state = _hf_state_dict(src)
-        return config, state, tokenizer
+        return config, state, load_whisper_tokenizer(src)
     raise FileNotFoundError(f"{src}: neither a CTranslate2 model (model.bin) nor a transformers folder "
                             f"(config.json + *.safetensors)")
 

@@ -76,7 +76,8 @@ def test_ct2_round_trip_puts_fused_qkv_rows_into_q_k_v_projections(tmp_path):
     sd = ct2_state_dict(ct2)
     f32 = {k: torch.from_numpy(a.astype(np.float32)) for k, a in v.items()}
     for side in ("encoder", "decoder"):
-        w, b = f32[f"{side}/layer_0/self_attention/linear_0/weight"], f32[f"{side}/layer_0/self_attention/linear_0/bias"]
+        fused = f"{side}/layer_0/self_attention/linear_0"
+        w, b = f32[f"{fused}/weight"], f32[f"{fused}/bias"]
         attn = f"model.{side}.layers.0.self_attn"
         assert torch.equal(sd[f"{attn}.q_proj.weight"], w[:D]) and torch.equal(sd[f"{attn}.q_proj.bias"], b[:D])
         assert torch.equal(sd[f"{attn}.k_proj.weight"], w[D:2 * D]) and f"{attn}.k_proj.bias" not in sd
@@ -122,6 +123,32 @@ def test_ct2_reader_rejects_truncated_unknown_version_and_quantized_files(tmp_pa
         ct2_state_dict(read_ct2(_write_ct2(tmp_path / "m.bin", v, {})))
 
 
+def _cli():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+    try:
+        import convert_whisper
+    finally:
+        sys.path.pop(0)
+    return convert_whisper
+
+
+def test_cli_names_the_folder_and_exits_2_on_bad_input(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _cli().main([str(tmp_path / "nowhere"), str(out)]) == 2
+    assert "nowhere: not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert _cli().main([str(tmp_path / "empty"), str(out)]) == 2
+    assert "empty: neither a CTranslate2 model (model.bin) nor a transformers folder" in capsys.readouterr().err
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    assert _cli().main([str(tmp_path / "bert"), str(out)]) == 2
+    assert "config.json: model_type 'bert' is not 'whisper'" in capsys.readouterr().err
+    _write_ct2(tmp_path / "empty" / "model.bin", _tiny_variables(), {})
+    assert _cli().main([str(tmp_path / "empty"), str(out)]) == 2
+    assert "empty: no Whisper tokenizer (tokenizer.json" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # Sentences of the demo's English vocabulary (funrl.demo.text.COMMON_WORDS), spoken by the demo's piper voice.
 SENTENCES = ["the teacher will open the school door tomorrow morning", "my sister likes to drink hot tea with milk",
              "we can walk to the beach after lunch", "please close the window before you go to bed",
@@ -148,12 +175,7 @@ def test_converted_tiny_en_transcribes_piper_speech_with_low_wer(tmp_path):
 
     src = shipped_ct2_folder()
     out = tmp_path / "whisper"
-    root = Path(__file__).resolve().parents[3]
-    sys.path.insert(0, str(root / "scripts"))
-    try:
-        import convert_whisper
-    finally:
-        sys.path.remove(str(root / "scripts"))
+    convert_whisper = _cli()
     assert convert_whisper.main([str(src), str(out)]) == 0
     assert convert_whisper.main([str(src), str(out)]) == 2   # refuses to overwrite
     processor = transformers.WhisperProcessor.from_pretrained(out, local_files_only=True)
