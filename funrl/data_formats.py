@@ -285,7 +285,7 @@ def _open_dataset(path: Path):
     feature = ds.features["audio"]
     if isinstance(feature, datasets.Audio):
         return ds.cast_column("audio", datasets.Audio(decode=False))
-    if getattr(feature, "dtype", None) == "string" or (isinstance(feature, dict) and {"bytes", "path"} <= set(feature)):
+    if getattr(feature, "dtype", None) in ("string", "large_string") or (isinstance(feature, dict) and {"bytes", "path"} <= set(feature)):
         return ds
     raise ManifestError(source, [f"{path}: the 'audio' column is {feature}; expected an Audio column or "
                                  "file paths (strings)"])
@@ -357,9 +357,12 @@ def _read_lhotse(path: Path, base: Path, cache: AudioCache, out: _Collector) -> 
 
 
 def _cut_record(cut, base: Path, cache: AudioCache) -> tuple[dict, Problems]:
-    from lhotse.cut import MonoCut
+    from lhotse.cut import Cut, MonoCut
 
     rec: dict = {"audio": "-", "text": ""}
+    if not isinstance(cut, Cut):
+        return rec, [("type", f"a {type(cut).__name__}, not a cut: give a CutSet manifest (e.g. "
+                              "CutSet.from_manifests(recordings=..., supervisions=...).to_file(PATH))")]
     if not isinstance(cut, MonoCut):
         return rec, [("type", f"{type(cut).__name__} is not supported, only MonoCut (one recording); write its "
                               "audio to files first, e.g. cuts.save_audios(DIR)")]

@@ -282,14 +282,17 @@ def test_lhotse_bad_lines_are_reported_by_line_number(data):
         json.dumps(missing),                      # 6 audio file missing
         "{not json",                              # 7 malformed
         json.dumps({"type": "MonoCut", "id": "x"}),   # 8 lhotse cannot read it
+        json.dumps(good.recording.to_dict()),     # 9 a recording, not a cut
     ])
     with pytest.raises(ManifestError) as info:
         load_clips(path, "lhotse")
     got = [e.split(": ")[0].rsplit(":", 1)[1] + " " + e.split(": ")[1] for e in info.value.errors]
-    assert got == ["2 supervisions", "3 supervisions", "4 recording", "5 type", "6 recording", "7 json", "8 cut"]
+    assert got == ["2 supervisions", "3 supervisions", "4 recording", "5 type", "6 recording", "7 json", "8 cut",
+                   "9 type"]
     msg = str(info.value)
     assert "outside the cut's 0-0.3 s" in msg and "has transforms" in msg and "MixedCut is not supported" in msg
     assert f"file not found: {data / 'wav' / 'none.wav'}" in msg
+    assert "a Recording, not a cut: give a CutSet manifest" in msg
 
 
 # ------------------------------------------------------------------------------------------------ config, CLI
