@@ -61,6 +61,16 @@ def _loaded_logprobs(model, batch, from_audio: bool) -> torch.Tensor:
 
 def test_encoder_adapter_llm_full_update_with_encoder_saves_a_folder_that_loads_and_agrees(
         tiny_model_dir, waves, tmp_path):
+    _full_update_with_encoder_saves_and_agrees(tiny_model_dir, waves, tmp_path)
+
+
+def test_whisper_encoder_model_full_update_with_encoder_saves_a_folder_that_loads_and_agrees(waves, tmp_path):
+    """The same with ``encoder.type: whisper``: FSDP2 trains the WhisperEncoder and the saved folder agrees."""
+    model_dir = get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "whisper", encoder="whisper")
+    _full_update_with_encoder_saves_and_agrees(model_dir, waves, tmp_path)
+
+
+def _full_update_with_encoder_saves_and_agrees(tiny_model_dir, waves, tmp_path):
     batch = audio_batch(1, waves)
     with one_rank_learner(tiny_model_dir, learner_cfg(ppo_epochs=1), train_encoder=True) as learner:
         learner.update(batch)
