@@ -32,6 +32,7 @@ from policy.augment import AugmentConfig
 from policy.config import (ConfigError, LearnerConfig, LoraConfig, ModelConfig, build, closest, dotted,
                            field_types, in_range, non_empty, one_of, optional, type_name, unknown_key_error,
                            validate)
+from rewards.text import NORMALIZERS
 from rollout.config import RolloutConfig
 
 __all__ = [
@@ -86,9 +87,11 @@ class RewardsConfig:
     SECTION: ClassVar[str] = "rewards"
     weights: dict[str, float] = field(default_factory=lambda: {name: 1.0 for name in DEFAULT_REWARDS})
     plugins: tuple[str, ...] = ()
+    normalizer: str = "basic"        # text normaliser of wer, keyword and eval: basic | whisper_en (Whisper's English
+                                     # normaliser, as published ASR tables; extra whisper-en)
 
     def __post_init__(self) -> None:
-        validate(self, {"plugins": _plugins,
+        validate(self, {"plugins": _plugins, "normalizer": one_of(*NORMALIZERS),
                         "weights": lambda w: "must not have an empty name" if "" in w else None})
 
 

@@ -6,7 +6,10 @@
 audio-embedding worker and one vLLM engine run in this process (no Ray); decoding is greedy.
 
 Metrics, all on the reward library's normalised tokens (``rewards.text``, docs/design.md#text-normalisation), so they
-agree with the rewards a training run optimises:
+agree with the rewards a training run optimises. ``--normalizer whisper_en`` (training: ``rewards.normalizer``)
+puts the texts of the WER, CER and keyword counts through the Whisper English normaliser first (numbers as digits,
+American spellings, contractions expanded), as published English ASR tables do; a clip is noise-only, and an
+output on it a hallucination, by the ``basic`` tokens whatever the normaliser:
 
 - ``wer``: corpus WER, sum(S + D + I) / sum(N_ref) over the speech clips that are not Chinese;
 - ``cer``: the same over the Chinese clips (``lang`` zh/cmn/yue/...; a clip without ``lang``
@@ -42,7 +45,7 @@ from funrl.data import write_text_atomic
 from policy.messages import Clip, PromptBatch, RolloutBatch
 from rewards import score_batch
 from rewards.language import detect_language, expected_class, language_mismatch
-from rewards.text import token_string, tokens
+from rewards.text import NORMALIZERS, NormalizerError, check_normalizer, token_string, tokens
 
 __all__ = ["EvalReport", "clip_results", "summarise", "evaluate", "format_table", "write_report",
            "clips_path", "main"]
@@ -68,9 +71,11 @@ class EvalReport:
     num_words: int = 0               # reference tokens of the WER clips (denominator of wer)
     num_chars: int = 0               # reference tokens of the CER clips (denominator of cer)
     num_lang_checked: int = 0        # speech clips with a known language (denominator of lang_mismatch_rate)
+    normalizer: str = "basic"        # the text normaliser of the counts (rewards.text.NORMALIZERS)
 
     def as_metrics(self, prefix: str = "eval.") -> dict[str, float]:
-        return {prefix + k: float(v) for k, v in asdict(self).items() if v is not None}
+        return {prefix + k: float(v) for k, v in asdict(self).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 # ------------------------------------------------------------------------------------ per clip
@@ -103,44 +108,46 @@ def _metric_of(clip: Clip) -> str:
     return "cer" if want == "zh" else "wer"
 
 
-def _keywords_in(keywords: Sequence[str], text_tokens: tuple[str, ...]) -> list[str]:
+def _keywords_in(keywords: Sequence[str], text_tokens: tuple[str, ...], normalizer: str = "basic") -> list[str]:
     """The keywords (first spelling of each normalised form) whose tokens are a contiguous run of the text's."""
     joined = token_string(text_tokens)
     seen, out = set(), []
     for k in keywords:
-        key = token_string(tokens(k))
+        key = token_string(tokens(k, normalizer))
         if key.strip() and key not in seen and key in joined:
             seen.add(key)
             out.append(k)
     return out
 
 
-def clip_results(clips: Sequence[Clip], hyps: Sequence[str]) -> list[dict]:
+def clip_results(clips: Sequence[Clip], hyps: Sequence[str], normalizer: str = "basic") -> list[dict]:
     """One JSON-ready record per clip: ref, hyp, token errors, keyword hits, language check, rewards.
 
-    ``metric`` is "wer", "cer" or None (noise-only clip); ``errors`` = S + D + I and ``words`` = N_ref
-    on the normalised tokens (a noise clip: errors = hypothesis tokens, words = 0).
+    ``metric`` is "wer", "cer" or None (noise-only clip: no ``basic`` token in the reference); ``errors`` =
+    S + D + I and ``words`` = N_ref on the tokens under ``normalizer`` (a noise clip: errors = hypothesis
+    tokens, words = 0).
     """
     if len(clips) != len(hyps):
         raise ValueError(f"clip_results: {len(clips)} clips but {len(hyps)} hypotheses")
-    ref_t = [tokens(c.text) for c in clips]
-    hyp_t = [tokens(h) for h in hyps]
+    check_normalizer(normalizer)
+    ref_t = [tokens(c.text, normalizer) for c in clips]
+    hyp_t = [tokens(h, normalizer) for h in hyps]
     speech = [i for i, r in enumerate(ref_t) if r]
     counts = dict(zip(speech, _alignment_counts([ref_t[i] for i in speech], [hyp_t[i] for i in speech])))
-    scores = score_batch(list(hyps), [c.text for c in clips], [c.meta() for c in clips])
+    scores = score_batch(list(hyps), [c.text for c in clips], [c.meta() for c in clips], normalizer=normalizer)
     records = []
     for i, (clip, hyp, score) in enumerate(zip(clips, hyps, scores)):
-        noise = not ref_t[i]
+        noise = not tokens(clip.text)
         s, d, ins = counts.get(i, (0, 0, len(hyp_t[i])))
-        kw_ref = _keywords_in(clip.keywords, ref_t[i])
-        kw_hit = _keywords_in(kw_ref, hyp_t[i])
+        kw_ref = _keywords_in(clip.keywords, ref_t[i], normalizer)
+        kw_hit = _keywords_in(kw_ref, hyp_t[i], normalizer)
         checked = not noise and expected_class(clip.lang) is not None
         records.append({
             "audio": clip.audio, "line": clip.line, "lang": clip.lang, "ref": clip.text, "hyp": hyp,
             "metric": None if noise else _metric_of(clip),
             "errors": s + d + ins, "words": len(ref_t[i]),
             "substitutions": s, "deletions": d, "insertions": ins,
-            "noise": noise, "hallucinated": bool(hyp_t[i]) if noise else None,
+            "noise": noise, "hallucinated": bool(tokens(hyp)) if noise else None, "normalizer": normalizer,
             "keywords": list(clip.keywords), "keywords_ref": kw_ref, "keywords_hit": kw_hit,
             "hyp_lang": detect_language(hyp),
             "lang_mismatch": language_mismatch(hyp, clip.lang) if checked else None,
@@ -168,7 +175,8 @@ def summarise(records: Sequence[dict]) -> EvalReport:
         hallucination_rate=rate(sum(bool(r["hallucinated"]) for r in noise), len(noise)),
         lang_mismatch_rate=rate(sum(bool(r["lang_mismatch"]) for r in checked), len(checked)),
         num_noise_clips=len(noise), num_keywords=kw_total,
-        num_words=words["wer"], num_chars=words["cer"], num_lang_checked=len(checked))
+        num_words=words["wer"], num_chars=words["cer"], num_lang_checked=len(checked),
+        normalizer=records[0].get("normalizer", "basic") if records else "basic")
 
 
 # ---------------------------------------------------------------------------------------- decoding
@@ -176,7 +184,7 @@ def summarise(records: Sequence[dict]) -> EvalReport:
 def evaluate(embed: Callable[[list[Clip]], PromptBatch],
              generate: Callable[[PromptBatch], RolloutBatch],
              clips: Sequence[Clip], batch_size: int = 16,
-             progress: bool = True) -> tuple[EvalReport, list[dict]]:
+             progress: bool = True, normalizer: str = "basic") -> tuple[EvalReport, list[dict]]:
     """Decode ``clips`` in batches of ``batch_size`` with ``embed`` then ``generate`` (greedy: the
     first hypothesis of each row is used) and score them; returns (summary, per-clip records)."""
     if batch_size < 1:
@@ -195,7 +203,7 @@ def evaluate(embed: Callable[[list[Clip]], PromptBatch],
             hyps.extend(row[0] for row in rollout.texts)
             bar.set_postfix(clips=f"{len(hyps)}/{len(clips)}", refresh=False)
             bar.update(1)
-    records = clip_results(clips, hyps)
+    records = clip_results(clips, hyps, normalizer)
     return summarise(records), records
 
 
@@ -303,6 +311,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-audio-seconds", type=float, default=30.0, help="longest clip accepted (30)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--normalizer", choices=NORMALIZERS, default="basic",
+                   help="text normaliser of the counts: basic (default) or whisper_en (Whisper's English "
+                        "normaliser, as published ASR tables; training: rewards.normalizer)")
     return p
 
 
@@ -317,6 +328,10 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[list[Clip], Path]:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.out and Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a folder; give a file path such as {Path(args.out) / 'report.json'}")
+    try:
+        check_normalizer(args.normalizer)
+    except NormalizerError as exc:
+        raise InputError(f"--normalizer: {exc}") from None
     try:
         clips = load_clips(args.manifest, args.format, args.audio_dir)
     except (ManifestError, ImportError) as exc:
@@ -385,7 +400,8 @@ def _run(args: argparse.Namespace) -> int:
             return worker.generate(prompts, greedy=True)
 
         try:
-            report, records = evaluate(embed, generate, clips, args.batch, progress=not args.no_progress)
+            report, records = evaluate(embed, generate, clips, args.batch, progress=not args.no_progress,
+                                       normalizer=args.normalizer)
         finally:
             worker.shutdown()
     _print_report(args, report, records)
@@ -397,7 +413,7 @@ def _print_report(args: argparse.Namespace, report: EvalReport, records: Sequenc
         write_report(report, records, args.out)
     print(format_table({Path(args.model).name or "model": report}))
     print(f"clips: {report.num_clips} ({report.num_noise_clips} noise-only), reference words {report.num_words}, "
-          f"Chinese characters {report.num_chars}, keywords {report.num_keywords}")
+          f"Chinese characters {report.num_chars}, keywords {report.num_keywords}, normalizer {report.normalizer}")
     if args.out:
         print(f"report: {args.out}  per clip: {clips_path(args.out)}", file=sys.stderr)
 

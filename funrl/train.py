@@ -247,12 +247,17 @@ def load_rewards(cfg: TrainConfig) -> None:
     for spec in cfg.rewards.plugins:
         rewards.load_plugin(spec)
     validate_reward_names(cfg, rewards.REGISTRY)
+    try:
+        rewards.text.check_normalizer(cfg.rewards.normalizer)
+    except rewards.text.NormalizerError as exc:
+        raise ConfigError(f"rewards.normalizer: {exc}", key="rewards.normalizer") from None
 
 
 def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> EvalReport:
     """Greedy evaluation of the current policy on ``clips`` through the running workers."""
     report, records = evaluate(cluster.embed, lambda p: cluster.generate(p, greedy=True), clips,
-                               batch_size=cluster.cfg.rollout.embed_batch_size, progress=progress)
+                               batch_size=cluster.cfg.rollout.embed_batch_size, progress=progress,
+                               normalizer=cluster.cfg.rewards.normalizer)
     write_report(report, records, path)
     return report
 
@@ -304,7 +309,8 @@ def score(cfg: TrainConfig, rollout) -> ScoredRollout:
     if cfg.rollout.truncated == "penalty":
         r = cfg.rollout
         extra["overlong"] = rollout_penalty(rollout, r.max_new_tokens, r.overlong_buffer, r.overlong_penalty)
-    return score_and_advantage(rollout, cfg.rewards.weights, estimator=cfg.learner.advantage, extra=extra)
+    return score_and_advantage(rollout, cfg.rewards.weights, estimator=cfg.learner.advantage, extra=extra,
+                               normalizer=cfg.rewards.normalizer)
 
 
 def step_record(scored, stats, groups: dict[str, float]) -> dict[str, float]:

@@ -29,8 +29,10 @@ def _in_rollout(exc: rewards.RewardError, rollout: RolloutBatch, hyps: list[str]
     return rewards.RewardError(f"{exc}; in this rollout: {where}", reward=exc.reward, item=exc.item)
 
 
-def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = None) -> dict[str, Tensor]:
-    """Every reward of non-zero weight and ``"total"`` as ``[B, G]`` float tensors (NaN = not applicable).
+def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = None,
+                  normalizer: str = "basic") -> dict[str, Tensor]:
+    """Every reward of non-zero weight and ``"total"`` as ``[B, G]`` float tensors (NaN = not applicable);
+    ``normalizer``: the text normaliser of wer / keyword (``rewards.normalizer``: basic, whisper_en).
 
     A reward of weight 0 is not run and has no entry. A NaN / inf reward or total is a ``FloatingPointError``
     naming the reward, the clip and the hypothesis.
@@ -42,7 +44,7 @@ def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = N
     metas = [c.meta() for c in clips for _ in range(G)]
     weights = dict(weights) if weights is not None else None
     try:
-        scored = rewards.score_batch(hyps, refs, metas, weights=weights)
+        scored = rewards.score_batch(hyps, refs, metas, weights=weights, normalizer=normalizer)
     except rewards.RewardError as exc:
         if exc.item is None:
             raise
@@ -62,11 +64,11 @@ def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = N
 
 def score_and_advantage(rollout: RolloutBatch, weights: Mapping[str, float] | None = None,
                         eps: float = 1e-6, estimator: str = "grpo",
-                        extra: Mapping[str, Tensor] | None = None) -> ScoredRollout:
+                        extra: Mapping[str, Tensor] | None = None, normalizer: str = "basic") -> ScoredRollout:
     """Rewards -> advantages within each clip's group (`policy.grpo.compute_advantages`, docs/design.md#advantages).
     ``extra``: reward terms computed outside the reward library from the rollout's tokens (e.g.
     ``"overlong"``, `policy.truncation`), ``[B, G]`` each, added to the total with weight 1."""
-    scores = score_rollout(rollout, weights)
+    scores = score_rollout(rollout, weights, normalizer)
     for name, term in (extra or {}).items():
         if tuple(term.shape) != tuple(scores["total"].shape) or name in scores:
             raise ValueError(f"score_and_advantage: extra reward {name!r} must be new and [B, G] = "

@@ -10,7 +10,7 @@ import re
 import jiwer
 
 from rewards.registry import register
-from rewards.text import token_string, tokens
+from rewards.text import active_normalizer, token_string, tokens
 
 __all__ = ["wer", "keyword", "hallucination", "token_errors", "repetition_loops", "hallucinated_tokens"]
 
@@ -20,13 +20,15 @@ _SPLIT = jiwer.ReduceToListOfListOfWords()
 _LOOP = re.compile(r"(?:^|(?<= ))((?:\S+ ){1,4}?)\1{2,}")
 
 
-def token_errors(hyps: list[str], refs: list[str]) -> list[tuple[int, int]]:
+def token_errors(hyps: list[str], refs: list[str], normalizer: str | None = None) -> list[tuple[int, int]]:
     """(S + D + I, N_ref) over the normalised tokens, per pair, by jiwer in one batched call.
 
+    ``normalizer``: a name of ``rewards.text.NORMALIZERS``; None = the batch's (``active_normalizer()``).
     A pair with an empty reference gives (N_hyp, 0): every hypothesis token is an insertion.
     """
-    ref_t = [tokens(r) for r in refs]
-    hyp_t = [tokens(h) for h in hyps]
+    norm = normalizer or active_normalizer()
+    ref_t = [tokens(r, norm) for r in refs]
+    hyp_t = [tokens(h, norm) for h in hyps]
     out = [(len(h), 0) for h in hyp_t]
     idx = [i for i, r in enumerate(ref_t) if r]
     if not idx:
@@ -46,7 +48,8 @@ def token_errors(hyps: list[str], refs: list[str]) -> list[tuple[int, int]]:
 
 @register("wer")
 def wer(hyps: list[str], refs: list[str], metas: list[dict]) -> list[float | None]:
-    """R1, in [0, 1]: ``1 - min(1, WER)`` with WER = (S + D + I) / N_ref over normalised tokens (jiwer).
+    """R1, in [0, 1]: ``1 - min(1, WER)`` with WER = (S + D + I) / N_ref over normalised tokens (jiwer), under
+    the batch's normaliser (``score_batch(normalizer=...)``: basic or whisper_en).
 
     Empty reference (noise-only clip): 1.0 when the hypothesis has no token, else 0.0.
     """
@@ -59,31 +62,32 @@ def wer(hyps: list[str], refs: list[str], metas: list[dict]) -> list[float | Non
     return out
 
 
-def _keyword_set(raw: object) -> set[str]:
+def _keyword_set(raw: object, normalizer: str = "basic") -> set[str]:
     """The clip's keywords as token strings (" t1 t2 "); keywords with no token are dropped."""
     if raw is None:
         return set()
     items = [raw] if isinstance(raw, str) else list(raw)  # type: ignore[call-overload]
-    return {token_string(t) for t in (tokens(k) for k in items) if t}
+    return {token_string(t) for t in (tokens(k, normalizer) for k in items) if t}
 
 
 @register("keyword")
 def keyword(hyps: list[str], refs: list[str], metas: list[dict]) -> list[float | None]:
     """R2, in [0, 1]: keyword (hotword) precision/recall mean; ``None`` without keywords.
 
-    K = ``meta["keywords"]``, normalised (a keyword that normalises to nothing is
-    ignored). A keyword *occurs* in a text when its tokens are a contiguous run of the
+    K = ``meta["keywords"]``, normalised like the texts, under the batch's normaliser (a keyword that
+    normalises to nothing is ignored). A keyword *occurs* in a text when its tokens are a contiguous run of the
     text's tokens. K_ref, K_hyp = keywords occurring in ref, hyp;
     recall = |K_ref ∩ K_hyp| / |K_ref| (1 if K_ref is empty),
     precision = |K_ref ∩ K_hyp| / |K_hyp| (1 if K_hyp is empty); reward = (precision + recall) / 2.
     """
     out: list[float | None] = []
+    norm = active_normalizer()
     for hyp, ref, meta in zip(hyps, refs, metas):
-        kws = _keyword_set(meta.get("keywords"))
+        kws = _keyword_set(meta.get("keywords"), norm)
         if not kws:
             out.append(None)
             continue
-        hs, rs = token_string(tokens(hyp)), token_string(tokens(ref))
+        hs, rs = token_string(tokens(hyp, norm)), token_string(tokens(ref, norm))
         in_ref = {k for k in kws if k in rs}
         in_hyp = {k for k in kws if k in hs}
         both = len(in_ref & in_hyp)

@@ -1,10 +1,10 @@
 """``python -m rewards``: score JSONL hypothesis/reference pairs from the command line.
 
     python -m rewards score IN.jsonl [--weights wer=1,keyword=0.5] [--plugin module:function]... [--out OUT.jsonl]
-                                     [--allow-nonfinite]
+                                     [--allow-nonfinite] [--normalizer basic|whisper_en]
     python -m rewards list [--plugin module:function]... [-v]
     python -m rewards replay RUN_DIR/rollouts.jsonl [--weights ...] [--plugin ...]... [--advantage grpo]
-                                     [--run-advantage grpo] [--out REPORT.json]
+                                     [--run-advantage grpo] [--out REPORT.json] [--normalizer basic|whisper_en]
 
 Every input line is validated before anything is scored or written; ``--out`` is
 written to a temporary file in the same folder and renamed into place, so a failed
@@ -26,6 +26,7 @@ from rewards.files import created_mode
 from rewards.registry import (REGISTRY, TOTAL, NonFiniteRewardError, RewardError, load_plugin, resolve_weights,
                               score_batch)
 from rewards.replay import RolloutsError, format_report, replay
+from rewards.text import NORMALIZERS, NormalizerError, check_normalizer
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -45,8 +46,12 @@ weights: --weights wer=1,keyword=0.5 gives the listed rewards those weights and 
 plugins: --plugin my_module:my_reward imports my_module (from PYTHONPATH or the current
   folder) and registers my_reward(hyps, refs, metas) -> list[float | None] under its own
   name (or the name it gave itself with @rewards.register). Repeat for several.
+normalizer: --normalizer whisper_en scores wer and keyword on text put through the Whisper
+  English normaliser (numbers as digits, American spellings, contractions expanded), as
+  published English ASR tables are; basic (the default) is lower-case without punctuation.
 exit codes: 0 ok; 2 bad input (malformed line, unknown reward, bad weight, plugin that
-  does not load, missing file: one line on stderr names the line or the name);
+  does not load, missing file, a normaliser whose package is missing: one line on stderr
+  names the line or the name);
   1 a reward function raised while scoring, returned anything but one number
   or null per line, or a NaN / infinity (without --allow-nonfinite).
 """
@@ -101,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="OUT.jsonl", help="write the scores here (atomically) instead of stdout")
     s.add_argument("--allow-nonfinite", action="store_true",
                    help="write a NaN or infinite reward (and total) as null and exit 0, instead of failing")
+    _normalizer_option(s)
     _replay_parser(sub, plugin_help)
     lst = sub.add_parser("list", help="print the registered reward names")
     lst.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
@@ -122,6 +128,20 @@ def _replay_parser(sub, plugin_help: str) -> None:
     r.add_argument("--advantage", choices=ESTIMATORS,
                    help="the estimator of the new advantages (default: the same as --run-advantage)")
     r.add_argument("--out", metavar="REPORT.json", help="also write the numbers as JSON here (atomically)")
+    _normalizer_option(r)
+
+
+def _normalizer_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--normalizer", choices=NORMALIZERS, default="basic",
+                   help="text normaliser of wer and keyword: basic (lower-case, no punctuation; default) or "
+                        "whisper_en (the Whisper English normaliser of published ASR tables)")
+
+
+def _check_normalizer(name: str) -> None:
+    try:
+        check_normalizer(name)
+    except NormalizerError as exc:
+        raise CliError(f"--normalizer: {exc}") from None
 
 
 def parse_weights(spec: str) -> dict[str, float]:
@@ -282,12 +302,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         active = [name for name, w in resolve_weights(weights).items() if w != 0.0]
     except RewardError as exc:
         raise CliError(f"--weights: {exc}") from None
+    _check_normalizer(args.normalizer)
     numbered = read_numbered_items(args.input)
     lines, items = [num for num, _ in numbered], [it for _, it in numbered]
     metas = [{k: v for k, v in it.items() if k not in ("hyp", "ref")} for it in items]
     try:
         rows = score_batch([it["hyp"] for it in items], [it["ref"] for it in items], metas, weights,
-                           allow_nonfinite=args.allow_nonfinite)
+                           allow_nonfinite=args.allow_nonfinite, normalizer=args.normalizer)
     except RewardError as exc:
         where = "stdin" if args.input == "-" else args.input
         print(f"rewards: error: {_located(exc, where, lines)}", file=sys.stderr)
@@ -315,9 +336,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise CliError(f"--weights: {exc}") from None
     if args.out:
         _check_out(args.out)
+    _check_normalizer(args.normalizer)
     try:
         report = replay(args.input, weights, advantage=args.advantage or args.run_advantage,
-                        run_advantage=args.run_advantage)
+                        run_advantage=args.run_advantage, normalizer=args.normalizer)
     except RolloutsError as exc:
         raise CliError(str(exc)) from None
     except RewardError as exc:

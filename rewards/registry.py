@@ -14,6 +14,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Real
 
+from rewards.text import NormalizerError, check_normalizer, using_normalizer
+
 __all__ = ["REGISTRY", "NonFiniteRewardError", "RewardError", "RewardFn", "clip_label", "register", "score_batch",
            "load_plugin", "resolve_weights"]
 
@@ -191,7 +193,7 @@ def _run_reward(name: str, fn: RewardFn, hyps: list[str], refs: list[str], metas
 
 def score_batch(hyps: Sequence[str], refs: Sequence[str], metas: Sequence[Mapping] | None = None,
                 weights: Mapping[str, float] | None = None, *,
-                allow_nonfinite: bool = False) -> list[dict[str, float | None]]:
+                allow_nonfinite: bool = False, normalizer: str = "basic") -> list[dict[str, float | None]]:
     """Score every item with every reward of non-zero weight (one call per reward over the batch).
 
     Returns one dict per item with the name of every reward that was run and ``"total"`` =
@@ -202,6 +204,10 @@ def score_batch(hyps: Sequence[str], refs: Sequence[str], metas: Sequence[Mappin
     A reward that raises, returns anything but one float or ``None`` per item, or a NaN / inf
     (or a total that overflows) raises ``RewardError`` naming the reward and the clip (a NaN /
     inf: its subclass ``NonFiniteRewardError``); ``allow_nonfinite=True`` keeps NaN / inf instead.
+
+    ``normalizer`` (``rewards.text.NORMALIZERS``: basic, whisper_en) is the text normaliser of the rewards that
+    compare words with the reference (``wer``, ``keyword``; a plugin reads it with
+    ``rewards.text.active_normalizer()``); an unknown or uninstalled one raises ``RewardError``.
     """
     w = {name: wt for name, wt in resolve_weights(weights).items() if wt != 0.0}
     hyps, refs = list(hyps), list(refs)
@@ -209,7 +215,12 @@ def score_batch(hyps: Sequence[str], refs: Sequence[str], metas: Sequence[Mappin
     if not len(hyps) == len(refs) == len(metas):
         raise RewardError(f"hyps, refs and metas must have the same length, got "
                           f"{len(hyps)}, {len(refs)}, {len(metas)}")
-    columns = {name: _run_reward(name, REGISTRY[name], hyps, refs, metas, allow_nonfinite) for name in w}
+    try:
+        check_normalizer(normalizer)
+    except NormalizerError as exc:
+        raise RewardError(str(exc)) from None
+    with using_normalizer(normalizer):
+        columns = {name: _run_reward(name, REGISTRY[name], hyps, refs, metas, allow_nonfinite) for name in w}
     out: list[dict[str, float | None]] = []
     for i in range(len(hyps)):
         row: dict[str, float | None] = {name: col[i] for name, col in columns.items()}

@@ -180,14 +180,15 @@ class ReplayReport:
         }
 
 
-def _rescore(groups: list[Group], weights: Mapping[str, float] | None, where: str) -> list[list[dict]]:
+def _rescore(groups: list[Group], weights: Mapping[str, float] | None, where: str,
+             normalizer: str = "basic") -> list[list[dict]]:
     """Every hypothesis of the line scored in one batch, split back into groups; a reward error names the
     line, clip and hypothesis."""
     hyps = [h for g in groups for h in g.hyps]
     refs = [g.ref for g in groups for _ in g.hyps]
     metas = [dict(g.meta or {}) for g in groups for _ in g.hyps]
     try:
-        rows = score_batch(hyps, refs, metas, weights)
+        rows = score_batch(hyps, refs, metas, weights, normalizer=normalizer)
     except RewardError as exc:
         if exc.item is None:
             raise
@@ -210,9 +211,10 @@ def _locate(groups: list[Group], item: int) -> tuple[int, int]:
 
 
 def replay(path: str, weights: Mapping[str, float] | None = None, advantage: str = "grpo",
-           run_advantage: str = "grpo") -> ReplayReport:
+           run_advantage: str = "grpo", normalizer: str = "basic") -> ReplayReport:
     """Rescore every group of the rollouts file ``path`` with ``weights`` (as `score_batch`: None = all 1)
     and compare the advantages under ``advantage`` with the run's (its logged totals under ``run_advantage``).
+    ``normalizer``: the text normaliser of the new scores (``rewards.text.NORMALIZERS``).
 
     Raises `RolloutsError` for a missing file, a malformed line or a file without groups, and
     `RewardError` for an unknown reward name or a reward that fails (naming file:line, clip, hypothesis).
@@ -229,7 +231,7 @@ def replay(path: str, weights: Mapping[str, float] | None = None, advantage: str
     for num, groups in read_steps(path):
         where = f"{'stdin' if path == '-' else path}:{num}"
         rep.steps += 1
-        for k, (group, rows) in enumerate(zip(groups, _rescore(groups, weights, where))):
+        for k, (group, rows) in enumerate(zip(groups, _rescore(groups, weights, where, normalizer))):
             a_run, a_new = _add_group(rep, group, rows, f"{where}: clip {k}")
             pooled_run += a_run
             pooled_new += a_new
