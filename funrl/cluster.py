@@ -3,13 +3,16 @@
 The workers are plain classes (``rollout.embedding.AudioEmbeddingWorker``,
 ``rollout.vllm_worker.VLLMRolloutWorker``, ``policy.learner.Learner``); this module
 and ``policy.learner_group`` are the only places that turn them into Ray actors.
-A failing actor surfaces as ``WorkerError`` naming the actor, with its traceback.
+A failing actor surfaces as ``WorkerError`` naming the actor, with its traceback; a call that gives no answer
+within ``ray.call_timeout_s`` as `WorkerTimeout`. A rollout engine that dies or hangs is restarted, brought to the
+current weights and asked again, up to ``run.max_worker_restarts`` times in a run.
 """
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 import ray
@@ -21,11 +24,11 @@ from funrl.config import TrainConfig
 from funrl.placement import create_placement
 from policy.learner_group import LearnerGroup
 from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout
-from policy.ray_utils import WorkerError, get_named, in_bundle, remote_class
+from policy.ray_utils import WorkerError, WorkerTimeout, get_named, in_bundle, remote_class
 from rollout.embedding import AudioEmbeddingWorker
 from rollout.vllm_worker import VLLMRolloutWorker
 
-__all__ = ["NO_USAGE_STATS", "Cluster", "WorkerError", "worker_env"]
+__all__ = ["NO_USAGE_STATS", "Cluster", "WorkerError", "WorkerTimeout", "worker_env"]
 
 # No usage statistics from Ray, vLLM or the Hugging Face hub (names as read by the installed packages:
 # ray._common.usage.usage_lib, vllm.envs, huggingface_hub.constants). Forced, not defaults.
@@ -69,9 +72,9 @@ def worker_env(local: bool) -> dict[str, str]:
     return {k: os.environ[k] for k in (*_WORKER_ENV, *NO_USAGE_STATS)}
 
 
-def _get(name: str, ref):
-    """ray.get that names the actor (and carries its traceback) when it fails."""
-    return get_named([(name, ref)])[0]
+def _get(name: str, ref, timeout_s: float | None = None):
+    """ray.get that names the actor (and carries its traceback) when it fails or gives no answer in time."""
+    return get_named([(name, ref)], timeout_s=timeout_s)[0]
 
 
 def _split(n: int, parts: int) -> list[range]:
@@ -87,7 +90,12 @@ class Cluster:
         self.cfg = cfg
         self.out = Path(cfg.run.out_dir)
         self._lora_version = 0
+        self._lora_path: str | None = None          # the adapter the engines serve (LoRA), for a restarted one
         self._own_ray = False
+        self.timeout_s = cfg.ray.call_timeout_s
+        self.restarts = 0                            # rollout engines restarted so far (run.max_worker_restarts)
+        self.updates_started = 0                     # learner updates begun / finished: tell the driver, after a
+        self.updates_finished = 0                    # failure, which step's weights the learner holds
 
     # ---- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> "Cluster":
@@ -110,16 +118,18 @@ class Cluster:
         plan, pg = self.placement.plan, self.placement.pg
         lora = cfg.learner.finetune == "lora"
         self._engine_dtype = cfg.model.dtype if on_gpu else "float32"   # weight sync sends this dtype
-        self.rollouts = [
-            remote_class(VLLMRolloutWorker, num_cpus=1, num_gpus=cfg.rollout.gpus_per_worker,
-                         scheduling_strategy=in_bundle(pg, plan.rollout[i])).remote(
+
+        def start_engine(i: int):
+            return remote_class(VLLMRolloutWorker, num_cpus=1, num_gpus=cfg.rollout.gpus_per_worker,
+                                scheduling_strategy=in_bundle(pg, plan.rollout[i])).remote(
                 llm_dir, cfg.rollout, dtype=self._engine_dtype, enable_lora=lora, max_lora_rank=cfg.learner.lora.r)
-            for i in range(cfg.rollout.num_workers)]
+        self._start_engine = start_engine
+        self.rollouts = [start_engine(i) for i in range(cfg.rollout.num_workers)]
         self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps,
                                     max_audio_seconds=cfg.data.max_audio_seconds,
                                     temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                                    placement=(pg, plan.learner), augment=cfg.data.augment)
-        # surface a failed engine start now, by name
+                                    placement=(pg, plan.learner), call_timeout_s=self.timeout_s, augment=cfg.data.augment)
+        # surface a failed engine start now, by name (a first start may compile: no call timeout)
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
 
     def __exit__(self, *exc) -> None:
@@ -164,29 +174,62 @@ class Cluster:
         if self._own_ray and ray.is_initialized():
             ray.shutdown()
 
+    # ---- engine restarts -------------------------------------------------------------
+    def _with_restarts(self, call):
+        """``call()`` (which uses the rollout engines); a rollout engine that died or hung in it is restarted,
+        brought to the current weights, and ``call()`` runs again, while ``run.max_worker_restarts`` allows."""
+        while True:
+            try:
+                return call()
+            except WorkerError as err:
+                i = _failed_engine(err)
+                if i is None or self.restarts >= self.cfg.run.max_worker_restarts:
+                    raise
+                self.restarts += 1
+                why = "gave no answer" if isinstance(err, TimeoutError) or isinstance(err.cause, TimeoutError) \
+                    else "failed"
+                print(f"[funrl] rollout worker {i} {why}; restarting it ({self.restarts} of "
+                      f"{self.cfg.run.max_worker_restarts} restarts)", file=sys.stderr)
+                self._restart_engine(i)
+
+    def _restart_engine(self, i: int) -> None:
+        ray.kill(self.rollouts[i], no_restart=True)
+        self.rollouts[i] = engine = self._start_engine(i)
+        _get(f"rollout worker {i}", engine.ready.remote())
+        if self.cfg.learner.finetune == "full":
+            self.learner.push_weights([engine], self.cfg.rollout.sync_bucket_bytes, dtype=self._engine_dtype)
+        elif self._lora_path is not None:
+            _get(f"rollout worker {i}", engine.set_lora.remote(self._lora_path), self.timeout_s)
+
     # ---- the stages of a step --------------------------------------------------------
     def embed(self, clips: list[Clip]) -> PromptBatch:
-        return _get("embedding worker", self.embedder.embed.remote(list(clips)))
+        return _get("embedding worker", self.embedder.embed.remote(list(clips)), self.timeout_s)
 
     def generate(self, prompts: PromptBatch, greedy: bool = False, seed: int | None = None) -> RolloutBatch:
-        """Clips split over the engines; ``seed``: clip i is sampled with seed ``seed + i`` whichever engine
-        gets it (`VLLMRolloutWorker.generate`)."""
+        """Clips split over the engines; ``seed``: engine k resets its random stream to ``seed + (index of its
+        first clip)`` (`VLLMRolloutWorker.generate`), so the same prompts on the same weights give the same
+        hypotheses, also after an engine restart or a resume."""
+        return self._with_restarts(lambda: self._generate(prompts, greedy, seed))
+
+    def _generate(self, prompts: PromptBatch, greedy: bool, seed: int | None) -> RolloutBatch:
         parts = _split(len(prompts.clips), len(self.rollouts))
-        refs = [w.generate.remote(_slice_prompts(prompts, rng), greedy=greedy,
-                                  seed=None if seed is None else seed + rng.start)
-                for w, rng in zip(self.rollouts, parts)]
-        outs = [_get(f"rollout worker {i}", ref) for i, ref in enumerate(refs)]
-        return RolloutBatch.concat(outs, prompts)
+        refs = [(f"rollout worker {i}", w.generate.remote(_slice_prompts(prompts, rng), greedy=greedy,
+                                                          seed=None if seed is None else seed + rng.start))
+                for i, (w, rng) in enumerate(zip(self.rollouts, parts))]
+        return RolloutBatch.concat(get_named(refs, timeout_s=self.timeout_s), prompts)
 
     def update(self, batch: ScoredRollout) -> LearnStats:
         """One learner update; colocated engines sleep meanwhile (GPU memory goes to the learner)."""
         if self.cfg.ray.colocate:
-            _get_all("rollout worker", [w.sleep.remote() for w in self.rollouts])
+            self._get_all("rollout worker", [w.sleep.remote() for w in self.rollouts])
+        self.updates_started += 1
         try:
-            return self.learner.update(batch)
+            stats = self.learner.update(batch)
+            self.updates_finished += 1
+            return stats
         finally:
             if self.cfg.ray.colocate:
-                _get_all("rollout worker", [w.wake_up.remote() for w in self.rollouts])
+                self._get_all("rollout worker", [w.wake_up.remote() for w in self.rollouts])
 
     def sync(self) -> None:
         """Learner weights -> every rollout worker (bucketed full weights, or the LoRA adapter); to the
@@ -194,19 +237,21 @@ class Cluster:
         (``model.train_encoder``) and the LLM's input embedding table (full fine-tuning)."""
         if self.cfg.model.train_encoder:
             weights = self.learner.frontend_weights_for_sync()
-            _get("embedding worker", self.embedder.load_frontend_weights.remote(weights))
+            _get("embedding worker", self.embedder.load_frontend_weights.remote(weights), self.timeout_s)
         if self.cfg.learner.finetune == "full":
             table = self.learner.input_embeddings_for_sync()
-            _get("embedding worker", self.embedder.load_input_embeddings.remote(table))
+            _get("embedding worker", self.embedder.load_input_embeddings.remote(table), self.timeout_s)
         if self.cfg.learner.finetune == "lora":
             self._lora_version += 1
             folder = self.out / "rollout_lora" / f"v{self._lora_version:06d}"
-            path = self.learner.export_adapter(str(folder))
-            _get_all("rollout worker", [w.set_lora.remote(path) for w in self.rollouts])
+            self._lora_path = path = self.learner.export_adapter(str(folder))
+            self._with_restarts(lambda: self._get_all("rollout worker",
+                                                      [w.set_lora.remote(path) for w in self.rollouts]))
             stale = folder.parent / f"v{self._lora_version - 2:06d}"   # loaded by vLLM two syncs ago
             shutil.rmtree(stale, ignore_errors=True)
         else:
-            self.learner.push_weights(self.rollouts, self.cfg.rollout.sync_bucket_bytes, dtype=self._engine_dtype)
+            self._with_restarts(lambda: self.learner.push_weights(
+                self.rollouts, self.cfg.rollout.sync_bucket_bytes, dtype=self._engine_dtype))
 
     # ---- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, folder: Path) -> None:
@@ -215,9 +260,18 @@ class Cluster:
     def load_checkpoint(self, folder: Path) -> None:
         self.learner.load_checkpoint(str(folder))
 
+    def _get_all(self, name: str, refs: list) -> list:
+        return get_named([(f"{name} {i}", ref) for i, ref in enumerate(refs)], timeout_s=self.timeout_s)
 
-def _get_all(name: str, refs: list) -> list:
-    return [_get(f"{name} {i}", ref) for i, ref in enumerate(refs)]
+
+def _failed_engine(err: WorkerError) -> int | None:
+    """The index of the rollout engine a failure names (directly, or as the cause of a learner rank's failure
+    while sending it weights); None for any other actor."""
+    for e in (err, err.cause):
+        name = getattr(e, "actor", None) or ""
+        if isinstance(e, WorkerError) and name.startswith("rollout worker "):
+            return int(name.rsplit(" ", 1)[1])
+    return None
 
 
 def _slice_prompts(prompts: PromptBatch, rng: range) -> PromptBatch:

@@ -125,6 +125,8 @@ class RunConfig:
                                      # clips_per_step groups that are not flat (DAPO); 0 = train on what is left
     save_model: bool = True          # write the trained model (its own format) to OUT/model at the end
     log_rollouts: str = "all"        # OUT/rollouts.jsonl: all | every_N (e.g. every_10) | off
+    max_worker_restarts: int = 2     # a dead or hung (ray.call_timeout_s) rollout engine is restarted and re-synced
+                                     # up to N times in a run; then the run stops with a checkpoint
     loggers: tuple[str, ...] = ("jsonl", "tensorboard")  # + wandb, mlflow (extras; offline / local files unless
                                      # WANDB_MODE / MLFLOW_TRACKING_URI say otherwise); jsonl is required
     project: str = "funrl"           # the W&B project and MLflow experiment of the run (named after OUT's folder)
@@ -133,7 +135,7 @@ class RunConfig:
         validate(self, {
             "steps": in_range(1), "clips_per_step": in_range(1), "seed": in_range(0), "out_dir": non_empty,
             "eval_every": in_range(0), "save_every": in_range(1), "keep_last": in_range(1),
-            "max_refill_rounds": in_range(0), "log_rollouts": _every,
+            "max_refill_rounds": in_range(0), "log_rollouts": _every, "max_worker_restarts": in_range(0),
             "loggers": _loggers, "project": non_empty,
         })
         if self.max_refill_rounds and not self.dynamic_sampling:
@@ -147,9 +149,12 @@ class RayConfig:
     address: str | None = None       # None = start a local Ray; "auto" or host:port = join a cluster
     colocate: bool = False           # learner and rollout share the same GPUs
     num_cpus: int | None = None      # CPUs for a local Ray (None = Ray's default)
+    call_timeout_s: float = 1800.0   # longest wait for one actor call (a step's generate, update, sync); past
+                                     # it the actor counts as hung (an engine is restarted: run.max_worker_restarts)
 
     def __post_init__(self) -> None:
-        validate(self, {"address": optional(non_empty), "num_cpus": optional(in_range(1))})
+        validate(self, {"address": optional(non_empty), "num_cpus": optional(in_range(1)),
+                        "call_timeout_s": in_range(1)})
 
 
 @dataclass(frozen=True)

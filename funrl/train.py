@@ -215,8 +215,16 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
     progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
     for step in progress:
         # the step travels with each clip: data.augment draws from (seed, step, clip) wherever audio is loaded
-        record, scored = train_step(cfg, cluster, at_step(sampler.next_batch(), step),
-                                    more_clips=lambda: at_step(sampler.next_batch(), step))
+        before, finished = sampler.state_dict(), cluster.updates_finished
+        try:
+            record, scored = train_step(cfg, cluster, at_step(sampler.next_batch(), step),
+                                        more_clips=lambda: at_step(sampler.next_batch(), step), step=step)
+        except WorkerError:   # an engine past its restarts, a learner rank: keep what the learner holds
+            if cluster.updates_started == finished:      # failed before the update: step - 1's weights
+                _checkpoint_after_failure(cfg, cluster, logs, step, step - 1, before, start)
+            elif cluster.updates_finished > finished:    # failed in the sync: step's (no metrics line)
+                _checkpoint_after_failure(cfg, cluster, logs, step, step, sampler.state_dict(), start)
+            raise
         if should_log(cfg.run.log_rollouts, step):
             logs.samples.write(step, rollout_record(scored))
         if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
@@ -232,6 +240,19 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
             progress.close()
             raise Preempted(f"stopped after step {step} of {cfg.run.steps} (checkpoint written); continue with:\n"
                             f"  python -m funrl.train --resume {out}", stop.exit_code)
+
+
+def _checkpoint_after_failure(cfg: TrainConfig, cluster: Cluster, logs: RunLogs, step: int, done: int,
+                              data: dict, start: int) -> None:
+    """Step ``step`` failed with the learner consistent at step ``done``: a checkpoint of it with the data
+    position ``data``, unless step ``done`` has one (the last periodic one, or the one resumed from)."""
+    if done < start or (done < step and done % cfg.run.save_every == 0):
+        return
+    try:
+        logs.ckpts.save(done, {"data": data}, cluster.save_checkpoint)
+        print(f"[funrl] step {step} failed; checkpoint of step {done} written", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what the user must see
+        print(f"[funrl] step {step} failed, and so did the checkpoint of step {done}: {exc}", file=sys.stderr)
 
 
 def checked_manifest(cfg: TrainConfig, path: str) -> list:
@@ -262,12 +283,14 @@ def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> Eval
     return report
 
 
-def train_step(cfg: TrainConfig, cluster: Cluster, clips,
-               more_clips: Callable[[], list] | None = None) -> tuple[dict[str, float], ScoredRollout]:
+def train_step(cfg: TrainConfig, cluster: Cluster, clips, more_clips: Callable[[], list] | None = None,
+               step: int | None = None) -> tuple[dict[str, float], ScoredRollout]:
     """One GRPO step; returns its metrics record and every group sampled, scored.
-    ``more_clips()``: the next clips, for dynamic sampling's refill rounds (``run.max_refill_rounds``)."""
+    ``more_clips()``: the next clips, for dynamic sampling's refill rounds (``run.max_refill_rounds``).
+    ``step``: the engines sample with seeds drawn from (``rollout.seed``, step, round), so a resumed run samples
+    what an uninterrupted one would; None: the engines' streams go on."""
     t = StageTimer()
-    scored, batch, info = sample_groups(cfg, cluster, clips, more_clips, t)
+    scored, batch, info = sample_groups(cfg, cluster, clips, more_clips, t, step)
     with t("learn"):
         stats = cluster.update(batch) if batch is not None else None
     with t("sync"):
@@ -276,7 +299,7 @@ def train_step(cfg: TrainConfig, cluster: Cluster, clips,
     return step_record(scored, stats, info) | t.as_metrics(), scored
 
 
-def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: StageTimer
+def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: StageTimer, step: int | None = None
                   ) -> tuple[ScoredRollout, ScoredRollout | None, dict[str, float]]:
     """embed -> generate -> score (-> drop flat groups -> refill, up to ``run.max_refill_rounds`` more rounds).
     Returns every group sampled, the batch to train on (None: nothing left) and counts for the metrics."""
@@ -286,7 +309,7 @@ def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: Stag
         with t("embed"):
             prompts = cluster.embed(clips if round_ == 0 else more_clips())
         with t("generate"):
-            rollout = cluster.generate(prompts)
+            rollout = cluster.generate(prompts, seed=sampling_seed(cfg.rollout.seed, step, round_))
         with t("score"):
             sampled.append(score(cfg, rollout))
             batch, n = drop_flat_groups(sampled[-1]) if cfg.run.dynamic_sampling else (sampled[-1], 0)
@@ -301,6 +324,13 @@ def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: Stag
         batch = mask_truncated(batch)
     trained = 0 if batch is None else len(batch.rollout.prompts.clips)
     return ScoredRollout.concat(sampled), batch, {"dropped": dropped, "refill_rounds": round_, "trained": trained}
+
+
+def sampling_seed(base: int, step: int | None, round_: int) -> int | None:
+    """The engines' seed for a step's sampling round (None without a step)."""
+    if step is None:
+        return None
+    return int(np.random.SeedSequence([base, step, round_]).generate_state(1)[0] >> 1)
 
 
 def score(cfg: TrainConfig, rollout) -> ScoredRollout:

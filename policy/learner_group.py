@@ -34,8 +34,9 @@ class RolloutSender:
     """Sends weight buckets from learner rank 0 to rollout actors (``update_weights`` /
     ``finish_weight_update``); at most two buckets in flight. Built by the group, called inside rank 0."""
 
-    def __init__(self, rollouts: Sequence[Any]) -> None:
+    def __init__(self, rollouts: Sequence[Any], timeout_s: float | None = None) -> None:
         self.rollouts = list(rollouts)
+        self.timeout_s = timeout_s      # per engine answer; a hung engine is a WorkerTimeout naming it
         self._pending: list = []
 
     def __call__(self, bucket: list) -> None:
@@ -45,11 +46,12 @@ class RolloutSender:
 
     def finish(self) -> None:
         self._wait()
-        get_named([(f"rollout worker {i}", r.finish_weight_update.remote()) for i, r in enumerate(self.rollouts)])
+        get_named([(f"rollout worker {i}", r.finish_weight_update.remote()) for i, r in enumerate(self.rollouts)],
+                  timeout_s=self.timeout_s)
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, []
-        get_named(pending)
+        get_named(pending, timeout_s=self.timeout_s)
 
 
 class LearnerGroup:
@@ -65,7 +67,7 @@ class LearnerGroup:
             raise RuntimeError("LearnerGroup needs a running Ray (ray.init(...) or ray.init(address=...)) first")
         self.cfg = cfg
         self.num_ranks = cfg.num_ranks
-        self.call_timeout_s = call_timeout_s
+        self.call_timeout_s = None      # setup (model load, process groups) may take long: no timeout
         self._broken: str | None = None
         self.actors: list[Any] = []
         own = placement is None     # else: bundles of the caller's group (e.g. shared with rollout engines)
@@ -88,6 +90,7 @@ class LearnerGroup:
                     augment=augment)
                 for r in range(self.num_ranks)]
             self.info = self._call("setup")
+            self.call_timeout_s = call_timeout_s
         except BaseException:
             self.kill()
             raise
@@ -110,8 +113,10 @@ class LearnerGroup:
         try:
             return get_named(refs, timeout_s=self.call_timeout_s)
         except WorkerError as err:
-            if isinstance(err.cause, FloatingPointError) and self._all_settle(refs):
-                raise  # every rank stopped before its optimizer step: the group is still consistent
+            # a NaN guard (every rank stops before its optimizer step) or a rollout engine failing while rank 0
+            # sends it weights (every rank gathers to the end): the group is still consistent
+            if isinstance(err.cause, (FloatingPointError, WorkerError)) and self._all_settle(refs):
+                raise
             self._broken = f"{err.actor} in {method}(): {err.cause!r}" if err.cause else str(err).splitlines()[0]
             raise
 
@@ -147,7 +152,9 @@ class LearnerGroup:
         then ``finish_weight_update``), each tensor cast to ``dtype``: pass the rollout engine's dtype
         (``"bfloat16"`` halves the bytes; vLLM converts whatever arrives to its own dtype anyway). Returns rank
         0's seconds / buckets / bytes (as sent)."""
-        return self._call("sync_weights", RolloutSender(rollouts), bucket_bytes, dtype)[0]
+        # the sender's wait is shorter than the group's, so a hung engine is named, not rank 0
+        sender_timeout = None if self.call_timeout_s is None else self.call_timeout_s / 2
+        return self._call("sync_weights", RolloutSender(rollouts, sender_timeout), bucket_bytes, dtype)[0]
 
     def export_adapter(self, folder: str) -> str:
         """LoRA: write the adapter as a peft folder at ``folder`` (rank 0 writes); returns its path."""

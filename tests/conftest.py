@@ -4,6 +4,7 @@
   layout) built once per session; treat it as read-only (copy it before changing it).
 * ``tiny_model_dirs`` — ``{"qwen2": dir, "qwen3": dir, "llama": dir}``: one such checkpoint per LLM family.
 * ``llm_family`` — parametrised over ``qwen2``, ``qwen3``, ``llama``; ``tiny_family_dir`` is that family's folder.
+* ``small_demo_data`` — the built-in demo's speech data at the reduced (CI) size, built once per session.
 * ``hub_cache`` — an empty Hugging Face Hub cache folder, set as ``HF_HUB_CACHE`` for the test; its
   ``.add(folder, repo_id, commit, refs=("main",))`` copies a model folder in as ``hf download`` lays it out
   (``models--ORG--NAME/blobs/<sha256>``, ``snapshots/<commit>/...`` relative symlinks, ``refs/<ref>``) and returns
@@ -53,6 +54,14 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model_dirs: dict[str, Path]) -> Path:
     return tiny_model_dirs["qwen2"]
+
+
+@pytest.fixture(scope="session")
+def small_demo_data(tmp_path_factory: pytest.TempPathFactory):
+    """The built-in demo's speech data at its reduced (CI) size, built once per session; read-only."""
+    from funrl.demo.build import build_demo_data
+    from funrl.demo.plan import DemoSizes
+    return build_demo_data(tmp_path_factory.mktemp("demo_small"), seed=0, sizes=DemoSizes.small(), progress=False)
 
 
 @pytest.fixture(params=LLM_FAMILIES)

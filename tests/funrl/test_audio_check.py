@@ -60,8 +60,9 @@ def test_a_long_file_is_rejected_by_its_header_without_decoding(tmp_path):
     assert time.perf_counter() - start < 0.5      # decoding 115 MB would take far longer
 
 
-def test_training_with_bad_audio_exits_2_before_any_worker_starts(manifest, tmp_path, capsys):
+def test_training_with_bad_audio_exits_2_before_any_worker_starts(manifest, tiny_model_dir, tmp_path, capsys):
     from funrl.train import main
-    code = main(["--no-demo", f"data.train_manifest={manifest}", f"run.out_dir={tmp_path / 'run'}"])
+    code = main(["--no-demo", f"model.path={tiny_model_dir}", f"data.train_manifest={manifest}",
+                 f"run.out_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and "text.wav" in err and "corrupt.flac" in err and not (tmp_path / "run").exists()
