@@ -62,3 +62,19 @@ def check_clips(clips: Sequence[Clip], min_seconds: float, max_seconds: float, o
     if not kept:
         raise ManifestError(source, [f"{source}: every clip was skipped for bad audio"])
     return kept
+
+
+def check_prompt_lengths(clips: Sequence[Clip], prompt_lengths, max_model_len: int, max_new_tokens: int) -> None:
+    """Every clip's prompt ([prefix | audio | suffix] positions) plus ``max_new_tokens`` must fit in
+    ``max_model_len`` (the vLLM engines' context); ``prompt_lengths(clips, limit)`` is the embedding worker's
+    (`rollout.embedding.AudioEmbeddingWorker.prompt_lengths`: None for clips certainly within ``limit``). A
+    `ManifestError` lists every clip that does not fit, with what to change."""
+    limit = max_model_len - max_new_tokens
+    lengths = prompt_lengths(list(clips), limit)
+    bad = [f"{clip_location(c)}: audio: {c.audio}: its prompt takes {n} positions; with rollout.max_new_tokens="
+           f"{max_new_tokens} that exceeds rollout.max_model_len={max_model_len}"
+           for c, n in zip(clips, lengths) if n is not None and n > limit]
+    if bad:
+        raise ManifestError(clips[0].source or "manifest", bad + [
+            "(raise rollout.max_model_len, lower rollout.max_new_tokens, or leave these clips out: a lower "
+            "data.max_audio_seconds with data.on_bad_audio=skip drops long clips)"])

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -86,8 +87,11 @@ def _split(n: int, parts: int) -> list[range]:
 class Cluster:
     """The running actors of one training run. Use as a context manager."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, after_embedder: Callable[["Cluster"], None] | None = None) -> None:
+        """``after_embedder(cluster)``: runs once the embedding worker is up, before the engines and the learner
+        start (e.g. the prompt-length check of the run's clips)."""
         self.cfg = cfg
+        self._after_embedder = after_embedder
         self.out = Path(cfg.run.out_dir)
         self._lora_version = 0
         self._lora_path: str | None = None          # the adapter the engines serve (LoRA), for a restarted one
@@ -113,6 +117,8 @@ class Cluster:
         embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=0)
         self.embedder = embed_cls.remote(cfg.model, cfg.data.max_audio_seconds, cfg.rollout.embed_batch_size,
                                          augment=cfg.data.augment)
+        if self._after_embedder is not None:
+            self._after_embedder(self)
         llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
         self.placement = create_placement(cfg)
         plan, pg = self.placement.plan, self.placement.pg
@@ -202,6 +208,10 @@ class Cluster:
             _get(f"rollout worker {i}", engine.set_lora.remote(self._lora_path), self.timeout_s)
 
     # ---- the stages of a step --------------------------------------------------------
+    def embed_call(self, method: str, *args):
+        """Another call on the embedding worker (e.g. ``prompt_lengths``), named when it fails."""
+        return _get("embedding worker", getattr(self.embedder, method).remote(*args), self.timeout_s)
+
     def embed(self, clips: list[Clip]) -> PromptBatch:
         return _get("embedding worker", self.embedder.embed.remote(list(clips)), self.timeout_s)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from funrl.audio_check import check_clips
+from funrl.audio_check import check_clips, check_prompt_lengths
 from funrl.checkpoint import CheckpointManager, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
 from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict,
@@ -130,6 +130,10 @@ class Inputs:
     sampler: object
     test_clips: list | None
     eval_clips: list | None
+    train_clips: tuple = ()
+
+    def all_clips(self) -> list:
+        return [*self.train_clips, *(self.test_clips or ()), *(self.eval_clips or ())]
 
 
 def load_inputs(cfg: TrainConfig) -> Inputs:
@@ -147,7 +151,7 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
                                shuffle=cfg.data.shuffle)
     except ValueError as exc:
         raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key="data.noise_per_step") from None
-    return Inputs(sampler, test_clips, eval_clips)
+    return Inputs(sampler, test_clips, eval_clips, tuple(clips))
 
 
 def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
@@ -177,7 +181,12 @@ def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
     metrics = MetricsLogger(out, resume_step=start - 1, loggers=cfg.run.loggers, project=cfg.run.project)
     metrics.log_config(to_dict(cfg))
     samples = JsonlLog(out / "rollouts.jsonl", resume_step=start - 1)
-    with Cluster(cfg) as cluster:
+    # prompt lengths need the model's frontend: the embedding worker measures them before the engines and the
+    # learner start
+    def check_prompts(cluster: Cluster) -> None:
+        check_prompt_lengths(data.all_clips(), lambda c, limit: cluster.embed_call("prompt_lengths", c, limit),
+                             cfg.rollout.max_model_len, cfg.rollout.max_new_tokens)
+    with Cluster(cfg, after_embedder=check_prompts) as cluster:
         if last:
             cluster.load_checkpoint(last.path / "learner")
             cluster.sync()

@@ -6,15 +6,19 @@ rollout worker and the learner see exactly the same prompt (docs/design.md#the-m
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+import soundfile as sf
 import torch
 
 from policy.augment import AugmentConfig, Augmenter
 from policy.config import ModelConfig
 from policy.messages import Clip, PromptBatch
 from policy.models import load_audio_llm
-from policy.models.audio import load_audio
+from policy.models.audio import SAMPLE_RATE, load_audio
+from policy.models.prompt import prompt_token_ids
 
 
 class AudioEmbeddingWorker:
@@ -52,6 +56,32 @@ class AudioEmbeddingWorker:
             embeds.extend(p.detach().to("cpu", torch.float32).contiguous() for p in prompts)
         return PromptBatch(clips=tuple(clips), prompt_embeds=tuple(embeds))
 
+    @torch.no_grad()
+    def prompt_lengths(self, clips: Sequence[Clip], limit: int) -> list[int | None]:
+        """Positions each clip's prompt will take, for the clips that may exceed ``limit`` (None for the others).
+
+        The audio part grows with the clip's length (read from the file's header, at the longest the
+        augmentation's speed range makes it): a bound is the clip's prompt text plus the longest clip's audio
+        positions; only clips whose bound is over ``limit`` are measured exactly, each on silence of its length."""
+        samples = [_samples(c.audio) for c in clips]
+        if not samples:
+            return []
+        aug = self.augment.cfg
+        stretch = 1.0 / aug.speed[0] if aug.enabled and aug.speed_prob > 0 else 1.0
+        samples = [int(math.ceil(n * stretch)) for n in samples]
+
+        def audio_positions(n: int) -> int:
+            wave = np.zeros(n, dtype=np.float32)
+            return int(self.model.embed_audio(self.model.audio_features([wave]))[0].shape[0])
+
+        longest = audio_positions(max(samples))
+        out: list[int | None] = []
+        for clip, n in zip(clips, samples):
+            ids = prompt_token_ids(self.model.tokenizer, self.model.template, clip.context)
+            text = len(ids.prefix) + len(ids.suffix)
+            out.append(text + audio_positions(n) if text + longest > limit else None)
+        return out
+
     def load_frontend_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Sync a trained encoder + adapter from the learner (names of ``model.frontend``).
 
@@ -82,3 +112,9 @@ class AudioEmbeddingWorker:
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def _samples(path: str) -> int:
+    """Samples of an audio file at the models' rate, from its header (the file was checked before training)."""
+    info = sf.info(path)
+    return int(math.ceil(info.frames * SAMPLE_RATE / info.samplerate))

@@ -66,3 +66,20 @@ def test_training_with_bad_audio_exits_2_before_any_worker_starts(manifest, tiny
                  f"run.out_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and "text.wav" in err and "corrupt.flac" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_training_with_prompts_longer_than_max_model_len_exits_2_naming_the_clips_before_the_engines_start(
+        small_demo_data, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "run"
+    args = [f"model.path={tiny_model_dir}", f"data.train_manifest={small_demo_data.manifest('rl_train')}",
+            "rollout.max_model_len=24", "rollout.max_new_tokens=8", f"run.out_dir={out}", "ray.num_cpus=3"]
+    proc = subprocess.run([sys.executable, "-m", "funrl.train", "--no-demo", *args], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "rl_train.jsonl:1: audio:" in proc.stderr and "exceeds rollout.max_model_len=24" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("error:")[-1]
+    assert not (out / "rollout_llm").exists()          # the LLM was never exported for vLLM: no engine started

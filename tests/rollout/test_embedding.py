@@ -122,3 +122,12 @@ def test_export_llm_writes_an_untied_folder_with_lm_head(worker, model_dir, tmp_
         head, embed = fh.get_tensor("lm_head.weight"), fh.get_tensor("model.embed_tokens.weight")
     assert "lm_head.weight" in names and torch.equal(head, embed)
     assert (tmp_path / "llm" / "tokenizer.json").is_file() or (tmp_path / "llm" / "tokenizer_config.json").is_file()
+
+
+def test_prompt_lengths_equal_the_embedded_prompts_for_clips_over_the_limit_and_none_under_it(worker, clips):
+    actual = [e.shape[0] for e in worker.embed(clips).prompt_embeds]
+    assert worker.prompt_lengths(clips, limit=0) == actual            # every bound is over 0: all measured
+    assert worker.prompt_lengths(clips, limit=max(actual) * 10) == [None] * len(clips)
+    # a limit between the shortest and the longest prompt: at least the longest clip (1.9 s) is measured
+    mid = worker.prompt_lengths(clips, limit=sorted(actual)[2])
+    assert mid[1] == actual[1] and all(m in (None, a) for m, a in zip(mid, actual))
