@@ -1,69 +1,64 @@
 """Preemption: SIGTERM / SIGINT to the driver of `python -m funrl.train` finishes the step in progress, writes a
 checkpoint, prints the resume command and exits 143 / 130; `--resume` then continues with the same data order
-and a continuous step counter, as an uninterrupted run would."""
-import json
+and a continuous step counter, and ends with the hypotheses and weights an uninterrupted run has."""
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from funrl.config import load_config
 from funrl.data import ClipSampler, load_manifest
+from train_runs import jsonl, run_train, wait_for_steps
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from funrl.demo.build import build_demo_data
-    from funrl.demo.plan import DemoSizes
-    return build_demo_data(tmp_path_factory.mktemp("demo"), seed=0, sizes=DemoSizes.small(), progress=False)
+def _weights(run) -> dict:
+    return {f"{f.parent.name}/{f.name}/{k}": v for f in sorted((run / "model").rglob("*.safetensors"))
+            for k, v in load_file(f).items()}
 
 
-def _train(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", RAY_AUTH_MODE="disabled")
-    return subprocess.Popen([sys.executable, "-m", "funrl.train", "--no-demo", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
-
-
-def test_sigterm_to_the_driver_checkpoints_the_finished_step_and_resume_continues(tiny_model_dir, demo_data,
-                                                                                 tmp_path):
+def test_sigterm_to_the_driver_checkpoints_the_finished_step_and_resume_ends_where_an_uninterrupted_run_does(
+        tiny_model_dir, small_demo_data, tmp_path):
     sig, code = signal.SIGTERM, 143
     out, steps = tmp_path / "run", 5
-    args = {"model.path": tiny_model_dir, "data.train_manifest": demo_data.manifest("rl_train"), "rollout.n": 4,
-            "rollout.max_new_tokens": 8, "rollout.kv_cache_memory_bytes": 32 << 20, "learner.micro_batch": 16,
-            "run.steps": steps, "run.clips_per_step": 4, "run.out_dir": out, "run.save_every": 100,
+    args = {"model.path": tiny_model_dir, "data.train_manifest": small_demo_data.manifest("rl_train"),
+            "rollout.n": 4, "rollout.max_new_tokens": 8, "rollout.kv_cache_memory_bytes": 32 << 20,
+            "learner.micro_batch": 16, "run.steps": steps, "run.clips_per_step": 4, "run.save_every": 100,
             "ray.num_cpus": 3}
-    proc = _train([f"{k}={v}" for k, v in args.items()])
-    deadline = time.time() + 300
-    while len(_lines(out / "metrics.jsonl")) < 1:      # one step done: the run is in its loop
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-        time.sleep(0.2)
+    proc = run_train([f"{k}={v}" for k, v in {**args, "run.out_dir": out}.items()])
+    wait_for_steps(out, proc, 1)                       # one step done: the run is in its loop
     proc.send_signal(sig)                              # the driver only, as `kill PID` or a scheduler does
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == code, log[-3000:]
-    stopped_at = len(_lines(out / "metrics.jsonl"))
+    stopped_at = len(jsonl(out / "metrics.jsonl"))
     assert 1 <= stopped_at < steps and f"--resume {out}" in log
     assert (out / "checkpoints" / f"step_{stopped_at:06d}" / "COMPLETE").is_file()   # save_every=100: the signal
 
-    resumed = _train(["--resume", str(out)])
+    resumed = run_train(["--resume", str(out)])
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log[-3000:]
     assert f"at step {stopped_at + 1}" in log
-    assert [m["step"] for m in _lines(out / "metrics.jsonl")] == list(range(1, steps + 1))
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == list(range(1, steps + 1))
     cfg = load_config(str(out / "config.yaml"), [])
     expected = ClipSampler(load_manifest(cfg.data.train_manifest), cfg.run.clips_per_step, seed=cfg.run.seed)
-    for rec in _lines(out / "rollouts.jsonl"):
+    for rec in jsonl(out / "rollouts.jsonl"):
         assert [c["audio"] for c in rec["clips"]] == [c.audio for c in expected.next_batch()], rec["step"]
+
+    # the same run, uninterrupted: the same hypotheses at every step (vLLM seeded per step) and the same weights
+    whole = tmp_path / "whole"
+    proc = run_train([f"{k}={v}" for k, v in {**args, "run.out_dir": whole}.items()])
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log[-3000:]
+    hyps = [[c["hyps"] for c in r["clips"]] for r in jsonl(out / "rollouts.jsonl")]
+    assert hyps == [[c["hyps"] for c in r["clips"]] for r in jsonl(whole / "rollouts.jsonl")]
+    resumed_w, whole_w = _weights(out), _weights(whole)
+    assert resumed_w.keys() == whole_w.keys() and resumed_w
+    for name, w in whole_w.items():   # fp32 on one machine, same order of operations: equal to float noise
+        torch.testing.assert_close(resumed_w[name], w, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
