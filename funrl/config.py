@@ -29,9 +29,23 @@ import yaml
 from funrl.data import write_text_atomic
 from funrl.data_formats import FORMATS
 from policy.augment import AugmentConfig
-from policy.config import (ConfigError, LearnerConfig, LoraConfig, ModelConfig, build, closest, dotted,
-                           field_types, in_range, non_empty, one_of, optional, type_name, unknown_key_error,
-                           validate)
+from policy.config import (
+    ConfigError,
+    LearnerConfig,
+    LoraConfig,
+    ModelConfig,
+    build,
+    closest,
+    dotted,
+    field_types,
+    in_range,
+    non_empty,
+    one_of,
+    optional,
+    type_name,
+    unknown_key_error,
+    validate,
+)
 from rewards.text import NORMALIZERS
 from rollout.config import RolloutConfig
 

@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from funrl import data as lib   # run as __main__, this module's own classes are not funrl.data's
+    from funrl import data as lib  # run as __main__, this module's own classes are not funrl.data's
     from funrl.data_formats import FORMATS, load_clips
 
     p = argparse.ArgumentParser(prog="python -m funrl.data", description="Data manifests (docs/data.md).")

@@ -274,4 +274,4 @@ def check_available(names: Sequence[str]) -> str | None:
     if not missing:
         return None
     return (f"run.loggers names {', '.join(missing)}, which is not installed: "
-            + "; ".join(f"pip install 'funrl[{m}]'" for m in missing) + f", or drop it from run.loggers")
+            + "; ".join(f"pip install 'funrl[{m}]'" for m in missing) + ", or drop it from run.loggers")

@@ -19,7 +19,6 @@ import os
 # libgomp reads this when torch loads it, so it is set before the first torch import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# ruff: noqa: E402
 import argparse
 import json
 import math

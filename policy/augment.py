@@ -216,7 +216,7 @@ class Augmenter:
     def noise(self, index: int) -> np.ndarray:
         """Noise file ``index`` at ``sample_rate``, mono (read once)."""
         if index not in self._noise:
-            from policy.models.audio import load_audio   # the model package imports transformers: only when used
+            from policy.models.audio import load_audio  # the model package imports transformers: only when used
             samples = load_audio(self.files[index], max_seconds=None, sample_rate=self.sample_rate)
             if not np.any(samples):
                 raise ValueError(f"data.augment.noise_dir: {self.files[index]} is silent; remove it")

@@ -39,10 +39,10 @@ optimizer step (gradients cleared; the message says whether earlier steps of the
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,19 @@ from torch import Tensor, nn
 from policy.augment import AugmentConfig, Augmenter
 from policy.config import LearnerConfig, ModelConfig
 from policy.distributed import all_reduce, barrier, init_process_group, mixed_precision, pick_device, shard
-from policy.learner_batch import (MicroBatch, PolicyForward, Rows, flatten_batch, flatten_rollout, load_waves,
-                                  mini_batch_rows, plan_micro_batches)
 from policy.grpo import grpo_loss, logprob_agreement
-from policy.learner_stats import UpdateSums
+from policy.learner_batch import (
+    MicroBatch,
+    PolicyForward,
+    Rows,
+    flatten_batch,
+    flatten_rollout,
+    load_waves,
+    mini_batch_rows,
+    plan_micro_batches,
+)
 from policy.learner_state import load_learner_state, make_scheduler, read_learner_info, save_learner_state
+from policy.learner_stats import UpdateSums
 from policy.messages import LearnStats, RolloutBatch, ScoredRollout
 from policy.models import AudioLLM, load_audio_llm
 from policy.models.base import as_dtype, atomic_dir

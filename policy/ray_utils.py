@@ -93,6 +93,6 @@ def get_named(named_refs: Sequence[tuple[str, Any]], timeout_s: float | None = N
             i = pending.pop(ref)
             try:
                 results[i] = ray.get(ref)
-            except (ray.exceptions.RayError, Exception) as exc:  # noqa: BLE001 - re-raised with the name
+            except (ray.exceptions.RayError, Exception) as exc:  # re-raised with the name
                 raise worker_error(named_refs[i][0], exc) from exc
     return results

@@ -23,8 +23,15 @@ from pathlib import Path
 
 from rewards.advantages import ESTIMATORS
 from rewards.files import created_mode
-from rewards.registry import (REGISTRY, TOTAL, NonFiniteRewardError, RewardError, load_plugin, resolve_weights,
-                              score_batch)
+from rewards.registry import (
+    REGISTRY,
+    TOTAL,
+    NonFiniteRewardError,
+    RewardError,
+    load_plugin,
+    resolve_weights,
+    score_batch,
+)
 from rewards.replay import RolloutsError, format_report, replay
 from rewards.text import NORMALIZERS, NormalizerError, check_normalizer
 

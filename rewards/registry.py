@@ -86,7 +86,7 @@ def load_plugin(spec: str) -> str:
         raise RewardError(f"plugin {spec!r}: expected 'module:function' (e.g. my_rewards:brevity)")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, reported in one line
+    except Exception as exc:  # any import failure is the plugin's, reported in one line
         raise RewardError(f"plugin {spec!r}: cannot import module {module_name!r} "
                           f"({type(exc).__name__}: {exc}); is it on PYTHONPATH?") from exc
     fn: object = module
@@ -157,7 +157,7 @@ def _call(name: str, fn: RewardFn, hyps: list[str], refs: list[str], metas: list
         values = fn(hyps, refs, metas)
         if not isinstance(values, (str, bytes, Mapping)) and isinstance(values, Iterable):
             values = list(values)
-    except Exception as exc:  # noqa: BLE001 - name the failing reward (and clip), keep the cause chained
+    except Exception as exc:  # name the failing reward (and clip), keep the cause chained
         where = _first_failing_clip(fn, hyps, refs, metas) if len(hyps) > 1 else (0 if hyps else None)
         if where is None:
             tail = f"; no clip of the {len(hyps)} fails alone" if len(hyps) > 1 else ""

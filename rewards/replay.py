@@ -106,7 +106,7 @@ def read_steps(path: str) -> Iterator[tuple[int, list[Group]]]:
     """(line number, groups) per non-blank line of a rollouts file ('-': stdin), one line at a time."""
     name = "stdin" if path == "-" else path
     try:
-        f = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 - closed below
+        f = sys.stdin.buffer if path == "-" else open(path, "rb")  # closed below
     except FileNotFoundError:
         raise RolloutsError(f"rollouts file not found: {path}") from None
     except OSError as exc:

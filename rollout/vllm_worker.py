@@ -41,17 +41,17 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")   # no usage reports from any process that imports this
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import torch  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from torch import Tensor  # noqa: E402
-from vllm import LLM, SamplingParams  # noqa: E402
-from vllm.lora.request import LoRARequest  # noqa: E402
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from vllm import LLM, SamplingParams
+from vllm.lora.request import LoRARequest
 
-from policy.config import MAX_LORA_RANK  # noqa: E402
-from policy.messages import PromptBatch, RolloutBatch  # noqa: E402
-from rollout.config import RolloutConfig  # noqa: E402
-from rollout.weight_sync import iter_buckets, module_group, split_trailing_group  # noqa: E402
+from policy.config import MAX_LORA_RANK
+from policy.messages import PromptBatch, RolloutBatch
+from rollout.config import RolloutConfig
+from rollout.weight_sync import iter_buckets, module_group, split_trailing_group
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, MAX_LORA_RANK)   # the max_lora_rank values vLLM 0.32 accepts

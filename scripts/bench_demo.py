@@ -22,12 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from funrl.demo import start_model_dir  # noqa: E402
-from funrl.demo.run import demo_data_dir  # noqa: E402
-from funrl.eval import EvalReport, format_table  # noqa: E402
-from funrl.metrics import read_metrics  # noqa: E402
+from funrl.demo import start_model_dir
+from funrl.demo.run import demo_data_dir
+from funrl.eval import EvalReport, format_table
+from funrl.metrics import read_metrics
 
 
 def run(cmd: list[str], log: Path) -> None:

@@ -19,13 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from policy.models import get_adapter, load_audio_llm  # noqa: E402
+from policy.models import get_adapter, load_audio_llm
 
 CLIPS, SECONDS, HYPS, TOKENS = 16, 5.0, 8, 32
 

@@ -17,11 +17,9 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ[_var] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rewards  # noqa: E402
 from rewards import language as lang_mod  # noqa: E402

@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -30,9 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import psutil  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import psutil
 
 
 class TreeMemory:

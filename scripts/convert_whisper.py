@@ -14,10 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from policy.models.whisper_convert import convert_whisper  # noqa: E402
+from policy.models.whisper_convert import convert_whisper
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from policy.models import get_adapter, supported_model_types  # noqa: E402
+from policy.models import get_adapter, supported_model_types
 
 
 def main(argv: list[str] | None = None) -> int:

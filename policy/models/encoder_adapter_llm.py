@@ -34,7 +34,8 @@ from policy.models.conformer import ConformerEncoder, EncoderConfig, SpliceAdapt
 from policy.models.features import FbankConfig, fbank_batch
 from policy.models.prompt import PromptTemplate
 from policy.models.tokenizer import build_char_tokenizer
-from policy.models.whisper_encoder import ENCODER_TYPE as WHISPER, WhisperAudioEncoder, WhisperEncoderConfig
+from policy.models.whisper_encoder import ENCODER_TYPE as WHISPER
+from policy.models.whisper_encoder import WhisperAudioEncoder, WhisperEncoderConfig
 
 MODEL_TYPE = "encoder_adapter_llm"
 FRONTEND_FILE = "frontend.safetensors"

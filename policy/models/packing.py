@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-
 PACKABLE_ATTENTION = ("sdpa", "eager")   # attention functions that apply a custom 4-D mask as given
 
 

@@ -1,4 +1,5 @@
-"""Prompt layout ``[prefix text | audio | suffix text]`` (docs/design.md#the-model-layer), one code path for every worker.
+"""Prompt layout ``[prefix text | audio | suffix text]`` (docs/design.md#the-model-layer), one code path for every
+worker.
 
 The rollout side (audio-embedding worker -> vLLM) and the learner both call `build_prompt_embeds`, so the
 GRPO ratio compares log-probs of the same prompt. Rule: the prefix and the suffix are tokenised *separately*
@@ -7,8 +8,8 @@ embedded with the LLM's input embedding; the audio embeddings go between them un
 model generates starts right after the suffix.
 
 A `PromptTemplate` holds the prefix and suffix text. Either may contain the ``{context}`` slot: a clip's
-context (hotwords, a contextual prompt; docs/design.md#data-manifest) is rendered with ``context_format`` into it, a clip
-without context gets ``""`` there. `PromptTemplate.for_tokenizer` derives prefix/suffix from the tokenizer's
+context (hotwords, a contextual prompt; docs/design.md#data-manifest) is rendered with ``context_format`` into it, a
+clip without context gets ``""`` there. `PromptTemplate.for_tokenizer` derives prefix/suffix from the tokenizer's
 chat template when it has one (one user turn holding context, audio and instruction, then the assistant
 header), else from a plain format.
 """

@@ -24,6 +24,7 @@ def demo_data(tmp_path_factory):
 def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_training(
         tiny_model_dir, demo_data, tmp_path):
     import ray
+
     from funrl.cluster import Cluster
     from funrl.train import train_step
 
@@ -64,6 +65,7 @@ def test_augmented_clips_keep_vllm_and_learner_logprobs_equal_with_encoder_train
     import numpy as np
     import ray
     import soundfile as sf
+
     from funrl.cluster import Cluster
     from funrl.train import train_step
     from policy.augment import at_step

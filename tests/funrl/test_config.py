@@ -6,8 +6,17 @@ import os
 
 import pytest
 
-from funrl.config import (ConfigError, LoraConfig, RayConfig, RolloutConfig, TrainConfig, dump_config,
-                          load_config, save_config, validate_reward_names)
+from funrl.config import (
+    ConfigError,
+    LoraConfig,
+    RayConfig,
+    RolloutConfig,
+    TrainConfig,
+    dump_config,
+    load_config,
+    save_config,
+    validate_reward_names,
+)
 
 
 def _write(tmp_path, text: str, name: str = "cfg.yaml") -> str:

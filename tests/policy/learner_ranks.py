@@ -277,6 +277,7 @@ def run_ranks(target, world: int, args: tuple, timeout_s: float) -> dict:
     """``target(rank, world, *args, queue)`` in ``world`` spawned processes; rank 0's results, or the first
     error (``"__error__"``) a rank reported. Ranks still alive afterwards are killed."""
     import queue as queue_mod
+
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     q = ctx.Queue()

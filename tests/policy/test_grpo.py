@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from policy.grpo import (ADVANTAGE_ESTIMATORS, aggregate, compute_advantages, group_advantages, grpo_loss, kl_penalty,
-                         logprob_agreement)
+from policy.grpo import (
+    ADVANTAGE_ESTIMATORS,
+    aggregate,
+    compute_advantages,
+    group_advantages,
+    grpo_loss,
+    kl_penalty,
+    logprob_agreement,
+)
 
 # ---------------------------------------------------------------- advantages (eq. 1)
 

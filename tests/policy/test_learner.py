@@ -7,12 +7,22 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from learner_ranks import (audio_batch, audio_prompts, learner_cfg, make_batch, rank_main, reference_run, rows,
-                           run_ranks, with_agg, write_waves)
-from policy.learner_batch import flatten_batch, mini_batch_rows
+from learner_ranks import (
+    audio_batch,
+    audio_prompts,
+    learner_cfg,
+    make_batch,
+    rank_main,
+    reference_run,
+    rows,
+    run_ranks,
+    with_agg,
+    write_waves,
+)
 from tolerances import update_error
+
 from policy.distributed import free_port, rank_micro_batches
+from policy.learner_batch import flatten_batch, mini_batch_rows
 from policy.learner_state import lr_multiplier
 from policy.models import load_audio_llm
 

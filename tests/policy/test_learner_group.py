@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from learner_ranks import BucketRecorder, learner_cfg, make_batch, reference_run
+
 from policy.config import ModelConfig
 from policy.models import load_audio_llm
 

@@ -10,9 +10,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from learner_ranks import audio_batch, learner_cfg, make_batch, write_waves
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from learner_ranks import audio_batch, learner_cfg, make_batch, write_waves
 from policy.config import ModelConfig
 from policy.distributed import free_port, mixed_precision
 from policy.models import load_audio_llm

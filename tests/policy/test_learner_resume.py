@@ -2,11 +2,10 @@
 a gradient in GRPO: a new learner that loads its checkpoint makes the same next update as the one never stopped."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 from learner_ranks import resume_rank_main, run_ranks, write_waves
+
 from policy.distributed import free_port
 
 

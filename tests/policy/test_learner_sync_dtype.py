@@ -13,15 +13,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
+from learner_ranks import learner_cfg, make_batch
 
-from learner_ranks import learner_cfg, make_batch  # noqa: E402
-from policy.config import ModelConfig  # noqa: E402
-from policy.distributed import free_port  # noqa: E402
-from policy.messages import Clip, PromptBatch  # noqa: E402
-from policy.models import load_audio_llm  # noqa: E402
-from rollout.config import RolloutConfig  # noqa: E402
+from policy.config import ModelConfig
+from policy.distributed import free_port
+from policy.messages import Clip, PromptBatch
+from policy.models import load_audio_llm
+from rollout.config import RolloutConfig
 
 pytestmark = pytest.mark.slow
 BUCKET = 200_000  # bytes: the tiny LLM (1.6 MB in fp32) arrives in several buckets

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from learner_ranks import audio_batch, audio_prompts, learner_cfg, make_batch, rows, write_waves
+
 from policy.config import ModelConfig
 from policy.distributed import free_port
 from policy.models import get_adapter, load_audio_llm

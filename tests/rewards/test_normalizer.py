@@ -31,6 +31,7 @@ def whisper_en_of(text: str) -> str:
     """transformers' EnglishTextNormalizer with the whisper-normalizer package's spelling map, built here
     without going through rewards.text."""
     import importlib.resources
+
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
     mapping = json.loads((importlib.resources.files("whisper_normalizer") / "normalizers" / "english.json")
                          .read_text(encoding="utf-8"))

@@ -3,12 +3,12 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
+from tiny_qwen_llm import HIDDEN, build_tiny_qwen, hf_greedy, hf_logprobs
 
-from policy.messages import Clip, PromptBatch  # noqa: E402
-from rollout.config import RolloutConfig  # noqa: E402
-from tiny_qwen_llm import HIDDEN, build_tiny_qwen, hf_greedy, hf_logprobs  # noqa: E402
+from policy.messages import Clip, PromptBatch
+from rollout.config import RolloutConfig
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 TOL = 1e-4
@@ -33,8 +33,9 @@ def worker(tiny):
 
 def _adapter(base, folder, seed):
     """A peft LoRA (r=8) on every projection with random, nonzero A and B; saved to ``folder``."""
-    from peft import LoraConfig, get_peft_model
     import copy
+
+    from peft import LoraConfig, get_peft_model
     torch.manual_seed(seed)
     peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS,
                                                                 init_lora_weights=False))

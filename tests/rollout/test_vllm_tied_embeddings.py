@@ -8,12 +8,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from policy.messages import Clip, PromptBatch  # noqa: E402
-from policy.models import load_audio_llm  # noqa: E402
-from rollout.config import RolloutConfig  # noqa: E402
+from policy.messages import Clip, PromptBatch
+from policy.models import load_audio_llm
+from rollout.config import RolloutConfig
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

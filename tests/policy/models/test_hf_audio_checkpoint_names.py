@@ -16,12 +16,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import transformers  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+import transformers
+from safetensors.torch import load_file, save_file
 
-from policy.models import load_audio_llm  # noqa: E402
-from policy.models import hf_audio_llm as H  # noqa: E402
-from policy.models.hf_audio_tiny import build_tiny_hf_audio_llm  # noqa: E402
+from policy.models import hf_audio_llm as H
+from policy.models import load_audio_llm
+from policy.models.hf_audio_tiny import build_tiny_hf_audio_llm
 
 FAMILY_NAMES = ["fun_asr_nano", "qwen2_audio", "qwen3_asr", "voxtral", "qwen2_5_omni_thinker", "qwen2_5_omni"]
 LEGACY = ("audio_tower.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.")

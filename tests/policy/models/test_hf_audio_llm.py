@@ -13,14 +13,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from policy.models import hf_audio_llm as H  # noqa: E402
-from policy.models import load_audio_llm  # noqa: E402
-from policy.models.fun_asr_features import fun_asr_features  # noqa: E402
-from policy.models.hf_audio_tiny import AUDIO_TOKEN, build_tiny_hf_audio_llm  # noqa: E402
-from policy.models.prompt import prompt_token_ids  # noqa: E402
+from policy.models import hf_audio_llm as H
+from policy.models import load_audio_llm
+from policy.models.fun_asr_features import fun_asr_features
+from policy.models.hf_audio_tiny import AUDIO_TOKEN, build_tiny_hf_audio_llm
+from policy.models.prompt import prompt_token_ids
 
 FAMILY_NAMES = ["fun_asr_nano", "qwen2_audio", "qwen3_asr", "voxtral", "qwen2_5_omni_thinker", "qwen2_5_omni"]
 # Clips of 16000 and 7213 samples; hand-computed feature frames and audio-embedding counts per family:

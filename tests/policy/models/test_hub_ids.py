@@ -144,7 +144,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
     paths: list[str] = []
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):  # (http.server's naming)
         type(self).paths.append(self.path)
         body = json.dumps({"error": "Repository not found"}).encode()
         self.send_response(404)

@@ -213,8 +213,12 @@ def test_converted_encoder_weights_load_into_the_whisper_encoder_kind_and_match_
     on a 30 s padded clip (its own forward, module by module), and rejects a folder of another size."""
     from funrl.demo import tts
     from policy.models.whisper_convert import convert_whisper
-    from policy.models.whisper_encoder import (WhisperAudioEncoder, WhisperEncoderConfig, load_whisper_encoder_weights,
-                                               whisper_encoder_config_from)
+    from policy.models.whisper_encoder import (
+        WhisperAudioEncoder,
+        WhisperEncoderConfig,
+        load_whisper_encoder_weights,
+        whisper_encoder_config_from,
+    )
 
     folder = convert_whisper(shipped_ct2_folder(), tmp_path / "w")
     cfg = whisper_encoder_config_from(folder)
