@@ -330,7 +330,7 @@ def _key_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
 
 
 def _section_type(hint: Any) -> type | None:
-    return hint if dataclasses.is_dataclass(hint) else None
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 def _check_tree(cls: type, raw: dict[str, Any], prefix: str, where_of: Callable[[str], str]) -> None:

@@ -142,6 +142,7 @@ def load_manifest(path: str | os.PathLike, check_audio: bool = True) -> list[Cli
                     problems.append(("audio", f"{reason}: {audio}"))
             errors += [f"{path}:{line_no}: {field}: {reason}" for field, reason in problems]
             if not problems:
+                assert rec is not None and audio is not None   # a line without problems parsed and has audio
                 clips.append(_clip_from_record(rec, audio, line_no, source))
     if errors:
         raise ManifestError(source, errors)
@@ -246,7 +247,7 @@ class ClipSampler:
 
     def next_batch(self) -> list[Clip]:
         """The next `clips_per_step` clips; advances the position."""
-        batch = []
+        batch: list[Clip] = []
         while len(batch) < self.clips_per_step:
             order = self._current_order()
             take = min(self.clips_per_step - len(batch), len(order) - self.index)

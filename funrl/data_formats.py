@@ -22,6 +22,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -316,6 +317,7 @@ def _read_hf_datasets(path: Path, base: Path, cache: AudioCache, out: _Collector
 
 def _hf_audio(value, base: Path, cache: AudioCache) -> str:
     """A file path for one ``audio`` cell: a path string, or an Audio cell ``{"bytes", "path"}``."""
+    path: Any
     if isinstance(value, str):
         path = value
     elif isinstance(value, Mapping):
@@ -366,7 +368,7 @@ def _cut_record(cut, base: Path, cache: AudioCache) -> tuple[dict, Problems]:
     if not isinstance(cut, MonoCut):
         return rec, [("type", f"{type(cut).__name__} is not supported, only MonoCut (one recording); write its "
                               "audio to files first, e.g. cuts.save_audios(DIR)")]
-    custom = {}
+    custom: dict[str, Any] = {}
     for sup in cut.supervisions:
         custom.update(sup.custom or {})
     custom.update(cut.custom or {})

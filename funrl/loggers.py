@@ -211,7 +211,7 @@ class MlflowBackend:
         id_file = out_dir / MLFLOW_ID_FILE
         saved = _read_id_file(id_file)
         self.resumed = bool(saved and saved.get("run_id"))
-        if self.resumed:
+        if saved and self.resumed:
             self.run_id = saved["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
         else:

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from funrl.extras import MissingExtra, require
 from funrl.metrics import read_metrics
 
 
@@ -41,7 +42,7 @@ def _panel(ax, records, keys, title, band=False):
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "python -m funrl.plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in plot_run(args.run_dir):
             print(path)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -112,7 +112,8 @@ def _ctc_loss(model: AudioLLM, enc: torch.Tensor, lengths: torch.Tensor, targets
 def encoder_ctc_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str]) -> tuple[torch.Tensor, float, float]:
     """(loss, ce=nan, ctc): the encoder's CTC loss alone (the LLM is not run)."""
     tok = model.tokenizer
-    ctc = _ctc_loss(model, *model.frontend.encode(feats), [tok(t, add_special_tokens=False)["input_ids"] for t in texts])
+    enc, lengths = model.frontend.encode(feats)
+    ctc = _ctc_loss(model, enc, lengths, [tok(t, add_special_tokens=False)["input_ids"] for t in texts])
     return ctc, float("nan"), float(ctc.detach())
 
 
@@ -402,7 +403,7 @@ def keys_help() -> str:
     import dataclasses
     lines = ["\nconfig keys (defaults):"]
     for f in dataclasses.fields(SftConfig):
-        section = f.default_factory()
+        section = f.default_factory()  # type: ignore[operator]  # every section has a default factory
         items = [f"{k.name}={getattr(section, k.name)!r}" for k in dataclasses.fields(section)]
         lines.append(f"  {f.name}: " + ", ".join(items))
     return "\n".join(lines) + "\n"

@@ -63,7 +63,7 @@ def type_name(hint: Any) -> str:
         return "null"
     if _is_union(hint):
         return " or ".join(type_name(a) for a in typing.get_args(hint))
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return f"a mapping of {hint.__name__} keys"
     origin = typing.get_origin(hint)
     if origin is tuple:
@@ -139,7 +139,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key} must be {type_name(hint)}, got {value!r}", key=key)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if isinstance(value, Mapping):

@@ -205,6 +205,8 @@ def aggregate(per_token: Tensor, valid: Tensor, agg: str, norm_len: int | None =
         return per_token.sum() / tokens_per_seq.sum().clamp(min=1.0)
     n_seqs = (tokens_per_seq > 0).to(per_token.dtype).sum().clamp(min=1.0)
     if agg == "seq-mean-token-sum-norm":
+        if norm_len is None:
+            raise ValueError("aggregate: agg=seq-mean-token-sum-norm needs norm_len (the constant length)")
         return (per_token.sum(dim=1) / float(norm_len)).sum() / n_seqs
     return (per_token.sum(dim=1) / tokens_per_seq.clamp(min=1.0)).sum() / n_seqs
 
@@ -254,7 +256,7 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     terms = POLICY_LOSSES[loss](lp, old, adv, valid, clip_low, clip_high)
     objective = terms.objective
     tis = None
-    if tis_cap is not None:
+    if tis_cap is not None and rollout_logp is not None:   # _check_guards: tis_cap needs rollout_logp
         sampled = torch.where(valid, rollout_logp.detach().to(dt), zero)
         tis = torch.clamp(torch.exp(old - sampled), max=tis_cap)
         objective = objective * tis

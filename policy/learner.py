@@ -101,6 +101,13 @@ class Learner:
         self.updates = 0
         self.model: AudioLLM | None = None
 
+    @property
+    def _live(self) -> AudioLLM:
+        """The loaded model (`setup` loads it, `close` drops it)."""
+        if self.model is None:
+            raise RuntimeError("Learner: no model loaded (call setup() first)")
+        return self.model
+
     # ----------------------------------------------------------------------------------------- setup
     def setup(self) -> dict[str, Any]:
         """Join the process group (blocks until every rank has), load, LoRA, shard, optimizer, schedule."""
@@ -204,7 +211,7 @@ class Learner:
         if not self.train_encoder:
             return None
         waves = load_waves(data, self.max_audio_seconds, self.augment)
-        return lambda clips: self.model.audio_features([waves[c] for c in clips])
+        return lambda clips: self._live.audio_features([waves[c] for c in clips])
 
     def _plan(self, data: Rows, features: Callable[[list[int]], Any] | None) -> list[MicroBatch]:
         return plan_micro_batches(data, self.rank, self.world_size, self.cfg.micro_batch, features)
@@ -232,7 +239,7 @@ class Learner:
     def _ref_logprobs(self, data: Rows, m: MicroBatch) -> Tensor:
         if self.ref_root is not None:   # full fine-tuning: the frozen copy (with its own frontend)
             return self._logprobs(self.ref_root, data, m)
-        with self.model.llm.disable_adapter():  # LoRA: the base LLM (+ the frozen frontend copy)
+        with self._live.llm.disable_adapter():  # LoRA: the base LLM (+ the frozen frontend copy)
             return self._forward(self.root, data, m, use_ref_frontend=self.train_encoder)[0].float()
 
     def _normaliser(self, data: Rows) -> float:
@@ -298,7 +305,7 @@ class Learner:
         """
         self._require_setup()
         target = as_dtype(dtype)
-        for name, tensor in self.model.llm_state_dict():
+        for name, tensor in self._live.llm_state_dict():
             if self.rank == 0:
                 yield name, tensor.detach().to(dtype=target).to("cpu")
 
@@ -328,7 +335,7 @@ class Learner:
         """Full frontend (encoder + adapter) parameters under ``model.frontend`` names, for the embedding
         worker when ``train_encoder`` is on. Collective like `named_weights_for_sync`; rank 0 yields."""
         self._require_setup()
-        for name, param in self.model.frontend.named_parameters():
+        for name, param in self._live.frontend.named_parameters():
             t = param.detach()
             t = t.full_tensor() if hasattr(t, "full_tensor") else t
             if self.rank == 0:
@@ -346,7 +353,7 @@ class Learner:
         fine-tuning trains it, so it is synced with the rest (else vLLM would sample from prompts built with
         the starting table while the learner scores them with the trained one)."""
         self._require_setup()
-        weight = self.model.llm.get_input_embeddings().weight.detach()
+        weight = self._live.llm.get_input_embeddings().weight.detach()
         weight = weight.full_tensor() if hasattr(weight, "full_tensor") else weight
         return weight.to("cpu", torch.float32) if self.rank == 0 else None
 
@@ -380,11 +387,11 @@ class Learner:
         if not self.lora:
             raise ValueError("export_adapter: learner.finetune is 'full'; sync full weights instead")
         from policy.models.lora import ADAPTER_WEIGHTS, lora_state_dict
-        weights = lora_state_dict(self.model)
+        weights = lora_state_dict(self._live)
         if self.rank == 0:
             with atomic_dir(folder) as tmp:
                 save_file(weights, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-                self.model.llm.peft_config["default"].save_pretrained(str(tmp))
+                self._live.llm.peft_config["default"].save_pretrained(str(tmp))
         barrier(self.device)
         return str(Path(folder))
 
@@ -406,7 +413,7 @@ class Learner:
                 plain = load_audio_llm(self.model_dir, dtype=dtype, prompt=self.model_cfg.prompt)
             except Exception as exc:  # noqa: BLE001 - raised on every rank below
                 error = exc
-        named = gathered_model_state(self.model, llm_only)
+        named = gathered_model_state(self._live, llm_only)
         if plain is None:
             for _ in named:  # the other ranks (and a failed rank 0) take part in the gathers
                 pass

@@ -45,9 +45,15 @@ class PolicyForward(nn.Module):
         """``prompt_index`` given: ``prompt_embeds`` (or the clips of ``audio``) are distinct prompts, each
         run once for its rows (`policy.models.packing`); else one prompt per row."""
         if audio is not None:
-            frontend = self.ref_frontend if use_ref_frontend else self.model.frontend
+            frontend = self.model.frontend
+            if use_ref_frontend:
+                if self.ref_frontend is None:
+                    raise ValueError("PolicyForward: use_ref_frontend without a reference frontend")
+                frontend = self.ref_frontend
             clips = self.model.build_prompt_embeds(frontend(audio.feats), list(audio.contexts))
             prompt_embeds = clips if prompt_index is not None else [clips[j] for j in audio.index]
+        if prompt_embeds is None:
+            raise ValueError("PolicyForward: give prompt_embeds or audio")
         return self.model.sequence_logprobs(prompt_embeds, ids, mask, prompt_index, temperature=temperature)
 
 

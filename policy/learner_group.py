@@ -71,8 +71,11 @@ class LearnerGroup:
         self._broken: str | None = None
         self.actors: list[Any] = []
         own = placement is None     # else: bundles of the caller's group (e.g. shared with rollout engines)
-        pg, bundles = (self._placement_group(cfg, placement_strategy, placement_timeout_s), range(cfg.num_ranks)) \
-            if own else placement
+        bundles: Sequence[int]
+        if placement is None:
+            pg, bundles = self._placement_group(cfg, placement_strategy, placement_timeout_s), range(cfg.num_ranks)
+        else:
+            pg, bundles = placement
         self.pg = pg if own else None   # kill() frees only a group of our own
         if len(bundles) != cfg.num_ranks:
             raise ValueError(f"placement gives {len(bundles)} bundles for {cfg.num_ranks} learner ranks")
@@ -80,7 +83,7 @@ class LearnerGroup:
             addr, port = ray.get(ray.remote(num_cpus=0)(_rendezvous_address)
                                  .options(scheduling_strategy=in_bundle(pg, bundles[0])).remote())
             self.master_addr, self.master_port = addr, port
-            options = {"num_cpus": 1, "num_gpus": cfg.gpus_per_rank}
+            options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.gpus_per_rank}
             if runtime_env:
                 options["runtime_env"] = runtime_env
             self.actors = [

@@ -78,7 +78,7 @@ def _scheduler_state(scheduler: LambdaLR) -> dict[str, Any]:
 
 
 def _rng_save(folder: Path, rank: int) -> None:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()   # the legacy tuple (kind, keys, pos, has_gauss, gauss)
     py_version, py_state, py_gauss = random.getstate()
     meta = {"python": [py_version, list(py_state), py_gauss],
             "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}

@@ -17,14 +17,14 @@ from policy.grpo import compute_advantages
 from policy.messages import PromptBatch, RolloutBatch, ScoredRollout
 
 
-def _in_rollout(exc: rewards.RewardError, rollout: RolloutBatch, hyps: list[str]) -> Exception:
+def _in_rollout(exc: rewards.RewardError, item: int, rollout: RolloutBatch, hyps: list[str]) -> Exception:
     """The library's error about hypothesis ``exc.item`` of the flat batch, located in the rollout:
     a NaN / inf becomes a ``FloatingPointError`` (the run stops, exit 1), any other stays a ``RewardError``."""
-    b, g = divmod(exc.item, rollout.group_size)
+    b, g = divmod(item, rollout.group_size)
     where = f"clip {b} ({rollout.prompts.clips[b].audio}), hypothesis {g}"
     if isinstance(exc, rewards.NonFiniteRewardError):
         value = "NaN" if math.isnan(exc.value) else ("inf" if exc.value > 0 else "-inf")
-        return FloatingPointError(f"reward {exc.reward!r} is {value} for {where} ({hyps[exc.item]!r:.60}): check the "
+        return FloatingPointError(f"reward {exc.reward!r} is {value} for {where} ({hyps[item]!r:.60}): check the "
                                   "reward functions and plugins; the step was stopped before any update")
     return rewards.RewardError(f"{exc}; in this rollout: {where}", reward=exc.reward, item=exc.item)
 
@@ -48,11 +48,11 @@ def score_rollout(rollout: RolloutBatch, weights: Mapping[str, float] | None = N
     except rewards.RewardError as exc:
         if exc.item is None:
             raise
-        raise _in_rollout(exc, rollout, hyps) from exc
+        raise _in_rollout(exc, exc.item, rollout, hyps) from exc
     names = [name for name, w in rewards.resolve_weights(weights).items() if w != 0.0] + ["total"]
     out = {}
     for name in names:
-        vals = [math.nan if s[name] is None else float(s[name]) for s in scored]
+        vals = [math.nan if v is None else float(v) for v in (s[name] for s in scored)]
         out[name] = torch.tensor(vals, dtype=torch.float32).view(len(clips), G)
     if not bool(torch.isfinite(out["total"]).all()):  # finite in float64, beyond float32
         bad = torch.nonzero(~torch.isfinite(out["total"])).tolist()
@@ -87,7 +87,7 @@ def select_groups(scored: ScoredRollout, idx: list[int]) -> ScoredRollout:
                           prompt_embeds=tuple(r.prompts.prompt_embeds[i] for i in idx))
     rollout = RolloutBatch(prompts=prompts, token_ids=r.token_ids[keep], mask=r.mask[keep],
                            sample_logprobs=r.sample_logprobs[keep], texts=tuple(r.texts[i] for i in idx),
-                           seconds=r.seconds, truncated=r.truncated[keep])
+                           seconds=r.seconds, truncated=None if r.truncated is None else r.truncated[keep])
     return ScoredRollout(rollout=rollout, rewards={k: v[keep] for k, v in scored.rewards.items()},
                          advantages=scored.advantages[keep])
 

@@ -40,7 +40,7 @@ def rollout_penalty(rollout: RolloutBatch, max_new_tokens: int, buffer: int = 0,
 def mask_truncated(scored: ScoredRollout) -> ScoredRollout:
     """The batch with the loss mask of every truncated hypothesis set to 0 (rewards and advantages kept)."""
     r = scored.rollout
-    if not bool(r.truncated.any()):
+    if r.truncated is None or not bool(r.truncated.any()):
         return scored
     keep = (~r.truncated).to(r.mask.dtype).unsqueeze(-1)     # [B, G, 1]
     return replace(scored, rollout=replace(r, mask=r.mask * keep))

@@ -263,7 +263,7 @@ def summary_table(rows: list[dict[str, float | None]], names: Sequence[str] | No
     width = max(len("reward"), *(len(n) for n in names))
     lines = [f"{'reward':<{width}}  {'count':>7}  {'mean':>8}  {'std':>8}"]
     for name in names:
-        vals = [r[name] for r in rows if r[name] is not None]
+        vals = [v for v in (r[name] for r in rows) if v is not None]
         if vals:
             mean = sum(vals) / len(vals)
             std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))

@@ -99,7 +99,7 @@ def load_plugin(spec: str) -> str:
     name = _registered_name(fn)
     if name is None:
         name = getattr(fn, "__name__", attr.rsplit(".", 1)[-1])
-        register(name)(fn)  # type: ignore[arg-type]
+        register(name)(fn)
     return name
 
 
@@ -138,7 +138,7 @@ def _as_float(v: Real) -> float:
     try:
         return float(v)
     except OverflowError:  # an int beyond the float range
-        return math.inf if v > 0 else -math.inf
+        return -math.inf if v < 0 else math.inf
 
 
 def _first_failing_clip(fn: RewardFn, hyps: list[str], refs: list[str], metas: list[dict]) -> int | None:
@@ -211,16 +211,18 @@ def score_batch(hyps: Sequence[str], refs: Sequence[str], metas: Sequence[Mappin
     """
     w = {name: wt for name, wt in resolve_weights(weights).items() if wt != 0.0}
     hyps, refs = list(hyps), list(refs)
-    metas = [{} for _ in hyps] if metas is None else [m if m is not None else {} for m in metas]
-    if not len(hyps) == len(refs) == len(metas):
+    # reward functions get dicts (RewardFn); a dict is passed as it is, another mapping as a dict copy
+    meta_rows: list[dict] = [{} for _ in hyps] if metas is None else \
+        [m if isinstance(m, dict) else dict(m or {}) for m in metas]
+    if not len(hyps) == len(refs) == len(meta_rows):
         raise RewardError(f"hyps, refs and metas must have the same length, got "
-                          f"{len(hyps)}, {len(refs)}, {len(metas)}")
+                          f"{len(hyps)}, {len(refs)}, {len(meta_rows)}")
     try:
         check_normalizer(normalizer)
     except NormalizerError as exc:
         raise RewardError(str(exc)) from None
     with using_normalizer(normalizer):
-        columns = {name: _run_reward(name, REGISTRY[name], hyps, refs, metas, allow_nonfinite) for name in w}
+        columns = {name: _run_reward(name, REGISTRY[name], hyps, refs, meta_rows, allow_nonfinite) for name in w}
     out: list[dict[str, float | None]] = []
     for i in range(len(hyps)):
         row: dict[str, float | None] = {name: col[i] for name, col in columns.items()}

@@ -33,6 +33,7 @@ from pathlib import Path
 from funrl.demo.plan import BUILD_VERSION, DemoSizes, plan_clips
 from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_to_file
 from funrl.demo.text import fingerprint
+from funrl.demo.tts import check_voices
 
 SPLITS = ("sft_train", "rl_train", "dev", "test")
 TRAIN_SPLITS = ("sft_train", "rl_train")
@@ -185,6 +186,7 @@ def build_demo_data(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes 
     key = cache_key(seed, sizes)
     if is_built(out_dir, seed, sizes):
         return DemoPaths(out_dir)
+    check_voices()
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out_dir)

@@ -78,6 +78,7 @@ def _sentences(rng: np.random.Generator, n: int, sizes: DemoSizes, seen: set[str
     has_ctx = np.zeros(n, dtype=bool)
     has_ctx[kw_idx[_exact_subset(rng, kw_idx.size, sizes.context_share)]] = True
     out = []
+    kws: tuple[str, ...]
     for i in range(n):
         while True:
             if is_zh[i]:

@@ -101,7 +101,7 @@ def render_audio(spec: ClipSpec) -> np.ndarray:
         audio = _speech(spec)
         if spec.noise_kind is not None:
             nz = _noise(spec.noise_kind, audio.size, rng)
-            audio = noise_mod.mix_at_snr(audio, nz, float(spec.snr_db))
+            audio = noise_mod.mix_at_snr(audio, nz, float(spec.snr_db))  # type: ignore[arg-type]  # set with noise_kind
         else:                                        # a faint floor: no digital silence
             floor = noise_mod.white_noise(audio.size, rng)
             audio = noise_mod.mix_at_snr(audio, floor, FLOOR_SNR_DB)

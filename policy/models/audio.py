@@ -21,7 +21,7 @@ def load_audio(path: str | Path, max_seconds: float | None = 30.0, sample_rate: 
         raise ValueError(f"{path}: audio file not found")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError by format
+    except Exception as err:  # noqa: BLE001 - soundfile raises LibsndfileError / RuntimeError / TypeError by format
         raise ValueError(f"{path}: cannot read audio ({type(err).__name__}: {err})") from None
     if data.shape[0] == 0:
         raise ValueError(f"{path}: audio file is empty (0 samples)")

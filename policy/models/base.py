@@ -70,7 +70,8 @@ class AdapterLoader(Protocol):
     """What `register_adapter` expects of an adapter object."""
 
     def load(self, folder: Path, dtype: torch.dtype) -> "AudioLLM": ...
-    def build_tiny(self, folder: Path, **kw: Any) -> Path: ...
+    @property
+    def build_tiny(self) -> Callable[..., Path]: ...   # (folder, **adapter-specific options) -> folder
     def save(self, model: "AudioLLM", folder: Path) -> None: ...
 
 

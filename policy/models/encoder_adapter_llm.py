@@ -91,6 +91,7 @@ class EncoderAdapterFrontend(nn.Module):
         self.adapter = SpliceAdapter(encoder.d_model, adapter.splice, adapter.hidden_size, adapter.llm_hidden_size)
         self.ctc = nn.Linear(encoder.d_model, ctc_vocab_size) if ctc_vocab_size else None
         if cmvn:  # global (mean, 1/std) per mel bin; identity until set from data
+            assert fbank is not None   # a whisper encoder with cmvn was refused above
             self.register_buffer("cmvn_mean", torch.zeros(fbank.num_mel_bins))
             self.register_buffer("cmvn_istd", torch.ones(fbank.num_mel_bins))
 
@@ -117,6 +118,7 @@ class EncoderAdapterFrontend(nn.Module):
         cmvn = None
         if self.has_cmvn:
             cmvn = (self.cmvn_mean.float().cpu().numpy(), self.cmvn_istd.float().cpu().numpy())
+        assert self.fbank_cfg is not None   # set for every encoder but whisper
         return fbank_batch(list(waves), self.fbank_cfg, cmvn)
 
     def encode(self, batch: FeatureBatch) -> tuple[Tensor, Tensor]:
@@ -174,7 +176,7 @@ def _load_llm(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
 
 # ------------------------------------------------------------------------------------------ tiny models
 
-SIZES = {  # text head_dim 32 (vLLM's CPU attention needs >= 32)
+SIZES: dict[str, dict[str, Any]] = {  # text head_dim 32 (vLLM's CPU attention needs >= 32)
     "tiny": {"llm": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, head_dim=32),
              "encoder": EncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192, conv_kernel=7,

@@ -228,7 +228,7 @@ class AudioFamily:
     hub_layout: str = "transformers5"
 
 
-DEFAULT_PATHS = {"tower": "model.audio_tower", "projector": "model.multi_modal_projector",
+DEFAULT_PATHS: dict[str, str | None] = {"tower": "model.audio_tower", "projector": "model.multi_modal_projector",
                  "lm": "model.language_model", "head": "lm_head"}
 # Qwen2-Audio and Voxtral checkpoints (written by transformers 4.x; vLLM's Qwen2AudioForConditionalGeneration
 # has no mapping from the transformers 5 names); transformers 5 maps them back (conversion_mapping "qwen2_audio")

@@ -52,7 +52,9 @@ PROMPT_FILE = "funrl_prompt.json"  # our prompt template beside the HF files
 # ------------------------------------------------------------------------------------------------- loading
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
+def _get(module: nn.Module, path: str | None) -> nn.Module:
+    if path is None:
+        raise ValueError("this audio-LLM family has no module at that part (its path is None)")
     for part in path.split("."):
         module = getattr(module, part)
     return module
@@ -152,7 +154,7 @@ def to_hf_names(named: dict[str, Tensor], family: AudioFamily, tied: bool,
         if part is None:
             raise KeyError(f"parameter {name!r} belongs to no part of a {family.model_type} model")
         if not (tied and part == "head"):
-            out[checkpoint_name(family.paths[part] + "." + name[len(HF_PREFIXES[part]):], family, layout)] = tensor
+            out[checkpoint_name(f"{family.paths[part]}." + name[len(HF_PREFIXES[part]):], family, layout)] = tensor
     return out
 
 

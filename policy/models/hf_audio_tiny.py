@@ -129,7 +129,8 @@ def build_tiny_hf_audio_llm(folder: str | Path, model_type: str, seed: int = 0, 
         if family.legacy_names:
             _rewrite_in_hub_layout(model, family, tmp)
         extractor = family.extractor(tmp, getattr(config, family.sub_config) if family.sub_config else config)
-        (tmp / "preprocessor_config.json").write_text(json.dumps(extractor.to_dict(), indent=2) + "\n")
+        hf_extractor: Any = extractor   # a transformers feature extractor (callable, has to_dict)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(hf_extractor.to_dict(), indent=2) + "\n")
         (tmp / PROMPT_FILE).write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False) + "\n")
         tokenizer.save_pretrained(tmp)
     return Path(folder)

@@ -167,7 +167,8 @@ def ct2_state_dict(ct2: CT2Model) -> dict[str, Tensor]:
     """transformers ``WhisperForConditionalGeneration`` state dict (float32) of a CTranslate2 Whisper model."""
     if ct2.spec != CT2_SPEC:
         raise ValueError(f"CTranslate2 spec {ct2.spec!r} is not a Whisper model (expected {CT2_SPEC})")
-    v, out = ct2.variables, {}
+    v = ct2.variables
+    out: dict[str, Any] = {}
     quantized = sorted(k for k in v if k.endswith("_scale"))
     if quantized:
         raise ValueError(f"CTranslate2 model is int8/int16-quantized ({quantized[0]}, ...): convert the original "

@@ -183,17 +183,17 @@ def test_update_weights_in_small_buckets_reaches_the_engine(worker, tiny, restor
     _check_engine_matches(worker, model, state, prompts, token_ids, mask, before)
 
 
-def test_full_update_is_fast_and_repeatable(worker, tiny, restore_weights):
+def test_repeated_full_updates_leave_the_engine_on_the_last_weights(worker, tiny, restore_weights):
+    """Three full syncs in a row; the engine then holds the last one (how long a sync takes is measured by
+    scripts/bench_sync.py, not asserted here)."""
     model = tiny[1]
     prompts = _prompts(lengths=(5,))
     token_ids, mask = torch.arange(3, 11).view(1, 1, 8), torch.ones(1, 1, 8)
     before = worker.logprobs_of(prompts, token_ids, mask)
-    seconds = []
     for seed in (7, 8, 9):
         state = _perturbed(model, seed=seed)
-        seconds.append(worker.sync_weights(state.items()))
-    print(f"\nfull update_weights of the tiny model: {[round(s * 1e3, 1) for s in seconds]} ms")
-    assert min(seconds) < 0.5
+        seconds = worker.sync_weights(state.items())
+        assert seconds > 0 and worker.last_sync_seconds == seconds
     _check_engine_matches(worker, model, state, prompts, token_ids, mask, before)
 
 
