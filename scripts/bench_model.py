@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, ms in rows:
         print(f"{name:48s} {ms:10.1f} ms")
     by = dict(rows)
-    print(f"{'encoder+adapter: loop / batch':48s} {by['encoder+adapter, per-clip loop'] / by['encoder+adapter, padded batch']:10.2f} x")
+    enc_ratio = by["encoder+adapter, per-clip loop"] / by["encoder+adapter, padded batch"]
+    print(f"{'encoder+adapter: loop / batch':48s} {enc_ratio:10.2f} x")
     loop, batch = by["sequence_logprobs 128 x 32, per-sequence loop"], by["sequence_logprobs 128 x 32, padded batch"]
     print(f"{'sequence_logprobs: loop / batch':48s} {loop / batch:10.2f} x")
     return 0
