@@ -109,6 +109,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the partial copy is gone, older ones stay."""
+
+
 class CheckpointManager:
     """Writes checkpoints atomically and keeps the newest ``keep_last`` of them."""
 
@@ -148,6 +152,32 @@ class CheckpointManager:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
+        try:
+            self._write(tmp, step, trainer_state, write_payload)
+        except Exception as exc:
+            # the disk is full (OSError here; torch.save in a learner rank reports it as a RuntimeError inside a
+            # WorkerError), the folder went away, ...: free what was written, keep the older checkpoints
+            shutil.rmtree(tmp, ignore_errors=True)
+            cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, FloatingPointError):   # the NaN guard refused the weights: not a write error
+                raise
+            newest = self.latest()
+            kept = f"the newest checkpoint is still {newest.path}" if newest else "no earlier checkpoint exists"
+            free = shutil.disk_usage(self.root).free / 2**20
+            why = " ".join(str(cause).split())[:300]
+            raise CheckpointWriteError(f"writing the checkpoint of step {step} in {self.root} failed "
+                                       f"({type(cause).__name__}: {why}); {free:.1f} MiB free there; the partial "
+                                       f"copy was removed and {kept}. Free space (or fix the folder), then continue "
+                                       "with --resume") from exc
+        if final.exists():  # a re-run of the same step replaces the older copy
+            _remove(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.root)
+        self._prune()
+        return Checkpoint(step, final)
+
+    @staticmethod
+    def _write(tmp: Path, step: int, trainer_state: dict, write_payload: Callable[[Path], None]) -> None:
         write_payload(tmp)
         state = dict(trainer_state, step=step)
         with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
@@ -158,12 +188,6 @@ class CheckpointManager:
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if final.exists():  # a re-run of the same step replaces the older copy
-            _remove(final)
-        os.replace(tmp, final)
-        _fsync_dir(self.root)
-        self._prune()
-        return Checkpoint(step, final)
 
     def _remove_stale_tmp(self) -> None:
         """Remove temp folders whose writer is gone: this host's, of a pid that no longer runs."""

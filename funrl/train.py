@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from funrl.audio_check import check_clips, check_prompt_lengths
-from funrl.checkpoint import CheckpointManager, RunLock, RunLockedError
+from funrl.checkpoint import CheckpointManager, CheckpointWriteError, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
 from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict,
                           validate_reward_names)
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, rewards.RewardError, FileNotFoundError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (WorkerError, FloatingPointError) as exc:
+    except (WorkerError, FloatingPointError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except Preempted as exc:

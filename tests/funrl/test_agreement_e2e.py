@@ -14,11 +14,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 TOL = 1e-4     # fp32 engine and learner: what remains is summation order (measured ~1e-6)
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from funrl.demo.build import build_demo_data
-    from funrl.demo.plan import DemoSizes
-    return build_demo_data(tmp_path_factory.mktemp("demo"), seed=0, sizes=DemoSizes.small(), progress=False)
+@pytest.fixture
+def demo_data(small_demo_data):
+    return small_demo_data   # the session's reduced demo data (tests/conftest.py)
 
 
 def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_training(

@@ -128,37 +128,39 @@ def _manifest(folder):
     return folder / "train.jsonl"
 
 
-def test_training_on_a_run_folder_another_process_holds_exits_2_naming_it(tmp_path, capsys):
+def test_training_on_a_run_folder_another_process_holds_exits_2_naming_it(tiny_model_dir, tmp_path, capsys):
     from funrl.checkpoint import RunLock
     from funrl.train import main
     out = tmp_path / "run"
     with RunLock(out):
-        code = main(["--no-demo", f"data.train_manifest={_manifest(tmp_path)}", "run.clips_per_step=1",
-                     f"run.out_dir={out}"])
+        code = main(["--no-demo", f"model.path={tiny_model_dir}", f"data.train_manifest={_manifest(tmp_path)}",
+                     "run.clips_per_step=1", f"run.out_dir={out}"])
     assert code == 2 and "is in use by another FunRL process" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [".lock"]       # nothing written
 
 
-def test_a_fresh_run_in_a_folder_with_an_earlier_runs_files_but_no_checkpoint_exits_2(tmp_path, capsys):
+def test_a_fresh_run_in_a_folder_with_an_earlier_runs_files_but_no_checkpoint_exits_2(tiny_model_dir, tmp_path,
+                                                                                        capsys):
     from funrl.train import main
     out = tmp_path / "run"
     out.mkdir()
     (out / "eval_before.json").write_text("{}")
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
-    code = main(["--no-demo", f"data.train_manifest={_manifest(tmp_path)}", "run.clips_per_step=1",
-                 f"run.out_dir={out}"])
+    code = main(["--no-demo", f"model.path={tiny_model_dir}", f"data.train_manifest={_manifest(tmp_path)}",
+                 "run.clips_per_step=1", f"run.out_dir={out}"])
     err = capsys.readouterr().err
     assert code == 2 and "holds files of an earlier run (metrics.jsonl, eval_before.json)" in err, err
     assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'      # nothing dropped
 
 
-def test_resume_override_the_checkpoint_rejects_leaves_config_yaml_unchanged(tmp_path, capsys):
+def test_resume_override_the_checkpoint_rejects_leaves_config_yaml_unchanged(tiny_model_dir, tmp_path, capsys):
     from funrl.config import load_config, save_config
     from funrl.data import load_manifest, make_sampler
     from funrl.train import main
     out = tmp_path / "run"
     manifest = _manifest(tmp_path)
-    cfg = load_config(None, [f"data.train_manifest={manifest}", "run.clips_per_step=1", f"run.out_dir={out}"])
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", f"data.train_manifest={manifest}",
+                             "run.clips_per_step=1", f"run.out_dir={out}"])
     out.mkdir()
     save_config(cfg, out / "config.yaml")
     before = (out / "config.yaml").read_text()
@@ -168,3 +170,18 @@ def test_resume_override_the_checkpoint_rejects_leaves_config_yaml_unchanged(tmp
     err = capsys.readouterr().err
     assert code == 2 and "does not match the checkpoint" in err and "seed=0" in err, err
     assert (out / "config.yaml").read_text() == before
+
+
+def test_a_failed_write_removes_the_partial_copy_and_names_the_newest_intact_checkpoint(tmp_path):
+    import errno
+    from funrl.checkpoint import CheckpointWriteError
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    mgr.save(1, {"data": {}}, _payload("a"))
+
+    def full_disk(folder):
+        (folder / "shard.bin").write_bytes(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(CheckpointWriteError, match=r"step 2 .*No space left on device.*still .*step_000001"):
+        mgr.save(2, {"data": {}}, full_disk)
+    assert sorted(p.name for p in mgr.root.iterdir()) == ["step_000001"]
+    assert mgr.latest().step == 1

@@ -3,18 +3,15 @@
 Pins: weights change, vLLM and the learner agree on log-probs after a sync (full and LoRA), every metric
 is logged, and a run killed with SIGKILL resumes with the same data order and a continuous step counter.
 """
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from funrl.config import load_config
 from funrl.data import ClipSampler, load_manifest
+from train_runs import jsonl, own_processes, run_train, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,11 +24,9 @@ METRIC_KEYS = {
     "time.sync", "time.step"}
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from funrl.demo.build import build_demo_data
-    from funrl.demo.plan import DemoSizes
-    return build_demo_data(tmp_path_factory.mktemp("demo"), seed=0, sizes=DemoSizes.small(), progress=False)
+@pytest.fixture
+def demo_data(small_demo_data):
+    return small_demo_data   # the session's reduced demo data (tests/conftest.py)
 
 
 def _overrides(model_dir, data, out, **extra) -> list[str]:
@@ -80,15 +75,7 @@ def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
     assert all(METRIC_KEYS - {"step"} <= set(r) for r in records)
 
 
-def _run(args: list[str], env_extra: dict | None = None, cwd: Path = ROOT, **kw) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", RAY_AUTH_MODE="disabled",
-               **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "funrl.train", "--no-demo", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+_run, _jsonl, _wait_for = run_train, jsonl, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +144,6 @@ def test_config_typo_names_the_closest_key(tmp_path):
     assert proc.returncode == 2 and "did you mean rollout.n?" in log and "Traceback" not in log, log[-2000:]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
-    deadline = time.time() + seconds
-    while not path.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert path.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else f"no {path.name}"
-
-
 def test_nan_reward_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(tiny_model_dir, demo_data, tmp_path):
     (tmp_path / "nan_plugin.py").write_text(
         "CALLS = []\n"
@@ -182,27 +162,15 @@ def test_nan_reward_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(t
     assert not (out / "checkpoints" / "step_000002").exists()
 
 
-def _own_processes(root_pid: int, title: str) -> list:
-    import psutil
-    found = []
-    for child in psutil.Process(root_pid).children(recursive=True):
-        try:
-            if title in " ".join(child.cmdline()):
-                found.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def test_killed_rollout_actor_is_named_and_the_run_exits_nonzero(tiny_model_dir, demo_data, tmp_path):
-    out = tmp_path / "run"
-    proc = _run(_overrides(tiny_model_dir, demo_data, out, **{"run.steps": 200}))
+def test_killed_rollout_actor_is_restarted_and_the_run_goes_on(tiny_model_dir, demo_data, tmp_path):
+    out, steps = tmp_path / "run", 4
+    proc = _run(_overrides(tiny_model_dir, demo_data, out, **{"run.steps": steps}))
     _wait_for(out / "checkpoints" / "step_000001" / "COMPLETE", proc)
-    victims = _own_processes(proc.pid, "ray::VLLMRolloutWorker")   # this run's actor only, not another run's
+    victims = own_processes(proc.pid, "ray::VLLMRolloutWorker")   # this run's actor only, not another run's
     assert victims, "no rollout actor found under the run's process tree"
     for victim in victims:
         victim.kill()
     log = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 1, log[-3000:]
-    assert "rollout worker 0" in log, log[-3000:]
-    assert (out / "checkpoints" / "step_000001" / "COMPLETE").is_file()
+    assert proc.returncode == 0, log[-3000:]
+    assert "rollout worker 0 failed; restarting it (1 of 2 restarts)" in log, log[-3000:]
+    assert [m["step"] for m in _jsonl(out / "metrics.jsonl")] == list(range(1, steps + 1))

@@ -35,11 +35,9 @@ def shared_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from funrl.demo.build import build_demo_data
-    from funrl.demo.plan import DemoSizes
-    return build_demo_data(tmp_path_factory.mktemp("demo"), seed=0, sizes=DemoSizes.small(), progress=False)
+@pytest.fixture
+def demo_data(small_demo_data):
+    return small_demo_data   # the session's reduced demo data (tests/conftest.py)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
