@@ -22,7 +22,7 @@ from ray._raylet import AuthenticationMode, get_authentication_mode
 from ray._raylet import Config as RayConfig
 
 from funrl.config import TrainConfig
-from funrl.placement import create_placement
+from funrl.placement import Placement, create_placement
 from policy.learner_group import LearnerGroup
 from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout
 from policy.ray_utils import WorkerError, WorkerTimeout, get_named, in_bundle, remote_class
@@ -120,8 +120,9 @@ class Cluster:
         if self._after_embedder is not None:
             self._after_embedder(self)
         llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
-        self.placement = create_placement(cfg)
-        plan, pg = self.placement.plan, self.placement.pg
+        placement = create_placement(cfg)
+        self.placement: Placement | None = placement
+        plan, pg = placement.plan, placement.pg
         lora = cfg.learner.finetune == "lora"
         self._engine_dtype = cfg.model.dtype if on_gpu else "float32"   # weight sync sends this dtype
 

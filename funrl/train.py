@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import rewards
 from funrl.audio_check import check_clips, check_prompt_lengths
 from funrl.checkpoint import CheckpointManager, CheckpointWriteError, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
-from funrl.config import (ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict,
-                          validate_reward_names)
-from funrl.data import ManifestError, make_sampler
+from funrl.config import ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict, validate_reward_names
+from funrl.data import ClipSampler, ManifestError, MixedSampler, make_sampler
 from funrl.data_formats import load_clips
 from funrl.eval import EvalReport, evaluate, format_table, write_report
 from funrl.loggers import check_available
@@ -34,7 +34,6 @@ from policy.augment import at_step
 from policy.messages import ScoredRollout
 from policy.scoring import drop_flat_groups, score_and_advantage, select_groups
 from policy.truncation import mask_truncated, rollout_penalty
-import rewards
 
 EPILOG = """\
 examples:
@@ -127,7 +126,7 @@ def with_local_model(cfg: TrainConfig) -> TrainConfig:
 class Inputs:
     """A run's data, checked: the sampler over the training clips, the test and dev clips (None: not given)."""
 
-    sampler: object
+    sampler: ClipSampler | MixedSampler
     test_clips: list | None
     eval_clips: list | None
     train_clips: tuple = ()
@@ -227,7 +226,8 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
         before, finished = sampler.state_dict(), cluster.updates_finished
         try:
             record, scored = train_step(cfg, cluster, at_step(sampler.next_batch(), step),
-                                        more_clips=lambda: at_step(sampler.next_batch(), step), step=step)
+                                        more_clips=lambda: at_step(sampler.next_batch(), step),  # noqa: B023 - called in this step
+                                        step=step)
         except WorkerError:   # an engine past its restarts, a learner rank: keep what the learner holds
             if cluster.updates_started == finished:      # failed before the update: step - 1's weights
                 _checkpoint_after_failure(cfg, cluster, logs, step, step - 1, before, start)

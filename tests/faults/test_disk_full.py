@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train_runs import ROOT, jsonl
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]

@@ -5,7 +5,6 @@ it, with a checkpoint of the last step the learner finished, from which ``--resu
 import signal
 
 import pytest
-
 from train_runs import jsonl, own_processes, run_train, wait_for_steps
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_runs import jsonl, run_train, wait_for_steps
 
 from funrl.config import load_config
 from funrl.data import ClipSampler, load_manifest
-from train_runs import jsonl, run_train, wait_for_steps
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 

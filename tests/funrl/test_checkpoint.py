@@ -174,6 +174,7 @@ def test_resume_override_the_checkpoint_rejects_leaves_config_yaml_unchanged(tin
 
 def test_a_failed_write_removes_the_partial_copy_and_names_the_newest_intact_checkpoint(tmp_path):
     import errno
+
     from funrl.checkpoint import CheckpointWriteError
     mgr = CheckpointManager(tmp_path, keep_last=3)
     mgr.save(1, {"data": {}}, _payload("a"))

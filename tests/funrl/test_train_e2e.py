@@ -8,10 +8,10 @@ import signal
 from pathlib import Path
 
 import pytest
+from train_runs import jsonl, own_processes, run_train, wait_for
 
 from funrl.config import load_config
 from funrl.data import ClipSampler, load_manifest
-from train_runs import jsonl, own_processes, run_train, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +47,7 @@ def _overrides(model_dir, data, out, **extra) -> list[str]:
 def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
         finetune, placement, tiny_model_dir, demo_data, tmp_path):
     import ray
+
     from funrl.cluster import Cluster
     from funrl.train import train_step
 
