@@ -4,6 +4,7 @@ Every file is opened by its header first (a 60-minute file is rejected by its le
 then decoded once to check that its samples are finite. Problems come back in the manifest checks' format,
 ``MANIFEST:LINE: audio: reason``, all at once.
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,8 +39,9 @@ def audio_problem(clip: Clip, min_seconds: float, max_seconds: float) -> str | N
     return None
 
 
-def check_clips(clips: Sequence[Clip], min_seconds: float, max_seconds: float, on_bad: str = "error",
-                progress: bool = True) -> list[Clip]:
+def check_clips(
+    clips: Sequence[Clip], min_seconds: float, max_seconds: float, on_bad: str = "error", progress: bool = True
+) -> list[Clip]:
     """The clips whose audio is fine. ``on_bad="error"``: a `ManifestError` listing every bad clip;
     ``"skip"``: each bad clip is named on stderr and left out (an error if none is left)."""
     if on_bad not in ("error", "skip"):
@@ -47,6 +49,7 @@ def check_clips(clips: Sequence[Clip], min_seconds: float, max_seconds: float, o
     items = clips
     if progress and len(clips) > 200:
         from tqdm import tqdm
+
         items = tqdm(clips, desc="checking audio", unit="clip", leave=False)
     bad = [(c, why) for c in items if (why := audio_problem(c, min_seconds, max_seconds))]
     if not bad:
@@ -71,10 +74,18 @@ def check_prompt_lengths(clips: Sequence[Clip], prompt_lengths, max_model_len: i
     `ManifestError` lists every clip that does not fit, with what to change."""
     limit = max_model_len - max_new_tokens
     lengths = prompt_lengths(list(clips), limit)
-    bad = [f"{clip_location(c)}: audio: {c.audio}: its prompt takes {n} positions; with rollout.max_new_tokens="
-           f"{max_new_tokens} that exceeds rollout.max_model_len={max_model_len}"
-           for c, n in zip(clips, lengths) if n is not None and n > limit]
+    bad = [
+        f"{clip_location(c)}: audio: {c.audio}: its prompt takes {n} positions; with rollout.max_new_tokens="
+        f"{max_new_tokens} that exceeds rollout.max_model_len={max_model_len}"
+        for c, n in zip(clips, lengths)
+        if n is not None and n > limit
+    ]
     if bad:
-        raise ManifestError(clips[0].source or "manifest", bad + [
-            "(raise rollout.max_model_len, lower rollout.max_new_tokens, or leave these clips out: a lower "
-            "data.max_audio_seconds with data.on_bad_audio=skip drops long clips)"])
+        raise ManifestError(
+            clips[0].source or "manifest",
+            bad
+            + [
+                "(raise rollout.max_model_len, lower rollout.max_new_tokens, or leave these clips out: a lower "
+                "data.max_audio_seconds with data.on_bad_audio=skip drops long clips)"
+            ],
+        )

@@ -16,6 +16,7 @@ e.g. ``funrl.export``). ``latest()`` returns the newest checkpoint whose files a
 parses, no file is empty) and says which newer ones it skipped. `RunLock` keeps a second process out of a run
 folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -159,16 +160,18 @@ class CheckpointManager:
             # WorkerError), the folder went away, ...: free what was written, keep the older checkpoints
             shutil.rmtree(tmp, ignore_errors=True)
             cause = getattr(exc, "cause", None) or exc
-            if isinstance(cause, FloatingPointError):   # the NaN guard refused the weights: not a write error
+            if isinstance(cause, FloatingPointError):  # the NaN guard refused the weights: not a write error
                 raise
             newest = self.latest()
             kept = f"the newest checkpoint is still {newest.path}" if newest else "no earlier checkpoint exists"
             free = shutil.disk_usage(self.root).free / 2**20
             why = " ".join(str(cause).split())[:300]
-            raise CheckpointWriteError(f"writing the checkpoint of step {step} in {self.root} failed "
-                                       f"({type(cause).__name__}: {why}); {free:.1f} MiB free there; the partial "
-                                       f"copy was removed and {kept}. Free space (or fix the folder), then continue "
-                                       "with --resume") from exc
+            raise CheckpointWriteError(
+                f"writing the checkpoint of step {step} in {self.root} failed "
+                f"({type(cause).__name__}: {why}); {free:.1f} MiB free there; the partial "
+                f"copy was removed and {kept}. Free space (or fix the folder), then continue "
+                "with --resume"
+            ) from exc
         if final.exists():  # a re-run of the same step replaces the older copy
             _remove(final)
         os.replace(tmp, final)
@@ -182,9 +185,9 @@ class CheckpointManager:
         state = dict(trainer_state, step=step)
         with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1, sort_keys=True)
-        _fsync_tree(tmp)                     # every file the checkpoint needs is on disk ...
+        _fsync_tree(tmp)  # every file the checkpoint needs is on disk ...
         with open(tmp / COMPLETE, "w", encoding="utf-8") as f:
-            f.write("ok\n")                  # ... before it is marked complete
+            f.write("ok\n")  # ... before it is marked complete
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -237,8 +240,10 @@ class RunLock:
             self._file.seek(0)
             owner = self._file.read().strip() or "unknown"
             self._file.close()
-            raise RunLockedError(f"{self.path.parent} is in use by another FunRL process ({owner}); wait for it "
-                                 "to end, or choose another run.out_dir") from None
+            raise RunLockedError(
+                f"{self.path.parent} is in use by another FunRL process ({owner}); wait for it "
+                "to end, or choose another run.out_dir"
+            ) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")

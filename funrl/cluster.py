@@ -7,6 +7,7 @@ A failing actor surfaces as ``WorkerError`` naming the actor, with its traceback
 within ``ray.call_timeout_s`` as `WorkerTimeout`. A rollout engine that dies or hangs is restarted, brought to the
 current weights and asked again, up to ``run.max_worker_restarts`` times in a run.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,12 +95,12 @@ class Cluster:
         self._after_embedder = after_embedder
         self.out = Path(cfg.run.out_dir)
         self._lora_version = 0
-        self._lora_path: str | None = None          # the adapter the engines serve (LoRA), for a restarted one
+        self._lora_path: str | None = None  # the adapter the engines serve (LoRA), for a restarted one
         self._own_ray = False
         self.timeout_s = cfg.ray.call_timeout_s
-        self.restarts = 0                            # rollout engines restarted so far (run.max_worker_restarts)
-        self.updates_started = 0                     # learner updates begun / finished: tell the driver, after a
-        self.updates_finished = 0                    # failure, which step's weights the learner holds
+        self.restarts = 0  # rollout engines restarted so far (run.max_worker_restarts)
+        self.updates_started = 0  # learner updates begun / finished: tell the driver, after a
+        self.updates_finished = 0  # failure, which step's weights the learner holds
 
     # ---- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> "Cluster":
@@ -115,8 +116,9 @@ class Cluster:
         cfg = self.cfg
         on_gpu = cfg.rollout.gpus_per_worker > 0
         embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=0)
-        self.embedder = embed_cls.remote(cfg.model, cfg.data.max_audio_seconds, cfg.rollout.embed_batch_size,
-                                         augment=cfg.data.augment)
+        self.embedder = embed_cls.remote(
+            cfg.model, cfg.data.max_audio_seconds, cfg.rollout.embed_batch_size, augment=cfg.data.augment
+        )
         if self._after_embedder is not None:
             self._after_embedder(self)
         llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
@@ -124,18 +126,30 @@ class Cluster:
         self.placement: Placement | None = placement
         plan, pg = placement.plan, placement.pg
         lora = cfg.learner.finetune == "lora"
-        self._engine_dtype = cfg.model.dtype if on_gpu else "float32"   # weight sync sends this dtype
+        self._engine_dtype = cfg.model.dtype if on_gpu else "float32"  # weight sync sends this dtype
 
         def start_engine(i: int):
-            return remote_class(VLLMRolloutWorker, num_cpus=1, num_gpus=cfg.rollout.gpus_per_worker,
-                                scheduling_strategy=in_bundle(pg, plan.rollout[i])).remote(
-                llm_dir, cfg.rollout, dtype=self._engine_dtype, enable_lora=lora, max_lora_rank=cfg.learner.lora.r)
+            return remote_class(
+                VLLMRolloutWorker,
+                num_cpus=1,
+                num_gpus=cfg.rollout.gpus_per_worker,
+                scheduling_strategy=in_bundle(pg, plan.rollout[i]),
+            ).remote(llm_dir, cfg.rollout, dtype=self._engine_dtype, enable_lora=lora, max_lora_rank=cfg.learner.lora.r)
+
         self._start_engine = start_engine
         self.rollouts = [start_engine(i) for i in range(cfg.rollout.num_workers)]
-        self.learner = LearnerGroup(cfg.model.path, cfg.model, cfg.learner, total_steps=cfg.run.steps,
-                                    max_audio_seconds=cfg.data.max_audio_seconds,
-                                    temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                                    placement=(pg, plan.learner), call_timeout_s=self.timeout_s, augment=cfg.data.augment)
+        self.learner = LearnerGroup(
+            cfg.model.path,
+            cfg.model,
+            cfg.learner,
+            total_steps=cfg.run.steps,
+            max_audio_seconds=cfg.data.max_audio_seconds,
+            temperature=cfg.rollout.temperature,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            placement=(pg, plan.learner),
+            call_timeout_s=self.timeout_s,
+            augment=cfg.data.augment,
+        )
         # surface a failed engine start now, by name (a first start may compile: no call timeout)
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
 
@@ -146,15 +160,14 @@ class Cluster:
         if ray.is_initialized():
             return
         cfg = self.cfg
-        env = {"env_vars": worker_env(local=not cfg.ray.address)}   # the driver's and its workers' env
+        env = {"env_vars": worker_env(local=not cfg.ray.address)}  # the driver's and its workers' env
         if cfg.ray.address:
             ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
         else:
             need = 1 + cfg.rollout.num_workers + cfg.learner.num_ranks
             num_cpus = cfg.ray.num_cpus or max(need, os.cpu_count() or 1)
             num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                     runtime_env=env, log_to_driver=True)
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
         self._own_ray = True
 
     def shutdown(self) -> None:
@@ -193,10 +206,16 @@ class Cluster:
                 if i is None or self.restarts >= self.cfg.run.max_worker_restarts:
                     raise
                 self.restarts += 1
-                why = "gave no answer" if isinstance(err, TimeoutError) or isinstance(err.cause, TimeoutError) \
+                why = (
+                    "gave no answer"
+                    if isinstance(err, TimeoutError) or isinstance(err.cause, TimeoutError)
                     else "failed"
-                print(f"[funrl] rollout worker {i} {why}; restarting it ({self.restarts} of "
-                      f"{self.cfg.run.max_worker_restarts} restarts)", file=sys.stderr)
+                )
+                print(
+                    f"[funrl] rollout worker {i} {why}; restarting it ({self.restarts} of "
+                    f"{self.cfg.run.max_worker_restarts} restarts)",
+                    file=sys.stderr,
+                )
                 self._restart_engine(i)
 
     def _restart_engine(self, i: int) -> None:
@@ -224,9 +243,15 @@ class Cluster:
 
     def _generate(self, prompts: PromptBatch, greedy: bool, seed: int | None) -> RolloutBatch:
         parts = _split(len(prompts.clips), len(self.rollouts))
-        refs = [(f"rollout worker {i}", w.generate.remote(_slice_prompts(prompts, rng), greedy=greedy,
-                                                          seed=None if seed is None else seed + rng.start))
-                for i, (w, rng) in enumerate(zip(self.rollouts, parts))]
+        refs = [
+            (
+                f"rollout worker {i}",
+                w.generate.remote(
+                    _slice_prompts(prompts, rng), greedy=greedy, seed=None if seed is None else seed + rng.start
+                ),
+            )
+            for i, (w, rng) in enumerate(zip(self.rollouts, parts))
+        ]
         return RolloutBatch.concat(get_named(refs, timeout_s=self.timeout_s), prompts)
 
     def update(self, batch: ScoredRollout) -> LearnStats:
@@ -256,13 +281,17 @@ class Cluster:
             self._lora_version += 1
             folder = self.out / "rollout_lora" / f"v{self._lora_version:06d}"
             self._lora_path = path = self.learner.export_adapter(str(folder))
-            self._with_restarts(lambda: self._get_all("rollout worker",
-                                                      [w.set_lora.remote(path) for w in self.rollouts]))
-            stale = folder.parent / f"v{self._lora_version - 2:06d}"   # loaded by vLLM two syncs ago
+            self._with_restarts(
+                lambda: self._get_all("rollout worker", [w.set_lora.remote(path) for w in self.rollouts])
+            )
+            stale = folder.parent / f"v{self._lora_version - 2:06d}"  # loaded by vLLM two syncs ago
             shutil.rmtree(stale, ignore_errors=True)
         else:
-            self._with_restarts(lambda: self.learner.push_weights(
-                self.rollouts, self.cfg.rollout.sync_bucket_bytes, dtype=self._engine_dtype))
+            self._with_restarts(
+                lambda: self.learner.push_weights(
+                    self.rollouts, self.cfg.rollout.sync_bucket_bytes, dtype=self._engine_dtype
+                )
+            )
 
     # ---- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, folder: Path) -> None:
@@ -286,5 +315,6 @@ def _failed_engine(err: WorkerError) -> int | None:
 
 
 def _slice_prompts(prompts: PromptBatch, rng: range) -> PromptBatch:
-    return PromptBatch(clips=tuple(prompts.clips[i] for i in rng),
-                       prompt_embeds=tuple(prompts.prompt_embeds[i] for i in rng))
+    return PromptBatch(
+        clips=tuple(prompts.clips[i] for i in rng), prompt_embeds=tuple(prompts.prompt_embeds[i] for i in rng)
+    )

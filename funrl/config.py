@@ -12,6 +12,7 @@ type. YAML anchors and aliases are refused (file and overrides): nested aliases
 expand exponentially ("billion laughs"). A YAML mapping given for ``rewards.weights`` replaces the whole mapping;
 ``rewards.weights.NAME=W`` changes one entry and keeps the others.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,9 +51,21 @@ from rewards.text import NORMALIZERS
 from rollout.config import RolloutConfig
 
 __all__ = [
-    "AugmentConfig", "ConfigError", "DataConfig", "LearnerConfig", "LoraConfig", "ModelConfig", "RayConfig",
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "LearnerConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "RayConfig",
     "RewardsConfig",
-    "RolloutConfig", "RunConfig", "TrainConfig", "dump_config", "load_config", "save_config", "to_dict",
+    "RolloutConfig",
+    "RunConfig",
+    "TrainConfig",
+    "dump_config",
+    "load_config",
+    "save_config",
+    "to_dict",
     "validate_reward_names",
 ]
 
@@ -68,25 +81,35 @@ class DataConfig:
     train_manifest: str = ""
     eval_manifest: str = ""
     test_manifest: str = ""
-    format: str = "jsonl"            # of the three manifests: jsonl | hf_datasets (a datasets folder) | lhotse |
-                                     # nemo (docs/data.md)
-    audio_cache_dir: str = ""        # where audio that is not a whole file (embedded, an excerpt) is written as
-                                     # wav; "" = .funrl_audio beside the data
+    format: str = "jsonl"  # of the three manifests: jsonl | hf_datasets (a datasets folder) | lhotse |
+    # nemo (docs/data.md)
+    audio_cache_dir: str = ""  # where audio that is not a whole file (embedded, an excerpt) is written as
+    # wav; "" = .funrl_audio beside the data
     shuffle: bool = True
     max_audio_seconds: float = 30.0
     min_audio_seconds: float = 0.05  # shorter clips (less than a couple of feature frames) are bad audio
-    on_bad_audio: str = "error"      # a clip whose audio does not decode, is too short/long or not finite:
-                                     # error (all named before any worker starts) | skip (each named, left out)
-    noise_per_step: int = 0          # noise-only clips (text "") in every training batch; 0 = sample uniformly
-    augment: AugmentConfig = field(default_factory=AugmentConfig)   # online augmentation of the training batches
+    on_bad_audio: str = "error"  # a clip whose audio does not decode, is too short/long or not finite:
+    # error (all named before any worker starts) | skip (each named, left out)
+    noise_per_step: int = 0  # noise-only clips (text "") in every training batch; 0 = sample uniformly
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # online augmentation of the training batches
 
     def __post_init__(self) -> None:
-        validate(self, {"max_audio_seconds": in_range(0, lo_open=True), "noise_per_step": in_range(0),
-                        "min_audio_seconds": in_range(0), "on_bad_audio": one_of("error", "skip"),
-                        "format": one_of(*FORMATS)})
+        validate(
+            self,
+            {
+                "max_audio_seconds": in_range(0, lo_open=True),
+                "noise_per_step": in_range(0),
+                "min_audio_seconds": in_range(0),
+                "on_bad_audio": one_of("error", "skip"),
+                "format": one_of(*FORMATS),
+            },
+        )
         if self.min_audio_seconds >= self.max_audio_seconds:
-            raise ConfigError(f"data.min_audio_seconds ({self.min_audio_seconds:g}) must be below "
-                              f"data.max_audio_seconds ({self.max_audio_seconds:g})", key="data.min_audio_seconds")
+            raise ConfigError(
+                f"data.min_audio_seconds ({self.min_audio_seconds:g}) must be below "
+                f"data.max_audio_seconds ({self.max_audio_seconds:g})",
+                key="data.min_audio_seconds",
+            )
 
 
 def _plugins(v: tuple[str, ...]) -> str | None:
@@ -101,16 +124,23 @@ class RewardsConfig:
     SECTION: ClassVar[str] = "rewards"
     weights: dict[str, float] = field(default_factory=lambda: {name: 1.0 for name in DEFAULT_REWARDS})
     plugins: tuple[str, ...] = ()
-    normalizer: str = "basic"        # text normaliser of wer, keyword and eval: basic | whisper_en (Whisper's English
-                                     # normaliser, as published ASR tables; extra whisper-en)
+    normalizer: str = "basic"  # text normaliser of wer, keyword and eval: basic | whisper_en (Whisper's English
+    # normaliser, as published ASR tables; extra whisper-en)
 
     def __post_init__(self) -> None:
-        validate(self, {"plugins": _plugins, "normalizer": one_of(*NORMALIZERS),
-                        "weights": lambda w: "must not have an empty name" if "" in w else None})
+        validate(
+            self,
+            {
+                "plugins": _plugins,
+                "normalizer": one_of(*NORMALIZERS),
+                "weights": lambda w: "must not have an empty name" if "" in w else None,
+            },
+        )
 
 
 def _loggers(v: tuple[str, ...]) -> str | None:
     from funrl.loggers import LOGGERS
+
     bad = [name for name in v if name not in LOGGERS]
     if bad:
         return f"has unknown logger(s) {', '.join(map(repr, bad))}: choose from {', '.join(LOGGERS)}"
@@ -131,44 +161,59 @@ class RunConfig:
     clips_per_step: int = 8
     seed: int = 0
     out_dir: str = "runs/default"
-    eval_every: int = 0              # 0 = only before and after training
-    save_every: int = 10             # checkpoint every N steps (and at the last step)
+    eval_every: int = 0  # 0 = only before and after training
+    save_every: int = 10  # checkpoint every N steps (and at the last step)
     keep_last: int = 2
-    dynamic_sampling: bool = False   # drop groups whose rewards are all equal
-    max_refill_rounds: int = 0       # dynamic sampling: up to N extra rounds of clips to refill the batch to
-                                     # clips_per_step groups that are not flat (DAPO); 0 = train on what is left
-    save_model: bool = True          # write the trained model (its own format) to OUT/model at the end
-    log_rollouts: str = "all"        # OUT/rollouts.jsonl: all | every_N (e.g. every_10) | off
-    max_worker_restarts: int = 2     # a dead or hung (ray.call_timeout_s) rollout engine is restarted and re-synced
-                                     # up to N times in a run; then the run stops with a checkpoint
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal
+    max_refill_rounds: int = 0  # dynamic sampling: up to N extra rounds of clips to refill the batch to
+    # clips_per_step groups that are not flat (DAPO); 0 = train on what is left
+    save_model: bool = True  # write the trained model (its own format) to OUT/model at the end
+    log_rollouts: str = "all"  # OUT/rollouts.jsonl: all | every_N (e.g. every_10) | off
+    max_worker_restarts: int = 2  # a dead or hung (ray.call_timeout_s) rollout engine is restarted and re-synced
+    # up to N times in a run; then the run stops with a checkpoint
     loggers: tuple[str, ...] = ("jsonl", "tensorboard")  # + wandb, mlflow (extras; offline / local files unless
-                                     # WANDB_MODE / MLFLOW_TRACKING_URI say otherwise); jsonl is required
-    project: str = "funrl"           # the W&B project and MLflow experiment of the run (named after OUT's folder)
+    # WANDB_MODE / MLFLOW_TRACKING_URI say otherwise); jsonl is required
+    project: str = "funrl"  # the W&B project and MLflow experiment of the run (named after OUT's folder)
 
     def __post_init__(self) -> None:
-        validate(self, {
-            "steps": in_range(1), "clips_per_step": in_range(1), "seed": in_range(0), "out_dir": non_empty,
-            "eval_every": in_range(0), "save_every": in_range(1), "keep_last": in_range(1),
-            "max_refill_rounds": in_range(0), "log_rollouts": _every, "max_worker_restarts": in_range(0),
-            "loggers": _loggers, "project": non_empty,
-        })
+        validate(
+            self,
+            {
+                "steps": in_range(1),
+                "clips_per_step": in_range(1),
+                "seed": in_range(0),
+                "out_dir": non_empty,
+                "eval_every": in_range(0),
+                "save_every": in_range(1),
+                "keep_last": in_range(1),
+                "max_refill_rounds": in_range(0),
+                "log_rollouts": _every,
+                "max_worker_restarts": in_range(0),
+                "loggers": _loggers,
+                "project": non_empty,
+            },
+        )
         if self.max_refill_rounds and not self.dynamic_sampling:
-            raise ConfigError("run.max_refill_rounds refills what dynamic sampling drops: set "
-                              "run.dynamic_sampling=true too (or max_refill_rounds=0)", key="run.max_refill_rounds")
+            raise ConfigError(
+                "run.max_refill_rounds refills what dynamic sampling drops: set "
+                "run.dynamic_sampling=true too (or max_refill_rounds=0)",
+                key="run.max_refill_rounds",
+            )
 
 
 @dataclass(frozen=True)
 class RayConfig:
     SECTION: ClassVar[str] = "ray"
-    address: str | None = None       # None = start a local Ray; "auto" or host:port = join a cluster
-    colocate: bool = False           # learner and rollout share the same GPUs
-    num_cpus: int | None = None      # CPUs for a local Ray (None = Ray's default)
-    call_timeout_s: float = 1800.0   # longest wait for one actor call (a step's generate, update, sync); past
-                                     # it the actor counts as hung (an engine is restarted: run.max_worker_restarts)
+    address: str | None = None  # None = start a local Ray; "auto" or host:port = join a cluster
+    colocate: bool = False  # learner and rollout share the same GPUs
+    num_cpus: int | None = None  # CPUs for a local Ray (None = Ray's default)
+    call_timeout_s: float = 1800.0  # longest wait for one actor call (a step's generate, update, sync); past
+    # it the actor counts as hung (an engine is restarted: run.max_worker_restarts)
 
     def __post_init__(self) -> None:
-        validate(self, {"address": optional(non_empty), "num_cpus": optional(in_range(1)),
-                        "call_timeout_s": in_range(1)})
+        validate(
+            self, {"address": optional(non_empty), "num_cpus": optional(in_range(1)), "call_timeout_s": in_range(1)}
+        )
 
 
 @dataclass(frozen=True)
@@ -185,29 +230,42 @@ class TrainConfig:
     def __post_init__(self) -> None:
         validate(self)
         if self.data.noise_per_step >= self.run.clips_per_step:
-            raise ConfigError(f"data.noise_per_step ({self.data.noise_per_step}) must be smaller than "
-                              f"run.clips_per_step ({self.run.clips_per_step})", key="data.noise_per_step")
+            raise ConfigError(
+                f"data.noise_per_step ({self.data.noise_per_step}) must be smaller than "
+                f"run.clips_per_step ({self.run.clips_per_step})",
+                key="data.noise_per_step",
+            )
         if self.ray.colocate:
             self._check_colocation()
         if self.learner.mini_batches > self.run.clips_per_step:
-            raise ConfigError(f"learner.mini_batches ({self.learner.mini_batches}) splits a step's clips into "
-                              f"optimizer steps: it must be <= run.clips_per_step ({self.run.clips_per_step})",
-                              key="learner.mini_batches")
+            raise ConfigError(
+                f"learner.mini_batches ({self.learner.mini_batches}) splits a step's clips into "
+                f"optimizer steps: it must be <= run.clips_per_step ({self.run.clips_per_step})",
+                key="learner.mini_batches",
+            )
         if self.rollout.n < 2:
-            raise ConfigError("rollout.n must be >= 2 for GRPO (advantages compare the n hypotheses "
-                              f"of a clip), got {self.rollout.n}", key="rollout.n")
+            raise ConfigError(
+                "rollout.n must be >= 2 for GRPO (advantages compare the n hypotheses "
+                f"of a clip), got {self.rollout.n}",
+                key="rollout.n",
+            )
 
     def _check_colocation(self) -> None:
         workers, ranks = self.rollout.num_workers, self.learner.num_ranks
         if workers != ranks:
-            raise ConfigError(f"ray.colocate=true pairs rollout worker i with learner rank i on one device: "
-                              f"rollout.num_workers ({workers}) must equal learner.num_ranks ({ranks})",
-                              key="ray.colocate")
+            raise ConfigError(
+                f"ray.colocate=true pairs rollout worker i with learner rank i on one device: "
+                f"rollout.num_workers ({workers}) must equal learner.num_ranks ({ranks})",
+                key="ray.colocate",
+            )
         share = self.rollout.gpus_per_worker + self.learner.gpus_per_rank
         if share > 1.0:
-            raise ConfigError(f"ray.colocate=true shares one GPU between an engine and a rank: "
-                              f"rollout.gpus_per_worker + learner.gpus_per_rank must be <= 1, got {share:g} "
-                              f"(e.g. 0.5 + 0.5)", key="ray.colocate")
+            raise ConfigError(
+                f"ray.colocate=true shares one GPU between an engine and a rank: "
+                f"rollout.gpus_per_worker + learner.gpus_per_rank must be <= 1, got {share:g} "
+                f"(e.g. 0.5 + 0.5)",
+                key="ray.colocate",
+            )
 
 
 def validate_reward_names(cfg: TrainConfig, registry_names: Iterable[str]) -> None:
@@ -217,8 +275,10 @@ def validate_reward_names(cfg: TrainConfig, registry_names: Iterable[str]) -> No
         if name not in names:
             near = closest(name, names)
             hint = f"; did you mean rewards.weights.{near}?" if near else ""
-            raise ConfigError(f"rewards.weights.{name}: unknown reward {name!r}{hint} "
-                              f"(registered: {', '.join(names)})", key=f"rewards.weights.{name}")
+            raise ConfigError(
+                f"rewards.weights.{name}: unknown reward {name!r}{hint} (registered: {', '.join(names)})",
+                key=f"rewards.weights.{name}",
+            )
 
 
 # ---------------------------------------------------------------- dump / save
@@ -255,7 +315,7 @@ def load_config(path: str | None, overrides: list[str], root: type = TrainConfig
     ``root``: the top-level config dataclass (``TrainConfig``; ``funrl.sft.SftConfig`` reuses the loader).
     """
     raw: dict[str, Any] = {}
-    origin: dict[str, str] = {}          # dotted key -> where it was set, for error messages
+    origin: dict[str, str] = {}  # dotted key -> where it was set, for error messages
     if path:
         raw, lines = _read_yaml(path, root)
         _check_tree(root, raw, "", lambda key: f"{path}:{lines.get(key, '?')}: ")
@@ -287,8 +347,10 @@ def _read_yaml(path: str, root: type = TrainConfig) -> tuple[dict[str, Any], dic
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of sections "
-                          f"({', '.join(field_types(root))}), got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: a config file must be a mapping of sections "
+            f"({', '.join(field_types(root))}), got {type(data).__name__}"
+        )
     lines: dict[str, int] = {}
     _key_lines(node, "", lines)
     return data, lines
@@ -305,8 +367,11 @@ class _NoAliasLoader(yaml.SafeLoader):
             kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
             sign = "*" if kind == "alias" else "&"
             raise yaml.composer.ComposerError(
-                None, None, f"a YAML {kind} ({sign}{event.anchor}) is not allowed in a config: write the value "
-                f"out", event.start_mark)
+                None,
+                None,
+                f"a YAML {kind} ({sign}{event.anchor}) is not allowed in a config: write the value out",
+                event.start_mark,
+            )
         return super().compose_node(parent, index)
 
 
@@ -344,7 +409,7 @@ def _check_tree(cls: type, raw: dict[str, Any], prefix: str, where_of: Callable[
         section = _section_type(hints[name])
         if section is None:
             continue
-        if raw[name] is None:                       # "learner:" with nothing under it
+        if raw[name] is None:  # "learner:" with nothing under it
             raw[name] = {}
         if not isinstance(raw[name], dict):
             raise ConfigError(f"{where}{key} must be {type_name(section)}, got {raw[name]!r}", key=key)
@@ -369,7 +434,7 @@ def _apply_override(raw: dict[str, Any], text: str, root: type = TrainConfig) ->
         hints = field_types(cls)
         if part not in hints:
             raise unknown_key_error(prefix, part, list(hints), where=where)
-        hint, full, rest = hints[part], dotted(prefix, part), parts[i + 1:]
+        hint, full, rest = hints[part], dotted(prefix, part), parts[i + 1 :]
         section = _section_type(hint)
         if section is not None and rest:
             if not isinstance(node.get(part), dict):
@@ -378,8 +443,7 @@ def _apply_override(raw: dict[str, Any], text: str, root: type = TrainConfig) ->
             continue
         if typing.get_origin(hint) is dict and rest:
             if len(rest) > 1:
-                raise ConfigError(f"{where}{full} is a flat mapping; set one entry as {full}.NAME=VALUE",
-                                  key=full)
+                raise ConfigError(f"{where}{full} is a flat mapping; set one entry as {full}.NAME=VALUE", key=full)
             if not isinstance(node.get(part), dict):
                 node[part] = dict(_default(cls, part))
             node[part][rest[0]] = _parse_value(value_text, typing.get_args(hint)[1], where)
@@ -398,8 +462,10 @@ def _apply_override(raw: dict[str, Any], text: str, root: type = TrainConfig) ->
 def _merge_section(node: dict, part: str, value: Any, section: type, full: str, where: str) -> None:
     """``learner.lora={r: 16}``: check the keys, then merge into what the file set."""
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}{full} is a section: give a mapping like {full}={{key: value}} "
-                          f"or set one key as {full}.KEY=VALUE", key=full)
+        raise ConfigError(
+            f"{where}{full} is a section: give a mapping like {full}={{key: value}} or set one key as {full}.KEY=VALUE",
+            key=full,
+        )
     _check_tree(section, value, full, lambda _key: where)
     if not isinstance(node.get(part), dict):
         node[part] = {}

@@ -10,6 +10,7 @@ by epoch in a seeded order; its position is a small dict, so a resumed run sees 
 Other formats (a datasets folder, Lhotse, NeMo) are read by `funrl.data_formats`;
 ``python -m funrl.data convert IN --format F --out manifest.jsonl`` turns them into a manifest.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -55,7 +56,7 @@ def _check_record(rec: Mapping) -> list[tuple[str, str]]:
         problems.append(("audio", "empty path"))
     lang = rec.get("lang")
     if lang is not None and (not isinstance(lang, str) or not lang.strip()):
-        problems.append(("lang", f"expected a language code such as \"en\", got {lang!r}"))
+        problems.append(("lang", f'expected a language code such as "en", got {lang!r}'))
     kws = rec.get("keywords")
     if kws is not None:
         if not isinstance(kws, list):
@@ -63,8 +64,7 @@ def _check_record(rec: Mapping) -> list[tuple[str, str]]:
         else:
             bad = [i for i, k in enumerate(kws) if not isinstance(k, str) or not k.strip()]
             if bad:
-                problems.append(("keywords", f"expected a list of non-empty strings; "
-                                             f"bad item(s) at index {bad}"))
+                problems.append(("keywords", f"expected a list of non-empty strings; bad item(s) at index {bad}"))
     ctx = rec.get("context")
     if ctx is not None and not isinstance(ctx, str):
         problems.append(("context", f"expected a string, got {_type_name(ctx)}"))
@@ -102,9 +102,15 @@ def _resolve_audio(audio: str, base: Path) -> str:
 
 
 def _clip_from_record(rec: dict, audio: str, line: int, source: str) -> Clip:
-    return Clip(audio=audio, text=rec["text"], lang=rec.get("lang"),
-                keywords=tuple(rec.get("keywords") or ()), context=rec.get("context"),
-                line=line, source=source)
+    return Clip(
+        audio=audio,
+        text=rec["text"],
+        lang=rec.get("lang"),
+        keywords=tuple(rec.get("keywords") or ()),
+        context=rec.get("context"),
+        line=line,
+        source=source,
+    )
 
 
 def clip_location(clip: Clip) -> str:
@@ -142,7 +148,7 @@ def load_manifest(path: str | os.PathLike, check_audio: bool = True) -> list[Cli
                     problems.append(("audio", f"{reason}: {audio}"))
             errors += [f"{path}:{line_no}: {field}: {reason}" for field, reason in problems]
             if not problems:
-                assert rec is not None and audio is not None   # a line without problems parsed and has audio
+                assert rec is not None and audio is not None  # a line without problems parsed and has audio
                 clips.append(_clip_from_record(rec, audio, line_no, source))
     if errors:
         raise ManifestError(source, errors)
@@ -156,13 +162,18 @@ def _record_of(item: Clip | Mapping, base: Path) -> dict:
         audio = Path(item.audio)
         if audio.is_absolute() and audio.is_relative_to(base):
             audio = audio.relative_to(base)
-        rec = {"audio": audio.as_posix(), "text": item.text, "lang": item.lang,
-               "keywords": list(item.keywords), "context": item.context}
+        rec = {
+            "audio": audio.as_posix(),
+            "text": item.text,
+            "lang": item.lang,
+            "keywords": list(item.keywords),
+            "context": item.context,
+        }
     else:
         rec = dict(item)
     out = {k: rec[k] for k in REQUIRED_KEYS if k in rec}
     out.update({k: rec[k] for k in OPTIONAL_KEYS if rec.get(k) not in (None, [], ())})
-    out.update({k: v for k, v in rec.items() if k not in KNOWN_KEYS})   # kept so the check reports them
+    out.update({k: v for k, v in rec.items() if k not in KNOWN_KEYS})  # kept so the check reports them
     return out
 
 
@@ -251,15 +262,14 @@ class ClipSampler:
         while len(batch) < self.clips_per_step:
             order = self._current_order()
             take = min(self.clips_per_step - len(batch), len(order) - self.index)
-            batch += [self.clips[i] for i in order[self.index:self.index + take]]
+            batch += [self.clips[i] for i in order[self.index : self.index + take]]
             self.index += take
             if self.index == len(order):
                 self.epoch, self.index = self.epoch + 1, 0
         return batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index, "num_clips": len(self.clips),
-                "seed": self.seed}
+        return {"epoch": self.epoch, "index": self.index, "num_clips": len(self.clips), "seed": self.seed}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         """Restore a position from `state_dict()`; a state from other data or seed is refused."""
@@ -268,12 +278,15 @@ class ClipSampler:
             raise ValueError(f"ClipSampler state lacks {missing}; got keys {sorted(state)}")
         for key, mine in (("num_clips", len(self.clips)), ("seed", self.seed)):
             if key in state and int(state[key]) != mine:
-                raise ValueError(f"ClipSampler state was saved with {key}={state[key]}, "
-                                 f"but this sampler has {key}={mine}: not the same data/seed")
+                raise ValueError(
+                    f"ClipSampler state was saved with {key}={state[key]}, "
+                    f"but this sampler has {key}={mine}: not the same data/seed"
+                )
         epoch, index = int(state["epoch"]), int(state["index"])
         if epoch < 0 or not 0 <= index < len(self.clips):
-            raise ValueError(f"ClipSampler state out of range: epoch={epoch}, index={index} "
-                             f"for {len(self.clips)} clips")
+            raise ValueError(
+                f"ClipSampler state out of range: epoch={epoch}, index={index} for {len(self.clips)} clips"
+            )
         self.epoch, self.index = epoch, index
 
 
@@ -285,16 +298,18 @@ class MixedSampler:
     their share of the manifest.
     """
 
-    def __init__(self, clips: list[Clip], clips_per_step: int, noise_per_step: int, seed: int,
-                 shuffle: bool = True):
+    def __init__(self, clips: list[Clip], clips_per_step: int, noise_per_step: int, seed: int, shuffle: bool = True):
         noise = [c for c in clips if not c.text]
         speech = [c for c in clips if c.text]
         if not 0 < noise_per_step < clips_per_step:
-            raise ValueError(f"MixedSampler: need 0 < noise_per_step ({noise_per_step}) < clips_per_step "
-                             f"({clips_per_step})")
+            raise ValueError(
+                f"MixedSampler: need 0 < noise_per_step ({noise_per_step}) < clips_per_step ({clips_per_step})"
+            )
         if not noise:
-            raise ValueError("data.noise_per_step > 0 but the training manifest has no noise-only clip "
-                             '(text ""); set data.noise_per_step=0 or add such clips')
+            raise ValueError(
+                "data.noise_per_step > 0 but the training manifest has no noise-only clip "
+                '(text ""); set data.noise_per_step=0 or add such clips'
+            )
         if not speech:
             raise ValueError("the training manifest has only noise-only clips; data.noise_per_step needs speech too")
         self.speech = ClipSampler(speech, clips_per_step - noise_per_step, seed, shuffle)
@@ -308,14 +323,17 @@ class MixedSampler:
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, int]]) -> None:
         if set(state) != {"speech", "noise"}:
-            raise ValueError(f"MixedSampler state needs 'speech' and 'noise' positions; got keys {sorted(state)} "
-                             "(was the run started with another data.noise_per_step?)")
+            raise ValueError(
+                f"MixedSampler state needs 'speech' and 'noise' positions; got keys {sorted(state)} "
+                "(was the run started with another data.noise_per_step?)"
+            )
         self.speech.load_state_dict(state["speech"])
         self.noise.load_state_dict(state["noise"])
 
 
-def make_sampler(clips: list[Clip], clips_per_step: int, noise_per_step: int, seed: int,
-                 shuffle: bool = True) -> ClipSampler | MixedSampler:
+def make_sampler(
+    clips: list[Clip], clips_per_step: int, noise_per_step: int, seed: int, shuffle: bool = True
+) -> ClipSampler | MixedSampler:
     """`ClipSampler` (uniform over the manifest) or, with ``noise_per_step > 0``, a `MixedSampler`."""
     if noise_per_step:
         return MixedSampler(clips, clips_per_step, noise_per_step, seed, shuffle)
@@ -332,20 +350,28 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m funrl.data", description="Data manifests (docs/data.md).")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="write any supported data format as a JSONL manifest",
-                       description="Read IN in --format (every item checked, as training does) and write its "
-                                   "clips as a JSONL manifest; audio paths inside the output's folder are "
-                                   "written relative to it.")
+    c = sub.add_parser(
+        "convert",
+        help="write any supported data format as a JSONL manifest",
+        description="Read IN in --format (every item checked, as training does) and write its "
+        "clips as a JSONL manifest; audio paths inside the output's folder are "
+        "written relative to it.",
+    )
     c.add_argument("input", metavar="IN", help="manifest file (a datasets folder for hf_datasets)")
     c.add_argument("--format", required=True, choices=FORMATS, help="format of IN")
     c.add_argument("--out", required=True, help="the JSONL manifest to write")
-    c.add_argument("--audio-dir", default=None,
-                   help="where audio that is not a whole file on disk (embedded in a datasets folder, an excerpt "
-                        "of a longer file) is written as wav (default: .funrl_audio beside IN)")
+    c.add_argument(
+        "--audio-dir",
+        default=None,
+        help="where audio that is not a whole file on disk (embedded in a datasets folder, an excerpt "
+        "of a longer file) is written as wav (default: .funrl_audio beside IN)",
+    )
     args = p.parse_args(argv)
     if Path(args.out).is_dir():
-        print(f"error: --out {args.out} is a folder; give a file path such as {Path(args.out) / 'train.jsonl'}",
-              file=sys.stderr)
+        print(
+            f"error: --out {args.out} is a folder; give a file path such as {Path(args.out) / 'train.jsonl'}",
+            file=sys.stderr,
+        )
         return 2
     try:
         clips = load_clips(args.input, args.format, args.audio_dir)

@@ -11,6 +11,7 @@ NeMo line that covers part of a longer file -- is written once as a wav file int
 load reuses it. Nothing is downloaded: ``datasets`` and ``lhotse`` (``pip install funrl[data]``) only read
 local files. docs/data.md describes each format's fields.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -34,7 +35,7 @@ from policy.messages import Clip
 FORMATS = ("jsonl", "hf_datasets", "lhotse", "nemo")
 CACHE_DIRNAME = ".funrl_audio"
 META_KEYS = ("lang", "keywords", "context")
-TOLERANCE_S = 0.01   # a duration or offset within 10 ms of the file's is taken as the whole file
+TOLERANCE_S = 0.01  # a duration or offset within 10 ms of the file's is taken as the whole file
 
 Problems = list[tuple[str, str]]
 
@@ -43,8 +44,9 @@ class CacheError(OSError):
     """The audio cache folder cannot be written."""
 
 
-def load_clips(path: str | os.PathLike, fmt: str = "jsonl", audio_cache_dir: str | os.PathLike | None = None
-               ) -> list[Clip]:
+def load_clips(
+    path: str | os.PathLike, fmt: str = "jsonl", audio_cache_dir: str | os.PathLike | None = None
+) -> list[Clip]:
     """The clips of a manifest (or datasets folder) in format ``fmt`` (one of `FORMATS`), every item checked.
 
     ``audio_cache_dir``: where audio that is not a whole file on disk is written (default: ``.funrl_audio``
@@ -57,8 +59,9 @@ def load_clips(path: str | os.PathLike, fmt: str = "jsonl", audio_cache_dir: str
     path = Path(path)
     source = str(path.absolute())
     if fmt == "hf_datasets" and not path.is_dir():
-        raise ManifestError(source, [f"{path}: not a folder (hf_datasets reads a folder written by "
-                                     "Dataset.save_to_disk)"])
+        raise ManifestError(
+            source, [f"{path}: not a folder (hf_datasets reads a folder written by Dataset.save_to_disk)"]
+        )
     if fmt != "hf_datasets" and not path.is_file():
         raise ManifestError(source, [f"{path}: manifest file not found"])
     base = path.absolute() if fmt == "hf_datasets" else path.absolute().parent
@@ -68,8 +71,13 @@ def load_clips(path: str | os.PathLike, fmt: str = "jsonl", audio_cache_dir: str
     try:
         read(path, base, cache, out)
     except CacheError as exc:
-        raise ManifestError(source, [f"{cache.folder}: cannot write the audio cache ({exc}); give a writable "
-                                     "folder with data.audio_cache_dir (or --audio-dir)"]) from None
+        raise ManifestError(
+            source,
+            [
+                f"{cache.folder}: cannot write the audio cache ({exc}); give a writable "
+                "folder with data.audio_cache_dir (or --audio-dir)"
+            ],
+        ) from None
     return out.result(path)
 
 
@@ -120,6 +128,7 @@ def _file_problem(audio: str, field: str) -> Problems:
 
 # ------------------------------------------------------------------------------------------------ audio cache
 
+
 class AudioCache:
     """Wav files for audio that is not a whole file on disk, in ``folder``, named by a hash of their content
     (embedded bytes) or of their origin (file path, size, mtime, first sample, sample count, channel), so the
@@ -151,7 +160,7 @@ class AudioCache:
         if not target.is_file():
             samples, rate = sf.read(path, start=start, frames=frames, dtype="float64", always_2d=True)
             if channel is not None:
-                samples = samples[:, channel:channel + 1]
+                samples = samples[:, channel : channel + 1]
             self._write(target, samples, rate, sf.info(path).subtype)
         return str(target)
 
@@ -173,6 +182,7 @@ class AudioCache:
 
 
 # ------------------------------------------------------------------------------------------------ JSON lines
+
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict | None, Problems]]:
     """(line number, object or None, problems) of each non-blank line; ``.gz`` files are decompressed."""
@@ -241,8 +251,9 @@ def _nemo_audio(audio: str, offset: float, duration: float, cache: AudioCache) -
         raise ValueError(f"cannot read {audio} ({' '.join(str(exc).split())})") from None
     seconds = info.frames / info.samplerate
     if offset + duration > seconds + TOLERANCE_S:
-        raise ValueError(f"offset {offset:g} s + duration {duration:g} s runs past the end of {audio} "
-                         f"({seconds:.3f} s)")
+        raise ValueError(
+            f"offset {offset:g} s + duration {duration:g} s runs past the end of {audio} ({seconds:.3f} s)"
+        )
     if offset <= TOLERANCE_S and duration >= seconds - TOLERANCE_S:
         return audio
     start = round(offset * info.samplerate)
@@ -252,16 +263,18 @@ def _nemo_audio(audio: str, offset: float, duration: float, cache: AudioCache) -
 
 # ------------------------------------------------------------------------------------------------ datasets
 
+
 def _import_extra(name: str):
     """``datasets`` or ``lhotse``, with an error naming the extra that installs it."""
-    if name == "datasets":   # read local folders only: never look anything up on the Hub
+    if name == "datasets":  # read local folders only: never look anything up on the Hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
         return __import__(name)
     except ImportError:
-        raise ImportError(f"data.format needs the '{name}' package: pip install 'funrl[data]' "
-                          f"(or pip install {name})") from None
+        raise ImportError(
+            f"data.format needs the '{name}' package: pip install 'funrl[data]' (or pip install {name})"
+        ) from None
 
 
 def _open_dataset(path: Path):
@@ -271,25 +284,36 @@ def _open_dataset(path: Path):
     try:
         ds = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
-        raise ManifestError(source, [f"{path}: not a datasets folder ({exc}); write one with "
-                                     "Dataset.save_to_disk"]) from None
+        raise ManifestError(
+            source, [f"{path}: not a datasets folder ({exc}); write one with Dataset.save_to_disk"]
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1:
-            raise ManifestError(source, [f"{path}: holds the splits {', '.join(ds)}; give one split's folder, "
-                                         f"e.g. {path / next(iter(ds))}"])
+            raise ManifestError(
+                source,
+                [f"{path}: holds the splits {', '.join(ds)}; give one split's folder, e.g. {path / next(iter(ds))}"],
+            )
         ds = next(iter(ds.values()))
     missing = [c for c in ("audio", "text") if c not in ds.column_names]
     if missing:
-        raise ManifestError(source, [f"{path}: no {' or '.join(repr(c) for c in missing)} column (it has "
-                                     f"{', '.join(ds.column_names)}); rename one, e.g. "
-                                     f"ds.rename_column(\"sentence\", \"text\").save_to_disk(...)"])
+        raise ManifestError(
+            source,
+            [
+                f"{path}: no {' or '.join(repr(c) for c in missing)} column (it has "
+                f"{', '.join(ds.column_names)}); rename one, e.g. "
+                f'ds.rename_column("sentence", "text").save_to_disk(...)'
+            ],
+        )
     feature = ds.features["audio"]
     if isinstance(feature, datasets.Audio):
         return ds.cast_column("audio", datasets.Audio(decode=False))
-    if getattr(feature, "dtype", None) in ("string", "large_string") or (isinstance(feature, dict) and {"bytes", "path"} <= set(feature)):
+    if getattr(feature, "dtype", None) in ("string", "large_string") or (
+        isinstance(feature, dict) and {"bytes", "path"} <= set(feature)
+    ):
         return ds
-    raise ManifestError(source, [f"{path}: the 'audio' column is {feature}; expected an Audio column or "
-                                 "file paths (strings)"])
+    raise ManifestError(
+        source, [f"{path}: the 'audio' column is {feature}; expected an Audio column or file paths (strings)"]
+    )
 
 
 def _read_hf_datasets(path: Path, base: Path, cache: AudioCache, out: _Collector) -> None:
@@ -334,10 +358,28 @@ def _hf_audio(value, base: Path, cache: AudioCache) -> str:
 # ------------------------------------------------------------------------------------------------ Lhotse
 
 # Lhotse recipes often name languages in English; the language reward reads codes.
-LANGUAGE_NAMES = {"english": "en", "chinese": "zh", "mandarin": "zh", "cantonese": "yue", "japanese": "ja",
-                  "korean": "ko", "german": "de", "french": "fr", "spanish": "es", "italian": "it",
-                  "portuguese": "pt", "dutch": "nl", "polish": "pl", "russian": "ru", "ukrainian": "uk",
-                  "arabic": "ar", "persian": "fa", "hindi": "hi", "turkish": "tr", "vietnamese": "vi"}
+LANGUAGE_NAMES = {
+    "english": "en",
+    "chinese": "zh",
+    "mandarin": "zh",
+    "cantonese": "yue",
+    "japanese": "ja",
+    "korean": "ko",
+    "german": "de",
+    "french": "fr",
+    "spanish": "es",
+    "italian": "it",
+    "portuguese": "pt",
+    "dutch": "nl",
+    "polish": "pl",
+    "russian": "ru",
+    "ukrainian": "uk",
+    "arabic": "ar",
+    "persian": "fa",
+    "hindi": "hi",
+    "turkish": "tr",
+    "vietnamese": "vi",
+}
 
 
 def _read_lhotse(path: Path, base: Path, cache: AudioCache, out: _Collector) -> None:
@@ -363,11 +405,21 @@ def _cut_record(cut, base: Path, cache: AudioCache) -> tuple[dict, Problems]:
 
     rec: dict = {"audio": "-", "text": ""}
     if not isinstance(cut, Cut):
-        return rec, [("type", f"a {type(cut).__name__}, not a cut: give a CutSet manifest (e.g. "
-                              "CutSet.from_manifests(recordings=..., supervisions=...).to_file(PATH))")]
+        return rec, [
+            (
+                "type",
+                f"a {type(cut).__name__}, not a cut: give a CutSet manifest (e.g. "
+                "CutSet.from_manifests(recordings=..., supervisions=...).to_file(PATH))",
+            )
+        ]
     if not isinstance(cut, MonoCut):
-        return rec, [("type", f"{type(cut).__name__} is not supported, only MonoCut (one recording); write its "
-                              "audio to files first, e.g. cuts.save_audios(DIR)")]
+        return rec, [
+            (
+                "type",
+                f"{type(cut).__name__} is not supported, only MonoCut (one recording); write its "
+                "audio to files first, e.g. cuts.save_audios(DIR)",
+            )
+        ]
     custom: dict[str, Any] = {}
     for sup in cut.supervisions:
         custom.update(sup.custom or {})
@@ -389,16 +441,20 @@ def _supervision_text(cut) -> tuple[str, str | None, Problems]:
     """The cut's text (its supervisions' texts in time order, joined by spaces) and language."""
     sups = sorted(cut.supervisions, key=lambda s: s.start)
     if not sups:
-        return "", None, [("supervisions", 'none; every cut needs one with its text (text "" marks a '
-                                           'noise-only clip)')]
+        return "", None, [("supervisions", 'none; every cut needs one with its text (text "" marks a noise-only clip)')]
     problems: Problems = []
     for s in sups:
         if not isinstance(s.text, str):
             problems.append(("supervisions", f"{s.id}: expected a text string, got {s.text!r}"))
         if s.start < -TOLERANCE_S or s.end > cut.duration + TOLERANCE_S:
-            problems.append(("supervisions", f"{s.id} spans {s.start:g}-{s.end:g} s, outside the cut's "
-                                             f"0-{cut.duration:g} s: its text would not match the audio "
-                                             "(cut with keep_overlapping=False, or trim_to_supervisions())"))
+            problems.append(
+                (
+                    "supervisions",
+                    f"{s.id} spans {s.start:g}-{s.end:g} s, outside the cut's "
+                    f"0-{cut.duration:g} s: its text would not match the audio "
+                    "(cut with keep_overlapping=False, or trim_to_supervisions())",
+                )
+            )
     langs = {LANGUAGE_NAMES.get(s.language.strip().lower(), s.language) for s in sups if s.language}
     if len(langs) > 1:
         problems.append(("supervisions", f"several languages {sorted(langs)}; a clip has one"))
@@ -412,12 +468,16 @@ def _cut_audio(cut, base: Path, cache: AudioCache) -> str:
     if rec is None:
         raise ValueError("the cut has no recording (cuts with features only cannot be trained on)")
     if rec.transforms:
-        raise ValueError("the recording has transforms (speed, volume, resampling...); write the audio to files "
-                         "first, e.g. cuts.save_audios(DIR)")
+        raise ValueError(
+            "the recording has transforms (speed, volume, resampling...); write the audio to files "
+            "first, e.g. cuts.save_audios(DIR)"
+        )
     if len(rec.sources) != 1 or rec.sources[0].type != "file":
         kinds = ", ".join(s.type for s in rec.sources)
-        raise ValueError(f"only a recording with one local file is supported (sources: {kinds}); write the audio "
-                         "to files first, e.g. cuts.save_audios(DIR)")
+        raise ValueError(
+            f"only a recording with one local file is supported (sources: {kinds}); write the audio "
+            "to files first, e.g. cuts.save_audios(DIR)"
+        )
     audio = _resolve_audio(rec.sources[0].source, base)
     if problem := _file_problem(audio, "recording"):
         raise ValueError(problem[0][1])

@@ -28,6 +28,7 @@ A bad manifest, a missing or unsupported model folder, a model folder missing a 
 ``llm/`` folder, the tokenizer) or an unreadable audio file ends with one line on stderr and exit code 2,
 before anything is decoded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,13 +48,16 @@ from rewards import score_batch
 from rewards.language import detect_language, expected_class, language_mismatch
 from rewards.text import NORMALIZERS, NormalizerError, check_normalizer, token_string, tokens
 
-__all__ = ["EvalReport", "clip_results", "summarise", "evaluate", "format_table", "write_report",
-           "clips_path", "main"]
+__all__ = ["EvalReport", "clip_results", "summarise", "evaluate", "format_table", "write_report", "clips_path", "main"]
 
 _SPLIT = jiwer.ReduceToListOfListOfWords()
-ROWS = (("WER", "wer"), ("CER (zh)", "cer"), ("keyword recall", "keyword_recall"),
-        ("hallucination rate (noise clips)", "hallucination_rate"),
-        ("language mismatch rate", "lang_mismatch_rate"))
+ROWS = (
+    ("WER", "wer"),
+    ("CER (zh)", "cer"),
+    ("keyword recall", "keyword_recall"),
+    ("hallucination rate (noise clips)", "hallucination_rate"),
+    ("language mismatch rate", "lang_mismatch_rate"),
+)
 
 
 @dataclass(frozen=True)
@@ -67,25 +71,33 @@ class EvalReport:
     hallucination_rate: float | None
     lang_mismatch_rate: float | None
     num_noise_clips: int
-    num_keywords: int                # reference keywords (denominator of keyword_recall)
-    num_words: int = 0               # reference tokens of the WER clips (denominator of wer)
-    num_chars: int = 0               # reference tokens of the CER clips (denominator of cer)
-    num_lang_checked: int = 0        # speech clips with a known language (denominator of lang_mismatch_rate)
-    normalizer: str = "basic"        # the text normaliser of the counts (rewards.text.NORMALIZERS)
+    num_keywords: int  # reference keywords (denominator of keyword_recall)
+    num_words: int = 0  # reference tokens of the WER clips (denominator of wer)
+    num_chars: int = 0  # reference tokens of the CER clips (denominator of cer)
+    num_lang_checked: int = 0  # speech clips with a known language (denominator of lang_mismatch_rate)
+    normalizer: str = "basic"  # the text normaliser of the counts (rewards.text.NORMALIZERS)
 
     def as_metrics(self, prefix: str = "eval.") -> dict[str, float]:
-        return {prefix + k: float(v) for k, v in asdict(self).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {
+            prefix + k: float(v)
+            for k, v in asdict(self).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
 
 
 # ------------------------------------------------------------------------------------ per clip
+
 
 def _alignment_counts(refs: list[tuple[str, ...]], hyps: list[tuple[str, ...]]) -> list[tuple[int, int, int]]:
     """(substitutions, deletions, insertions) per pair of non-empty reference token lists (jiwer)."""
     if not refs:
         return []
-    out = jiwer.process_words([" ".join(r) for r in refs], [" ".join(h) for h in hyps],
-                              reference_transform=_SPLIT, hypothesis_transform=_SPLIT)
+    out = jiwer.process_words(
+        [" ".join(r) for r in refs],
+        [" ".join(h) for h in hyps],
+        reference_transform=_SPLIT,
+        hypothesis_transform=_SPLIT,
+    )
     counts = []
     for chunks in out.alignments:
         s = d = i = 0
@@ -142,22 +154,36 @@ def clip_results(clips: Sequence[Clip], hyps: Sequence[str], normalizer: str = "
         kw_ref = _keywords_in(clip.keywords, ref_t[i], normalizer)
         kw_hit = _keywords_in(kw_ref, hyp_t[i], normalizer)
         checked = not noise and expected_class(clip.lang) is not None
-        records.append({
-            "audio": clip.audio, "line": clip.line, "lang": clip.lang, "ref": clip.text, "hyp": hyp,
-            "metric": None if noise else _metric_of(clip),
-            "errors": s + d + ins, "words": len(ref_t[i]),
-            "substitutions": s, "deletions": d, "insertions": ins,
-            "noise": noise, "hallucinated": bool(tokens(hyp)) if noise else None, "normalizer": normalizer,
-            "keywords": list(clip.keywords), "keywords_ref": kw_ref, "keywords_hit": kw_hit,
-            "hyp_lang": detect_language(hyp),
-            "lang_mismatch": language_mismatch(hyp, clip.lang) if checked else None,
-            "rewards": score,
-        })
+        records.append(
+            {
+                "audio": clip.audio,
+                "line": clip.line,
+                "lang": clip.lang,
+                "ref": clip.text,
+                "hyp": hyp,
+                "metric": None if noise else _metric_of(clip),
+                "errors": s + d + ins,
+                "words": len(ref_t[i]),
+                "substitutions": s,
+                "deletions": d,
+                "insertions": ins,
+                "noise": noise,
+                "hallucinated": bool(tokens(hyp)) if noise else None,
+                "normalizer": normalizer,
+                "keywords": list(clip.keywords),
+                "keywords_ref": kw_ref,
+                "keywords_hit": kw_hit,
+                "hyp_lang": detect_language(hyp),
+                "lang_mismatch": language_mismatch(hyp, clip.lang) if checked else None,
+                "rewards": score,
+            }
+        )
     return records
 
 
 def summarise(records: Sequence[dict]) -> EvalReport:
     """Corpus-level metrics of `clip_results` records (also of records read back from the JSONL)."""
+
     def rate(num: float, den: float) -> float | None:
         return num / den if den else None
 
@@ -174,17 +200,26 @@ def summarise(records: Sequence[dict]) -> EvalReport:
         keyword_recall=rate(sum(len(r["keywords_hit"]) for r in records), kw_total),
         hallucination_rate=rate(sum(bool(r["hallucinated"]) for r in noise), len(noise)),
         lang_mismatch_rate=rate(sum(bool(r["lang_mismatch"]) for r in checked), len(checked)),
-        num_noise_clips=len(noise), num_keywords=kw_total,
-        num_words=words["wer"], num_chars=words["cer"], num_lang_checked=len(checked),
-        normalizer=records[0].get("normalizer", "basic") if records else "basic")
+        num_noise_clips=len(noise),
+        num_keywords=kw_total,
+        num_words=words["wer"],
+        num_chars=words["cer"],
+        num_lang_checked=len(checked),
+        normalizer=records[0].get("normalizer", "basic") if records else "basic",
+    )
 
 
 # ---------------------------------------------------------------------------------------- decoding
 
-def evaluate(embed: Callable[[list[Clip]], PromptBatch],
-             generate: Callable[[PromptBatch], RolloutBatch],
-             clips: Sequence[Clip], batch_size: int = 16,
-             progress: bool = True, normalizer: str = "basic") -> tuple[EvalReport, list[dict]]:
+
+def evaluate(
+    embed: Callable[[list[Clip]], PromptBatch],
+    generate: Callable[[PromptBatch], RolloutBatch],
+    clips: Sequence[Clip],
+    batch_size: int = 16,
+    progress: bool = True,
+    normalizer: str = "basic",
+) -> tuple[EvalReport, list[dict]]:
     """Decode ``clips`` in batches of ``batch_size`` with ``embed`` then ``generate`` (greedy: the
     first hypothesis of each row is used) and score them; returns (summary, per-clip records)."""
     if batch_size < 1:
@@ -196,7 +231,7 @@ def evaluate(embed: Callable[[list[Clip]], PromptBatch],
     starts = range(0, len(clips), batch_size)
     with tqdm(total=len(starts), desc="eval", unit="batch", disable=not progress, dynamic_ncols=True) as bar:
         for start in starts:
-            batch = clips[start:start + batch_size]
+            batch = clips[start : start + batch_size]
             rollout = generate(embed(batch))
             if len(rollout.texts) != len(batch):
                 raise ValueError(f"evaluate: generate returned {len(rollout.texts)} rows for {len(batch)} clips")
@@ -208,6 +243,7 @@ def evaluate(embed: Callable[[list[Clip]], PromptBatch],
 
 
 # ------------------------------------------------------------------------------------------ output
+
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
@@ -250,6 +286,7 @@ def write_report(report: EvalReport, records: Sequence[dict], out: str | os.Path
 
 # --------------------------------------------------------------------------------------------- CLI
 
+
 class InputError(Exception):
     """Bad user input: printed as one line, exit code 2."""
 
@@ -267,6 +304,7 @@ def _check_audio(clips: Sequence[Clip], max_seconds: float) -> None:
     loaded (`funrl.audio_check`, the checks training runs)."""
     from funrl.audio_check import audio_problem
     from funrl.data import clip_location
+
     for c in clips:
         why = audio_problem(c, 0.0, max_seconds)
         if why:
@@ -293,27 +331,46 @@ def _max_position(llm_dir: str) -> int | None:
 def _parser() -> argparse.ArgumentParser:
     from funrl.data_formats import FORMATS
 
-    p = argparse.ArgumentParser(prog="python -m funrl.eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint folder any model adapter supports, or a Hub model id "
-                   "(org/name[@revision]) already in the local Hugging Face cache (never downloaded)")
-    p.add_argument("--manifest", required=True, help="JSONL manifest (docs/design.md#data-manifest), or data in --format")
-    p.add_argument("--format", default="jsonl", choices=FORMATS,
-                   help="format of --manifest (docs/data.md; default jsonl)")
-    p.add_argument("--audio-dir", default=None,
-                   help="where audio that is not a whole file (embedded, an excerpt) is written as wav "
-                        "(default: .funrl_audio beside the data)")
+    p = argparse.ArgumentParser(
+        prog="python -m funrl.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint folder any model adapter supports, or a Hub model id "
+        "(org/name[@revision]) already in the local Hugging Face cache (never downloaded)",
+    )
+    p.add_argument(
+        "--manifest", required=True, help="JSONL manifest (docs/design.md#data-manifest), or data in --format"
+    )
+    p.add_argument(
+        "--format", default="jsonl", choices=FORMATS, help="format of --manifest (docs/data.md; default jsonl)"
+    )
+    p.add_argument(
+        "--audio-dir",
+        default=None,
+        help="where audio that is not a whole file (embedded, an excerpt) is written as wav "
+        "(default: .funrl_audio beside the data)",
+    )
     p.add_argument("--out", help="summary JSON path; per-clip lines go to <out stem>.clips.jsonl beside it")
     p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16, help="clips per batch (16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest hypothesis in tokens (64)")
-    p.add_argument("--max-model-len", type=int, default=None,
-                   help="prompt (text + audio embeddings) + hypothesis positions; default min(2048, the LLM's)")
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="prompt (text + audio embeddings) + hypothesis positions; default min(2048, the LLM's)",
+    )
     p.add_argument("--max-audio-seconds", type=float, default=30.0, help="longest clip accepted (30)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--normalizer", choices=NORMALIZERS, default="basic",
-                   help="text normaliser of the counts: basic (default) or whisper_en (Whisper's English "
-                        "normaliser, as published ASR tables; training: rewards.normalizer)")
+    p.add_argument(
+        "--normalizer",
+        choices=NORMALIZERS,
+        default="basic",
+        help="text normaliser of the counts: basic (default) or whisper_en (Whisper's English "
+        "normaliser, as published ASR tables; training: rewards.normalizer)",
+    )
     return p
 
 
@@ -341,7 +398,8 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[list[Clip], Path]:
     from policy.models import get_adapter
     from policy.models.base import read_config
     from policy.models.hub import resolve_model_path
-    try:   # a Hub id (org/name[@revision]) is its snapshot folder in the local Hugging Face cache
+
+    try:  # a Hub id (org/name[@revision]) is its snapshot folder in the local Hugging Face cache
         folder = resolve_model_path(args.model, key="--model")
     except FileNotFoundError as exc:
         raise InputError(_one_line(exc)) from None
@@ -359,8 +417,11 @@ def _load_embedder(args: argparse.Namespace, folder: Path):
     from rollout.embedding import AudioEmbeddingWorker
 
     try:
-        return AudioEmbeddingWorker(ModelConfig(path=str(folder), dtype=args.dtype),
-                                    max_audio_seconds=args.max_audio_seconds, batch_size=args.batch)
+        return AudioEmbeddingWorker(
+            ModelConfig(path=str(folder), dtype=args.dtype),
+            max_audio_seconds=args.max_audio_seconds,
+            batch_size=args.batch,
+        )
     except (OSError, ValueError) as exc:  # FileNotFoundError of the model layer, transformers' OSError
         raise InputError(f"--model {args.model}: {_one_line(exc)}") from None
 
@@ -387,21 +448,29 @@ def _run(args: argparse.Namespace) -> int:
         if args.max_new_tokens >= max_len:
             raise InputError(f"--max-new-tokens {args.max_new_tokens} must be < --max-model-len {max_len}")
         kv_bytes = max(64 << 20, _kv_bytes_per_token(llm_dir, args.dtype) * max_len * min(args.batch, 8))
-        cfg = RolloutConfig(n=1, max_new_tokens=args.max_new_tokens, max_model_len=max_len,
-                            kv_cache_memory_bytes=kv_bytes, embed_batch_size=args.batch)
+        cfg = RolloutConfig(
+            n=1,
+            max_new_tokens=args.max_new_tokens,
+            max_model_len=max_len,
+            kv_cache_memory_bytes=kv_bytes,
+            embed_batch_size=args.batch,
+        )
         worker = VLLMRolloutWorker(llm_dir, cfg, dtype=args.dtype)
 
         def generate(prompts: PromptBatch) -> RolloutBatch:
             for clip, e in zip(prompts.clips, prompts.prompt_embeds):
                 if e.shape[0] + args.max_new_tokens > max_len:
-                    raise InputError(f"{clip_location(clip)}: audio {clip.audio}: prompt of {e.shape[0]} "
-                                     f"positions + --max-new-tokens {args.max_new_tokens} exceeds "
-                                     f"--max-model-len {max_len}")
+                    raise InputError(
+                        f"{clip_location(clip)}: audio {clip.audio}: prompt of {e.shape[0]} "
+                        f"positions + --max-new-tokens {args.max_new_tokens} exceeds "
+                        f"--max-model-len {max_len}"
+                    )
             return worker.generate(prompts, greedy=True)
 
         try:
-            report, records = evaluate(embed, generate, clips, args.batch, progress=not args.no_progress,
-                                       normalizer=args.normalizer)
+            report, records = evaluate(
+                embed, generate, clips, args.batch, progress=not args.no_progress, normalizer=args.normalizer
+            )
         finally:
             worker.shutdown()
     _print_report(args, report, records)
@@ -412,8 +481,10 @@ def _print_report(args: argparse.Namespace, report: EvalReport, records: Sequenc
     if args.out:
         write_report(report, records, args.out)
     print(format_table({Path(args.model).name or "model": report}))
-    print(f"clips: {report.num_clips} ({report.num_noise_clips} noise-only), reference words {report.num_words}, "
-          f"Chinese characters {report.num_chars}, keywords {report.num_keywords}, normalizer {report.normalizer}")
+    print(
+        f"clips: {report.num_clips} ({report.num_noise_clips} noise-only), reference words {report.num_words}, "
+        f"Chinese characters {report.num_chars}, keywords {report.num_keywords}, normalizer {report.normalizer}"
+    )
     if args.out:
         print(f"report: {args.out}  per clip: {clips_path(args.out)}", file=sys.stderr)
 

@@ -11,6 +11,7 @@ It runs in this process, without Ray: a 1-rank learner is set up from RUN_DIR/co
 the starting model), the checkpoint's trained weights are loaded into it (no optimizer state), and
 `policy.learner.Learner.save_model` writes the folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,22 @@ class ExportError(Exception):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m funrl.export", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m funrl.export",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder (run.out_dir: config.yaml, checkpoints/)")
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist, or be empty)")
     p.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the latest complete one)")
     p.add_argument("--llm-only", action="store_true", help="write the LLM alone as a plain HF causal-LM folder")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="dtype of the written weights (default float32: the learner's master weights)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype of the written weights (default float32: the learner's master weights)",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the learner runs (default cpu)")
     return p.parse_args(argv)
 
@@ -58,16 +67,18 @@ def find_checkpoint(run_dir: Path, step: int | None) -> Checkpoint:
             return done[-1]
         partial = sorted(p.name for p in manager.root.glob("*")) if manager.root.is_dir() else []
         hint = f" (only incomplete ones: {', '.join(partial)})" if partial else ""
-        raise ExportError(f"{run_dir}: no complete checkpoint in {manager.root}{hint}; "
-                          "train with run.save_every=N to write some")
+        raise ExportError(
+            f"{run_dir}: no complete checkpoint in {manager.root}{hint}; train with run.save_every=N to write some"
+        )
     for ckpt in done:
         if ckpt.step == step:
             return ckpt
     folder = manager.root / f"step_{step:06d}"
     if folder.is_dir():
         missing = [n for n in (COMPLETE, STATE_FILE) if not (folder / n).is_file()]
-        raise ExportError(f"{folder}: incomplete checkpoint (no {' / '.join(missing)}): it was being written "
-                          "when the run stopped")
+        raise ExportError(
+            f"{folder}: incomplete checkpoint (no {' / '.join(missing)}): it was being written when the run stopped"
+        )
     steps = ", ".join(str(c.step) for c in done) or "none"
     raise ExportError(f"{run_dir}: no checkpoint for step {step}; complete checkpoints: {steps}")
 
@@ -87,11 +98,13 @@ def check_inputs(args: argparse.Namespace):
     except ConfigError as exc:
         raise ExportError(f"{run_dir}/config.yaml: {exc}") from None
     from policy.models.hub import resolve_model_path
-    try:   # a run's config.yaml holds a folder; one written by hand may hold a Hub id (the local HF cache)
+
+    try:  # a run's config.yaml holds a folder; one written by hand may hold a Hub id (the local HF cache)
         folder = resolve_model_path(cfg.model.path, key="model.path")
     except FileNotFoundError as exc:
-        raise ExportError(f"{run_dir}/config.yaml: {exc}; the export needs the starting model the run was "
-                          "trained from") from None
+        raise ExportError(
+            f"{run_dir}/config.yaml: {exc}; the export needs the starting model the run was trained from"
+        ) from None
     cfg = replace(cfg, model=replace(cfg.model, path=str(folder)))
     learner_dir = find_checkpoint(run_dir, args.step).path / "learner"
     if not (learner_dir / LEARNER_STATE).is_file() or not (learner_dir / "dcp").is_dir():
@@ -101,13 +114,15 @@ def check_inputs(args: argparse.Namespace):
         raise ExportError(f"--out {out} exists and is not an empty folder; choose a new folder")
     if args.device == "cuda":
         import torch
+
         if not torch.cuda.is_available():
             raise ExportError("--device cuda: no CUDA device is visible")
     return cfg, learner_dir
 
 
-def export(cfg, learner_dir: Path, out: str, llm_only: bool = False, dtype: str = "float32",
-           device: str = "cpu") -> str:
+def export(
+    cfg, learner_dir: Path, out: str, llm_only: bool = False, dtype: str = "float32", device: str = "cpu"
+) -> str:
     """Set up a 1-rank learner of ``cfg``, load ``learner_dir``'s weights, save the model to ``out``."""
     from policy.distributed import free_port
     from policy.learner import Learner
@@ -116,12 +131,23 @@ def export(cfg, learner_dir: Path, out: str, llm_only: bool = False, dtype: str 
 
     saved = read_learner_info(learner_dir).get("finetune")
     if saved != cfg.learner.finetune:
-        raise ExportError(f"{learner_dir}: saved with learner.finetune={saved!r} but config.yaml says "
-                          f"{cfg.learner.finetune!r}")
+        raise ExportError(
+            f"{learner_dir}: saved with learner.finetune={saved!r} but config.yaml says {cfg.learner.finetune!r}"
+        )
     lcfg = replace(cfg.learner, num_ranks=1, gpus_per_rank=1.0 if device == "cuda" else 0.0)
-    learner = Learner(cfg.model.path, cfg.model, lcfg, 0, 1, "127.0.0.1", free_port(),
-                      total_steps=cfg.run.steps, max_audio_seconds=cfg.data.max_audio_seconds,
-                      temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens)
+    learner = Learner(
+        cfg.model.path,
+        cfg.model,
+        lcfg,
+        0,
+        1,
+        "127.0.0.1",
+        free_port(),
+        total_steps=cfg.run.steps,
+        max_audio_seconds=cfg.data.max_audio_seconds,
+        temperature=cfg.rollout.temperature,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+    )
     try:
         learner.setup()
         learner.ref_root = None  # the frozen reference is for updates only: free its copy of the model

@@ -3,6 +3,7 @@
 Modules that need an optional package import it through `require`, inside the function that uses it, so the rest
 of FunRL imports and runs without it, and a missing package is named together with the line that installs it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,8 +16,10 @@ class MissingExtra(ImportError):
 
 
 def _message(module: str, extra: str, purpose: str, detail: str) -> str:
-    return (f"{purpose} needs the {module.split('.')[0]!r} package ({detail}): pip install 'funrl[{extra}]' "
-            f"(./scripts/run.sh and ./scripts/test.sh install it into .venv)")
+    return (
+        f"{purpose} needs the {module.split('.')[0]!r} package ({detail}): pip install 'funrl[{extra}]' "
+        f"(./scripts/run.sh and ./scripts/test.sh install it into .venv)"
+    )
 
 
 def require(module: str, extra: str, purpose: str) -> ModuleType:

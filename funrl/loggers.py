@@ -14,6 +14,7 @@ W&B and MLflow are optional extras, imported only when named (``pip install funr
 store in ``OUT/mlruns`` unless ``MLFLOW_TRACKING_URI`` is set. Each stores its run id in the run folder
 (``OUT/wandb_run.json``, ``OUT/mlflow_run.json``), so ``--resume OUT`` continues the same tracked run.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,11 +66,14 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _import(module: str, extra: str):
     import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise LoggerError(f"run.loggers names {extra}, but {module} is not installed ({exc}): "
-                          f"pip install 'funrl[{extra}]', or drop {extra} from run.loggers") from None
+        raise LoggerError(
+            f"run.loggers names {extra}, but {module} is not installed ({exc}): "
+            f"pip install 'funrl[{extra}]', or drop {extra} from run.loggers"
+        ) from None
 
 
 def _read_id_file(path: Path) -> dict | None:
@@ -78,8 +82,10 @@ def _read_id_file(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise LoggerError(f"{path}: cannot read the tracked run's id ({exc}); delete the file to start a new "
-                          "tracked run for this folder") from None
+        raise LoggerError(
+            f"{path}: cannot read the tracked run's id ({exc}); delete the file to start a new "
+            "tracked run for this folder"
+        ) from None
     if not isinstance(data, dict):
         raise LoggerError(f"{path}: expected a JSON object with the run id; delete it to start a new tracked run")
     return data
@@ -95,6 +101,7 @@ class JsonlBackend:
 
     def __init__(self, out_dir: Path, resume_step: int | None) -> None:
         from funrl.metrics import JsonlLog
+
         self.out_dir = out_dir
         self.file = JsonlLog(out_dir / "metrics.jsonl", resume_step)
 
@@ -123,6 +130,7 @@ class TensorBoardBackend:
 
     def __init__(self, out_dir: Path, resume_step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
+
         purge = resume_step + 1 if resume_step else None
         self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=purge)
 
@@ -134,15 +142,17 @@ class TensorBoardBackend:
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         import yaml
+
         text = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True)
-        self.writer.add_text("config", "```yaml\n" + text + "```")   # markdown code block: kept as is
+        self.writer.add_text("config", "```yaml\n" + text + "```")  # markdown code block: kept as is
         self.writer.flush()
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         columns = table_columns(rows)
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |"
-                  for row in rows]
+        lines += [
+            "| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |" for row in rows
+        ]
         self.writer.add_text(f"table/{name}", "\n".join(lines))
         self.writer.flush()
 
@@ -164,19 +174,26 @@ class WandbBackend:
         self._wandb, self._table = wandb, wandb.Table
         id_file = out_dir / WANDB_ID_FILE
         saved = _read_id_file(id_file)
-        run_id = saved["id"] if saved and "id" in saved else secrets.token_hex(6)   # W&B ids: [a-z0-9]
+        run_id = saved["id"] if saved and "id" in saved else secrets.token_hex(6)  # W&B ids: [a-z0-9]
         if saved is None:
             write_text_atomic(id_file, json.dumps({"id": run_id, "project": project}) + "\n")
-        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")   # no crash reports to W&B's Sentry
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # no crash reports to W&B's Sentry
         kwargs: dict[str, Any] = {} if os.environ.get("WANDB_MODE") else {"mode": "offline"}
-        self.run = wandb.init(project=project, name=out_dir.resolve().name, id=run_id, resume="allow",
-                              dir=str(out_dir), settings=wandb.Settings(console="off"), **kwargs)
+        self.run = wandb.init(
+            project=project,
+            name=out_dir.resolve().name,
+            id=run_id,
+            resume="allow",
+            dir=str(out_dir),
+            settings=wandb.Settings(console="off"),
+            **kwargs,
+        )
 
     def log(self, step: int, record: Mapping[str, float | None]) -> None:
         self.run.log({k: v for k, v in record.items() if v is not None}, step=step)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
-        self.run.config.update(dict(config), allow_val_change=True)   # a resume may override keys
+        self.run.config.update(dict(config), allow_val_change=True)  # a resume may override keys
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         columns = table_columns(rows)
@@ -184,7 +201,7 @@ class WandbBackend:
 
     def close(self) -> None:
         self.run.finish()
-        self._wandb.teardown()   # waits for the W&B service to write the run file; finish() may return first
+        self._wandb.teardown()  # waits for the W&B service to write the run file; finish() may return first
 
 
 # ----------------------------------------------------------------------------------------------- mlflow
@@ -203,6 +220,7 @@ class MlflowBackend:
         _import("mlflow", "mlflow")
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
+
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"file:{(out_dir / 'mlruns').resolve()}"
         if uri.startswith("file:"):
@@ -223,18 +241,19 @@ class MlflowBackend:
 
     def log(self, step: int, record: Mapping[str, float | None]) -> None:
         import time
+
         now = int(time.time() * 1000)
         metrics = [self._metric(k, float(v), now, step) for k, v in record.items() if v is not None]
-        for i in range(0, len(metrics), 1000):                  # MLflow's per-call limit
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        for i in range(0, len(metrics), 1000):  # MLflow's per-call limit
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         self.client.log_dict(self.run_id, dict(config), "config.json")
         if self.resumed:
             return
         params = [_param(k, v) for k, v in flatten(config).items()]
-        for i in range(0, len(params), 100):                    # MLflow's per-call limit for parameters
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        for i in range(0, len(params), 100):  # MLflow's per-call limit for parameters
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         columns = table_columns(rows)
@@ -247,8 +266,9 @@ class MlflowBackend:
 
 def _param(key: str, value: Any):
     from mlflow.entities import Param
+
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return Param(key, text[:6000])                              # MLflow's longest parameter value
+    return Param(key, text[:6000])  # MLflow's longest parameter value
 
 
 def make_backend(name: str, out_dir: str | os.PathLike, resume_step: int | None, project: str = "funrl") -> Backend:
@@ -269,9 +289,16 @@ def check_available(names: Sequence[str]) -> str | None:
     """Why the optional backends among ``names`` cannot start (their package is missing), or None; found
     without importing them, so a run can refuse before it writes anything."""
     import importlib.util
-    missing = [name for name, module in (("wandb", "wandb"), ("mlflow", "mlflow")) if name in names
-               and importlib.util.find_spec(module) is None]
+
+    missing = [
+        name
+        for name, module in (("wandb", "wandb"), ("mlflow", "mlflow"))
+        if name in names and importlib.util.find_spec(module) is None
+    ]
     if not missing:
         return None
-    return (f"run.loggers names {', '.join(missing)}, which is not installed: "
-            + "; ".join(f"pip install 'funrl[{m}]'" for m in missing) + ", or drop it from run.loggers")
+    return (
+        f"run.loggers names {', '.join(missing)}, which is not installed: "
+        + "; ".join(f"pip install 'funrl[{m}]'" for m in missing)
+        + ", or drop it from run.loggers"
+    )

@@ -1,4 +1,5 @@
 """Run metrics: one JSON object per step in ``metrics.jsonl``, and the other ``run.loggers`` (`funrl.loggers`)."""
+
 from __future__ import annotations
 
 import json
@@ -73,9 +74,15 @@ class MetricsLogger:
     names; see `JsonlLog` for resume behaviour. ``loggers`` must include jsonl: ``metrics.jsonl`` is what
     ``funrl.plot`` reads."""
 
-    def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None,
-                 loggers: Sequence[str] = ("jsonl", "tensorboard"), project: str = "funrl") -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        resume_step: int | None = None,
+        loggers: Sequence[str] = ("jsonl", "tensorboard"),
+        project: str = "funrl",
+    ) -> None:
         from funrl.loggers import make_backend
+
         if "jsonl" not in loggers:
             raise ValueError(f"loggers {list(loggers)} must include jsonl (metrics.jsonl)")
         self.path = Path(out_dir) / "metrics.jsonl"

@@ -12,6 +12,7 @@ The group uses the ``PACK`` strategy: as few nodes as possible, which keeps FSDP
 on one node where it fits. `plan_bundles` is pure (testable without Ray); `create_placement` asks Ray for
 the group and fails with the resources it could not find.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,14 +28,14 @@ __all__ = ["BundlePlan", "Placement", "plan_bundles", "create_placement"]
 
 @dataclass(frozen=True)
 class BundlePlan:
-    bundles: tuple[dict[str, float], ...]   # one resource dict per bundle
-    rollout: tuple[int, ...]                # bundle index of rollout worker i
-    learner: tuple[int, ...]                # bundle index of learner rank r
+    bundles: tuple[dict[str, float], ...]  # one resource dict per bundle
+    rollout: tuple[int, ...]  # bundle index of rollout worker i
+    learner: tuple[int, ...]  # bundle index of learner rank r
 
 
 @dataclass(frozen=True)
 class Placement:
-    pg: Any                                 # ray.util.placement_group.PlacementGroup
+    pg: Any  # ray.util.placement_group.PlacementGroup
     plan: BundlePlan
 
     def remove(self) -> None:
@@ -61,8 +62,11 @@ def create_placement(cfg: TrainConfig, timeout_s: float = 300.0) -> Placement:
     plan = plan_bundles(cfg)
     mode = "colocated" if cfg.ray.colocate else "split"
     pg = reserve_placement_group(
-        plan.bundles, "PACK", timeout_s,
+        plan.bundles,
+        "PACK",
+        timeout_s,
         f"{cfg.rollout.num_workers} rollout worker(s) and {cfg.learner.num_ranks} learner rank(s) "
         f"({mode}: bundles {list(plan.bundles)}; rollout.num_workers, rollout.gpus_per_worker, "
-        f"learner.num_ranks, learner.gpus_per_rank, ray.colocate)")
+        f"learner.num_ranks, learner.gpus_per_rank, ray.colocate)",
+    )
     return Placement(pg, plan)

@@ -3,6 +3,7 @@
 Writes RUN_DIR/plots/{rewards,training,timing}.png: each reward's mean (with its
 std band), WER, KL, clip fraction, loss and the seconds spent in each stage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     written.append(_save(fig, out_dir / "training.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    _panel(axes[0], records, ["rollout.logprob_diff.mean", "rollout.logprob_diff.max"],
-           "|vLLM - learner| log-prob of sampled tokens")
+    _panel(
+        axes[0],
+        records,
+        ["rollout.logprob_diff.mean", "rollout.logprob_diff.max"],
+        "|vLLM - learner| log-prob of sampled tokens",
+    )
     _panel(axes[1], records, ["kl_max", "ratio_max", "rollout.is_weight.max"], "per-token outliers of the update")
     written.append(_save(fig, out_dir / "agreement.png"))
 
@@ -86,13 +91,15 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m funrl.plot", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m funrl.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir", help="a run folder (holds metrics.jsonl)")
     args = p.parse_args(argv)
     try:

@@ -8,6 +8,7 @@ started (Ray's driver installs its own) and the previous ones are restored on ex
 Only the driver should get the signal: a signal sent to the whole process group also reaches Ray's processes,
 which then end with it, and the run keeps its last periodic checkpoint.
 """
+
 from __future__ import annotations
 
 import signal
@@ -46,8 +47,12 @@ class GracefulStop:
         if self.signum is not None:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
         self.signum = signum
-        print(f"\n[funrl] {signal.Signals(signum).name}: finishing this step, then writing a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n[funrl] {signal.Signals(signum).name}: finishing this step, then writing a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self) -> "GracefulStop":
         for sig in self.SIGNALS:

@@ -11,6 +11,7 @@ non-empty outputs on noise-only clips) and is saved.
 Writes OUT/config.yaml, OUT/train_log.jsonl (step, loss, ce, ctc, lr, elapsed_s; dev_* when evaluated) and
 OUT/model (the model folder; ``policy.models.load_audio_llm`` loads it).
 """
+
 from __future__ import annotations
 
 import os
@@ -70,13 +71,14 @@ def completion_ids(model: AudioLLM, texts: Sequence[str]) -> tuple[torch.Tensor,
     out = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(ids), width)
     for r, row in enumerate(ids):
-        out[r, :len(row) + 1] = torch.tensor(row + [eos])
-        mask[r, :len(row) + 1] = 1
+        out[r, : len(row) + 1] = torch.tensor(row + [eos])
+        mask[r, : len(row) + 1] = 1
     return out, mask, ids
 
 
-def sft_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str], contexts: Sequence[str | None],
-             ctc_weight: float) -> tuple[torch.Tensor, float, float]:
+def sft_loss(
+    model: AudioLLM, feats: FeatureBatch, texts: Sequence[str], contexts: Sequence[str | None], ctc_weight: float
+) -> tuple[torch.Tensor, float, float]:
     """(loss, ce, ctc): token-mean CE over the completions (EOS included) + ``ctc_weight`` x mean CTC.
 
     The encoder runs once: its output inside ``embed_audio`` is caught by a forward hook for the CTC head.
@@ -103,10 +105,17 @@ def sft_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str], context
 
 
 def _ctc_loss(model: AudioLLM, enc: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
-    log_probs = model.frontend.ctc(enc).float().log_softmax(-1).transpose(0, 1)     # [T, B, V]
+    log_probs = model.frontend.ctc(enc).float().log_softmax(-1).transpose(0, 1)  # [T, B, V]
     flat = torch.tensor([i for row in targets for i in row], dtype=torch.long)
-    return F.ctc_loss(log_probs, flat, lengths.cpu(), torch.tensor([len(r) for r in targets]),
-                      blank=ctc_blank_id(model.tokenizer), reduction="mean", zero_infinity=True)
+    return F.ctc_loss(
+        log_probs,
+        flat,
+        lengths.cpu(),
+        torch.tensor([len(r) for r in targets]),
+        blank=ctc_blank_id(model.tokenizer),
+        reduction="mean",
+        zero_infinity=True,
+    )
 
 
 def encoder_ctc_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str]) -> tuple[torch.Tensor, float, float]:
@@ -121,8 +130,13 @@ def encoder_ctc_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str])
 
 
 @torch.no_grad()
-def greedy_decode(model: AudioLLM, waves: Sequence[np.ndarray], contexts: Sequence[str | None],
-                  max_new_tokens: int = 96, batch_size: int = 32) -> list[str]:
+def greedy_decode(
+    model: AudioLLM,
+    waves: Sequence[np.ndarray],
+    contexts: Sequence[str | None],
+    max_new_tokens: int = 96,
+    batch_size: int = 32,
+) -> list[str]:
     """Greedy transcripts (HF ``generate`` on the left-padded prompt embeddings, KV cache)."""
     was_training = model.training
     model.eval()
@@ -130,27 +144,36 @@ def greedy_decode(model: AudioLLM, waves: Sequence[np.ndarray], contexts: Sequen
     out: list[str] = []
     try:
         for start in range(0, len(waves), batch_size):
-            chunk = list(waves[start:start + batch_size])
-            prompts = model.build_prompt_embeds(model.embed_audio(model.audio_features(chunk)),
-                                                list(contexts[start:start + batch_size]))
+            chunk = list(waves[start : start + batch_size])
+            prompts = model.build_prompt_embeds(
+                model.embed_audio(model.audio_features(chunk)), list(contexts[start : start + batch_size])
+            )
             width = max(p.shape[0] for p in prompts)
             inputs = prompts[0].new_zeros(len(prompts), width, prompts[0].shape[-1])
             attn = torch.zeros(len(prompts), width, dtype=torch.long)
             for i, p in enumerate(prompts):
-                inputs[i, width - p.shape[0]:] = p
-                attn[i, width - p.shape[0]:] = 1
-            gen = llm.generate(inputs_embeds=inputs, attention_mask=attn, max_new_tokens=max_new_tokens,
-                               do_sample=False, eos_token_id=model.eos_token_ids, pad_token_id=tok.pad_token_id)
+                inputs[i, width - p.shape[0] :] = p
+                attn[i, width - p.shape[0] :] = 1
+            gen = llm.generate(
+                inputs_embeds=inputs,
+                attention_mask=attn,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=model.eos_token_ids,
+                pad_token_id=tok.pad_token_id,
+            )
             out += [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
     finally:
         model.train(was_training)
     return out
 
 
-def evaluate(model: AudioLLM, clips: Sequence[Clip], waves: Sequence[np.ndarray], max_new_tokens: int,
-             batch_size: int) -> dict[str, float]:
+def evaluate(
+    model: AudioLLM, clips: Sequence[Clip], waves: Sequence[np.ndarray], max_new_tokens: int, batch_size: int
+) -> dict[str, float]:
     """dev_wer (English speech clips), dev_cer_zh (Mandarin), dev_noise_nonempty (noise-only clips)."""
     from rewards.builtin import token_errors
+
     hyps = greedy_decode(model, waves, [c.context for c in clips], max_new_tokens, batch_size)
     groups = {"dev_wer": lambda c: c.text and c.lang != "zh", "dev_cer_zh": lambda c: c.text and c.lang == "zh"}
     res: dict[str, float] = {}
@@ -193,27 +216,31 @@ def resolve_manifests(cfg: SftConfig, out: Path) -> tuple[str, str, str]:
         from funrl.data import write_manifest
         from funrl.demo.build import build_demo_data
         from funrl.demo.plan import DemoSizes, plan_clips
+
         sizes = DemoSizes.small() if d.demo_size == "small" else DemoSizes()
         paths = build_demo_data(d.demo_dir, seed=d.demo_seed, sizes=sizes)
         train, dev = train or str(paths.sft_train), dev or str(paths.dev)
         if d.curriculum_steps and not easy:
-            clean = {s.manifest_record()["audio"]: s for s in plan_clips(d.demo_seed, sizes)
-                     if s.split == "sft_train" and s.noise_kind is None and s.engine == "espeak" and s.lang == "en"}
+            clean = {
+                s.manifest_record()["audio"]: s
+                for s in plan_clips(d.demo_seed, sizes)
+                if s.split == "sft_train" and s.noise_kind is None and s.engine == "espeak" and s.lang == "en"
+            }
             root = paths.sft_train.parent
-            rows = [c for c in load_manifest(paths.sft_train)
-                    if Path(c.audio).relative_to(root).as_posix() in clean]
+            rows = [c for c in load_manifest(paths.sft_train) if Path(c.audio).relative_to(root).as_posix() in clean]
             easy = str(write_manifest(rows, out / "curriculum.jsonl"))
     return train, dev, easy
 
 
-def load_clips(path: str, max_seconds: float, speech_only: bool, fmt: str = "jsonl",
-               audio_cache_dir: str = "") -> tuple[list[Clip], list[np.ndarray]]:
+def load_clips(
+    path: str, max_seconds: float, speech_only: bool, fmt: str = "jsonl", audio_cache_dir: str = ""
+) -> tuple[list[Clip], list[np.ndarray]]:
     """The manifest's clips (``fmt``: `funrl.data_formats.FORMATS`) and their 16 kHz mono waves."""
     from funrl.data_formats import load_clips as load_formatted
 
     clips = [c for c in load_formatted(path, fmt, audio_cache_dir or None) if c.text or not speech_only]
     if not clips:
-        raise ManifestError(path, [f"{path}: no speech clips (every clip has text \"\")"])
+        raise ManifestError(path, [f'{path}: no speech clips (every clip has text "")'])
     return clips, [load_audio(c.audio, max_seconds) for c in clips]
 
 
@@ -223,8 +250,13 @@ def build_model(cfg: SftConfig, waves: Sequence[np.ndarray]) -> AudioLLM:
         return load_audio_llm(cfg.model.path)
     with tempfile.TemporaryDirectory(prefix="funrl-sft-init-") as tmp:
         folder = get_adapter("encoder_adapter_llm").build_tiny(
-            Path(tmp) / "model", llm=cfg.model.llm, seed=cfg.model.seed, size=cfg.model.size, ctc=cfg.model.ctc,
-            cmvn=cfg.model.cmvn)
+            Path(tmp) / "model",
+            llm=cfg.model.llm,
+            seed=cfg.model.seed,
+            size=cfg.model.size,
+            ctc=cfg.model.ctc,
+            cmvn=cfg.model.cmvn,
+        )
         model = load_audio_llm(folder)
     if cfg.model.init_std > 0:
         gen = torch.Generator().manual_seed(cfg.model.seed)
@@ -242,9 +274,9 @@ def build_model(cfg: SftConfig, waves: Sequence[np.ndarray]) -> AudioLLM:
 
 @dataclass
 class _Data:
-    clips: list[Clip]                    # speech clips of the training manifest
+    clips: list[Clip]  # speech clips of the training manifest
     waves: list[np.ndarray]
-    easy: tuple[list[Clip], list[np.ndarray]] | None     # curriculum clips (first data.curriculum_steps steps)
+    easy: tuple[list[Clip], list[np.ndarray]] | None  # curriculum clips (first data.curriculum_steps steps)
     dev: tuple[list[Clip], list[np.ndarray]] | None
 
     def samplers(self, batch_size: int, seed: int) -> tuple[dict[int, np.ndarray], ClipSampler, ClipSampler | None]:
@@ -259,11 +291,12 @@ class _Data:
 def _load_data(cfg: SftConfig, out: Path) -> _Data:
     train_path, dev_path, easy_path = resolve_manifests(cfg, out)
     d = cfg.data
-    given = {d.train_manifest, d.dev_manifest, d.curriculum_manifest} - {""}   # the demo's manifests are JSONL
+    given = {d.train_manifest, d.dev_manifest, d.curriculum_manifest} - {""}  # the demo's manifests are JSONL
 
     def load(path: str, speech_only: bool) -> tuple[list[Clip], list[np.ndarray]]:
-        return load_clips(path, d.max_audio_seconds, speech_only, d.format if path in given else "jsonl",
-                          d.audio_cache_dir)
+        return load_clips(
+            path, d.max_audio_seconds, speech_only, d.format if path in given else "jsonl", d.audio_cache_dir
+        )
 
     clips, waves = load(train_path, speech_only=not d.noise_clips)
     easy = load(easy_path, speech_only=True) if easy_path else None
@@ -279,8 +312,9 @@ def _optimizer(model: AudioLLM, o) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                              {"params": other, "weight_decay": 0.0}], lr=o.lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=o.lr
+    )
 
 
 def _start_llm_phase(model: AudioLLM, o, data: _Data) -> dict[int, list[int]]:
@@ -292,8 +326,9 @@ def _start_llm_phase(model: AudioLLM, o, data: _Data) -> dict[int, list[int]]:
     if o.shuffle_words_prob <= 0:
         return {}
     cuts = word_cuts(model, data.clips, data.waves)
-    print(f"[funrl.sft] step {o.encoder_steps}: CTC word cuts for {len(cuts)} of {len(data.clips)} clips",
-          file=sys.stderr)
+    print(
+        f"[funrl.sft] step {o.encoder_steps}: CTC word cuts for {len(cuts)} of {len(data.clips)} clips", file=sys.stderr
+    )
     return cuts
 
 
@@ -320,8 +355,9 @@ class _Meter:
         return rec
 
 
-def _step_loss(model: AudioLLM, o, batch: tuple[list, list, list], rng: np.random.Generator,
-               encoder_phase: bool) -> tuple[torch.Tensor, float, float]:
+def _step_loss(
+    model: AudioLLM, o, batch: tuple[list, list, list], rng: np.random.Generator, encoder_phase: bool
+) -> tuple[torch.Tensor, float, float]:
     waves, texts, contexts = batch
     feats = spec_augment(model.audio_features(waves), o.spec_freq_masks, o.spec_time_masks, rng)
     if encoder_phase:
@@ -333,9 +369,10 @@ def _step_loss(model: AudioLLM, o, batch: tuple[list, list, list], rng: np.rando
 def train(cfg: SftConfig) -> Path:
     """Run the SFT stage; returns the output folder (config.yaml, train_log.jsonl, model/)."""
     from tqdm import tqdm
+
     torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
-    if cfg.model.path:   # a Hub id (org/name[@revision]) -> its snapshot folder in the local HF cache, checked first
+    if cfg.model.path:  # a Hub id (org/name[@revision]) -> its snapshot folder in the local HF cache, checked first
         cfg = replace(cfg, model=replace(cfg.model, path=str(resolve_model_path(cfg.model.path, key="model.path"))))
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -365,20 +402,24 @@ def train(cfg: SftConfig) -> Path:
             for g in opt.param_groups:
                 g["lr"] = lr
             source = easy_sampler if easy_sampler is not None and step < cfg.data.curriculum_steps else sampler
-            batch = concat_pairs(source.next_batch(), audio, source.clips, o.concat_prob, rng,
-                                 o.shuffle_words_prob, cuts)
+            batch = concat_pairs(
+                source.next_batch(), audio, source.clips, o.concat_prob, rng, o.shuffle_words_prob, cuts
+            )
             loss, ce, ctc = _step_loss(model, o, batch, rng, encoder_phase)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # the norm is computed either way: a NaN/inf gradient with a finite loss must not reach the weights
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else
-                                                       float("inf"))
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf")
+            )
             if not torch.isfinite(grad_norm):
-                raise FloatingPointError(f"SFT gradient norm is {float(grad_norm)} at step {step + 1} (loss "
-                                         f"{float(loss):.4g}); the step was skipped, {out / 'model'} keeps the "
-                                         "last good model")
+                raise FloatingPointError(
+                    f"SFT gradient norm is {float(grad_norm)} at step {step + 1} (loss "
+                    f"{float(loss):.4g}); the step was skipped, {out / 'model'} keeps the "
+                    "last good model"
+                )
             opt.step()
             step += 1
             meter.add(float(loss.detach()), ce, ctc)
@@ -401,6 +442,7 @@ def train(cfg: SftConfig) -> Path:
 def keys_help() -> str:
     """Every config key with its default, by section (for --help)."""
     import dataclasses
+
     lines = ["\nconfig keys (defaults):"]
     for f in dataclasses.fields(SftConfig):
         section = f.default_factory()  # type: ignore[operator]  # every section has a default factory
@@ -410,8 +452,12 @@ def keys_help() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m funrl.sft", description=__doc__, epilog=EPILOG + keys_help(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m funrl.sft",
+        description=__doc__,
+        epilog=EPILOG + keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML config file (any subset of the keys; the rest keep defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. optim.lr=1e-3")
     args = p.parse_args(argv)

@@ -4,6 +4,7 @@ A small LLM trained on a few thousand transcripts learns to *recognise* each tra
 look at the audio and recite it, long before it learns to read the audio position by position. Clip pairs
 and shuffled word orders give it word sequences it has never seen, so reciting stops paying.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import torch
 from policy.messages import Clip
 from policy.models import AudioLLM, FeatureBatch
 
-SAMPLES_PER_FRAME = 640          # one encoder frame = 4 fbank frames of 10 ms at 16 kHz
+SAMPLES_PER_FRAME = 640  # one encoder frame = 4 fbank frames of 10 ms at 16 kHz
 
 
 def spec_augment(feats: FeatureBatch, freq_masks: int, time_masks: int, rng: np.random.Generator) -> FeatureBatch:
@@ -27,11 +28,11 @@ def spec_augment(feats: FeatureBatch, freq_masks: int, time_masks: int, rng: np.
         for _ in range(freq_masks):
             w = int(rng.integers(0, 9))
             f0 = int(rng.integers(0, n_bins - w + 1))
-            x[b, :, f0:f0 + w] = 0
+            x[b, :, f0 : f0 + w] = 0
         for _ in range(time_masks):
             w = int(rng.integers(0, min(10, length // 5) + 1))
             t0 = int(rng.integers(0, length - w + 1))
-            x[b, t0:t0 + w] = 0
+            x[b, t0 : t0 + w] = 0
     return FeatureBatch(x, feats.lengths, feats.mask)
 
 
@@ -42,7 +43,7 @@ def ctc_align(log_probs: np.ndarray, ids: Sequence[int], blank: int) -> list[int
     ext[1::2] = ids
     n_states = ext.size
     skip = np.zeros(n_states, dtype=bool)
-    skip[3::2] = ext[3::2] != ext[1:-2:2]                      # label -> next different label over a blank
+    skip[3::2] = ext[3::2] != ext[1:-2:2]  # label -> next different label over a blank
     score = np.full(n_states, -np.inf)
     score[:2] = log_probs[0, ext[:2]]
     back = np.zeros((n_frames, n_states), dtype=np.int64)
@@ -68,8 +69,9 @@ def ctc_align(log_probs: np.ndarray, ids: Sequence[int], blank: int) -> list[int
 
 
 @torch.no_grad()
-def word_cuts(model: AudioLLM, clips: Sequence[Clip], waves: Sequence[np.ndarray],
-              batch_size: int = 32) -> dict[int, list[int]]:
+def word_cuts(
+    model: AudioLLM, clips: Sequence[Clip], waves: Sequence[np.ndarray], batch_size: int = 32
+) -> dict[int, list[int]]:
     """``id(clip) -> sample positions between its words`` where the encoder's CTC head emits each space.
 
     English clips of two or more words only; clips whose alignment fails are left out.
@@ -79,13 +81,13 @@ def word_cuts(model: AudioLLM, clips: Sequence[Clip], waves: Sequence[np.ndarray
     out: dict[int, list[int]] = {}
     todo = [i for i, c in enumerate(clips) if c.lang in (None, "en") and len(c.text.split()) > 1]
     for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
+        idx = todo[start : start + batch_size]
         logits, lengths = model.frontend.ctc_logits(model.audio_features([waves[i] for i in idx]))
         log_probs = logits.float().log_softmax(-1).numpy()
         for row, i in enumerate(idx):
             text = " ".join(clips[i].text.split())
             ids = tok(text, add_special_tokens=False)["input_ids"]
-            frames = ctc_align(log_probs[row, :int(lengths[row])], ids, int(tok.pad_token_id))
+            frames = ctc_align(log_probs[row, : int(lengths[row])], ids, int(tok.pad_token_id))
             spaces = [f for f, t in zip(frames or [], ids) if [t] == space]
             if frames is not None and len(spaces) == len(text.split()) - 1:
                 out[id(clips[i])] = [min(len(waves[i]), f * SAMPLES_PER_FRAME + SAMPLES_PER_FRAME // 2) for f in spaces]
@@ -97,12 +99,18 @@ def shuffle_words(wave: np.ndarray, text: str, cuts: Sequence[int], rng: np.rand
     words = text.split()
     bounds = [0, *cuts, len(wave)]
     order = rng.permutation(len(words))
-    return (np.concatenate([wave[bounds[k]:bounds[k + 1]] for k in order]), " ".join(words[k] for k in order))
+    return (np.concatenate([wave[bounds[k] : bounds[k + 1]] for k in order]), " ".join(words[k] for k in order))
 
 
-def concat_pairs(batch: Sequence[Clip], audio: dict[int, np.ndarray], pool: Sequence[Clip], prob: float,
-                 rng: np.random.Generator, shuffle_prob: float = 0.0,
-                 cuts: dict[int, list[int]] | None = None) -> tuple[list[np.ndarray], list[str], list[str | None]]:
+def concat_pairs(
+    batch: Sequence[Clip],
+    audio: dict[int, np.ndarray],
+    pool: Sequence[Clip],
+    prob: float,
+    rng: np.random.Generator,
+    shuffle_prob: float = 0.0,
+    cuts: dict[int, list[int]] | None = None,
+) -> tuple[list[np.ndarray], list[str], list[str | None]]:
     """(waves, texts, contexts) of a batch: each clip with cuts gets its words shuffled with probability
     ``shuffle_prob``; each English clip, with probability ``prob``, is followed by a random English clip of
     ``pool`` (audio concatenated, texts joined by a space, contexts by ", ")."""

@@ -6,6 +6,7 @@ Sections: ``model`` (a new random model or an existing folder), ``data`` (manife
 demo data), ``optim`` (AdamW, schedule, loss weights, SpecAugment), ``run`` (output, evaluation).
 Errors are `ConfigError` naming the dotted key and where it was set (``funrl.config.load_config``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,10 +16,17 @@ from funrl.config import load_config
 from funrl.data_formats import FORMATS
 from policy.config import ConfigError, in_range, non_empty, one_of, validate
 
-__all__ = ["ConfigError", "SftConfig", "SftDataConfig", "SftModelConfig", "SftOptimConfig", "SftRunConfig",
-           "load_sft_config"]
+__all__ = [
+    "ConfigError",
+    "SftConfig",
+    "SftDataConfig",
+    "SftModelConfig",
+    "SftOptimConfig",
+    "SftRunConfig",
+    "load_sft_config",
+]
 
-SIZES = ("tiny", "demo")                 # policy.models.encoder_adapter_llm.SIZES
+SIZES = ("tiny", "demo")  # policy.models.encoder_adapter_llm.SIZES
 LLM_FAMILIES = ("qwen2", "qwen3", "llama")
 
 
@@ -27,19 +35,20 @@ class SftModelConfig:
     """The model to train: ``path`` = an existing checkpoint folder, else a new random encoder_adapter_llm."""
 
     SECTION: ClassVar[str] = "model"
-    path: str = ""              # existing model folder to continue from; "" = build a new one (below)
-    llm: str = "qwen2"          # LLM family of a new model
-    size: str = "demo"          # size of a new model (tiny | demo)
-    seed: int = 0               # init seed of a new model
-    ctc: bool = True            # a new model gets an encoder CTC head (needed for optim.ctc_weight > 0)
-    cmvn: bool = True           # a new model gets global CMVN statistics from the training clips
+    path: str = ""  # existing model folder to continue from; "" = build a new one (below)
+    llm: str = "qwen2"  # LLM family of a new model
+    size: str = "demo"  # size of a new model (tiny | demo)
+    seed: int = 0  # init seed of a new model
+    ctc: bool = True  # a new model gets an encoder CTC head (needed for optim.ctc_weight > 0)
+    cmvn: bool = True  # a new model gets global CMVN statistics from the training clips
     # A new model's LLM weights are redrawn from N(0, init_std) (0 = keep build_tiny's N(0, 0.1), made for
     # peaky test logits): at 0.1 the LLM memorises the SFT transcripts long before it learns to read the audio.
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        validate(self, {"llm": one_of(*LLM_FAMILIES), "size": one_of(*SIZES), "seed": in_range(0),
-                        "init_std": in_range(0)})
+        validate(
+            self, {"llm": one_of(*LLM_FAMILIES), "size": one_of(*SIZES), "seed": in_range(0), "init_std": in_range(0)}
+        )
 
 
 @dataclass(frozen=True)
@@ -48,16 +57,16 @@ class SftDataConfig:
     unless noise_clips."""
 
     SECTION: ClassVar[str] = "data"
-    train_manifest: str = ""    # "" = <demo_dir>/sft_train.jsonl
-    dev_manifest: str = ""      # "" = <demo_dir>/dev.jsonl (or no dev evaluation without demo_dir)
-    format: str = "jsonl"       # of the manifests given here: jsonl | hf_datasets | lhotse | nemo (docs/data.md)
-    audio_cache_dir: str = ""   # embedded audio and excerpts are written here (wav); "" = .funrl_audio beside the data
-    demo_dir: str = ""          # build (or reuse) the built-in demo data here when a manifest is ""
-    demo_size: str = "full"     # full | small (CI)
+    train_manifest: str = ""  # "" = <demo_dir>/sft_train.jsonl
+    dev_manifest: str = ""  # "" = <demo_dir>/dev.jsonl (or no dev evaluation without demo_dir)
+    format: str = "jsonl"  # of the manifests given here: jsonl | hf_datasets | lhotse | nemo (docs/data.md)
+    audio_cache_dir: str = ""  # embedded audio and excerpts are written here (wav); "" = .funrl_audio beside the data
+    demo_dir: str = ""  # build (or reuse) the built-in demo data here when a manifest is ""
+    demo_size: str = "full"  # full | small (CI)
     demo_seed: int = 0
     max_audio_seconds: float = 30.0
-    dev_clips: int = 0          # evaluate on the first N dev clips (0 = all)
-    noise_clips: bool = False   # train on noise-only clips too (target: EOS at once, i.e. an empty transcript)
+    dev_clips: int = 0  # evaluate on the first N dev clips (0 = all)
+    noise_clips: bool = False  # train on noise-only clips too (target: EOS at once, i.e. an empty transcript)
     # Curriculum: the first curriculum_steps steps draw only from curriculum_manifest (easy clips, e.g. clean
     # speech: the encoder's CTC leaves its blank/space plateau far sooner on them); with the demo data and
     # curriculum_manifest "", its clean espeak English sft_train clips are used.
@@ -65,9 +74,17 @@ class SftDataConfig:
     curriculum_steps: int = 0
 
     def __post_init__(self) -> None:
-        validate(self, {"demo_size": one_of("full", "small"), "demo_seed": in_range(0),
-                        "max_audio_seconds": in_range(0, lo_open=True), "dev_clips": in_range(0),
-                        "curriculum_steps": in_range(0), "format": one_of(*FORMATS)})
+        validate(
+            self,
+            {
+                "demo_size": one_of("full", "small"),
+                "demo_seed": in_range(0),
+                "max_audio_seconds": in_range(0, lo_open=True),
+                "dev_clips": in_range(0),
+                "curriculum_steps": in_range(0),
+                "format": one_of(*FORMATS),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -77,50 +94,71 @@ class SftOptimConfig:
     SECTION: ClassVar[str] = "optim"
     lr: float = 1.5e-3
     warmup_steps: int = 100
-    schedule: str = "cosine"    # after warm-up: cosine | linear | constant
+    schedule: str = "cosine"  # after warm-up: cosine | linear | constant
     min_lr_ratio: float = 0.05  # the schedule ends at lr * min_lr_ratio
     batch_size: int = 24
-    steps: int = 2000           # schedule length and step limit
-    minutes: float = 0.0        # wall-clock limit (0 = none); the schedule follows whichever limit is nearer
+    steps: int = 2000  # schedule length and step limit
+    minutes: float = 0.0  # wall-clock limit (0 = none); the schedule follows whichever limit is nearer
     ctc_weight: float = 0.5
     shuffle_words_prob: float = 0.0  # after encoder_steps: share of English clips whose words (cut where the
-                                     # encoder's CTC head emits the spaces) are put in a random order
-    encoder_steps: int = 0      # the first N steps train the encoder + CTC head alone (CTC loss; no LLM): fast,
-                                # and the LLM then learns to read features that already carry the transcript
+    # encoder's CTC head emits the spaces) are put in a random order
+    encoder_steps: int = 0  # the first N steps train the encoder + CTC head alone (CTC loss; no LLM): fast,
+    # and the LLM then learns to read features that already carry the transcript
     freeze_encoder: bool = False  # after encoder_steps: encoder + CTC head frozen (adapter + LLM train on CE)
-    grad_clip: float = 1.0      # max grad norm; 0 disables clipping
+    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
     weight_decay: float = 0.01
-    spec_freq_masks: int = 0    # SpecAugment: masks of up to 8 mel bins each
-    spec_time_masks: int = 0    # SpecAugment: masks of up to 10 frames (100 ms) each
-    concat_prob: float = 0.0    # share of English clips joined with a random other English clip (audio and text):
-                                # new word sequences every step, so the LLM cannot memorise the transcripts
+    spec_freq_masks: int = 0  # SpecAugment: masks of up to 8 mel bins each
+    spec_time_masks: int = 0  # SpecAugment: masks of up to 10 frames (100 ms) each
+    concat_prob: float = 0.0  # share of English clips joined with a random other English clip (audio and text):
+    # new word sequences every step, so the LLM cannot memorise the transcripts
 
     def __post_init__(self) -> None:
-        validate(self, {
-            "lr": in_range(0, lo_open=True), "warmup_steps": in_range(0),
-            "schedule": one_of("cosine", "linear", "constant"), "min_lr_ratio": in_range(0, 1),
-            "batch_size": in_range(1), "steps": in_range(1), "minutes": in_range(0), "ctc_weight": in_range(0),
-            "grad_clip": in_range(0), "weight_decay": in_range(0), "spec_freq_masks": in_range(0),
-            "spec_time_masks": in_range(0), "concat_prob": in_range(0, 1), "encoder_steps": in_range(0),
-            "shuffle_words_prob": in_range(0, 1),
-        })
+        validate(
+            self,
+            {
+                "lr": in_range(0, lo_open=True),
+                "warmup_steps": in_range(0),
+                "schedule": one_of("cosine", "linear", "constant"),
+                "min_lr_ratio": in_range(0, 1),
+                "batch_size": in_range(1),
+                "steps": in_range(1),
+                "minutes": in_range(0),
+                "ctc_weight": in_range(0),
+                "grad_clip": in_range(0),
+                "weight_decay": in_range(0),
+                "spec_freq_masks": in_range(0),
+                "spec_time_masks": in_range(0),
+                "concat_prob": in_range(0, 1),
+                "encoder_steps": in_range(0),
+                "shuffle_words_prob": in_range(0, 1),
+            },
+        )
 
 
 @dataclass(frozen=True)
 class SftRunConfig:
     SECTION: ClassVar[str] = "run"
-    out_dir: str = "runs/sft"   # config.yaml, train_log.jsonl, model/
-    seed: int = 0               # data order and SpecAugment
-    eval_every: int = 200       # dev WER every N steps (0 = only at the end); the model is saved then too
-    log_every: int = 10         # train_log.jsonl: one line per N steps (means over them)
+    out_dir: str = "runs/sft"  # config.yaml, train_log.jsonl, model/
+    seed: int = 0  # data order and SpecAugment
+    eval_every: int = 200  # dev WER every N steps (0 = only at the end); the model is saved then too
+    log_every: int = 10  # train_log.jsonl: one line per N steps (means over them)
     eval_batch: int = 32
-    max_new_tokens: int = 96    # greedy decoding limit
-    threads: int = 2            # torch.set_num_threads
+    max_new_tokens: int = 96  # greedy decoding limit
+    threads: int = 2  # torch.set_num_threads
 
     def __post_init__(self) -> None:
-        validate(self, {"out_dir": non_empty, "seed": in_range(0), "eval_every": in_range(0),
-                        "log_every": in_range(1), "eval_batch": in_range(1), "max_new_tokens": in_range(1),
-                        "threads": in_range(1)})
+        validate(
+            self,
+            {
+                "out_dir": non_empty,
+                "seed": in_range(0),
+                "eval_every": in_range(0),
+                "log_every": in_range(1),
+                "eval_batch": in_range(1),
+                "max_new_tokens": in_range(1),
+                "threads": in_range(1),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -134,17 +172,25 @@ class SftConfig:
     def __post_init__(self) -> None:
         validate(self)
         if not self.data.train_manifest and not self.data.demo_dir:
-            raise ConfigError("data.train_manifest is not set: give a manifest (data.train_manifest=PATH) "
-                              "or the built-in demo data (data.demo_dir=DIR)", key="data.train_manifest")
+            raise ConfigError(
+                "data.train_manifest is not set: give a manifest (data.train_manifest=PATH) "
+                "or the built-in demo data (data.demo_dir=DIR)",
+                key="data.train_manifest",
+            )
         if self.data.curriculum_steps and not (self.data.curriculum_manifest or self.data.demo_dir):
-            raise ConfigError("data.curriculum_steps > 0 needs data.curriculum_manifest (or data.demo_dir)",
-                              key="data.curriculum_steps")
+            raise ConfigError(
+                "data.curriculum_steps > 0 needs data.curriculum_manifest (or data.demo_dir)",
+                key="data.curriculum_steps",
+            )
         if self.optim.encoder_steps and not self.model.path and not self.model.ctc:
-            raise ConfigError("optim.encoder_steps > 0 trains the encoder's CTC head: set model.ctc=true",
-                              key="optim.encoder_steps")
+            raise ConfigError(
+                "optim.encoder_steps > 0 trains the encoder's CTC head: set model.ctc=true", key="optim.encoder_steps"
+            )
         if self.optim.ctc_weight > 0 and not self.model.path and not self.model.ctc:
-            raise ConfigError("optim.ctc_weight > 0 needs a CTC head: set model.ctc=true or optim.ctc_weight=0",
-                              key="optim.ctc_weight")
+            raise ConfigError(
+                "optim.ctc_weight > 0 needs a CTC head: set model.ctc=true or optim.ctc_weight=0",
+                key="optim.ctc_weight",
+            )
 
 
 def load_sft_config(path: str | None, overrides: list[str]) -> Any:

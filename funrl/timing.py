@@ -1,4 +1,5 @@
 """Wall-clock timing of the stages of a step (embed, generate, score, learn, sync)."""
+
 from __future__ import annotations
 
 import time

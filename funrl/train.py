@@ -5,6 +5,7 @@ With no arguments it runs the built-in demo (funrl/demo): builds the speech data
 and the starting model if needed, evaluates, trains, evaluates again and prints a
 before/after table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,24 @@ Overrides are dotted keys of the config (see the dump printed at start, or OUT/c
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m funrl.train", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+        prog="python -m funrl.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     p.add_argument("--config", help="YAML config file (any subset of the keys; the rest keep defaults)")
     p.add_argument("--resume", metavar="OUT", help="resume the run in folder OUT from its last checkpoint")
-    p.add_argument("--no-demo", action="store_true",
-                   help="never fall back to the built-in demo (fail if data.train_manifest is unset)")
-    p.add_argument("--demo-size", choices=["full", "small"], default="full",
-                   help="built-in demo only: 'small' is the reduced data and run CI uses (about a minute)")
+    p.add_argument(
+        "--no-demo",
+        action="store_true",
+        help="never fall back to the built-in demo (fail if data.train_manifest is unset)",
+    )
+    p.add_argument(
+        "--demo-size",
+        choices=["full", "small"],
+        default="full",
+        help="built-in demo only: 'small' is the reduced data and run CI uses (about a minute)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. rollout.n=8")
     return p.parse_args(argv)
 
@@ -66,17 +77,22 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         # the saved run.out_dir may be relative to the original run's working directory: the run is in OUT
         if any(o.partition("=")[0].strip() == "run.out_dir" for o in args.overrides):
-            raise ConfigError(f"--resume {args.resume} continues the run in {args.resume}: drop the run.out_dir "
-                              "override (to train elsewhere, copy the folder and resume the copy)")
+            raise ConfigError(
+                f"--resume {args.resume} continues the run in {args.resume}: drop the run.out_dir "
+                "override (to train elsewhere, copy the folder and resume the copy)"
+            )
         cfg = load_config(str(Path(args.resume) / "config.yaml"), args.overrides)
         return replace(cfg, run=replace(cfg.run, out_dir=str(args.resume)))
     if args.config or args.no_demo or any(o.startswith("data.train_manifest=") for o in args.overrides):
         cfg = load_config(args.config, args.overrides)
         if not cfg.data.train_manifest:
-            raise ConfigError("data.train_manifest is not set: give a manifest (data.train_manifest=PATH), "
-                              "or run without --config/--no-demo for the built-in demo")
+            raise ConfigError(
+                "data.train_manifest is not set: give a manifest (data.train_manifest=PATH), "
+                "or run without --config/--no-demo for the built-in demo"
+            )
         return cfg
     from funrl.demo.run import demo_config
+
     return demo_config(args.overrides, size=args.demo_size)
 
 
@@ -86,8 +102,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "eval_before.json", "eval_after.json", "wandb_run.json",
-             "mlflow_run.json")
+RUN_FILES = (
+    "metrics.jsonl",
+    "rollouts.jsonl",
+    "eval_before.json",
+    "eval_after.json",
+    "wandb_run.json",
+    "mlflow_run.json",
+)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
@@ -96,9 +118,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     With ``data.test_manifest`` set, the policy is evaluated (greedy) on it before and after training and
     a before/after table is printed (OUT/eval_before.json, OUT/eval_after.json).
     """
-    cfg = with_local_model(cfg)                            # a Hub id -> its folder in the local HF cache
-    data = load_inputs(cfg)                                # everything checked before any file or actor
-    with RunLock(cfg.run.out_dir):                         # one process per run folder
+    cfg = with_local_model(cfg)  # a Hub id -> its folder in the local HF cache
+    data = load_inputs(cfg)  # everything checked before any file or actor
+    with RunLock(cfg.run.out_dir):  # one process per run folder
         return _train(cfg, resume, data)
 
 
@@ -146,8 +168,9 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
     test_clips = checked_manifest(cfg, cfg.data.test_manifest) if cfg.data.test_manifest else None
     eval_clips = checked_manifest(cfg, cfg.data.eval_manifest) if cfg.data.eval_manifest else None
     try:
-        sampler = make_sampler(clips, cfg.run.clips_per_step, cfg.data.noise_per_step, cfg.run.seed,
-                               shuffle=cfg.data.shuffle)
+        sampler = make_sampler(
+            clips, cfg.run.clips_per_step, cfg.data.noise_per_step, cfg.run.seed, shuffle=cfg.data.shuffle
+        )
     except ValueError as exc:
         raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key="data.noise_per_step") from None
     return Inputs(sampler, test_clips, eval_clips, tuple(clips))
@@ -158,33 +181,45 @@ def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
     ckpts = CheckpointManager(out, keep_last=cfg.run.keep_last)
     last = ckpts.latest() if resume else None
     if not resume and ckpts.latest() is not None:
-        raise ConfigError(f"run.out_dir {out} already holds a run with checkpoints: continue it with "
-                          f"--resume {out}, or choose another run.out_dir")
+        raise ConfigError(
+            f"run.out_dir {out} already holds a run with checkpoints: continue it with "
+            f"--resume {out}, or choose another run.out_dir"
+        )
     leftovers = [n for n in RUN_FILES if (out / n).exists()] if not resume else []
-    if leftovers:   # a fresh run would reuse eval_before.json and drop the old metrics without a word
-        raise ConfigError(f"run.out_dir {out} holds files of an earlier run ({', '.join(leftovers)}) but no "
-                          f"checkpoint: continue it from step 1 with --resume {out}, delete them, or choose "
-                          "another run.out_dir")
+    if leftovers:  # a fresh run would reuse eval_before.json and drop the old metrics without a word
+        raise ConfigError(
+            f"run.out_dir {out} holds files of an earlier run ({', '.join(leftovers)}) but no "
+            f"checkpoint: continue it from step 1 with --resume {out}, delete them, or choose "
+            "another run.out_dir"
+        )
     sampler, test_clips, eval_clips = data.sampler, data.test_clips, data.eval_clips
     start = last.step + 1 if last else 1
     out.mkdir(parents=True, exist_ok=True)
-    if last:   # checked against the checkpoint before config.yaml (with the --resume overrides) is written
+    if last:  # checked against the checkpoint before config.yaml (with the --resume overrides) is written
         try:
             sampler.load_state_dict(last.trainer_state()["data"])
         except (ValueError, KeyError) as exc:
-            raise ConfigError(f"--resume {out}: this config does not match the checkpoint {last.path} ({exc}); "
-                              f"{out / 'config.yaml'} is unchanged") from None
+            raise ConfigError(
+                f"--resume {out}: this config does not match the checkpoint {last.path} ({exc}); "
+                f"{out / 'config.yaml'} is unchanged"
+            ) from None
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.run.seed + start)
     # log lines of steps after start - 1 (left by a run killed before its next checkpoint) are dropped
     metrics = MetricsLogger(out, resume_step=start - 1, loggers=cfg.run.loggers, project=cfg.run.project)
     metrics.log_config(to_dict(cfg))
     samples = JsonlLog(out / "rollouts.jsonl", resume_step=start - 1)
+
     # prompt lengths need the model's frontend: the embedding worker measures them before the engines and the
     # learner start
     def check_prompts(cluster: Cluster) -> None:
-        check_prompt_lengths(data.all_clips(), lambda c, limit: cluster.embed_call("prompt_lengths", c, limit),
-                             cfg.rollout.max_model_len, cfg.rollout.max_new_tokens)
+        check_prompt_lengths(
+            data.all_clips(),
+            lambda c, limit: cluster.embed_call("prompt_lengths", c, limit),
+            cfg.rollout.max_model_len,
+            cfg.rollout.max_new_tokens,
+        )
+
     with Cluster(cfg, after_embedder=check_prompts) as cluster:
         if last:
             cluster.load_checkpoint(last.path / "learner")
@@ -215,8 +250,9 @@ class RunLogs:
     ckpts: CheckpointManager
 
 
-def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: RunLogs, eval_clips,
-              stop: GracefulStop) -> None:
+def run_steps(
+    cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: RunLogs, eval_clips, stop: GracefulStop
+) -> None:
     """Steps ``start``..``run.steps``, each logged and checkpointed every ``run.save_every``; on a stop signal,
     after the step in progress: a checkpoint, then `Preempted`."""
     out = Path(cfg.run.out_dir)
@@ -225,13 +261,17 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
         # the step travels with each clip: data.augment draws from (seed, step, clip) wherever audio is loaded
         before, finished = sampler.state_dict(), cluster.updates_finished
         try:
-            record, scored = train_step(cfg, cluster, at_step(sampler.next_batch(), step),
-                                        more_clips=lambda: at_step(sampler.next_batch(), step),  # noqa: B023 - called in this step
-                                        step=step)
-        except WorkerError:   # an engine past its restarts, a learner rank: keep what the learner holds
-            if cluster.updates_started == finished:      # failed before the update: step - 1's weights
+            record, scored = train_step(
+                cfg,
+                cluster,
+                at_step(sampler.next_batch(), step),
+                more_clips=lambda: at_step(sampler.next_batch(), step),  # noqa: B023 - called in this step
+                step=step,
+            )
+        except WorkerError:  # an engine past its restarts, a learner rank: keep what the learner holds
+            if cluster.updates_started == finished:  # failed before the update: step - 1's weights
                 _checkpoint_after_failure(cfg, cluster, logs, step, step - 1, before, start)
-            elif cluster.updates_finished > finished:    # failed in the sync: step's (no metrics line)
+            elif cluster.updates_finished > finished:  # failed in the sync: step's (no metrics line)
                 _checkpoint_after_failure(cfg, cluster, logs, step, step, sampler.state_dict(), start)
             raise
         if should_log(cfg.run.log_rollouts, step):
@@ -240,19 +280,26 @@ def run_steps(cfg: TrainConfig, cluster: Cluster, sampler, start: int, logs: Run
             dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
             record |= {f"eval.{k}": v for k, v in asdict(dev).items() if isinstance(v, float)}
         logs.metrics.log(step, record)
-        progress.set_postfix(reward=f"{record['reward.total.mean']:.3f}",
-                             wer=f"{1.0 - record.get('reward.wer.mean', float('nan')):.3f}",
-                             kl=f"{record.get('kl', float('nan')):.3f}", s_step=f"{record['time.step']:.1f}")
+        progress.set_postfix(
+            reward=f"{record['reward.total.mean']:.3f}",
+            wer=f"{1.0 - record.get('reward.wer.mean', float('nan')):.3f}",
+            kl=f"{record.get('kl', float('nan')):.3f}",
+            s_step=f"{record['time.step']:.1f}",
+        )
         if step % cfg.run.save_every == 0 or step == cfg.run.steps or stop.requested:
             logs.ckpts.save(step, {"data": sampler.state_dict()}, cluster.save_checkpoint)
         if stop.requested and step < cfg.run.steps:
             progress.close()
-            raise Preempted(f"stopped after step {step} of {cfg.run.steps} (checkpoint written); continue with:\n"
-                            f"  python -m funrl.train --resume {out}", stop.exit_code)
+            raise Preempted(
+                f"stopped after step {step} of {cfg.run.steps} (checkpoint written); continue with:\n"
+                f"  python -m funrl.train --resume {out}",
+                stop.exit_code,
+            )
 
 
-def _checkpoint_after_failure(cfg: TrainConfig, cluster: Cluster, logs: RunLogs, step: int, done: int,
-                              data: dict, start: int) -> None:
+def _checkpoint_after_failure(
+    cfg: TrainConfig, cluster: Cluster, logs: RunLogs, step: int, done: int, data: dict, start: int
+) -> None:
     """Step ``step`` failed with the learner consistent at step ``done``: a checkpoint of it with the data
     position ``data``, unless step ``done`` has one (the last periodic one, or the one resumed from)."""
     if done < start or (done < step and done % cfg.run.save_every == 0):
@@ -285,15 +332,21 @@ def load_rewards(cfg: TrainConfig) -> None:
 
 def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> EvalReport:
     """Greedy evaluation of the current policy on ``clips`` through the running workers."""
-    report, records = evaluate(cluster.embed, lambda p: cluster.generate(p, greedy=True), clips,
-                               batch_size=cluster.cfg.rollout.embed_batch_size, progress=progress,
-                               normalizer=cluster.cfg.rewards.normalizer)
+    report, records = evaluate(
+        cluster.embed,
+        lambda p: cluster.generate(p, greedy=True),
+        clips,
+        batch_size=cluster.cfg.rollout.embed_batch_size,
+        progress=progress,
+        normalizer=cluster.cfg.rewards.normalizer,
+    )
     write_report(report, records, path)
     return report
 
 
-def train_step(cfg: TrainConfig, cluster: Cluster, clips, more_clips: Callable[[], list] | None = None,
-               step: int | None = None) -> tuple[dict[str, float], ScoredRollout]:
+def train_step(
+    cfg: TrainConfig, cluster: Cluster, clips, more_clips: Callable[[], list] | None = None, step: int | None = None
+) -> tuple[dict[str, float], ScoredRollout]:
     """One GRPO step; returns its metrics record and every group sampled, scored.
     ``more_clips()``: the next clips, for dynamic sampling's refill rounds (``run.max_refill_rounds``).
     ``step``: the engines sample with seeds drawn from (``rollout.seed``, step, round), so a resumed run samples
@@ -308,8 +361,9 @@ def train_step(cfg: TrainConfig, cluster: Cluster, clips, more_clips: Callable[[
     return step_record(scored, stats, info) | t.as_metrics(), scored
 
 
-def sample_groups(cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: StageTimer, step: int | None = None
-                  ) -> tuple[ScoredRollout, ScoredRollout | None, dict[str, float]]:
+def sample_groups(
+    cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: StageTimer, step: int | None = None
+) -> tuple[ScoredRollout, ScoredRollout | None, dict[str, float]]:
     """embed -> generate -> score (-> drop flat groups -> refill, up to ``run.max_refill_rounds`` more rounds).
     Returns every group sampled, the batch to train on (None: nothing left) and counts for the metrics."""
     rounds = cfg.run.max_refill_rounds if (cfg.run.dynamic_sampling and more_clips is not None) else 0
@@ -348,8 +402,9 @@ def score(cfg: TrainConfig, rollout) -> ScoredRollout:
     if cfg.rollout.truncated == "penalty":
         r = cfg.rollout
         extra["overlong"] = rollout_penalty(rollout, r.max_new_tokens, r.overlong_buffer, r.overlong_penalty)
-    return score_and_advantage(rollout, cfg.rewards.weights, estimator=cfg.learner.advantage, extra=extra,
-                               normalizer=cfg.rewards.normalizer)
+    return score_and_advantage(
+        rollout, cfg.rewards.weights, estimator=cfg.learner.advantage, extra=extra, normalizer=cfg.rewards.normalizer
+    )
 
 
 def step_record(scored, stats, groups: dict[str, float]) -> dict[str, float]:
@@ -364,22 +419,34 @@ def step_record(scored, stats, groups: dict[str, float]) -> dict[str, float]:
     rec.update({f"groups.{k}": float(v) for k, v in groups.items()})
     rec["hyp.length.mean"] = float(scored.rollout.mask.sum(-1).mean())
     rec["hyp.truncated_frac"] = float(scored.rollout.truncated.float().mean())
-    rec["time.vllm_generate"] = scored.rollout.seconds        # inside the engine(s): the rest is transport
+    rec["time.vllm_generate"] = scored.rollout.seconds  # inside the engine(s): the rest is transport
     if stats is not None:
-        rec.update(loss=stats.loss, kl=stats.kl, clip_frac=stats.clip_frac, ratio_mean=stats.ratio_mean,
-                   grad_norm=stats.grad_norm, lr=stats.lr)
+        rec.update(
+            loss=stats.loss,
+            kl=stats.kl,
+            clip_frac=stats.clip_frac,
+            ratio_mean=stats.ratio_mean,
+            grad_norm=stats.grad_norm,
+            lr=stats.lr,
+        )
         rec.update({name: stats.extra[key] for name, key in LEARNER_EXTRAS.items() if key in stats.extra})
-        rec["time.learner_compute"] = stats.seconds           # forward/backward/step inside the learner
+        rec["time.learner_compute"] = stats.seconds  # forward/backward/step inside the learner
     return rec
 
 
 # metrics.jsonl name -> LearnStats.extra key: the sampler/learner agreement (before the update) and the
 # per-token outliers of the update, which a mean hides (one token with KL 200 among 2,000)
 LEARNER_EXTRAS = {
-    "rollout.logprob_diff.mean": "logprob_diff_mean", "rollout.logprob_diff.max": "logprob_diff_max",
-    "rollout.is_weight.min": "is_weight_min", "rollout.is_weight.max": "is_weight_max",
-    "kl_max": "kl_max", "ratio_max": "ratio_max", "ratio_min": "ratio_min",
-    "tis.weight_mean": "tis_weight_mean", "tis.clip_frac": "tis_clip_frac", "optimizer_steps": "optimizer_steps",
+    "rollout.logprob_diff.mean": "logprob_diff_mean",
+    "rollout.logprob_diff.max": "logprob_diff_max",
+    "rollout.is_weight.min": "is_weight_min",
+    "rollout.is_weight.max": "is_weight_max",
+    "kl_max": "kl_max",
+    "ratio_max": "ratio_max",
+    "ratio_min": "ratio_min",
+    "tis.weight_mean": "tis_weight_mean",
+    "tis.clip_frac": "tis_clip_frac",
+    "optimizer_steps": "optimizer_steps",
 }
 
 
@@ -387,13 +454,17 @@ def rollout_record(scored: ScoredRollout) -> dict:
     """What OUT/rollouts.jsonl keeps of a step: each clip's audio, reference, hypotheses, total rewards and
     reward meta (language, keywords: what ``python -m rewards replay`` needs to rescore them)."""
     total = scored.rewards["total"]
-    return {"clips": [{"audio": clip.audio, "ref": clip.text, "hyps": list(hyps), "total": total[i].tolist(),
-                       "meta": clip.meta()}
-                      for i, (clip, hyps) in enumerate(zip(scored.rollout.prompts.clips, scored.rollout.texts))]}
+    return {
+        "clips": [
+            {"audio": clip.audio, "ref": clip.text, "hyps": list(hyps), "total": total[i].tolist(), "meta": clip.meta()}
+            for i, (clip, hyps) in enumerate(zip(scored.rollout.prompts.clips, scored.rollout.texts))
+        ]
+    }
 
 
 def _progress(steps, total: int, done: int):
     from tqdm import tqdm
+
     return tqdm(steps, total=total, initial=done, desc="GRPO", unit="step", dynamic_ncols=True)
 
 

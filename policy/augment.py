@@ -12,6 +12,7 @@ is then), then gain (applied to the mix, so the SNR stays). Nothing is clipped: 
 
 `mix_at_snr` and `fit_length` are the project's one noise-mixing code (the demo's data builder uses them too).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,18 @@ import soxr
 from policy.config import ConfigError, in_range, validate
 from policy.messages import Clip
 
-__all__ = ["AUDIO_SUFFIXES", "AugmentConfig", "Augmenter", "apply_gain", "at_step", "change_speed", "clip_key",
-           "fit_length", "mix_at_snr", "noise_files"]
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "AugmentConfig",
+    "Augmenter",
+    "apply_gain",
+    "at_step",
+    "change_speed",
+    "clip_key",
+    "fit_length",
+    "mix_at_snr",
+    "noise_files",
+]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 SPEED_LIMITS = (0.5, 2.0)
@@ -45,7 +56,7 @@ def fit_length(noise: np.ndarray, n: int, rng: np.random.Generator | None = None
         raise ValueError("fit_length: empty noise")
     reps = int(np.ceil((n + noise.size) / noise.size))
     start = int(rng.integers(0, noise.size)) if rng is not None else 0
-    return np.tile(noise, reps)[start:start + n]
+    return np.tile(noise, reps)[start : start + n]
 
 
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
@@ -56,7 +67,7 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     """
     s = np.asarray(speech, dtype=np.float64)
     nz = fit_length(noise, s.size).astype(np.float64)
-    p_s, p_n = np.mean(s ** 2), np.mean(nz ** 2)
+    p_s, p_n = np.mean(s**2), np.mean(nz**2)
     if not p_s > 0:
         raise ValueError("mix_at_snr: the speech signal is silent")
     if not p_n > 0:
@@ -100,26 +111,30 @@ def _check_noise_dir(folder: str) -> None:
     try:
         files = noise_files(folder)
     except ValueError as exc:
-        raise ConfigError(f"{key}: {exc}: give a folder of noise recordings, or set "
-                          f"data.augment.noise_prob=0", key=key) from None
+        raise ConfigError(
+            f"{key}: {exc}: give a folder of noise recordings, or set data.augment.noise_prob=0", key=key
+        ) from None
     for path in files:
         try:
             frames = sf.info(str(path)).frames
         except Exception as err:  # noqa: BLE001 - soundfile raises several types by format
-            raise ConfigError(f"{key}: {path}: cannot read audio ({type(err).__name__}: {err}); remove or "
-                              "replace the file", key=key) from None
+            raise ConfigError(
+                f"{key}: {path}: cannot read audio ({type(err).__name__}: {err}); remove or replace the file", key=key
+            ) from None
         if frames <= 0:
             raise ConfigError(f"{key}: {path}: the audio file is empty; remove it", key=key)
 
 
 def _range(lo: float | None = None, hi: float | None = None):
     """Check for a ``[low, high]`` pair with ``low <= high``, both inside ``[lo, hi]``."""
+
     def check(v: tuple[float, float]) -> str | None:
         if v[0] > v[1]:
             return "must be [low, high] with low <= high"
         if (lo is not None and v[0] < lo) or (hi is not None and v[1] > hi):
             return f"must lie within [{lo:g}, {hi:g}]"
         return None
+
     return check
 
 
@@ -130,25 +145,38 @@ class AugmentConfig:
 
     SECTION: ClassVar[str] = "data.augment"
     enabled: bool = False
-    seed: int = 0                                  # with the step and the clip, seeds every draw
-    noise_dir: str = ""                            # folder of noise recordings (wav/flac/ogg, searched recursively)
+    seed: int = 0  # with the step and the clip, seeds every draw
+    noise_dir: str = ""  # folder of noise recordings (wav/flac/ogg, searched recursively)
     noise_prob: float = 0.5
     snr_db: tuple[float, float] = (5.0, 20.0)
     speed_prob: float = 0.5
-    speed: tuple[float, float] = (0.9, 1.1)        # > 1 plays faster (fewer samples)
+    speed: tuple[float, float] = (0.9, 1.1)  # > 1 plays faster (fewer samples)
     gain_prob: float = 0.5
     gain_db: tuple[float, float] = (-6.0, 6.0)
 
     def __post_init__(self) -> None:
         prob = in_range(0, 1)
-        validate(self, {"seed": in_range(0), "noise_prob": prob, "speed_prob": prob, "gain_prob": prob,
-                        "snr_db": _range(), "speed": _range(*SPEED_LIMITS), "gain_db": _range()})
+        validate(
+            self,
+            {
+                "seed": in_range(0),
+                "noise_prob": prob,
+                "speed_prob": prob,
+                "gain_prob": prob,
+                "snr_db": _range(),
+                "speed": _range(*SPEED_LIMITS),
+                "gain_db": _range(),
+            },
+        )
         if not (self.enabled and self.noise_prob > 0):
             return
         if not self.noise_dir:
-            raise ConfigError("data.augment.noise_dir is not set but data.augment.noise_prob is "
-                              f"{self.noise_prob:g}: give a folder of noise recordings, or set "
-                              "data.augment.noise_prob=0", key="data.augment.noise_dir")
+            raise ConfigError(
+                "data.augment.noise_dir is not set but data.augment.noise_prob is "
+                f"{self.noise_prob:g}: give a folder of noise recordings, or set "
+                "data.augment.noise_prob=0",
+                key="data.augment.noise_dir",
+            )
         _check_noise_dir(self.noise_dir)
 
 
@@ -209,7 +237,7 @@ class Augmenter:
 
     def _add_noise(self, wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
         segment = fit_length(self.noise(int(rng.integers(len(self.files)))), wave.size, rng)
-        if not np.any(wave) or not np.any(segment):   # digital silence on either side: no SNR to set
+        if not np.any(wave) or not np.any(segment):  # digital silence on either side: no SNR to set
             return wave
         return mix_at_snr(wave, segment, snr_db)
 
@@ -217,6 +245,7 @@ class Augmenter:
         """Noise file ``index`` at ``sample_rate``, mono (read once)."""
         if index not in self._noise:
             from policy.models.audio import load_audio  # the model package imports transformers: only when used
+
             samples = load_audio(self.files[index], max_seconds=None, sample_rate=self.sample_rate)
             if not np.any(samples):
                 raise ValueError(f"data.augment.noise_dir: {self.files[index]} is silent; remove it")

@@ -8,6 +8,7 @@ allowed choices. Errors are ``ConfigError`` naming the dotted key, e.g.
 ``learner.clip_eps must be in (0, 1), got 1.5``. The YAML loader lives in
 ``funrl.config`` (funrl may import every package; this one imports nothing above it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -89,7 +90,7 @@ def _coerce_scalar(value: Any, hint: type) -> Any:
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise TypeError
-    if isinstance(value, bool):                 # never silently read True as 1
+    if isinstance(value, bool):  # never silently read True as 1
         raise TypeError
     if hint is int:
         if isinstance(value, int):
@@ -194,9 +195,11 @@ def dotted(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def in_range(lo: float | None = None, hi: float | None = None,
-             lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], str | None]:
+def in_range(
+    lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False
+) -> Callable[[Any], str | None]:
     """Check for ``lo <(=) value <(=) hi``; phrases like "must be in (0, 1)" / "must be >= 0"."""
+
     def check(v: Any) -> str | None:
         bad_lo = lo is not None and (v <= lo if lo_open else v < lo)
         bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
@@ -207,12 +210,14 @@ def in_range(lo: float | None = None, hi: float | None = None,
         if lo is not None:
             return f"must be {'>' if lo_open else '>='} {lo:g}"
         return f"must be {'<' if hi_open else '<='} {hi:g}"
+
     return check
 
 
 def one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in choices else f"must be one of {', '.join(choices)}"
+
     return check
 
 
@@ -234,17 +239,17 @@ class ModelConfig:
     """The policy model: a local checkpoint folder (its config names the adapter)."""
 
     SECTION: ClassVar[str] = "model"
-    path: str = ""                   # local model folder, or a Hub id org/name[@revision] in the local HF cache
-                                     # (policy.models.hub; never downloaded); "" = the built-in demo model
+    path: str = ""  # local model folder, or a Hub id org/name[@revision] in the local HF cache
+    # (policy.models.hub; never downloaded); "" = the built-in demo model
     dtype: str = "float32"
-    train_encoder: bool = False      # train the audio encoder + adapter too (synced to the embedder)
-    prompt: str | None = None        # instruction text; None = the model's default prompt
+    train_encoder: bool = False  # train the audio encoder + adapter too (synced to the embedder)
+    prompt: str | None = None  # instruction text; None = the model's default prompt
 
     def __post_init__(self) -> None:
         validate(self, {"dtype": one_of(*DTYPES, "float16")})
 
 
-MAX_LORA_RANK = 512   # the largest max_lora_rank vLLM 0.32 serves (the top of rollout.vllm_worker.VLLM_LORA_RANKS)
+MAX_LORA_RANK = 512  # the largest max_lora_rank vLLM 0.32 serves (the top of rollout.vllm_worker.VLLM_LORA_RANKS)
 
 
 @dataclass(frozen=True)
@@ -256,12 +261,17 @@ class LoraConfig:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     def __post_init__(self) -> None:
-        validate(self, {
-            "r": in_range(1, MAX_LORA_RANK), "alpha": in_range(0, lo_open=True),
-            "dropout": in_range(0, 1, hi_open=True),
-            "target_modules": lambda v: non_empty(v) or (
-                "must not contain empty names" if any(not m for m in v) else None),
-        })
+        validate(
+            self,
+            {
+                "r": in_range(1, MAX_LORA_RANK),
+                "alpha": in_range(0, lo_open=True),
+                "dropout": in_range(0, 1, hi_open=True),
+                "target_modules": lambda v: (
+                    non_empty(v) or ("must not contain empty names" if any(not m for m in v) else None)
+                ),
+            },
+        )
 
 
 def _betas(v: tuple[float, float]) -> str | None:
@@ -274,45 +284,61 @@ class LearnerConfig:
 
     SECTION: ClassVar[str] = "learner"
     lr: float = 1e-5
-    lr_schedule: str = "constant"           # constant | cosine | linear (after warm-up)
+    lr_schedule: str = "constant"  # constant | cosine | linear (after warm-up)
     warmup_steps: int = 0
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    advantage: str = "grpo"                 # grpo | dr_grpo (no std division) | rloo (leave-one-out baseline)
-    loss: str = "ppo_clip"                  # ppo_clip (token ratio) | gspo (sequence ratio, length-normalised)
+    advantage: str = "grpo"  # grpo | dr_grpo (no std division) | rloo (leave-one-out baseline)
+    loss: str = "ppo_clip"  # ppo_clip (token ratio) | gspo (sequence ratio, length-normalised)
     clip_eps: float = 0.2
-    clip_eps_low: float | None = None       # lower clip range; null = clip_eps
-    clip_eps_high: float | None = None      # upper clip range; null = clip_eps (DAPO clip-higher: e.g. 0.28)
-    beta: float = 0.04                      # KL penalty weight; 0 = no reference kept or run (KL logged null)
+    clip_eps_low: float | None = None  # lower clip range; null = clip_eps
+    clip_eps_high: float | None = None  # upper clip range; null = clip_eps (DAPO clip-higher: e.g. 0.28)
+    beta: float = 0.04  # KL penalty weight; 0 = no reference kept or run (KL logged null)
     kl_kind: str = "k3"
-    kl_clamp: float | None = 10.0           # per-token KL estimate bounded to [-kl_clamp, kl_clamp] (verl); null = off
-    agg: str = "seq-mean-token-mean"       # | token-mean | seq-mean-token-sum-norm (Dr. GRPO: / max_new_tokens)
+    kl_clamp: float | None = 10.0  # per-token KL estimate bounded to [-kl_clamp, kl_clamp] (verl); null = off
+    agg: str = "seq-mean-token-mean"  # | token-mean | seq-mean-token-sum-norm (Dr. GRPO: / max_new_tokens)
     ppo_epochs: int = 1
-    mini_batches: int = 1                   # optimizer steps per rollout (old log-probs computed once, before)
-    tis_cap: float | None = None            # truncated importance sampling with vLLM's log-probs; null = off
-    micro_batch: int = 8                    # sequences per forward/backward
-    share_prompts: bool = True              # run each clip's prompt once for its G rows (packed; same values)
-    grad_clip: float = 1.0                  # max grad norm; 0 disables clipping
-    finetune: str = "full"                  # full | lora
+    mini_batches: int = 1  # optimizer steps per rollout (old log-probs computed once, before)
+    tis_cap: float | None = None  # truncated importance sampling with vLLM's log-probs; null = off
+    micro_batch: int = 8  # sequences per forward/backward
+    share_prompts: bool = True  # run each clip's prompt once for its G rows (packed; same values)
+    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
+    finetune: str = "full"  # full | lora
     lora: LoraConfig = field(default_factory=LoraConfig)
     dtype: str = "float32"
     num_ranks: int = 1
     gpus_per_rank: float = 0.0
-    cpu_threads: int = 0                    # torch threads of a rank on CPU; 0 = Ray's default (1 per rank)
+    cpu_threads: int = 0  # torch threads of a rank on CPU; 0 = Ray's default (1 per rank)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        validate(self, {
-            "lr": in_range(0, lo_open=True), "lr_schedule": one_of("constant", "cosine", "linear"),
-            "warmup_steps": in_range(0), "weight_decay": in_range(0), "adam_betas": _betas,
-            "advantage": one_of(*ADVANTAGE_ESTIMATORS), "loss": one_of(*POLICY_LOSSES),
-            "clip_eps": in_range(0, 1, lo_open=True, hi_open=True), "beta": in_range(0),
-            "clip_eps_low": optional(in_range(0, 1, lo_open=True, hi_open=True)),
-            "clip_eps_high": optional(in_range(0, 1, lo_open=True, hi_open=True)),
-            "kl_kind": one_of(*KL_KINDS), "kl_clamp": optional(in_range(0, lo_open=True)),
-            "agg": one_of(*AGG_MODES), "ppo_epochs": in_range(1), "mini_batches": in_range(1),
-            "tis_cap": optional(in_range(0, lo_open=True)),
-            "micro_batch": in_range(1), "grad_clip": in_range(0), "finetune": one_of("full", "lora"),
-            "dtype": one_of(*DTYPES), "num_ranks": in_range(1), "gpus_per_rank": in_range(0),
-            "cpu_threads": in_range(0), "seed": in_range(0),
-        })
+        validate(
+            self,
+            {
+                "lr": in_range(0, lo_open=True),
+                "lr_schedule": one_of("constant", "cosine", "linear"),
+                "warmup_steps": in_range(0),
+                "weight_decay": in_range(0),
+                "adam_betas": _betas,
+                "advantage": one_of(*ADVANTAGE_ESTIMATORS),
+                "loss": one_of(*POLICY_LOSSES),
+                "clip_eps": in_range(0, 1, lo_open=True, hi_open=True),
+                "beta": in_range(0),
+                "clip_eps_low": optional(in_range(0, 1, lo_open=True, hi_open=True)),
+                "clip_eps_high": optional(in_range(0, 1, lo_open=True, hi_open=True)),
+                "kl_kind": one_of(*KL_KINDS),
+                "kl_clamp": optional(in_range(0, lo_open=True)),
+                "agg": one_of(*AGG_MODES),
+                "ppo_epochs": in_range(1),
+                "mini_batches": in_range(1),
+                "tis_cap": optional(in_range(0, lo_open=True)),
+                "micro_batch": in_range(1),
+                "grad_clip": in_range(0),
+                "finetune": one_of("full", "lora"),
+                "dtype": one_of(*DTYPES),
+                "num_ranks": in_range(1),
+                "gpus_per_rank": in_range(0),
+                "cpu_threads": in_range(0),
+                "seed": in_range(0),
+            },
+        )

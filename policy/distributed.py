@@ -1,6 +1,7 @@
 """torch.distributed plumbing for the FSDP2 learner (docs/design.md#fsdp2-and-lora): process group, device, sharding,
 cross-rank reductions and the row split of a batch. No Ray here: a rank is a plain process.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -37,23 +38,31 @@ def pick_device(gpus_per_rank: float, rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_process_group(device: torch.device, rank: int, world_size: int, master_addr: str, master_port: int,
-                       timeout_s: float = 1800.0) -> DeviceMesh:
+def init_process_group(
+    device: torch.device, rank: int, world_size: int, master_addr: str, master_port: int, timeout_s: float = 1800.0
+) -> DeviceMesh:
     """gloo on CPU, nccl on CUDA; ``tcp://addr:port`` rendezvous. Returns the 1-D data-parallel mesh.
 
     Every rank must call this (it blocks until all ``world_size`` ranks have joined).
     """
     if dist.is_initialized():
-        raise RuntimeError("a torch.distributed process group already exists in this process; one Learner per "
-                           "process (call shutdown() before setting up another)")
+        raise RuntimeError(
+            "a torch.distributed process group already exists in this process; one Learner per "
+            "process (call shutdown() before setting up another)"
+        )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)  # nccl uses the current device; pick_device set it already
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
-                            rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s),
-                            device_id=device if cuda else None)
+    dist.init_process_group(
+        "nccl" if cuda else "gloo",
+        init_method=f"tcp://{master_addr}:{master_port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        device_id=device if cuda else None,
+    )
     return init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
 
 
@@ -67,8 +76,13 @@ def mixed_precision(dtype: str, device: torch.device) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy()
 
 
-def shard(root: nn.Module, layers: Sequence[nn.Module], mesh: DeviceMesh, mp: MixedPrecisionPolicy,
-          extra: Sequence[nn.Module] = ()) -> nn.Module:
+def shard(
+    root: nn.Module,
+    layers: Sequence[nn.Module],
+    mesh: DeviceMesh,
+    mp: MixedPrecisionPolicy,
+    extra: Sequence[nn.Module] = (),
+) -> nn.Module:
     """FSDP2: ``fully_shard`` each decoder layer (and each module of ``extra``), then the root."""
     for module in [*layers, *extra]:
         fully_shard(module, mesh=mesh, mp_policy=mp)
@@ -99,9 +113,11 @@ def rank_micro_batches(num_rows: int, rank: int, world_size: int, micro_batch: i
     a rank with fewer rows gets empty lists at the end, which the caller fills with masked dummy rows.
     """
     if num_rows < 1 or micro_batch < 1 or world_size < 1:
-        raise ValueError(f"rank_micro_batches: need num_rows, micro_batch, world_size >= 1, got "
-                         f"{num_rows}, {micro_batch}, {world_size}")
+        raise ValueError(
+            f"rank_micro_batches: need num_rows, micro_batch, world_size >= 1, got "
+            f"{num_rows}, {micro_batch}, {world_size}"
+        )
     rows = list(range(rank, num_rows, world_size))
     per_rank = -(-num_rows // world_size)
     count = -(-per_rank // micro_batch)
-    return [rows[i * micro_batch:(i + 1) * micro_batch] for i in range(count)]
+    return [rows[i * micro_batch : (i + 1) * micro_batch] for i in range(count)]

@@ -1,4 +1,5 @@
 """File-system helpers: `created_mode` lives in `rewards.files` (the bottom package) and is used from here."""
+
 from __future__ import annotations
 
 from rewards.files import created_mode

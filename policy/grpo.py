@@ -24,6 +24,7 @@ Two guards on top of the paper's loss, both about what the sampler (vLLM) drew:
 No model and no config objects here: the learner passes tensors in and gets a
 scalar loss plus float metrics back.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,9 +52,9 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     if r.shape[1] < 2:
         return torch.zeros_like(r)
     mean = r.mean(dim=1, keepdim=True)
-    std = r.std(dim=1, keepdim=True)                   # unbiased (torch default)
+    std = r.std(dim=1, keepdim=True)  # unbiased (torch default)
     adv = (r - mean) / (std + eps)
-    constant = (r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True))
+    constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
     return torch.where(constant, torch.zeros_like(adv), adv)
 
 
@@ -94,8 +95,7 @@ ADVANTAGE_ESTIMATORS = {"grpo": group_advantages, "dr_grpo": dr_grpo_advantages,
 def compute_advantages(rewards: Tensor, estimator: str = "grpo", eps: float = 1e-6) -> Tensor:
     """Rewards ``[B, G]`` -> advantages ``[B, G]`` with the estimator named (`ADVANTAGE_ESTIMATORS`)."""
     if estimator not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of "
-                         f"{', '.join(ADVANTAGE_ESTIMATORS)}")
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {', '.join(ADVANTAGE_ESTIMATORS)}")
     return ADVANTAGE_ESTIMATORS[estimator](rewards, eps)
 
 
@@ -107,8 +107,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
     if kind not in KL_KINDS:
         raise ValueError(f"kl_penalty: unknown kind {kind!r}; choose one of {', '.join(KL_KINDS)}")
     if _shape(logp) != _shape(ref_logp):
-        raise ValueError(
-            f"kl_penalty: logp has shape {_shape(logp)} but ref_logp has shape {_shape(ref_logp)}")
+        raise ValueError(f"kl_penalty: logp has shape {_shape(logp)} but ref_logp has shape {_shape(ref_logp)}")
     if kind == "k1":
         return logp - ref_logp
     if kind == "k2":
@@ -117,8 +116,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
-def _check_inputs(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None,
-                  advantages: Tensor, mask: Tensor) -> None:
+def _check_inputs(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor) -> None:
     if logp.dim() != 2:
         raise ValueError(f"grpo_loss: logp must be [N, T], got shape {_shape(logp)}")
     named = {"old_logp": old_logp, "mask": mask}
@@ -126,21 +124,31 @@ def _check_inputs(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None,
         named["ref_logp"] = ref_logp
     for name, t in named.items():
         if _shape(t) != _shape(logp):
-            raise ValueError(
-                f"grpo_loss: {name} has shape {_shape(t)}, expected {_shape(logp)} like logp")
+            raise ValueError(f"grpo_loss: {name} has shape {_shape(t)}, expected {_shape(logp)} like logp")
     if _shape(advantages) != (logp.shape[0],):
         raise ValueError(
             f"grpo_loss: advantages must be [N] = ({logp.shape[0]},) for logp of shape "
-            f"{_shape(logp)}, got shape {_shape(advantages)}")
+            f"{_shape(logp)}, got shape {_shape(advantages)}"
+        )
 
 
-def _check_options(clip_low: float, clip_high: float, beta: float, agg: str, kl_kind: str, loss: str,
-                   ref_logp: Tensor | None, norm_len: int | None) -> None:
+def _check_options(
+    clip_low: float,
+    clip_high: float,
+    beta: float,
+    agg: str,
+    kl_kind: str,
+    loss: str,
+    ref_logp: Tensor | None,
+    norm_len: int | None,
+) -> None:
     if agg not in AGG_MODES:
         raise ValueError(f"grpo_loss: unknown agg {agg!r}; choose one of {', '.join(AGG_MODES)}")
     if agg == "seq-mean-token-sum-norm" and not (norm_len and norm_len > 0):
-        raise ValueError("grpo_loss: agg 'seq-mean-token-sum-norm' divides by a constant length: pass "
-                         f"norm_len > 0 (e.g. the rollout's max_new_tokens), got {norm_len}")
+        raise ValueError(
+            "grpo_loss: agg 'seq-mean-token-sum-norm' divides by a constant length: pass "
+            f"norm_len > 0 (e.g. the rollout's max_new_tokens), got {norm_len}"
+        )
     if kl_kind not in KL_KINDS:
         raise ValueError(f"grpo_loss: unknown kl_kind {kl_kind!r}; choose one of {', '.join(KL_KINDS)}")
     if loss not in POLICY_LOSSES:
@@ -160,9 +168,9 @@ def _check_options(clip_low: float, clip_high: float, beta: float, agg: str, kl_
 
 @dataclass(frozen=True)
 class PolicyTerms:
-    objective: Tensor   # [N, T] per-token surrogate to maximise
-    ratio: Tensor       # [N, T] the importance ratio it used (GSPO: the sequence's, on each of its tokens)
-    clipped: Tensor     # [N, T] bool: the clipped branch is active (no policy gradient through the ratio)
+    objective: Tensor  # [N, T] per-token surrogate to maximise
+    ratio: Tensor  # [N, T] the importance ratio it used (GSPO: the sequence's, on each of its tokens)
+    clipped: Tensor  # [N, T] bool: the clipped branch is active (no policy gradient through the ratio)
 
 
 def _clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> PolicyTerms:
@@ -171,15 +179,17 @@ def _clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: f
     return PolicyTerms(torch.minimum(surr, surr_clipped), ratio, surr_clipped < surr)
 
 
-def ppo_clip_objective(logp: Tensor, old_logp: Tensor, adv: Tensor, valid: Tensor, clip_low: float,
-                       clip_high: float) -> PolicyTerms:
+def ppo_clip_objective(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, valid: Tensor, clip_low: float, clip_high: float
+) -> PolicyTerms:
     """Eq. 2's token-level clipped ratio ``min(rho A, clip(rho, 1 - low, 1 + high) A)``; low = high is PPO/GRPO,
     high > low is DAPO's clip-higher (more room for unlikely tokens to grow)."""
     return _clipped_surrogate(torch.exp(logp - old_logp), adv, clip_low, clip_high)
 
 
-def gspo_objective(logp: Tensor, old_logp: Tensor, adv: Tensor, valid: Tensor, clip_low: float,
-                   clip_high: float) -> PolicyTerms:
+def gspo_objective(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, valid: Tensor, clip_low: float, clip_high: float
+) -> PolicyTerms:
     """GSPO: one ratio per sequence, ``s_i = exp(mean_t (logp - old))`` (length-normalised), clipped per
     sequence. Each token carries ``s_i`` as its value with the gradient of its own log-prob
     (``s_i * exp(logp_t - sg(logp_t))``), so with ``seq-mean-token-mean`` the gradient is GSPO's
@@ -211,12 +221,24 @@ def aggregate(per_token: Tensor, valid: Tensor, agg: str, norm_len: int | None =
     return (per_token.sum(dim=1) / tokens_per_seq.clamp(min=1.0)).sum() / n_seqs
 
 
-def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
-              mask: Tensor, clip_eps: float = 0.2, beta: float = 0.04,
-              agg: str = "seq-mean-token-mean",
-              kl_kind: str = "k3", kl_clamp: float | None = None, rollout_logp: Tensor | None = None,
-              tis_cap: float | None = None, loss: str = "ppo_clip", clip_eps_low: float | None = None,
-              clip_eps_high: float | None = None, norm_len: int | None = None) -> tuple[Tensor, dict[str, float]]:
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    beta: float = 0.04,
+    agg: str = "seq-mean-token-mean",
+    kl_kind: str = "k3",
+    kl_clamp: float | None = None,
+    rollout_logp: Tensor | None = None,
+    tis_cap: float | None = None,
+    loss: str = "ppo_clip",
+    clip_eps_low: float | None = None,
+    clip_eps_high: float | None = None,
+    norm_len: int | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """Eq. 2 as a loss to minimise; returns (scalar loss, metrics).
 
     logp / old_logp / ref_logp / mask: [N, T] (mask non-zero on hypothesis tokens);
@@ -246,7 +268,7 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     _check_options(clip_low, clip_high, beta, agg, kl_kind, loss, ref_logp, norm_len)
     _check_guards(kl_clamp, rollout_logp, tis_cap, logp)
     valid = mask != 0
-    dt = torch.promote_types(logp.dtype, torch.float32)     # bf16/fp16 are computed in fp32
+    dt = torch.promote_types(logp.dtype, torch.float32)  # bf16/fp16 are computed in fp32
     zero = torch.zeros((), dtype=dt, device=logp.device)
     # Sanitize padding first so that garbage there cannot leak NaN into values or grads.
     lp = torch.where(valid, logp.to(dt), zero)
@@ -256,7 +278,7 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     terms = POLICY_LOSSES[loss](lp, old, adv, valid, clip_low, clip_high)
     objective = terms.objective
     tis = None
-    if tis_cap is not None and rollout_logp is not None:   # _check_guards: tis_cap needs rollout_logp
+    if tis_cap is not None and rollout_logp is not None:  # _check_guards: tis_cap needs rollout_logp
         sampled = torch.where(valid, rollout_logp.detach().to(dt), zero)
         tis = torch.clamp(torch.exp(old - sampled), max=tis_cap)
         objective = objective * tis
@@ -275,8 +297,7 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     return aggregate(per_token, valid, agg, norm_len), metrics
 
 
-def _check_guards(kl_clamp: float | None, rollout_logp: Tensor | None, tis_cap: float | None,
-                  logp: Tensor) -> None:
+def _check_guards(kl_clamp: float | None, rollout_logp: Tensor | None, tis_cap: float | None, logp: Tensor) -> None:
     if kl_clamp is not None and not kl_clamp > 0.0:
         raise ValueError(f"grpo_loss: kl_clamp must be > 0 (or None for no bound), got {kl_clamp}")
     if tis_cap is None:
@@ -286,8 +307,7 @@ def _check_guards(kl_clamp: float | None, rollout_logp: Tensor | None, tis_cap: 
     if rollout_logp is None:
         raise ValueError("grpo_loss: tis_cap is set but rollout_logp is None; pass the sampler's log-probs")
     if _shape(rollout_logp) != _shape(logp):
-        raise ValueError(f"grpo_loss: rollout_logp has shape {_shape(rollout_logp)}, expected {_shape(logp)} "
-                         "like logp")
+        raise ValueError(f"grpo_loss: rollout_logp has shape {_shape(rollout_logp)}, expected {_shape(logp)} like logp")
 
 
 @torch.no_grad()
@@ -313,13 +333,18 @@ def _masked_min(t: Tensor, valid: Tensor) -> float:
 
 
 @torch.no_grad()
-def _outliers(ratio: Tensor, kl_raw: Tensor, tis: Tensor | None, tis_cap: float | None, valid: Tensor,
-              n_tokens: Tensor) -> dict[str, float]:
+def _outliers(
+    ratio: Tensor, kl_raw: Tensor, tis: Tensor | None, tis_cap: float | None, valid: Tensor, n_tokens: Tensor
+) -> dict[str, float]:
     """Per-token extremes of one loss call (one bad token hides in a mean) and the TIS weights' summary."""
     denom = n_tokens.clamp(min=1.0)
-    out = {"ratio_max": _masked_max(ratio, valid), "ratio_min": _masked_min(ratio, valid),
-           "kl_max": _masked_max(kl_raw, valid), "tis_weight_mean": 1.0 if bool(valid.any()) else 0.0,
-           "tis_clip_frac": 0.0}
+    out = {
+        "ratio_max": _masked_max(ratio, valid),
+        "ratio_min": _masked_min(ratio, valid),
+        "kl_max": _masked_max(kl_raw, valid),
+        "tis_weight_mean": 1.0 if bool(valid.any()) else 0.0,
+        "tis_clip_frac": 0.0,
+    }
     if tis is not None:
         w = valid.to(tis.dtype)
         out["tis_weight_mean"] = float((tis * w).sum() / denom)
@@ -337,11 +362,17 @@ def logprob_agreement(logp: Tensor, rollout_logp: Tensor, mask: Tensor) -> dict[
     valid token the max/min are -inf/+inf.
     """
     if _shape(logp) != _shape(rollout_logp) or _shape(mask) != _shape(logp):
-        raise ValueError(f"logprob_agreement: logp {_shape(logp)}, rollout_logp {_shape(rollout_logp)} and "
-                         f"mask {_shape(mask)} must have one shape")
+        raise ValueError(
+            f"logprob_agreement: logp {_shape(logp)}, rollout_logp {_shape(rollout_logp)} and "
+            f"mask {_shape(mask)} must have one shape"
+        )
     valid = mask != 0
     delta = logp.double() - rollout_logp.double()
     weight = torch.exp(delta)
-    return {"diff_sum": float(delta.abs()[valid].sum()), "diff_max": _masked_max(delta.abs(), valid),
-            "n_tokens": float(valid.sum()), "weight_min": _masked_min(weight, valid),
-            "weight_max": _masked_max(weight, valid)}
+    return {
+        "diff_sum": float(delta.abs()[valid].sum()),
+        "diff_max": _masked_max(delta.abs(), valid),
+        "n_tokens": float(valid.sum()),
+        "weight_min": _masked_min(weight, valid),
+        "weight_max": _masked_max(weight, valid),
+    }

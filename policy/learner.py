@@ -37,6 +37,7 @@ the starting frontend. `named_frontend_weights_for_sync` feeds the embedding wor
 NaN/inf in advantages, losses or the gradient norm raise `FloatingPointError` on every rank before that
 optimizer step (gradients cleared; the message says whether earlier steps of the update changed weights).
 """
+
 from __future__ import annotations
 
 import copy
@@ -77,11 +78,23 @@ NamedTensors = list[tuple[str, Tensor]]
 class Learner:
     """One FSDP2 rank of the GRPO learner. Construct cheaply; `setup()` joins the process group and loads."""
 
-    def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, rank: int = 0,
-                 world_size: int = 1, master_addr: str = "127.0.0.1", master_port: int = 29500, *,
-                 total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
-                 temperature: float = 1.0, max_new_tokens: int | None = None, timeout_s: float = 1800.0,
-                 augment: AugmentConfig | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        model_cfg: ModelConfig,
+        cfg: LearnerConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        master_addr: str = "127.0.0.1",
+        master_port: int = 29500,
+        *,
+        total_steps: int | None = None,
+        max_audio_seconds: float | None = 30.0,
+        temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        timeout_s: float = 1800.0,
+        augment: AugmentConfig | None = None,
+    ) -> None:
         if cfg.lr_schedule != "constant" and total_steps is None:
             raise ValueError(f"learner.lr_schedule={cfg.lr_schedule!r} needs total_steps (the run's step count)")
         self.model_dir, self.model_cfg, self.cfg = str(model_dir), model_cfg, cfg
@@ -89,13 +102,15 @@ class Learner:
         self.master_addr, self.master_port = master_addr, master_port
         self.total_steps, self.timeout_s = total_steps, timeout_s
         self.max_audio_seconds = max_audio_seconds
-        self.augment = Augmenter(augment)   # train_encoder: the clips' audio as the embedding worker heard it
+        self.augment = Augmenter(augment)  # train_encoder: the clips' audio as the embedding worker heard it
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0 (the rollout's sampling temperature), got {temperature}")
-        self.temperature = float(temperature)   # samples are scored under softmax(logits / T), as drawn
+        self.temperature = float(temperature)  # samples are scored under softmax(logits / T), as drawn
         if cfg.agg == "seq-mean-token-sum-norm" and not max_new_tokens:
-            raise ValueError("learner.agg=seq-mean-token-sum-norm divides each sequence's loss by the rollout's "
-                             "max_new_tokens: pass max_new_tokens")
+            raise ValueError(
+                "learner.agg=seq-mean-token-sum-norm divides each sequence's loss by the rollout's "
+                "max_new_tokens: pass max_new_tokens"
+            )
         self.max_new_tokens = max_new_tokens
         self.train_encoder = model_cfg.train_encoder
         self.updates = 0
@@ -114,42 +129,51 @@ class Learner:
         cfg = self.cfg
         self.device = pick_device(cfg.gpus_per_rank, self.rank)
         if self.device.type == "cpu" and cfg.cpu_threads:
-            torch.set_num_threads(cfg.cpu_threads)   # Ray's actors start with OMP_NUM_THREADS = their num_cpus
-        self.mesh = init_process_group(self.device, self.rank, self.world_size, self.master_addr,
-                                       self.master_port, self.timeout_s)
+            torch.set_num_threads(cfg.cpu_threads)  # Ray's actors start with OMP_NUM_THREADS = their num_cpus
+        self.mesh = init_process_group(
+            self.device, self.rank, self.world_size, self.master_addr, self.master_port, self.timeout_s
+        )
         torch.manual_seed(cfg.seed)  # identical LoRA init on every rank before sharding
         self.model = self._load()
         self.lora = cfg.finetune == "lora"
         ref_frontend = None
-        self.has_reference = cfg.beta > 0   # beta = 0: the KL term is off, so no reference is kept or run
+        self.has_reference = cfg.beta > 0  # beta = 0: the KL term is off, so no reference is kept or run
         if self.lora:
             from policy.models.lora import apply_lora
+
             if self.train_encoder and self.has_reference:
                 ref_frontend = copy.deepcopy(self.model.frontend).requires_grad_(False).eval()
             apply_lora(self.model, cfg.lora, train_frontend=self.train_encoder)
             if any(p.requires_grad for p in self.model.llm.get_input_embeddings().parameters()):
-                raise ValueError("learner.lora.target_modules adapts the LLM's input embedding, which the "
-                                 "embedding worker uses to build prompts and is not synced under LoRA: "
-                                 "remove it from learner.lora.target_modules (or use learner.finetune=full)")
+                raise ValueError(
+                    "learner.lora.target_modules adapts the LLM's input embedding, which the "
+                    "embedding worker uses to build prompts and is not synced under LoRA: "
+                    "remove it from learner.lora.target_modules (or use learner.finetune=full)"
+                )
         else:
             self.model.frontend.requires_grad_(self.train_encoder)
         mp = mixed_precision(cfg.dtype, self.device)
         # the frontend is its own FSDP unit: gathered only when it runs (train_encoder), never otherwise
         own_units = [self.model.frontend] + ([ref_frontend] if ref_frontend is not None else [])
-        self.root = shard(PolicyForward(self.model, ref_frontend), self.model.decoder_layers(), self.mesh, mp,
-                          extra=own_units)
+        self.root = shard(
+            PolicyForward(self.model, ref_frontend), self.model.decoder_layers(), self.mesh, mp, extra=own_units
+        )
         self.ref_root = None
         if not self.lora and self.has_reference:
             ref = self._load().requires_grad_(False).eval()
             self.ref_root = shard(PolicyForward(ref), ref.decoder_layers(), self.mesh, mp, extra=[ref.frontend])
         params = [p for p in self.root.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+        )
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         torch.manual_seed(cfg.seed + 1000 * (self.rank + 1))  # per-rank stream for dropout
-        return {"rank": self.rank, "device": str(self.device),
-                "parameters": sum(p.numel() for p in self.root.parameters()),  # DTensor numel is global
-                "trainable": sum(p.numel() for p in params)}
+        return {
+            "rank": self.rank,
+            "device": str(self.device),
+            "parameters": sum(p.numel() for p in self.root.parameters()),  # DTensor numel is global
+            "trainable": sum(p.numel() for p in params),
+        }
 
     def _load(self) -> AudioLLM:
         return load_audio_llm(self.model_dir, dtype="float32", prompt=self.model_cfg.prompt)
@@ -183,17 +207,25 @@ class Learner:
                 acc.grad_norms.append(self._optimizer_step(loss, len(acc.grad_norms), total_steps))
         self.scheduler.step()
         self.updates += 1
-        return acc.reduce(self.device, has_reference=self.has_reference, lr=lr, num_sequences=len(data),
-                          micro_batches=sum(len(ms) for ms in micro), updates=self.updates,
-                          seconds=time.perf_counter() - start)
+        return acc.reduce(
+            self.device,
+            has_reference=self.has_reference,
+            lr=lr,
+            num_sequences=len(data),
+            micro_batches=sum(len(ms) for ms in micro),
+            updates=self.updates,
+            seconds=time.perf_counter() - start,
+        )
 
     def logprobs(self, batch: ScoredRollout | RolloutBatch, reference: bool = False) -> Tensor:
         """``[B, G, T]`` log-probs of the batch's tokens under the current policy, or under the reference
         (0 where the mask is 0). Collective: every rank computes its rows and returns the whole tensor."""
         self._require_setup()
         if reference and not self.has_reference:
-            raise RuntimeError("Learner.logprobs(reference=True): learner.beta=0 keeps no reference model; "
-                               "set learner.beta > 0 to compare against the starting model")
+            raise RuntimeError(
+                "Learner.logprobs(reference=True): learner.beta=0 keeps no reference model; "
+                "set learner.beta > 0 to compare against the starting model"
+            )
         rollout = batch.rollout if isinstance(batch, ScoredRollout) else batch
         data = flatten_rollout(rollout)
         out = torch.zeros(data.ids.shape, dtype=torch.float32, device=self.device)
@@ -201,7 +233,7 @@ class Learner:
         for m in self._plan(data, self._features(data)):
             lp = self._ref_logprobs(data, m) if reference else self._logprobs(self.root, data, m)
             if not m.dummy:
-                out[m.rows, :m.width] = lp
+                out[m.rows, : m.width] = lp
         if self.world_size > 1:
             dist.all_reduce(out)
         return out.reshape(rollout.token_ids.shape).cpu()
@@ -216,20 +248,29 @@ class Learner:
     def _plan(self, data: Rows, features: Callable[[list[int]], Any] | None) -> list[MicroBatch]:
         return plan_micro_batches(data, self.rank, self.world_size, self.cfg.micro_batch, features)
 
-    def _forward(self, root: nn.Module, data: Rows, m: MicroBatch, use_ref_frontend: bool = False
-                 ) -> tuple[Tensor, Tensor]:
+    def _forward(
+        self, root: nn.Module, data: Rows, m: MicroBatch, use_ref_frontend: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """(log-probs [n, width], mask [n, width]) of one micro-batch through ``root``."""
-        ids = data.ids[m.rows, :m.width].to(self.device)
-        mask = data.mask[m.rows, :m.width].to(self.device)
+        ids = data.ids[m.rows, : m.width].to(self.device)
+        mask = data.mask[m.rows, : m.width].to(self.device)
         if m.dummy:
             mask = torch.zeros_like(mask)
-        share = self.cfg.share_prompts   # each clip's prompt runs once for its rows (same values)
+        share = self.cfg.share_prompts  # each clip's prompt runs once for its rows (same values)
         prompts = None
         if m.audio is None:
-            prompts = ([data.rollout.prompts.prompt_embeds[c] for c in m.clips] if share
-                       else [data.prompts[i] for i in m.rows])
-        return root(prompts, ids, mask, audio=m.audio, use_ref_frontend=use_ref_frontend,
-                    prompt_index=m.index if share else None, temperature=self.temperature), mask
+            prompts = (
+                [data.rollout.prompts.prompt_embeds[c] for c in m.clips] if share else [data.prompts[i] for i in m.rows]
+            )
+        return root(
+            prompts,
+            ids,
+            mask,
+            audio=m.audio,
+            use_ref_frontend=use_ref_frontend,
+            prompt_index=m.index if share else None,
+            temperature=self.temperature,
+        ), mask
 
     @torch.no_grad()
     def _logprobs(self, root: nn.Module, data: Rows, m: MicroBatch) -> Tensor:
@@ -237,7 +278,7 @@ class Learner:
 
     @torch.no_grad()
     def _ref_logprobs(self, data: Rows, m: MicroBatch) -> Tensor:
-        if self.ref_root is not None:   # full fine-tuning: the frozen copy (with its own frontend)
+        if self.ref_root is not None:  # full fine-tuning: the frozen copy (with its own frontend)
             return self._logprobs(self.ref_root, data, m)
         with self._live.llm.disable_adapter():  # LoRA: the base LLM (+ the frozen frontend copy)
             return self._forward(self.root, data, m, use_ref_frontend=self.train_encoder)[0].float()
@@ -248,8 +289,15 @@ class Learner:
             return max(1.0, float(data.mask.ne(0).sum()))
         return max(1.0, float(data.mask.ne(0).any(dim=1).sum()))
 
-    def _accumulate(self, data: Rows, micro: list[MicroBatch], old: list[Tensor | None], ref: list[Tensor | None],
-                    acc: UpdateSums, agreement: bool) -> float:
+    def _accumulate(
+        self,
+        data: Rows,
+        micro: list[MicroBatch],
+        old: list[Tensor | None],
+        ref: list[Tensor | None],
+        acc: UpdateSums,
+        agreement: bool,
+    ) -> float:
         """Forward/backward over this rank's micro-batches of one mini-batch (``data``), metrics into ``acc``
         (``agreement``: the pre-update log-probs against the sampler's too); returns this rank's loss."""
         cfg = self.cfg
@@ -258,13 +306,26 @@ class Learner:
         for m, old_m, ref_m in zip(micro, old, ref):
             logp, mask = self._forward(self.root, data, m)
             old_m = logp.detach().float() if old_m is None else old_m
-            sampled = data.sample_logp[m.rows, :m.width].to(self.device)
+            sampled = data.sample_logp[m.rows, : m.width].to(self.device)
             adv = data.adv[m.rows].to(self.device)
-            loss, metrics = grpo_loss(logp, old_m, ref_m, adv, mask, clip_eps=cfg.clip_eps, beta=cfg.beta,
-                                      agg=cfg.agg, kl_kind=cfg.kl_kind, kl_clamp=cfg.kl_clamp,
-                                      rollout_logp=sampled, tis_cap=cfg.tis_cap, loss=cfg.loss,
-                                      clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
-                                      norm_len=self.max_new_tokens)
+            loss, metrics = grpo_loss(
+                logp,
+                old_m,
+                ref_m,
+                adv,
+                mask,
+                clip_eps=cfg.clip_eps,
+                beta=cfg.beta,
+                agg=cfg.agg,
+                kl_kind=cfg.kl_kind,
+                kl_clamp=cfg.kl_clamp,
+                rollout_logp=sampled,
+                tis_cap=cfg.tis_cap,
+                loss=cfg.loss,
+                clip_eps_low=cfg.clip_eps_low,
+                clip_eps_high=cfg.clip_eps_high,
+                norm_len=self.max_new_tokens,
+            )
             units = metrics["n_tokens"] if cfg.agg == "token-mean" else metrics["n_seqs"]
             weight = units / norm
             (loss * (weight * self.world_size)).backward()
@@ -287,10 +348,15 @@ class Learner:
         if bad or not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             what = "the loss" if bad else f"the gradient norm ({grad_norm})"
-            changed = ("no weights were changed" if index == 0 else
-                       f"the {index} earlier optimizer step(s) of this update had already changed the weights")
-            raise FloatingPointError(f"learner.update (update {self.updates}, rank {self.rank}): {what} is NaN/inf "
-                                     f"in optimizer step {index + 1} of {count}; that step was skipped and {changed}")
+            changed = (
+                "no weights were changed"
+                if index == 0
+                else f"the {index} earlier optimizer step(s) of this update had already changed the weights"
+            )
+            raise FloatingPointError(
+                f"learner.update (update {self.updates}, rank {self.rank}): {what} is NaN/inf "
+                f"in optimizer step {index + 1} of {count}; that step was skipped and {changed}"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
@@ -357,8 +423,9 @@ class Learner:
         weight = weight.full_tensor() if hasattr(weight, "full_tensor") else weight
         return weight.to("cpu", torch.float32) if self.rank == 0 else None
 
-    def sync_weights(self, send: Callable[[NamedTensors], None], bucket_bytes: int,
-                     dtype: str = "float32") -> dict[str, float]:
+    def sync_weights(
+        self, send: Callable[[NamedTensors], None], bucket_bytes: int, dtype: str = "float32"
+    ) -> dict[str, float]:
         """Collective: stream weight buckets, each tensor cast to ``dtype`` (the rollout engine's), to ``send``
         on rank 0, then call ``send.finish()`` if it has one.
 
@@ -387,6 +454,7 @@ class Learner:
         if not self.lora:
             raise ValueError("export_adapter: learner.finetune is 'full'; sync full weights instead")
         from policy.models.lora import ADAPTER_WEIGHTS, lora_state_dict
+
         weights = lora_state_dict(self._live)
         if self.rank == 0:
             with atomic_dir(folder) as tmp:
@@ -407,6 +475,7 @@ class Learner:
         """
         self._require_setup()
         from policy.model_export import fill_model, gathered_model_state
+
         plain, error = None, None
         if self.rank == 0:
             try:
@@ -440,28 +509,41 @@ class Learner:
         FloatingPointError (nothing written) when a trainable weight is NaN/inf on any rank."""
         self._require_setup()
         self._check_finite_weights(f"save_checkpoint({folder})")
-        info = {"updates": self.updates, "world_size": self.world_size, "finetune": self.cfg.finetune,
-                "model_dir": self.model_dir}
+        info = {
+            "updates": self.updates,
+            "world_size": self.world_size,
+            "finetune": self.cfg.finetune,
+            "model_dir": self.model_dir,
+        }
         save_learner_state(folder, self.root, self.optimizer, self.scheduler, self.rank, info)
         barrier(self.device)
         return str(folder)
 
     def _check_finite_weights(self, where: str) -> None:
         """Collective: FloatingPointError naming the first non-finite trainable weight (this rank's shard)."""
-        bad = next((name for name, p in self.root.named_parameters()
-                    if p.requires_grad and not bool(torch.isfinite(p.detach().to_local() if hasattr(p, "to_local")
-                                                                  else p.detach()).all())), None)
+        bad = next(
+            (
+                name
+                for name, p in self.root.named_parameters()
+                if p.requires_grad
+                and not bool(torch.isfinite(p.detach().to_local() if hasattr(p, "to_local") else p.detach()).all())
+            ),
+            None,
+        )
         if all_reduce([0.0 if bad is None else 1.0], op="max", device=self.device)[0]:
-            raise FloatingPointError(f"{where}: trainable weights are NaN/inf ({bad or 'on another rank'}); "
-                                     "not written, so the last checkpoint stays the newest good one")
+            raise FloatingPointError(
+                f"{where}: trainable weights are NaN/inf ({bad or 'on another rank'}); "
+                "not written, so the last checkpoint stays the newest good one"
+            )
 
     def load_checkpoint(self, folder: str) -> dict[str, Any]:
         """Collective: restore a `save_checkpoint` folder (saved with any number of ranks)."""
         self._require_setup()
         saved = read_learner_info(folder).get("finetune")
         if saved != self.cfg.finetune:
-            raise ValueError(f"{folder}: checkpoint was saved with learner.finetune={saved!r}, "
-                             f"this run uses {self.cfg.finetune!r}")
+            raise ValueError(
+                f"{folder}: checkpoint was saved with learner.finetune={saved!r}, this run uses {self.cfg.finetune!r}"
+            )
         info = load_learner_state(folder, self.root, self.optimizer, self.scheduler, self.rank)
         self.updates = int(info["updates"])
         barrier(self.device)

@@ -8,6 +8,7 @@ run collectives) and returns rank 0's result. An actor that dies or raises gives
 rank, with its remote traceback; after a failure other than a NaN guard (which every rank raises together,
 leaving the group usable) the group is marked broken and refuses further calls.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ class RolloutSender:
 
     def __init__(self, rollouts: Sequence[Any], timeout_s: float | None = None) -> None:
         self.rollouts = list(rollouts)
-        self.timeout_s = timeout_s      # per engine answer; a hung engine is a WorkerTimeout naming it
+        self.timeout_s = timeout_s  # per engine answer; a hung engine is a WorkerTimeout naming it
         self._pending: list = []
 
     def __call__(self, bucket: list) -> None:
@@ -46,8 +47,10 @@ class RolloutSender:
 
     def finish(self) -> None:
         self._wait()
-        get_named([(f"rollout worker {i}", r.finish_weight_update.remote()) for i, r in enumerate(self.rollouts)],
-                  timeout_s=self.timeout_s)
+        get_named(
+            [(f"rollout worker {i}", r.finish_weight_update.remote()) for i, r in enumerate(self.rollouts)],
+            timeout_s=self.timeout_s,
+        )
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -57,41 +60,66 @@ class RolloutSender:
 class LearnerGroup:
     """``num_ranks`` `Learner` actors (one per rank) running FSDP2 together; see the module doc."""
 
-    def __init__(self, model_dir: str, model_cfg: ModelConfig, cfg: LearnerConfig, *,
-                 total_steps: int | None = None, max_audio_seconds: float | None = 30.0,
-                 temperature: float = 1.0, max_new_tokens: int | None = None, placement_strategy: str = "PACK",
-                 placement_timeout_s: float = 300.0, call_timeout_s: float | None = None,
-                 runtime_env: dict | None = None, placement: tuple[Any, Sequence[int]] | None = None,
-                 augment: AugmentConfig | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        model_cfg: ModelConfig,
+        cfg: LearnerConfig,
+        *,
+        total_steps: int | None = None,
+        max_audio_seconds: float | None = 30.0,
+        temperature: float = 1.0,
+        max_new_tokens: int | None = None,
+        placement_strategy: str = "PACK",
+        placement_timeout_s: float = 300.0,
+        call_timeout_s: float | None = None,
+        runtime_env: dict | None = None,
+        placement: tuple[Any, Sequence[int]] | None = None,
+        augment: AugmentConfig | None = None,
+    ) -> None:
         if not ray.is_initialized():
             raise RuntimeError("LearnerGroup needs a running Ray (ray.init(...) or ray.init(address=...)) first")
         self.cfg = cfg
         self.num_ranks = cfg.num_ranks
-        self.call_timeout_s = None      # setup (model load, process groups) may take long: no timeout
+        self.call_timeout_s = None  # setup (model load, process groups) may take long: no timeout
         self._broken: str | None = None
         self.actors: list[Any] = []
-        own = placement is None     # else: bundles of the caller's group (e.g. shared with rollout engines)
+        own = placement is None  # else: bundles of the caller's group (e.g. shared with rollout engines)
         bundles: Sequence[int]
         if placement is None:
             pg, bundles = self._placement_group(cfg, placement_strategy, placement_timeout_s), range(cfg.num_ranks)
         else:
             pg, bundles = placement
-        self.pg = pg if own else None   # kill() frees only a group of our own
+        self.pg = pg if own else None  # kill() frees only a group of our own
         if len(bundles) != cfg.num_ranks:
             raise ValueError(f"placement gives {len(bundles)} bundles for {cfg.num_ranks} learner ranks")
         try:
-            addr, port = ray.get(ray.remote(num_cpus=0)(_rendezvous_address)
-                                 .options(scheduling_strategy=in_bundle(pg, bundles[0])).remote())
+            addr, port = ray.get(
+                ray.remote(num_cpus=0)(_rendezvous_address)
+                .options(scheduling_strategy=in_bundle(pg, bundles[0]))
+                .remote()
+            )
             self.master_addr, self.master_port = addr, port
             options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.gpus_per_rank}
             if runtime_env:
                 options["runtime_env"] = runtime_env
             self.actors = [
                 remote_class(Learner, scheduling_strategy=in_bundle(pg, bundles[r]), **options).remote(
-                    model_dir, model_cfg, cfg, r, self.num_ranks, addr, port, total_steps=total_steps,
-                    max_audio_seconds=max_audio_seconds, temperature=temperature, max_new_tokens=max_new_tokens,
-                    augment=augment)
-                for r in range(self.num_ranks)]
+                    model_dir,
+                    model_cfg,
+                    cfg,
+                    r,
+                    self.num_ranks,
+                    addr,
+                    port,
+                    total_steps=total_steps,
+                    max_audio_seconds=max_audio_seconds,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    augment=augment,
+                )
+                for r in range(self.num_ranks)
+            ]
             self.info = self._call("setup")
             self.call_timeout_s = call_timeout_s
         except BaseException:
@@ -104,8 +132,11 @@ class LearnerGroup:
         if cfg.gpus_per_rank > 0:
             bundle["GPU"] = float(cfg.gpus_per_rank)
         return reserve_placement_group(
-            [bundle] * cfg.num_ranks, strategy, timeout_s,
-            f"{cfg.num_ranks} learner ranks of {bundle} (learner.num_ranks, learner.gpus_per_rank)")
+            [bundle] * cfg.num_ranks,
+            strategy,
+            timeout_s,
+            f"{cfg.num_ranks} learner ranks of {bundle} (learner.num_ranks, learner.gpus_per_rank)",
+        )
 
     # ------------------------------------------------------------------------------------- fan-out
     def _call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:

@@ -12,6 +12,7 @@ atomic with a temp dir + rename)::
     rng_rank{r}.json        python / numpy RNG state of rank r
     rng_rank{r}.safetensors torch CPU (+ CUDA) RNG state of rank r
 """
+
 from __future__ import annotations
 
 import json
@@ -73,15 +74,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int 
 
 def _scheduler_state(scheduler: LambdaLR) -> dict[str, Any]:
     state = scheduler.state_dict()
-    state.pop("lr_lambdas", None)   # the function is rebuilt from the config
+    state.pop("lr_lambdas", None)  # the function is rebuilt from the config
     return state
 
 
 def _rng_save(folder: Path, rank: int) -> None:
-    np_state: Any = np.random.get_state()   # the legacy tuple (kind, keys, pos, has_gauss, gauss)
+    np_state: Any = np.random.get_state()  # the legacy tuple (kind, keys, pos, has_gauss, gauss)
     py_version, py_state, py_gauss = random.getstate()
-    meta = {"python": [py_version, list(py_state), py_gauss],
-            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    meta = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
     (folder / f"rng_rank{rank}.json").write_text(json.dumps(meta))
     tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -113,7 +116,7 @@ def fill_never_stepped_state(optimizer: torch.optim.Optimizer) -> int:
     The state made here is exactly what that first step would create, so the optimizer behaves the same with
     it; the checkpoint then holds state for every trainable parameter. Other optimizers are left alone.
     """
-    if not isinstance(optimizer, torch.optim.Adam):   # AdamW is an Adam
+    if not isinstance(optimizer, torch.optim.Adam):  # AdamW is an Adam
         return 0
     filled = 0
     for group in optimizer.param_groups:
@@ -142,14 +145,24 @@ def _checked_against(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(
             f"{checkpoint.parent}: the checkpoint has no weights for {len(missing)} trainable parameter(s) of this "
             f"model, e.g. {', '.join(missing[:3])}; it was written for another model or other trainable parts "
-            "(model.path, model.train_encoder, learner.finetune)")
-    optim_state = {fqn: entry for fqn, entry in state["optim"]["state"].items()
-                   if any(f"optim.state.{fqn}.{key}" in saved for key in entry)}
+            "(model.path, model.train_encoder, learner.finetune)"
+        )
+    optim_state = {
+        fqn: entry
+        for fqn, entry in state["optim"]["state"].items()
+        if any(f"optim.state.{fqn}.{key}" in saved for key in entry)
+    }
     return {"model": state["model"], "optim": {**state["optim"], "state": optim_state}}
 
 
-def save_learner_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       scheduler: LambdaLR, rank: int, info: dict[str, Any]) -> Path:
+def save_learner_state(
+    folder: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    rank: int,
+    info: dict[str, Any],
+) -> Path:
     """Collective (every rank calls it): DCP model + optimizer, rank 0's json, every rank's RNG."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,22 +179,26 @@ def save_learner_state(folder: str | Path, model: nn.Module, optimizer: torch.op
 def read_learner_info(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / STATE_FILE
     if not path.is_file() or not (Path(folder) / "dcp").is_dir():
-        raise FileNotFoundError(f"{folder} is not a learner checkpoint ({STATE_FILE} or dcp/ missing); "
-                                "pass the folder that save_checkpoint wrote")
+        raise FileNotFoundError(
+            f"{folder} is not a learner checkpoint ({STATE_FILE} or dcp/ missing); "
+            "pass the folder that save_checkpoint wrote"
+        )
     return json.loads(path.read_text())
 
 
-def load_learner_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       scheduler: LambdaLR, rank: int) -> dict[str, Any]:
+def load_learner_state(
+    folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LambdaLR, rank: int
+) -> dict[str, Any]:
     """Collective: restore what `save_learner_state` wrote (any world size); returns the saved info."""
     folder = Path(folder)
     info = read_learner_info(folder)
-    fill_never_stepped_state(optimizer)   # the templates DCP loads into (without: a zero-gradient step to make them)
+    fill_never_stepped_state(optimizer)  # the templates DCP loads into (without: a zero-gradient step to make them)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     state = _checked_against(folder / "dcp", {"model": model_sd, "optim": optim_sd})
     dcp.load(state, checkpoint_id=str(folder / "dcp"))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=_LOAD_OPTIONS)
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_LOAD_OPTIONS
+    )
     sched = dict(info["scheduler"])
     sched["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
     scheduler.load_state_dict(sched)

@@ -5,6 +5,7 @@ row, the sampler agreement (`policy.grpo.logprob_agreement`); `reduce` combines 
 minima) and turns them into a `LearnStats`. Extremes start at -inf/+inf so a rank or micro-batch with no
 valid token changes nothing; a statistic over no token at all is NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,15 @@ class UpdateSums:
     def add_loss(self, weighted_loss: float, m: dict[str, float]) -> None:
         """One micro-batch: its loss times its share of the mini-batch, and `grpo_loss`'s metrics."""
         n = m["n_tokens"]
-        for key, value in (("loss", weighted_loss), ("clip", m["clip_frac"] * n), ("kl", m["kl"] * n),
-                           ("ratio", m["ratio_mean"] * n), ("tokens", n),
-                           ("tis_weight", m["tis_weight_mean"] * n), ("tis_clip", m["tis_clip_frac"] * n)):
+        for key, value in (
+            ("loss", weighted_loss),
+            ("clip", m["clip_frac"] * n),
+            ("kl", m["kl"] * n),
+            ("ratio", m["ratio_mean"] * n),
+            ("tokens", n),
+            ("tis_weight", m["tis_weight_mean"] * n),
+            ("tis_clip", m["tis_clip_frac"] * n),
+        ):
             self.sums[key] += value
         self.maxes["ratio_max"] = max(self.maxes["ratio_max"], m["ratio_max"])
         self.maxes["kl_max"] = max(self.maxes["kl_max"], m["kl_max"])
@@ -48,8 +55,17 @@ class UpdateSums:
         self.maxes["weight_max"] = max(self.maxes["weight_max"], a["weight_max"])
         self.mins["weight_min"] = min(self.mins["weight_min"], a["weight_min"])
 
-    def reduce(self, device: torch.device, *, has_reference: bool, lr: float, num_sequences: int,
-               micro_batches: int, updates: int, seconds: float) -> LearnStats:
+    def reduce(
+        self,
+        device: torch.device,
+        *,
+        has_reference: bool,
+        lr: float,
+        num_sequences: int,
+        micro_batches: int,
+        updates: int,
+        seconds: float,
+    ) -> LearnStats:
         """Collective: every rank's sums added, extremes combined; the update's `LearnStats`."""
         s = dict(zip(_SUMS, all_reduce([self.sums[k] for k in _SUMS], device=device)))
         mx = dict(zip(_MAXES, all_reduce([self.maxes[k] for k in _MAXES], op="max", device=device)))
@@ -63,16 +79,29 @@ class UpdateSums:
         def finite(v: float) -> float:
             return v if math.isfinite(v) else math.nan
 
-        extra = {"ratio_max": finite(mx["ratio_max"]), "ratio_min": finite(mn["ratio_min"]),
-                 "kl_max": finite(mx["kl_max"]) if has_reference else math.nan,
-                 "tis_weight_mean": per_token("tis_weight"), "tis_clip_frac": per_token("tis_clip"),
-                 "logprob_diff_mean": s["diff"] / agreed if agreed else math.nan,
-                 "logprob_diff_max": finite(mx["diff_max"]), "is_weight_min": finite(mn["weight_min"]),
-                 "is_weight_max": finite(mx["weight_max"]),
-                 "tokens": agreed,   # valid tokens of the batch (each row counted once)
-                 "micro_batches": float(micro_batches), "optimizer_steps": float(len(self.grad_norms)),
-                 "updates": float(updates)}
-        return LearnStats(loss=s["loss"] / steps, kl=per_token("kl") if has_reference else math.nan,
-                          clip_frac=per_token("clip"), ratio_mean=per_token("ratio"),
-                          grad_norm=sum(self.grad_norms) / steps, lr=lr, num_sequences=num_sequences,
-                          seconds=seconds, extra=extra)
+        extra = {
+            "ratio_max": finite(mx["ratio_max"]),
+            "ratio_min": finite(mn["ratio_min"]),
+            "kl_max": finite(mx["kl_max"]) if has_reference else math.nan,
+            "tis_weight_mean": per_token("tis_weight"),
+            "tis_clip_frac": per_token("tis_clip"),
+            "logprob_diff_mean": s["diff"] / agreed if agreed else math.nan,
+            "logprob_diff_max": finite(mx["diff_max"]),
+            "is_weight_min": finite(mn["weight_min"]),
+            "is_weight_max": finite(mx["weight_max"]),
+            "tokens": agreed,  # valid tokens of the batch (each row counted once)
+            "micro_batches": float(micro_batches),
+            "optimizer_steps": float(len(self.grad_norms)),
+            "updates": float(updates),
+        }
+        return LearnStats(
+            loss=s["loss"] / steps,
+            kl=per_token("kl") if has_reference else math.nan,
+            clip_frac=per_token("clip"),
+            ratio_mean=per_token("ratio"),
+            grad_norm=sum(self.grad_norms) / steps,
+            lr=lr,
+            num_sequences=num_sequences,
+            seconds=seconds,
+            extra=extra,
+        )

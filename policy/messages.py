@@ -4,6 +4,7 @@ Every stage of a training step returns one of these frozen dataclasses; shapes
 are given in the comments (B clips, G hypotheses per clip, T tokens, L prompt
 positions, H hidden size). Ragged per-clip data is a tuple of tensors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,15 +17,15 @@ from torch import Tensor
 class Clip:
     """One line of a data manifest (docs/design.md#data-manifest), paths already resolved."""
 
-    audio: str                      # absolute path to a wav/flac file
-    text: str                       # reference transcript; "" = noise-only clip
-    lang: str | None = None         # expected language, e.g. "en", "zh"
+    audio: str  # absolute path to a wav/flac file
+    text: str  # reference transcript; "" = noise-only clip
+    lang: str | None = None  # expected language, e.g. "en", "zh"
     keywords: tuple[str, ...] = ()  # hotwords for the keyword reward / prompt context
-    context: str | None = None      # optional prompt context (hotwords, contextual prompt)
-    line: int = 0                   # 1-based line number in the manifest (for messages)
-    source: str = ""                # the manifest file the clip came from
-    augment_step: int | None = None # training step whose augmentation (data.augment, policy.augment) the audio
-                                    # gets wherever it is loaded; None = the recording as it is (evaluation)
+    context: str | None = None  # optional prompt context (hotwords, contextual prompt)
+    line: int = 0  # 1-based line number in the manifest (for messages)
+    source: str = ""  # the manifest file the clip came from
+    augment_step: int | None = None  # training step whose augmentation (data.augment, policy.augment) the audio
+    # gets wherever it is loaded; None = the recording as it is (evaluation)
 
     def meta(self) -> dict:
         """The `metas` entry the reward library expects for this clip."""
@@ -35,13 +36,12 @@ class Clip:
 class PromptBatch:
     """Output of the audio-embedding worker: one prompt per clip."""
 
-    clips: tuple[Clip, ...]                 # B
-    prompt_embeds: tuple[Tensor, ...]       # B x [L_i, H]  ([prefix | audio | suffix])
+    clips: tuple[Clip, ...]  # B
+    prompt_embeds: tuple[Tensor, ...]  # B x [L_i, H]  ([prefix | audio | suffix])
 
     def __post_init__(self) -> None:
         if len(self.clips) != len(self.prompt_embeds):
-            raise ValueError(
-                f"PromptBatch: {len(self.clips)} clips but {len(self.prompt_embeds)} prompt embeds")
+            raise ValueError(f"PromptBatch: {len(self.clips)} clips but {len(self.prompt_embeds)} prompt embeds")
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,13 @@ class RolloutBatch:
     """Output of the vLLM rollout worker: G sampled hypotheses per prompt."""
 
     prompts: PromptBatch
-    token_ids: Tensor          # [B, G, T] long, right-padded with 0
-    mask: Tensor               # [B, G, T] float, 1 on generated tokens
-    sample_logprobs: Tensor    # [B, G, T] float, log-probs vLLM reported when sampling (0 on padding)
-    texts: tuple[tuple[str, ...], ...]   # [B][G] decoded hypotheses
+    token_ids: Tensor  # [B, G, T] long, right-padded with 0
+    mask: Tensor  # [B, G, T] float, 1 on generated tokens
+    sample_logprobs: Tensor  # [B, G, T] float, log-probs vLLM reported when sampling (0 on padding)
+    texts: tuple[tuple[str, ...], ...]  # [B][G] decoded hypotheses
     seconds: float = 0.0
-    truncated: Tensor | None = None      # [B, G] bool, True where sampling stopped at max_new_tokens
-                                         # (vLLM finish_reason "length"); None = all False
+    truncated: Tensor | None = None  # [B, G] bool, True where sampling stopped at max_new_tokens
+    # (vLLM finish_reason "length"); None = all False
 
     def __post_init__(self) -> None:
         B, G, T = self.token_ids.shape
@@ -83,18 +83,24 @@ class RolloutBatch:
         if len(parts) == 1 and (prompts is None or prompts is parts[0].prompts):
             return parts[0]
         if prompts is None:
-            prompts = PromptBatch(clips=tuple(c for p in parts for c in p.prompts.clips),
-                                  prompt_embeds=tuple(e for p in parts for e in p.prompts.prompt_embeds))
+            prompts = PromptBatch(
+                clips=tuple(c for p in parts for c in p.prompts.clips),
+                prompt_embeds=tuple(e for p in parts for e in p.prompts.prompt_embeds),
+            )
         T = max(p.token_ids.shape[2] for p in parts)
 
         def pad(t: Tensor) -> Tensor:
             return torch.nn.functional.pad(t, (0, T - t.shape[2]))
 
-        return RolloutBatch(prompts=prompts, token_ids=torch.cat([pad(p.token_ids) for p in parts]),
-                            mask=torch.cat([pad(p.mask) for p in parts]),
-                            sample_logprobs=torch.cat([pad(p.sample_logprobs) for p in parts]),
-                            texts=tuple(row for p in parts for row in p.texts), seconds=max(p.seconds for p in parts),
-                            truncated=torch.cat([p.truncated for p in parts]))
+        return RolloutBatch(
+            prompts=prompts,
+            token_ids=torch.cat([pad(p.token_ids) for p in parts]),
+            mask=torch.cat([pad(p.mask) for p in parts]),
+            sample_logprobs=torch.cat([pad(p.sample_logprobs) for p in parts]),
+            texts=tuple(row for p in parts for row in p.texts),
+            seconds=max(p.seconds for p in parts),
+            truncated=torch.cat([p.truncated for p in parts]),
+        )
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,8 @@ class ScoredRollout:
     """Rollout plus its rewards and GRPO advantages (computed by the driver)."""
 
     rollout: RolloutBatch
-    rewards: dict[str, Tensor]   # name -> [B, G] (NaN where a reward is not applicable); includes "total"
-    advantages: Tensor           # [B, G]
+    rewards: dict[str, Tensor]  # name -> [B, G] (NaN where a reward is not applicable); includes "total"
+    advantages: Tensor  # [B, G]
 
     @staticmethod
     def concat(parts: "list[ScoredRollout]") -> "ScoredRollout":
@@ -113,9 +119,11 @@ class ScoredRollout:
         names = list(parts[0].rewards)
         if any(list(p.rewards) != names for p in parts):
             raise ValueError(f"ScoredRollout.concat: parts have different rewards: {[list(p.rewards) for p in parts]}")
-        return ScoredRollout(rollout=RolloutBatch.concat([p.rollout for p in parts]),
-                             rewards={k: torch.cat([p.rewards[k] for p in parts]) for k in names},
-                             advantages=torch.cat([p.advantages for p in parts]))
+        return ScoredRollout(
+            rollout=RolloutBatch.concat([p.rollout for p in parts]),
+            rewards={k: torch.cat([p.rewards[k] for p in parts]) for k in names},
+            advantages=torch.cat([p.advantages for p in parts]),
+        )
 
 
 @dataclass(frozen=True)

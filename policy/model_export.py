@@ -12,6 +12,7 @@ weights without its optimizer state. Helpers of `policy.learner.Learner.save_mod
   sharded model, leaving the AdamW state out (an export needs no optimizer: that saves 2x the trainable
   parameters in memory).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -41,8 +42,9 @@ def gathered_model_state(model: AudioLLM, llm_only: bool = False) -> Iterator[tu
         yield f"llm.{name}", tensor
 
 
-def fill_model(model: nn.Module, named: Iterable[tuple[str, Tensor]], where: str = "",
-               prefixes: tuple[str, ...] = ()) -> nn.Module:
+def fill_model(
+    model: nn.Module, named: Iterable[tuple[str, Tensor]], where: str = "", prefixes: tuple[str, ...] = ()
+) -> nn.Module:
     """Copy ``named`` into ``model``'s state-dict tensors (cast to their dtype); strict over the keys that start
     with one of ``prefixes`` (all keys when empty). Consumes ``named`` to the end even after an error."""
     target = {k: v for k, v in model.state_dict().items() if not prefixes or k.startswith(prefixes)}
@@ -61,9 +63,11 @@ def fill_model(model: nn.Module, named: Iterable[tuple[str, Tensor]], where: str
                 seen.add(name)
     missing = sorted(set(target) - seen)
     if missing or unexpected or bad_shapes:
-        raise ValueError(f"{where or 'fill_model'}: the trained weights do not match the plain model: "
-                         f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
-                         f"shape mismatches {bad_shapes[:5]}")
+        raise ValueError(
+            f"{where or 'fill_model'}: the trained weights do not match the plain model: "
+            f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
+            f"shape mismatches {bad_shapes[:5]}"
+        )
     return model
 
 

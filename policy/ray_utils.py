@@ -8,6 +8,7 @@
 * `get_named(named_refs)`: ``ray.get`` of several calls that fails fast, on the first failure, with a
   `WorkerError` naming that actor (other calls may be stuck in a collective with a dead peer).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,8 +25,9 @@ class WorkerError(RuntimeError):
     """A Ray actor failed. ``actor``: its name (e.g. "learner rank 1"); ``cause``: the remote exception when
     it raised (None when it died); ``remote_traceback``: the traceback text from the actor's process."""
 
-    def __init__(self, message: str, *, actor: str | None = None, cause: BaseException | None = None,
-                 remote_traceback: str = "") -> None:
+    def __init__(
+        self, message: str, *, actor: str | None = None, cause: BaseException | None = None, remote_traceback: str = ""
+    ) -> None:
         super().__init__(message)
         self.actor = actor
         self.cause = cause
@@ -46,12 +48,14 @@ def remote_class(cls: type, **options: Any) -> Any:
 
 def in_bundle(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
     """Scheduling strategy that puts an actor or task in bundle ``index`` of ``pg``."""
-    return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index,
-                                            placement_group_capture_child_tasks=False)
+    return PlacementGroupSchedulingStrategy(
+        placement_group=pg, placement_group_bundle_index=index, placement_group_capture_child_tasks=False
+    )
 
 
-def reserve_placement_group(bundles: Sequence[dict[str, float]], strategy: str, timeout_s: float,
-                            what: str) -> PlacementGroup:
+def reserve_placement_group(
+    bundles: Sequence[dict[str, float]], strategy: str, timeout_s: float, what: str
+) -> PlacementGroup:
     """A ready placement group of ``bundles``; if Ray cannot place it within ``timeout_s``, the group is
     removed and ``RuntimeError`` says ``what`` could not be placed (name the config keys there) and what
     the cluster has free."""
@@ -59,8 +63,9 @@ def reserve_placement_group(bundles: Sequence[dict[str, float]], strategy: str, 
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(pg)
-        raise RuntimeError(f"cannot place {what} within {timeout_s:.0f} s; "
-                           f"the cluster has {ray.available_resources()} available")
+        raise RuntimeError(
+            f"cannot place {what} within {timeout_s:.0f} s; the cluster has {ray.available_resources()} available"
+        )
     return pg
 
 
@@ -87,8 +92,10 @@ def get_named(named_refs: Sequence[tuple[str, Any]], timeout_s: float | None = N
         if not ready:
             waiting = sorted(pending.values())
             names = ", ".join(named_refs[i][0] for i in waiting)
-            raise WorkerTimeout(f"no answer after {timeout_s:g} s from {names} (hung? ray.call_timeout_s sets "
-                                "the limit)", actor=named_refs[waiting[0]][0])
+            raise WorkerTimeout(
+                f"no answer after {timeout_s:g} s from {names} (hung? ray.call_timeout_s sets the limit)",
+                actor=named_refs[waiting[0]][0],
+            )
         for ref in ready:
             i = pending.pop(ref)
             try:

@@ -8,6 +8,7 @@
   ``-penalty`` for a truncated hypothesis (it would have gone on). With ``buffer = 0`` only truncation is
   punished.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -18,8 +19,9 @@ from torch import Tensor
 from policy.messages import RolloutBatch, ScoredRollout
 
 
-def overlong_penalty(lengths: Tensor, truncated: Tensor, max_new_tokens: int, buffer: int = 0,
-                     penalty: float = 1.0) -> Tensor:
+def overlong_penalty(
+    lengths: Tensor, truncated: Tensor, max_new_tokens: int, buffer: int = 0, penalty: float = 1.0
+) -> Tensor:
     """``[B, G]`` reward term of hypotheses with ``lengths`` tokens (``truncated``: cut at the limit)."""
     if not 0 <= buffer < max_new_tokens:
         raise ValueError(f"overlong_penalty: buffer must be in [0, max_new_tokens={max_new_tokens}), got {buffer}")
@@ -42,5 +44,5 @@ def mask_truncated(scored: ScoredRollout) -> ScoredRollout:
     r = scored.rollout
     if r.truncated is None or not bool(r.truncated.any()):
         return scored
-    keep = (~r.truncated).to(r.mask.dtype).unsqueeze(-1)     # [B, G, 1]
+    keep = (~r.truncated).to(r.mask.dtype).unsqueeze(-1)  # [B, G, 1]
     return replace(scored, rollout=replace(r, mask=r.mask * keep))

@@ -1,4 +1,5 @@
 """``python -m rewards`` (see ``rewards.cli``)."""
+
 import sys
 
 from rewards.cli import main

@@ -10,6 +10,7 @@ here so the reward library stays free of torch; a group is one clip's G totals:
 Every estimator gives exactly 0 to a *flat* group (all totals equal) and to a group of G < 2.
 Equality is exact: compare totals rounded as training holds them (`as_float32`).
 """
+
 from __future__ import annotations
 
 import math
@@ -82,7 +83,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     if len(x) < 2:
         return None
     rx, ry = average_ranks(x), average_ranks(y)
-    m = (len(x) + 1) / 2                                 # the mean of any average ranks of n values
+    m = (len(x) + 1) / 2  # the mean of any average ranks of n values
     sxy = sum((a - m) * (b - m) for a, b in zip(rx, ry))
     sxx = sum((a - m) ** 2 for a in rx)
     syy = sum((b - m) ** 2 for b in ry)

@@ -3,6 +3,7 @@
 (R4, ``language``, lives in ``rewards.language``.) Every reward works on the
 tokens of ``rewards.text`` and scores the whole batch in one call.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,12 @@ def token_errors(hyps: list[str], refs: list[str], normalizer: str | None = None
     idx = [i for i, r in enumerate(ref_t) if r]
     if not idx:
         return out
-    res = jiwer.process_words([" ".join(ref_t[i]) for i in idx], [" ".join(hyp_t[i]) for i in idx],
-                              reference_transform=_SPLIT, hypothesis_transform=_SPLIT)
+    res = jiwer.process_words(
+        [" ".join(ref_t[i]) for i in idx],
+        [" ".join(hyp_t[i]) for i in idx],
+        reference_transform=_SPLIT,
+        hypothesis_transform=_SPLIT,
+    )
     for i, chunks in zip(idx, res.alignments):
         errors = 0
         for c in chunks:
@@ -129,7 +134,7 @@ def hallucinated_tokens(hyp_toks: tuple[str, ...], ref_toks: tuple[str, ...]) ->
     for start, unit, total in repetition_loops(hyp_toks):
         if ref_s is None:
             ref_s = token_string(ref_toks)
-        if token_string(hyp_toks[start:start + unit] * 3) in ref_s:
+        if token_string(hyp_toks[start : start + unit] * 3) in ref_s:
             continue  # the reference loops the same way: a real repetition
         h += max(0, min(start + total, cap) - (start + unit))
     return h

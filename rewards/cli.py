@@ -10,6 +10,7 @@ Every input line is validated before anything is scored or written; ``--out`` is
 written to a temporary file in the same folder and renamed into place, so a failed
 run never leaves a half-written output (nor touches an existing one).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,21 +99,33 @@ class CliError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m rewards", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m rewards",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Score ASR hypotheses against references with the FunRL reward library "
-                    "(wer, keyword, hallucination, language, plus plugins).", epilog=_EPILOG)
+        "(wer, keyword, hallucination, language, plus plugins).",
+        epilog=_EPILOG,
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{score,list,replay}")
     plugin_help = "import and register a reward function 'module:function' (repeatable)"
-    s = sub.add_parser("score", help="score a JSONL file of hyp/ref pairs",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
+    s = sub.add_parser(
+        "score",
+        help="score a JSONL file of hyp/ref pairs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
+    )
     s.add_argument("input", metavar="IN.jsonl", help="input JSONL file ('-' reads stdin)")
-    s.add_argument("--weights", metavar="NAME=W,...",
-                   help="reward weights for 'total', e.g. wer=1,keyword=0.5 (unlisted rewards get 0; "
-                        "default: all 1)")
+    s.add_argument(
+        "--weights",
+        metavar="NAME=W,...",
+        help="reward weights for 'total', e.g. wer=1,keyword=0.5 (unlisted rewards get 0; default: all 1)",
+    )
     s.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
     s.add_argument("--out", metavar="OUT.jsonl", help="write the scores here (atomically) instead of stdout")
-    s.add_argument("--allow-nonfinite", action="store_true",
-                   help="write a NaN or infinite reward (and total) as null and exit 0, instead of failing")
+    s.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="write a NaN or infinite reward (and total) as null and exit 0, instead of failing",
+    )
     _normalizer_option(s)
     _replay_parser(sub, plugin_help)
     lst = sub.add_parser("list", help="print the registered reward names")
@@ -122,26 +135,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _replay_parser(sub, plugin_help: str) -> None:
-    r = sub.add_parser("replay", help="rescore a run's rollouts.jsonl with another reward mix, without training",
-                       description="Rescore every logged group with another reward mix and report how the "
-                                   "advantages would change.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_REPLAY_EPILOG)
+    r = sub.add_parser(
+        "replay",
+        help="rescore a run's rollouts.jsonl with another reward mix, without training",
+        description="Rescore every logged group with another reward mix and report how the advantages would change.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_REPLAY_EPILOG,
+    )
     r.add_argument("input", metavar="ROLLOUTS.jsonl", help="a run's RUN_DIR/rollouts.jsonl ('-' reads stdin)")
-    r.add_argument("--weights", metavar="NAME=W,...",
-                   help="the new reward mix, e.g. wer=1,keyword=0.5 (unlisted rewards get 0; default: all 1)")
+    r.add_argument(
+        "--weights",
+        metavar="NAME=W,...",
+        help="the new reward mix, e.g. wer=1,keyword=0.5 (unlisted rewards get 0; default: all 1)",
+    )
     r.add_argument("--plugin", action="append", default=[], metavar="MODULE:FUNCTION", help=plugin_help)
-    r.add_argument("--run-advantage", choices=ESTIMATORS, default="grpo",
-                   help="the run's advantage estimator, its learner.advantage (default: grpo)")
-    r.add_argument("--advantage", choices=ESTIMATORS,
-                   help="the estimator of the new advantages (default: the same as --run-advantage)")
+    r.add_argument(
+        "--run-advantage",
+        choices=ESTIMATORS,
+        default="grpo",
+        help="the run's advantage estimator, its learner.advantage (default: grpo)",
+    )
+    r.add_argument(
+        "--advantage",
+        choices=ESTIMATORS,
+        help="the estimator of the new advantages (default: the same as --run-advantage)",
+    )
     r.add_argument("--out", metavar="REPORT.json", help="also write the numbers as JSON here (atomically)")
     _normalizer_option(r)
 
 
 def _normalizer_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--normalizer", choices=NORMALIZERS, default="basic",
-                   help="text normaliser of wer and keyword: basic (lower-case, no punctuation; default) or "
-                        "whisper_en (the Whisper English normaliser of published ASR tables)")
+    p.add_argument(
+        "--normalizer",
+        choices=NORMALIZERS,
+        default="basic",
+        help="text normaliser of wer and keyword: basic (lower-case, no punctuation; default) or "
+        "whisper_en (the Whisper English normaliser of published ASR tables)",
+    )
 
 
 def _check_normalizer(name: str) -> None:
@@ -186,7 +216,7 @@ def _check_item(obj: object, where: str) -> dict:
         raise CliError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     for key in ("hyp", "ref"):
         if key not in obj:
-            raise CliError(f"{where}: missing {key!r} (each line needs \"hyp\" and \"ref\" strings)")
+            raise CliError(f'{where}: missing {key!r} (each line needs "hyp" and "ref" strings)')
         if not isinstance(obj[key], str):
             raise CliError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__}")
     lang = obj.get("lang")
@@ -243,7 +273,7 @@ def _write_atomic(path: str, lines: list[str]) -> None:
     except OSError as exc:
         raise CliError(f"--out: cannot write in {folder}: {exc.strerror}") from None
     try:
-        os.fchmod(fd, created_mode(0o666))   # what open(path, "w") would give, not mkstemp's 0600
+        os.fchmod(fd, created_mode(0o666))  # what open(path, "w") would give, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(lines)
             f.flush()
@@ -314,8 +344,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     lines, items = [num for num, _ in numbered], [it for _, it in numbered]
     metas = [{k: v for k, v in it.items() if k not in ("hyp", "ref")} for it in items]
     try:
-        rows = score_batch([it["hyp"] for it in items], [it["ref"] for it in items], metas, weights,
-                           allow_nonfinite=args.allow_nonfinite, normalizer=args.normalizer)
+        rows = score_batch(
+            [it["hyp"] for it in items],
+            [it["ref"] for it in items],
+            metas,
+            weights,
+            allow_nonfinite=args.allow_nonfinite,
+            normalizer=args.normalizer,
+        )
     except RewardError as exc:
         where = "stdin" if args.input == "-" else args.input
         print(f"rewards: error: {_located(exc, where, lines)}", file=sys.stderr)
@@ -329,8 +365,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     print(summary_table(rows, [*active, TOTAL]), file=sys.stderr)
     if nonfinite:
-        print(f"rewards: warning: {len(nonfinite)} non-finite values written as null: "
-              f"{', '.join(nonfinite[:10])}{' ...' if len(nonfinite) > 10 else ''}", file=sys.stderr)
+        print(
+            f"rewards: warning: {len(nonfinite)} non-finite values written as null: "
+            f"{', '.join(nonfinite[:10])}{' ...' if len(nonfinite) > 10 else ''}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -345,17 +384,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _check_out(args.out)
     _check_normalizer(args.normalizer)
     try:
-        report = replay(args.input, weights, advantage=args.advantage or args.run_advantage,
-                        run_advantage=args.run_advantage, normalizer=args.normalizer)
+        report = replay(
+            args.input,
+            weights,
+            advantage=args.advantage or args.run_advantage,
+            run_advantage=args.run_advantage,
+            normalizer=args.normalizer,
+        )
     except RolloutsError as exc:
         raise CliError(str(exc)) from None
     except RewardError as exc:
         print(f"rewards: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if report.clips_without_meta:
-        print(f"rewards: note: {report.clips_without_meta} of {report.groups} clips have no 'meta' (a run from "
-              "before rollouts.jsonl logged it): rescored as if they had no language and no keywords",
-              file=sys.stderr)
+        print(
+            f"rewards: note: {report.clips_without_meta} of {report.groups} clips have no 'meta' (a run from "
+            "before rollouts.jsonl logged it): rescored as if they had no language and no keywords",
+            file=sys.stderr,
+        )
     print(format_report(report))
     sys.stdout.flush()
     if args.out:

@@ -1,4 +1,5 @@
 """File-system helpers of every package (here, in the bottom package, so that `rewards` has them too)."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ def _proc_umask() -> int | None:
 
 def _umask_at_import() -> int:
     umask = _proc_umask()
-    if umask is None:   # no /proc: os.umask can only be read by setting it, so do that once, at import
+    if umask is None:  # no /proc: os.umask can only be read by setting it, so do that once, at import
         umask = os.umask(0o077)
         os.umask(umask)
     return umask

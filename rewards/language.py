@@ -29,6 +29,7 @@ Expected languages (``meta["lang"]``, BCP-47-ish: ``zh-CN``, ``cmn``, ``en_US``
 ...) are mapped by their primary subtag with ``EXPECTED_CLASS``; a code that is
 not in the table is not checked (reward 0).
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -38,37 +39,57 @@ from functools import cache, lru_cache
 from rewards.registry import register
 from rewards.text import tokens
 
-__all__ = ["language", "detect_language", "language_mismatch", "expected_class", "EXPECTED_CLASS",
-           "LINGUA_MIN_TOKENS"]
+__all__ = ["language", "detect_language", "language_mismatch", "expected_class", "EXPECTED_CLASS", "LINGUA_MIN_TOKENS"]
 
 LINGUA_MIN_TOKENS = 5
 _LINGUA_MIN_DISTANCE = 0.25
 
-_LATIN_LANGS = ("de fr es it pt nl pl cs sk sl hr bs sv da no nb nn fi et lv lt hu ro tr az id ms vi "
-                "ca eu gl oc sq af sw tl fil ga cy is mt lb fo eo la uz ha yo zu xh so "
-                "deu ger fra fre spa ita por nld dut pol ces cze swe dan nor fin hun ron rum tur ind vie cat")
+_LATIN_LANGS = (
+    "de fr es it pt nl pl cs sk sl hr bs sv da no nb nn fi et lv lt hu ro tr az id ms vi "
+    "ca eu gl oc sq af sw tl fil ga cy is mt lb fo eo la uz ha yo zu xh so "
+    "deu ger fra fre spa ita por nld dut pol ces cze swe dan nor fin hun ron rum tur ind vie cat"
+)
 _SCRIPT_LANGS = {
     "cyrillic": "ru uk be bg mk sr kk ky tg mn rus ukr bel bul",
-    "arabic": "ar fa ur ps ug ara fas per urd", "devanagari": "hi mr ne sa hin mar nep",
-    "greek": "el ell gre", "hebrew": "he iw yi heb", "thai": "th tha", "bengali": "bn as ben",
-    "tamil": "ta tam", "telugu": "te tel", "gujarati": "gu guj", "kannada": "kn kan",
-    "malayalam": "ml mal", "gurmukhi": "pa pan", "georgian": "ka kat geo", "armenian": "hy hye arm",
-    "khmer": "km khm", "lao": "lo lao", "myanmar": "my mya bur", "sinhala": "si sin", "ethiopic": "am amh",
+    "arabic": "ar fa ur ps ug ara fas per urd",
+    "devanagari": "hi mr ne sa hin mar nep",
+    "greek": "el ell gre",
+    "hebrew": "he iw yi heb",
+    "thai": "th tha",
+    "bengali": "bn as ben",
+    "tamil": "ta tam",
+    "telugu": "te tel",
+    "gujarati": "gu guj",
+    "kannada": "kn kan",
+    "malayalam": "ml mal",
+    "gurmukhi": "pa pan",
+    "georgian": "ka kat geo",
+    "armenian": "hy hye arm",
+    "khmer": "km khm",
+    "lao": "lo lao",
+    "myanmar": "my mya bur",
+    "sinhala": "si sin",
+    "ethiopic": "am amh",
 }
 EXPECTED_CLASS: dict[str, str] = {
     **{c: "zh" for c in "zh cmn yue wuu nan hak zho chi".split()},
-    **{c: "ja" for c in "ja jpn".split()}, **{c: "ko" for c in "ko kor".split()},
-    **{c: "en" for c in "en eng".split()}, **{c: "latin" for c in _LATIN_LANGS.split()},
+    **{c: "ja" for c in "ja jpn".split()},
+    **{c: "ko" for c in "ko kor".split()},
+    **{c: "en" for c in "en eng".split()},
+    **{c: "latin" for c in _LATIN_LANGS.split()},
     **{c: script for script, codes in _SCRIPT_LANGS.items() for c in codes.split()},
 }
 
-_EN = set("""the and of to is are was were you your that this these those it its with for have has had
+_EN = set(
+    """the and of to is are was were you your that this these those it its with for have has had
 be been being not they them their we our he she his him her what which who whom will would can could
 should shall there here from at by or but if my me us an on about just than then when where why how
 all any some into out up down over after before because very also only do does did don didn doesn
 isn aren wasn weren won t ll ve re
-i a in so no as is was do me on an son d m s""".split())
-_OTHER = set("""der die das und ist nicht ein eine einen zu den dem mit sich auf für von es ich sie er wir ihr
+i a in so no as is was do me on an son d m s""".split()
+)
+_OTHER = set(
+    """der die das und ist nicht ein eine einen zu den dem mit sich auf für von es ich sie er wir ihr
 auch wie noch nach aber wenn oder bei sind war hat haben werden wird kann nur schon dass mir mich dir
 uns vom zum zur im ins am aus über was wo le la les de des du un une et est sont pas ne je tu il elle
 nous vous ils elles que qui dans pour sur avec ce cette ces mais ou au aux son sa ses leur très été
@@ -77,7 +98,8 @@ nous vous ils elles que qui dans pour sur avec ce cette ces mais ou au aux son s
 nella alla questo questa io lui lei noi voi loro ho ha hanno sei mi ti ci o os as do da dos das em um
 uma é não na no nos ao mais mas eu ele nós você são foi isso het een van dat op te zijn met voor er om
 ook als bij nog wel naar heb hebben ik je jij hij zij wij ze dit geen
-i a in so no as is was do me on an son d m s""".split())
+i a in so no as is was do me on an son d m s""".split()
+)
 EN_WORDS = frozenset(_EN - _OTHER)
 OTHER_WORDS = frozenset(_OTHER - _EN)
 
@@ -125,10 +147,19 @@ def _script_votes(toks: tuple[str, ...]) -> tuple[Counter, list[str]]:
 def _lingua():
     from lingua import Language, LanguageDetectorBuilder
 
-    langs = [Language.ENGLISH, Language.GERMAN, Language.FRENCH, Language.SPANISH, Language.ITALIAN,
-             Language.PORTUGUESE, Language.DUTCH]
-    return (LanguageDetectorBuilder.from_languages(*langs)
-            .with_minimum_relative_distance(_LINGUA_MIN_DISTANCE).build(), Language.ENGLISH)
+    langs = [
+        Language.ENGLISH,
+        Language.GERMAN,
+        Language.FRENCH,
+        Language.SPANISH,
+        Language.ITALIAN,
+        Language.PORTUGUESE,
+        Language.DUTCH,
+    ]
+    return (
+        LanguageDetectorBuilder.from_languages(*langs).with_minimum_relative_distance(_LINGUA_MIN_DISTANCE).build(),
+        Language.ENGLISH,
+    )
 
 
 def is_english(latin_tokens: list[str] | tuple[str, ...]) -> bool | None:

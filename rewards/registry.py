@@ -7,6 +7,7 @@ runs every registered reward of non-zero weight once over the batch and adds the
 weighted ``total``; a reward that fails or returns anything but one finite
 float or None per item raises a ``RewardError`` naming it and the clip.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,8 +17,17 @@ from numbers import Real
 
 from rewards.text import NormalizerError, check_normalizer, using_normalizer
 
-__all__ = ["REGISTRY", "NonFiniteRewardError", "RewardError", "RewardFn", "clip_label", "register", "score_batch",
-           "load_plugin", "resolve_weights"]
+__all__ = [
+    "REGISTRY",
+    "NonFiniteRewardError",
+    "RewardError",
+    "RewardFn",
+    "clip_label",
+    "register",
+    "score_batch",
+    "load_plugin",
+    "resolve_weights",
+]
 
 RewardFn = Callable[[list[str], list[str], list[dict]], list["float | None"]]
 
@@ -40,8 +50,9 @@ class RewardError(ValueError):
 class NonFiniteRewardError(RewardError):
     """A reward (or the weighted total) is NaN or infinite for one clip; ``value`` is that value."""
 
-    def __init__(self, message: str, *, reward: str | None = None, item: int | None = None,
-                 value: float = math.nan) -> None:
+    def __init__(
+        self, message: str, *, reward: str | None = None, item: int | None = None, value: float = math.nan
+    ) -> None:
         super().__init__(message, reward=reward, item=item)
         self.value = value
 
@@ -55,8 +66,7 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
         if not callable(fn):
             raise RewardError(f"reward {name!r}: {fn!r} is not callable")
         if name in REGISTRY:
-            raise RewardError(f"reward {name!r} is already registered ({_describe(REGISTRY[name])}); "
-                              "pick another name")
+            raise RewardError(f"reward {name!r} is already registered ({_describe(REGISTRY[name])}); pick another name")
         REGISTRY[name] = fn
         return fn
 
@@ -87,8 +97,9 @@ def load_plugin(spec: str) -> str:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import failure is the plugin's, reported in one line
-        raise RewardError(f"plugin {spec!r}: cannot import module {module_name!r} "
-                          f"({type(exc).__name__}: {exc}); is it on PYTHONPATH?") from exc
+        raise RewardError(
+            f"plugin {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); is it on PYTHONPATH?"
+        ) from exc
     fn: object = module
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -145,7 +156,7 @@ def _first_failing_clip(fn: RewardFn, hyps: list[str], refs: list[str], metas: l
     """The first item on which the reward raises when called on that item alone (None: none does)."""
     for i in range(len(hyps)):
         try:
-            fn(hyps[i:i + 1], refs[i:i + 1], metas[i:i + 1])
+            fn(hyps[i : i + 1], refs[i : i + 1], metas[i : i + 1])
         except Exception:  # noqa: BLE001 - only locating the failure; the batch's exception is reported
             return i
     return None
@@ -163,37 +174,57 @@ def _call(name: str, fn: RewardFn, hyps: list[str], refs: list[str], metas: list
             tail = f"; no clip of the {len(hyps)} fails alone" if len(hyps) > 1 else ""
         else:
             tail = f"; {clip_label(where, hyps, refs)}" + (" fails alone too" if len(hyps) > 1 else "")
-        raise RewardError(f"reward {name!r} failed: {type(exc).__name__}: {exc}{tail}",
-                          reward=name, item=where) from exc
+        raise RewardError(
+            f"reward {name!r} failed: {type(exc).__name__}: {exc}{tail}", reward=name, item=where
+        ) from exc
     if not isinstance(values, list):
-        raise RewardError(f"reward {name!r} returned a {type(values).__name__} ({values!r:.40}), not a list of "
-                          f"{len(hyps)} values (one float or None per clip)", reward=name)
+        raise RewardError(
+            f"reward {name!r} returned a {type(values).__name__} ({values!r:.40}), not a list of "
+            f"{len(hyps)} values (one float or None per clip)",
+            reward=name,
+        )
     if len(values) != len(hyps):
         raise RewardError(f"reward {name!r} returned {len(values)} values for a batch of {len(hyps)}", reward=name)
     return values
 
 
-def _run_reward(name: str, fn: RewardFn, hyps: list[str], refs: list[str], metas: list[dict],
-                allow_nonfinite: bool = False) -> list[float | None]:
+def _run_reward(
+    name: str, fn: RewardFn, hyps: list[str], refs: list[str], metas: list[dict], allow_nonfinite: bool = False
+) -> list[float | None]:
     out: list[float | None] = []
     for i, v in enumerate(_call(name, fn, hyps, refs, metas)):
         if v is None:
             out.append(None)
             continue
         if not isinstance(v, Real) or isinstance(v, bool):
-            raise RewardError(f"reward {name!r} returned {v!r:.40} (a {type(v).__name__}) for "
-                              f"{clip_label(i, hyps, refs)}; expected a float or None", reward=name, item=i)
+            raise RewardError(
+                f"reward {name!r} returned {v!r:.40} (a {type(v).__name__}) for "
+                f"{clip_label(i, hyps, refs)}; expected a float or None",
+                reward=name,
+                item=i,
+            )
         x = _as_float(v)
         if not (allow_nonfinite or math.isfinite(x)):
-            raise NonFiniteRewardError(f"reward {name!r} returned {_shown(x)} for {clip_label(i, hyps, refs)}; "
-                                       "a reward must be a finite number or None", reward=name, item=i, value=x)
+            raise NonFiniteRewardError(
+                f"reward {name!r} returned {_shown(x)} for {clip_label(i, hyps, refs)}; "
+                "a reward must be a finite number or None",
+                reward=name,
+                item=i,
+                value=x,
+            )
         out.append(x)
     return out
 
 
-def score_batch(hyps: Sequence[str], refs: Sequence[str], metas: Sequence[Mapping] | None = None,
-                weights: Mapping[str, float] | None = None, *,
-                allow_nonfinite: bool = False, normalizer: str = "basic") -> list[dict[str, float | None]]:
+def score_batch(
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    metas: Sequence[Mapping] | None = None,
+    weights: Mapping[str, float] | None = None,
+    *,
+    allow_nonfinite: bool = False,
+    normalizer: str = "basic",
+) -> list[dict[str, float | None]]:
     """Score every item with every reward of non-zero weight (one call per reward over the batch).
 
     Returns one dict per item with the name of every reward that was run and ``"total"`` =
@@ -212,11 +243,13 @@ def score_batch(hyps: Sequence[str], refs: Sequence[str], metas: Sequence[Mappin
     w = {name: wt for name, wt in resolve_weights(weights).items() if wt != 0.0}
     hyps, refs = list(hyps), list(refs)
     # reward functions get dicts (RewardFn); a dict is passed as it is, another mapping as a dict copy
-    meta_rows: list[dict] = [{} for _ in hyps] if metas is None else \
-        [m if isinstance(m, dict) else dict(m or {}) for m in metas]
+    meta_rows: list[dict] = (
+        [{} for _ in hyps] if metas is None else [m if isinstance(m, dict) else dict(m or {}) for m in metas]
+    )
     if not len(hyps) == len(refs) == len(meta_rows):
-        raise RewardError(f"hyps, refs and metas must have the same length, got "
-                          f"{len(hyps)}, {len(refs)}, {len(meta_rows)}")
+        raise RewardError(
+            f"hyps, refs and metas must have the same length, got {len(hyps)}, {len(refs)}, {len(meta_rows)}"
+        )
     try:
         check_normalizer(normalizer)
     except NormalizerError as exc:
@@ -228,8 +261,12 @@ def score_batch(hyps: Sequence[str], refs: Sequence[str], metas: Sequence[Mappin
         row: dict[str, float | None] = {name: col[i] for name, col in columns.items()}
         total = sum(w[name] * v for name, v in row.items() if v is not None)
         if not (allow_nonfinite or math.isfinite(total)):
-            raise NonFiniteRewardError(f"reward {TOTAL} is {_shown(total)} for {clip_label(i, hyps, refs)}: the "
-                                       "weighted sum overflowed", reward=TOTAL, item=i, value=total)
+            raise NonFiniteRewardError(
+                f"reward {TOTAL} is {_shown(total)} for {clip_label(i, hyps, refs)}: the weighted sum overflowed",
+                reward=TOTAL,
+                item=i,
+                value=total,
+            )
         row[TOTAL] = total
         out.append(row)
     return out

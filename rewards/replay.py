@@ -18,6 +18,7 @@ Totals are compared as float32, as training holds them, so ties and flat groups 
 as in training. The file is read one line at a time; only the advantages (two floats per hypothesis,
 for the pooled correlation) are kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,7 @@ def _check_clip(clip: object, where: str) -> Group:
         raise RolloutsError(f"{where}: expected a JSON object, got {type(clip).__name__}")
     for key in ("ref", "hyps", "total"):
         if key not in clip:
-            raise RolloutsError(f"{where}: missing {key!r} (each clip needs \"ref\", \"hyps\" and \"total\")")
+            raise RolloutsError(f'{where}: missing {key!r} (each clip needs "ref", "hyps" and "total")')
     ref, hyps, total = clip["ref"], clip["hyps"], clip["total"]
     if not isinstance(ref, str):
         raise RolloutsError(f"{where}: 'ref' must be a string, got {type(ref).__name__}")
@@ -167,21 +168,32 @@ class ReplayReport:
 
     def as_dict(self) -> dict:
         return {
-            "source": self.source, "weights": self.weights, "advantage": self.advantage,
-            "run_advantage": self.run_advantage, "steps": self.steps, "groups": self.groups,
-            "hypotheses": self.hypotheses, "clips_without_meta": self.clips_without_meta,
+            "source": self.source,
+            "weights": self.weights,
+            "advantage": self.advantage,
+            "run_advantage": self.run_advantage,
+            "steps": self.steps,
+            "groups": self.groups,
+            "hypotheses": self.hypotheses,
+            "clips_without_meta": self.clips_without_meta,
             "best_changed": {"count": self.best_changed, "share": self.share(self.best_changed)},
-            "flat": {"run": {"count": self.flat_run, "share": self.share(self.flat_run)},
-                     "new": {"count": self.flat_new, "share": self.share(self.flat_new)}},
-            "spearman": {"pooled": self.spearman_pooled, "per_group_mean": self.spearman_group_mean,
-                         "per_group_groups": self.spearman_groups},
+            "flat": {
+                "run": {"count": self.flat_run, "share": self.share(self.flat_run)},
+                "new": {"count": self.flat_new, "share": self.share(self.flat_new)},
+            },
+            "spearman": {
+                "pooled": self.spearman_pooled,
+                "per_group_mean": self.spearman_group_mean,
+                "per_group_groups": self.spearman_groups,
+            },
             "rewards": {name: m.as_dict() for name, m in self.rewards.items()},
             "run_total": self.run_total.as_dict(),
         }
 
 
-def _rescore(groups: list[Group], weights: Mapping[str, float] | None, where: str,
-             normalizer: str = "basic") -> list[list[dict]]:
+def _rescore(
+    groups: list[Group], weights: Mapping[str, float] | None, where: str, normalizer: str = "basic"
+) -> list[list[dict]]:
     """Every hypothesis of the line scored in one batch, split back into groups; a reward error names the
     line, clip and hypothesis."""
     hyps = [h for g in groups for h in g.hyps]
@@ -193,11 +205,12 @@ def _rescore(groups: list[Group], weights: Mapping[str, float] | None, where: st
         if exc.item is None:
             raise
         clip, hyp = _locate(groups, exc.item)
-        raise RewardError(f"{exc}; in {where}: clip {clip}, hypothesis {hyp}", reward=exc.reward,
-                          item=exc.item) from exc
+        raise RewardError(
+            f"{exc}; in {where}: clip {clip}, hypothesis {hyp}", reward=exc.reward, item=exc.item
+        ) from exc
     out, start = [], 0
     for g in groups:
-        out.append(rows[start:start + len(g.hyps)])
+        out.append(rows[start : start + len(g.hyps)])
         start += len(g.hyps)
     return out
 
@@ -210,8 +223,13 @@ def _locate(groups: list[Group], item: int) -> tuple[int, int]:
     raise IndexError(item)
 
 
-def replay(path: str, weights: Mapping[str, float] | None = None, advantage: str = "grpo",
-           run_advantage: str = "grpo", normalizer: str = "basic") -> ReplayReport:
+def replay(
+    path: str,
+    weights: Mapping[str, float] | None = None,
+    advantage: str = "grpo",
+    run_advantage: str = "grpo",
+    normalizer: str = "basic",
+) -> ReplayReport:
     """Rescore every group of the rollouts file ``path`` with ``weights`` (as `score_batch`: None = all 1)
     and compare the advantages under ``advantage`` with the run's (its logged totals under ``run_advantage``).
     ``normalizer``: the text normaliser of the new scores (``rewards.text.NORMALIZERS``).
@@ -223,8 +241,13 @@ def replay(path: str, weights: Mapping[str, float] | None = None, advantage: str
     for est in (advantage, run_advantage):
         if est not in ESTIMATORS:
             raise ValueError(f"unknown advantage estimator {est!r}; choose one of {', '.join(ESTIMATORS)}")
-    rep = ReplayReport(source=path, weights=active, advantage=advantage, run_advantage=run_advantage,
-                       rewards={name: Moments() for name in [*active, "total"]})
+    rep = ReplayReport(
+        source=path,
+        weights=active,
+        advantage=advantage,
+        run_advantage=run_advantage,
+        rewards={name: Moments() for name in [*active, "total"]},
+    )
     pooled_run: list[float] = []
     pooled_new: list[float] = []
     rho_sum = 0.0
@@ -236,7 +259,7 @@ def replay(path: str, weights: Mapping[str, float] | None = None, advantage: str
             pooled_run += a_run
             pooled_new += a_new
             if not (is_flat(a_run) or is_flat(a_new)):
-                rho_sum += spearman(a_run, a_new) or 0.0   # defined: neither side is constant
+                rho_sum += spearman(a_run, a_new) or 0.0  # defined: neither side is constant
                 rep.spearman_groups += 1
     if rep.groups == 0:
         raise RolloutsError(f"{'stdin' if path == '-' else path}: no logged groups in the file")
@@ -276,18 +299,21 @@ def _num(x: float | None, fmt: str = ".4f") -> str:
 def format_report(rep: ReplayReport) -> str:
     """The readable table ``python -m rewards replay`` prints."""
     mix = ", ".join(f"{n}={w:g}" for n, w in rep.weights.items()) or "(all weights 0)"
-    lines = [f"replay of {rep.source}: {rep.steps} steps, {rep.groups} groups, {rep.hypotheses} hypotheses",
-             f"new mix: {mix}; advantage: {rep.advantage} (run's: {rep.run_advantage})", "",
-             f"{'':<28}{'run':>9}{'new':>9}",
-             f"{'flat groups (advantage 0)':<28}{_pct(rep.share(rep.flat_run)):>9}"
-             f"{_pct(rep.share(rep.flat_new)):>9}",
-             f"{'best hypothesis changed':<28}{'':>9}{_pct(rep.share(rep.best_changed)):>9}"
-             f"   {rep.best_changed} of {rep.groups} groups",
-             f"{'Spearman, run vs new':<28}{'':>9}{_num(rep.spearman_pooled, '.3f'):>9}"
-             f"   pooled over {rep.hypotheses} advantages",
-             f"{'  mean per group':<28}{'':>9}{_num(rep.spearman_group_mean, '.3f'):>9}"
-             f"   over {rep.spearman_groups} groups flat in neither", "",
-             "per-reward scores under the new mix"]
+    lines = [
+        f"replay of {rep.source}: {rep.steps} steps, {rep.groups} groups, {rep.hypotheses} hypotheses",
+        f"new mix: {mix}; advantage: {rep.advantage} (run's: {rep.run_advantage})",
+        "",
+        f"{'':<28}{'run':>9}{'new':>9}",
+        f"{'flat groups (advantage 0)':<28}{_pct(rep.share(rep.flat_run)):>9}{_pct(rep.share(rep.flat_new)):>9}",
+        f"{'best hypothesis changed':<28}{'':>9}{_pct(rep.share(rep.best_changed)):>9}"
+        f"   {rep.best_changed} of {rep.groups} groups",
+        f"{'Spearman, run vs new':<28}{'':>9}{_num(rep.spearman_pooled, '.3f'):>9}"
+        f"   pooled over {rep.hypotheses} advantages",
+        f"{'  mean per group':<28}{'':>9}{_num(rep.spearman_group_mean, '.3f'):>9}"
+        f"   over {rep.spearman_groups} groups flat in neither",
+        "",
+        "per-reward scores under the new mix",
+    ]
     stats = {**{n: m.as_dict() for n, m in rep.rewards.items()}, "total (run)": rep.run_total.as_dict()}
     width = max(len("reward"), *(len(n) for n in stats))
     lines.append(f"{'reward':<{width}}  {'count':>7}  {'mean':>8}  {'std':>8}")

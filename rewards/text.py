@@ -34,6 +34,7 @@ for the rewards that compare words with the reference (``wer``, ``keyword``), wh
 ``active_normalizer()``. ``hallucination`` and ``language`` always use ``basic``: any output on a noise clip,
 "uh" included, is a hallucination, and language detection needs the raw words.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,17 @@ from functools import lru_cache
 
 import regex
 
-__all__ = ["NORMALIZERS", "NormalizerError", "active_normalizer", "check_normalizer", "normalize", "tokenize",
-           "tokens", "token_string", "using_normalizer"]
+__all__ = [
+    "NORMALIZERS",
+    "NormalizerError",
+    "active_normalizer",
+    "check_normalizer",
+    "normalize",
+    "tokenize",
+    "tokens",
+    "token_string",
+    "using_normalizer",
+]
 
 NORMALIZERS = ("basic", "whisper_en")
 _ACTIVE: ContextVar[str] = ContextVar("rewards_normalizer", default="basic")
@@ -54,6 +64,7 @@ _ACTIVE: ContextVar[str] = ContextVar("rewards_normalizer", default="basic")
 
 class NormalizerError(ValueError):
     """An unknown normaliser name, or one whose package is not installed; the message says what to do."""
+
 
 _PUNCT = regex.compile(r"\p{P}+")
 _TOKEN = regex.compile(r"\p{Han}|[^\s\p{Han}]+")
@@ -68,13 +79,17 @@ def _basic(text: str) -> str:
 def _whisper_en() -> Callable[[str], str]:
     """transformers' EnglishTextNormalizer with the spelling map the whisper-normalizer package ships."""
     import importlib.resources
+
     try:
         source = importlib.resources.files("whisper_normalizer") / "normalizers" / "english.json"
         mapping = json.loads(source.read_text(encoding="utf-8"))
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise NormalizerError(f"normalizer 'whisper_en' needs the English spelling map of the whisper-normalizer "
-                              f"package ({exc}): pip install 'funrl[whisper-en]'") from None
+        raise NormalizerError(
+            f"normalizer 'whisper_en' needs the English spelling map of the whisper-normalizer "
+            f"package ({exc}): pip install 'funrl[whisper-en]'"
+        ) from None
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
     return EnglishTextNormalizer(mapping)
 
 

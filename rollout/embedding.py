@@ -4,6 +4,7 @@ A plain class (Ray wrapping happens in ``funrl.cluster``). It owns an inference
 copy of the audio-LLM and uses the model layer's one prompt-building path, so the
 rollout worker and the learner see exactly the same prompt (docs/design.md#the-model-layer).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,13 @@ class AudioEmbeddingWorker:
     """Loads audio (augmented for a clip's ``augment_step`` when ``augment`` is on: `policy.augment`), runs the
     frozen encoder + adapter, splices the prompt."""
 
-    def __init__(self, model_cfg: ModelConfig, max_audio_seconds: float = 30.0, batch_size: int = 16,
-                 augment: AugmentConfig | None = None) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        max_audio_seconds: float = 30.0,
+        batch_size: int = 16,
+        augment: AugmentConfig | None = None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_cfg = model_cfg
@@ -93,8 +99,10 @@ class AudioEmbeddingWorker:
             if name not in params:
                 raise KeyError(f"frontend has no parameter {name!r}")
             if tuple(tensor.shape) != tuple(params[name].shape):
-                raise ValueError(f"frontend parameter {name!r} has shape {tuple(params[name].shape)}, "
-                                 f"the update {tuple(tensor.shape)}")
+                raise ValueError(
+                    f"frontend parameter {name!r} has shape {tuple(params[name].shape)}, "
+                    f"the update {tuple(tensor.shape)}"
+                )
         with torch.no_grad():
             for name, tensor in items:
                 params[name].copy_(tensor)
@@ -111,7 +119,7 @@ class AudioEmbeddingWorker:
 
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _samples(path: str) -> int:

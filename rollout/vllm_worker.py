@@ -25,6 +25,7 @@ Facts this relies on (vLLM 0.32, see docs/design.md#vllm-facts):
   ``prompt_is_token_ids``): :meth:`logprobs_of` scores given tokens after the embeddings.
 * Prefix caching is off: cached KV blocks would survive a weight update.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")   # no usage reports from any process that imports this
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # no usage reports from any process that imports this
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import torch
@@ -54,10 +55,12 @@ from rollout.config import RolloutConfig
 from rollout.weight_sync import iter_buckets, module_group, split_trailing_group
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, MAX_LORA_RANK)   # the max_lora_rank values vLLM 0.32 accepts
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, MAX_LORA_RANK)  # the max_lora_rank values vLLM 0.32 accepts
 # vLLM loggers that warn about every weight a *partial* reload does not carry.
-_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.inplace",
-                   "vllm.model_executor.model_loader.reload.layerwise")
+_RELOAD_LOGGERS = (
+    "vllm.model_executor.model_loader.reload.inplace",
+    "vllm.model_executor.model_loader.reload.layerwise",
+)
 
 
 def vllm_max_lora_rank(r: int) -> int:
@@ -72,8 +75,14 @@ def vllm_max_lora_rank(r: int) -> int:
 class VLLMRolloutWorker:
     """One vLLM engine: ``generate`` (sampling or greedy), ``logprobs_of``, weight sync, LoRA."""
 
-    def __init__(self, llm_dir: str, cfg: RolloutConfig, dtype: str = "float32",
-                 enable_lora: bool = False, max_lora_rank: int = 16) -> None:
+    def __init__(
+        self,
+        llm_dir: str,
+        cfg: RolloutConfig,
+        dtype: str = "float32",
+        enable_lora: bool = False,
+        max_lora_rank: int = 16,
+    ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"VLLMRolloutWorker: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.llm_dir = str(llm_dir)
@@ -82,9 +91,16 @@ class VLLMRolloutWorker:
         self.on_gpu = torch.cuda.is_available()
         self.multiprocess = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0"
         self.checkpoint_names, self.ignored_names = _checkpoint_names(self.llm_dir)
-        kwargs = dict(model=self.llm_dir, dtype=dtype, enforce_eager=cfg.enforce_eager,
-                      enable_prompt_embeds=True, max_model_len=cfg.max_model_len, seed=cfg.seed,
-                      enable_prefix_caching=False, logprobs_mode="processed_logprobs")
+        kwargs = dict(
+            model=self.llm_dir,
+            dtype=dtype,
+            enforce_eager=cfg.enforce_eager,
+            enable_prompt_embeds=True,
+            max_model_len=cfg.max_model_len,
+            seed=cfg.seed,
+            enable_prefix_caching=False,
+            logprobs_mode="processed_logprobs",
+        )
         if self.on_gpu:
             kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=True)
         else:
@@ -97,8 +113,8 @@ class VLLMRolloutWorker:
         self.hidden_size = int(self.llm.llm_engine.model_config.get_hidden_size())
         self._lora: LoRARequest | None = None
         self._lora_version = 0
-        self._pending: list[tuple[str, Tensor]] = []   # held-back trailing module group
-        self._loaded_groups: set[str] = set()           # groups loaded in the current update
+        self._pending: list[tuple[str, Tensor]] = []  # held-back trailing module group
+        self._loaded_groups: set[str] = set()  # groups loaded in the current update
         self.last_sync_seconds = 0.0
 
     def ready(self) -> bool:
@@ -106,8 +122,14 @@ class VLLMRolloutWorker:
         return self.llm is not None
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, prompts: PromptBatch, n: int | None = None, greedy: bool = False,
-                 max_new_tokens: int | None = None, seed: int | None = None) -> RolloutBatch:
+    def generate(
+        self,
+        prompts: PromptBatch,
+        n: int | None = None,
+        greedy: bool = False,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> RolloutBatch:
         """Sample ``n`` (default ``cfg.n``; greedy: 1) hypotheses per prompt.
 
         ``seed``: the engine's random stream is reset to ``seed`` before this batch, so the same batch on the
@@ -124,9 +146,14 @@ class VLLMRolloutWorker:
         self.finish_weight_update()
         start = time.perf_counter()
         G = n if n is not None else (1 if greedy else self.cfg.n)
-        options = dict(n=G, temperature=0.0 if greedy else self.cfg.temperature,
-                       top_p=1.0 if greedy else self.cfg.top_p,
-                       max_tokens=max_new_tokens or self.cfg.max_new_tokens, logprobs=0, detokenize=False)
+        options = dict(
+            n=G,
+            temperature=0.0 if greedy else self.cfg.temperature,
+            top_p=1.0 if greedy else self.cfg.top_p,
+            max_tokens=max_new_tokens or self.cfg.max_new_tokens,
+            logprobs=0,
+            detokenize=False,
+        )
         if seed is not None and not greedy:
             self._reseed(seed)
         outputs = self._run(self._embeds_requests(prompts), SamplingParams(**options))
@@ -140,13 +167,22 @@ class VLLMRolloutWorker:
                 ids = list(c.token_ids)
                 token_ids[b, g, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 logprobs[b, g, : len(ids)] = torch.tensor(
-                    [step[t].logprob for step, t in zip(c.logprobs, ids)], dtype=torch.float32)
-        mask = (torch.arange(T) < torch.tensor([[len(c.token_ids) for c in row] for row in seqs])[..., None])
-        texts = tuple(tuple(self.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) for c in row)
-                      for row in seqs)
+                    [step[t].logprob for step, t in zip(c.logprobs, ids)], dtype=torch.float32
+                )
+        mask = torch.arange(T) < torch.tensor([[len(c.token_ids) for c in row] for row in seqs])[..., None]
+        texts = tuple(
+            tuple(self.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) for c in row) for row in seqs
+        )
         truncated = torch.tensor([[c.finish_reason == "length" for c in row] for row in seqs], dtype=torch.bool)
-        return RolloutBatch(prompts=prompts, token_ids=token_ids, mask=mask.float(), sample_logprobs=logprobs,
-                            texts=texts, seconds=time.perf_counter() - start, truncated=truncated.view(B, G))
+        return RolloutBatch(
+            prompts=prompts,
+            token_ids=token_ids,
+            mask=mask.float(),
+            sample_logprobs=logprobs,
+            texts=texts,
+            seconds=time.perf_counter() - start,
+            truncated=truncated.view(B, G),
+        )
 
     def _reseed(self, seed: int) -> None:
         """Reset the random generators the engine samples with (torch's default CPU and CUDA generators of the
@@ -173,9 +209,15 @@ class VLLMRolloutWorker:
                 ids = token_ids[b, g, : lengths[b, g]].tolist()
                 if ids:
                     requests.append(self._scoring_request(embeds[b], ids))
-                    params.append(SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
-                                                 prompt_logprobs=0 if len(ids) > 1 else None,
-                                                 logprob_token_ids=[ids[-1]]))
+                    params.append(
+                        SamplingParams(
+                            max_tokens=1,
+                            temperature=0.0,
+                            detokenize=False,
+                            prompt_logprobs=0 if len(ids) > 1 else None,
+                            logprob_token_ids=[ids[-1]],
+                        )
+                    )
                     where.append((b, g, ids))
         out = torch.zeros(B, G, T, dtype=torch.float32)
         for (b, g, ids), o in zip(where, self._run(requests, params)):
@@ -284,24 +326,32 @@ class VLLMRolloutWorker:
         if extra == 0:
             return {"prompt_embeds": embeds}
         pad = torch.zeros(extra, embeds.shape[1], dtype=embeds.dtype)
-        return {"prompt_embeds": torch.cat([embeds, pad]), "prompt_token_ids": [0] * L + ids[:-1],
-                "prompt_is_token_ids": [False] * L + [True] * extra}
+        return {
+            "prompt_embeds": torch.cat([embeds, pad]),
+            "prompt_token_ids": [0] * L + ids[:-1],
+            "prompt_is_token_ids": [False] * L + [True] * extra,
+        }
 
     def _validate_bucket(self, named_tensors: list[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
         unknown = [n for n, _ in named_tensors if n not in self.checkpoint_names and n not in self.ignored_names]
         if unknown:
-            raise KeyError(f"update_weights: {len(unknown)} name(s) not in the checkpoint {self.llm_dir}, e.g. "
-                           f"{unknown[:3]}; expected names like {sorted(self.checkpoint_names)[:3]} "
-                           "(strip wrapper prefixes such as 'base_model.model.' / '_orig_mod.')")
+            raise KeyError(
+                f"update_weights: {len(unknown)} name(s) not in the checkpoint {self.llm_dir}, e.g. "
+                f"{unknown[:3]}; expected names like {sorted(self.checkpoint_names)[:3]} "
+                "(strip wrapper prefixes such as 'base_model.model.' / '_orig_mod.')"
+            )
         if self.ignored_names and any(n.endswith("embed_tokens.weight") for n, _ in named_tensors):
             raise ValueError(
                 f"update_weights: {self.llm_dir} ties its output layer to embed_tokens, and vLLM's in-place "
                 "reload never refreshes a tied head, so this update would leave it stale; export the rollout "
-                "LLM untied (AudioLLM.export_llm(folder, untie_embeddings=True)) and send lm_head.weight too")
+                "LLM untied (AudioLLM.export_llm(folder, untie_embeddings=True)) and send lm_head.weight too"
+            )
         late = sorted({module_group(n) for n, _ in named_tensors} & self._loaded_groups)
         if late:
-            raise ValueError(f"update_weights: weights of {late} arrived after that module was loaded in this "
-                             "update; send each layer's tensors contiguously (state-dict order)")
+            raise ValueError(
+                f"update_weights: weights of {late} arrived after that module was loaded in this "
+                "update; send each layer's tensors contiguously (state-dict order)"
+            )
         return [(n, t.detach()) for n, t in named_tensors if n not in self.ignored_names]
 
     def _reload(self, named_tensors: list[tuple[str, Tensor]]) -> None:

@@ -9,6 +9,7 @@ its weights leaves the rest uninitialised. :func:`split_trailing_group` holds ba
 the tensors of the last *module group* of a bucket (a decoder layer, or a top-level
 module such as the embedding) until the next bucket or the end of the update.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator

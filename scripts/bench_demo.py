@@ -13,6 +13,7 @@ markdown table per seed and writes OUT/results.json. Extra key=value arguments g
 seed), then one summary table: test WER, hallucination, keyword recall, Mandarin CER, mean KL, wall time and
 the largest vLLM/learner log-prob gap of the run, means over the seeds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,9 @@ def run(cmd: list[str], log: Path) -> None:
 
 def grpo(seed: int, out: Path, extra: list[str]) -> tuple[EvalReport, EvalReport, float, float]:
     start = time.perf_counter()
-    run([sys.executable, "-m", "funrl.train", f"run.seed={seed}", f"run.out_dir={out}", *extra], out.with_suffix(".log"))
+    run(
+        [sys.executable, "-m", "funrl.train", f"run.seed={seed}", f"run.out_dir={out}", *extra], out.with_suffix(".log")
+    )
     wall = time.perf_counter() - start
     train_s = sum(m.get("time.step", 0.0) for m in read_metrics(out / "metrics.jsonl"))
     load = lambda name: EvalReport(**json.loads((out / name).read_text()))  # noqa: E731
@@ -47,14 +50,42 @@ def grpo(seed: int, out: Path, extra: list[str]) -> tuple[EvalReport, EvalReport
 
 def control(seed: int, out: Path, minutes: float) -> EvalReport:
     data = demo_data_dir("full")
-    run([sys.executable, "-m", "funrl.sft", f"model.path={start_model_dir()}",
-         f"data.train_manifest={data / 'rl_train.jsonl'}", "data.noise_clips=true", "data.curriculum_steps=0",
-         f"optim.minutes={minutes:.3f}", "optim.steps=100000", "optim.lr=2e-4", "optim.warmup_steps=0",
-         "optim.schedule=constant", "run.eval_every=0", f"run.seed={seed}", f"run.out_dir={out}"],
-        out.with_suffix(".sft.log"))
+    run(
+        [
+            sys.executable,
+            "-m",
+            "funrl.sft",
+            f"model.path={start_model_dir()}",
+            f"data.train_manifest={data / 'rl_train.jsonl'}",
+            "data.noise_clips=true",
+            "data.curriculum_steps=0",
+            f"optim.minutes={minutes:.3f}",
+            "optim.steps=100000",
+            "optim.lr=2e-4",
+            "optim.warmup_steps=0",
+            "optim.schedule=constant",
+            "run.eval_every=0",
+            f"run.seed={seed}",
+            f"run.out_dir={out}",
+        ],
+        out.with_suffix(".sft.log"),
+    )
     report = out / "eval_test.json"
-    run([sys.executable, "-m", "funrl.eval", "--model", str(out / "model"), "--manifest",
-         str(data / "test.jsonl"), "--out", str(report), "--no-progress"], out.with_suffix(".eval.log"))
+    run(
+        [
+            sys.executable,
+            "-m",
+            "funrl.eval",
+            "--model",
+            str(out / "model"),
+            "--manifest",
+            str(data / "test.jsonl"),
+            "--out",
+            str(report),
+            "--no-progress",
+        ],
+        out.with_suffix(".eval.log"),
+    )
     return EvalReport(**json.loads(report.read_text()))
 
 
@@ -62,8 +93,14 @@ def control(seed: int, out: Path, minutes: float) -> EvalReport:
 RECIPES = {
     "grpo": [],
     "dr_grpo": ["learner.advantage=dr_grpo", "learner.agg=seq-mean-token-sum-norm"],
-    "dapo": ["learner.clip_eps_high=0.28", "learner.agg=token-mean", "learner.beta=0", "run.dynamic_sampling=true",
-             "run.max_refill_rounds=2", "rollout.truncated=mask"],
+    "dapo": [
+        "learner.clip_eps_high=0.28",
+        "learner.agg=token-mean",
+        "learner.beta=0",
+        "run.dynamic_sampling=true",
+        "run.max_refill_rounds=2",
+        "rollout.truncated=mask",
+    ],
     "gspo": ["learner.loss=gspo", "learner.clip_eps_low=3e-4", "learner.clip_eps_high=4e-4"],
     "rloo": ["learner.advantage=rloo"],
     "grpo_mb2": ["learner.mini_batches=2"],
@@ -84,22 +121,39 @@ def recipes(args: argparse.Namespace) -> None:
         for name in args.recipes:
             folder = out / f"{name}-{seed}"
             before, after, train_s, wall = grpo(seed, folder, [*RECIPES[name], *args.overrides])
-            results[f"{name}/{seed}"] = {"recipe": name, "seed": seed, "train_s": train_s, "wall_s": wall,
-                                         "before": before.__dict__, "after": after.__dict__, **run_stats(folder)}
+            results[f"{name}/{seed}"] = {
+                "recipe": name,
+                "seed": seed,
+                "train_s": train_s,
+                "wall_s": wall,
+                "before": before.__dict__,
+                "after": after.__dict__,
+                **run_stats(folder),
+            }
             if not args.no_control and name == args.recipes[0]:
                 sft = control(seed, out / f"sft-{seed}", train_s / 60)
-                results[f"sft_control/{seed}"] = {"recipe": "sft_control", "seed": seed, "train_s": train_s,
-                                                  "wall_s": float("nan"), "before": before.__dict__,
-                                                  "after": sft.__dict__, "kl_mean": float("nan"),
-                                                  "gap_max": float("nan")}
+                results[f"sft_control/{seed}"] = {
+                    "recipe": "sft_control",
+                    "seed": seed,
+                    "train_s": train_s,
+                    "wall_s": float("nan"),
+                    "before": before.__dict__,
+                    "after": sft.__dict__,
+                    "kl_mean": float("nan"),
+                    "gap_max": float("nan"),
+                }
             (out / "results.json").write_text(json.dumps(results, indent=1))
     print(summary(results))
 
 
 def summary(results: dict) -> str:
     """Markdown: one row per recipe, means over its seeds."""
-    cols = [("test WER", "wer"), ("hallucination", "hallucination_rate"), ("keyword recall", "keyword_recall"),
-            ("Mandarin CER", "cer")]
+    cols = [
+        ("test WER", "wer"),
+        ("hallucination", "hallucination_rate"),
+        ("keyword recall", "keyword_recall"),
+        ("Mandarin CER", "cer"),
+    ]
     head = ["recipe", "seeds", *[c for c, _ in cols], "mean KL", "GRPO min", "max log-prob gap"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     by = {}
@@ -112,10 +166,14 @@ def summary(results: dict) -> str:
 
     for name, rs in by.items():
         start = rs[0]["before"]
-        cells = [f"{mean([r['after'][k] for r in rs]):.4f} ({start[k]:.4f})" if start[k] is not None else "-"
-                 for _, k in cols]
-        lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + f" | {mean([r['kl_mean'] for r in rs]):.3f} | "
-                     f"{mean([r['train_s'] for r in rs]) / 60:.1f} | {max(r['gap_max'] for r in rs):.2g} |")
+        cells = [
+            f"{mean([r['after'][k] for r in rs]):.4f} ({start[k]:.4f})" if start[k] is not None else "-"
+            for _, k in cols
+        ]
+        lines.append(
+            f"| {name} | {len(rs)} | " + " | ".join(cells) + f" | {mean([r['kl_mean'] for r in rs]):.3f} | "
+            f"{mean([r['train_s'] for r in rs]) / 60:.1f} | {max(r['gap_max'] for r in rs):.2g} |"
+        )
     return "\n".join(lines)
 
 

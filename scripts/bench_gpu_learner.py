@@ -27,6 +27,7 @@ Measured, after ``--warmup`` updates, over ``--steps`` updates:
 * **weight export**: seconds for ``Learner.gather_weights`` (the full LLM state dict gathered to CPU, what weight
   sync sends), in fp32 and, when the learner supports it, cast to bf16.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,35 +50,71 @@ import torch
 from policy.models.conformer import EncoderConfig
 
 # Dense (no sparsity) bf16 tensor-core peak, FLOP/s; the first substring of the device name that matches wins.
-PEAK_TFLOPS = (("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),
-               ("H800", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0))
+PEAK_TFLOPS = (
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+)
 
 
 @dataclass(frozen=True)
 class BenchSize:
-    llm: dict[str, int]              # Qwen3Config shape keys
-    vocab: int | None                # None: the tokenizer's size
+    llm: dict[str, int]  # Qwen3Config shape keys
+    vocab: int | None  # None: the tokenizer's size
     encoder: EncoderConfig
     adapter_hidden: int
-    batch: dict[str, int] = field(default_factory=dict)   # default clips / group / prompt_len / completion_len / micro
+    batch: dict[str, int] = field(default_factory=dict)  # default clips / group / prompt_len / completion_len / micro
 
 
 SIZES = {
     "nano": BenchSize(  # Fun-ASR-nano: 0.2B encoder + adapter, Qwen3-0.6B
-        dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-             num_key_value_heads=8, head_dim=128), 151936,
+        dict(
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+        ),
+        151936,
         EncoderConfig(d_model=512, n_heads=8, n_layers=32, ffn_dim=2048, conv_kernel=15, subsample_channels=256),
-        2048, dict(clips=16, group=8, prompt_len=150, completion_len=64, micro_batch=16)),
+        2048,
+        dict(clips=16, group=8, prompt_len=150, completion_len=64, micro_batch=16),
+    ),
     "small": BenchSize(  # the GPU test's size: seconds to build, same code path
-        dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=64), 8192,
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+        ),
+        8192,
         EncoderConfig(d_model=128, n_heads=4, n_layers=2, ffn_dim=256, conv_kernel=7, subsample_channels=16),
-        256, dict(clips=4, group=4, prompt_len=64, completion_len=32, micro_batch=8)),
+        256,
+        dict(clips=4, group=4, prompt_len=64, completion_len=32, micro_batch=8),
+    ),
     "tiny": BenchSize(  # CPU smoke check
-        dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=32), None,
+        dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+        ),
+        None,
         EncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192, conv_kernel=7, subsample_channels=8),
-        256, dict(clips=2, group=4, prompt_len=24, completion_len=16, micro_batch=4)),
+        256,
+        dict(clips=2, group=4, prompt_len=24, completion_len=16, micro_batch=4),
+    ),
 }
 
 
@@ -95,24 +132,38 @@ def build_model(folder: str | Path, size: str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = build_char_tokenizer()
     config = transformers.Qwen3Config(
-        vocab_size=spec.vocab or len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
-        initializer_range=0.02, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None, **spec.llm)
+        vocab_size=spec.vocab or len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        initializer_range=0.02,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        **spec.llm,
+    )
     llm = transformers.Qwen3ForCausalLM(config).eval()
     llm.generation_config = transformers.GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+    )
     adapter = AdapterConfig(splice=2, hidden_size=spec.adapter_hidden, llm_hidden_size=config.hidden_size)
     fbank = FbankConfig()
     frontend = EncoderAdapterFrontend(fbank, spec.encoder, adapter).eval()
-    meta = {"model_type": MODEL_TYPE, "features": fbank.to_dict(), "cmvn": False, "encoder": spec.encoder.to_dict(),
-            "adapter": asdict(adapter), "ctc_vocab_size": None}
+    meta = {
+        "model_type": MODEL_TYPE,
+        "features": fbank.to_dict(),
+        "cmvn": False,
+        "encoder": spec.encoder.to_dict(),
+        "adapter": asdict(adapter),
+        "ctc_vocab_size": None,
+    }
     template = PromptTemplate.for_tokenizer(tokenizer, "Transcribe the audio.")
     model = AudioLLM(frontend, llm, tokenizer, template, MODEL_TYPE, adapter=get_adapter(MODEL_TYPE), config=meta)
     return model.save(folder)
 
 
-def make_batch(vocab: int, hidden: int, clips: int, group: int, prompt_len: int, completion_len: int,
-               seed: int = 0) -> Any:
+def make_batch(
+    vocab: int, hidden: int, clips: int, group: int, prompt_len: int, completion_len: int, seed: int = 0
+) -> Any:
     """A random `ScoredRollout`: ``clips`` prompts of ``prompt_len`` embeddings, ``group`` full-length
     completions each, group-relative advantages of random rewards."""
     from policy.grpo import group_advantages
@@ -132,27 +183,39 @@ def make_batch(vocab: int, hidden: int, clips: int, group: int, prompt_len: int,
 def llm_shape(model_dir: str | Path) -> dict[str, int]:
     """Decoder-layer parameters and the shapes the FLOP count needs, from the folder's LLM config (meta device)."""
     import transformers
+
     config = transformers.AutoConfig.from_pretrained(Path(model_dir) / "llm", local_files_only=True)
     with torch.device("meta"):
         llm = transformers.AutoModelForCausalLM.from_config(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return {"layer_params": sum(p.numel() for p in llm.model.layers.parameters()),
-            "llm_params": sum(p.numel() for p in llm.parameters()), "hidden": config.hidden_size,
-            "vocab": config.vocab_size, "layers": config.num_hidden_layers,
-            "attn_width": config.num_attention_heads * head_dim}
+    return {
+        "layer_params": sum(p.numel() for p in llm.model.layers.parameters()),
+        "llm_params": sum(p.numel() for p in llm.parameters()),
+        "hidden": config.hidden_size,
+        "vocab": config.vocab_size,
+        "layers": config.num_hidden_layers,
+        "attn_width": config.num_attention_heads * head_dim,
+    }
 
 
-def forward_flops(shape: dict[str, int], rows: int, prompt_len: int, completion_len: int,
-                  attention: bool = True) -> float:
+def forward_flops(
+    shape: dict[str, int], rows: int, prompt_len: int, completion_len: int, attention: bool = True
+) -> float:
     """Model FLOPs of one forward of ``rows`` sequences (module doc); ``attention=False``: the matmuls alone."""
-    positions = prompt_len + completion_len - 1          # the last completion token is never an input
+    positions = prompt_len + completion_len - 1  # the last completion token is never an input
     matmul = 2 * shape["layer_params"] * positions + 2 * shape["hidden"] * shape["vocab"] * completion_len
-    attn = 4 * shape["layers"] * shape["attn_width"] * positions ** 2 if attention else 0
+    attn = 4 * shape["layers"] * shape["attn_width"] * positions**2 if attention else 0
     return float(rows * (matmul + attn))
 
 
-def update_flops(shape: dict[str, int], rows: int, prompt_len: int, completion_len: int, ppo_epochs: int,
-                 trainable: int | None = None) -> float:
+def update_flops(
+    shape: dict[str, int],
+    rows: int,
+    prompt_len: int,
+    completion_len: int,
+    ppo_epochs: int,
+    trainable: int | None = None,
+) -> float:
     """Model FLOPs of one learner update (module doc). ``trainable``: LoRA's trainable parameters (None: full)."""
     forward = forward_flops(shape, rows, prompt_len, completion_len)
     positions = prompt_len + completion_len - 1
@@ -205,14 +268,32 @@ def _timed_updates(learner: Any, batch: Any, device: torch.device, warmup: int, 
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:  # ru_maxrss is KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"update_s": seconds, "peak_mem_gib": peak, "loss": stats[-1].loss, "grad_norm": stats[-1].grad_norm,
-            "stats": stats}
+    return {
+        "update_s": seconds,
+        "peak_mem_gib": peak,
+        "loss": stats[-1].loss,
+        "grad_norm": stats[-1].grad_norm,
+        "stats": stats,
+    }
 
 
-def measure(model_dir: str | Path, *, device: str = "cuda", dtype: str = "bfloat16", finetune: str = "full",
-            micro_batch: int = 16, ppo_epochs: int = 1, clips: int = 16, group: int = 8, prompt_len: int = 150,
-            completion_len: int = 64, warmup: int = 1, steps: int = 3, peak_tflops: float | None = None,
-            export: bool = True) -> dict[str, Any]:
+def measure(
+    model_dir: str | Path,
+    *,
+    device: str = "cuda",
+    dtype: str = "bfloat16",
+    finetune: str = "full",
+    micro_batch: int = 16,
+    ppo_epochs: int = 1,
+    clips: int = 16,
+    group: int = 8,
+    prompt_len: int = 150,
+    completion_len: int = 64,
+    warmup: int = 1,
+    steps: int = 3,
+    peak_tflops: float | None = None,
+    export: bool = True,
+) -> dict[str, Any]:
     """Set up a 1-rank learner on ``model_dir``, time ``steps`` updates after ``warmup``, export; see module doc."""
     import gc
 
@@ -222,8 +303,14 @@ def measure(model_dir: str | Path, *, device: str = "cuda", dtype: str = "bfloat
 
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but torch.cuda.is_available() is False (use --device cpu for a smoke run)")
-    cfg = LearnerConfig(lr=1e-6, micro_batch=micro_batch, ppo_epochs=ppo_epochs, finetune=finetune, dtype=dtype,
-                        gpus_per_rank=1.0 if torch.device(device).type == "cuda" else 0.0)
+    cfg = LearnerConfig(
+        lr=1e-6,
+        micro_batch=micro_batch,
+        ppo_epochs=ppo_epochs,
+        finetune=finetune,
+        dtype=dtype,
+        gpus_per_rank=1.0 if torch.device(device).type == "cuda" else 0.0,
+    )
     learner = Learner(str(model_dir), ModelConfig(path=str(model_dir)), cfg, 0, 1, "127.0.0.1", free_port())
     start = time.perf_counter()
     info = learner.setup()
@@ -242,15 +329,26 @@ def measure(model_dir: str | Path, *, device: str = "cuda", dtype: str = "bfloat
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     rows = clips * group
-    flops = update_flops(shape, rows, prompt_len, completion_len, ppo_epochs,
-                         info["trainable"] if finetune == "lora" else None)
+    flops = update_flops(
+        shape, rows, prompt_len, completion_len, ppo_epochs, info["trainable"] if finetune == "lora" else None
+    )
     peak = peak_flops(dev, peak_tflops)
     out.update(
-        device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", dtype=dtype, finetune=finetune,
-        rows=rows, prompt_len=prompt_len, completion_len=completion_len, micro_batch=micro_batch,
-        ppo_epochs=ppo_epochs, tokens=rows * (prompt_len + completion_len), update_flops=flops,
-        llm_params=shape["llm_params"], frontend_params=info["parameters"] - shape["llm_params"],
-        trainable=info["trainable"], peak_tflops=None if peak is None else peak / 1e12)
+        device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        dtype=dtype,
+        finetune=finetune,
+        rows=rows,
+        prompt_len=prompt_len,
+        completion_len=completion_len,
+        micro_batch=micro_batch,
+        ppo_epochs=ppo_epochs,
+        tokens=rows * (prompt_len + completion_len),
+        update_flops=flops,
+        llm_params=shape["llm_params"],
+        frontend_params=info["parameters"] - shape["llm_params"],
+        trainable=info["trainable"],
+        peak_tflops=None if peak is None else peak / 1e12,
+    )
     out["tokens_per_s"] = out["tokens"] / out["update_s"]
     out["tflops"] = flops / out["update_s"] / 1e12
     out["mfu"] = None if peak is None else flops / out["update_s"] / peak
@@ -278,12 +376,19 @@ def markdown(r: dict[str, Any], size: str) -> str:
     mem = "peak GPU memory (max_memory_allocated)" if r["device"].startswith("cuda") else "peak RSS (CPU)"
     rows = [
         ("device", f"{r['device_name']} ({r['device']})"),
-        ("model", f"{size}: LLM {r['llm_params'] / 1e6:.1f} M + encoder/adapter {r['frontend_params'] / 1e6:.1f} M "
-                  f"parameters; trainable {r['trainable'] / 1e6:.1f} M ({r['finetune']})"),
-        ("learner", f"1 rank, learner.dtype={r['dtype']}, micro_batch {r['micro_batch']}, "
-                    f"ppo_epochs {r['ppo_epochs']}"),
-        ("batch", f"{r['rows']} rows x ({r['prompt_len']} prompt + {r['completion_len']} completion) = "
-                  f"{r['tokens']} tokens"),
+        (
+            "model",
+            f"{size}: LLM {r['llm_params'] / 1e6:.1f} M + encoder/adapter {r['frontend_params'] / 1e6:.1f} M "
+            f"parameters; trainable {r['trainable'] / 1e6:.1f} M ({r['finetune']})",
+        ),
+        (
+            "learner",
+            f"1 rank, learner.dtype={r['dtype']}, micro_batch {r['micro_batch']}, ppo_epochs {r['ppo_epochs']}",
+        ),
+        (
+            "batch",
+            f"{r['rows']} rows x ({r['prompt_len']} prompt + {r['completion_len']} completion) = {r['tokens']} tokens",
+        ),
         ("setup (load + shard)", f"{r['setup_s']:.1f} s"),
         ("GRPO update", f"{r['update_s']:.3f} s"),
         ("tokens/s (prompt + completion)", f"{r['tokens_per_s']:,.0f}"),
@@ -299,8 +404,9 @@ def markdown(r: dict[str, Any], size: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", choices=sorted(SIZES), default="nano")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke check)")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="learner.dtype")
@@ -320,17 +426,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     defaults = SIZES[args.size].batch
-    shape = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
-             for k in ("clips", "group", "prompt_len", "completion_len", "micro_batch")}
+    shape = {
+        k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
+        for k in ("clips", "group", "prompt_len", "completion_len", "micro_batch")
+    }
     with tempfile.TemporaryDirectory(prefix="bench_gpu_learner_") as tmp:
         folder = Path(args.model_dir or Path(tmp) / args.size)
         start = time.perf_counter()
         if not (folder / "config.json").is_file():
             build_model(folder, args.size)
             print(f"built {args.size} model in {folder} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
-        result = measure(folder, device=args.device, dtype=args.dtype, finetune=args.finetune,
-                         ppo_epochs=args.ppo_epochs, warmup=args.warmup, steps=args.steps,
-                         peak_tflops=args.peak_tflops, export=not args.no_export, **shape)
+        result = measure(
+            folder,
+            device=args.device,
+            dtype=args.dtype,
+            finetune=args.finetune,
+            ppo_epochs=args.ppo_epochs,
+            warmup=args.warmup,
+            steps=args.steps,
+            peak_tflops=args.peak_tflops,
+            export=not args.no_export,
+            **shape,
+        )
     print(markdown(result, args.size))
     if args.json:
         raw = {k: v for k, v in result.items() if k != "stats"}

@@ -8,6 +8,7 @@
    per-sequence loop (no grad), and the padded batch with backward.
 Prints median milliseconds over ``--repeats`` runs after one warm-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,15 +56,26 @@ def bench(size: str, llm: str, repeats: int) -> list[tuple[str, float]]:
         rows.append(("encoder+adapter, per-clip loop", timed(lambda: [model.embed_audio(f) for f in one], repeats)))
         audio = model.embed_audio(feats)
         rows.append(("prompt splice (16 clips)", timed(lambda: model.build_prompt_embeds(audio, contexts), repeats)))
-        rows.append(("audio -> prompt embeds total", timed(
-            lambda: model.build_prompt_embeds(model.embed_audio(model.audio_features(waves)), contexts), repeats)))
+        rows.append(
+            (
+                "audio -> prompt embeds total",
+                timed(
+                    lambda: model.build_prompt_embeds(model.embed_audio(model.audio_features(waves)), contexts), repeats
+                ),
+            )
+        )
         prompts = model.build_prompt_embeds(audio, contexts)
         rows_p = [p for p in prompts for _ in range(HYPS)]
         ids = torch.randint(0, len(model.tokenizer), (CLIPS * HYPS, TOKENS), generator=torch.Generator().manual_seed(0))
-        rows.append(("sequence_logprobs 128 x 32, padded batch", timed(
-            lambda: model.sequence_logprobs(rows_p, ids), repeats)))
-        rows.append(("sequence_logprobs 128 x 32, per-sequence loop", timed(
-            lambda: [model.sequence_logprobs([p], ids[i:i + 1]) for i, p in enumerate(rows_p)], repeats)))
+        rows.append(
+            ("sequence_logprobs 128 x 32, padded batch", timed(lambda: model.sequence_logprobs(rows_p, ids), repeats))
+        )
+        rows.append(
+            (
+                "sequence_logprobs 128 x 32, per-sequence loop",
+                timed(lambda: [model.sequence_logprobs([p], ids[i : i + 1]) for i, p in enumerate(rows_p)], repeats),
+            )
+        )
 
     def fwd_bwd() -> None:
         model.zero_grad(set_to_none=True)

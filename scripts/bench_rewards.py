@@ -9,6 +9,7 @@ over-long outputs and outputs in the wrong language. Prints pairs/s of the whole
 ``score_batch`` call (caches cleared before each repeat) and each reward's share of
 the time (text normalisation/tokenisation measured on its own).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,14 @@ old too same tell does set three want air well also play small end put home read
 spell add even land here must big high such follow act why ask men change went light kind off need
 house picture try us again animal point mother world near build self earth father model python
 station weather meeting budget report network server beijing shanghai microsoft openai""".split()
-ZH_CHARS = list("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子"
-                "说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点"
-                "从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又"
-                "么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入"
-                "常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西"
-                "被干做必战先回则任取据处队南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认")
+ZH_CHARS = list(
+    "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子"
+    "说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点"
+    "从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又"
+    "么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入"
+    "常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西"
+    "被干做必战先回则任取据处队南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认"
+)
 PREFIX = ["", "", "Well, ", "So: ", "OK! "]
 
 
@@ -64,13 +67,13 @@ def _corrupt(rng: random.Random, ref: str, zh: bool, vocab: list[str], rate: flo
     for u in units:
         r = rng.random()
         if r < rate:
-            out.append(rng.choice(vocab))          # substitution
+            out.append(rng.choice(vocab))  # substitution
         elif r < 1.5 * rate:
-            continue                               # deletion
+            continue  # deletion
         else:
             out.append(u)
         if rng.random() < rate / 2:
-            out.append(rng.choice(vocab))          # insertion
+            out.append(rng.choice(vocab))  # insertion
     return ("" if zh else " ").join(out)
 
 
@@ -79,7 +82,7 @@ def _loop(rng: random.Random, hyp: str, zh: bool) -> str:
     if len(units) < 6:
         return hyp
     k, reps, at = rng.randint(1, 4), rng.randint(3, 8), rng.randrange(len(units) - 4)
-    units[at:at] = units[at:at + k] * (reps - 1)
+    units[at:at] = units[at : at + k] * (reps - 1)
     return ("" if zh else " ").join(units)
 
 
@@ -91,22 +94,25 @@ def make_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str], list[dict]]
         kind = rng.random()
         zh = rng.random() < 0.45
         lang = "zh" if zh else "en"
-        ref = _zh_sentence(rng, rng.randint(14, 28), english=rng.randint(0, 2) if rng.random() < 0.3 else 0) \
-            if zh else _en_sentence(rng, rng.randint(14, 26))
+        ref = (
+            _zh_sentence(rng, rng.randint(14, 28), english=rng.randint(0, 2) if rng.random() < 0.3 else 0)
+            if zh
+            else _en_sentence(rng, rng.randint(14, 26))
+        )
         hyp = _corrupt(rng, ref, zh, ZH_CHARS if zh else EN_WORDS, rng.choice([0.0, 0.05, 0.1, 0.2]))
-        if kind < 0.06:                                   # noise-only clip
+        if kind < 0.06:  # noise-only clip
             ref, hyp = "", rng.choice(["", "", "thank you", "谢谢观看", _en_sentence(rng, 5)])
-        elif kind < 0.16:                                 # repetition loop
+        elif kind < 0.16:  # repetition loop
             hyp = _loop(rng, hyp, zh)
-        elif kind < 0.19:                                 # over-long output
+        elif kind < 0.19:  # over-long output
             hyp = hyp + " " + " ".join([hyp] * 3)
-        elif kind < 0.24:                                 # wrong language / translation
+        elif kind < 0.24:  # wrong language / translation
             hyp = _en_sentence(rng, 18) if zh else _zh_sentence(rng, 20)
         meta: dict = {"lang": lang}
         if rng.random() < 0.35 and ref:
             toks = text_mod.tokenize(ref)
             i = rng.randrange(len(toks))
-            phrase = ("" if zh else " ").join(toks[i:i + rng.randint(1, 3)])
+            phrase = ("" if zh else " ").join(toks[i : i + rng.randint(1, 3)])
             meta["keywords"] = [phrase] + ([rng.choice(EN_WORDS)] if rng.random() < 0.5 else [])
         hyps.append(hyp)
         refs.append(ref)
@@ -121,9 +127,8 @@ def clear_caches() -> None:
 
 def bench(hyps: list[str], refs: list[str], metas: list[dict], repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` seconds of score_batch and of its parts (tokenise, each reward)."""
-    rewards.score_batch(hyps[:50], refs[:50], metas[:50])         # warm-up (lingua models, char caches)
-    times: dict[str, list[float]] = {"score_batch": [], "tokenise": [],
-                                     **{name: [] for name in rewards.REGISTRY}}
+    rewards.score_batch(hyps[:50], refs[:50], metas[:50])  # warm-up (lingua models, char caches)
+    times: dict[str, list[float]] = {"score_batch": [], "tokenise": [], **{name: [] for name in rewards.REGISTRY}}
     for _ in range(repeats):
         clear_caches()
         t0 = time.perf_counter()
@@ -134,7 +139,7 @@ def bench(hyps: list[str], refs: list[str], metas: list[dict], repeats: int) -> 
         for s in hyps + refs:
             text_mod.tokens(s)
         times["tokenise"].append(time.perf_counter() - t0)
-        for name, fn in rewards.REGISTRY.items():                   # token cache warm, own caches cold
+        for name, fn in rewards.REGISTRY.items():  # token cache warm, own caches cold
             lang_mod._detect.cache_clear()
             t0 = time.perf_counter()
             fn(hyps, refs, metas)
@@ -170,20 +175,25 @@ def main(argv: list[str] | None = None) -> int:
     r = bench(hyps, refs, metas, args.repeats)
     n = args.pairs
     print(f"pairs: {n}  (mean {words:.1f} reference tokens; Python {sys.version.split()[0]}, 1 core)")
-    print(f"score_batch, all {len(rewards.REGISTRY)} rewards: {n / r['score_batch']:,.0f} pairs/s best "
-          f"({r['score_batch']:.3f} s), {n / r['score_batch_median']:,.0f} pairs/s median of {args.repeats}")
+    print(
+        f"score_batch, all {len(rewards.REGISTRY)} rewards: {n / r['score_batch']:,.0f} pairs/s best "
+        f"({r['score_batch']:.3f} s), {n / r['score_batch_median']:,.0f} pairs/s median of {args.repeats}"
+    )
     parts = ["tokenise", *rewards.REGISTRY]
     total = sum(r[p] for p in parts)
     print("time shares (each part alone, token cache warm for the rewards):")
     for p in parts:
         print(f"  {p:<14} {r[p] * 1e3:8.1f} ms  {100 * r[p] / total:5.1f} %")
     w = worst_case_language(min(n, 2000), args.seed)
-    print(f"worst case, every hypothesis Latin without function words (lingua decides): "
-          f"language reward {w * 1e6:.0f} us/pair; score_batch would be ~"
-          f"{n / (r['score_batch'] - r['language'] + n * w):,.0f} pairs/s")
+    print(
+        f"worst case, every hypothesis Latin without function words (lingua decides): "
+        f"language reward {w * 1e6:.0f} us/pair; score_batch would be ~"
+        f"{n / (r['score_batch'] - r['language'] + n * w):,.0f} pairs/s"
+    )
     if args.profile:
         import cProfile
         import pstats
+
         clear_caches()
         prof = cProfile.Profile()
         prof.runcall(rewards.score_batch, hyps, refs, metas)

@@ -14,6 +14,7 @@ pages once per process, an upper bound) and PSS (shared pages split, the honest 
 in this one process, and ends with the learner-update and step ratios against the first value; likewise
 ``--share-prompts 0 1`` (``learner.share_prompts``: each clip's prompt run once for its G rows, or per row).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,6 +73,7 @@ def build_inputs(root: Path, size: str):
     from funrl.demo.build import build_demo_data
     from funrl.demo.plan import DemoSizes
     from policy.models import get_adapter
+
     data = build_demo_data(root / "data", seed=0, sizes=DemoSizes.small(), progress=False)
     model = get_adapter("encoder_adapter_llm").build_tiny(root / "model", llm="qwen2", size=size, seed=0)
     return data, model
@@ -85,19 +87,31 @@ def run(args: argparse.Namespace, variant: list[str]) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="funrl-bench-step-") as tmp:
         data, model = build_inputs(Path(tmp), args.size)
-        cfg = load_config(None, [
-            f"model.path={model}", f"data.train_manifest={data.manifest('rl_train')}", f"run.out_dir={tmp}/run",
-            f"rollout.n={args.n}", f"rollout.max_new_tokens={args.max_new_tokens}",
-            f"learner.num_ranks={args.ranks}", f"learner.micro_batch={args.clips * args.n}",
-            f"learner.finetune={args.finetune}", f"run.clips_per_step={args.clips}",
-            f"run.steps={args.warmup + args.steps}", "learner.lr=1e-5", *variant])
+        cfg = load_config(
+            None,
+            [
+                f"model.path={model}",
+                f"data.train_manifest={data.manifest('rl_train')}",
+                f"run.out_dir={tmp}/run",
+                f"rollout.n={args.n}",
+                f"rollout.max_new_tokens={args.max_new_tokens}",
+                f"learner.num_ranks={args.ranks}",
+                f"learner.micro_batch={args.clips * args.n}",
+                f"learner.finetune={args.finetune}",
+                f"run.clips_per_step={args.clips}",
+                f"run.steps={args.warmup + args.steps}",
+                "learner.lr=1e-5",
+                *variant,
+            ],
+        )
         sampler = ClipSampler(load_manifest(cfg.data.train_manifest), args.clips, seed=0)
         with TreeMemory() as mem:
             start = time.perf_counter()
             with Cluster(cfg) as cluster:
                 startup = time.perf_counter() - start
-                records = [train_step(cfg, cluster, sampler.next_batch())[0]
-                           for _ in range(args.warmup + args.steps)][args.warmup:]
+                records = [train_step(cfg, cluster, sampler.next_batch())[0] for _ in range(args.warmup + args.steps)][
+                    args.warmup :
+                ]
     return {"records": records, "startup_s": startup, "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss}
 
 
@@ -114,22 +128,27 @@ def report(args: argparse.Namespace, result: dict, variant: list[str]) -> str:
     step = med("time.step")
     engine, learner, embed = med("time.vllm_generate"), med("time.learner_compute"), med("time.embed")
     overhead = step - engine - learner
-    lines = [f"# bench_step  {time.strftime('%Y-%m-%d')}  {platform.machine()} {psutil.cpu_count()} cores, "
-             f"{psutil.virtual_memory().total / 2**30:.0f} GiB  model={args.size} ranks={args.ranks} "
-             f"finetune={args.finetune} clips={args.clips} n={args.n} max_new_tokens={args.max_new_tokens} "
-             f"{' '.join(variant)}",
-             f"startup (Ray + actors + engine): {result['startup_s']:.1f} s; median of {len(recs)} steps:",
-             "| stage | s | share of step |", "|---|---|---|"]
+    lines = [
+        f"# bench_step  {time.strftime('%Y-%m-%d')}  {platform.machine()} {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB  model={args.size} ranks={args.ranks} "
+        f"finetune={args.finetune} clips={args.clips} n={args.n} max_new_tokens={args.max_new_tokens} "
+        f"{' '.join(variant)}",
+        f"startup (Ray + actors + engine): {result['startup_s']:.1f} s; median of {len(recs)} steps:",
+        "| stage | s | share of step |",
+        "|---|---|---|",
+    ]
     for name in ("embed", "generate", "score", "learn", "sync"):
         lines.append(f"| {name} | {med('time.' + name):.3f} | {med('time.' + name) / step:.1%} |")
-    lines += [f"| **step** | {step:.3f} | 100% |",
-              f"| inside vLLM generate | {engine:.3f} | {engine / step:.1%} |",
-              f"| inside learner update | {learner:.3f} | {learner / step:.1%} |",
-              f"| **overhead** = step - vLLM - learner | {overhead:.3f} | {overhead / step:.1%} |",
-              f"| overhead with the audio encoder counted as compute | {overhead - embed:.3f} | "
-              f"{(overhead - embed) / step:.1%} |",
-              f"weight sync: {med('time.sync') * 1000:.0f} ms; peak memory of all processes: "
-              f"RSS sum {result['peak_rss'] / 2**30:.2f} GiB, PSS sum {result['peak_pss'] / 2**30:.2f} GiB"]
+    lines += [
+        f"| **step** | {step:.3f} | 100% |",
+        f"| inside vLLM generate | {engine:.3f} | {engine / step:.1%} |",
+        f"| inside learner update | {learner:.3f} | {learner / step:.1%} |",
+        f"| **overhead** = step - vLLM - learner | {overhead:.3f} | {overhead / step:.1%} |",
+        f"| overhead with the audio encoder counted as compute | {overhead - embed:.3f} | "
+        f"{(overhead - embed) / step:.1%} |",
+        f"weight sync: {med('time.sync') * 1000:.0f} ms; peak memory of all processes: "
+        f"RSS sum {result['peak_rss'] / 2**30:.2f} GiB, PSS sum {result['peak_pss'] / 2**30:.2f} GiB",
+    ]
     return "\n".join(lines)
 
 
@@ -143,22 +162,38 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=8, help="clips per step")
     p.add_argument("--n", type=int, default=4, help="hypotheses per clip (G)")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--cpu-threads", type=int, nargs="+", default=[0],
-                   help="learner.cpu_threads values to compare (0 = Ray's default, one per rank)")
-    p.add_argument("--share-prompts", type=int, nargs="+", choices=[0, 1], default=[1],
-                   help="learner.share_prompts values to compare (1: each clip's prompt runs once per group)")
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="learner.cpu_threads values to compare (0 = Ray's default, one per rank)",
+    )
+    p.add_argument(
+        "--share-prompts",
+        type=int,
+        nargs="+",
+        choices=[0, 1],
+        default=[1],
+        help="learner.share_prompts values to compare (1: each clip's prompt runs once per group)",
+    )
     args = p.parse_args()
-    variants = [[f"learner.cpu_threads={t}", f"learner.share_prompts={bool(s)}"]
-                for t in args.cpu_threads for s in args.share_prompts]
+    variants = [
+        [f"learner.cpu_threads={t}", f"learner.share_prompts={bool(s)}"]
+        for t in args.cpu_threads
+        for s in args.share_prompts
+    ]
     results = []
     for variant in variants:
         results.append(run(args, variant))
         print(report(args, results[-1], variant), flush=True)
     base = results[0]
     for variant, result in zip(variants[1:], results[1:]):
-        print(f"{' '.join(variant)} vs {' '.join(variants[0])}: learner update "
-              f"{_median(base, 'time.learner_compute') / _median(result, 'time.learner_compute'):.2f}x faster, "
-              f"step {_median(base, 'time.step') / _median(result, 'time.step'):.2f}x faster")
+        print(
+            f"{' '.join(variant)} vs {' '.join(variants[0])}: learner update "
+            f"{_median(base, 'time.learner_compute') / _median(result, 'time.learner_compute'):.2f}x faster, "
+            f"step {_median(base, 'time.step') / _median(result, 'time.step'):.2f}x faster"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ every LLM weight (as a learner step would) and streams the full state dict into 
 of a sync, the MB/s of the median, and the ratio of the median sync to the median of ``--repeats`` greedy
 generate calls (4 prompts, 16 new tokens): how much a step's sync costs next to sampling.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,7 @@ PROMPTS, NEW_TOKENS = 4, 16
 def _prompts(hidden: int) -> PromptBatch:
     g = torch.Generator().manual_seed(0)
     embeds = tuple(torch.randn(12, hidden, generator=g) * 0.05 for _ in range(PROMPTS))
-    return PromptBatch(clips=tuple(Clip(audio=f"/bench{i}.wav", text="") for i in range(PROMPTS)),
-                       prompt_embeds=embeds)
+    return PromptBatch(clips=tuple(Clip(audio=f"/bench{i}.wav", text="") for i in range(PROMPTS)), prompt_embeds=embeds)
 
 
 def _moved_state(model, seed: int) -> list[tuple[str, torch.Tensor]]:
@@ -66,8 +66,15 @@ def bench(size: str, llm: str, repeats: int, bucket_mb: int) -> dict[str, float]
         finally:
             worker.shutdown()
     sync_s, gen_s = statistics.median(syncs), statistics.median(gens)
-    return {"llm_mb": nbytes / 2**20, "sync_median_s": sync_s, "sync_min_s": min(syncs), "sync_max_s": max(syncs),
-            "sync_mb_per_s": nbytes / 2**20 / sync_s, "generate_median_s": gen_s, "sync_to_generate": sync_s / gen_s}
+    return {
+        "llm_mb": nbytes / 2**20,
+        "sync_median_s": sync_s,
+        "sync_min_s": min(syncs),
+        "sync_max_s": max(syncs),
+        "sync_mb_per_s": nbytes / 2**20 / sync_s,
+        "generate_median_s": gen_s,
+        "sync_to_generate": sync_s / gen_s,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeats and --bucket-mb must be >= 1")
     r = bench(args.size, args.llm, args.repeats, args.bucket_mb)
     print(f"LLM weights            {r['llm_mb']:10.2f} MB ({args.size}, {args.llm}, buckets of {args.bucket_mb} MiB)")
-    print(f"full sync, median      {r['sync_median_s'] * 1e3:10.1f} ms  "
-          f"(min {r['sync_min_s'] * 1e3:.1f}, max {r['sync_max_s'] * 1e3:.1f}; {args.repeats} repeats)")
+    print(
+        f"full sync, median      {r['sync_median_s'] * 1e3:10.1f} ms  "
+        f"(min {r['sync_min_s'] * 1e3:.1f}, max {r['sync_max_s'] * 1e3:.1f}; {args.repeats} repeats)"
+    )
     print(f"sync throughput        {r['sync_mb_per_s']:10.1f} MB/s")
     print(f"greedy generate        {r['generate_median_s'] * 1e3:10.1f} ms  ({PROMPTS} prompts, {NEW_TOKENS} tokens)")
     print(f"sync / generate        {r['sync_to_generate']:10.2f}")

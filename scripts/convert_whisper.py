@@ -7,6 +7,7 @@ IN: a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json; e.g. t
 safetensors weights. OUT (must not exist yet): config.json, generation_config.json, model.safetensors
 (float32), tokenizer and preprocessor_config.json. See docs/whisper.md.
 """
+
 from __future__ import annotations
 
 import argparse

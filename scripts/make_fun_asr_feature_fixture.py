@@ -72,8 +72,14 @@ def main() -> None:
         arrays[f"{name}_input_features"] = out["input_features"].astype(np.float32)
         arrays[f"{name}_input_features_mask"] = out["input_features_mask"]
         arrays[f"{name}_ref_roundoff"] = np.array(_float32_roundoff(extractor, waves, out), dtype=np.float64)
-        print(name, kwargs, out["input_features"].shape, out["input_features_mask"].sum(-1),
-              "float32-vs-float64 gap of the reference:", arrays[f"{name}_ref_roundoff"])
+        print(
+            name,
+            kwargs,
+            out["input_features"].shape,
+            out["input_features_mask"].sum(-1),
+            "float32-vs-float64 gap of the reference:",
+            arrays[f"{name}_ref_roundoff"],
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")

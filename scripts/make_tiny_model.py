@@ -6,6 +6,7 @@
 Any registered adapter works (``--llm``/``--size`` are passed only when given: adapters that build a fixed
 architecture, e.g. transformers' audio-LLM classes, take no LLM family).
 """
+
 from __future__ import annotations
 
 import argparse

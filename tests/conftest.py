@@ -25,6 +25,7 @@ accumulated and the magnitude compared, never from one machine's result.
   advantage) is off by tens of %. Adam does not see a loss scale: the losses and gradient norms, compared
   alongside, catch those.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,6 +62,7 @@ def small_demo_data(tmp_path_factory: pytest.TempPathFactory):
     """The built-in demo's speech data at its reduced (CI) size, built once per session; read-only."""
     from funrl.demo.build import build_demo_data
     from funrl.demo.plan import DemoSizes
+
     return build_demo_data(tmp_path_factory.mktemp("demo_small"), seed=0, sizes=DemoSizes.small(), progress=False)
 
 

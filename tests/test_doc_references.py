@@ -13,6 +13,7 @@ checkout) for
 Each problem names ``path:line``. The first test runs it on this repository; the others plant bad references in
 a temporary folder, so the scanner is shown to fail where it should.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,10 +27,29 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Written in two parts so that this file does not cite them itself.
 OUTSIDE = ("DESIGN" + ".md", "../" + "shared", "shared/" + "papers", "/work/" + "shared")
-BINARY_SUFFIXES = {".safetensors", ".npz", ".npy", ".bin", ".pt", ".pth", ".onnx", ".wav", ".flac", ".mp3",
-                   ".png", ".jpg", ".jpeg", ".gif", ".pdf", ".gz", ".zip", ".whl", ".tar", ".pyc"}
-SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache", "runs", "data", "build",
-             "dist"}
+BINARY_SUFFIXES = {
+    ".safetensors",
+    ".npz",
+    ".npy",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".onnx",
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gif",
+    ".pdf",
+    ".gz",
+    ".zip",
+    ".whl",
+    ".tar",
+    ".pyc",
+}
+SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache", "runs", "data", "build", "dist"}
 MAX_BYTES = 2 << 20
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -87,8 +107,11 @@ def anchors(md_text: str) -> set[str]:
 def text_files(root: Path) -> list[Path]:
     """The repository's files (git: tracked and untracked-but-not-ignored; else a walk), minus binaries."""
     if (root / ".git").exists():
-        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
-                              "--exclude-standard"], check=True, capture_output=True).stdout.decode()
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            check=True,
+            capture_output=True,
+        ).stdout.decode()
         paths = sorted({root / p for p in out.split("\0") if p})
     else:
         paths = []
@@ -96,8 +119,9 @@ def text_files(root: Path) -> list[Path]:
             dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
             paths += [Path(folder) / f for f in files]
         paths.sort()
-    return [p for p in paths if p.is_file() and p.suffix.lower() not in BINARY_SUFFIXES
-            and p.stat().st_size <= MAX_BYTES]
+    return [
+        p for p in paths if p.is_file() and p.suffix.lower() not in BINARY_SUFFIXES and p.stat().st_size <= MAX_BYTES
+    ]
 
 
 def _read(path: Path) -> str | None:
@@ -143,8 +167,7 @@ def _link_problems(path: Path, text: str, targets: _Targets) -> list[tuple[int, 
             file_part, _, anchor = link.partition("#")
             base = targets.root if file_part.startswith("/") else path.parent
             target = (base / file_part.lstrip("/")) if file_part else path
-            why = targets.problem(target.resolve() if file_part else path.resolve(), anchor or None,
-                                  f"link ({link})")
+            why = targets.problem(target.resolve() if file_part else path.resolve(), anchor or None, f"link ({link})")
             if why:
                 out.append((_line_of(code_free, m.start(1)), why))
     return out
@@ -167,8 +190,14 @@ def find_problems(root: Path, skip: tuple[Path, ...] = ()) -> list[str]:
         for lineno, line in enumerate(text.split("\n"), 1):
             for cited in OUTSIDE:
                 if cited in line:
-                    problems.add((rel, lineno, f"cites {cited!r}, which is outside the repository: point to "
-                                               "docs/design.md (or another document in the repository) instead"))
+                    problems.add(
+                        (
+                            rel,
+                            lineno,
+                            f"cites {cited!r}, which is outside the repository: point to "
+                            "docs/design.md (or another document in the repository) instead",
+                        )
+                    )
             for m in _DOCS_MENTION.finditer(line):
                 why = targets.problem(root / m.group(1), m.group(2), f"mention of {m.group(0)}")
                 if why:
@@ -187,27 +216,42 @@ def test_repository_cites_only_documents_inside_it():
 
 def test_design_doc_covers_the_items_the_code_points_to():
     have = anchors((REPO / "docs" / "design.md").read_text(encoding="utf-8"))
-    wanted = {"the-training-loop", "data-manifest", "the-model-layer", "grpo-math", "advantages",
-              "aggregation", "kl-penalty", "rewards", "text-normalisation", "messages-between-actors",
-              "weight-sync", "checkpoint-layout", "decisions-and-why"}
+    wanted = {
+        "the-training-loop",
+        "data-manifest",
+        "the-model-layer",
+        "grpo-math",
+        "advantages",
+        "aggregation",
+        "kl-penalty",
+        "rewards",
+        "text-normalisation",
+        "messages-between-actors",
+        "weight-sync",
+        "checkpoint-layout",
+        "decisions-and-why",
+    }
     assert wanted <= have, f"docs/design.md lacks sections: {sorted(wanted - have)}"
 
 
-@pytest.mark.parametrize("slug_of, expected", [
-    ("The training loop", "the-training-loop"),
-    ("5. Cost model: bytes moved per step for a 7B LLM", "5-cost-model-bytes-moved-per-step-for-a-7b-llm"),
-    ("5.1 Full-weight sync", "51-full-weight-sync"),
-    ("`wer` (R1)", "wer-r1"),
-    ("transformers' audio-LLM classes", "transformers-audio-llm-classes"),
-    ("See [the loop](#x) here", "see-the-loop-here"),
-    ("snake_case and  two spaces", "snake_case-and--two-spaces"),
-])
+@pytest.mark.parametrize(
+    "slug_of, expected",
+    [
+        ("The training loop", "the-training-loop"),
+        ("5. Cost model: bytes moved per step for a 7B LLM", "5-cost-model-bytes-moved-per-step-for-a-7b-llm"),
+        ("5.1 Full-weight sync", "51-full-weight-sync"),
+        ("`wer` (R1)", "wer-r1"),
+        ("transformers' audio-LLM classes", "transformers-audio-llm-classes"),
+        ("See [the loop](#x) here", "see-the-loop-here"),
+        ("snake_case and  two spaces", "snake_case-and--two-spaces"),
+    ],
+)
 def test_github_slug_follows_githubs_heading_anchor_rule(slug_of, expected):
     assert github_slug(slug_of) == expected
 
 
 def test_repeated_headings_get_numbered_anchors_and_fenced_lines_are_not_headings():
-    md = "# Intro\n## Setup\n```bash\n# not a heading\n```\n## Setup\n<a id=\"custom\"></a>\n"
+    md = '# Intro\n## Setup\n```bash\n# not a heading\n```\n## Setup\n<a id="custom"></a>\n'
     assert anchors(md) == {"intro", "setup", "setup-1", "custom"}
 
 
@@ -221,8 +265,12 @@ def tree(tmp_path: Path) -> Path:
     """A small repository with one good document and good references to it (no problems)."""
     _write(tmp_path, "docs/design.md", "# Design\n\n## The loop\n\nSee [checkpoints](checkpoints.md#layout).\n")
     _write(tmp_path, "docs/checkpoints.md", "# Checkpoints\n\n## Layout\n")
-    _write(tmp_path, "README.md", "Read [the design](docs/design.md#the-loop) and "
-                                  "[the web](https://example.org/x.md#nope).\n\n```python\nf[0](x)\n```\n")
+    _write(
+        tmp_path,
+        "README.md",
+        "Read [the design](docs/design.md#the-loop) and "
+        "[the web](https://example.org/x.md#nope).\n\n```python\nf[0](x)\n```\n",
+    )
     _write(tmp_path, "pkg/mod.py", '"""The loop: docs/design.md#the-loop."""\n')
     return tmp_path
 

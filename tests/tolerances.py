@@ -1,12 +1,13 @@
 """Equivalence tolerances derived from the dtype and the size of what is compared, not from one machine's
 result (see the note in tests/conftest.py)."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-FP32_EPS = float(np.finfo(np.float32).eps)     # 1.19e-7: the relative spacing of float32 numbers
-UPDATE_REL = 1e-2                              # share of an update that summation order may move (see conftest)
+FP32_EPS = float(np.finfo(np.float32).eps)  # 1.19e-7: the relative spacing of float32 numbers
+UPDATE_REL = 1e-2  # share of an update that summation order may move (see conftest)
 
 
 def _np(t) -> np.ndarray:

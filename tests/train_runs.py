@@ -1,6 +1,7 @@
 """Helpers for tests that run ``python -m funrl.train`` as a user would: a subprocess in its own session
 (so a test can signal or kill the driver and the local Ray it started), reading the run folder's JSONL logs,
 waiting for a file, finding this run's actor processes."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_train(args: list[str], env_extra: dict | None = None, cwd: Path = ROOT, **kw) -> subprocess.Popen:
     """``python -m funrl.train --no-demo ARGS`` with the default (secure) Ray settings; output in ``stdout``."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", **(env_extra or {}))
-    env.pop("RAY_AUTH_MODE", None)     # the driver's default: token authentication on its local Ray
-    return subprocess.Popen([sys.executable, "-m", "funrl.train", "--no-demo", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+    env.pop("RAY_AUTH_MODE", None)  # the driver's default: token authentication on its local Ray
+    return subprocess.Popen(
+        [sys.executable, "-m", "funrl.train", "--no-demo", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -45,6 +54,7 @@ def wait_for_steps(out: Path, proc: subprocess.Popen, steps: int, seconds: float
 def own_processes(root_pid: int, title: str) -> list:
     """Processes under ``root_pid`` whose command line holds ``title`` (e.g. "ray::VLLMRolloutWorker")."""
     import psutil
+
     found = []
     for child in psutil.Process(root_pid).children(recursive=True):
         try:

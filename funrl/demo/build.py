@@ -15,6 +15,7 @@ The output is deterministic for a seed and cached: `DONE` holds a hash of the pa
 second call with the same parameters returns at once, and a folder without a valid stamp is
 rebuilt (in a temporary folder that is renamed into place when complete).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,16 @@ class DemoPaths:
 
 def cache_key(seed: int, sizes: DemoSizes) -> str:
     """Hash of everything the output depends on (parameters, text pools, builder version)."""
-    blob = json.dumps({"version": BUILD_VERSION, "seed": int(seed), "sizes": dataclasses.asdict(sizes),
-                       "text": fingerprint(), "sample_rate": SAMPLE_RATE}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "version": BUILD_VERSION,
+            "seed": int(seed),
+            "sizes": dataclasses.asdict(sizes),
+            "text": fingerprint(),
+            "sample_rate": SAMPLE_RATE,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -84,11 +93,13 @@ def check_split_by_sentence(texts: dict[str, set[str]]) -> None:
     """Raise if a non-empty sentence occurs in two splits (test/dev vs training above all)."""
     names = list(texts)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             shared = (texts[a] & texts[b]) - {""}
             if shared:
-                raise RuntimeError(f"demo data: {len(shared)} sentence(s) occur in both {a} and {b}, "
-                                   f"e.g. {sorted(shared)[:3]}: splits must be disjoint by sentence")
+                raise RuntimeError(
+                    f"demo data: {len(shared)} sentence(s) occur in both {a} and {b}, "
+                    f"e.g. {sorted(shared)[:3]}: splits must be disjoint by sentence"
+                )
 
 
 def _check_replaceable(out_dir: Path) -> None:
@@ -96,8 +107,10 @@ def _check_replaceable(out_dir: Path) -> None:
         raise FileExistsError(f"{out_dir} exists and is not a folder; choose another data folder")
     foreign = sorted(set(os.listdir(out_dir)) - _OWN_ENTRIES) if out_dir.is_dir() else []
     if foreign:
-        raise FileExistsError(f"{out_dir} holds files the demo builder did not write ({foreign[:5]}); "
-                              "refusing to replace it: choose an empty or new data folder")
+        raise FileExistsError(
+            f"{out_dir} holds files the demo builder did not write ({foreign[:5]}); "
+            "refusing to replace it: choose an empty or new data folder"
+        )
 
 
 def _remove_stale_builds(out_dir: Path) -> None:
@@ -115,8 +128,7 @@ def _render_all(specs: list[ClipSpec], folder: Path, workers: int, progress: boo
     from tqdm import tqdm
 
     job = functools.partial(render_to_file, out_dir=str(folder))
-    bar = tqdm(total=len(specs), desc="demo data", unit="clip", disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(total=len(specs), desc="demo data", unit="clip", disable=not progress, file=sys.stderr)
     samples: dict[str, int] = {}
     with bar:
         if workers <= 1:
@@ -138,7 +150,8 @@ def _summary(specs: list[ClipSpec], samples: dict[str, int], seed: int, sizes: D
         mine = [s for s in specs if s.split == split]
         speech = [s for s in mine if s.text]
         per_split[split] = {
-            "clips": len(mine), "noise_only": len(mine) - len(speech),
+            "clips": len(mine),
+            "noise_only": len(mine) - len(speech),
             "mandarin": sum(s.lang == "zh" for s in speech),
             "with_keywords": sum(bool(s.keywords) for s in speech),
             "with_context": sum(bool(s.context) for s in speech),
@@ -146,16 +159,20 @@ def _summary(specs: list[ClipSpec], samples: dict[str, int], seed: int, sizes: D
             "piper": sum(s.engine == "piper" for s in speech),
             "hours": round(sum(samples[s.name] for s in mine) / SAMPLE_RATE / 3600, 4),
         }
-    return {"version": BUILD_VERSION, "seed": seed, "sizes": dataclasses.asdict(sizes),
-            "sample_rate": SAMPLE_RATE, "splits": per_split}
+    return {
+        "version": BUILD_VERSION,
+        "seed": seed,
+        "sizes": dataclasses.asdict(sizes),
+        "sample_rate": SAMPLE_RATE,
+        "splits": per_split,
+    }
 
 
 def _write_outputs(specs: list[ClipSpec], folder: Path, key: str, summary: dict) -> None:
     from funrl.data import load_manifest, write_manifest  # imports torch: only when building
 
     for split in SPLITS:
-        write_manifest([s.manifest_record() for s in specs if s.split == split],
-                       folder / f"{split}.jsonl")
+        write_manifest([s.manifest_record() for s in specs if s.split == split], folder / f"{split}.jsonl")
     texts = {split: {c.text for c in load_manifest(folder / f"{split}.jsonl")} for split in SPLITS}
     check_split_by_sentence(texts)
     if any(t == "" for t in texts["sft_train"]):
@@ -174,8 +191,13 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_demo_data(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes | None = None,
-                    workers: int | None = None, progress: bool = True) -> DemoPaths:
+def build_demo_data(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    sizes: DemoSizes | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> DemoPaths:
     """Build (or reuse) the demo data set in `out_dir`; returns its manifest paths.
 
     `workers`: rendering processes (default: 2 when there are two or more CPU cores and the
@@ -199,7 +221,7 @@ def build_demo_data(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes 
             workers = min(2, os.cpu_count() or 1) if len(specs) >= 300 else 1
         samples = _render_all(specs, tmp, workers, progress)
         _write_outputs(specs, tmp, key, _summary(specs, samples, seed, sizes))
-        if is_built(out_dir, seed, sizes):          # another process finished the same build first
+        if is_built(out_dir, seed, sizes):  # another process finished the same build first
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             _move_into_place(tmp, out_dir)
@@ -212,7 +234,8 @@ def build_demo_data(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m funrl.demo.build",
-        description="Build (or reuse) the built-in demo speech task: manifests + 16 kHz wavs.")
+        description="Build (or reuse) the built-in demo speech task: manifests + 16 kHz wavs.",
+    )
     ap.add_argument("out_dir", help="data folder to create (reused when already built)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--small", action="store_true", help="tiny set for CI and tests (seconds)")
@@ -223,10 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     paths = build_demo_data(args.out_dir, seed=args.seed, sizes=sizes, workers=args.workers)
     info = json.loads((paths.root / "build.json").read_text())
-    print(f"{'reused' if cached else 'built'} demo data in {paths.root} "
-          f"({time.perf_counter() - t0:.1f} s)")
-    cols = ("clips", "noise_only", "mandarin", "with_keywords", "with_context", "noisy_speech",
-            "piper", "hours")
+    print(f"{'reused' if cached else 'built'} demo data in {paths.root} ({time.perf_counter() - t0:.1f} s)")
+    cols = ("clips", "noise_only", "mandarin", "with_keywords", "with_context", "noisy_speech", "piper", "hours")
     print(f"{'split':<10}" + "".join(f"{c:>14}" for c in cols))
     for split, row in info["splits"].items():
         print(f"{split:<10}" + "".join(f"{row[c]:>14}" for c in cols))

@@ -2,6 +2,7 @@
 
 All generators return float32 arrays of unit RMS; scale them to the level you need.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ NOISE_KINDS = ("white", "pink", "babble")
 def _unit_rms(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     x = x - x.mean()
-    rms = np.sqrt(np.mean(x ** 2))
+    rms = np.sqrt(np.mean(x**2))
     if not np.isfinite(rms) or rms == 0:
         raise ValueError("noise: cannot normalise a silent or non-finite signal")
     return (x / rms).astype(np.float32)
@@ -32,7 +33,7 @@ def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     n = int(n)
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.arange(spec.size, dtype=np.float64)
-    f[0] = 1.0                                   # the DC bin: removed by _unit_rms anyway
+    f[0] = 1.0  # the DC bin: removed by _unit_rms anyway
     return _unit_rms(np.fft.irfft(spec / np.sqrt(f), n=n))
 
 
@@ -42,8 +43,9 @@ def _fft_convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
     return y[: len(x)]
 
 
-def babble_noise(talkers: list[np.ndarray], n: int, rng: np.random.Generator,
-                 smear_seconds: float = 0.08, sample_rate: int = 16000) -> np.ndarray:
+def babble_noise(
+    talkers: list[np.ndarray], n: int, rng: np.random.Generator, smear_seconds: float = 0.08, sample_rate: int = 16000
+) -> np.ndarray:
     """Babble: several utterances (one per talker) summed at random offsets, looped to `n`
     samples, then smeared by a decaying random impulse response (`smear_seconds` long, like a
     reverberant room), so no single voice stays intelligible. Unit RMS.
@@ -57,17 +59,16 @@ def babble_noise(talkers: list[np.ndarray], n: int, rng: np.random.Generator,
         if speech.size == 0 or not np.any(speech):
             raise ValueError("babble_noise: a talker utterance is silent")
         reps = int(np.ceil((n + speech.size) / speech.size))
-        looped = np.tile(speech / np.sqrt(np.mean(speech ** 2)), reps)
+        looped = np.tile(speech / np.sqrt(np.mean(speech**2)), reps)
         start = int(rng.integers(0, speech.size))
-        mix += looped[start:start + n]
+        mix += looped[start : start + n]
     taps = max(1, int(smear_seconds * sample_rate))
     ir = rng.standard_normal(taps) * np.exp(-np.arange(taps) / (taps / 4.0))
-    ir[0] += 1.0                                 # keep some of the direct sound
+    ir[0] += 1.0  # keep some of the direct sound
     return _unit_rms(_fft_convolve(mix, ir))
 
 
-def make_noise(kind: str, n: int, rng: np.random.Generator,
-               talkers: list[np.ndarray] | None = None) -> np.ndarray:
+def make_noise(kind: str, n: int, rng: np.random.Generator, talkers: list[np.ndarray] | None = None) -> np.ndarray:
     """Unit-RMS noise of `kind` ("white", "pink" or "babble"; babble needs talker utterances)."""
     if kind == "white":
         return white_noise(n, rng)

@@ -4,6 +4,7 @@ All random choices are made here, in one process, from `default_rng(seed)`; rend
 (render.py) then follows the plan exactly. Sentences are drawn without repetition across the
 whole set, so the splits are disjoint by sentence.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,35 +16,33 @@ from funrl.demo.noise import NOISE_KINDS
 from funrl.demo.render import ClipSpec
 from funrl.demo.tts import ENGLISH_VARIANTS, MANDARIN_VOICE
 
-BUILD_VERSION = 1    # bump when the plan or the rendering changes (invalidates cached data)
-MANDARIN_VOICES = (MANDARIN_VOICE,) + tuple(f"{MANDARIN_VOICE}+{v.split('+')[1]}"
-                                            for v in ENGLISH_VARIANTS[::2])
+BUILD_VERSION = 1  # bump when the plan or the rendering changes (invalidates cached data)
+MANDARIN_VOICES = (MANDARIN_VOICE,) + tuple(f"{MANDARIN_VOICE}+{v.split('+')[1]}" for v in ENGLISH_VARIANTS[::2])
 
 
 @dataclass(frozen=True)
 class DemoSizes:
     """How many clips of each kind; shares are of each split's speech clips."""
 
-    sft_train: int = 1500          # speech clips (no noise-only clips in SFT data)
+    sft_train: int = 1500  # speech clips (no noise-only clips in SFT data)
     rl_train: int = 800
-    rl_noise: int = 120            # noise-only clips added to rl_train
+    rl_noise: int = 120  # noise-only clips added to rl_train
     dev: int = 100
     dev_noise: int = 20
     test: int = 250
     test_noise: int = 50
-    mandarin_share: float = 0.1    # of speech clips
-    keyword_share: float = 0.25    # of English speech clips
-    context_share: float = 0.5     # of keyword clips: keywords also given as prompt context
-    noisy_share: float = 0.35      # of speech clips: mixed with noise
-    piper_share: float = 0.2       # of English speech clips: neural voice (else espeak-ng)
+    mandarin_share: float = 0.1  # of speech clips
+    keyword_share: float = 0.25  # of English speech clips
+    context_share: float = 0.5  # of keyword clips: keywords also given as prompt context
+    noisy_share: float = 0.35  # of speech clips: mixed with noise
+    piper_share: float = 0.2  # of English speech clips: neural voice (else espeak-ng)
     snr_db: tuple[float, float] = (0.0, 15.0)
 
     def __post_init__(self) -> None:
         for name in ("sft_train", "rl_train", "rl_noise", "dev", "dev_noise", "test", "test_noise"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"DemoSizes.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("mandarin_share", "keyword_share", "context_share", "noisy_share",
-                     "piper_share"):
+        for name in ("mandarin_share", "keyword_share", "context_share", "noisy_share", "piper_share"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"DemoSizes.{name} must be in [0, 1], got {getattr(self, name)}")
         lo, hi = self.snr_db
@@ -57,8 +56,12 @@ class DemoSizes:
 
     def split_counts(self) -> dict[str, tuple[int, int]]:
         """split -> (speech clips, noise-only clips)."""
-        return {"sft_train": (self.sft_train, 0), "rl_train": (self.rl_train, self.rl_noise),
-                "dev": (self.dev, self.dev_noise), "test": (self.test, self.test_noise)}
+        return {
+            "sft_train": (self.sft_train, 0),
+            "rl_train": (self.rl_train, self.rl_noise),
+            "dev": (self.dev, self.dev_noise),
+            "test": (self.test, self.test_noise),
+        }
 
 
 def _exact_subset(rng: np.random.Generator, n: int, share: float) -> np.ndarray:
@@ -91,11 +94,10 @@ def _sentences(rng: np.random.Generator, n: int, sizes: DemoSizes, seen: set[str
         context = None
         if has_ctx[i]:
             hot = list(kws)
-            if rng.random() < 0.5:                       # a distractor the audio does not contain
+            if rng.random() < 0.5:  # a distractor the audio does not contain
                 hot.append(next(k for k in rng.permutation(text_mod.KEYWORDS) if k not in kws))
             context = ", ".join(str(h) for h in rng.permutation(hot))
-        out.append({"text": sent, "lang": "zh" if is_zh[i] else "en", "keywords": kws,
-                    "context": context})
+        out.append({"text": sent, "lang": "zh" if is_zh[i] else "en", "keywords": kws, "context": context})
     return out
 
 
@@ -104,12 +106,15 @@ def _voice_fields(rng: np.random.Generator, lang: str, piper: bool) -> dict:
         return {"engine": "piper", "length_scale": round(float(rng.uniform(0.8, 1.25)), 3)}
     voices = MANDARIN_VOICES if lang == "zh" else ENGLISH_VARIANTS
     lo, hi = (120, 190) if lang == "zh" else (130, 210)
-    return {"engine": "espeak", "voice": voices[int(rng.integers(len(voices)))],
-            "rate": int(rng.integers(lo, hi + 1)), "pitch": int(rng.integers(25, 76))}
+    return {
+        "engine": "espeak",
+        "voice": voices[int(rng.integers(len(voices)))],
+        "rate": int(rng.integers(lo, hi + 1)),
+        "pitch": int(rng.integers(25, 76)),
+    }
 
 
-def _speech_specs(rng: np.random.Generator, split: str, sents: list[dict],
-                  sizes: DemoSizes) -> list[dict]:
+def _speech_specs(rng: np.random.Generator, split: str, sents: list[dict], sizes: DemoSizes) -> list[dict]:
     n = len(sents)
     noisy = _exact_subset(rng, n, sizes.noisy_share)
     en_idx = np.flatnonzero([s["lang"] == "en" for s in sents])
@@ -128,10 +133,20 @@ def _speech_specs(rng: np.random.Generator, split: str, sents: list[dict],
 
 
 def _noise_specs(rng: np.random.Generator, split: str, n: int) -> list[dict]:
-    return [{"split": split, "text": "", "lang": None, "keywords": (), "context": None,
-             "engine": "noise", "noise_kind": NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))],
-             "seconds": round(float(rng.uniform(1.0, 5.0)), 3),
-             "level_dbfs": round(float(rng.uniform(-45.0, -20.0)), 2)} for _ in range(n)]
+    return [
+        {
+            "split": split,
+            "text": "",
+            "lang": None,
+            "keywords": (),
+            "context": None,
+            "engine": "noise",
+            "noise_kind": NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))],
+            "seconds": round(float(rng.uniform(1.0, 5.0)), 3),
+            "level_dbfs": round(float(rng.uniform(-45.0, -20.0)), 2),
+        }
+        for _ in range(n)
+    ]
 
 
 def plan_clips(seed: int, sizes: DemoSizes) -> list[ClipSpec]:
@@ -146,5 +161,5 @@ def plan_clips(seed: int, sizes: DemoSizes) -> list[ClipSpec]:
         for j, k in enumerate(order):
             f = fields[k]
             f["keywords"] = tuple(str(w) for w in f["keywords"])
-            specs.append(ClipSpec(name=f"{split}_{j:05d}", seed=int(rng.integers(2 ** 31)), **f))
+            specs.append(ClipSpec(name=f"{split}_{j:05d}", seed=int(rng.integers(2**31)), **f))
     return specs

@@ -4,6 +4,7 @@ Rendering is a pure function of the spec: the synthesisers are made reproducible
 and every random draw comes from `default_rng(spec.seed)`, so the bytes of a wav do not depend
 on which worker process renders it or in which order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,29 +19,29 @@ from funrl.demo import tts
 
 SAMPLE_RATE = tts.SAMPLE_RATE
 PEAK = 0.95
-FLOOR_SNR_DB = 50.0   # clean speech gets a white noise floor this far below it
+FLOOR_SNR_DB = 50.0  # clean speech gets a white noise floor this far below it
 
 
 @dataclass(frozen=True)
 class ClipSpec:
     """Everything needed to render one clip and write its manifest line."""
 
-    name: str                        # file stem, e.g. "test_00012"
+    name: str  # file stem, e.g. "test_00012"
     split: str
-    text: str                        # "" = noise-only clip
+    text: str  # "" = noise-only clip
     lang: str | None
     keywords: tuple[str, ...]
     context: str | None
-    engine: str                      # "espeak", "piper" or "noise"
-    voice: str = ""                  # espeak voice name
-    rate: int = 175                  # espeak words per minute
-    pitch: int = 50                  # espeak pitch 0..100
-    length_scale: float = 1.0        # piper speed (> 1 slower)
-    noise_kind: str | None = None    # None = clean speech
-    snr_db: float | None = None      # for speech mixed with noise
-    level_dbfs: float = -26.0        # RMS level of the clip
-    pad: tuple[float, float] = (0.2, 0.2)   # seconds of lead-in / tail around the speech
-    seconds: float = 0.0             # length of a noise-only clip
+    engine: str  # "espeak", "piper" or "noise"
+    voice: str = ""  # espeak voice name
+    rate: int = 175  # espeak words per minute
+    pitch: int = 50  # espeak pitch 0..100
+    length_scale: float = 1.0  # piper speed (> 1 slower)
+    noise_kind: str | None = None  # None = clean speech
+    snr_db: float | None = None  # for speech mixed with noise
+    level_dbfs: float = -26.0  # RMS level of the clip
+    pad: tuple[float, float] = (0.2, 0.2)  # seconds of lead-in / tail around the speech
+    seconds: float = 0.0  # length of a noise-only clip
     seed: int = 0
 
     def manifest_record(self) -> dict:
@@ -73,8 +74,7 @@ def _babble_talkers(rng: np.random.Generator, count: int = 6) -> list[np.ndarray
     for _ in range(count):
         voice = tts.ENGLISH_VARIANTS[int(rng.integers(len(tts.ENGLISH_VARIANTS)))]
         words = text_mod.random_words(rng, int(rng.integers(6, 12)))
-        talkers.append(tts.get_espeak().synth(words, voice, int(rng.integers(150, 230)),
-                                              int(rng.integers(20, 80))))
+        talkers.append(tts.get_espeak().synth(words, voice, int(rng.integers(150, 230)), int(rng.integers(20, 80))))
     return talkers
 
 
@@ -87,7 +87,7 @@ def _set_level(x: np.ndarray, level_dbfs: float) -> np.ndarray:
     rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
     y = x * (10.0 ** (level_dbfs / 20.0) / rms)
     peak = float(np.max(np.abs(y)))
-    if peak > PEAK:                                  # never clip: lower the whole clip instead
+    if peak > PEAK:  # never clip: lower the whole clip instead
         y = y * (PEAK / peak)
     return y.astype(np.float32)
 
@@ -102,7 +102,7 @@ def render_audio(spec: ClipSpec) -> np.ndarray:
         if spec.noise_kind is not None:
             nz = _noise(spec.noise_kind, audio.size, rng)
             audio = noise_mod.mix_at_snr(audio, nz, float(spec.snr_db))  # type: ignore[arg-type]  # set with noise_kind
-        else:                                        # a faint floor: no digital silence
+        else:  # a faint floor: no digital silence
             floor = noise_mod.white_noise(audio.size, rng)
             audio = noise_mod.mix_at_snr(audio, floor, FLOOR_SNR_DB)
     return _set_level(audio, spec.level_dbfs)
@@ -116,6 +116,5 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
 def render_to_file(spec: ClipSpec, out_dir: str) -> tuple[str, int]:
     """Render `spec` to `<out_dir>/wav/<name>.wav` (PCM 16-bit); returns (name, samples)."""
     pcm = to_pcm16(render_audio(spec))
-    sf.write(Path(out_dir) / "wav" / f"{spec.name}.wav", pcm, SAMPLE_RATE,
-             subtype="PCM_16", format="WAV")
+    sf.write(Path(out_dir) / "wav" / f"{spec.name}.wav", pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return spec.name, int(pcm.size)

@@ -10,19 +10,19 @@
   model reads badly GRPO learns to say nothing (which the ``language`` reward even prefers on Mandarin clips
   it cannot read). Characters give partial credit: a partly right transcript beats silence.
 """
+
 from __future__ import annotations
 
 import jiwer
 
 from rewards.text import normalize, tokens
 
-NOISE_LENGTH_SCALE = 16   # tokens at which the penalty reaches -1
+NOISE_LENGTH_SCALE = 16  # tokens at which the penalty reaches -1
 
 
 def noise_length(hyps: list[str], refs: list[str], metas: list[dict]) -> list[float | None]:
     """``-min(1, n / 16)`` for a hypothesis of n tokens on a noise-only clip; ``None`` on speech clips."""
-    return [-min(1.0, len(tokens(h)) / NOISE_LENGTH_SCALE) if not tokens(r) else None
-            for h, r in zip(hyps, refs)]
+    return [-min(1.0, len(tokens(h)) / NOISE_LENGTH_SCALE) if not tokens(r) else None for h, r in zip(hyps, refs)]
 
 
 def _chars(text: str) -> str:

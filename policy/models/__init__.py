@@ -4,6 +4,7 @@
 Importing this package registers the built-in adapters; `load_audio_llm(folder)` picks one by the folder's
 ``config.json`` ``model_type``.
 """
+
 from policy.models import (
     encoder_adapter_llm,  # noqa: F401  (registers the adapter)
     hf_audio_llm,  # noqa: F401  (registers the transformers audio-LLM families)
@@ -19,8 +20,18 @@ from policy.models.base import (
 )
 from policy.models.prompt import PromptTemplate, build_prompt_embeds
 
-__all__ = ["ADAPTERS", "AudioLLM", "FeatureBatch", "PromptTemplate", "SUPPORTED_MODEL_TYPES", "build_prompt_embeds",
-           "get_adapter", "load_audio_llm", "register_adapter", "supported_model_types"]
+__all__ = [
+    "ADAPTERS",
+    "AudioLLM",
+    "FeatureBatch",
+    "PromptTemplate",
+    "SUPPORTED_MODEL_TYPES",
+    "build_prompt_embeds",
+    "get_adapter",
+    "load_audio_llm",
+    "register_adapter",
+    "supported_model_types",
+]
 
 
 def __getattr__(name: str):

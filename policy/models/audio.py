@@ -1,4 +1,5 @@
 """Audio I/O: any wav/flac (any rate, any channel count) -> 16 kHz mono float32 (soundfile + soxr)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,10 @@ def load_audio(path: str | Path, max_seconds: float | None = 30.0, sample_rate: 
         raise ValueError(f"{path}: audio file is empty (0 samples)")
     seconds = data.shape[0] / rate
     if max_seconds is not None and seconds > max_seconds:
-        raise ValueError(f"{path}: audio is {seconds:.2f} s long, over the limit of {max_seconds:g} s "
-                         f"(cut the clip or raise max_seconds)")
+        raise ValueError(
+            f"{path}: audio is {seconds:.2f} s long, over the limit of {max_seconds:g} s "
+            f"(cut the clip or raise max_seconds)"
+        )
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ")

@@ -19,6 +19,7 @@ Adapters register a loader object under one or more ``config.json`` ``model_type
 
 `load_audio_llm(folder)` reads the folder's ``model_type`` and dispatches.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,21 +49,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class FeatureBatch:
     """A padded batch of input features, as a frontend's encoder reads them."""
 
-    feats: Tensor                 # [B, T_f, F] (zeros after each clip's length)
-    lengths: Tensor               # [B] long: valid frames per clip
-    mask: Tensor | None = None    # optional [B, T_f] (1 = valid) for encoders that want one
+    feats: Tensor  # [B, T_f, F] (zeros after each clip's length)
+    lengths: Tensor  # [B] long: valid frames per clip
+    mask: Tensor | None = None  # optional [B, T_f] (1 = valid) for encoders that want one
 
     def __post_init__(self) -> None:
         if self.lengths.dim() != 1 or self.lengths.shape[0] != self.feats.shape[0]:
-            raise ValueError(f"FeatureBatch: lengths {tuple(self.lengths.shape)} do not match feats "
-                             f"{tuple(self.feats.shape)} (one length per clip)")
+            raise ValueError(
+                f"FeatureBatch: lengths {tuple(self.lengths.shape)} do not match feats "
+                f"{tuple(self.feats.shape)} (one length per clip)"
+            )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "FeatureBatch":
         """Features moved/cast (``dtype`` applies to float tensors only)."""
+
         def move(t: Tensor | None) -> Tensor | None:
             if t is None:
                 return None
             return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
+
         return FeatureBatch(move(self.feats), self.lengths.to(device), move(self.mask))
 
 
@@ -71,7 +76,7 @@ class AdapterLoader(Protocol):
 
     def load(self, folder: Path, dtype: torch.dtype) -> "AudioLLM": ...
     @property
-    def build_tiny(self) -> Callable[..., Path]: ...   # (folder, **adapter-specific options) -> folder
+    def build_tiny(self) -> Callable[..., Path]: ...  # (folder, **adapter-specific options) -> folder
     def save(self, model: "AudioLLM", folder: Path) -> None: ...
 
 
@@ -90,6 +95,7 @@ def register_adapter(*names: str) -> Callable[[Any], Any]:
                 raise ValueError(f"adapter {name!r} is already registered ({type(ADAPTERS[name]).__name__})")
             ADAPTERS[name] = loader
         return cls
+
     return deco
 
 
@@ -99,8 +105,10 @@ def supported_model_types() -> tuple[str, ...]:
 
 def get_adapter(model_type: str, where: str = "") -> AdapterLoader:
     if model_type not in ADAPTERS:
-        raise ValueError(f"{where + ': ' if where else ''}unknown model_type {model_type!r}; supported: "
-                         f"{', '.join(supported_model_types())}")
+        raise ValueError(
+            f"{where + ': ' if where else ''}unknown model_type {model_type!r}; supported: "
+            f"{', '.join(supported_model_types())}"
+        )
     return ADAPTERS[model_type]
 
 
@@ -139,8 +147,10 @@ def load_tokenizer(folder: str | Path) -> Any:
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     if not tokenizer("a", add_special_tokens=False)["input_ids"]:
-        raise FileNotFoundError(f"{folder}: no tokenizer vocabulary (tokenizer.json, or vocab.json + merges.txt, or "
-                                f"tokenizer.model); the tokenizer loaded from it encodes every text to nothing")
+        raise FileNotFoundError(
+            f"{folder}: no tokenizer vocabulary (tokenizer.json, or vocab.json + merges.txt, or "
+            f"tokenizer.model); the tokenizer loaded from it encodes every text to nothing"
+        )
     return tokenizer
 
 
@@ -153,8 +163,9 @@ def load_audio_llm(folder: str | Path, dtype: str | torch.dtype = "float32", pro
     adapter = get_adapter(config["model_type"], where=str(Path(folder) / "config.json"))
     model = adapter.load(Path(folder), as_dtype(dtype))
     if prompt is not None:
-        model.template = PromptTemplate.for_tokenizer(model.tokenizer, prompt,
-                                                      context_format=model.template.context_format)
+        model.template = PromptTemplate.for_tokenizer(
+            model.tokenizer, prompt, context_format=model.template.context_format
+        )
     return model
 
 
@@ -166,8 +177,16 @@ def _full(t: Tensor) -> Tensor:
 class AudioLLM(nn.Module):
     """Frontend (features, encoder, projector) + causal LM + tokenizer + prompt template."""
 
-    def __init__(self, frontend: nn.Module, llm: nn.Module, tokenizer: Any, template: PromptTemplate,
-                 model_type: str, adapter: AdapterLoader | None = None, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        frontend: nn.Module,
+        llm: nn.Module,
+        tokenizer: Any,
+        template: PromptTemplate,
+        model_type: str,
+        adapter: AdapterLoader | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.frontend = frontend
         self.llm = llm
@@ -196,7 +215,7 @@ class AudioLLM(nn.Module):
         ids: list[int] = []
         gen = getattr(self.base_llm(), "generation_config", None)
         for source in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
-            for i in ([source] if isinstance(source, int) else (source or [])):
+            for i in [source] if isinstance(source, int) else (source or []):
                 if i not in ids:
                     ids.append(int(i))
         return ids
@@ -210,15 +229,21 @@ class AudioLLM(nn.Module):
         """Per clip audio embeddings ``[L_a, H]`` in the LLM's hidden size."""
         return self.frontend(feats)
 
-    def build_prompt_embeds(self, audio_embeds: Sequence[Tensor],
-                            contexts: Sequence[str | None] | None = None) -> list[Tensor]:
+    def build_prompt_embeds(
+        self, audio_embeds: Sequence[Tensor], contexts: Sequence[str | None] | None = None
+    ) -> list[Tensor]:
         """Per clip ``[prefix | audio | suffix]`` embeddings ``[L, H]`` (`policy.models.prompt`)."""
         return build_prompt_embeds(self.llm, self.tokenizer, self.template, audio_embeds, contexts)
 
     # ---------------------------------------------------------------------------------------- log-probs
-    def sequence_logprobs(self, prompt_embeds: Sequence[Tensor], completion_ids: Tensor,
-                          completion_mask: Tensor | None = None,
-                          prompt_index: Sequence[int] | None = None, temperature: float = 1.0) -> Tensor:
+    def sequence_logprobs(
+        self,
+        prompt_embeds: Sequence[Tensor],
+        completion_ids: Tensor,
+        completion_mask: Tensor | None = None,
+        prompt_index: Sequence[int] | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
         """``[N, T]`` log-probs of ``completion_ids`` (right-padded) after each prompt; 0 where the mask is 0.
 
         ``prompt_index``: ``prompt_embeds`` are the distinct prompts and row i follows
@@ -240,29 +265,34 @@ class AudioLLM(nn.Module):
         if t == 0:
             return torch.zeros(n, 0, device=completion_ids.device)
         if prompt_index is not None:
-            return packed_logprobs(self.llm, prompt_embeds, prompt_index, completion_ids, completion_mask,
-                                   temperature)
+            return packed_logprobs(self.llm, prompt_embeds, prompt_index, completion_ids, completion_mask, temperature)
         embedding = self.llm.get_input_embeddings()
         device, dtype = embedding.weight.device, embedding.weight.dtype
         ids = completion_ids.to(device)
-        text = embedding(ids[:, :-1])   # [n, t - 1, H]
+        text = embedding(ids[:, :-1])  # [n, t - 1, H]
         lengths = [int(p.shape[0]) + t - 1 for p in prompt_embeds]
         width = max(lengths)
         inputs = torch.zeros(n, width, embedding.weight.shape[-1], device=device, dtype=dtype)
         attn = torch.zeros(n, width, dtype=torch.long, device=device)
         for i, p in enumerate(prompt_embeds):
             pad = width - lengths[i]
-            parts = [p.to(device=device, dtype=dtype), text[i]]   # text[i] may be empty: still in the graph
+            parts = [p.to(device=device, dtype=dtype), text[i]]  # text[i] may be empty: still in the graph
             inputs[i, pad:] = torch.cat(parts, dim=0)
             attn[i, pad:] = 1
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=inputs, attention_mask=attn, position_ids=positions,
-                       logits_to_keep=t, use_cache=False)
+        out = self.llm(
+            inputs_embeds=inputs, attention_mask=attn, position_ids=positions, logits_to_keep=t, use_cache=False
+        )
         return token_logprobs(out.logits[:, -t:], ids, completion_mask.to(device), temperature)
 
-    def forward(self, prompt_embeds: Sequence[Tensor], completion_ids: Tensor,
-                completion_mask: Tensor | None = None, prompt_index: Sequence[int] | None = None,
-                temperature: float = 1.0) -> Tensor:
+    def forward(
+        self,
+        prompt_embeds: Sequence[Tensor],
+        completion_ids: Tensor,
+        completion_mask: Tensor | None = None,
+        prompt_index: Sequence[int] | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
         """= `sequence_logprobs` (so FSDP2's root pre/post-forward hooks run)."""
         return self.sequence_logprobs(prompt_embeds, completion_ids, completion_mask, prompt_index, temperature)
 
@@ -275,6 +305,7 @@ class AudioLLM(nn.Module):
         """
         if self.is_lora:
             from policy.models.lora import merged_llm_state_dict
+
             yield from merged_llm_state_dict(self)
             return
         for name, tensor in self.llm.state_dict(keep_vars=True).items():
@@ -301,8 +332,11 @@ class AudioLLM(nn.Module):
         config.save_pretrained(folder)
         if getattr(base, "generation_config", None) is not None:
             base.generation_config.save_pretrained(folder)
-        weights = {k: v.to("cpu").contiguous().clone() for k, v in self.llm_state_dict()
-                   if not (tied and k == "lm_head.weight")}
+        weights = {
+            k: v.to("cpu").contiguous().clone()
+            for k, v in self.llm_state_dict()
+            if not (tied and k == "lm_head.weight")
+        }
         save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(folder)
         return folder

@@ -7,6 +7,7 @@ Length rules (T input frames at 10 ms):
 * subsampling: two Conv2d(kernel 3, stride 2, padding 1) -> ``ceil(ceil(T / 2) / 2)`` frames (40 ms);
 * splice adapter (`SpliceAdapter`, k = 2) -> ``ceil(T_enc / k)`` frames (80 ms), the last one zero-padded.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ class EncoderConfig:
     n_heads: int = 4
     n_layers: int = 4
     ffn_dim: int = 1024
-    conv_kernel: int = 15          # depthwise conv kernel (odd)
+    conv_kernel: int = 15  # depthwise conv kernel (odd)
     subsample_channels: int = 32
 
     def __post_init__(self) -> None:

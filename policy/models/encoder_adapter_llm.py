@@ -15,6 +15,7 @@ Folder layout::
     frontend.safetensors   encoder + adapter (+ ctc, + cmvn_mean / cmvn_istd)
     llm/                   a plain HF causal-LM folder with its tokenizer (vLLM loads it as it is)
 """
+
 from __future__ import annotations
 
 import json
@@ -73,14 +74,21 @@ def _section(cls: type, data: Any, where: str) -> Any:
 class EncoderAdapterFrontend(nn.Module):
     """Features, Conformer encoder, splice adapter (and optional CTC head) of an encoder_adapter_llm model."""
 
-    def __init__(self, fbank: FbankConfig | None, encoder: EncoderConfig | WhisperEncoderConfig,
-                 adapter: AdapterConfig, cmvn: bool = False, ctc_vocab_size: int | None = None) -> None:
+    def __init__(
+        self,
+        fbank: FbankConfig | None,
+        encoder: EncoderConfig | WhisperEncoderConfig,
+        adapter: AdapterConfig,
+        cmvn: bool = False,
+        ctc_vocab_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.encoder: nn.Module
         if isinstance(encoder, WhisperEncoderConfig):
             if fbank is not None or cmvn:
-                raise ValueError("a whisper encoder computes its own log-mel features: no 'features' section and "
-                                 "'cmvn': false")
+                raise ValueError(
+                    "a whisper encoder computes its own log-mel features: no 'features' section and 'cmvn': false"
+                )
             self.encoder = WhisperAudioEncoder(encoder)
         else:
             fbank = fbank or FbankConfig()
@@ -91,7 +99,7 @@ class EncoderAdapterFrontend(nn.Module):
         self.adapter = SpliceAdapter(encoder.d_model, adapter.splice, adapter.hidden_size, adapter.llm_hidden_size)
         self.ctc = nn.Linear(encoder.d_model, ctc_vocab_size) if ctc_vocab_size else None
         if cmvn:  # global (mean, 1/std) per mel bin; identity until set from data
-            assert fbank is not None   # a whisper encoder with cmvn was refused above
+            assert fbank is not None  # a whisper encoder with cmvn was refused above
             self.register_buffer("cmvn_mean", torch.zeros(fbank.num_mel_bins))
             self.register_buffer("cmvn_istd", torch.ones(fbank.num_mel_bins))
 
@@ -106,8 +114,10 @@ class EncoderAdapterFrontend(nn.Module):
         mean_t = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
         std_t = torch.as_tensor(np.asarray(std), dtype=torch.float32)
         if mean_t.shape != self.cmvn_mean.shape or std_t.shape != self.cmvn_mean.shape:
-            raise ValueError(f"CMVN mean/std must have shape {tuple(self.cmvn_mean.shape)}, "
-                             f"got {tuple(mean_t.shape)} and {tuple(std_t.shape)}")
+            raise ValueError(
+                f"CMVN mean/std must have shape {tuple(self.cmvn_mean.shape)}, "
+                f"got {tuple(mean_t.shape)} and {tuple(std_t.shape)}"
+            )
         with torch.no_grad():
             self.cmvn_mean.copy_(mean_t)
             self.cmvn_istd.copy_(1.0 / std_t.clamp(min=floor))
@@ -118,7 +128,7 @@ class EncoderAdapterFrontend(nn.Module):
         cmvn = None
         if self.has_cmvn:
             cmvn = (self.cmvn_mean.float().cpu().numpy(), self.cmvn_istd.float().cpu().numpy())
-        assert self.fbank_cfg is not None   # set for every encoder but whisper
+        assert self.fbank_cfg is not None  # set for every encoder but whisper
         return fbank_batch(list(waves), self.fbank_cfg, cmvn)
 
     def encode(self, batch: FeatureBatch) -> tuple[Tensor, Tensor]:
@@ -154,8 +164,9 @@ def frontend_from_config(config: dict[str, Any], where: str) -> EncoderAdapterFr
     if kind not in ("conformer", WHISPER):
         raise ValueError(f"{where}: encoder.type {kind!r} is not one of conformer, {WHISPER}")
     if kind == WHISPER and ("features" in config or config.get("cmvn")):
-        raise ValueError(f"{where}: a whisper encoder computes its own log-mel features; remove 'features' and "
-                         f"set 'cmvn': false")
+        raise ValueError(
+            f"{where}: a whisper encoder computes its own log-mel features; remove 'features' and set 'cmvn': false"
+        )
     return EncoderAdapterFrontend(
         fbank=None if kind == WHISPER else _section(FbankConfig, config.get("features", {}), f"{where}: features"),
         encoder=_section(WhisperEncoderConfig if kind == WHISPER else EncoderConfig, encoder, f"{where}: encoder"),
@@ -170,29 +181,48 @@ def _load_llm(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
         raise FileNotFoundError(f"{folder}: expected an HF causal-LM folder with *.safetensors weights")
     tokenizer = load_tokenizer(folder)  # first: a missing tokenizer fails before the weights load
     llm = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype)
+        folder, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype
+    )
     return llm.eval(), tokenizer
 
 
 # ------------------------------------------------------------------------------------------ tiny models
 
 SIZES: dict[str, dict[str, Any]] = {  # text head_dim 32 (vLLM's CPU attention needs >= 32)
-    "tiny": {"llm": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, head_dim=32),
-             "encoder": EncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192, conv_kernel=7,
-                                      subsample_channels=8),
-             "whisper": WhisperEncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192),
-             "adapter_hidden": 256},
-    "demo": {"llm": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=6,
-                         num_key_value_heads=2, head_dim=32),
-             "encoder": EncoderConfig(d_model=144, n_heads=4, n_layers=3, ffn_dim=576, conv_kernel=15,
-                                      subsample_channels=16),
-             "whisper": WhisperEncoderConfig(d_model=144, n_heads=4, n_layers=3, ffn_dim=576),
-             "adapter_hidden": 384},
+    "tiny": {
+        "llm": dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+        ),
+        "encoder": EncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192, conv_kernel=7, subsample_channels=8),
+        "whisper": WhisperEncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192),
+        "adapter_hidden": 256,
+    },
+    "demo": {
+        "llm": dict(
+            hidden_size=192,
+            intermediate_size=512,
+            num_hidden_layers=3,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            head_dim=32,
+        ),
+        "encoder": EncoderConfig(
+            d_model=144, n_heads=4, n_layers=3, ffn_dim=576, conv_kernel=15, subsample_channels=16
+        ),
+        "whisper": WhisperEncoderConfig(d_model=144, n_heads=4, n_layers=3, ffn_dim=576),
+        "adapter_hidden": 384,
+    },
 }
-LLM_FAMILIES = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM", True),
-                "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", True),
-                "llama": ("LlamaConfig", "LlamaForCausalLM", False)}  # (config, model, tied embeddings)
+LLM_FAMILIES = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", True),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", True),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", False),
+}  # (config, model, tied embeddings)
 
 
 def tiny_llm(family: str, tokenizer: Any, size: str = "tiny") -> nn.Module:
@@ -201,12 +231,19 @@ def tiny_llm(family: str, tokenizer: Any, size: str = "tiny") -> nn.Module:
         raise ValueError(f"unknown LLM family {family!r}; known: {', '.join(LLM_FAMILIES)}")
     cfg_name, cls_name, tied = LLM_FAMILIES[family]
     config = getattr(transformers, cfg_name)(
-        vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=tied,
-        initializer_range=0.1, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None, **SIZES[size]["llm"])
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=tied,
+        initializer_range=0.1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        **SIZES[size]["llm"],
+    )
     llm = getattr(transformers, cls_name)(config).eval()
     llm.generation_config = transformers.GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+    )
     return llm
 
 
@@ -228,14 +265,15 @@ class EncoderAdapterLLM:
         llm, tokenizer = _load_llm(folder / LLM_DIR, dtype)
         hidden = llm.get_input_embeddings().weight.shape[-1]
         if hidden != frontend.adapter.fc2.out_features:
-            raise ValueError(f"{where}: adapter.llm_hidden_size {frontend.adapter.fc2.out_features} != the LLM's "
-                             f"hidden size {hidden} ({folder / LLM_DIR})")
+            raise ValueError(
+                f"{where}: adapter.llm_hidden_size {frontend.adapter.fc2.out_features} != the LLM's "
+                f"hidden size {hidden} ({folder / LLM_DIR})"
+            )
         if "prompt" in config:
             template = PromptTemplate.from_dict(config["prompt"], where=f"{where}: prompt")
         else:
             template = PromptTemplate.for_tokenizer(tokenizer, DEFAULT_INSTRUCTION)
-        return AudioLLM(frontend.to(dtype).eval(), llm, tokenizer, template, MODEL_TYPE, adapter=self,
-                        config=config)
+        return AudioLLM(frontend.to(dtype).eval(), llm, tokenizer, template, MODEL_TYPE, adapter=self, config=config)
 
     def save(self, model: AudioLLM, folder: Path) -> None:
         """Write config.json, frontend.safetensors and llm/ (LoRA weights merged) into ``folder``."""
@@ -247,9 +285,18 @@ class EncoderAdapterLLM:
         save_file(state, str(folder / FRONTEND_FILE), metadata={"format": "pt"})
         model.export_llm(folder / LLM_DIR)
 
-    def build_tiny(self, folder: Path, llm: str = "qwen2", seed: int = 0, size: str = "tiny",
-                   ctc: bool = True, cmvn: bool = False, extra_chars: str = "",
-                   instruction: str = DEFAULT_INSTRUCTION, encoder: str = "conformer") -> Path:
+    def build_tiny(
+        self,
+        folder: Path,
+        llm: str = "qwen2",
+        seed: int = 0,
+        size: str = "tiny",
+        ctc: bool = True,
+        cmvn: bool = False,
+        extra_chars: str = "",
+        instruction: str = DEFAULT_INSTRUCTION,
+        encoder: str = "conformer",
+    ) -> Path:
         """A random checkpoint (tokenizer built locally, LLM family ``llm``, ``encoder`` conformer or whisper)
         written to ``folder``."""
         if size not in SIZES:
@@ -260,14 +307,21 @@ class EncoderAdapterLLM:
         tokenizer = build_char_tokenizer(extra_chars)
         lm = tiny_llm(llm, tokenizer, size)
         enc = SIZES[size][WHISPER if encoder == WHISPER else "encoder"]
-        adapter = AdapterConfig(splice=2, hidden_size=SIZES[size]["adapter_hidden"],
-                                llm_hidden_size=lm.config.hidden_size)
+        adapter = AdapterConfig(
+            splice=2, hidden_size=SIZES[size]["adapter_hidden"], llm_hidden_size=lm.config.hidden_size
+        )
         fbank = None if encoder == WHISPER else FbankConfig()
-        frontend = EncoderAdapterFrontend(fbank, enc, adapter, cmvn=cmvn,
-                                          ctc_vocab_size=len(tokenizer) if ctc else None).eval()
-        config = {"model_type": MODEL_TYPE, **({"features": fbank.to_dict()} if fbank else {}), "cmvn": cmvn,
-                  "encoder": enc.to_dict(), "adapter": asdict(adapter),
-                  "ctc_vocab_size": len(tokenizer) if ctc else None}
+        frontend = EncoderAdapterFrontend(
+            fbank, enc, adapter, cmvn=cmvn, ctc_vocab_size=len(tokenizer) if ctc else None
+        ).eval()
+        config = {
+            "model_type": MODEL_TYPE,
+            **({"features": fbank.to_dict()} if fbank else {}),
+            "cmvn": cmvn,
+            "encoder": enc.to_dict(),
+            "adapter": asdict(adapter),
+            "ctc_vocab_size": len(tokenizer) if ctc else None,
+        }
         template = PromptTemplate.for_tokenizer(tokenizer, instruction)
         model = AudioLLM(frontend, lm, tokenizer, template, MODEL_TYPE, adapter=self, config=config)
         return model.save(folder)

@@ -4,6 +4,7 @@ Kaldi defaults otherwise (povey window, pre-emphasis 0.97, DC removal, snip_edge
 ``1 + (N - 400) // 160`` frames at 16 kHz, none below 400 samples), dither 0 so features are deterministic.
 The waveform (float in [-1, 1]) is scaled by 32768 first, as Kaldi / FireRedASR feed int16-range samples.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ class FbankConfig:
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     sample_rate: int = 16000
-    scale: float = 32768.0      # waveform multiplier before the fbank (int16 range)
+    scale: float = 32768.0  # waveform multiplier before the fbank (int16 range)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -71,16 +72,19 @@ def fbank(wave: np.ndarray, cfg: FbankConfig = FbankConfig()) -> np.ndarray:
     if wave.ndim != 1:
         raise ValueError(f"fbank expects a 1-D mono waveform, got shape {wave.shape}")
     if cfg.num_frames(wave.shape[0]) == 0:
-        raise ValueError(f"waveform of {wave.shape[0]} samples is shorter than one {cfg.frame_length_ms:g} ms "
-                         f"frame ({cfg.frame_samples} samples): no features")
+        raise ValueError(
+            f"waveform of {wave.shape[0]} samples is shorter than one {cfg.frame_length_ms:g} ms "
+            f"frame ({cfg.frame_samples} samples): no features"
+        )
     online = knf.OnlineFbank(_options(cfg))
     online.accept_waveform(float(cfg.sample_rate), wave * cfg.scale)
     online.input_finished()
     return np.stack([online.get_frame(i) for i in range(online.num_frames_ready)]).astype(np.float32)
 
 
-def fbank_batch(waves: Sequence[np.ndarray], cfg: FbankConfig = FbankConfig(),
-                cmvn: tuple[np.ndarray, np.ndarray] | None = None) -> FeatureBatch:
+def fbank_batch(
+    waves: Sequence[np.ndarray], cfg: FbankConfig = FbankConfig(), cmvn: tuple[np.ndarray, np.ndarray] | None = None
+) -> FeatureBatch:
     """Padded ``FeatureBatch`` ``[B, T_max, F]`` (zeros after each clip) of the clips' fbank features.
 
     ``cmvn``: global ``(mean [F], inv_std [F])``; features become ``(x - mean) * inv_std`` before padding.
@@ -99,7 +103,7 @@ def fbank_batch(waves: Sequence[np.ndarray], cfg: FbankConfig = FbankConfig(),
     lengths = [f.shape[0] for f in per_clip]
     feats = np.zeros((len(per_clip), max(lengths), cfg.num_mel_bins), dtype=np.float32)
     for i, f in enumerate(per_clip):
-        feats[i, :f.shape[0]] = f
+        feats[i, : f.shape[0]] = f
     length_t = torch.tensor(lengths, dtype=torch.long)
     mask = torch.arange(feats.shape[1])[None, :] < length_t[:, None]
     return FeatureBatch(feats=torch.from_numpy(feats), lengths=length_t, mask=mask)

@@ -70,8 +70,11 @@ class MelExtractor:
                     )
             kwargs = {"padding": "max_length", "max_length": limit}
         out = self.extractor(
-            [np.asarray(w, dtype=np.float32) for w in waves], sampling_rate=SR, return_attention_mask=True,
-            return_tensors="pt", **kwargs,
+            [np.asarray(w, dtype=np.float32) for w in waves],
+            sampling_rate=SR,
+            return_attention_mask=True,
+            return_tensors="pt",
+            **kwargs,
         )
         mask = out["attention_mask"].long()
         feats = out["input_features"].float().transpose(1, 2).contiguous()
@@ -86,8 +89,9 @@ def _preprocessor_dict(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _mel_extractor(folder: Path, audio_cfg: Any, cls_name: str, fixed_frames: int | None,
-                   **defaults: Any) -> MelExtractor:
+def _mel_extractor(
+    folder: Path, audio_cfg: Any, cls_name: str, fixed_frames: int | None, **defaults: Any
+) -> MelExtractor:
     """The named extractor from the folder's preprocessor_config.json, else from the encoder config."""
     values = _preprocessor_dict(Path(folder))
     values.setdefault("feature_size", audio_cfg.num_mel_bins)
@@ -96,8 +100,10 @@ def _mel_extractor(folder: Path, audio_cfg: Any, cls_name: str, fixed_frames: in
     for key in ("feature_extractor_type", "processor_class", "n_samples", "nb_max_frames"):
         values.pop(key, None)
     if values["feature_size"] != audio_cfg.num_mel_bins:
-        raise ValueError(f"{folder}/preprocessor_config.json: feature_size {values['feature_size']} != the audio "
-                         f"encoder's num_mel_bins {audio_cfg.num_mel_bins}")
+        raise ValueError(
+            f"{folder}/preprocessor_config.json: feature_size {values['feature_size']} != the audio "
+            f"encoder's num_mel_bins {audio_cfg.num_mel_bins}"
+        )
     return MelExtractor(getattr(transformers, cls_name)(**values), fixed_frames)
 
 
@@ -124,8 +130,9 @@ def _whisper_longest_extractor(folder: Path, config: Any) -> MelExtractor:
 
 
 def _qwen3_asr_extractor(folder: Path, config: Any) -> MelExtractor:
-    return _mel_extractor(folder, config.audio_config, "Qwen3ASRFeatureExtractor", None,
-                          n_window=config.audio_config.n_window)
+    return _mel_extractor(
+        folder, config.audio_config, "Qwen3ASRFeatureExtractor", None, n_window=config.audio_config.n_window
+    )
 
 
 # ------------------------------------------------------------------------------------------- audio -> embeds
@@ -191,10 +198,26 @@ def _omni_embed(tower: nn.Module, projector: nn.Module, batch: dict[str, Tensor]
 def _qwen2_text_config(text_cfg: Any) -> Any:
     """Qwen2.5-Omni's text config (M-RoPE) as a plain ``Qwen2Config``. For audio-only prompts every position
     id has three equal components, where M-RoPE equals ordinary RoPE: the text part IS a Qwen2 model."""
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "attention_dropout",
-            "use_sliding_window", "sliding_window", "max_window_layers", "initializer_range", "bos_token_id",
-            "eos_token_id", "pad_token_id", "dtype")
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "hidden_act",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "attention_dropout",
+        "use_sliding_window",
+        "sliding_window",
+        "max_window_layers",
+        "initializer_range",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "dtype",
+    )
     values = {k: getattr(text_cfg, k) for k in keys if getattr(text_cfg, k, None) is not None}
     theta = (getattr(text_cfg, "rope_parameters", None) or {}).get("rope_theta", 1000000.0)
     return transformers.Qwen2Config(**values, rope_parameters={"rope_type": "default", "rope_theta": theta})
@@ -228,44 +251,98 @@ class AudioFamily:
     hub_layout: str = "transformers5"
 
 
-DEFAULT_PATHS: dict[str, str | None] = {"tower": "model.audio_tower", "projector": "model.multi_modal_projector",
-                 "lm": "model.language_model", "head": "lm_head"}
+DEFAULT_PATHS: dict[str, str | None] = {
+    "tower": "model.audio_tower",
+    "projector": "model.multi_modal_projector",
+    "lm": "model.language_model",
+    "head": "lm_head",
+}
 # Qwen2-Audio and Voxtral checkpoints (written by transformers 4.x; vLLM's Qwen2AudioForConditionalGeneration
 # has no mapping from the transformers 5 names); transformers 5 maps them back (conversion_mapping "qwen2_audio")
-LEGACY_AUDIO_NAMES = (("model.audio_tower.", "audio_tower."),
-                      ("model.multi_modal_projector.", "multi_modal_projector."),
-                      ("model.language_model.", "language_model.model."),
-                      ("lm_head.", "language_model.lm_head."))
+LEGACY_AUDIO_NAMES = (
+    ("model.audio_tower.", "audio_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+)
 LAYOUTS = ("legacy", "transformers5")
 
 
 FAMILIES: dict[str, AudioFamily] = {
     f.model_type: f
     for f in (
-        AudioFamily("fun_asr_nano", "FunAsrNanoForConditionalGeneration", "Qwen3ForCausalLM",
-                    _fun_asr_extractor, _fun_asr_embed, "input_features_mask", False),
-        AudioFamily("qwen2_audio", "Qwen2AudioForConditionalGeneration", "Qwen2ForCausalLM",
-                    _whisper_window_extractor, _qwen2_audio_embed, "feature_attention_mask", True,
-                    ("<|audio_bos|>", "<|audio_eos|>"), legacy_names=LEGACY_AUDIO_NAMES, hub_layout="legacy"),
-        AudioFamily("qwen3_asr", "Qwen3ASRForConditionalGeneration", "Qwen3ForCausalLM",
-                    _qwen3_asr_extractor, _qwen3_asr_embed, "input_features_mask", True,
-                    ("<|audio_start|>", "<|audio_end|>")),
-        AudioFamily("voxtral", "VoxtralForConditionalGeneration", "LlamaForCausalLM",
-                    _whisper_window_extractor, _voxtral_embed, None, True,
-                    legacy_names=LEGACY_AUDIO_NAMES, hub_layout="legacy"),
-        AudioFamily("qwen2_5_omni_thinker", "Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2ForCausalLM",
-                    _whisper_longest_extractor, _omni_embed, "feature_attention_mask", True,
-                    ("<|audio_bos|>", "<|audio_eos|>"),
-                    paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
-                    text_config=_qwen2_text_config, unused_prefixes=("visual.",)),
+        AudioFamily(
+            "fun_asr_nano",
+            "FunAsrNanoForConditionalGeneration",
+            "Qwen3ForCausalLM",
+            _fun_asr_extractor,
+            _fun_asr_embed,
+            "input_features_mask",
+            False,
+        ),
+        AudioFamily(
+            "qwen2_audio",
+            "Qwen2AudioForConditionalGeneration",
+            "Qwen2ForCausalLM",
+            _whisper_window_extractor,
+            _qwen2_audio_embed,
+            "feature_attention_mask",
+            True,
+            ("<|audio_bos|>", "<|audio_eos|>"),
+            legacy_names=LEGACY_AUDIO_NAMES,
+            hub_layout="legacy",
+        ),
+        AudioFamily(
+            "qwen3_asr",
+            "Qwen3ASRForConditionalGeneration",
+            "Qwen3ForCausalLM",
+            _qwen3_asr_extractor,
+            _qwen3_asr_embed,
+            "input_features_mask",
+            True,
+            ("<|audio_start|>", "<|audio_end|>"),
+        ),
+        AudioFamily(
+            "voxtral",
+            "VoxtralForConditionalGeneration",
+            "LlamaForCausalLM",
+            _whisper_window_extractor,
+            _voxtral_embed,
+            None,
+            True,
+            legacy_names=LEGACY_AUDIO_NAMES,
+            hub_layout="legacy",
+        ),
+        AudioFamily(
+            "qwen2_5_omni_thinker",
+            "Qwen2_5OmniThinkerForConditionalGeneration",
+            "Qwen2ForCausalLM",
+            _whisper_longest_extractor,
+            _omni_embed,
+            "feature_attention_mask",
+            True,
+            ("<|audio_bos|>", "<|audio_eos|>"),
+            paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
+            text_config=_qwen2_text_config,
+            unused_prefixes=("visual.",),
+        ),
         # the full Qwen2.5-Omni checkpoint: only its thinker is loaded (keys "thinker.*"; talker/token2wav and
         # the pickled spk_dict.pt of the speech-output half are not read)
-        AudioFamily("qwen2_5_omni", "Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2ForCausalLM",
-                    _whisper_longest_extractor, _omni_embed, "feature_attention_mask", True,
-                    ("<|audio_bos|>", "<|audio_eos|>"),
-                    paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
-                    text_config=_qwen2_text_config, sub_config="thinker_config", save_prefix="thinker.",
-                    unused_prefixes=("thinker.visual.", "talker.", "token2wav.")),
+        AudioFamily(
+            "qwen2_5_omni",
+            "Qwen2_5OmniThinkerForConditionalGeneration",
+            "Qwen2ForCausalLM",
+            _whisper_longest_extractor,
+            _omni_embed,
+            "feature_attention_mask",
+            True,
+            ("<|audio_bos|>", "<|audio_eos|>"),
+            paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
+            text_config=_qwen2_text_config,
+            sub_config="thinker_config",
+            save_prefix="thinker.",
+            unused_prefixes=("thinker.visual.", "talker.", "token2wav."),
+        ),
     )
 }
 
@@ -275,9 +352,10 @@ def hf_inputs(family: AudioFamily, batch: FeatureBatch) -> dict[str, Tensor]:
     feats = batch.feats.transpose(1, 2) if family.channels_first else batch.feats
     out = {"input_features": feats}
     if family.mask_key is not None:
-        mask = batch.mask if batch.mask is not None else (
-            torch.arange(batch.feats.shape[1], device=batch.lengths.device)[None, :] < batch.lengths[:, None])
+        mask = (
+            batch.mask
+            if batch.mask is not None
+            else (torch.arange(batch.feats.shape[1], device=batch.lengths.device)[None, :] < batch.lengths[:, None])
+        )
         out[family.mask_key] = mask.long()
     return out
-
-

@@ -41,9 +41,21 @@ from policy.models.base import AudioLLM, FeatureBatch, load_tokenizer, read_conf
 from policy.models.hf_audio_families import FAMILIES, LAYOUTS, AudioFamily, hf_inputs
 from policy.models.prompt import DEFAULT_INSTRUCTION, PromptTemplate
 
-__all__ = ["FAMILIES", "AudioFamily", "HFAudioAdapter", "HFAudioFrontend", "causal_lm_view", "checkpoint_keys",
-           "checkpoint_layout", "checkpoint_name", "default_template", "family_of", "load_hf_model", "load_hf_parts",
-           "to_hf_names"]
+__all__ = [
+    "FAMILIES",
+    "AudioFamily",
+    "HFAudioAdapter",
+    "HFAudioFrontend",
+    "causal_lm_view",
+    "checkpoint_keys",
+    "checkpoint_layout",
+    "checkpoint_name",
+    "default_template",
+    "family_of",
+    "load_hf_model",
+    "load_hf_parts",
+    "to_hf_names",
+]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PROMPT_FILE = "funrl_prompt.json"  # our prompt template beside the HF files
@@ -115,8 +127,14 @@ def causal_lm_view(hf_model: nn.Module, family: AudioFamily) -> nn.Module:
 class HFAudioFrontend(nn.Module):
     """audio_tower + multi_modal_projector of an HF audio-LLM, with the family's feature extractor."""
 
-    def __init__(self, family: AudioFamily, tower: nn.Module, projector: nn.Module,
-                 extractor: Callable[[list[np.ndarray]], FeatureBatch], source: str | None = None) -> None:
+    def __init__(
+        self,
+        family: AudioFamily,
+        tower: nn.Module,
+        projector: nn.Module,
+        extractor: Callable[[list[np.ndarray]], FeatureBatch],
+        source: str | None = None,
+    ) -> None:
         super().__init__()
         self.family = family
         self.tower = tower
@@ -138,12 +156,17 @@ class HFAudioFrontend(nn.Module):
         return [e.clone() if e._is_view() else e for e in self.family.embed(self.tower, self.projector, inputs)]
 
 
-HF_PREFIXES = {"tower": "frontend.tower.", "projector": "frontend.projector.", "lm": "llm.model.",
-               "head": "llm.lm_head."}
+HF_PREFIXES = {
+    "tower": "frontend.tower.",
+    "projector": "frontend.projector.",
+    "lm": "llm.model.",
+    "head": "llm.lm_head.",
+}
 
 
-def to_hf_names(named: dict[str, Tensor], family: AudioFamily, tied: bool,
-                layout: str | None = None) -> dict[str, Tensor]:
+def to_hf_names(
+    named: dict[str, Tensor], family: AudioFamily, tied: bool, layout: str | None = None
+) -> dict[str, Tensor]:
     """Our names (``frontend.tower.*``, ``llm.model.*`` ...) -> the checkpoint's, in ``layout`` (default: the
     family's hub layout): ``"transformers5"`` gives transformers 5's module names (``model.audio_tower.*``,
     ``model.language_model.*``, ``lm_head.*``), ``"legacy"`` the older ones of `AudioFamily.legacy_names`
@@ -154,7 +177,7 @@ def to_hf_names(named: dict[str, Tensor], family: AudioFamily, tied: bool,
         if part is None:
             raise KeyError(f"parameter {name!r} belongs to no part of a {family.model_type} model")
         if not (tied and part == "head"):
-            out[checkpoint_name(f"{family.paths[part]}." + name[len(HF_PREFIXES[part]):], family, layout)] = tensor
+            out[checkpoint_name(f"{family.paths[part]}." + name[len(HF_PREFIXES[part]) :], family, layout)] = tensor
     return out
 
 
@@ -163,11 +186,13 @@ def checkpoint_name(name: str, family: AudioFamily, layout: str | None = None) -
     ``layout`` (default: the family's hub layout; see `to_hf_names`), ``save_prefix`` included."""
     layout = layout or family.hub_layout
     if layout not in LAYOUTS or (layout == "legacy" and not family.legacy_names):
-        raise ValueError(f"{family.model_type}: no weight-name layout {layout!r}; it has "
-                         f"{'legacy, transformers5' if family.legacy_names else 'transformers5'}")
+        raise ValueError(
+            f"{family.model_type}: no weight-name layout {layout!r}; it has "
+            f"{'legacy, transformers5' if family.legacy_names else 'transformers5'}"
+        )
     renames = family.legacy_names if layout == "legacy" else ()
     old, new = next(((o, n) for o, n in renames if name.startswith(o)), ("", ""))
-    return family.save_prefix + new + name[len(old):]
+    return family.save_prefix + new + name[len(old) :]
 
 
 def checkpoint_keys(folder: str | Path) -> list[str]:
@@ -248,8 +273,9 @@ def default_template(tokenizer: Any, family: AudioFamily, instruction: str = DEF
     vocab = tokenizer.get_vocab()
     if bos not in vocab or eos not in vocab:
         return template
-    return PromptTemplate(prefix=template.prefix + bos, suffix=eos + template.suffix,
-                          context_format=template.context_format)
+    return PromptTemplate(
+        prefix=template.prefix + bos, suffix=eos + template.suffix, context_format=template.context_format
+    )
 
 
 class HFAudioAdapter:
@@ -267,8 +293,9 @@ class HFAudioAdapter:
             template = PromptTemplate.from_dict(json.loads(prompt_file.read_text()), where=str(prompt_file))
         else:
             template = default_template(tokenizer, self.family)
-        return AudioLLM(frontend, llm, tokenizer, template, self.family.model_type, adapter=self,
-                        config=read_config(folder))
+        return AudioLLM(
+            frontend, llm, tokenizer, template, self.family.model_type, adapter=self, config=read_config(folder)
+        )
 
     def save(self, model: AudioLLM, folder: Path) -> None:
         """The HF checkpoint layout (config, preprocessor config, safetensors, tokenizer) + our prompt file.
@@ -286,7 +313,8 @@ class HFAudioAdapter:
             layout = checkpoint_layout(source, self.family)
         (folder / "config.json").write_text(json.dumps(model.config, indent=2, ensure_ascii=False) + "\n")
         (folder / "preprocessor_config.json").write_text(
-            json.dumps(model.frontend.extractor.to_dict(), indent=2) + "\n")
+            json.dumps(model.frontend.extractor.to_dict(), indent=2) + "\n"
+        )
         (folder / PROMPT_FILE).write_text(json.dumps(model.template.to_dict(), indent=2, ensure_ascii=False) + "\n")
         base = model.base_llm()
         if getattr(base, "generation_config", None) is not None:
@@ -294,20 +322,23 @@ class HFAudioAdapter:
         named = {f"frontend.{k}": v for k, v in model.frontend.state_dict().items()}
         named.update({f"llm.{k}": v for k, v in model.llm_state_dict()})
         tied = bool(base.config.tie_word_embeddings)
-        weights = {k: v.detach().to("cpu").contiguous()
-                   for k, v in to_hf_names(named, self.family, tied, layout).items()}
+        weights = {
+            k: v.detach().to("cpu").contiguous() for k, v in to_hf_names(named, self.family, tied, layout).items()
+        }
         if source is not None:
             weights.update(_unused_source_tensors(Path(source), self.family.unused_prefixes))
         save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
         model.tokenizer.save_pretrained(folder)
 
-    def build_tiny(self, folder: Path, seed: int = 0, extra_chars: str = "",
-                   instruction: str = DEFAULT_INSTRUCTION) -> Path:
+    def build_tiny(
+        self, folder: Path, seed: int = 0, extra_chars: str = "", instruction: str = DEFAULT_INSTRUCTION
+    ) -> Path:
         """A random tiny checkpoint of this family with a locally built tokenizer (see `hf_audio_tiny`)."""
         from policy.models.hf_audio_tiny import build_tiny_hf_audio_llm
 
-        return build_tiny_hf_audio_llm(folder, self.family.model_type, seed=seed, extra_chars=extra_chars,
-                                       instruction=instruction)
+        return build_tiny_hf_audio_llm(
+            folder, self.family.model_type, seed=seed, extra_chars=extra_chars, instruction=instruction
+        )
 
 
 for _family in FAMILIES.values():

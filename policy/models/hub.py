@@ -18,6 +18,7 @@ The folder returned is an ordinary model folder: loading it goes through the sam
 ``funrl.eval``, ``funrl.export``, ``funrl.sft``) resolve once, before any worker starts, and hand the workers
 the folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,9 +74,11 @@ def parse_hub_id(text: str) -> HubId | None:
 def hub_cache_dir() -> Path:
     """The Hugging Face Hub cache folder, from the environment as it is now (huggingface_hub's own order)."""
     home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
-    default = os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(os.path.expandvars(os.path.expanduser(home)),
-                                                                      "hub")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    default = os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(
+        os.path.expandvars(os.path.expanduser(home)), "hub"
+    )
     return Path(os.path.expandvars(os.path.expanduser(os.environ.get("HF_HUB_CACHE") or default)))
 
 
@@ -98,13 +101,17 @@ def _not_cached(key: str, hub_id: HubId, cache: Path, incomplete: str | None) ->
         state = f"is only partly in the local Hugging Face cache {cache} ({_cache_env()}): {incomplete}"
     else:
         cached = _cached_revisions(cache, hub_id)
-        state = (f"is not in the local Hugging Face cache {cache} ({_cache_env()})"
-                 + (f"; the cache holds other revisions of it: {', '.join(cached)}" if cached else ""))
+        state = f"is not in the local Hugging Face cache {cache} ({_cache_env()})" + (
+            f"; the cache holds other revisions of it: {', '.join(cached)}" if cached else ""
+        )
     return HubModelNotCachedError(
         f"{key} {str(hub_id)!r}: no such local folder, and the Hub model {hub_id.repo_id} (revision "
         f"{hub_id.revision or 'main'}) {state}. FunRL never downloads: fetch it on a machine with network with "
         f"`{hub_id.download_command()}` (into this cache, or copy the cache folder here), or set {key} to a "
-        "local model folder", hub_id, cache)
+        "local model folder",
+        hub_id,
+        cache,
+    )
 
 
 def resolve_model_path(path_or_id: str | os.PathLike[str], key: str = "model.path") -> Path:
@@ -114,8 +121,10 @@ def resolve_model_path(path_or_id: str | os.PathLike[str], key: str = "model.pat
     """
     text = os.fspath(path_or_id)
     if not text.strip():
-        raise FileNotFoundError(f"{key} is empty: give a local model folder or a Hub model id (org/name) that is in "
-                                "the local Hugging Face cache")
+        raise FileNotFoundError(
+            f"{key} is empty: give a local model folder or a Hub model id (org/name) that is in "
+            "the local Hugging Face cache"
+        )
     folder = Path(text).expanduser()
     if folder.is_dir():
         return folder
@@ -123,13 +132,14 @@ def resolve_model_path(path_or_id: str | os.PathLike[str], key: str = "model.pat
         raise FileNotFoundError(f"{key} {text}: a file, not a model folder (a folder with a config.json)")
     hub_id = parse_hub_id(text)
     if hub_id is None:
-        raise FileNotFoundError(f"model folder {folder} does not exist ({key}: no such folder, and not a Hub "
-                                "model id of the form org/name or org/name@revision)")
+        raise FileNotFoundError(
+            f"model folder {folder} does not exist ({key}: no such folder, and not a Hub "
+            "model id of the form org/name or org/name@revision)"
+        )
     cache = hub_cache_dir()
     try:
-        snapshot = snapshot_download(hub_id.repo_id, revision=hub_id.revision, cache_dir=cache,
-                                     local_files_only=True)
-    except LocalEntryNotFoundError as exc:   # not cached, or cached incompletely (IncompleteSnapshotError)
+        snapshot = snapshot_download(hub_id.repo_id, revision=hub_id.revision, cache_dir=cache, local_files_only=True)
+    except LocalEntryNotFoundError as exc:  # not cached, or cached incompletely (IncompleteSnapshotError)
         incomplete = str(exc) if isinstance(exc, IncompleteSnapshotError) else None
         raise _not_cached(key, hub_id, cache, incomplete) from None
     return Path(snapshot)

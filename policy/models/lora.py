@@ -8,6 +8,7 @@
 * `export_lora_adapter` writes the adapter alone as a peft folder (``adapter_config.json`` +
   ``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` and vLLM's ``LoRARequest`` load.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -45,8 +46,14 @@ def apply_lora(model: AudioLLM, cfg: Any, train_frontend: bool = False) -> Audio
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.llm.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ValueError(f"lora.target_modules {missing} are not modules of this LLM; its Linear layers: {linear}")
-    peft_cfg = PeftLoraConfig(r=int(cfg.r), lora_alpha=cfg.alpha, lora_dropout=float(cfg.dropout),
-                              target_modules=list(targets), bias="none", task_type="CAUSAL_LM")
+    peft_cfg = PeftLoraConfig(
+        r=int(cfg.r),
+        lora_alpha=cfg.alpha,
+        lora_dropout=float(cfg.dropout),
+        target_modules=list(targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model.llm = get_peft_model(model.llm, peft_cfg)
     model.frontend.requires_grad_(train_frontend)
     return model

@@ -13,6 +13,7 @@ clip without context gets ``""`` there. `PromptTemplate.for_tokenizer` derives p
 chat template when it has one (one user turn holding context, audio and instruction, then the assistant
 header), else from a plain format.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -59,12 +60,18 @@ class PromptTemplate:
         if unknown or "prefix" not in data or "suffix" not in data:
             raise ValueError(
                 f"{where}: a prompt template needs 'prefix' and 'suffix' (optional 'context_format'); "
-                f"got keys {sorted(data)}")
+                f"got keys {sorted(data)}"
+            )
         return cls(**data)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, instruction: str = DEFAULT_INSTRUCTION,
-                      system: str | None = None, context_format: str = DEFAULT_CONTEXT_FORMAT) -> "PromptTemplate":
+    def for_tokenizer(
+        cls,
+        tokenizer: Any,
+        instruction: str = DEFAULT_INSTRUCTION,
+        system: str | None = None,
+        context_format: str = DEFAULT_CONTEXT_FORMAT,
+    ) -> "PromptTemplate":
         """Prefix/suffix from the tokenizer's chat template (user turn: context, audio, instruction), else plain.
 
         Plain format (no chat template): ``[bos]{context}`` before the audio, ``instruction + "\\n"`` after.
@@ -74,8 +81,10 @@ class PromptTemplate:
             messages.append({"role": "user", "content": CONTEXT_SLOT + _AUDIO_MARK + instruction})
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             if text.count(_AUDIO_MARK) != 1:
-                raise ValueError("the tokenizer's chat template does not keep the user message verbatim; "
-                                 "give the model an explicit prompt template (prefix/suffix)")
+                raise ValueError(
+                    "the tokenizer's chat template does not keep the user message verbatim; "
+                    "give the model an explicit prompt template (prefix/suffix)"
+                )
             prefix, suffix = text.split(_AUDIO_MARK)
             return cls(prefix=prefix, suffix=suffix, context_format=context_format)
         bos = tokenizer.bos_token or ""
@@ -101,8 +110,13 @@ def prompt_token_ids(tokenizer: Any, template: PromptTemplate, context: str | No
     return PromptIds(prefix=ids(prefix), suffix=ids(suffix))
 
 
-def build_prompt_embeds(llm: nn.Module, tokenizer: Any, template: PromptTemplate,
-                        audio_embeds: Sequence[Tensor], contexts: Sequence[str | None] | None = None) -> list[Tensor]:
+def build_prompt_embeds(
+    llm: nn.Module,
+    tokenizer: Any,
+    template: PromptTemplate,
+    audio_embeds: Sequence[Tensor],
+    contexts: Sequence[str | None] | None = None,
+) -> list[Tensor]:
     """Per clip ``[len(prefix) + L_a + len(suffix), H]``: embedded prefix, the audio embeddings, embedded suffix.
 
     ``llm`` is anything with ``get_input_embeddings()`` (a causal LM or its peft wrapper); ``contexts`` is one

@@ -22,6 +22,7 @@ rows are dropped (Whisper's ``k_proj`` has no bias; a key bias adds the same sco
 which softmax cancels). Layer norms are ``gamma``/``beta``; the output projection is an alias of the token
 embedding (tied).
 """
+
 from __future__ import annotations
 
 import json
@@ -72,9 +73,11 @@ class _Reader:
 
     def take(self, n: int, what: str) -> bytes:
         if self.pos + n > len(self.data):
-            raise ValueError(f"{self.path}: truncated at byte {self.pos} while reading {what} "
-                             f"({n} bytes needed, {len(self.data) - self.pos} left); re-copy the file")
-        out = self.data[self.pos:self.pos + n]
+            raise ValueError(
+                f"{self.path}: truncated at byte {self.pos} while reading {what} "
+                f"({n} bytes needed, {len(self.data) - self.pos} left); re-copy the file"
+            )
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -108,8 +111,10 @@ def read_ct2(path: str | Path) -> CT2Model:
     r = _Reader(path.read_bytes(), path)
     version = r.num("I", "the binary version")
     if version not in CT2_VERSIONS:
-        raise ValueError(f"{path}: CTranslate2 binary version {version} is not supported (supported: "
-                         f"{', '.join(map(str, CT2_VERSIONS))}); re-convert it with ctranslate2 >= 3")
+        raise ValueError(
+            f"{path}: CTranslate2 binary version {version} is not supported (supported: "
+            f"{', '.join(map(str, CT2_VERSIONS))}); re-convert it with ctranslate2 >= 3"
+        )
     spec = r.string("the spec name")
     revision = r.num("I", "the spec revision")
     variables = dict(_read_variable(r) for _ in range(r.num("I", "the variable count")))
@@ -171,8 +176,10 @@ def ct2_state_dict(ct2: CT2Model) -> dict[str, Tensor]:
     out: dict[str, Any] = {}
     quantized = sorted(k for k in v if k.endswith("_scale"))
     if quantized:
-        raise ValueError(f"CTranslate2 model is int8/int16-quantized ({quantized[0]}, ...): convert the original "
-                         f"with --quantization float16 or float32 instead")
+        raise ValueError(
+            f"CTranslate2 model is int8/int16-quantized ({quantized[0]}, ...): convert the original "
+            f"with --quantization float16 or float32 instead"
+        )
     for side in ("encoder", "decoder"):
         table = _ENCODER_LAYER if side == "encoder" else _DECODER_LAYER
         for i in range(_layer_count(v, side)):
@@ -202,31 +209,41 @@ def ct2_whisper_config(ct2: CT2Model, tokenizer: Any, ct2_config: dict[str, Any]
     import transformers
 
     v = ct2.variables
-    conv1 = _get(v, "encoder/conv1/weight")   # [d_model, n_mels, 3]
+    conv1 = _get(v, "encoder/conv1/weight")  # [d_model, n_mels, 3]
     d_model, n_mels = int(conv1.shape[0]), int(conv1.shape[1])
     ids = _special_ids(tokenizer)
     return transformers.WhisperConfig(
-        vocab_size=int(_get(v, "decoder/embeddings/weight").shape[0]), num_mel_bins=n_mels, d_model=d_model,
-        encoder_layers=_layer_count(v, "encoder"), decoder_layers=_layer_count(v, "decoder"),
+        vocab_size=int(_get(v, "decoder/embeddings/weight").shape[0]),
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=_layer_count(v, "encoder"),
+        decoder_layers=_layer_count(v, "decoder"),
         encoder_attention_heads=_int_scalar(v, "encoder/num_heads"),
         decoder_attention_heads=_int_scalar(v, "decoder/num_heads"),
         encoder_ffn_dim=int(_get(v, "encoder/layer_0/ffn/linear_0/weight").shape[0]),
         decoder_ffn_dim=int(_get(v, "decoder/layer_0/ffn/linear_0/weight").shape[0]),
         max_source_positions=int(_get(v, "encoder/position_encodings/encodings").shape[0]),
         max_target_positions=int(_get(v, "decoder/position_encodings/encodings").shape[0]),
-        pad_token_id=ids["eot"], bos_token_id=ids["eot"], eos_token_id=ids["eot"],
-        decoder_start_token_id=ids["sot"], tie_word_embeddings=True,
+        pad_token_id=ids["eot"],
+        bos_token_id=ids["eot"],
+        eos_token_id=ids["eot"],
+        decoder_start_token_id=ids["sot"],
+        tie_word_embeddings=True,
         suppress_tokens=list(ct2_config.get("suppress_ids") or []),
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or []),
-        architectures=["WhisperForConditionalGeneration"])
+        architectures=["WhisperForConditionalGeneration"],
+    )
 
 
 def _special_ids(tokenizer: Any) -> dict[str, int]:
     ids = {}
-    for key, token in (("eot", "<|endoftext|>"), ("sot", "<|startoftranscript|>"),
-                       ("no_timestamps", "<|notimestamps|>")):
+    for key, token in (
+        ("eot", "<|endoftext|>"),
+        ("sot", "<|startoftranscript|>"),
+        ("no_timestamps", "<|notimestamps|>"),
+    ):
         i = tokenizer.convert_tokens_to_ids(token)
-        if not isinstance(i, int) or (key != "eot" and i == tokenizer.unk_token_id):   # unknown -> unk id
+        if not isinstance(i, int) or (key != "eot" and i == tokenizer.unk_token_id):  # unknown -> unk id
             raise ValueError(f"the Whisper tokenizer has no {token} token")
         ids[key] = i
     return ids
@@ -237,13 +254,14 @@ def load_whisper_tokenizer(folder: Path) -> Any:
     import transformers
 
     if (folder / "tokenizer_config.json").is_file():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True,
-                                                               trust_remote_code=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     elif (folder / "tokenizer.json").is_file():
         tokenizer = transformers.WhisperTokenizer(tokenizer_file=str(folder / "tokenizer.json"))
     else:
-        raise FileNotFoundError(f"{folder}: no Whisper tokenizer (tokenizer.json or tokenizer_config.json); "
-                                f"copy the one the model was trained with beside its weights")
+        raise FileNotFoundError(
+            f"{folder}: no Whisper tokenizer (tokenizer.json or tokenizer_config.json); "
+            f"copy the one the model was trained with beside its weights"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -253,13 +271,19 @@ def _generation_config(config: Any, tokenizer: Any) -> Any:
     import transformers
 
     ids = _special_ids(tokenizer)
-    english_only = config.vocab_size == 51864   # the .en models' vocabulary (multilingual: 51865 / 51866)
+    english_only = config.vocab_size == 51864  # the .en models' vocabulary (multilingual: 51865 / 51866)
     return transformers.GenerationConfig(
-        decoder_start_token_id=ids["sot"], eos_token_id=ids["eot"], pad_token_id=ids["eot"],
-        bos_token_id=ids["eot"], no_timestamps_token_id=ids["no_timestamps"], is_multilingual=not english_only,
+        decoder_start_token_id=ids["sot"],
+        eos_token_id=ids["eot"],
+        pad_token_id=ids["eot"],
+        bos_token_id=ids["eot"],
+        no_timestamps_token_id=ids["no_timestamps"],
+        is_multilingual=not english_only,
         suppress_tokens=list(config.suppress_tokens or []),
         begin_suppress_tokens=list(config.begin_suppress_tokens or []),
-        max_length=config.max_target_positions, return_timestamps=False)
+        max_length=config.max_target_positions,
+        return_timestamps=False,
+    )
 
 
 def _hf_state_dict(folder: Path) -> tuple[Any, dict[str, Tensor]]:
@@ -274,9 +298,9 @@ def _hf_state_dict(folder: Path) -> tuple[Any, dict[str, Tensor]]:
     state: dict[str, Tensor] = {}
     for f in files:
         for k, t in load_file(str(f)).items():
-            key = k if k.startswith(("model.", "proj_out.")) else f"model.{k}"   # WhisperModel has no prefix
+            key = k if k.startswith(("model.", "proj_out.")) else f"model.{k}"  # WhisperModel has no prefix
             state[key] = t.float()
-    state.pop("proj_out.weight", None)   # tied to the token embedding
+    state.pop("proj_out.weight", None)  # tied to the token embedding
     return config, state
 
 
@@ -314,8 +338,9 @@ def load_whisper_source(src: str | Path) -> tuple[Any, dict[str, Tensor], Any]:
             raise ValueError(f"{src / 'config.json'}: model_type {model_type!r} is not 'whisper'")
         config, state = _hf_state_dict(src)
         return config, state, load_whisper_tokenizer(src)
-    raise FileNotFoundError(f"{src}: neither a CTranslate2 model (model.bin) nor a transformers folder "
-                            f"(config.json + *.safetensors)")
+    raise FileNotFoundError(
+        f"{src}: neither a CTranslate2 model (model.bin) nor a transformers folder (config.json + *.safetensors)"
+    )
 
 
 def convert_whisper(src: str | Path, out: str | Path) -> Path:
@@ -328,12 +353,15 @@ def convert_whisper(src: str | Path, out: str | Path) -> Path:
     expected = set(model.state_dict()) - {"proj_out.weight"}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ValueError(f"{src}: the weights do not match a Whisper model of its config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{src}: the weights do not match a Whisper model of its config: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
     for name, tensor in model.state_dict().items():
         if name in state and tuple(state[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"{src}: {name} has shape {tuple(state[name].shape)}, the config needs "
-                             f"{tuple(tensor.shape)}")
+            raise ValueError(
+                f"{src}: {name} has shape {tuple(state[name].shape)}, the config needs {tuple(tensor.shape)}"
+            )
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     model.generation_config = _generation_config(config, tokenizer)

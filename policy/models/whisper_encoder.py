@@ -14,6 +14,7 @@ clip's own values. Clips longer than ``2 * max_source_positions`` frames (30 s f
 ``load_whisper_encoder_weights`` copies the encoder of a converted Whisper folder (`scripts/convert_whisper.py`,
 docs/whisper.md) into this encoder, to start an ``encoder_adapter_llm`` from a pretrained Whisper.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from policy.models.base import FeatureBatch
 ENCODER_TYPE = "whisper"
 SAMPLE_RATE = 16000
 HOP = 160
-MIN_SAMPLES = 400   # one 25 ms window (the STFT's reflection padding needs more than half of one)
+MIN_SAMPLES = 400  # one 25 ms window (the STFT's reflection padding needs more than half of one)
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,17 @@ class WhisperEncoderConfig:
     def whisper_config(self) -> Any:
         """The transformers ``WhisperConfig`` of this encoder (decoder fields unused)."""
         return transformers.WhisperConfig(
-            num_mel_bins=self.n_mels, d_model=self.d_model, encoder_layers=self.n_layers,
-            encoder_attention_heads=self.n_heads, encoder_ffn_dim=self.ffn_dim,
-            max_source_positions=self.max_source_positions, dropout=0.0, attention_dropout=0.0,
-            activation_dropout=0.0, encoder_layerdrop=0.0)
+            num_mel_bins=self.n_mels,
+            d_model=self.d_model,
+            encoder_layers=self.n_layers,
+            encoder_attention_heads=self.n_heads,
+            encoder_ffn_dim=self.ffn_dim,
+            max_source_positions=self.max_source_positions,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            encoder_layerdrop=0.0,
+        )
 
 
 def whisper_features(waves: Sequence[np.ndarray], n_mels: int, extractor: Any = None) -> FeatureBatch:
@@ -78,14 +86,16 @@ def whisper_features(waves: Sequence[np.ndarray], n_mels: int, extractor: Any = 
     for i, w in enumerate(waves):
         w = np.asarray(w, dtype=np.float32)
         if w.ndim != 1 or w.shape[0] < MIN_SAMPLES:
-            raise ValueError(f"clip {i}: a Whisper encoder needs a 1-D waveform of at least {MIN_SAMPLES} samples "
-                             f"(25 ms at 16 kHz), got shape {w.shape}")
+            raise ValueError(
+                f"clip {i}: a Whisper encoder needs a 1-D waveform of at least {MIN_SAMPLES} samples "
+                f"(25 ms at 16 kHz), got shape {w.shape}"
+            )
         out = extractor(w, sampling_rate=SAMPLE_RATE, padding=False, truncation=False, return_tensors="np")
-        per_clip.append(out.input_features[0].T.astype(np.float32))   # [T, n_mels]
+        per_clip.append(out.input_features[0].T.astype(np.float32))  # [T, n_mels]
     lengths = [f.shape[0] for f in per_clip]
     feats = np.zeros((len(per_clip), max(lengths), n_mels), dtype=np.float32)
     for i, f in enumerate(per_clip):
-        feats[i, :f.shape[0]] = f
+        feats[i, : f.shape[0]] = f
     length_t = torch.tensor(lengths, dtype=torch.long)
     mask = torch.arange(feats.shape[1])[None, :] < length_t[:, None]
     return FeatureBatch(feats=torch.from_numpy(feats), lengths=length_t, mask=mask)
@@ -119,17 +129,19 @@ class WhisperAudioEncoder(nn.Module):
         enc = self.whisper
         limit = 2 * self.cfg.max_source_positions
         if int(lengths.max()) > limit:
-            raise ValueError(f"a clip of {int(lengths.max())} log-mel frames is longer than the Whisper encoder's "
-                             f"{limit} ({limit // 100} s): cut the clip (data.max_audio_seconds)")
-        x = feats.transpose(1, 2)                                            # [B, n_mels, T]
+            raise ValueError(
+                f"a clip of {int(lengths.max())} log-mel frames is longer than the Whisper encoder's "
+                f"{limit} ({limit // 100} s): cut the clip (data.max_audio_seconds)"
+            )
+        x = feats.transpose(1, 2)  # [B, n_mels, T]
         x = x * _valid(lengths, x.shape[-1])[:, None, :].to(x.dtype)
         h = F.gelu(enc.conv1(x)) * _valid(lengths, x.shape[-1])[:, None, :].to(x.dtype)
-        h = F.gelu(enc.conv2(h)).transpose(1, 2)                             # [B, ceil(T / 2), d]
+        h = F.gelu(enc.conv2(h)).transpose(1, 2)  # [B, ceil(T / 2), d]
         out_lengths = self.output_lengths(lengths)
         valid = _valid(out_lengths, h.shape[1])
         h = h + enc.embed_positions.weight[: h.shape[1]].to(h.dtype)
         bias = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
-        bias = bias.masked_fill(~valid, torch.finfo(h.dtype).min)[:, None, None, :]   # [B, 1, 1, T']
+        bias = bias.masked_fill(~valid, torch.finfo(h.dtype).min)[:, None, None, :]  # [B, 1, 1, T']
         bias = bias.expand(-1, 1, h.shape[1], -1)
         for layer in enc.layers:
             h = layer(h, bias)
@@ -150,14 +162,19 @@ def load_whisper_encoder_weights(encoder: WhisperAudioEncoder, folder: str | Pat
         for k, t in load_file(str(f)).items():
             for prefix in ("model.encoder.", "encoder."):
                 if k.startswith(prefix):
-                    state[k[len(prefix):]] = t
+                    state[k[len(prefix) :]] = t
     own = encoder.whisper.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-           if k in state and state[k].shape != v.shape]
+    bad = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or bad:
-        raise ValueError(f"{folder}: its Whisper encoder does not match encoder {encoder.cfg}: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}, shapes {bad[:4]}")
+        raise ValueError(
+            f"{folder}: its Whisper encoder does not match encoder {encoder.cfg}: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}, shapes {bad[:4]}"
+        )
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(state[k].to(v.dtype))
@@ -166,6 +183,11 @@ def load_whisper_encoder_weights(encoder: WhisperAudioEncoder, folder: str | Pat
 def whisper_encoder_config_from(folder: str | Path) -> WhisperEncoderConfig:
     """The encoder section matching a transformers Whisper folder's ``config.json`` (e.g. a converted one)."""
     c = transformers.WhisperConfig.from_pretrained(folder, local_files_only=True)
-    return WhisperEncoderConfig(n_mels=c.num_mel_bins, d_model=c.d_model, n_heads=c.encoder_attention_heads,
-                                n_layers=c.encoder_layers, ffn_dim=c.encoder_ffn_dim,
-                                max_source_positions=c.max_source_positions)
+    return WhisperEncoderConfig(
+        n_mels=c.num_mel_bins,
+        d_model=c.d_model,
+        n_heads=c.encoder_attention_heads,
+        n_layers=c.encoder_layers,
+        ffn_dim=c.encoder_ffn_dim,
+        max_source_positions=c.max_source_positions,
+    )

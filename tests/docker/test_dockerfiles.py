@@ -3,6 +3,7 @@
 Docker builds cannot run on the CI machine (no Docker engine), so this is the check
 that the images' recipes stay well-formed.
 """
+
 import shutil
 import subprocess
 import sys
@@ -23,16 +24,20 @@ def _hadolint() -> str:
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
 def test_dockerfile_passes_hadolint(name):
-    res = subprocess.run([_hadolint(), "--config", str(ROOT / "docker/.hadolint.yaml"),
-                          str(ROOT / "docker" / name)], capture_output=True, text=True)
+    res = subprocess.run(
+        [_hadolint(), "--config", str(ROOT / "docker/.hadolint.yaml"), str(ROOT / "docker" / name)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_hadolint_flags_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN cd /tmp && pip install foo\n")
-    res = subprocess.run([_hadolint(), "--config", str(ROOT / "docker/.hadolint.yaml"), str(bad)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [_hadolint(), "--config", str(ROOT / "docker/.hadolint.yaml"), str(bad)], capture_output=True, text=True
+    )
     assert res.returncode != 0
 
 

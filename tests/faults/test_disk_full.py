@@ -2,6 +2,7 @@
 real file system that runs out of space, mounted in a private mount namespace: `unshare`), then `--resume` once
 space is freed. The partial checkpoint is removed, the run stops with exit 1 naming the newest intact checkpoint,
 and the resumed run continues from it with a continuous step counter."""
+
 import os
 import shutil
 import subprocess
@@ -27,25 +28,51 @@ ls -a "$DISK/run/checkpoints" > "$LOGS/checkpoints_at_end.txt"
 
 
 def _private_mounts_work() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True).returncode
+        == 0
+    )
 
 
 @pytest.mark.skipif(not _private_mounts_work(), reason="needs `unshare -rm` and tmpfs mounts (util-linux, Linux)")
 def test_disk_full_during_a_checkpoint_removes_the_partial_copy_exits_1_and_resume_continues(
-        tiny_model_dir, small_demo_data, tmp_path):
+    tiny_model_dir, small_demo_data, tmp_path
+):
     disk, logs = tmp_path / "disk", tmp_path / "logs"
     disk.mkdir()
     logs.mkdir()
-    args = {"model.path": tiny_model_dir, "data.train_manifest": small_demo_data.manifest("rl_train"),
-            "rollout.n": 4, "rollout.max_new_tokens": 8, "rollout.kv_cache_memory_bytes": 32 << 20,
-            "learner.micro_batch": 16, "run.steps": 4, "run.clips_per_step": 4, "run.save_every": 1,
-            "run.keep_last": 4, "run.save_model": "false", "run.out_dir": disk / "run", "ray.num_cpus": 3}
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", DISK=str(disk),
-               LOGS=str(logs), PY=sys.executable)
+    args = {
+        "model.path": tiny_model_dir,
+        "data.train_manifest": small_demo_data.manifest("rl_train"),
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 8,
+        "rollout.kv_cache_memory_bytes": 32 << 20,
+        "learner.micro_batch": 16,
+        "run.steps": 4,
+        "run.clips_per_step": 4,
+        "run.save_every": 1,
+        "run.keep_last": 4,
+        "run.save_model": "false",
+        "run.out_dir": disk / "run",
+        "ray.num_cpus": 3,
+    }
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        DISK=str(disk),
+        LOGS=str(logs),
+        PY=sys.executable,
+    )
     env.pop("RAY_AUTH_MODE", None)
-    subprocess.run(["unshare", "-rm", "bash", "-c", SCRIPT, "funrl", *[f"{k}={v}" for k, v in args.items()]],
-                   cwd=ROOT, env=env, timeout=900, check=True)
+    subprocess.run(
+        ["unshare", "-rm", "bash", "-c", SCRIPT, "funrl", *[f"{k}={v}" for k, v in args.items()]],
+        cwd=ROOT,
+        env=env,
+        timeout=900,
+        check=True,
+    )
     first = (logs / "first.log").read_text()
     # 10 MB: the LLM exported for vLLM (2 MB) and one checkpoint (5.5 MB) fit, a second checkpoint does not
     assert (logs / "first.rc").read_text().strip() == "1", first[-3000:]

@@ -1,6 +1,7 @@
 """Preemption: SIGTERM / SIGINT to the driver of `python -m funrl.train` finishes the step in progress, writes a
 checkpoint, prints the resume command and exits 143 / 130; `--resume` then continues with the same data order
 and a continuous step counter, and ends with the hypotheses and weights an uninterrupted run has."""
+
 import os
 import signal
 import time
@@ -17,26 +18,38 @@ pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.vllm, pytest.mark
 
 
 def _weights(run) -> dict:
-    return {f"{f.parent.name}/{f.name}/{k}": v for f in sorted((run / "model").rglob("*.safetensors"))
-            for k, v in load_file(f).items()}
+    return {
+        f"{f.parent.name}/{f.name}/{k}": v
+        for f in sorted((run / "model").rglob("*.safetensors"))
+        for k, v in load_file(f).items()
+    }
 
 
 def test_sigterm_to_the_driver_checkpoints_the_finished_step_and_resume_ends_where_an_uninterrupted_run_does(
-        tiny_model_dir, small_demo_data, tmp_path):
+    tiny_model_dir, small_demo_data, tmp_path
+):
     sig, code = signal.SIGTERM, 143
     out, steps = tmp_path / "run", 5
-    args = {"model.path": tiny_model_dir, "data.train_manifest": small_demo_data.manifest("rl_train"),
-            "rollout.n": 4, "rollout.max_new_tokens": 8, "rollout.kv_cache_memory_bytes": 32 << 20,
-            "learner.micro_batch": 16, "run.steps": steps, "run.clips_per_step": 4, "run.save_every": 100,
-            "ray.num_cpus": 3}
+    args = {
+        "model.path": tiny_model_dir,
+        "data.train_manifest": small_demo_data.manifest("rl_train"),
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 8,
+        "rollout.kv_cache_memory_bytes": 32 << 20,
+        "learner.micro_batch": 16,
+        "run.steps": steps,
+        "run.clips_per_step": 4,
+        "run.save_every": 100,
+        "ray.num_cpus": 3,
+    }
     proc = run_train([f"{k}={v}" for k, v in {**args, "run.out_dir": out}.items()])
-    wait_for_steps(out, proc, 1)                       # one step done: the run is in its loop
-    proc.send_signal(sig)                              # the driver only, as `kill PID` or a scheduler does
+    wait_for_steps(out, proc, 1)  # one step done: the run is in its loop
+    proc.send_signal(sig)  # the driver only, as `kill PID` or a scheduler does
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == code, log[-3000:]
     stopped_at = len(jsonl(out / "metrics.jsonl"))
     assert 1 <= stopped_at < steps and f"--resume {out}" in log
-    assert (out / "checkpoints" / f"step_{stopped_at:06d}" / "COMPLETE").is_file()   # save_every=100: the signal
+    assert (out / "checkpoints" / f"step_{stopped_at:06d}" / "COMPLETE").is_file()  # save_every=100: the signal
 
     resumed = run_train(["--resume", str(out)])
     log = resumed.communicate(timeout=300)[0]
@@ -57,17 +70,18 @@ def test_sigterm_to_the_driver_checkpoints_the_finished_step_and_resume_ends_whe
     assert hyps == [[c["hyps"] for c in r["clips"]] for r in jsonl(whole / "rollouts.jsonl")]
     resumed_w, whole_w = _weights(out), _weights(whole)
     assert resumed_w.keys() == whole_w.keys() and resumed_w
-    for name, w in whole_w.items():   # fp32 on one machine, same order of operations: equal to float noise
+    for name, w in whole_w.items():  # fp32 on one machine, same order of operations: equal to float noise
         torch.testing.assert_close(resumed_w[name], w, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_graceful_stop_flags_the_first_signal_stops_on_the_second_and_restores_handlers(sig, code):
     from funrl.preemption import GracefulStop
+
     before = signal.getsignal(sig)
     with GracefulStop() as stop:
         os.kill(os.getpid(), sig)
-        time.sleep(0.05)                                  # the handler runs between bytecodes
+        time.sleep(0.05)  # the handler runs between bytecodes
         assert stop.requested and stop.exit_code == code
         with pytest.raises(KeyboardInterrupt, match="stopping now"):
             os.kill(os.getpid(), sig)

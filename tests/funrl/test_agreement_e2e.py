@@ -5,32 +5,44 @@ Full fine-tuning trains the LLM's input embedding table, which the embedding wor
 text; if the sync left its copy stale, vLLM would sample from prompts the learner never scores (the learner
 rebuilds them from the audio when `model.train_encoder` is on) and the gap would grow with every step.
 """
+
 import pytest
 
 from funrl.config import load_config
 from funrl.data import ClipSampler, load_manifest
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
-TOL = 1e-4     # fp32 engine and learner: what remains is summation order (measured ~1e-6)
+TOL = 1e-4  # fp32 engine and learner: what remains is summation order (measured ~1e-6)
 
 
 @pytest.fixture
 def demo_data(small_demo_data):
-    return small_demo_data   # the session's reduced demo data (tests/conftest.py)
+    return small_demo_data  # the session's reduced demo data (tests/conftest.py)
 
 
 def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_training(
-        tiny_model_dir, demo_data, tmp_path):
+    tiny_model_dir, demo_data, tmp_path
+):
     import ray
 
     from funrl.cluster import Cluster
     from funrl.train import train_step
 
-    overrides = {"model.path": tiny_model_dir, "model.train_encoder": "true", "learner.finetune": "full",
-                 "data.train_manifest": demo_data.manifest("rl_train"), "rollout.n": 4,
-                 "rollout.max_new_tokens": 12, "rollout.kv_cache_memory_bytes": 32 << 20, "learner.num_ranks": 1,
-                 "learner.lr": 1e-3, "learner.micro_batch": 16, "run.clips_per_step": 4,
-                 "run.out_dir": tmp_path / "run", "ray.num_cpus": 3}
+    overrides = {
+        "model.path": tiny_model_dir,
+        "model.train_encoder": "true",
+        "learner.finetune": "full",
+        "data.train_manifest": demo_data.manifest("rl_train"),
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 12,
+        "rollout.kv_cache_memory_bytes": 32 << 20,
+        "learner.num_ranks": 1,
+        "learner.lr": 1e-3,
+        "learner.micro_batch": 16,
+        "run.clips_per_step": 4,
+        "run.out_dir": tmp_path / "run",
+        "ray.num_cpus": 3,
+    }
     cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
     sampler = ClipSampler(load_manifest(demo_data.manifest("rl_train")), 4, seed=0)
     gaps, metric = [], []
@@ -38,7 +50,7 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_t
         with Cluster(cfg) as cluster:
             table = dict(cluster.learner.named_weights_for_sync())["model.embed_tokens.weight"]
             for _ in range(4):
-                record, _ = train_step(cfg, cluster, sampler.next_batch())   # ... update, sync
+                record, _ = train_step(cfg, cluster, sampler.next_batch())  # ... update, sync
                 metric.append(record["rollout.logprob_diff.max"])
                 rollout = cluster.generate(cluster.embed(sampler.next_batch()))
                 learner_lp = cluster.learner.logprobs(rollout)
@@ -53,8 +65,9 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_t
     assert max(metric) <= TOL, f"rollout.logprob_diff.max per step: {metric}"
 
 
-def test_augmented_clips_keep_vllm_and_learner_logprobs_equal_with_encoder_training(tiny_model_dir, demo_data,
-                                                                                    tmp_path):
+def test_augmented_clips_keep_vllm_and_learner_logprobs_equal_with_encoder_training(
+    tiny_model_dir, demo_data, tmp_path
+):
     """data.augment on: the embedding worker samples from augmented audio and the learner (model.train_encoder)
     re-encodes the same augmented audio, so the gap stays at summation order; the same rollout scored on the
     clean audio (the clips' step removed) is far off, so the check can fail."""
@@ -72,13 +85,27 @@ def test_augmented_clips_keep_vllm_and_learner_logprobs_equal_with_encoder_train
     noise = tmp_path / "noise"
     noise.mkdir()
     sf.write(noise / "white.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
-    overrides = {"model.path": tiny_model_dir, "model.train_encoder": "true", "learner.finetune": "full",
-                 "data.train_manifest": demo_data.manifest("rl_train"), "rollout.n": 4,
-                 "rollout.max_new_tokens": 12, "rollout.kv_cache_memory_bytes": 32 << 20, "learner.num_ranks": 1,
-                 "learner.lr": 1e-3, "learner.micro_batch": 16, "run.clips_per_step": 4,
-                 "run.out_dir": tmp_path / "run", "ray.num_cpus": 3, "data.augment.enabled": "true",
-                 "data.augment.noise_dir": noise, "data.augment.noise_prob": 1.0, "data.augment.snr_db": "[0,5]",
-                 "data.augment.speed_prob": 1.0, "data.augment.gain_prob": 1.0}
+    overrides = {
+        "model.path": tiny_model_dir,
+        "model.train_encoder": "true",
+        "learner.finetune": "full",
+        "data.train_manifest": demo_data.manifest("rl_train"),
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 12,
+        "rollout.kv_cache_memory_bytes": 32 << 20,
+        "learner.num_ranks": 1,
+        "learner.lr": 1e-3,
+        "learner.micro_batch": 16,
+        "run.clips_per_step": 4,
+        "run.out_dir": tmp_path / "run",
+        "ray.num_cpus": 3,
+        "data.augment.enabled": "true",
+        "data.augment.noise_dir": noise,
+        "data.augment.noise_prob": 1.0,
+        "data.augment.snr_db": "[0,5]",
+        "data.augment.speed_prob": 1.0,
+        "data.augment.gain_prob": 1.0,
+    }
     cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
     sampler = ClipSampler(load_manifest(demo_data.manifest("rl_train")), 4, seed=0)
     gaps, metric, clean = [], [], []
@@ -88,13 +115,16 @@ def test_augmented_clips_keep_vllm_and_learner_logprobs_equal_with_encoder_train
                 record, _ = train_step(cfg, cluster, at_step(sampler.next_batch(), step))
                 metric.append(record["rollout.logprob_diff.max"])
                 rollout = cluster.generate(cluster.embed(at_step(sampler.next_batch(), step)))
-                gaps.append(float(((cluster.learner.logprobs(rollout) - rollout.sample_logprobs)
-                                   * rollout.mask).abs().max()))
-                untagged = PromptBatch(tuple(replace(c, augment_step=None) for c in rollout.prompts.clips),
-                                       rollout.prompts.prompt_embeds)
+                gaps.append(
+                    float(((cluster.learner.logprobs(rollout) - rollout.sample_logprobs) * rollout.mask).abs().max())
+                )
+                untagged = PromptBatch(
+                    tuple(replace(c, augment_step=None) for c in rollout.prompts.clips), rollout.prompts.prompt_embeds
+                )
                 as_clean = replace(rollout, prompts=untagged)
-                clean.append(float(((cluster.learner.logprobs(as_clean) - rollout.sample_logprobs)
-                                    * rollout.mask).abs().max()))
+                clean.append(
+                    float(((cluster.learner.logprobs(as_clean) - rollout.sample_logprobs) * rollout.mask).abs().max())
+                )
                 assert isinstance(as_clean, RolloutBatch) and rollout.mask.sum() > 0
     finally:
         if ray.is_initialized():

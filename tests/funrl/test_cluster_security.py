@@ -1,5 +1,6 @@
 """The environment the training driver gives itself and its Ray workers: usage statistics off, Ray token
 authentication on (docs/security.md), and the local Ray it starts refusing a client without the token."""
+
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ _KEYS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *NO_USAGE_STA
 @pytest.fixture
 def clean_env(monkeypatch):
     """The auth and usage-stats variables unset; all restored (and Ray's cached auth mode with them) after."""
-    if ray.is_initialized():      # worker_env runs before Ray starts; never re-read a live Ray's config
+    if ray.is_initialized():  # worker_env runs before Ray starts; never re-read a live Ray's config
         pytest.skip("a Ray started by another test is still running in this process")
     for key in _KEYS:
         monkeypatch.delenv(key, raising=False)
@@ -83,11 +84,12 @@ finally:
 def test_the_local_ray_the_driver_starts_has_usage_stats_off_and_refuses_a_client_without_the_token(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in _KEYS}
     env.update(HOME=str(tmp_path / "home"), RAY_USAGE_STATS_ENABLED="1")
-    proc = subprocess.run([sys.executable, "-c", _DRIVER], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRIVER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert result["worker"] == {"RAY_AUTH_MODE": "token", **NO_USAGE_STATS}
     assert result["tokenless_client"] == ["REFUSED ConnectionError"]
-    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()   # the run's token stays in memory
+    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()  # the run's token stays in memory

@@ -1,4 +1,5 @@
 """funrl.config: YAML + dotted overrides, unknown-key suggestions, validation, round-trip."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,21 +32,24 @@ def test_defaults_without_file_or_overrides():
 
 
 def test_overrides_of_each_type():
-    cfg = load_config(None, [
-        "rollout.n=8",                          # int
-        "rollout.temperature=0.7",              # float
-        "learner.lr=5e-6",                      # float written the way YAML 1.1 reads as a string
-        "rollout.enforce_eager=false",          # bool
-        "learner.finetune=lora",                # str
-        "model.path=0123",                      # str that YAML would read as an (octal) int
-        "ray.address=auto",                     # str | None
-        "model.prompt=null",                    # None
-        "ray.num_cpus=4",                       # int | None
-        "learner.adam_betas=[0.9,0.95]",        # fixed tuple
-        "learner.lora.target_modules=[q_proj, v_proj]",   # tuple[str, ...]
-        "rewards.plugins=my_rewards:score",     # tuple from one string
-        "learner.lora.r=16",                    # nested section
-    ])
+    cfg = load_config(
+        None,
+        [
+            "rollout.n=8",  # int
+            "rollout.temperature=0.7",  # float
+            "learner.lr=5e-6",  # float written the way YAML 1.1 reads as a string
+            "rollout.enforce_eager=false",  # bool
+            "learner.finetune=lora",  # str
+            "model.path=0123",  # str that YAML would read as an (octal) int
+            "ray.address=auto",  # str | None
+            "model.prompt=null",  # None
+            "ray.num_cpus=4",  # int | None
+            "learner.adam_betas=[0.9,0.95]",  # fixed tuple
+            "learner.lora.target_modules=[q_proj, v_proj]",  # tuple[str, ...]
+            "rewards.plugins=my_rewards:score",  # tuple from one string
+            "learner.lora.r=16",  # nested section
+        ],
+    )
     assert cfg.rollout.n == 8 and cfg.rollout.temperature == 0.7 and cfg.learner.lr == 5e-6
     assert cfg.rollout.enforce_eager is False and cfg.learner.finetune == "lora"
     assert cfg.model.path == "0123" and cfg.ray.address == "auto" and cfg.model.prompt is None
@@ -56,19 +60,20 @@ def test_overrides_of_each_type():
 
 def test_nested_dict_override_changes_one_entry_and_keeps_the_rest():
     cfg = load_config(None, ["rewards.weights.wer=2", "rewards.weights.my_plugin=0.5"])
-    assert cfg.rewards.weights == {"wer": 2.0, "keyword": 1.0, "hallucination": 1.0, "language": 1.0,
-                                   "my_plugin": 0.5}
+    assert cfg.rewards.weights == {"wer": 2.0, "keyword": 1.0, "hallucination": 1.0, "language": 1.0, "my_plugin": 0.5}
     # a whole mapping replaces, in a file or as an override
     assert load_config(None, ["rewards.weights={wer: 1}"]).rewards.weights == {"wer": 1.0}
 
 
 def test_file_then_overrides_in_order(tmp_path):
-    path = _write(tmp_path, "rollout:\n  n: 6\n  top_p: 0.9\nrewards:\n  weights: {wer: 1, keyword: 0.5}\n"
-                            "learner:\n  lora:\n    r: 4\n")
+    path = _write(
+        tmp_path,
+        "rollout:\n  n: 6\n  top_p: 0.9\nrewards:\n  weights: {wer: 1, keyword: 0.5}\nlearner:\n  lora:\n    r: 4\n",
+    )
     cfg = load_config(path, ["rollout.n=8", "rewards.weights.keyword=2", "learner.lora={alpha: 8}"])
-    assert cfg.rollout.n == 8 and cfg.rollout.top_p == 0.9           # override wins, file kept otherwise
-    assert cfg.rewards.weights == {"wer": 1.0, "keyword": 2.0}       # file mapping replaced the default
-    assert cfg.learner.lora.r == 4 and cfg.learner.lora.alpha == 8   # section mapping merges
+    assert cfg.rollout.n == 8 and cfg.rollout.top_p == 0.9  # override wins, file kept otherwise
+    assert cfg.rewards.weights == {"wer": 1.0, "keyword": 2.0}  # file mapping replaced the default
+    assert cfg.learner.lora.r == 4 and cfg.learner.lora.alpha == 8  # section mapping merges
 
 
 def test_unknown_override_key_suggests_the_closest():
@@ -117,13 +122,16 @@ def test_validation_errors_name_the_dotted_key_and_where_it_was_set(tmp_path):
         load_config(None, ["rewards.plugins=[not a plugin]"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"top_p": 1.5}, r"rollout\.top_p must be in \(0, 1\], got 1\.5"),
-    ({"temperature": 0}, r"rollout\.temperature must be > 0, got 0\.0"),
-    ({"max_new_tokens": 512}, r"rollout\.max_new_tokens must be < rollout\.max_model_len \(512\)"),
-    ({"gpu_memory_utilization": 0}, r"rollout\.gpu_memory_utilization must be in \(0, 1\]"),
-    ({"kv_cache_memory_bytes": 0}, r"rollout\.kv_cache_memory_bytes must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_p": 1.5}, r"rollout\.top_p must be in \(0, 1\], got 1\.5"),
+        ({"temperature": 0}, r"rollout\.temperature must be > 0, got 0\.0"),
+        ({"max_new_tokens": 512}, r"rollout\.max_new_tokens must be < rollout\.max_model_len \(512\)"),
+        ({"gpu_memory_utilization": 0}, r"rollout\.gpu_memory_utilization must be in \(0, 1\]"),
+        ({"kv_cache_memory_bytes": 0}, r"rollout\.kv_cache_memory_bytes must be >= 1, got 0"),
+    ],
+)
 def test_rollout_validation(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         RolloutConfig(**kwargs)
@@ -138,17 +146,27 @@ def test_ray_config_validation():
 
 
 def test_round_trip_dump_then_load_is_identity(tmp_path):
-    cfg = load_config(None, ["rollout.n=8", "learner.lr=3e-7", "rewards.weights.wer=2.5", "ray.address=auto",
-                             "learner.lora.target_modules=[q_proj]", "model.prompt=Transcribe: 'x'",
-                             "learner.adam_betas=[0.8,0.9]", "data.train_manifest=data/train 1.jsonl"])
+    cfg = load_config(
+        None,
+        [
+            "rollout.n=8",
+            "learner.lr=3e-7",
+            "rewards.weights.wer=2.5",
+            "ray.address=auto",
+            "learner.lora.target_modules=[q_proj]",
+            "model.prompt=Transcribe: 'x'",
+            "learner.adam_betas=[0.8,0.9]",
+            "data.train_manifest=data/train 1.jsonl",
+        ],
+    )
     path = tmp_path / "out" / "config.yaml"
     save_config(cfg, path)
     assert load_config(str(path), []) == cfg
     assert dump_config(load_config(str(path), [])) == dump_config(cfg)
-    assert [p for p in os.listdir(path.parent)] == ["config.yaml"]      # no temp file left behind
+    assert [p for p in os.listdir(path.parent)] == ["config.yaml"]  # no temp file left behind
     mask = os.umask(0o027)
     try:
-        save_config(cfg, path)                                           # the mode open() would give
+        save_config(cfg, path)  # the mode open() would give
         assert path.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(mask)
@@ -176,13 +194,17 @@ def test_weights_mapping_is_copied_not_shared():
 def test_validate_reward_names_against_registry():
     cfg = load_config(None, ["rewards.weights.wr=1"])
     validate_reward_names(load_config(None, []), ["wer", "keyword", "hallucination", "language"])
-    with pytest.raises(ConfigError, match=r"rewards\.weights\.wr: unknown reward 'wr'; did you mean "
-                                          r"rewards\.weights\.wer\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rewards\.weights\.wr: unknown reward 'wr'; did you mean "
+        r"rewards\.weights\.wer\?",
+    ):
         validate_reward_names(cfg, ["wer", "keyword", "hallucination", "language"])
 
 
 def test_config_pickles_for_ray_and_replace_revalidates():
     import pickle
+
     cfg = load_config(None, ["rollout.n=8", "rewards.weights.wer=3"])
     assert pickle.loads(pickle.dumps(cfg)) == cfg
     assert dataclasses.replace(cfg.rollout, n=6).n == 6
@@ -202,7 +224,7 @@ def test_a_yaml_alias_bomb_fails_fast_with_a_config_error_naming_file_and_line(t
     import time
 
     text = _alias_bomb()
-    assert len(text.encode()) < 800          # a few hundred bytes, 9**9 nodes if expanded
+    assert len(text.encode()) < 800  # a few hundred bytes, 9**9 nodes if expanded
     path = _write(tmp_path, text, "bomb.yaml")
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"bomb\.yaml:1: invalid YAML: a YAML anchor \(&l0\) is not allowed"):
@@ -222,6 +244,7 @@ def test_yaml_anchors_and_aliases_are_refused_in_files_and_overrides_but_ampersa
 
 def test_log_rollouts_accepts_all_off_every_n_and_names_the_key_otherwise():
     from funrl.config import ConfigError, load_config
+
     assert load_config(None, ["run.log_rollouts=every_10"]).run.log_rollouts == "every_10"
     with pytest.raises(ConfigError, match="run.log_rollouts must be all, off or every_N"):
         load_config(None, ["run.log_rollouts=sometimes"])

@@ -1,4 +1,5 @@
 """Manifest loader/writer and the deterministic clip sampler (funrl/data.py)."""
+
 from __future__ import annotations
 
 import json
@@ -27,19 +28,30 @@ def test_relative_audio_paths_resolve_against_manifest_folder(tmp_path, monkeypa
     _touch(data / "wav" / "a.wav")
     _touch(tmp_path / "elsewhere" / "b.wav")
     abs_b = str(tmp_path / "elsewhere" / "b.wav")
-    man = _write_lines(data / "m.jsonl", [
-        json.dumps({"audio": "wav/a.wav", "text": "hello", "lang": "en",
-                    "keywords": ["hello"], "context": "hello"}),
-        "",
-        json.dumps({"audio": abs_b, "text": ""}),
-        json.dumps({"audio": "../elsewhere/b.wav", "text": "x"}),
-    ])
-    monkeypatch.chdir(tmp_path / "elsewhere")          # the working directory must not matter
+    man = _write_lines(
+        data / "m.jsonl",
+        [
+            json.dumps(
+                {"audio": "wav/a.wav", "text": "hello", "lang": "en", "keywords": ["hello"], "context": "hello"}
+            ),
+            "",
+            json.dumps({"audio": abs_b, "text": ""}),
+            json.dumps({"audio": "../elsewhere/b.wav", "text": "x"}),
+        ],
+    )
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the working directory must not matter
     clips = load_manifest(man)
     assert [c.audio for c in clips] == [str(data / "wav" / "a.wav"), abs_b, abs_b]
-    assert [c.line for c in clips] == [1, 3, 4]        # the blank line 2 is skipped, not renumbered
-    assert clips[0] == Clip(audio=str(data / "wav" / "a.wav"), text="hello", lang="en",
-                            keywords=("hello",), context="hello", line=1, source=str(man))
+    assert [c.line for c in clips] == [1, 3, 4]  # the blank line 2 is skipped, not renumbered
+    assert clips[0] == Clip(
+        audio=str(data / "wav" / "a.wav"),
+        text="hello",
+        lang="en",
+        keywords=("hello",),
+        context="hello",
+        line=1,
+        source=str(man),
+    )
     assert clips[1].lang is None and clips[1].keywords == () and clips[1].context is None
     assert clips[1].meta() == {"lang": None, "keywords": []}
 
@@ -47,20 +59,20 @@ def test_relative_audio_paths_resolve_against_manifest_folder(tmp_path, monkeypa
 def test_every_bad_line_is_reported_with_its_line_number_and_field(tmp_path):
     _touch(tmp_path / "ok.wav")
     lines = [
-        json.dumps({"audio": "ok.wav", "text": "fine"}),                       # 1 ok
-        '{"audio": "ok.wav", "text": "oops"',                                  # 2 malformed
-        json.dumps(["audio", "text"]),                                         # 3 not an object
-        json.dumps({"text": "no audio"}),                                      # 4 audio missing
-        json.dumps({"audio": 5, "text": "x"}),                                 # 5 audio not str
-        json.dumps({"audio": "ok.wav"}),                                       # 6 text missing
-        json.dumps({"audio": "ok.wav", "text": "x", "lang": 3}),               # 7 lang
-        json.dumps({"audio": "ok.wav", "text": "x", "keywords": "a,b"}),       # 8 keywords not list
-        json.dumps({"audio": "ok.wav", "text": "x", "keywords": ["a", 2]}),    # 9 keyword not str
-        json.dumps({"audio": "ok.wav", "text": "x", "context": ["c"]}),        # 10 context
-        json.dumps({"audio": "ok.wav", "text": "x", "keyword": ["a"]}),        # 11 unknown key
-        json.dumps({"audio": "missing.wav", "text": "x"}),                     # 12 file missing
-        "   ",                                                                 # 13 blank: skipped
-        json.dumps({"audio": "ok.wav", "txt": "x"}),                           # 14 two problems
+        json.dumps({"audio": "ok.wav", "text": "fine"}),  # 1 ok
+        '{"audio": "ok.wav", "text": "oops"',  # 2 malformed
+        json.dumps(["audio", "text"]),  # 3 not an object
+        json.dumps({"text": "no audio"}),  # 4 audio missing
+        json.dumps({"audio": 5, "text": "x"}),  # 5 audio not str
+        json.dumps({"audio": "ok.wav"}),  # 6 text missing
+        json.dumps({"audio": "ok.wav", "text": "x", "lang": 3}),  # 7 lang
+        json.dumps({"audio": "ok.wav", "text": "x", "keywords": "a,b"}),  # 8 keywords not list
+        json.dumps({"audio": "ok.wav", "text": "x", "keywords": ["a", 2]}),  # 9 keyword not str
+        json.dumps({"audio": "ok.wav", "text": "x", "context": ["c"]}),  # 10 context
+        json.dumps({"audio": "ok.wav", "text": "x", "keyword": ["a"]}),  # 11 unknown key
+        json.dumps({"audio": "missing.wav", "text": "x"}),  # 12 file missing
+        "   ",  # 13 blank: skipped
+        json.dumps({"audio": "ok.wav", "txt": "x"}),  # 14 two problems
     ]
     man = _write_lines(tmp_path / "bad.jsonl", lines)
     with pytest.raises(ManifestError) as info:
@@ -68,15 +80,27 @@ def test_every_bad_line_is_reported_with_its_line_number_and_field(tmp_path):
     err = info.value
     assert isinstance(err, ValueError)
     got = [(e.split(": ")[0].rsplit(":", 1)[1], e.split(": ")[1]) for e in err.errors]
-    assert got == [("2", "json"), ("3", "line"), ("4", "audio"), ("5", "audio"), ("6", "text"),
-                   ("7", "lang"), ("8", "keywords"), ("9", "keywords"), ("10", "context"),
-                   ("11", "keyword"), ("12", "audio"), ("14", "text"), ("14", "txt")]
+    assert got == [
+        ("2", "json"),
+        ("3", "line"),
+        ("4", "audio"),
+        ("5", "audio"),
+        ("6", "text"),
+        ("7", "lang"),
+        ("8", "keywords"),
+        ("9", "keywords"),
+        ("10", "context"),
+        ("11", "keyword"),
+        ("12", "audio"),
+        ("14", "text"),
+        ("14", "txt"),
+    ]
     assert all(e.startswith(f"{man}:") for e in err.errors)
     msg = str(err)
     assert 'did you mean "keywords"' in msg and 'did you mean "text"' in msg
     assert f"file not found: {tmp_path / 'missing.wav'}" in msg
-    assert "index [1]" in msg                                   # the non-string keyword's position
-    assert msg.count("\n") == len(err.errors)                   # one header + one line per problem
+    assert "index [1]" in msg  # the non-string keyword's position
+    assert msg.count("\n") == len(err.errors)  # one header + one line per problem
 
 
 def test_check_audio_false_skips_only_the_file_check(tmp_path):
@@ -111,28 +135,38 @@ def test_invalid_utf8_line_is_reported(tmp_path):
 def test_write_then_load_round_trips_and_writes_relative_paths(tmp_path):
     _touch(tmp_path / "wav" / "a.wav")
     _touch(tmp_path / "wav" / "b.wav")
-    clips = [Clip(audio=str(tmp_path / "wav" / "a.wav"), text="我爱 beijing", lang="zh",
-                  keywords=("beijing",), context="beijing"),
-             Clip(audio=str(tmp_path / "wav" / "b.wav"), text="")]
+    clips = [
+        Clip(
+            audio=str(tmp_path / "wav" / "a.wav"),
+            text="我爱 beijing",
+            lang="zh",
+            keywords=("beijing",),
+            context="beijing",
+        ),
+        Clip(audio=str(tmp_path / "wav" / "b.wav"), text=""),
+    ]
     out = write_manifest(clips, tmp_path / "m.jsonl")
     lines = out.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == ('{"audio": "wav/a.wav", "text": "我爱 beijing", "lang": "zh", '
-                        '"keywords": ["beijing"], "context": "beijing"}')
+    assert lines[0] == (
+        '{"audio": "wav/a.wav", "text": "我爱 beijing", "lang": "zh", "keywords": ["beijing"], "context": "beijing"}'
+    )
     assert lines[1] == '{"audio": "wav/b.wav", "text": ""}'
     back = load_manifest(out)
-    assert [(c.audio, c.text, c.lang, c.keywords, c.context) for c in back] == \
-        [(c.audio, c.text, c.lang, c.keywords, c.context) for c in clips]
+    assert [(c.audio, c.text, c.lang, c.keywords, c.context) for c in back] == [
+        (c.audio, c.text, c.lang, c.keywords, c.context) for c in clips
+    ]
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
 def test_write_manifest_rejects_bad_dicts_and_keeps_old_file(tmp_path):
     target = _write_lines(tmp_path / "m.jsonl", ["old"])
     with pytest.raises(ManifestError) as info:
-        write_manifest([{"audio": "a.wav", "text": "x"}, {"audio": "a.wav", "txet": "x"}, 7],
-                       target)
-    assert info.value.errors == ['item 1: text: missing (every line needs "text")',
-                                 'item 1: txet: unknown key; did you mean "text"?',
-                                 "item 2: item: expected a Clip or a dict, got int"]
+        write_manifest([{"audio": "a.wav", "text": "x"}, {"audio": "a.wav", "txet": "x"}, 7], target)
+    assert info.value.errors == [
+        'item 1: text: missing (every line needs "text")',
+        'item 1: txet: unknown key; did you mean "text"?',
+        "item 2: item: expected a Clip or a dict, got int",
+    ]
     assert target.read_text() == "old\n"
 
 
@@ -147,12 +181,12 @@ def _texts(batch):
 def test_sampler_visits_each_clip_once_per_epoch_in_seeded_order():
     clips = _clips(10)
     s = ClipSampler(clips, clips_per_step=4, seed=3)
-    seen = [t for _ in range(5) for t in _texts(s.next_batch())]    # 20 clips = 2 epochs
+    seen = [t for _ in range(5) for t in _texts(s.next_batch())]  # 20 clips = 2 epochs
     perm0 = np.random.default_rng([3, 0]).permutation(10)
     perm1 = np.random.default_rng([3, 1]).permutation(10)
     assert seen == [str(i) for i in perm0] + [str(i) for i in perm1]
     assert sorted(seen[:10], key=int) == [str(i) for i in range(10)]
-    assert seen[:10] != seen[10:]                                   # reshuffled each epoch
+    assert seen[:10] != seen[10:]  # reshuffled each epoch
     assert s.state_dict() == {"epoch": 2, "index": 0, "num_clips": 10, "seed": 3}
 
 
@@ -165,8 +199,7 @@ def test_sampler_is_deterministic_for_a_seed_and_differs_across_seeds():
 
 def test_sampler_without_shuffle_keeps_file_order_and_wraps():
     s = ClipSampler(_clips(5), clips_per_step=3, seed=0, shuffle=False)
-    assert [_texts(s.next_batch()) for _ in range(3)] == \
-        [["0", "1", "2"], ["3", "4", "0"], ["1", "2", "3"]]
+    assert [_texts(s.next_batch()) for _ in range(3)] == [["0", "1", "2"], ["3", "4", "0"], ["1", "2", "3"]]
 
 
 def test_batch_larger_than_the_data_spans_epochs():
@@ -179,13 +212,13 @@ def test_batch_larger_than_the_data_spans_epochs():
 def test_resume_mid_epoch_gives_identical_next_batches():
     clips = _clips(23)
     ref = ClipSampler(clips, clips_per_step=5, seed=11)
-    for _ in range(7):                                              # 35 clips: mid epoch 1
+    for _ in range(7):  # 35 clips: mid epoch 1
         ref.next_batch()
-    state = json.loads(json.dumps(ref.state_dict()))                # survives JSON
+    state = json.loads(json.dumps(ref.state_dict()))  # survives JSON
     assert state["epoch"] == 1 and state["index"] == 12
     resumed = ClipSampler(clips, clips_per_step=5, seed=11)
     resumed.load_state_dict(state)
-    for _ in range(10):                                             # across the next epoch end
+    for _ in range(10):  # across the next epoch end
         assert _texts(resumed.next_batch()) == _texts(ref.next_batch())
 
 
@@ -208,17 +241,18 @@ def test_sampler_refuses_state_of_other_data_or_bad_values():
 
 
 def _mixed_clips(n_speech=10, n_noise=3):
-    return ([Clip(audio=f"/s{i}.wav", text=f"word {i}") for i in range(n_speech)]
-            + [Clip(audio=f"/n{i}.wav", text="") for i in range(n_noise)])
+    return [Clip(audio=f"/s{i}.wav", text=f"word {i}") for i in range(n_speech)] + [
+        Clip(audio=f"/n{i}.wav", text="") for i in range(n_noise)
+    ]
 
 
 def test_mixed_sampler_puts_exactly_k_noise_clips_in_every_batch_and_visits_each_pool_per_epoch():
     sampler = MixedSampler(_mixed_clips(), clips_per_step=5, noise_per_step=2, seed=3)
-    batches = [sampler.next_batch() for _ in range(6)]   # 6 x 3 speech = 18 (1.8 epochs), 6 x 2 noise = 12 (4 epochs)
+    batches = [sampler.next_batch() for _ in range(6)]  # 6 x 3 speech = 18 (1.8 epochs), 6 x 2 noise = 12 (4 epochs)
     assert all(sum(c.text == "" for c in b) == 2 and len(b) == 5 for b in batches)
     speech = [c.audio for b in batches for c in b if c.text]
     noise = [c.audio for b in batches for c in b if not c.text]
-    assert sorted(speech[:10]) == sorted(f"/s{i}.wav" for i in range(10))    # first speech epoch: each once
+    assert sorted(speech[:10]) == sorted(f"/s{i}.wav" for i in range(10))  # first speech epoch: each once
     assert sorted(noise[:3]) == sorted(f"/n{i}.wav" for i in range(3))
     # each pool follows a plain ClipSampler of its own clips with the same seed
     expected = ClipSampler(_mixed_clips()[:10], 3, seed=3)

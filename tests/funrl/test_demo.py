@@ -1,5 +1,6 @@
 """The built-in demo task: local TTS, noise and SNR mixing, and the cached, deterministic,
 split-by-sentence data builder (funrl/demo/)."""
+
 from __future__ import annotations
 
 import filecmp
@@ -26,16 +27,19 @@ def _voiced_seconds(x: np.ndarray, frame: int = 320) -> float:
     return float(np.sum(e > e.max() * 10 ** (-30 / 20)) * frame / SR)
 
 
-@pytest.mark.parametrize("voice,sentence,lo,hi", [
-    ("en+m3", "the children walk to school every morning", 1.2, 4.5),
-    ("en+f2", "the children walk to school every morning", 1.2, 4.5),
-    ("cmn", "我们今天早上去学校", 1.0, 5.0),
-])
+@pytest.mark.parametrize(
+    "voice,sentence,lo,hi",
+    [
+        ("en+m3", "the children walk to school every morning", 1.2, 4.5),
+        ("en+f2", "the children walk to school every morning", 1.2, 4.5),
+        ("cmn", "我们今天早上去学校", 1.0, 5.0),
+    ],
+)
 def test_espeak_speaks_16k_audio_of_plausible_length(voice, sentence, lo, hi):
     x = tts.get_espeak().synth(sentence, voice, rate=175, pitch=50)
     assert x.dtype == np.float32 and x.ndim == 1
     assert lo <= len(x) / SR <= hi and lo * 0.6 <= _voiced_seconds(x)
-    assert 0.01 < np.sqrt(np.mean(x ** 2)) and np.max(np.abs(x)) <= 1.0
+    assert 0.01 < np.sqrt(np.mean(x**2)) and np.max(np.abs(x)) <= 1.0
     slow = tts.get_espeak().synth(sentence, voice, rate=100, pitch=50)
     assert len(slow) > 1.4 * len(x)
 
@@ -78,7 +82,7 @@ def test_piper_speaks_16k_audio_reproducibly_for_a_seed():
     p = tts.get_piper()
     a = p.synth("the children walk to school every morning", length_scale=1.0, seed=1)
     assert a.dtype == np.float32 and 1.5 <= len(a) / SR <= 5.0
-    assert np.sqrt(np.mean(a ** 2)) > 0.01 and _voiced_seconds(a) > 1.0
+    assert np.sqrt(np.mean(a**2)) > 0.01 and _voiced_seconds(a) > 1.0
     p.synth("an utterance in between", seed=2)
     assert np.array_equal(a, p.synth("the children walk to school every morning", seed=1))
     slower = p.synth("the children walk to school every morning", length_scale=1.3, seed=1)
@@ -87,7 +91,7 @@ def test_piper_speaks_16k_audio_reproducibly_for_a_seed():
 
 def _snr_db(clean, mixed):
     clean = clean.astype(np.float64)
-    return 10 * np.log10(np.sum(clean ** 2) / np.sum((mixed.astype(np.float64) - clean) ** 2))
+    return 10 * np.log10(np.sum(clean**2) / np.sum((mixed.astype(np.float64) - clean) ** 2))
 
 
 @pytest.mark.parametrize("kind", ["white", "pink", "babble"])
@@ -96,7 +100,7 @@ def test_mix_at_snr_hits_the_requested_snr(kind, snr):
     rng = np.random.default_rng(0)
     speech = tts.get_espeak().synth("a short sentence to mix", "en+m2")
     talkers = [tts.get_espeak().synth(text.random_words(rng, 8), v) for v in ("en+m1", "en+f1")]
-    nz = noise.make_noise(kind, SR * 3, rng, talkers) * 0.3      # any level: the gain sets it
+    nz = noise.make_noise(kind, SR * 3, rng, talkers) * 0.3  # any level: the gain sets it
     mixed = noise.mix_at_snr(speech, nz, snr)
     assert mixed.shape == speech.shape
     assert abs(_snr_db(speech, mixed) - snr) < 1e-3
@@ -107,7 +111,7 @@ def test_mix_at_snr_loops_short_noise_and_rejects_silence():
     short = np.array([1.0, -1.0, 0.5], np.float32)
     mixed = noise.mix_at_snr(speech, short, 10.0)
     resid = mixed - speech
-    assert np.allclose(resid[3:6], resid[:3], atol=1e-6)           # the noise repeats
+    assert np.allclose(resid[3:6], resid[:3], atol=1e-6)  # the noise repeats
     assert abs(_snr_db(speech, mixed) - 10.0) < 1e-3
     with pytest.raises(ValueError, match="speech signal is silent"):
         noise.mix_at_snr(np.zeros(10, np.float32), short, 0)
@@ -119,24 +123,35 @@ def test_pink_noise_power_falls_as_one_over_f():
     x = noise.pink_noise(SR * 8, np.random.default_rng(1))
     p = np.abs(np.fft.rfft(x)) ** 2
     f = np.fft.rfftfreq(len(x), 1 / SR)
-    band = lambda lo, hi: p[(f >= lo) & (f < hi)].mean()                       # noqa: E731
+    band = lambda lo, hi: p[(f >= lo) & (f < hi)].mean()  # noqa: E731
     assert band(100, 200) / band(1600, 3200) == pytest.approx(16.0, rel=0.25)  # 1/f: 16x
     w = np.abs(np.fft.rfft(noise.white_noise(SR * 8, np.random.default_rng(1)))) ** 2
-    assert w[(f >= 100) & (f < 200)].mean() / w[(f >= 1600) & (f < 3200)].mean() == \
-        pytest.approx(1.0, rel=0.25)
-    assert np.sqrt(np.mean(x ** 2)) == pytest.approx(1.0, rel=1e-5)
+    assert w[(f >= 100) & (f < 200)].mean() / w[(f >= 1600) & (f < 3200)].mean() == pytest.approx(1.0, rel=0.25)
+    assert np.sqrt(np.mean(x**2)) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_render_sets_the_planned_level_and_never_clips():
-    spec = ClipSpec("x", "test", "hello world", "en", (), None, "espeak", voice="en+m1",
-                    noise_kind="white", snr_db=3.0, level_dbfs=-24.0, seed=5)
+    spec = ClipSpec(
+        "x",
+        "test",
+        "hello world",
+        "en",
+        (),
+        None,
+        "espeak",
+        voice="en+m1",
+        noise_kind="white",
+        snr_db=3.0,
+        level_dbfs=-24.0,
+        seed=5,
+    )
     x = render_audio(spec)
     assert 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2))) == pytest.approx(-24.0, abs=0.01)
-    loud = render_audio(ClipSpec("y", "test", "", None, (), None, "noise", noise_kind="white",
-                                 seconds=1.0, level_dbfs=-3.0, seed=5))
+    loud = render_audio(
+        ClipSpec("y", "test", "", None, (), None, "noise", noise_kind="white", seconds=1.0, level_dbfs=-3.0, seed=5)
+    )
     assert np.max(np.abs(loud)) <= 0.95 + 1e-6
-    assert np.array_equal(to_pcm16(np.array([1.0, -1.0, 0.5, 1.2])),
-                          np.array([32767, -32767, 16384, 32767], np.int16))
+    assert np.array_equal(to_pcm16(np.array([1.0, -1.0, 0.5, 1.2])), np.array([32767, -32767, 16384, 32767], np.int16))
 
 
 def test_plan_is_deterministic_split_by_sentence_and_has_the_promised_mix():
@@ -162,7 +177,7 @@ def test_plan_is_deterministic_split_by_sentence_and_has_the_promised_mix():
 def test_split_check_catches_a_leaked_sentence():
     with pytest.raises(RuntimeError, match="both sft_train and test"):
         check_split_by_sentence({"sft_train": {"a b c", ""}, "test": {"a b c", ""}})
-    check_split_by_sentence({"rl_train": {""}, "test": {""}})     # noise-only clips may repeat
+    check_split_by_sentence({"rl_train": {""}, "test": {""}})  # noise-only clips may repeat
 
 
 def test_cache_key_depends_on_seed_and_sizes():
@@ -187,7 +202,7 @@ def small_build(tmp_path_factory):
 
 def _words_in(keyword: str, sentence: str) -> bool:
     k, s = keyword.split(), sentence.split()
-    return any(s[i:i + len(k)] == k for i in range(len(s) - len(k) + 1))
+    return any(s[i : i + len(k)] == k for i in range(len(s) - len(k) + 1))
 
 
 @pytest.mark.slow
@@ -216,13 +231,11 @@ def test_small_build_is_deterministic_and_cached(small_build, tmp_path):
     stamp = (small_build.root / "DONE").stat().st_mtime_ns
     again = build_demo_data(small_build.root, seed=0, sizes=DemoSizes.small(), progress=False)
     assert again == small_build and (small_build.root / "DONE").stat().st_mtime_ns == stamp
-    other = build_demo_data(tmp_path / "b", seed=0, sizes=DemoSizes.small(), workers=2,
-                            progress=False)
+    other = build_demo_data(tmp_path / "b", seed=0, sizes=DemoSizes.small(), workers=2, progress=False)
     cmp = filecmp.dircmp(small_build.root, other.root)
     names = sorted(os.listdir(small_build.root / "wav"))
     assert names == sorted(os.listdir(other.root / "wav")) and len(names) == 140
-    match, mismatch, errors = filecmp.cmpfiles(small_build.root / "wav", other.root / "wav",
-                                               names, shallow=False)
+    match, mismatch, errors = filecmp.cmpfiles(small_build.root / "wav", other.root / "wav", names, shallow=False)
     assert (len(match), mismatch, errors) == (140, [], [])
     for f in [f"{s}.jsonl" for s in SPLITS] + ["DONE", "build.json"]:
         assert (small_build.root / f).read_bytes() == (other.root / f).read_bytes(), f
@@ -233,13 +246,12 @@ def test_small_build_is_deterministic_and_cached(small_build, tmp_path):
 def test_half_built_or_stale_folder_is_rebuilt_and_foreign_folder_refused(small_build, tmp_path):
     target = tmp_path / "d"
     (target / "wav").mkdir(parents=True)
-    (target / "test.jsonl").write_text("half written")             # no DONE: a crashed build
-    sizes = DemoSizes(sft_train=3, rl_train=2, rl_noise=1, dev=1, dev_noise=1, test=1,
-                      test_noise=1, piper_share=0.0)
+    (target / "test.jsonl").write_text("half written")  # no DONE: a crashed build
+    sizes = DemoSizes(sft_train=3, rl_train=2, rl_noise=1, dev=1, dev_noise=1, test=1, test_noise=1, piper_share=0.0)
     paths = build_demo_data(target, seed=3, sizes=sizes, progress=False)
     assert (paths.root / "DONE").read_text().strip() == cache_key(3, sizes)
     assert len(load_manifest(paths.test)) == 2
-    assert not list(tmp_path.glob(".d.*"))                          # no temp folders left
+    assert not list(tmp_path.glob(".d.*"))  # no temp folders left
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
@@ -252,5 +264,6 @@ def test_half_built_or_stale_folder_is_rebuilt_and_foreign_folder_refused(small_
 
 def test_demo_data_folder_is_absolute_so_a_run_resumes_from_any_directory(monkeypatch):
     from funrl.demo.run import demo_data_dir
+
     monkeypatch.setenv("FUNRL_DEMO_DATA", "data/demo")
     assert demo_data_dir("full").is_absolute() and demo_data_dir("small").name == "demo-small"

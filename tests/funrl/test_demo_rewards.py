@@ -1,4 +1,5 @@
 """The demo's reward plugin: a graded length penalty on noise-only clips, loaded like any user plugin."""
+
 import pytest
 
 import rewards
@@ -31,7 +32,7 @@ def test_noise_length_loads_as_a_plugin_and_joins_the_total(registry_restored):
     assert name == "noise_length"
     weights = {"wer": 1.0, "hallucination": 1.0, "noise_length": 1.0}
     short, long_ = rewards.score_batch(["uh", "uh uh uh uh"], ["", ""], [{}, {}], weights=weights)
-    assert short["hallucination"] == long_["hallucination"] == -1.0          # the built-in cannot tell them apart
+    assert short["hallucination"] == long_["hallucination"] == -1.0  # the built-in cannot tell them apart
     assert short["total"] == pytest.approx(-1 - 1 / 16) and long_["total"] == pytest.approx(-1 - 4 / 16)
     empty = rewards.score_batch([""], [""], [{}], weights=weights)[0]
     assert empty["total"] == pytest.approx(1.0)

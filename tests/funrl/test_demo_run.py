@@ -1,5 +1,6 @@
 """The built-in demo path (`python -m funrl.train` with no config) at reduced size, as a new user runs it:
 data built locally, the shipped starting model, eval before, GRPO steps, eval after, the before/after table."""
+
 import json
 import os
 import subprocess
@@ -16,14 +17,25 @@ TABLE_ROWS = ("WER", "CER (zh)", "keyword recall", "hallucination rate (noise cl
 
 
 def test_small_demo_runs_end_to_end_and_prints_the_before_after_table(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", RAY_AUTH_MODE="disabled",
-               FUNRL_DEMO_DATA=str(tmp_path / "data" / "demo"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        RAY_AUTH_MODE="disabled",
+        FUNRL_DEMO_DATA=str(tmp_path / "data" / "demo"),
+    )
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "funrl.train", "--demo-size", "small", f"run.out_dir={out}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "funrl.train", "--demo-size", "small", f"run.out_dir={out}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    table = proc.stdout[proc.stdout.index("metric"):]
+    table = proc.stdout[proc.stdout.index("metric") :]
     for row in TABLE_ROWS:
         assert row in table, table
     assert "before" in table and "after" in table and "rel. change" in table

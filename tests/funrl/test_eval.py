@@ -1,5 +1,6 @@
 """funrl.eval: hand-computed metrics (checked against jiwer independently), the before/after table,
 report files, and ``python -m funrl.eval`` end to end on a tiny model + the small demo data."""
+
 from __future__ import annotations
 
 import json
@@ -22,18 +23,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # (clip, hypothesis); the comments give the hand-computed token errors / reference tokens.
 CASES = [
-    (Clip("/a/1.wav", "The cat sat on the mat.", "en"), "the cat sit on mat"),          # S1 D1 / 6
-    (Clip("/a/2.wav", "the walrus eats soup", "en", keywords=("Walrus", "gondola")),
-     "the walrus eat soup and"),                                                       # S1 I1 / 4; kw 1/1
+    (Clip("/a/1.wav", "The cat sat on the mat.", "en"), "the cat sit on mat"),  # S1 D1 / 6
+    (
+        Clip("/a/2.wav", "the walrus eats soup", "en", keywords=("Walrus", "gondola")),
+        "the walrus eat soup and",
+    ),  # S1 I1 / 4; kw 1/1
     (Clip("/a/3.wav", "I love New York", "en", keywords=("new york",)), "i love new work"),  # S1 / 4; kw 0/1
-    (Clip("/a/4.wav", "the house is big and the garden is small", "en"),
-     "das haus ist groß und der garten ist klein"),                                    # S9 / 9; German
-    (Clip("/a/5.wav", "我爱北京", "zh"), "我爱背景"),                                  # S2 / 4
-    (Clip("/a/6.wav", "今天天气好", "zh"), "today is good"),                           # S3 D2 / 5; English
-    (Clip("/a/7.wav", "你好", None), "你好"),                                          # no lang: CER by script
-    (Clip("/a/8.wav", ""), ""),                                                        # noise, silent
-    (Clip("/a/9.wav", ""), "Thank you."),                                              # noise, hallucinated
-    (Clip("/a/10.wav", ""), "..."),                                                    # noise, no token
+    (
+        Clip("/a/4.wav", "the house is big and the garden is small", "en"),
+        "das haus ist groß und der garten ist klein",
+    ),  # S9 / 9; German
+    (Clip("/a/5.wav", "我爱北京", "zh"), "我爱背景"),  # S2 / 4
+    (Clip("/a/6.wav", "今天天气好", "zh"), "today is good"),  # S3 D2 / 5; English
+    (Clip("/a/7.wav", "你好", None), "你好"),  # no lang: CER by script
+    (Clip("/a/8.wav", ""), ""),  # noise, silent
+    (Clip("/a/9.wav", ""), "Thank you."),  # noise, hallucinated
+    (Clip("/a/10.wav", ""), "..."),  # noise, no token
 ]
 
 
@@ -44,14 +49,25 @@ def _records():
 
 def _norm(text: str) -> str:
     """An independent normaliser for the Latin cases: lower-case, punctuation removed."""
-    return jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                          jiwer.Strip()])(text)
+    return jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])(
+        text
+    )
 
 
 def test_per_clip_records_count_token_errors_keywords_and_language():
     recs = _records()
     assert [(r["errors"], r["words"]) for r in recs] == [
-        (2, 6), (2, 4), (1, 4), (9, 9), (2, 4), (5, 5), (0, 2), (0, 0), (2, 0), (0, 0)]
+        (2, 6),
+        (2, 4),
+        (1, 4),
+        (9, 9),
+        (2, 4),
+        (5, 5),
+        (0, 2),
+        (0, 0),
+        (2, 0),
+        (0, 0),
+    ]
     assert [(r["substitutions"], r["deletions"], r["insertions"]) for r in recs[:2]] == [(1, 1, 0), (1, 0, 1)]
     assert [r["metric"] for r in recs] == ["wer"] * 4 + ["cer"] * 3 + [None] * 3
     assert recs[1]["keywords_ref"] == ["Walrus"] and recs[1]["keywords_hit"] == ["Walrus"]  # gondola not in ref
@@ -81,8 +97,10 @@ def test_wer_equals_jiwer_corpus_wer_on_independently_normalised_text():
 
 
 def test_cer_equals_jiwer_cer_on_chinese_clips():
-    zh = [(Clip("/z/1.wav", "我爱北京天安门", "zh"), "我爱北京"),
-          (Clip("/z/2.wav", "今天天气很好", "cmn"), "今天天汽很好吗")]
+    zh = [
+        (Clip("/z/1.wav", "我爱北京天安门", "zh"), "我爱北京"),
+        (Clip("/z/2.wav", "今天天气很好", "cmn"), "今天天汽很好吗"),
+    ]
     expected = jiwer.cer([c.text for c, _ in zh], [h for _, h in zh])
     rep = summarise(clip_results(*map(list, zip(*zh))))
     assert rep.wer is None and rep.cer == pytest.approx(expected) == pytest.approx((3 + 2) / 13)
@@ -97,21 +115,28 @@ def test_rates_without_their_kind_of_clip_are_none():
 
 
 def _report(**kw) -> EvalReport:
-    base = dict(num_clips=10, wer=0.5, cer=None, keyword_recall=0.4, hallucination_rate=1.0,
-                lang_mismatch_rate=0.0, num_noise_clips=2, num_keywords=5)
+    base = dict(
+        num_clips=10,
+        wer=0.5,
+        cer=None,
+        keyword_recall=0.4,
+        hallucination_rate=1.0,
+        lang_mismatch_rate=0.0,
+        num_noise_clips=2,
+        num_keywords=5,
+    )
     return EvalReport(**{**base, **kw})
 
 
 def test_format_table_two_columns_adds_relative_change():
-    table = format_table({"before": _report(), "after": _report(wer=0.4, keyword_recall=0.5,
-                                                                 hallucination_rate=0.25)})
+    table = format_table({"before": _report(), "after": _report(wer=0.4, keyword_recall=0.5, hallucination_rate=0.25)})
     rows = {line[:34].strip(): line[34:].split() for line in table.splitlines()}
     assert rows["metric"] == ["before", "after", "rel.", "change"]
     assert rows["WER"] == ["50.00%", "40.00%", "-20.0%"]
     assert rows["CER (zh)"] == ["-", "-", "-"]
     assert rows["keyword recall"] == ["40.00%", "50.00%", "+25.0%"]
     assert rows["hallucination rate (noise clips)"] == ["100.00%", "25.00%", "-75.0%"]
-    assert rows["language mismatch rate"] == ["0.00%", "0.00%", "-"]          # no change from a zero base
+    assert rows["language mismatch rate"] == ["0.00%", "0.00%", "-"]  # no change from a zero base
 
 
 def test_format_table_other_column_counts_have_no_relative_change():
@@ -157,16 +182,31 @@ def test_evaluate_batches_in_order_and_uses_the_first_hypothesis():
 
 def test_report_has_the_public_fields():
     names = [f.name for f in fields(EvalReport)]
-    assert names[:8] == ["num_clips", "wer", "cer", "keyword_recall", "hallucination_rate", "lang_mismatch_rate",
-                         "num_noise_clips", "num_keywords"]
+    assert names[:8] == [
+        "num_clips",
+        "wer",
+        "cer",
+        "keyword_recall",
+        "hallucination_rate",
+        "lang_mismatch_rate",
+        "num_noise_clips",
+        "num_keywords",
+    ]
 
 
 # ------------------------------------------------------------------------------------------- CLI
 
+
 def run_eval(*args, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "funrl.eval", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "funrl.eval", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -178,8 +218,9 @@ def wav(tmp_path):
 
 def test_cli_bad_manifest_line_exits_2_naming_the_line(tmp_path, wav):
     man = tmp_path / "m.jsonl"
-    man.write_text(json.dumps({"audio": wav.name, "text": "hi"}) + "\n" + json.dumps({"audio": wav.name}) + "\n"
-                   + "{not json\n")
+    man.write_text(
+        json.dumps({"audio": wav.name, "text": "hi"}) + "\n" + json.dumps({"audio": wav.name}) + "\n" + "{not json\n"
+    )
     out = run_eval("--model", tmp_path / "no_model", "--manifest", man, "--out", tmp_path / "r.json")
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.strip().splitlines()
@@ -213,6 +254,7 @@ def test_cli_unreadable_audio_exits_2_naming_file_and_line(tmp_path, wav):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     from policy.models import get_adapter
+
     return get_adapter("encoder_adapter_llm").build_tiny(tmp_path_factory.mktemp("eval_parts") / "tiny", seed=0)
 
 
@@ -221,14 +263,15 @@ MISSING_PARTS = [
     (["frontend.safetensors"], "frontend.safetensors"),
     (["llm"], "llm"),
     (["llm/model.safetensors"], "llm"),
-    (["llm/tokenizer.json"], "llm"),                               # transformers builds an empty tokenizer
+    (["llm/tokenizer.json"], "llm"),  # transformers builds an empty tokenizer
     (["llm/tokenizer.json", "llm/tokenizer_config.json", "llm/chat_template.jinja"], "llm"),
 ]
 
 
 @pytest.mark.parametrize("delete,named", MISSING_PARTS, ids=[" + ".join(d) for d, _ in MISSING_PARTS])
-def test_cli_model_folder_missing_a_part_exits_2_naming_it_before_decoding(tmp_path, wav, tiny_checkpoint,
-                                                                           capsys, delete, named):
+def test_cli_model_folder_missing_a_part_exits_2_naming_it_before_decoding(
+    tmp_path, wav, tiny_checkpoint, capsys, delete, named
+):
     import shutil
 
     from funrl.eval import main
@@ -262,8 +305,7 @@ def cli_run(tmp_path_factory):
     model = get_adapter("encoder_adapter_llm").build_tiny(root / "tiny", llm="qwen2", seed=0)
     data = build_demo_data(root / "demo", seed=0, sizes=DemoSizes.small(), workers=1, progress=False)
     out = root / "out" / "report.json"
-    proc = run_eval("--model", model, "--manifest", data.test, "--out", out, "--batch", 8,
-                    "--max-new-tokens", MAX_NEW)
+    proc = run_eval("--model", model, "--manifest", data.test, "--out", out, "--batch", 8, "--max-new-tokens", MAX_NEW)
     return proc, model, data.test, out
 
 
@@ -287,7 +329,7 @@ def test_cli_end_to_end_writes_report_per_clip_lines_and_table(cli_run):
     assert [r["ref"] for r in recs] == [c.text for c in clips]
     assert EvalReport(**report) == summarise(recs)
     assert "WER" in proc.stdout and "hallucination rate" in proc.stdout
-    assert "eval" in proc.stderr and "batch" in proc.stderr                      # the progress bar
+    assert "eval" in proc.stderr and "batch" in proc.stderr  # the progress bar
 
 
 @pytest.mark.vllm
@@ -302,8 +344,13 @@ def test_cli_greedy_hypotheses_equal_model_layer_argmax_decoding(cli_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(line) for line in clips_path(out).read_text(encoding="utf-8").splitlines()]
     clips = load_manifest(manifest)
-    pick = sorted({0, next(i for i, c in enumerate(clips) if c.text == ""),
-                   next((i for i, c in enumerate(clips) if c.context), 1)})
+    pick = sorted(
+        {
+            0,
+            next(i for i, c in enumerate(clips) if c.text == ""),
+            next((i for i, c in enumerate(clips) if c.context), 1),
+        }
+    )
     model = load_audio_llm(model_dir).eval()
     eos = set(model.eos_token_ids)
     with torch.no_grad():
@@ -323,4 +370,4 @@ def test_cli_greedy_hypotheses_equal_model_layer_argmax_decoding(cli_run):
             assert lp.tolist() == pytest.approx(best, abs=1e-4)
             hyp = model.tokenizer.decode(ids, skip_special_tokens=True)
             assert recs[i]["hyp"] == hyp, (i, ids)
-    assert any(recs[i]["hyp"] for i in pick)                 # not a vacuous comparison of empty outputs
+    assert any(recs[i]["hyp"] for i in pick)  # not a vacuous comparison of empty outputs

@@ -1,6 +1,7 @@
 """``python -m funrl.export``: a run folder written by a 1-rank learner (config.yaml + checkpoints/step_N with
 the learner's DCP checkpoint) -> a plain model folder equal to what the learner itself saves (`save_model`);
 the LLM-only folder; a chosen step; one-line errors with exit status 2."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ from policy.messages import Clip, PromptBatch, RolloutBatch, ScoredRollout
 from policy.models import load_audio_llm
 
 ROOT = Path(__file__).resolve().parents[2]
-HIDDEN, VOCAB = 128, 843   # the tiny encoder_adapter_llm of tests/conftest.py
+HIDDEN, VOCAB = 128, 843  # the tiny encoder_adapter_llm of tests/conftest.py
 
 
 def scored_batch(seed: int, B: int = 2, G: int = 3, T: int = 5) -> ScoredRollout:
@@ -30,8 +31,9 @@ def scored_batch(seed: int, B: int = 2, G: int = 3, T: int = 5) -> ScoredRollout
     embeds = tuple(torch.randn(4 + i, HIDDEN, generator=g) for i in range(B))
     mask = (torch.arange(T) < torch.randint(1, T + 1, (B, G, 1), generator=g)).float()
     ids = torch.randint(0, VOCAB, (B, G, T), generator=g) * mask.long()
-    rollout = RolloutBatch(PromptBatch(clips, embeds), ids, mask, torch.zeros(B, G, T),
-                           tuple(("h",) * G for _ in range(B)))
+    rollout = RolloutBatch(
+        PromptBatch(clips, embeds), ids, mask, torch.zeros(B, G, T), tuple(("h",) * G for _ in range(B))
+    )
     rewards = torch.rand(B, G, generator=g)
     return ScoredRollout(rollout, {"total": rewards}, group_advantages(rewards))
 
@@ -39,8 +41,10 @@ def scored_batch(seed: int, B: int = 2, G: int = 3, T: int = 5) -> ScoredRollout
 def make_run(model_dir: Path, run_dir: Path, finetune: str) -> dict[int, Path]:
     """A run folder with checkpoints after update 1 and 2; returns {step: the learner's own save_model}."""
     from policy.learner import Learner
-    lcfg = LearnerConfig(lr=1e-3, micro_batch=4, finetune=finetune,
-                         lora=LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj")))
+
+    lcfg = LearnerConfig(
+        lr=1e-3, micro_batch=4, finetune=finetune, lora=LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    )
     cfg = TrainConfig(model=ModelConfig(path=str(model_dir)), learner=lcfg, run=RunConfig(out_dir=str(run_dir)))
     save_config(cfg, run_dir / "config.yaml")
     manager = CheckpointManager(run_dir, keep_last=3)
@@ -82,14 +86,20 @@ def max_diff(a: dict, b: dict) -> float:
 def test_cli_exports_the_latest_checkpoint_equal_to_the_learners_own_save(full_run, tiny_model_dir, tmp_path):
     run, direct = full_run
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-m", "funrl.export", str(run), "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "funrl.export", str(run), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "step_000002" in res.stderr and "wrote the model" in res.stderr
     got = state(tmp_path / "out")
     assert max_diff(got, state(direct[2])) == 0.0
-    assert max_diff(got, state(tiny_model_dir)) > 1e-4    # trained weights, not the starting ones
-    assert max_diff(got, state(direct[1])) > 1e-6          # the latest step, not the first
+    assert max_diff(got, state(tiny_model_dir)) > 1e-4  # trained weights, not the starting ones
+    assert max_diff(got, state(direct[1])) > 1e-6  # the latest step, not the first
 
 
 @pytest.mark.slow
@@ -102,6 +112,7 @@ def test_step_option_picks_that_checkpoint(full_run, tmp_path):
 @pytest.mark.slow
 def test_lora_run_exports_the_merged_model_and_the_llm_alone(lora_run, tmp_path):
     from transformers import AutoModelForCausalLM
+
     run, direct = lora_run
     assert main([str(run), "--out", str(tmp_path / "m")]) == 0
     want = state(direct[2])
@@ -120,8 +131,9 @@ def test_bfloat16_export_halves_the_weights(full_run, tmp_path):
     want = state(direct[2])
     got = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     assert max_diff(got, want) < 2e-2
-    assert (tmp_path / "bf16" / "llm" / "model.safetensors").stat().st_size < \
-        0.6 * (direct[2] / "llm" / "model.safetensors").stat().st_size
+    assert (tmp_path / "bf16" / "llm" / "model.safetensors").stat().st_size < 0.6 * (
+        direct[2] / "llm" / "model.safetensors"
+    ).stat().st_size
 
 
 def _error(capsys, *argv) -> str:

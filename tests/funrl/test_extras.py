@@ -1,6 +1,7 @@
 """Optional packages (pyproject extras): without one, the part that needs it refuses with the pip line that
 installs it, and nothing else is affected. A package is made missing the way Python itself marks a failed
 import: ``sys.modules[name] = None`` makes ``import name`` raise and ``find_spec(name)`` return None."""
+
 import json
 import sys
 
@@ -18,6 +19,7 @@ def test_require_imports_an_installed_module_and_names_the_extra_of_a_missing_on
 
 def test_plot_cli_without_matplotlib_exits_2_naming_the_plot_extra(tmp_path, monkeypatch, capsys):
     from funrl.plot import main
+
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "kl": 0.1}) + "\n")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main([str(tmp_path)]) == 2
@@ -30,6 +32,7 @@ def test_plot_cli_without_matplotlib_exits_2_naming_the_plot_extra(tmp_path, mon
 def test_demo_build_without_a_voice_package_refuses_before_writing_anything(tmp_path, monkeypatch, module):
     from funrl.demo.build import build_demo_data
     from funrl.demo.plan import DemoSizes
+
     monkeypatch.setitem(sys.modules, module, None)
     expected = rf"needs the '{module}' package \(not installed\): pip install 'funrl\[demo\]'"
     with pytest.raises(MissingExtra, match=expected):
@@ -39,6 +42,7 @@ def test_demo_build_without_a_voice_package_refuses_before_writing_anything(tmp_
 
 def test_each_synthesiser_without_its_package_names_the_demo_extra(monkeypatch):
     from funrl.demo import tts
+
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)
     with pytest.raises(MissingExtra, match=r"'espeakng_loader' package .*funrl\[demo\]"):
         tts.EspeakSynth()

@@ -1,6 +1,7 @@
 """The entry points take model.path / --model as a Hub id from the local HF cache and resolve it once, before
 any worker, Ray or vLLM starts (train, eval, export, sft); an uncached id exits 2 naming the download command.
 The cache is the ``hub_cache`` fixture (a real Hub cache layout) holding the session's tiny checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def test_train_config_gets_the_cached_snapshot_folder(hub_cache, tiny_model_dir)
     assert local.model.path == str(snapshot) and local.model.dtype == "bfloat16"
     assert local.data == cfg.data and local.learner == cfg.learner
     folder_cfg = load_config(None, [f"model.path={tiny_model_dir}"])
-    assert with_local_model(folder_cfg) is folder_cfg   # a local folder is kept as given
+    assert with_local_model(folder_cfg) is folder_cfg  # a local folder is kept as given
 
 
 def test_train_rejects_a_cached_snapshot_of_an_unsupported_model_type(hub_cache, tmp_path):
@@ -42,8 +43,11 @@ def test_train_rejects_a_cached_snapshot_of_an_unsupported_model_type(hub_cache,
     hub_cache.add(tmp_path / "m", REPO, COMMIT)
     from funrl.train import with_local_model
 
-    with pytest.raises(ConfigError, match=r"model\.path funrl-test/tiny-asr: .*config\.json: unknown model_type "
-                                          r"'whisper_thing'") as err:
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.path funrl-test/tiny-asr: .*config\.json: unknown model_type "
+        r"'whisper_thing'",
+    ) as err:
         with_local_model(load_config(None, [f"model.path={REPO}"]))
     assert err.value.key == "model.path"
 
@@ -80,7 +84,7 @@ def test_export_resolves_a_hub_id_in_the_runs_config(hub_cache, tiny_model_dir, 
     with pytest.raises(ExportError, match=rf"config\.yaml: model\.path '{MISSING}': .*`hf download {MISSING}`"):
         check_inputs(args)
     (tmp_path / "config.yaml").write_text(f"model:\n  path: {REPO}\n")
-    with pytest.raises(ExportError, match="no complete checkpoint"):   # the model check passed
+    with pytest.raises(ExportError, match="no complete checkpoint"):  # the model check passed
         check_inputs(args)
 
 
@@ -93,4 +97,4 @@ def test_sft_takes_a_cached_id_and_exits_2_on_an_uncached_one(hub_cache, tiny_mo
     err = capsys.readouterr().err
     assert f"`hf download {MISSING}`" in err and not (tmp_path / "o").exists()
     assert main([f"model.path={REPO}", f"data.train_manifest={none}", f"run.out_dir={tmp_path / 'o'}"]) == 2
-    assert "none.jsonl" in capsys.readouterr().err   # past the model: the missing manifest is what stops it
+    assert "none.jsonl" in capsys.readouterr().err  # past the model: the missing manifest is what stops it

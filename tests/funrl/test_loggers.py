@@ -1,6 +1,7 @@
 """run.loggers: each backend gets the steps, the config and a table, read back with the backend's own reader
 (TensorBoard's EventAccumulator, W&B's protobuf records of the offline run file, MLflow's MlflowClient on the
 file store) and compared with metrics.jsonl. Nothing reaches the network: W&B runs offline, MLflow writes files."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,11 @@ from funrl.config import ConfigError, load_config
 from funrl.loggers import check_available, make_backend
 from funrl.metrics import MetricsLogger, read_metrics
 
-STEPS = {1: {"reward.wer.mean": 0.25, "kl": 0.5, "loss": float("nan")},
-         2: {"reward.wer.mean": 0.5, "kl": 0.125, "loss": 1.5},
-         3: {"reward.wer.mean": 0.75, "kl": 0.0625, "loss": -2.0}}
+STEPS = {
+    1: {"reward.wer.mean": 0.25, "kl": 0.5, "loss": float("nan")},
+    2: {"reward.wer.mean": 0.5, "kl": 0.125, "loss": 1.5},
+    3: {"reward.wer.mean": 0.75, "kl": 0.0625, "loss": -2.0},
+}
 CONFIG = {"run": {"steps": 3, "loggers": ["jsonl", "wandb"]}, "rewards": {"weights": {"wer": 1.0}}}
 TABLE = [{"split": "before", "wer": 0.5, "cer": None}, {"split": "after", "wer": 0.25, "cer": None}]
 
@@ -32,14 +35,14 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
     monkeypatch.setenv("DO_NOT_TRACK", "1")
-    for name in ("WANDB_ERROR_REPORTING", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ALLOW_FILE_STORE",
-                 "MLFLOW_TRACKING_URI"):
+    for name in ("WANDB_ERROR_REPORTING", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
 
 
-def log_sample_run(out: Path, loggers: tuple[str, ...], resume_step: int | None = None,
-                   steps: tuple[int, ...] = (1, 2, 3)) -> None:
+def log_sample_run(
+    out: Path, loggers: tuple[str, ...], resume_step: int | None = None, steps: tuple[int, ...] = (1, 2, 3)
+) -> None:
     log = MetricsLogger(out, resume_step=resume_step, loggers=loggers, project="funrl-test")
     log.log_config(CONFIG)
     for step in steps:
@@ -50,8 +53,12 @@ def log_sample_run(out: Path, loggers: tuple[str, ...], resume_step: int | None 
 
 def jsonl_values(out: Path) -> dict[tuple[int, str], float]:
     """(step, name) -> value of every finite value in metrics.jsonl."""
-    return {(r["step"], k): v for r in read_metrics(out / "metrics.jsonl") for k, v in r.items()
-            if k != "step" and v is not None}
+    return {
+        (r["step"], k): v
+        for r in read_metrics(out / "metrics.jsonl")
+        for k, v in r.items()
+        if k != "step" and v is not None
+    }
 
 
 def test_jsonl_keeps_nonfinite_as_null_and_writes_the_table(tmp_path):
@@ -65,6 +72,7 @@ def test_jsonl_keeps_nonfinite_as_null_and_writes_the_table(tmp_path):
 
 def test_tensorboard_has_the_jsonl_values_the_config_and_the_table(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     log_sample_run(tmp_path, ("jsonl", "tensorboard"))
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
@@ -84,22 +92,23 @@ def wandb_records(run_dir: Path) -> list:
     1 full, 2 first, 3 middle, 4 last), a block's last < 7 bytes being padding; the chunks of a record joined
     are one serialised ``wandb_internal_pb2.Record``."""
     from wandb.proto import wandb_internal_pb2 as pb
+
     data = next(run_dir.glob("run-*.wandb")).read_bytes()
     assert data[:4] == b":W&B"
     block, pos, parts, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
-        if block - pos % block < 7:                            # padding at the end of a block
+        if block - pos % block < 7:  # padding at the end of a block
             pos += block - pos % block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        parts += data[pos + 7:pos + 7 + length]
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        parts += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             record = pb.Record()
             record.ParseFromString(parts)
             records.append(record)
             parts = b""
-        elif kind == 0:                                        # zero-filled tail
+        elif kind == 0:  # zero-filled tail
             break
     return records
 
@@ -138,8 +147,12 @@ def test_wandb_offline_run_has_the_jsonl_values_the_config_and_the_table(tmp_pat
     log_sample_run(tmp_path, ("jsonl", "wandb"))
     (run_dir,) = wandb_run_dirs(tmp_path)
     rows = wandb_history(run_dir)
-    got = {(row["_step"], k): v for row in rows for k, v in row.items()
-           if not k.startswith("_") and not isinstance(v, dict)}
+    got = {
+        (row["_step"], k): v
+        for row in rows
+        for k, v in row.items()
+        if not k.startswith("_") and not isinstance(v, dict)
+    }
     assert got == jsonl_values(tmp_path)
     assert {k: wandb_config(run_dir)[k] for k in CONFIG} == CONFIG
     (table_ref,) = [row["eval"] for row in rows if "eval" in row]
@@ -166,6 +179,7 @@ def test_a_resume_continues_the_same_wandb_run(tmp_path):
 
 def mlflow_run(out: Path):
     from mlflow.tracking import MlflowClient
+
     saved = json.loads((out / "mlflow_run.json").read_text())
     assert saved["tracking_uri"] == f"file:{(out / 'mlruns').resolve()}"
     client = MlflowClient(tracking_uri=saved["tracking_uri"])
@@ -194,13 +208,17 @@ def test_a_resume_logs_into_the_same_mlflow_run(tmp_path):
     log_sample_run(tmp_path, ("jsonl", "mlflow"), resume_step=2, steps=(3,))
     client, run = mlflow_run(tmp_path)
     assert run.info.run_id == first.info.run_id
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "kl")] == \
-        [(1, 0.5), (2, 0.125), (3, 0.0625)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "kl")] == [
+        (1, 0.5),
+        (2, 0.125),
+        (3, 0.0625),
+    ]
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
 def test_mlflow_uses_the_tracking_uri_the_user_set(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
+
     store = tmp_path / "elsewhere"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{store}")
     log_sample_run(tmp_path / "run", ("jsonl", "mlflow"), steps=(1,))
@@ -230,7 +248,7 @@ def test_default_loggers_are_jsonl_and_tensorboard():
 
 @pytest.mark.parametrize("name", ["wandb", "mlflow"])
 def test_a_missing_extra_is_named_with_its_pip_command(name, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, name, None)          # what Python sees when the package is not installed
+    monkeypatch.setitem(sys.modules, name, None)  # what Python sees when the package is not installed
     assert f"pip install 'funrl[{name}]'" in check_available(["jsonl", name])
     assert check_available(["jsonl", "tensorboard"]) is None
     with pytest.raises(RuntimeError, match=rf"pip install 'funrl\[{name}\]'"):

@@ -1,4 +1,5 @@
 """Placement of rollout engines and learner ranks in one Ray placement group (split and colocated)."""
+
 import pytest
 
 from funrl.config import ConfigError, load_config
@@ -10,15 +11,23 @@ def _cfg(*overrides: str):
 
 
 def test_split_plan_gives_each_engine_and_rank_its_own_bundle():
-    plan = plan_bundles(_cfg("rollout.num_workers=2", "rollout.gpus_per_worker=1",
-                             "learner.num_ranks=3", "learner.gpus_per_rank=1"))
+    plan = plan_bundles(
+        _cfg("rollout.num_workers=2", "rollout.gpus_per_worker=1", "learner.num_ranks=3", "learner.gpus_per_rank=1")
+    )
     assert plan.bundles == ({"CPU": 1.0, "GPU": 1.0},) * 5
     assert plan.rollout == (0, 1) and plan.learner == (2, 3, 4)
 
 
 def test_colocated_plan_puts_engine_i_and_rank_i_in_bundle_i_of_one_gpu():
-    plan = plan_bundles(_cfg("ray.colocate=true", "rollout.num_workers=4", "rollout.gpus_per_worker=0.5",
-                             "learner.num_ranks=4", "learner.gpus_per_rank=0.5"))
+    plan = plan_bundles(
+        _cfg(
+            "ray.colocate=true",
+            "rollout.num_workers=4",
+            "rollout.gpus_per_worker=0.5",
+            "learner.num_ranks=4",
+            "learner.gpus_per_rank=0.5",
+        )
+    )
     assert plan.bundles == ({"CPU": 2.0, "GPU": 1.0},) * 4
     assert plan.rollout == plan.learner == (0, 1, 2, 3)
 
@@ -28,10 +37,16 @@ def test_cpu_plans_ask_for_no_gpu():
     assert plan_bundles(_cfg("ray.colocate=true")).bundles == ({"CPU": 2.0},)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["rollout.num_workers=2", "learner.num_ranks=4"], r"rollout.num_workers \(2\) must equal learner.num_ranks \(4\)"),
-    (["rollout.gpus_per_worker=1", "learner.gpus_per_rank=0.5"], r"must be <= 1, got 1.5"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["rollout.num_workers=2", "learner.num_ranks=4"],
+            r"rollout.num_workers \(2\) must equal learner.num_ranks \(4\)",
+        ),
+        (["rollout.gpus_per_worker=1", "learner.gpus_per_rank=0.5"], r"must be <= 1, got 1.5"),
+    ],
+)
 def test_impossible_colocation_is_a_config_error_naming_the_keys(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         _cfg("ray.colocate=true", *overrides)
@@ -41,6 +56,7 @@ def test_impossible_colocation_is_a_config_error_naming_the_keys(overrides, mess
 @pytest.mark.ray
 def test_placement_group_reserves_the_plan_and_an_impossible_one_names_the_keys():
     import ray
+
     ray.init(num_cpus=4, num_gpus=0, include_dashboard=False)
     try:
         placement = create_placement(_cfg("ray.colocate=true", "rollout.num_workers=2", "learner.num_ranks=2"))

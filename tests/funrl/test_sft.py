@@ -1,4 +1,5 @@
 """funrl.sft: the CLI at reduced size (the shipped recipe), config errors, the loss by hand, decoding."""
+
 from __future__ import annotations
 
 import json
@@ -33,17 +34,32 @@ def demo_small(tmp_path_factory):
 
 def test_cli_reduced_recipe_writes_a_loadable_model(demo_small, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "funrl.sft", "--config", str(REPO / "funrl/demo/sft.yaml"),
-           f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", "optim.steps=30",
-           "optim.minutes=0", "optim.warmup_steps=3", "optim.batch_size=8", "data.curriculum_steps=5",
-           "optim.encoder_steps=10", "run.eval_every=15", "run.log_every=5",
-           "run.max_new_tokens=16", f"run.out_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "funrl.sft",
+        "--config",
+        str(REPO / "funrl/demo/sft.yaml"),
+        f"data.demo_dir={demo_small.root}",
+        "data.demo_size=small",
+        "model.size=tiny",
+        "optim.steps=30",
+        "optim.minutes=0",
+        "optim.warmup_steps=3",
+        "optim.batch_size=8",
+        "data.curriculum_steps=5",
+        "optim.encoder_steps=10",
+        "run.eval_every=15",
+        "run.log_every=5",
+        "run.max_new_tokens=16",
+        f"run.out_dir={out}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
-    encoder_phase, llm_phase = log[:2], log[2:]          # CTC alone, then CE over the frozen encoder
+    encoder_phase, llm_phase = log[:2], log[2:]  # CTC alone, then CE over the frozen encoder
     assert all("ce" not in r and r["loss"] == r["ctc"] for r in encoder_phase)
     assert encoder_phase[1]["ctc"] < encoder_phase[0]["ctc"] and llm_phase[-1]["ce"] < 0.8 * llm_phase[0]["ce"]
     assert all(k in log[-1] for k in ("loss", "ce", "ctc", "lr", "elapsed_s"))
@@ -52,15 +68,16 @@ def test_cli_reduced_recipe_writes_a_loadable_model(demo_small, tmp_path):
     assert [r["step"] for r in evaluated] == [15, 30] and 0.0 <= evaluated[-1]["dev_noise_nonempty"] <= 1.0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["optim"]["steps"] == 30 and saved["model"]["size"] == "tiny" and saved["optim"]["ctc_weight"] == 0.5
-    easy = load_manifest(out / "curriculum.jsonl")          # the demo's clean English sft_train clips
+    easy = load_manifest(out / "curriculum.jsonl")  # the demo's clean English sft_train clips
     train = {c.audio: c for c in load_manifest(demo_small.sft_train)}
     assert 0 < len(easy) < len(train) and all(c.audio in train and c.lang == "en" for c in easy)
     model = load_audio_llm(out / "model")
     assert model.frontend.ctc is not None and float(model.frontend.cmvn_istd.std()) > 0  # CMVN set from data
 
 
-@pytest.mark.parametrize("args,key", [(["optim.lrr=1e-3"], "optim.lrr"), (["data.train_manifest=x", "run.eval_evry=5"],
-                                                                          "run.eval_evry")])
+@pytest.mark.parametrize(
+    "args,key", [(["optim.lrr=1e-3"], "optim.lrr"), (["data.train_manifest=x", "run.eval_evry=5"], "run.eval_evry")]
+)
 def test_config_typo_exits_2_naming_the_key(args, key, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -89,7 +106,7 @@ def test_sft_loss_equals_hand_computed_ce_plus_ctc(tiny_model_dir, demo_small):
     model = load_audio_llm(tiny_model_dir)
     model.train()
     clips, waves = load_clips(str(demo_small.sft_train), 30.0, speech_only=True)
-    clip = next(c for c in clips if c.context)          # a clip whose prompt holds context
+    clip = next(c for c in clips if c.context)  # a clip whose prompt holds context
     wave = waves[clips.index(clip)]
     feats = model.audio_features([wave])
     loss, ce, ctc = sft_loss(model, feats, [clip.text], [clip.context], ctc_weight=0.5)
@@ -104,10 +121,16 @@ def test_sft_loss_equals_hand_computed_ce_plus_ctc(tiny_model_dir, demo_small):
         seq = torch.cat([emb(torch.tensor(ids.prefix)), audio, emb(torch.tensor(ids.suffix)), emb(target[:-1])])
         logits = model.llm(inputs_embeds=seq[None]).logits[0]
         n_prompt = len(ids.prefix) + audio.shape[0] + len(ids.suffix)
-        ce_hand = F.cross_entropy(logits[n_prompt - 1:n_prompt - 1 + len(target)], target)
+        ce_hand = F.cross_entropy(logits[n_prompt - 1 : n_prompt - 1 + len(target)], target)
         ctc_logits, lengths = model.frontend.ctc_logits(feats)
-        ctc_hand = F.ctc_loss(ctc_logits.log_softmax(-1).transpose(0, 1), torch.tensor(text_ids), lengths,
-                              torch.tensor([len(text_ids)]), blank=tok.pad_token_id, reduction="mean")
+        ctc_hand = F.ctc_loss(
+            ctc_logits.log_softmax(-1).transpose(0, 1),
+            torch.tensor(text_ids),
+            lengths,
+            torch.tensor([len(text_ids)]),
+            blank=tok.pad_token_id,
+            reduction="mean",
+        )
     assert ctc_blank_id(tok) == tok.pad_token_id
     assert ce == pytest.approx(float(ce_hand), abs=1e-4) and ctc == pytest.approx(float(ctc_hand), abs=1e-4)
     assert float(loss.detach()) == pytest.approx(float(ce_hand + 0.5 * ctc_hand), abs=1e-4)
@@ -156,6 +179,7 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 def test_concat_pairs_joins_english_clips_only():
     from funrl.sft import concat_pairs
     from policy.messages import Clip
+
     clips = [Clip("a.wav", "one two", "en", context="kw"), Clip("b.wav", "三四", "zh"), Clip("c.wav", "five", "en")]
     audio = {id(c): np.full(10 * (i + 1), i, dtype=np.float32) for i, c in enumerate(clips)}
     rng = np.random.default_rng(0)
@@ -171,15 +195,17 @@ def test_concat_pairs_joins_english_clips_only():
 
 def test_ctc_align_first_frames_and_infeasible():
     from funrl.sft_augment import ctc_align
-    frames = [1, 1, 0, 2, 0, 2, 0]                        # blank = 0: best path emits 1 @0, 2 @3, 2 @5
+
+    frames = [1, 1, 0, 2, 0, 2, 0]  # blank = 0: best path emits 1 @0, 2 @3, 2 @5
     lp = np.full((len(frames), 3), -10.0)
     lp[np.arange(len(frames)), frames] = 0.0
     assert ctc_align(lp, [1, 2, 2], blank=0) == [0, 3, 5]
-    assert ctc_align(np.zeros((2, 3)), [1, 1], blank=0) is None   # a repeat needs a blank between: 3 frames
+    assert ctc_align(np.zeros((2, 3)), [1, 1], blank=0) is None  # a repeat needs a blank between: 3 frames
 
 
 def test_shuffle_words_keeps_audio_and_words_together():
     from funrl.sft_augment import shuffle_words
+
     wave = np.concatenate([np.full(5, 1.0), np.full(7, 2.0), np.full(3, 3.0)]).astype(np.float32)
     out, text = shuffle_words(wave, "one two three", [5, 12], np.random.default_rng(1))
     value = {"one": 1.0, "two": 2.0, "three": 3.0}

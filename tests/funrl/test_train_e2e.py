@@ -3,6 +3,7 @@
 Pins: weights change, vLLM and the learner agree on log-probs after a sync (full and LoRA), every metric
 is logged, and a run killed with SIGKILL resumes with the same data order and a continuous step counter.
 """
+
 import os
 import signal
 from pathlib import Path
@@ -17,42 +18,82 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 METRIC_KEYS = {
-    "step", "reward.total.mean", "reward.total.std", "reward.wer.mean", "reward.wer.std", "reward.keyword.mean",
-    "reward.keyword.std", "reward.hallucination.mean", "reward.hallucination.std", "reward.language.mean",
-    "reward.language.std", "loss", "kl", "clip_frac", "ratio_mean", "grad_norm", "lr", "hyp.length.mean",
-    "groups.zero_variance_frac", "groups.dropped", "time.embed", "time.generate", "time.score", "time.learn",
-    "time.sync", "time.step"}
+    "step",
+    "reward.total.mean",
+    "reward.total.std",
+    "reward.wer.mean",
+    "reward.wer.std",
+    "reward.keyword.mean",
+    "reward.keyword.std",
+    "reward.hallucination.mean",
+    "reward.hallucination.std",
+    "reward.language.mean",
+    "reward.language.std",
+    "loss",
+    "kl",
+    "clip_frac",
+    "ratio_mean",
+    "grad_norm",
+    "lr",
+    "hyp.length.mean",
+    "groups.zero_variance_frac",
+    "groups.dropped",
+    "time.embed",
+    "time.generate",
+    "time.score",
+    "time.learn",
+    "time.sync",
+    "time.step",
+}
 
 
 @pytest.fixture
 def demo_data(small_demo_data):
-    return small_demo_data   # the session's reduced demo data (tests/conftest.py)
+    return small_demo_data  # the session's reduced demo data (tests/conftest.py)
 
 
 def _overrides(model_dir, data, out, **extra) -> list[str]:
-    base = {"model.path": model_dir, "data.train_manifest": data.manifest("rl_train"),
-            "rollout.n": 4, "rollout.max_new_tokens": 12, "rollout.kv_cache_memory_bytes": 32 << 20,
-            "learner.num_ranks": 2, "learner.lr": 1e-3, "learner.micro_batch": 8,
-            "run.steps": 2, "run.clips_per_step": 4, "run.out_dir": out, "run.save_every": 1, "ray.num_cpus": 4}
+    base = {
+        "model.path": model_dir,
+        "data.train_manifest": data.manifest("rl_train"),
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 12,
+        "rollout.kv_cache_memory_bytes": 32 << 20,
+        "learner.num_ranks": 2,
+        "learner.lr": 1e-3,
+        "learner.micro_batch": 8,
+        "run.steps": 2,
+        "run.clips_per_step": 4,
+        "run.out_dir": out,
+        "run.save_every": 1,
+        "ray.num_cpus": 4,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
 
-@pytest.mark.parametrize("finetune, placement", [
-    ("full", {}), ("lora", {}),
-    # engine 0 and rank 0 share bundle 0 of one placement group; the engine sleeps during each update
-    ("full", {"ray.colocate": "true", "learner.num_ranks": 1}),
-    # two vLLM engines: each samples half of the clips, and the sync reaches both
-    ("full", {"rollout.num_workers": 2, "learner.num_ranks": 1})])
+@pytest.mark.parametrize(
+    "finetune, placement",
+    [
+        ("full", {}),
+        ("lora", {}),
+        # engine 0 and rank 0 share bundle 0 of one placement group; the engine sleeps during each update
+        ("full", {"ray.colocate": "true", "learner.num_ranks": 1}),
+        # two vLLM engines: each samples half of the clips, and the sync reaches both
+        ("full", {"rollout.num_workers": 2, "learner.num_ranks": 1}),
+    ],
+)
 def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
-        finetune, placement, tiny_model_dir, demo_data, tmp_path):
+    finetune, placement, tiny_model_dir, demo_data, tmp_path
+):
     import ray
 
     from funrl.cluster import Cluster
     from funrl.train import train_step
 
-    cfg = load_config(None, _overrides(tiny_model_dir, demo_data, tmp_path / "run",
-                                       **{"learner.finetune": finetune, **placement}))
+    cfg = load_config(
+        None, _overrides(tiny_model_dir, demo_data, tmp_path / "run", **{"learner.finetune": finetune, **placement})
+    )
     clips = load_manifest(demo_data.manifest("rl_train"))
     sampler = ClipSampler(clips, 4, seed=0)
     try:
@@ -82,13 +123,14 @@ _run, _jsonl, _wait_for = run_train, jsonl, wait_for
 @pytest.fixture(scope="module")
 def qwen2_audio_dir(tmp_path_factory) -> Path:
     from policy.models import get_adapter
+
     return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
 
 
 # model fixture (None: the shipped demo starting model) and overrides of each model the resume test runs on;
 # the encoder trains as in the demo recipe (funrl/demo/grpo.yaml), where the CTC head never gets a gradient;
 # one learner rank there (the tiny case resumes 2 sharded ranks)
-RESUME_MODELS = {   # the tiny model's resume runs in tests/faults/test_preemption.py (after SIGTERM)
+RESUME_MODELS = {  # the tiny model's resume runs in tests/faults/test_preemption.py (after SIGTERM)
     "demo_model_train_encoder": (None, {"model.train_encoder": "true", "learner.num_ranks": 1}),
     "qwen2_audio_train_encoder": ("qwen2_audio_dir", {"model.train_encoder": "true", "learner.num_ranks": 1}),
 }
@@ -102,11 +144,12 @@ def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(model, 
     elsewhere.mkdir()
     steps = 4
     # run.out_dir relative to the first run's working directory; the resume runs from another one
-    args = _overrides(model_dir, demo_data, "run", **{"run.steps": steps, "data.test_manifest":
-                                                      demo_data.manifest("test"), **extra})
+    args = _overrides(
+        model_dir, demo_data, "run", **{"run.steps": steps, "data.test_manifest": demo_data.manifest("test"), **extra}
+    )
     proc = _run(args, cwd=tmp_path)
     _wait_for(out / "checkpoints" / "step_000002" / "COMPLETE", proc)
-    os.killpg(proc.pid, signal.SIGKILL)   # the driver and the local Ray it started
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     killed_at = len(_jsonl(out / "metrics.jsonl"))
     assert killed_at < steps, "the run finished before it was killed; the test did not test a resume"
@@ -114,7 +157,7 @@ def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(model, 
     resumed = _run(["--resume", str(out)], cwd=elsewhere)
     log = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, log[-4000:]
-    assert "resumed from" in log and "before" in log and "after" in log   # eval table printed
+    assert "resumed from" in log and "before" in log and "after" in log  # eval table printed
 
     metrics = _jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
@@ -126,7 +169,7 @@ def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(model, 
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts[-1] == f"step_{steps:06d}" and not any(n.startswith(".tmp") for n in ckpts)
     assert (out / "model" / "config.json").is_file()
-    assert list(elsewhere.iterdir()) == []   # nothing of the run went to the resuming process's directory
+    assert list(elsewhere.iterdir()) == []  # nothing of the run went to the resuming process's directory
 
 
 def test_bad_manifest_is_reported_before_any_actor_starts(tiny_model_dir, tmp_path):
@@ -150,10 +193,15 @@ def test_nan_reward_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(t
         "CALLS = []\n"
         "def flaky(hyps, refs, metas):\n"
         "    CALLS.append(1)\n"
-        "    return [float('nan') if len(CALLS) > 1 else 0.0 for _ in hyps]\n")
+        "    return [float('nan') if len(CALLS) > 1 else 0.0 for _ in hyps]\n"
+    )
     out = tmp_path / "run"
-    args = _overrides(tiny_model_dir, demo_data, out, **{"run.steps": 3, "rewards.plugins": "[nan_plugin:flaky]",
-                                                         "rewards.weights.flaky": 1.0})
+    args = _overrides(
+        tiny_model_dir,
+        demo_data,
+        out,
+        **{"run.steps": 3, "rewards.plugins": "[nan_plugin:flaky]", "rewards.weights.flaky": 1.0},
+    )
     env_path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     proc = _run(args, env_extra={"PYTHONPATH": env_path})
     log = proc.communicate(timeout=600)[0]
@@ -167,7 +215,7 @@ def test_killed_rollout_actor_is_restarted_and_the_run_goes_on(tiny_model_dir, d
     out, steps = tmp_path / "run", 4
     proc = _run(_overrides(tiny_model_dir, demo_data, out, **{"run.steps": steps}))
     _wait_for(out / "checkpoints" / "step_000001" / "COMPLETE", proc)
-    victims = own_processes(proc.pid, "ray::VLLMRolloutWorker")   # this run's actor only, not another run's
+    victims = own_processes(proc.pid, "ray::VLLMRolloutWorker")  # this run's actor only, not another run's
     assert victims, "no rollout actor found under the run's process tree"
     for victim in victims:
         victim.kill()

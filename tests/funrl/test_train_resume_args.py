@@ -1,5 +1,6 @@
 """``python -m funrl.train --resume OUT`` trains in OUT, whatever run.out_dir its saved config holds (it may be
 relative to the working directory of the run that wrote it); an out_dir override alongside is an error."""
+
 from __future__ import annotations
 
 import pytest

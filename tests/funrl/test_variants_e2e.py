@@ -4,6 +4,7 @@ instance serves all of them (main() joins a running Ray), so each run pays only 
 
 GRPO itself (the default) runs in tests/funrl/test_train_e2e.py.
 """
+
 import json
 import math
 
@@ -17,12 +18,23 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 # Dr. GRPO = advantage dr_grpo + agg seq-mean-token-sum-norm; DAPO = clip-higher + token-mean + beta 0 + refill
 # + overlong mask; GSPO = loss gspo; RLOO = advantage rloo; mini-batches and TIS on the GRPO loss path.
 VARIANTS = {
-    "dapo+dr_grpo_advantage": {"learner.advantage": "dr_grpo", "learner.clip_eps_low": 0.2,
-                               "learner.clip_eps_high": 0.28, "learner.agg": "token-mean", "learner.beta": 0.0,
-                               "run.dynamic_sampling": "true", "run.max_refill_rounds": 2,
-                               "rollout.truncated": "mask"},
-    "gspo+rloo+dr_grpo_agg": {"learner.loss": "gspo", "learner.clip_eps_low": 3e-4, "learner.clip_eps_high": 4e-4,
-                              "learner.advantage": "rloo", "learner.agg": "seq-mean-token-sum-norm"},
+    "dapo+dr_grpo_advantage": {
+        "learner.advantage": "dr_grpo",
+        "learner.clip_eps_low": 0.2,
+        "learner.clip_eps_high": 0.28,
+        "learner.agg": "token-mean",
+        "learner.beta": 0.0,
+        "run.dynamic_sampling": "true",
+        "run.max_refill_rounds": 2,
+        "rollout.truncated": "mask",
+    },
+    "gspo+rloo+dr_grpo_agg": {
+        "learner.loss": "gspo",
+        "learner.clip_eps_low": 3e-4,
+        "learner.clip_eps_high": 4e-4,
+        "learner.advantage": "rloo",
+        "learner.agg": "seq-mean-token-sum-norm",
+    },
     "grpo_mini_batches_2+tis": {"learner.mini_batches": 2, "learner.tis_cap": 2.0},
 }
 
@@ -30,6 +42,7 @@ VARIANTS = {
 @pytest.fixture(scope="module")
 def shared_ray():
     import ray
+
     ray.init(num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
@@ -37,19 +50,31 @@ def shared_ray():
 
 @pytest.fixture
 def demo_data(small_demo_data):
-    return small_demo_data   # the session's reduced demo data (tests/conftest.py)
+    return small_demo_data  # the session's reduced demo data (tests/conftest.py)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variant_trains_two_steps_through_the_cli(variant, shared_ray, demo_data, tmp_path):
     from funrl.demo.run import start_model_dir
+
     out = tmp_path / "run"
     # the shipped demo model: it ends its transcripts (a random tiny model is cut at max_new_tokens every time,
     # which DAPO's overlong mask would take out of the loss whole)
-    args = {"model.path": start_model_dir(), "data.train_manifest": demo_data.manifest("rl_train"), "rollout.n": 4,
-            "rollout.max_new_tokens": 24, "rollout.kv_cache_memory_bytes": 32 << 20, "learner.lr": 1e-3,
-            "learner.micro_batch": 16, "run.steps": 2, "run.clips_per_step": 4, "run.out_dir": out,
-            "run.save_every": 2, "run.save_model": "false", **VARIANTS[variant]}
+    args = {
+        "model.path": start_model_dir(),
+        "data.train_manifest": demo_data.manifest("rl_train"),
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 24,
+        "rollout.kv_cache_memory_bytes": 32 << 20,
+        "learner.lr": 1e-3,
+        "learner.micro_batch": 16,
+        "run.steps": 2,
+        "run.clips_per_step": 4,
+        "run.out_dir": out,
+        "run.save_every": 2,
+        "run.save_model": "false",
+        **VARIANTS[variant],
+    }
     assert main(["--no-demo", *[f"{k}={v}" for k, v in args.items()]]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]

@@ -1,5 +1,6 @@
 """Test helper for the learner tests: random scored batches, a plain single-process GRPO reference (no FSDP,
 no micro-batches: one big batch), and the body of a learner rank run as a torch.multiprocessing process."""
+
 from __future__ import annotations
 
 import traceback
@@ -13,11 +14,18 @@ from policy.grpo import group_advantages, grpo_loss
 from policy.messages import Clip, PromptBatch, RolloutBatch, ScoredRollout
 from policy.models import load_audio_llm
 
-HIDDEN, VOCAB = 128, 843   # the tiny encoder_adapter_llm (Qwen2) of tests/conftest.py
+HIDDEN, VOCAB = 128, 843  # the tiny encoder_adapter_llm (Qwen2) of tests/conftest.py
 
 
-def make_batch(seed: int, B: int = 3, G: int = 3, T: int = 6, nan_adv: bool = False,
-               nan_prompt: bool = False, sampled: bool = False) -> ScoredRollout:
+def make_batch(
+    seed: int,
+    B: int = 3,
+    G: int = 3,
+    T: int = 6,
+    nan_adv: bool = False,
+    nan_prompt: bool = False,
+    sampled: bool = False,
+) -> ScoredRollout:
     """B clips x G hypotheses: random prompts [L_i, H], tokens, lengths 1..T (one row fully padded), rewards;
     ``sampled``: random sampler log-probs in [-8, 0) on the tokens (else zeros)."""
     g = torch.Generator().manual_seed(seed)
@@ -26,7 +34,7 @@ def make_batch(seed: int, B: int = 3, G: int = 3, T: int = 6, nan_adv: bool = Fa
     if nan_prompt:
         embeds[0][1, 0] = float("nan")
     lens = torch.randint(1, T + 1, (B, G), generator=g)
-    lens[B - 1, G - 1] = 0                                 # an empty hypothesis: no tokens in the loss
+    lens[B - 1, G - 1] = 0  # an empty hypothesis: no tokens in the loss
     mask = (torch.arange(T) < lens[..., None]).float()
     ids = torch.randint(0, VOCAB, (B, G, T), generator=g) * mask.long()
     texts = tuple(tuple("h" for _ in range(G)) for _ in range(B))
@@ -42,6 +50,7 @@ def make_batch(seed: int, B: int = 3, G: int = 3, T: int = 6, nan_adv: bool = Fa
 def write_waves(folder, n: int = 3, seed: int = 0) -> list[str]:
     """``n`` short 16 kHz wav files of noise (0.4-0.8 s) in ``folder``."""
     import soundfile as sf
+
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
@@ -65,6 +74,7 @@ def audio_batch(seed: int, paths: list[str], G: int = 3, T: int = 6) -> ScoredRo
 def audio_prompts(model, batch: ScoredRollout, frontend=None) -> list[torch.Tensor]:
     """Per-row prompt embeds recomputed from the audio (with grad), as the embedding worker builds them."""
     from policy.models.audio import load_audio
+
     clips = batch.rollout.prompts.clips
     feats = model.audio_features([load_audio(c.audio) for c in clips])
     per_clip = model.build_prompt_embeds((frontend or model.frontend)(feats), [c.context for c in clips])
@@ -73,8 +83,15 @@ def audio_prompts(model, batch: ScoredRollout, frontend=None) -> list[torch.Tens
 
 
 def learner_cfg(**kw) -> LearnerConfig:
-    base = dict(lr=1e-4, micro_batch=2, ppo_epochs=2, grad_clip=1.0, beta=0.04, weight_decay=0.01,
-                lora=LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj")))
+    base = dict(
+        lr=1e-4,
+        micro_batch=2,
+        ppo_epochs=2,
+        grad_clip=1.0,
+        beta=0.04,
+        weight_decay=0.01,
+        lora=LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj")),
+    )
     base.update(kw)
     return LearnerConfig(**base)
 
@@ -93,16 +110,23 @@ def halves(batch: ScoredRollout, parts: int) -> list[list[int]]:
     return [[b * G + g for b in range(bounds[j], bounds[j + 1]) for g in range(G)] for j in range(parts)]
 
 
-def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], train_encoder: bool = False,
-                  max_new_tokens: int | None = None):
+def reference_run(
+    model_dir,
+    cfg: LearnerConfig,
+    batches: list[ScoredRollout],
+    train_encoder: bool = False,
+    max_new_tokens: int | None = None,
+):
     """Plain PyTorch GRPO: one big batch per epoch, AdamW; returns ((per-update mean losses, mean pre-clip
     gradient norms), llm weights[, frontend weights when train_encoder])."""
     import copy
+
     torch.manual_seed(cfg.seed)
     model = load_audio_llm(model_dir)
     ref_frontend = copy.deepcopy(model.frontend).requires_grad_(False)
     if cfg.finetune == "lora":
         from policy.models.lora import apply_lora
+
         apply_lora(model, cfg.lora, train_frontend=train_encoder)
         ref = None
     else:
@@ -127,13 +151,26 @@ def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], t
                 ref_lp = ref.sequence_logprobs(prompts_of(batch, ref), ids, mask)
         epoch_losses, epoch_norms = [], []
         for _ in range(cfg.ppo_epochs):
-            for part in halves(batch, cfg.mini_batches):   # one optimizer step per mini-batch, in order
+            for part in halves(batch, cfg.mini_batches):  # one optimizer step per mini-batch, in order
                 logp = model.sequence_logprobs([prompts_of(batch)[i] for i in part], ids[part], mask[part])
-                loss, _ = grpo_loss(logp, old[part], ref_lp[part], adv[part], mask[part],
-                                    clip_eps=cfg.clip_eps, beta=cfg.beta, agg=cfg.agg, kl_kind=cfg.kl_kind,
-                                    kl_clamp=cfg.kl_clamp, rollout_logp=sampled[part], tis_cap=cfg.tis_cap,
-                                    loss=cfg.loss, clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
-                                    norm_len=max_new_tokens)
+                loss, _ = grpo_loss(
+                    logp,
+                    old[part],
+                    ref_lp[part],
+                    adv[part],
+                    mask[part],
+                    clip_eps=cfg.clip_eps,
+                    beta=cfg.beta,
+                    agg=cfg.agg,
+                    kl_kind=cfg.kl_kind,
+                    kl_clamp=cfg.kl_clamp,
+                    rollout_logp=sampled[part],
+                    tis_cap=cfg.tis_cap,
+                    loss=cfg.loss,
+                    clip_eps_low=cfg.clip_eps_low,
+                    clip_eps_high=cfg.clip_eps_high,
+                    norm_len=max_new_tokens,
+                )
                 loss.backward()
                 epoch_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))
                 opt.step()
@@ -150,6 +187,7 @@ def reference_run(model_dir, cfg: LearnerConfig, batches: list[ScoredRollout], t
 def _full_state(learner) -> dict[str, np.ndarray]:
     """Every parameter of the policy (collective), as numpy arrays on rank 0."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     sd = get_model_state_dict(learner.root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.numpy().copy() for k, v in sd.items()}
 
@@ -171,7 +209,7 @@ def _run_scenario(name: str, spec: dict, learner) -> dict:
         except FloatingPointError as err:
             out["error"] = str(err)
         out["unchanged"] = all(np.array_equal(before[k], v) for k, v in _weights(learner).items())
-        learner.update(spec["batches"][1])   # the group stays usable after the guard
+        learner.update(spec["batches"][1])  # the group stays usable after the guard
         out["after_ok"] = True
         return out
     out["stats"] = [learner.update(b) for b in spec["batches"]]
@@ -183,7 +221,7 @@ def _run_scenario(name: str, spec: dict, learner) -> dict:
     if spec.get("no_reference"):
         out["no_ref_model"] = learner.ref_root is None
         try:
-            learner.logprobs(spec["batches"][0], reference=True)   # raises before any collective
+            learner.logprobs(spec["batches"][0], reference=True)  # raises before any collective
             out["ref_error"] = None
         except RuntimeError as err:
             out["ref_error"] = str(err)
@@ -196,13 +234,23 @@ def _run_scenario(name: str, spec: dict, learner) -> dict:
 def rank_main(rank: int, world: int, ports: list[int], model_dir: str, scenarios: dict, queue) -> None:
     """Body of one rank: run every scenario with a fresh Learner (own port); rank 0 reports."""
     from policy.learner import Learner
+
     torch.set_num_threads(1)
     results: dict = {}
     try:
         for (name, spec), port in zip(scenarios.items(), ports):
             model_cfg = ModelConfig(path=model_dir, train_encoder=spec.get("train_encoder", False))
-            learner = Learner(model_dir, model_cfg, spec["cfg"], rank, world, "127.0.0.1", port,
-                              temperature=spec.get("temperature", 1.0), max_new_tokens=spec.get("max_new_tokens"))
+            learner = Learner(
+                model_dir,
+                model_cfg,
+                spec["cfg"],
+                rank,
+                world,
+                "127.0.0.1",
+                port,
+                temperature=spec.get("temperature", 1.0),
+                max_new_tokens=spec.get("max_new_tokens"),
+            )
             learner.setup()
             try:
                 results[name] = _run_scenario(name, spec, learner)
@@ -238,17 +286,20 @@ class BucketRecorder:
 def _trainable_and_optimizer(learner) -> tuple[dict[str, np.ndarray], dict]:
     """Collective: full trainable weights and AdamW state ({param: {key: array}}) on rank 0."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     model_sd, optim_sd = get_state_dict(learner.root, learner.optimizer, options=opts)
     state = {p: {k: v.numpy().copy() for k, v in s.items()} for p, s in optim_sd.get("state", {}).items()}
     return {k: v.numpy().copy() for k, v in model_sd.items()}, state
 
 
-def resume_rank_main(rank: int, world: int, ports: list[int], model_dir: str, waves: list[str], folder: str,
-                     queue) -> None:
+def resume_rank_main(
+    rank: int, world: int, ports: list[int], model_dir: str, waves: list[str], folder: str, queue
+) -> None:
     """Learner A (train_encoder): update, save a checkpoint into ``folder``, update. Learner B: load it, the same
     second update. Rank 0 reports both (trainable weights, AdamW state)."""
     from policy.learner import Learner
+
     torch.set_num_threads(1)
     cfg, model_cfg = learner_cfg(ppo_epochs=1), ModelConfig(path=model_dir, train_encoder=True)
     b1, b2 = audio_batch(1, waves), audio_batch(2, waves)
@@ -279,6 +330,7 @@ def run_ranks(target, world: int, args: tuple, timeout_s: float) -> dict:
     import queue as queue_mod
 
     import torch.multiprocessing as mp
+
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=target, args=(r, world, *args, q)) for r in range(world)]

@@ -1,6 +1,7 @@
 """scripts/bench_gpu_learner.py on CPU (issue 7 item 4): its FLOP count against torch's own count of the
 matmuls, the peak-FLOP/s table, and a tiny end-to-end run (the script's smoke check). The GPU run is
 tests/policy/test_learner_gpu.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_gpu_learner.py
 def load_bench():
     spec = importlib.util.spec_from_file_location("bench_gpu_learner", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # its dataclasses look their module up
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -41,17 +42,22 @@ def test_flop_formula_matches_torch_count_of_the_matmuls(tiny_bench_dir):
     with FlopCounterMode(display=False) as counter:
         model.sequence_logprobs(prompts, ids).sum().backward()
     want = bench.forward_flops(shape, rows, prompt_len, completion_len, attention=False)
-    assert counter.get_total_flops() == pytest.approx(3 * want, rel=0.01)   # fwd + bwd = 3 fwd (norms: < 1 %)
+    assert counter.get_total_flops() == pytest.approx(3 * want, rel=0.01)  # fwd + bwd = 3 fwd (norms: < 1 %)
     full = bench.update_flops(shape, rows, prompt_len, completion_len, ppo_epochs=1)
-    assert full == bench.forward_flops(shape, rows, prompt_len, completion_len) * 4   # train 3 + reference 1
+    assert full == bench.forward_flops(shape, rows, prompt_len, completion_len) * 4  # train 3 + reference 1
     assert bench.update_flops(shape, rows, prompt_len, completion_len, ppo_epochs=2) == full / 4 * 8
     assert bench.update_flops(shape, rows, prompt_len, completion_len, 1, trainable=0) == full / 4 * 3
 
 
 def test_peak_flops_by_device_name(monkeypatch):
     cuda = torch.device("cuda", 0)
-    for name, tflops in (("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H200", 989), ("NVIDIA H100 PCIe", 756),
-                         ("NVIDIA A100-SXM4-80GB", 312), ("Some Other GPU", None)):
+    for name, tflops in (
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H200", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("Some Other GPU", None),
+    ):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
         assert bench.peak_flops(cuda) == (None if tflops is None else tflops * 1e12)
     assert bench.peak_flops(torch.device("cpu")) is None
@@ -62,7 +68,12 @@ def test_peak_flops_by_device_name(monkeypatch):
 def test_cpu_smoke_run_prints_the_table(capsys):
     assert bench.main(["--device", "cpu", "--size", "tiny", "--steps", "1", "--peak-tflops", "1"]) == 0
     out = capsys.readouterr().out
-    for words in ("| tokens/s (prompt + completion) |", "| MFU |", "| weight export fp32 (gather_weights) |",
-                  "learner.dtype=bfloat16", "peak RSS"):
+    for words in (
+        "| tokens/s (prompt + completion) |",
+        "| MFU |",
+        "| weight export fp32 (gather_weights) |",
+        "learner.dtype=bfloat16",
+        "peak RSS",
+    ):
         assert words in out
     assert "n/a" not in out.split("| MFU |")[1].split("\n")[0]

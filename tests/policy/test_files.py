@@ -1,4 +1,5 @@
 """policy.files.created_mode and the folder atomic_dir leaves: the modes plain open()/mkdir() would give."""
+
 from __future__ import annotations
 
 import os

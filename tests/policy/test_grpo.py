@@ -1,4 +1,5 @@
 """GRPO math (docs/design.md#grpo-math, Fun-ASR report eqs. 1-3): hand-computed values and a loop reference."""
+
 from __future__ import annotations
 
 import math
@@ -24,10 +25,13 @@ def test_group_advantages_hand_computed_2x3():
     # row 0: mean 2, unbiased std sqrt((1 + 0 + 1) / 2) = 1 -> (-1, 0, 1) / (1 + 1e-6)
     # row 1: mean 1/3, unbiased std sqrt((1/9 + 1/9 + 4/9) / 2) = 1/sqrt(3) = 0.57735...
     #        -> (-1/3, -1/3, 2/3) / (0.5773502691896258 + 1e-6)
-    expected = torch.tensor([
-        [-0.9999990000010001, 0.0, 0.9999990000010001],
-        [-0.5773492691913577, -0.5773492691913577, 1.1546985383827153],
-    ], dtype=torch.float64)
+    expected = torch.tensor(
+        [
+            [-0.9999990000010001, 0.0, 0.9999990000010001],
+            [-0.5773492691913577, -0.5773492691913577, 1.1546985383827153],
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(group_advantages(rewards), expected, rtol=0, atol=1e-12)
 
 
@@ -87,10 +91,10 @@ RATIOS = [[1.5, 1.0, 0.5], [0.5, 1.1, 1.0]]
 
 def _case(padding_value: float = float("nan")):
     logp = torch.log(torch.tensor(RATIOS, dtype=torch.float64))
-    logp[1, 2] = padding_value                      # garbage on padding must not leak
+    logp[1, 2] = padding_value  # garbage on padding must not leak
     old = torch.zeros(2, 3, dtype=torch.float64)
     old[1, 2] = float("inf")
-    ref = torch.zeros(2, 3, dtype=torch.float64)    # reference = old policy
+    ref = torch.zeros(2, 3, dtype=torch.float64)  # reference = old policy
     adv = torch.tensor([1.0, -2.0], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     return logp.requires_grad_(True), old, ref, adv, mask
@@ -101,8 +105,8 @@ def test_grpo_loss_seq_mean_token_mean_with_clipping_and_padding():
     loss, m = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.0)
     # L = -(0.9 + (-1.9)) / 2 = 0.5
     assert loss.item() == pytest.approx(0.5, abs=1e-6)
-    assert m["clip_frac"] == pytest.approx(2 / 5)                     # tokens (0,0) and (1,0)
-    assert m["ratio_mean"] == pytest.approx((1.5 + 1.0 + 0.5 + 0.5 + 1.1) / 5)   # 0.92
+    assert m["clip_frac"] == pytest.approx(2 / 5)  # tokens (0,0) and (1,0)
+    assert m["ratio_mean"] == pytest.approx((1.5 + 1.0 + 0.5 + 0.5 + 1.1) / 5)  # 0.92
     assert m["n_tokens"] == 5 and m["n_seqs"] == 2
 
 
@@ -117,8 +121,8 @@ def test_grpo_loss_kl_term_hand_computed_both_aggregations():
     logp, old, ref, adv, mask = _case()
     # k3 with ref = 0: x = -log r, KL = 1/r + log r - 1 per token
     k = {r: 1 / r + math.log(r) - 1 for r in (1.5, 1.0, 0.5, 1.1)}
-    kl0 = [k[1.5], k[1.0], k[0.5]]                 # 0.0721318, 0, 0.3068528
-    kl1 = [k[0.5], k[1.1]]                         # 0.3068528, 0.0044010
+    kl0 = [k[1.5], k[1.0], k[0.5]]  # 0.0721318, 0, 0.3068528
+    kl1 = [k[0.5], k[1.1]]  # 0.3068528, 0.0044010
     beta = 0.04
     seq0 = (1.2 + 1.0 + 0.5 - beta * sum(kl0)) / 3
     seq1 = (-1.6 - 2.2 - beta * sum(kl1)) / 2
@@ -208,20 +212,17 @@ def test_grpo_loss_matches_per_sequence_loop(agg):
     lengths = torch.tensor([9, 1, 5, 0, 7, 3])
     mask = (torch.arange(T)[None, :] < lengths[:, None]).to(torch.float64)
     loss, m = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, beta=0.1, agg=agg)
-    expected = _loop_reference(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(),
-                               mask.tolist(), 0.2, 0.1, agg)
+    expected = _loop_reference(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.1, agg)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
-    assert 0.0 < m["clip_frac"] < 1.0      # the random case does exercise clipping
+    assert 0.0 < m["clip_frac"] < 1.0  # the random case does exercise clipping
 
 
 def test_grpo_loss_shape_errors_name_the_shapes():
     logp = torch.zeros(2, 3)
-    ok = dict(old_logp=torch.zeros(2, 3), ref_logp=torch.zeros(2, 3),
-              advantages=torch.zeros(2), mask=torch.ones(2, 3))
+    ok = dict(old_logp=torch.zeros(2, 3), ref_logp=torch.zeros(2, 3), advantages=torch.zeros(2), mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"logp must be \[N, T\].*\(6,\)"):
         grpo_loss(torch.zeros(6), **ok)
-    for key, bad in [("old_logp", torch.zeros(2, 4)), ("ref_logp", torch.zeros(3, 3)),
-                     ("mask", torch.ones(2, 3, 1))]:
+    for key, bad in [("old_logp", torch.zeros(2, 4)), ("ref_logp", torch.zeros(3, 3)), ("mask", torch.ones(2, 3, 1))]:
         with pytest.raises(ValueError, match=rf"{key} has shape \({', '.join(map(str, bad.shape))}\)"):
             grpo_loss(logp, **{**ok, key: bad})
     with pytest.raises(ValueError, match=r"advantages must be \[N\].*\(2, 1\)"):
@@ -238,44 +239,45 @@ def test_grpo_loss_rejects_bad_options():
         grpo_loss(*args, clip_eps=1.5)
     with pytest.raises(ValueError, match="ref_logp is None"):
         grpo_loss(args[0], args[1], None, args[3], args[4], beta=0.04)
-    loss, _ = grpo_loss(args[0], args[1], None, args[3], args[4], beta=0.0)   # allowed without KL
+    loss, _ = grpo_loss(args[0], args[1], None, args[3], args[4], beta=0.0)  # allowed without KL
     assert loss.item() == 0.0
 
 
 def test_grpo_loss_bf16_inputs_are_computed_in_fp32():
     logp32, old, ref, adv, mask = _case()
     logp = logp32.detach().to(torch.bfloat16).requires_grad_(True)
-    loss, _ = grpo_loss(logp, old.to(torch.bfloat16), ref.to(torch.bfloat16), adv.to(torch.bfloat16), mask,
-                        beta=0.0)
+    loss, _ = grpo_loss(logp, old.to(torch.bfloat16), ref.to(torch.bfloat16), adv.to(torch.bfloat16), mask, beta=0.0)
     loss.backward()
     assert loss.dtype == torch.float32 and logp.grad.dtype == torch.bfloat16
-    assert loss.item() == pytest.approx(0.5, abs=1e-2)     # bf16 rounding of log(1.5) etc.
+    assert loss.item() == pytest.approx(0.5, abs=1e-2)  # bf16 rounding of log(1.5) etc.
 
 
 # ---- truncated importance sampling, the KL bound, sampler agreement (hand-computed) -------------------
 
+
 def test_tis_weights_the_policy_gradient_by_the_capped_sampler_ratio():
     logp = torch.tensor([[0.0, -1.0]], requires_grad=True)
-    old = logp.detach().clone()                      # ratio 1: the clip is not active
-    rollout = torch.tensor([[0.5, -2.0]])            # raw weights exp(-0.5) = 0.6065, exp(1) = 2.718 -> cap 2
+    old = logp.detach().clone()  # ratio 1: the clip is not active
+    rollout = torch.tensor([[0.5, -2.0]])  # raw weights exp(-0.5) = 0.6065, exp(1) = 2.718 -> cap 2
     adv, mask = torch.tensor([1.5]), torch.ones(1, 2)
     loss, m = grpo_loss(logp, old, None, adv, mask, beta=0.0, rollout_logp=rollout, tis_cap=2.0)
     w = [math.exp(-0.5), 2.0]
     assert loss.item() == pytest.approx(-1.5 * (w[0] + w[1]) / 2, abs=1e-6)
-    loss.backward()   # d/dlogp of -(rho * A * w) / 2 at rho = 1
+    loss.backward()  # d/dlogp of -(rho * A * w) / 2 at rho = 1
     assert logp.grad[0].tolist() == pytest.approx([-0.75 * w[0], -0.75 * w[1]], abs=1e-6)
     assert m["tis_weight_mean"] == pytest.approx((w[0] + w[1]) / 2, abs=1e-6)
     assert m["tis_clip_frac"] == pytest.approx(0.5)
-    plain, m0 = grpo_loss(logp.detach(), old, None, adv, mask, beta=0.0)   # off by default
+    plain, m0 = grpo_loss(logp.detach(), old, None, adv, mask, beta=0.0)  # off by default
     assert plain.item() == pytest.approx(-1.5) and m0["tis_weight_mean"] == 1.0 and m0["tis_clip_frac"] == 0.0
 
 
 def test_tis_does_not_weight_the_kl_term():
     logp = torch.tensor([[-0.5]], requires_grad=True)
-    ref, rollout = torch.tensor([[-1.0]]), torch.tensor([[-3.0]])        # weight exp(2.5) capped at 3
-    loss, _ = grpo_loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 1), beta=0.1,
-                        rollout_logp=rollout, tis_cap=3.0)
-    k3 = math.exp(-0.5) + 0.5 - 1.0   # advantage 0: only the KL term is left, unweighted
+    ref, rollout = torch.tensor([[-1.0]]), torch.tensor([[-3.0]])  # weight exp(2.5) capped at 3
+    loss, _ = grpo_loss(
+        logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 1), beta=0.1, rollout_logp=rollout, tis_cap=3.0
+    )
+    k3 = math.exp(-0.5) + 0.5 - 1.0  # advantage 0: only the KL term is left, unweighted
     assert loss.item() == pytest.approx(0.1 * k3, abs=1e-7)
 
 
@@ -286,7 +288,7 @@ def test_kl_clamp_bounds_each_token_and_stops_its_gradient():
     loss, m = grpo_loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 2), beta=0.04, kl_clamp=10.0)
     assert loss.item() == pytest.approx(0.04 * (10.0 + k3[1]) / 2, rel=1e-6)
     assert m["kl"] == pytest.approx((10.0 + k3[1]) / 2, rel=1e-6)
-    assert m["kl_max"] == pytest.approx(k3[0], rel=1e-6)            # the outlier is still reported
+    assert m["kl_max"] == pytest.approx(k3[0], rel=1e-6)  # the outlier is still reported
     loss.backward()
     assert logp.grad[0].tolist() == pytest.approx([0.0, 0.04 * (1 - math.exp(-0.5)) / 2], abs=1e-9)
     unbounded, _ = grpo_loss(logp.detach(), logp.detach(), ref, torch.zeros(1), torch.ones(1, 2), beta=0.04)
@@ -297,7 +299,7 @@ def test_outlier_metrics_are_per_token_extremes_over_valid_tokens():
     logp = torch.tensor([[0.0, -1.0, 9.0], [-0.2, 0.0, 0.0]])
     old = torch.tensor([[0.1, -1.5, 0.0], [0.0, 0.0, 0.0]])
     ref = torch.tensor([[0.0, -1.0, 0.0], [0.3, 0.0, 0.0]])
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])      # the 9.0 is padding: never an extreme
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])  # the 9.0 is padding: never an extreme
     _, m = grpo_loss(logp, old, ref, torch.ones(2), mask, beta=0.04)
     assert m["ratio_max"] == pytest.approx(math.exp(0.5)) and m["ratio_min"] == pytest.approx(math.exp(-0.2))
     assert m["kl_max"] == pytest.approx(math.exp(0.5) - 0.5 - 1.0)
@@ -328,14 +330,15 @@ def test_guards_reject_bad_options():
 
 # ---- the registries: advantage estimators, policy losses, aggregation (hand-computed) ---------------------
 
+
 def test_advantage_estimators_hand_computed():
     r = torch.tensor([[1.0, 2.0, 3.0, 6.0], [5.0, 5.0, 5.0, 5.0]])
-    std = math.sqrt(((1 - 3) ** 2 + 1 + 0 + 9) / 3)   # unbiased std of the first group: sqrt(14 / 3)
+    std = math.sqrt(((1 - 3) ** 2 + 1 + 0 + 9) / 3)  # unbiased std of the first group: sqrt(14 / 3)
     assert compute_advantages(r, "grpo")[0].tolist() == pytest.approx([-2 / std, -1 / std, 0.0, 3 / std], abs=1e-5)
     assert compute_advantages(r, "dr_grpo")[0].tolist() == pytest.approx([-2.0, -1.0, 0.0, 3.0])
     # leave-one-out: 1 - (2 + 3 + 6) / 3, 2 - (1 + 3 + 6) / 3, 3 - (1 + 2 + 6) / 3, 6 - (1 + 2 + 3) / 3
     assert compute_advantages(r, "rloo")[0].tolist() == pytest.approx([-8 / 3, -4 / 3, 0.0, 4.0], abs=1e-6)
-    for name in ADVANTAGE_ESTIMATORS:   # a flat group and a group of one carry no signal
+    for name in ADVANTAGE_ESTIMATORS:  # a flat group and a group of one carry no signal
         assert compute_advantages(r, name)[1].tolist() == [0.0] * 4
         assert compute_advantages(torch.tensor([[2.0]]), name).tolist() == [[0.0]]
     with pytest.raises(ValueError, match="grpo, dr_grpo, rloo"):
@@ -356,10 +359,10 @@ def test_clip_higher_lets_a_likely_token_grow_past_the_symmetric_bound():
     adv, mask = torch.ones(1), torch.ones(1, 2)
     loss, m = grpo_loss(logp, old, None, adv, mask, beta=0.0, clip_eps_low=0.2, clip_eps_high=0.28)
     assert loss.item() == pytest.approx(-(1.25 + 0.7) / 2, abs=1e-6) and m["clip_frac"] == 0.0
-    loss.backward()   # d/dlogp of -(rho A) / 2 = -rho / 2 on both tokens
+    loss.backward()  # d/dlogp of -(rho A) / 2 = -rho / 2 on both tokens
     assert logp.grad[0].tolist() == pytest.approx([-1.25 / 2, -0.7 / 2], abs=1e-6)
     logp.grad = None
-    sym, m_sym = grpo_loss(logp, old, None, adv, mask, beta=0.0, clip_eps=0.2)   # 1.25 clipped at 1.2
+    sym, m_sym = grpo_loss(logp, old, None, adv, mask, beta=0.0, clip_eps=0.2)  # 1.25 clipped at 1.2
     assert sym.item() == pytest.approx(-(1.2 + 0.7) / 2, abs=1e-6) and m_sym["clip_frac"] == 0.5
     sym.backward()
     assert logp.grad[0].tolist() == pytest.approx([0.0, -0.7 / 2], abs=1e-6)
@@ -371,7 +374,7 @@ def test_gspo_uses_one_length_normalised_ratio_per_sequence_and_its_gradient():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     adv = torch.tensor([1.0, -2.0])
     loss, m = grpo_loss(logp, old, None, adv, mask, beta=0.0, loss="gspo")
-    s = [math.exp((0.1 - 0.3) / 2), math.exp(0.05)]        # sequence ratios, inside [0.8, 1.2]
+    s = [math.exp((0.1 - 0.3) / 2), math.exp(0.05)]  # sequence ratios, inside [0.8, 1.2]
     assert loss.item() == pytest.approx(-(s[0] * 1.0 + s[1] * -2.0) / 2, abs=1e-6)
     assert m["ratio_max"] == pytest.approx(s[1]) and m["ratio_min"] == pytest.approx(s[0])
     loss.backward()
@@ -380,11 +383,11 @@ def test_gspo_uses_one_length_normalised_ratio_per_sequence_and_its_gradient():
     seq = torch.stack([torch.exp(direct[0, :2].mean()), torch.exp(direct[1, :1].mean())])
     (-(seq * adv).sum() / 2).backward()
     assert logp.grad.tolist() == [pytest.approx(row, abs=1e-6) for row in direct.grad.tolist()]
-    assert logp.grad[0, 0].item() == pytest.approx(-s[0] / 2 / 2, abs=1e-6)   # s A / |y| / n_seqs
+    assert logp.grad[0, 0].item() == pytest.approx(-s[0] / 2 / 2, abs=1e-6)  # s A / |y| / n_seqs
 
 
 def test_gspo_clips_the_whole_sequence():
-    logp = torch.tensor([[1.0, 1.0]], requires_grad=True)   # sequence ratio e > 1 + 0.2
+    logp = torch.tensor([[1.0, 1.0]], requires_grad=True)  # sequence ratio e > 1 + 0.2
     loss, m = grpo_loss(logp, torch.zeros(1, 2), None, torch.ones(1), torch.ones(1, 2), beta=0.0, loss="gspo")
     assert loss.item() == pytest.approx(-1.2, abs=1e-6) and m["clip_frac"] == 1.0
     loss.backward()
@@ -393,19 +396,28 @@ def test_gspo_clips_the_whole_sequence():
 
 def test_aggregation_modes_hand_computed():
     per_token = torch.tensor([[1.0, 2.0, 9.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    valid = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]) != 0     # the third sequence is empty
+    valid = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]) != 0  # the third sequence is empty
     assert aggregate(per_token * valid, valid, "token-mean").item() == pytest.approx(6 / 3)
     assert aggregate(per_token * valid, valid, "seq-mean-token-mean").item() == pytest.approx((1.5 + 3) / 2)
-    assert aggregate(per_token * valid, valid, "seq-mean-token-sum-norm", norm_len=4).item() == \
-        pytest.approx((3 / 4 + 3 / 4) / 2)
+    assert aggregate(per_token * valid, valid, "seq-mean-token-sum-norm", norm_len=4).item() == pytest.approx(
+        (3 / 4 + 3 / 4) / 2
+    )
 
 
 def test_dr_grpo_aggregation_has_no_length_bias_in_the_gradient():
     logp = torch.zeros(2, 4, requires_grad=True)
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
-    loss, _ = grpo_loss(logp, torch.zeros(2, 4), None, torch.tensor([1.0, 1.0]), mask, beta=0.0,
-                        agg="seq-mean-token-sum-norm", norm_len=8)
-    loss.backward()   # every token of either sequence: -A / (norm_len * n_seqs)
+    loss, _ = grpo_loss(
+        logp,
+        torch.zeros(2, 4),
+        None,
+        torch.tensor([1.0, 1.0]),
+        mask,
+        beta=0.0,
+        agg="seq-mean-token-sum-norm",
+        norm_len=8,
+    )
+    loss.backward()  # every token of either sequence: -A / (norm_len * n_seqs)
     assert logp.grad.tolist() == [[-1 / 16] * 4, [-1 / 16, 0.0, 0.0, 0.0]]
     logp.grad = None
     grpo_loss(logp, torch.zeros(2, 4), None, torch.tensor([1.0, 1.0]), mask, beta=0.0)[0].backward()

@@ -1,5 +1,6 @@
 """policy.learner without Ray: 2 FSDP2 ranks as torch.multiprocessing processes (gloo, fp32) against a plain
 single-process GRPO reference (no FSDP, one big batch), LoRA, micro-batching equivalence, the NaN guard."""
+
 from __future__ import annotations
 
 import math
@@ -39,14 +40,24 @@ def _scenarios(waves: list[str]) -> dict:
     a1, a2 = audio_batch(1, waves), audio_batch(2, waves)
     scen = {
         "encoder": {"cfg": learner_cfg(), "batches": [a1, a2], "train_encoder": True, "frontend": True},
-        "encoder_lora": {"cfg": learner_cfg(finetune="lora"), "batches": [a1, a2], "train_encoder": True,
-                         "frontend": True, "ref_logprobs": True},
+        "encoder_lora": {
+            "cfg": learner_cfg(finetune="lora"),
+            "batches": [a1, a2],
+            "train_encoder": True,
+            "frontend": True,
+            "ref_logprobs": True,
+        },
         "full": {"cfg": learner_cfg(), "batches": [b1, b2]},
         "no_reference": {"cfg": learner_cfg(beta=0.0), "batches": [b1, b2], "no_reference": True},
         "full_unshared": {"cfg": learner_cfg(share_prompts=False), "batches": [b1, b2]},
         "temperature": {"cfg": learner_cfg(), "batches": [b1], "temperature": 0.7, "ref_logprobs": True},
-        "lora": {"cfg": learner_cfg(finetune="lora"), "batches": [b1, b2], "state_before": True,
-                 "state_after": True, "ref_logprobs": True},
+        "lora": {
+            "cfg": learner_cfg(finetune="lora"),
+            "batches": [b1, b2],
+            "state_before": True,
+            "state_after": True,
+            "ref_logprobs": True,
+        },
         "mini2": {"cfg": learner_cfg(ppo_epochs=1, mini_batches=2, lr=3e-3), "batches": [b1, b2]},
         "tis": {"cfg": learner_cfg(ppo_epochs=1, tis_cap=2.0), "batches": [make_batch(1, sampled=True)]},
         "gspo_dr": {"cfg": GSPO_DR, "batches": [b1, b2], "max_new_tokens": 8},
@@ -78,8 +89,10 @@ def ranks(tiny_model_dir, waves) -> dict:
 def start(tiny_model_dir) -> dict:
     """The starting weights: LLM under sync names, frontend under its own (what the updates are measured from)."""
     model = load_audio_llm(tiny_model_dir)
-    return {**{k: v.detach().clone() for k, v in model.llm_state_dict()},
-            **{k: v.detach().clone() for k, v in model.frontend.named_parameters()}}
+    return {
+        **{k: v.detach().clone() for k, v in model.llm_state_dict()},
+        **{k: v.detach().clone() for k, v in model.frontend.named_parameters()},
+    }
 
 
 def _close(got: dict, want: dict, start: dict) -> float:
@@ -107,12 +120,13 @@ def test_two_fsdp_ranks_match_single_process_reference_losses_and_weights(ranks,
     s = got["stats"][1]
     assert s.lr == pytest.approx(1e-4) and s.grad_norm > 0 and math.isfinite(s.kl) and s.kl > 0
     assert 0 <= s.clip_frac <= 1 and s.extra["micro_batches"] == 3  # 5 rows on rank 0 in pairs
-    assert s.extra["optimizer_steps"] == 2   # ppo_epochs = 2, one mini-batch
+    assert s.extra["optimizer_steps"] == 2  # ppo_epochs = 2, one mini-batch
 
 
 @pytest.mark.slow
-def test_mini_batches_2_are_two_sequential_updates_on_the_halves_with_old_logprobs_from_before(ranks, tiny_model_dir,
-                                                                                               start):
+def test_mini_batches_2_are_two_sequential_updates_on_the_halves_with_old_logprobs_from_before(
+    ranks, tiny_model_dir, start
+):
     cfg = learner_cfg(ppo_epochs=1, mini_batches=2, lr=3e-3)
     (losses, norms), weights = reference_run(tiny_model_dir, cfg, [make_batch(1), make_batch(2)])
     got = ranks["mini2"]
@@ -121,22 +135,21 @@ def test_mini_batches_2_are_two_sequential_updates_on_the_halves_with_old_logpro
     np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
     _close(got["weights"], weights, start)
     one = reference_run(tiny_model_dir, learner_cfg(ppo_epochs=1, lr=3e-3), [make_batch(1), make_batch(2)])[1]
-    assert max(update_error(one[k].numpy(), weights[k], start[k]) for k in one) > 10   # k = 2 is another update
+    assert max(update_error(one[k].numpy(), weights[k], start[k]) for k in one) > 10  # k = 2 is another update
     # the second step scores with weights the first one moved, against old log-probs from before: ratio != 1
     assert all(s.extra["ratio_max"] > 1.0 + 1e-3 or s.extra["ratio_min"] < 1.0 - 1e-3 for s in got["stats"])
-    one_step = ranks["full"]["stats"][0].extra   # ppo_epochs 2, one mini-batch: the first pass has ratio 1
+    one_step = ranks["full"]["stats"][0].extra  # ppo_epochs 2, one mini-batch: the first pass has ratio 1
     assert one_step["ratio_max"] >= 1.0
 
 
 @pytest.mark.slow
 def test_gspo_with_dr_grpo_aggregation_matches_reference(ranks, tiny_model_dir, start):
-    (losses, norms), weights = reference_run(tiny_model_dir, GSPO_DR, [make_batch(1), make_batch(2)],
-                                             max_new_tokens=8)
+    (losses, norms), weights = reference_run(tiny_model_dir, GSPO_DR, [make_batch(1), make_batch(2)], max_new_tokens=8)
     got = ranks["gspo_dr"]
     np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
     np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
     _close(got["weights"], weights, start)
-    assert got["stats"][0].clip_frac > 0   # the second epoch moved sequence ratios past 1 +- 4e-4
+    assert got["stats"][0].clip_frac > 0  # the second epoch moved sequence ratios past 1 +- 4e-4
 
 
 def test_mini_batch_rows_keep_groups_whole_and_never_empty():
@@ -144,7 +157,7 @@ def test_mini_batch_rows_keep_groups_whole_and_never_empty():
     assert mini_batch_rows(data, 1) == [[0, 1, 2, 3, 4, 5]]
     assert mini_batch_rows(data, 2) == [[0, 1, 2, 3], [4, 5]]
     assert mini_batch_rows(data, 3) == [[0, 1], [2, 3], [4, 5]]
-    assert mini_batch_rows(data, 5) == [[0, 1], [2, 3], [4, 5]]   # fewer clips than parts
+    assert mini_batch_rows(data, 5) == [[0, 1], [2, 3], [4, 5]]  # fewer clips than parts
 
 
 @pytest.mark.slow
@@ -169,7 +182,7 @@ def test_tis_update_matches_reference_and_agreement_is_measured_before_the_updat
     assert extra["is_weight_max"] == pytest.approx(float(weight.max()), rel=1e-4)
     capped = float((weight >= 2.0).double().mean())
     assert 0 < capped < 1 and extra["tis_clip_frac"] == pytest.approx(capped, abs=1e-6)
-    untouched = reference_run(tiny_model_dir, learner_cfg(ppo_epochs=1), [batch])[1]   # TIS changes the update
+    untouched = reference_run(tiny_model_dir, learner_cfg(ppo_epochs=1), [batch])[1]  # TIS changes the update
     assert max(float((untouched[k] - weights[k]).abs().max()) for k in weights) > 1e-6
 
 
@@ -181,7 +194,7 @@ def test_beta_zero_keeps_no_reference_and_gives_the_plain_clipped_update(ranks, 
     np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
     np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
     _close(got["weights"], weights, start)
-    with_kl = ranks["full"]["weights"]   # the same batches with beta = 0.04: the KL term does move the weights
+    with_kl = ranks["full"]["weights"]  # the same batches with beta = 0.04: the KL term does move the weights
     assert max(float(np.abs(with_kl[k] - got["weights"][k]).max()) for k in with_kl) > 1e-5
     assert got["no_ref_model"] and all(math.isnan(s.kl) for s in got["stats"])
     assert "learner.beta=0 keeps no reference model" in got["ref_error"]
@@ -190,8 +203,9 @@ def test_beta_zero_keeps_no_reference_and_gives_the_plain_clipped_update(ranks, 
 @pytest.mark.slow
 def test_shared_prompt_packing_gives_the_update_of_one_prompt_per_row(ranks, start):
     shared, unshared = ranks["full"], ranks["full_unshared"]
-    np.testing.assert_allclose([s.loss for s in shared["stats"]], [s.loss for s in unshared["stats"]],
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        [s.loss for s in shared["stats"]], [s.loss for s in unshared["stats"]], rtol=0, atol=1e-6
+    )
     np.testing.assert_allclose([s.kl for s in shared["stats"]], [s.kl for s in unshared["stats"]], rtol=1e-5)
     _close(shared["weights"], {k: torch.from_numpy(v) for k, v in unshared["weights"].items()}, start)
 
@@ -218,18 +232,19 @@ def test_lora_updates_only_adapter_and_reference_is_the_base_model(ranks, tiny_m
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
     lora_keys = {k for k in before if ".lora_A." in k or ".lora_B." in k}
     assert lora_keys and changed == lora_keys
-    (losses, norms), weights = reference_run(tiny_model_dir, learner_cfg(finetune="lora"),
-                                             [make_batch(1), make_batch(2)])
+    (losses, norms), weights = reference_run(
+        tiny_model_dir, learner_cfg(finetune="lora"), [make_batch(1), make_batch(2)]
+    )
     np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
     np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
-    _close(got["weights"], weights, start)   # merged weights under plain names
+    _close(got["weights"], weights, start)  # merged weights under plain names
     base = load_audio_llm(tiny_model_dir)
     batch = make_batch(1)
     prompts, ids, mask, _ = rows(batch)
     with torch.no_grad():
         want = base.sequence_logprobs(prompts, ids, mask).reshape(batch.rollout.token_ids.shape).numpy()
     np.testing.assert_allclose(got["ref_logprobs"], want, rtol=0, atol=1e-5)
-    assert np.abs(got["logprobs"] - want).max() > 1e-4   # the policy itself has moved away from the base
+    assert np.abs(got["logprobs"] - want).max() > 1e-4  # the policy itself has moved away from the base
 
 
 @pytest.mark.slow
@@ -239,7 +254,7 @@ def test_micro_batch_2_and_8_give_the_same_update(ranks, agg):
     assert small["stats"][0].extra["micro_batches"] == 3 and big["stats"][0].extra["micro_batches"] == 1
     assert small["stats"][0].loss == pytest.approx(big["stats"][0].loss, abs=1e-6)
     worst = max(float(np.abs(small["weights"][k] - big["weights"][k]).max()) for k in big["weights"])
-    assert worst <= 5e-6   # fp32 round-off: packing puts different rows in one sequence at the two sizes
+    assert worst <= 5e-6  # fp32 round-off: packing puts different rows in one sequence at the two sizes
     other = ranks[f"{AGGS[1 - AGGS.index(agg)]}/2"]
     assert abs(other["stats"][0].loss - small["stats"][0].loss) > 1e-6  # the two modes really differ here
 
@@ -270,12 +285,14 @@ def test_lr_multiplier_warmup_then_schedule():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("finetune", ["full", "lora"])
-def test_train_encoder_recomputes_prompts_from_audio_and_matches_reference(ranks, tiny_model_dir, waves, finetune,
-                                                                           start):
+def test_train_encoder_recomputes_prompts_from_audio_and_matches_reference(
+    ranks, tiny_model_dir, waves, finetune, start
+):
     got = ranks["encoder" if finetune == "full" else "encoder_lora"]
     batches = [audio_batch(1, waves), audio_batch(2, waves)]
-    (losses, norms), weights, frontend = reference_run(tiny_model_dir, learner_cfg(finetune=finetune), batches,
-                                                       train_encoder=True)
+    (losses, norms), weights, frontend = reference_run(
+        tiny_model_dir, learner_cfg(finetune=finetune), batches, train_encoder=True
+    )
     np.testing.assert_allclose([s.loss for s in got["stats"]], losses, rtol=0, atol=1e-5)
     np.testing.assert_allclose([s.grad_norm for s in got["stats"]], norms, rtol=1e-5)
     _close(got["weights"], weights, start)

@@ -6,6 +6,7 @@ learner, and scripts/bench_gpu_learner.py's `measure` at that size. Skipped with
 
 Only correctness is asserted here; the speed numbers go to BENCHMARKS.md (from the full-size script run).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,14 +22,14 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_gpu_learner.py"
-BATCH = dict(clips=4, group=4, prompt_len=64, completion_len=32)   # the bench's "small" batch
+BATCH = dict(clips=4, group=4, prompt_len=64, completion_len=32)  # the bench's "small" batch
 
 
 def _bench():
     if "bench_gpu_learner" not in sys.modules:
         spec = importlib.util.spec_from_file_location("bench_gpu_learner", SCRIPT)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module   # its dataclasses look their module up
+        sys.modules[spec.name] = module  # its dataclasses look their module up
         spec.loader.exec_module(module)
     return sys.modules["bench_gpu_learner"]
 
@@ -43,6 +44,7 @@ def cuda_learner(model_dir: Path, dtype: str):
     from policy.config import LearnerConfig, ModelConfig
     from policy.distributed import free_port
     from policy.learner import Learner
+
     cfg = LearnerConfig(lr=1e-4, micro_batch=8, ppo_epochs=2, dtype=dtype, gpus_per_rank=1.0)
     learner = Learner(str(model_dir), ModelConfig(path=str(model_dir)), cfg, 0, 1, "127.0.0.1", free_port())
     learner.setup()
@@ -55,6 +57,7 @@ def cuda_learner(model_dir: Path, dtype: str):
 def _run(model_dir: Path, dtype: str) -> dict:
     """Two updates on cuda: log-probs before, stats, dtypes of params / grads / AdamW state, weights, memory."""
     import torch.distributed as dist
+
     bench = _bench()
     shape = bench.llm_shape(model_dir)
     batches = [bench.make_batch(shape["vocab"], shape["hidden"], seed=s, **BATCH) for s in (1, 2)]
@@ -65,17 +68,30 @@ def _run(model_dir: Path, dtype: str) -> dict:
         logprobs = learner.logprobs(batches[0]).numpy()
         grads: set[torch.dtype] = set()
         hook = learner.optimizer.register_step_pre_hook(
-            lambda opt, *_: grads.update(p.grad.dtype for g in opt.param_groups for p in g["params"]))
+            lambda opt, *_: grads.update(p.grad.dtype for g in opt.param_groups for p in g["params"])
+        )
         stats = [learner.update(b) for b in batches]
         hook.remove()
         params = {(p.dtype, p.device.type) for p in learner.root.parameters()}
-        state = {v.dtype for s in learner.optimizer.state.values() for v in s.values()
-                 if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0}
+        state = {
+            v.dtype
+            for s in learner.optimizer.state.values()
+            for v in s.values()
+            if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0
+        }
         end = {k: v.numpy().copy() for k, v in learner.named_weights_for_sync()}
         device = str(learner.device)
-    return {"stats": stats, "logprobs": logprobs, "params": params, "grads": grads, "state": state,
-            "moved": max(float(np.abs(end[k] - start[k]).max()) for k in start), "backend": backend,
-            "device": device, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "stats": stats,
+        "logprobs": logprobs,
+        "params": params,
+        "grads": grads,
+        "state": state,
+        "moved": max(float(np.abs(end[k] - start[k]).max()) for k in start),
+        "backend": backend,
+        "device": device,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +106,19 @@ def test_bf16_update_on_cuda_keeps_fp32_master_weights(runs, record_property):
     assert got["grads"] == {torch.float32} and got["state"] == {torch.float32}
     for s in got["stats"]:
         assert math.isfinite(s.loss) and math.isfinite(s.kl) and s.grad_norm > 0 and math.isfinite(s.grad_norm)
-    assert got["moved"] > 1e-6                 # gradients reached the weights and AdamW stepped them
+    assert got["moved"] > 1e-6  # gradients reached the weights and AdamW stepped them
     assert got["peak_gib"] > 0
     record_property("bf16_peak_gib", got["peak_gib"])
-    print(f"\nbf16 1-rank learner, small model: peak GPU memory {got['peak_gib']:.3f} GiB "
-          f"(fp32 learner: {runs['float32']['peak_gib']:.3f} GiB)")
+    print(
+        f"\nbf16 1-rank learner, small model: peak GPU memory {got['peak_gib']:.3f} GiB "
+        f"(fp32 learner: {runs['float32']['peak_gib']:.3f} GiB)"
+    )
 
 
 def test_bf16_loss_and_logprobs_close_to_fp32_on_cuda(runs):
     f32, b16 = runs["float32"], runs["bfloat16"]
     diff = np.abs(b16["logprobs"] - f32["logprobs"])
-    assert diff.max() > 0                        # bf16 compute really happened
+    assert diff.max() > 0  # bf16 compute really happened
     assert diff.max() < 0.05 * float(np.abs(f32["logprobs"]).max())
     for s32, s16 in zip(f32["stats"], b16["stats"]):
         assert s16.loss == pytest.approx(s32.loss, abs=0.02)
@@ -111,10 +129,10 @@ def test_bf16_loss_and_logprobs_close_to_fp32_on_cuda(runs):
 def test_bench_measure_on_cuda_reports_throughput_mfu_memory_and_export(small_dir):
     bench = _bench()
     cuda = torch.device("cuda", torch.cuda.current_device())
-    peak = None if bench.peak_flops(cuda) else 100.0   # a GPU outside the table: any positive peak will do
+    peak = None if bench.peak_flops(cuda) else 100.0  # a GPU outside the table: any positive peak will do
     result = bench.measure(small_dir, device="cuda", micro_batch=8, warmup=1, steps=2, peak_tflops=peak, **BATCH)
     print("\n" + bench.markdown(result, "small"))
     assert result["device"].startswith("cuda") and result["dtype"] == "bfloat16"
     assert result["tokens_per_s"] > 0 and result["mfu"] is not None and result["mfu"] > 0
     assert result["peak_mem_gib"] > 0 and result["export_float32_s"] > 0
-    assert result["export_float32_gb"] >= 4 * result["llm_params"] / 1e9   # fp32 LLM (a tied head: sent twice)
+    assert result["export_float32_gb"] >= 4 * result["llm_params"] / 1e9  # fp32 LLM (a tied head: sent twice)

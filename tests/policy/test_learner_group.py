@@ -1,5 +1,6 @@
 """policy.learner_group with a real local Ray: 2 FSDP2 learner actors (gloo) in a placement group, against the
 plain single-process GRPO reference; weight streaming, adapter export, checkpoint round trip, failures."""
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,16 @@ BUCKET = 200_000  # bytes: the tiny LLM (1.6 MB) arrives in several buckets
 def ray_local():
     """A local Ray for this module (or the one already running); the test helper module travels by value."""
     import learner_ranks
+
     ray.cloudpickle.register_pickle_by_value(learner_ranks)
     own = not ray.is_initialized()
     if own:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}})
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}},
+        )
     yield
     if own:
         ray.shutdown()
@@ -48,7 +54,7 @@ def full_run(ray_local, tiny_model_dir, tmp_path_factory) -> dict:
     ck = tmp_path_factory.mktemp("learner_ck") / "ck"
     b1, b2 = make_batch(1), make_batch(2)
     out: dict = {}
-    with _group(tiny_model_dir, warmup_steps=3) as a:   # lr x 1/3, 2/3, then 1
+    with _group(tiny_model_dir, warmup_steps=3) as a:  # lr x 1/3, 2/3, then 1
         out["info"] = a.info
         out["stats1"] = a.update(b1)
         out["weights1"] = _np(a.named_weights_for_sync())
@@ -109,7 +115,7 @@ def test_checkpoint_loaded_by_a_new_group_gives_the_identical_next_update(full_r
     assert (ck / "dcp").is_dir() and (ck / "rng_rank0.json").is_file() and (ck / "rng_rank1.safetensors").is_file()
     assert json.loads((ck / "learner.json").read_text())["updates"] == 1 and full_run["loaded"]["world_size"] == 2
     assert [s.loss for s in full_run["stats2_resumed"]] == [s.loss for s in full_run["stats2"]]
-    lrs = [s.lr for s in full_run["stats2_resumed"]]   # the scheduler went on where it stopped
+    lrs = [s.lr for s in full_run["stats2_resumed"]]  # the scheduler went on where it stopped
     assert lrs == [s.lr for s in full_run["stats2"]] and lrs == pytest.approx([2e-4 / 3, 1e-4])
     a, b = full_run["weights2"], full_run["weights2_resumed"]
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -125,6 +131,7 @@ def test_killed_actor_gives_worker_error_naming_its_rank_and_the_group_refuses_m
 def test_lora_group_exports_adapter_and_resumes_from_checkpoint(ray_local, tiny_model_dir, tmp_path):
     import transformers
     from peft import PeftModel
+
     b1, b2 = make_batch(1), make_batch(2)
     with _group(tiny_model_dir, finetune="lora") as a:
         a.update(b1)

@@ -1,4 +1,5 @@
 """Learner guards on one in-process rank (gloo): a checkpoint is never written from NaN/inf weights."""
+
 import math
 
 import pytest
@@ -10,8 +11,15 @@ from policy.learner import Learner
 
 
 def test_save_checkpoint_refuses_nan_weights_and_writes_nothing(tiny_model_dir, tmp_path):
-    learner = Learner(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir)), LearnerConfig(beta=0.0), 0, 1,
-                      "127.0.0.1", free_port())
+    learner = Learner(
+        str(tiny_model_dir),
+        ModelConfig(path=str(tiny_model_dir)),
+        LearnerConfig(beta=0.0),
+        0,
+        1,
+        "127.0.0.1",
+        free_port(),
+    )
     learner.setup()
     try:
         learner.save_checkpoint(str(tmp_path / "good"))

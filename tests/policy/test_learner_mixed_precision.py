@@ -2,6 +2,7 @@
 (bf16 compute, fp32 gradient reduction, fp32 master weights and AdamW state) runs on gloo in this process, and a
 1-rank update stays close to the exact fp32 one. The GPU run of the same path is tests/policy/test_learner_gpu.py.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -23,8 +24,16 @@ pytestmark = pytest.mark.slow
 @contextmanager
 def one_rank_learner(model_dir, cfg, train_encoder: bool = False):
     from policy.learner import Learner
-    learner = Learner(str(model_dir), ModelConfig(path=str(model_dir), train_encoder=train_encoder), cfg, 0, 1,
-                      "127.0.0.1", free_port())
+
+    learner = Learner(
+        str(model_dir),
+        ModelConfig(path=str(model_dir), train_encoder=train_encoder),
+        cfg,
+        0,
+        1,
+        "127.0.0.1",
+        free_port(),
+    )
     learner.setup()
     try:
         yield learner
@@ -40,15 +49,26 @@ def _run(model_dir, dtype: str) -> dict:
         logprobs = learner.logprobs(batches[0]).numpy()
         grad_dtypes: set[torch.dtype] = set()
         hook = learner.optimizer.register_step_pre_hook(
-            lambda opt, *_: grad_dtypes.update(p.grad.dtype for g in opt.param_groups for p in g["params"]))
+            lambda opt, *_: grad_dtypes.update(p.grad.dtype for g in opt.param_groups for p in g["params"])
+        )
         stats = [learner.update(b) for b in batches]
         hook.remove()
         params = {p.dtype for p in learner.root.parameters()}
-        state = {v.dtype for s in learner.optimizer.state.values() for v in s.values()
-                 if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0}
+        state = {
+            v.dtype
+            for s in learner.optimizer.state.values()
+            for v in s.values()
+            if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0
+        }
         weights = {k: v.numpy().copy() for k, v in learner.named_weights_for_sync()}
-    return {"stats": stats, "logprobs": logprobs, "params": params, "grads": grad_dtypes, "state": state,
-            "weights": weights}
+    return {
+        "stats": stats,
+        "logprobs": logprobs,
+        "params": params,
+        "grads": grad_dtypes,
+        "state": state,
+        "weights": weights,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +87,13 @@ def test_bf16_update_keeps_fp32_master_weights_grads_and_optimizer_state(runs):
     got = runs["bfloat16"]
     assert got["params"] == {torch.float32} and got["grads"] == {torch.float32}
     assert got["state"] == {torch.float32}
-    assert all(v.dtype == np.float32 for v in got["weights"].values())   # what weight sync sends
+    assert all(v.dtype == np.float32 for v in got["weights"].values())  # what weight sync sends
 
 
 def test_bf16_update_is_close_to_fp32_but_really_computes_in_bf16(runs):
     f32, b16 = runs["float32"], runs["bfloat16"]
     diff = np.abs(b16["logprobs"] - f32["logprobs"])
-    assert diff.max() > 1e-4          # bf16 compute happened (fp32 would agree to ~1e-6)
+    assert diff.max() > 1e-4  # bf16 compute happened (fp32 would agree to ~1e-6)
     assert diff.max() < 0.02 * max(1.0, float(np.abs(f32["logprobs"]).max()))
     for s32, s16 in zip(f32["stats"], b16["stats"]):
         assert np.isfinite([s16.loss, s16.kl, s16.grad_norm]).all() and s16.grad_norm > 0

@@ -1,5 +1,6 @@
 """A 2-rank FSDP2 learner (gloo, no Ray) that trains the encoder of the tiny audio-LLM, whose CTC head never gets
 a gradient in GRPO: a new learner that loads its checkpoint makes the same next update as the one never stopped."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ def test_resumed_encoder_training_learner_equals_the_uninterrupted_one(tiny_mode
     assert all(np.array_equal(weights[k], got_weights[k]) for k in weights)
     assert state.keys() == got_state.keys() and "model.frontend.ctc.weight" in state
     for name, entry in state.items():
-        assert entry.keys() == got_state[name].keys() and all(np.array_equal(v, got_state[name][k])
-                                                                for k, v in entry.items()), name
+        assert entry.keys() == got_state[name].keys() and all(
+            np.array_equal(v, got_state[name][k]) for k, v in entry.items()
+        ), name
     # the CTC head never had a gradient: the state of a parameter never stepped; every other one stepped twice
     steps = {name: float(entry["step"]) for name, entry in state.items()}
     assert {n for n, s in steps.items() if s == 0} == {"model.frontend.ctc.weight", "model.frontend.ctc.bias"}

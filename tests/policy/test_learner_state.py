@@ -1,6 +1,7 @@
 """policy.learner_state checkpoints of a model with parameters that get no gradient (the CTC head in GRPO),
 in one process on a plain module: resuming gives the run that was never stopped, also from a checkpoint
 written before such parameters got a never-stepped AdamW state; a missing weight fails with its name."""
+
 from __future__ import annotations
 
 import shutil
@@ -88,7 +89,7 @@ def test_resume_reproduces_the_uninterrupted_run_when_a_parameter_has_no_gradien
     weights, state = _uninterrupted(tmp_path / "ck", spare_from)
     got_weights, got_state = _resumed(tmp_path / "ck", spare_from)
     assert _equal(got_weights, weights) and _equal(got_state, state)
-    if spare_from is None:   # never stepped: zero moments at step 0, and the weights never moved
+    if spare_from is None:  # never stepped: zero moments at step 0, and the weights never moved
         assert float(state["spare.weight"]["step"]) == 0 and not state["spare.weight"]["exp_avg_sq"].any()
         assert torch.equal(weights["spare.weight"], Net().spare.weight)
 
@@ -111,7 +112,7 @@ def test_checkpoint_without_state_for_gradless_parameters_resumes_them_without_s
     assert "model.spare.weight" in saved and not any(k.startswith("optim.state.spare.") for k in saved)
     got_weights, got_state = _resumed(tmp_path / "legacy", spare_from)
     assert _equal(got_weights, weights)
-    if spare_from is None:   # no state, as in the run that wrote the checkpoint
+    if spare_from is None:  # no state, as in the run that wrote the checkpoint
         assert not any(k.startswith("spare.") for k in got_state)
         state = {k: v for k, v in state.items() if not k.startswith("spare.")}
     assert _equal(got_state, state)
@@ -122,6 +123,9 @@ def test_checkpoint_missing_a_trainable_weight_fails_naming_it(tmp_path):
     _steps(net, opt, sched, [1], None)
     save_learner_state(tmp_path / "ck", net, opt, sched, rank=0, info={"updates": 1})
     net, opt, sched = _fresh()
-    with pytest.raises(RuntimeError, match=r"no weights for 2 trainable parameter\(s\) of this model, "
-                                           r"e\.g\. spare\.weight, spare\.bias"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"no weights for 2 trainable parameter\(s\) of this model, "
+        r"e\.g\. spare\.weight, spare\.bias",
+    ):
         load_learner_state(tmp_path / "ck", net, opt, sched, rank=0)

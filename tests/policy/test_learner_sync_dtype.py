@@ -6,6 +6,7 @@ A 1-rank learner (gloo, in this process) makes one update and streams its weight
 group is gone before vLLM starts (both would own torch.distributed), so the recorded buckets are then replayed
 into the worker's ``update_weights`` / ``finish_weight_update`` exactly as `RolloutSender` calls them.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ def pushed(tiny_model_dir) -> dict:
     """One update on a 1-rank learner, then its weights streamed in fp32 and in bf16 (and the stats)."""
     from policy.learner import Learner
 
-    learner = Learner(str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir)), learner_cfg(lr=1e-2), 0, 1,
-                      "127.0.0.1", free_port())
+    learner = Learner(
+        str(tiny_model_dir), ModelConfig(path=str(tiny_model_dir)), learner_cfg(lr=1e-2), 0, 1, "127.0.0.1", free_port()
+    )
     learner.setup()
     try:
         learner.update(make_batch(1))
@@ -92,8 +94,7 @@ def _scoring_inputs(model):
     g = torch.Generator().manual_seed(3)
     audio = [torch.randn(6, model.llm.config.hidden_size, generator=g) * 0.05 for _ in range(2)]
     embeds = [e.detach() for e in model.build_prompt_embeds(audio, [None, "ctx"])]
-    prompts = PromptBatch(clips=tuple(Clip(audio=f"/x{i}.wav", text="") for i in range(2)),
-                          prompt_embeds=tuple(embeds))
+    prompts = PromptBatch(clips=tuple(Clip(audio=f"/x{i}.wav", text="") for i in range(2)), prompt_embeds=tuple(embeds))
     ids = torch.randint(3, model.llm.config.vocab_size, (2, 1, 8), generator=g)
     return prompts, ids, torch.ones(2, 1, 8)
 
@@ -104,8 +105,7 @@ def _ours(model, prompts, ids, mask):
 
 
 @pytest.mark.vllm
-def test_fp32_engine_takes_bf16_buckets_and_gives_the_bf16_rounded_weights_logprobs(pushed, tiny_model_dir,
-                                                                                      tmp_path):
+def test_fp32_engine_takes_bf16_buckets_and_gives_the_bf16_rounded_weights_logprobs(pushed, tiny_model_dir, tmp_path):
     from rollout.vllm_worker import VLLMRolloutWorker
 
     (rec32, _), (rec16, _) = pushed["float32"], pushed["bfloat16"]
@@ -123,8 +123,10 @@ def test_fp32_engine_takes_bf16_buckets_and_gives_the_bf16_rounded_weights_logpr
         got32 = worker.logprobs_of(prompts, ids, mask)
     finally:
         worker.shutdown()
-    print(f"\nfp32 engine: bf16 sync vs bf16-rounded HF {(got16 - ref16).abs().max():.2e}, "
-          f"fp32 sync vs HF {(got32 - ref32).abs().max():.2e}")
+    print(
+        f"\nfp32 engine: bf16 sync vs bf16-rounded HF {(got16 - ref16).abs().max():.2e}, "
+        f"fp32 sync vs HF {(got32 - ref32).abs().max():.2e}"
+    )
     torch.testing.assert_close(got16, ref16, atol=1e-4, rtol=0)
     torch.testing.assert_close(got32, ref32, atol=1e-4, rtol=0)
 
@@ -143,8 +145,7 @@ def test_bf16_engine_rounds_fp32_buckets_as_the_learner_does(pushed, tiny_model_
     start = load_audio_llm(tiny_model_dir).eval()
     folder = start.export_llm(tmp_path / "llm", untie_embeddings=True)
     prompts, ids, mask = _scoring_inputs(start)
-    worker = VLLMRolloutWorker(str(folder), RolloutConfig(n=1, max_new_tokens=4, max_model_len=256),
-                               dtype="bfloat16")
+    worker = VLLMRolloutWorker(str(folder), RolloutConfig(n=1, max_new_tokens=4, max_model_len=256), dtype="bfloat16")
     try:
         got = {}
         for name, rec in (("before", None), ("fp32", rec32), ("bf16", rec16), ("bf16+fp32 bias", bias32)):
@@ -154,8 +155,10 @@ def test_bf16_engine_rounds_fp32_buckets_as_the_learner_does(pushed, tiny_model_
     finally:
         worker.shutdown()
     ref16 = _ours(_reference(tiny_model_dir, rec16), prompts, ids, mask)
-    print(f"\nbf16 engine: |fp32 sync - bf16 sync| {(got['fp32'] - got['bf16']).abs().max():.2e}, "
-          f"bf16 sync vs bf16-rounded fp32 HF {(got['bf16'] - ref16).abs().max():.2e}")
+    print(
+        f"\nbf16 engine: |fp32 sync - bf16 sync| {(got['fp32'] - got['bf16']).abs().max():.2e}, "
+        f"bf16 sync vs bf16-rounded fp32 HF {(got['bf16'] - ref16).abs().max():.2e}"
+    )
     assert torch.equal(got["fp32"], got["bf16+fp32 bias"])
     assert (got["bf16"] - got["before"]).abs().max() > 1e-2  # the update reached the engine
     torch.testing.assert_close(got["bf16"], got["fp32"], atol=0.05, rtol=0)  # bf16 compute

@@ -1,4 +1,5 @@
 """policy.messages: shape checks of RolloutBatch, its truncated flags and joining batches."""
+
 import pytest
 import torch
 
@@ -9,9 +10,15 @@ def _batch(B: int, G: int, T: int, tag: str, truncated=None) -> RolloutBatch:
     clips = tuple(Clip(audio=f"/{tag}{i}.wav", text=tag) for i in range(B))
     prompts = PromptBatch(clips, tuple(torch.full((2, 4), float(i)) for i in range(B)))
     ids = torch.arange(B * G * T).view(B, G, T) + 1
-    return RolloutBatch(prompts, ids, torch.ones(B, G, T), -torch.ones(B, G, T),
-                        tuple(tuple(f"{tag}{b}{g}" for g in range(G)) for b in range(B)), seconds=float(T),
-                        truncated=truncated)
+    return RolloutBatch(
+        prompts,
+        ids,
+        torch.ones(B, G, T),
+        -torch.ones(B, G, T),
+        tuple(tuple(f"{tag}{b}{g}" for g in range(G)) for b in range(B)),
+        seconds=float(T),
+        truncated=truncated,
+    )
 
 
 def test_truncated_defaults_to_none_truncated_and_is_shape_checked():
@@ -35,8 +42,9 @@ def test_concat_pads_tokens_and_keeps_clip_order_and_flags():
 
 def test_scored_concat_joins_groups_rewards_and_advantages():
     a = ScoredRollout(_batch(2, 2, 3, "a"), {"total": torch.ones(2, 2), "wer": torch.zeros(2, 2)}, torch.ones(2, 2))
-    b = ScoredRollout(_batch(1, 2, 4, "b"), {"total": torch.full((1, 2), 2.0), "wer": torch.ones(1, 2)},
-                      -torch.ones(1, 2))
+    b = ScoredRollout(
+        _batch(1, 2, 4, "b"), {"total": torch.full((1, 2), 2.0), "wer": torch.ones(1, 2)}, -torch.ones(1, 2)
+    )
     joined = ScoredRollout.concat([a, b])
     assert joined.rewards["total"].tolist() == [[1, 1], [1, 1], [2, 2]] and joined.rewards["wer"].shape == (3, 2)
     assert joined.advantages.tolist() == [[1, 1], [1, 1], [-1, -1]] and joined.rollout.token_ids.shape == (3, 2, 4)

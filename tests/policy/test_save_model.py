@@ -2,6 +2,7 @@
 folder the user has on disk — an encoder-adapter-LLM folder or a Qwen2-Audio-style transformers folder — does
 one GRPO update and writes the model back in the same format. The written folder loads with `load_audio_llm`
 (and, for Qwen2-Audio, with transformers' own class) and gives the learner's log-probs; its weights moved."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,16 @@ def qwen2_audio_dir(tmp_path_factory) -> Path:
 @contextmanager
 def one_rank_learner(model_dir, cfg, train_encoder: bool = False):
     from policy.learner import Learner
-    learner = Learner(str(model_dir), ModelConfig(path=str(model_dir), train_encoder=train_encoder), cfg,
-                      0, 1, "127.0.0.1", free_port())
+
+    learner = Learner(
+        str(model_dir),
+        ModelConfig(path=str(model_dir), train_encoder=train_encoder),
+        cfg,
+        0,
+        1,
+        "127.0.0.1",
+        free_port(),
+    )
     learner.setup()
     try:
         yield learner
@@ -60,7 +69,8 @@ def _loaded_logprobs(model, batch, from_audio: bool) -> torch.Tensor:
 
 
 def test_encoder_adapter_llm_full_update_with_encoder_saves_a_folder_that_loads_and_agrees(
-        tiny_model_dir, waves, tmp_path):
+    tiny_model_dir, waves, tmp_path
+):
     _full_update_with_encoder_saves_and_agrees(tiny_model_dir, waves, tmp_path)
 
 
@@ -85,12 +95,14 @@ def _full_update_with_encoder_saves_and_agrees(tiny_model_dir, waves, tmp_path):
     assert float((got - want).abs().max()) <= 1e-5
     saved_state, start_state = _state(saved), _state(start)
     llm_moved = max(float(np.abs(saved_state[k] - start_state[k]).max()) for k in saved_state if k.startswith("llm."))
-    enc_moved = max(float(np.abs(saved_state[k] - start_state[k]).max()) for k in saved_state
-                    if k.startswith("frontend.encoder."))
-    assert llm_moved > 1e-5 and enc_moved > 1e-6   # the update happened, to the LLM and to the encoder
+    enc_moved = max(
+        float(np.abs(saved_state[k] - start_state[k]).max()) for k in saved_state if k.startswith("frontend.encoder.")
+    )
+    assert llm_moved > 1e-5 and enc_moved > 1e-6  # the update happened, to the LLM and to the encoder
     assert _max_diff({k: saved_state[f"frontend.{k}"] for k in trained_frontend}, trained_frontend) == 0.0
     # the llm/ part is a plain transformers causal LM folder
     from transformers import AutoModelForCausalLM
+
     hf = AutoModelForCausalLM.from_pretrained(Path(out) / "llm", local_files_only=True)
     assert _max_diff(_state(hf), {k[4:]: v for k, v in saved_state.items() if k.startswith("llm.")}) == 0.0
 
@@ -120,8 +132,7 @@ def test_lora_update_saves_the_merged_model_and_an_llm_only_folder(tiny_model_di
         learner.update(batch)
         want = learner.logprobs(batch)
         full = get_model_state_dict(learner.root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        peft_state = {k.removeprefix("model."): v.numpy().copy() for k, v in full.items()
-                      if k.startswith("model.llm.")}
+        peft_state = {k.removeprefix("model."): v.numpy().copy() for k, v in full.items() if k.startswith("model.llm.")}
         learner.save_model(str(tmp_path / "rl"))
         learner.save_model(str(tmp_path / "rl_llm"), llm_only=True)
     saved, start = load_audio_llm(tmp_path / "rl"), load_audio_llm(tiny_model_dir)
@@ -132,7 +143,7 @@ def test_lora_update_saves_the_merged_model_and_an_llm_only_folder(tiny_model_di
     start_llm = {k: v.detach().numpy() for k, v in start.llm.state_dict().items()}
     moved = {k for k in start_llm if not np.array_equal(start_llm[k], saved_llm[k])}
     targets = tuple(f"{m}.weight" for m in cfg.lora.target_modules)
-    assert moved and all(k.endswith(targets) for k in moved)   # only the LoRA layers changed, merged in
+    assert moved and all(k.endswith(targets) for k in moved)  # only the LoRA layers changed, merged in
     assert _max_diff(_state(saved.frontend), _state(start.frontend)) == 0.0
     llm_only = AutoModelForCausalLM.from_pretrained(tmp_path / "rl_llm", local_files_only=True)
     assert _max_diff(_state(llm_only), saved_llm) == 0.0
@@ -147,17 +158,27 @@ def _hf_logprobs_with_audio(hf, model, clip, completion: list[int]) -> torch.Ten
 
     from policy.models.hf_audio_tiny import AUDIO_TOKEN
     from policy.models.prompt import prompt_token_ids
+
     wave, _ = sf.read(clip.audio, dtype="float32")
     n_audio = model.embed_audio(model.audio_features([wave]))[0].shape[0]
     tok = model.tokenizer
     p = prompt_token_ids(tok, model.template, clip.context)
     seq = list(p.prefix) + [tok.convert_tokens_to_ids(AUDIO_TOKEN)] * n_audio + list(p.suffix) + completion
-    feats = WhisperFeatureExtractor(feature_size=128)([wave], sampling_rate=16000, return_attention_mask=True,
-                                                      padding="max_length", return_tensors="pt")
-    logits = hf(input_ids=torch.tensor([seq]), input_features=feats["input_features"],
-                feature_attention_mask=feats["attention_mask"]).logits[0].float().log_softmax(-1)
+    feats = WhisperFeatureExtractor(feature_size=128)(
+        [wave], sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt"
+    )
+    logits = (
+        hf(
+            input_ids=torch.tensor([seq]),
+            input_features=feats["input_features"],
+            feature_attention_mask=feats["attention_mask"],
+        )
+        .logits[0]
+        .float()
+        .log_softmax(-1)
+    )
     start = len(seq) - len(completion) - 1
-    return logits[start:start + len(completion)].gather(-1, torch.tensor(completion)[:, None])[:, 0]
+    return logits[start : start + len(completion)].gather(-1, torch.tensor(completion)[:, None])[:, 0]
 
 
 def test_qwen2_audio_full_update_saves_a_checkpoint_transformers_loads_unchanged(qwen2_audio_dir, waves, tmp_path):
@@ -173,13 +194,15 @@ def test_qwen2_audio_full_update_saves_a_checkpoint_transformers_loads_unchanged
     saved = load_audio_llm(out)
     assert float((_loaded_logprobs(saved, batch, from_audio=True) - want).abs().max()) <= 1e-5
     # transformers' own class loads the folder as it is (no missing or unexpected weight) ...
-    hf, info = Qwen2AudioForConditionalGeneration.from_pretrained(out, local_files_only=True, dtype=torch.float32,
-                                                                  output_loading_info=True)
+    hf, info = Qwen2AudioForConditionalGeneration.from_pretrained(
+        out, local_files_only=True, dtype=torch.float32, output_loading_info=True
+    )
     assert not any(info.values()), info
     hf = hf.eval()
     # ... its weights moved from the starting checkpoint's (audio tower and LLM) ...
-    start = Qwen2AudioForConditionalGeneration.from_pretrained(qwen2_audio_dir, local_files_only=True,
-                                                               dtype=torch.float32)
+    start = Qwen2AudioForConditionalGeneration.from_pretrained(
+        qwen2_audio_dir, local_files_only=True, dtype=torch.float32
+    )
     before, after = start.state_dict(), hf.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(".audio_tower." in k for k in moved) and any(".language_model." in k for k in moved)
@@ -197,7 +220,7 @@ def test_qwen2_audio_full_update_saves_a_checkpoint_transformers_loads_unchanged
 def test_save_model_refuses_a_plain_model_that_does_not_match(tiny_model_dirs, tmp_path):
     """model_dir swapped for a different LLM family after setup: rank 0's error is raised, nothing written."""
     with one_rank_learner(tiny_model_dirs["qwen2"], learner_cfg(ppo_epochs=1)) as learner:
-        learner.model_dir = str(tiny_model_dirs["llama"])   # untied head: an extra lm_head.weight
+        learner.model_dir = str(tiny_model_dirs["llama"])  # untied head: an extra lm_head.weight
         with pytest.raises(ValueError, match="do not match the plain model"):
             learner.save_model(str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()

@@ -1,4 +1,5 @@
 """policy.scoring: reward tensors [B, G] from a hand-built RolloutBatch, advantages, dynamic sampling."""
+
 from __future__ import annotations
 
 import math
@@ -14,14 +15,14 @@ from policy.scoring import drop_flat_groups, score_and_advantage, score_rollout,
 CLIPS = (
     Clip("/d/0.wav", "hello world", "en", keywords=("world",)),
     Clip("/d/1.wav", "我爱北京", "zh"),
-    Clip("/d/2.wav", ""),                                  # noise-only
+    Clip("/d/2.wav", ""),  # noise-only
     Clip("/d/3.wav", "good morning", "en"),
 )
 TEXTS = (
     ("hello world", "hello"),
     ("我爱北京", "我爱"),
     ("", "thank you"),
-    ("good morning", "good morning"),                     # a flat group: equal rewards
+    ("good morning", "good morning"),  # a flat group: equal rewards
 )
 # Hand-computed (docs/design.md#rewards): wer = 1 - WER; keyword = (precision + recall) / 2, NaN without keywords;
 # hallucination = -hallucinated/max(1, N_ref); language 0 (no mismatch here); total = their sum.
@@ -34,14 +35,19 @@ TOTAL = [[2.0, 1.0], [1.0, 0.5], [1.0, -1.0], [1.0, 1.0]]
 def make_rollout(clips=CLIPS, texts=TEXTS, T=3, H=4) -> RolloutBatch:
     """Row b of every tensor is filled with values that identify b (to check which rows are kept)."""
     B, G = len(clips), len(texts[0])
-    prompts = PromptBatch(clips=tuple(clips),
-                          prompt_embeds=tuple(torch.full((2 + b, H), float(b)) for b in range(B)))
+    prompts = PromptBatch(clips=tuple(clips), prompt_embeds=tuple(torch.full((2 + b, H), float(b)) for b in range(B)))
     token_ids = torch.arange(B).view(B, 1, 1).expand(B, G, T).clone() + 1
     lengths = torch.tensor([[1 + (b + g) % T for g in range(G)] for b in range(B)])
     mask = (torch.arange(T) < lengths[..., None]).float()
     logprobs = -(torch.arange(B * G * T, dtype=torch.float32).view(B, G, T) + 1) * mask
-    return RolloutBatch(prompts=prompts, token_ids=token_ids * mask.long(), mask=mask, sample_logprobs=logprobs,
-                        texts=tuple(tuple(row) for row in texts), seconds=1.5)
+    return RolloutBatch(
+        prompts=prompts,
+        token_ids=token_ids * mask.long(),
+        mask=mask,
+        sample_logprobs=logprobs,
+        texts=tuple(tuple(row) for row in texts),
+        seconds=1.5,
+    )
 
 
 def assert_tensor(actual: torch.Tensor, expected) -> None:
@@ -86,15 +92,16 @@ def test_advantages_are_group_advantages_of_the_total():
     scored = score_and_advantage(rollout)
     assert scored.rollout is rollout
     torch.testing.assert_close(scored.advantages, group_advantages(scored.rewards["total"]))
-    s = 1 / math.sqrt(2)      # two values a > b: mean ± (a - b)/2, unbiased std (a - b)/sqrt(2)
-    torch.testing.assert_close(scored.advantages, torch.tensor([[s, -s], [s, -s], [s, -s], [0.0, 0.0]]),
-                               atol=1e-5, rtol=0)
+    s = 1 / math.sqrt(2)  # two values a > b: mean ± (a - b)/2, unbiased std (a - b)/sqrt(2)
+    torch.testing.assert_close(
+        scored.advantages, torch.tensor([[s, -s], [s, -s], [s, -s], [0.0, 0.0]]), atol=1e-5, rtol=0
+    )
     scored_eps = score_and_advantage(rollout, eps=0.5)
     torch.testing.assert_close(scored_eps.advantages, group_advantages(scored.rewards["total"], eps=0.5))
 
 
 def test_drop_flat_groups_keeps_the_informative_rows_of_everything():
-    clips = (CLIPS[0], CLIPS[3], CLIPS[2], CLIPS[3])        # flat groups at rows 1 and 3
+    clips = (CLIPS[0], CLIPS[3], CLIPS[2], CLIPS[3])  # flat groups at rows 1 and 3
     texts = (TEXTS[0], TEXTS[3], TEXTS[2], TEXTS[3])
     rollout = make_rollout(clips, texts)
     scored = score_and_advantage(rollout)
@@ -129,8 +136,10 @@ def test_nan_reward_raises_floating_point_error_naming_reward_clip_and_hypothesi
         return [math.nan if h == "hello" else 0.0 for h in hyps]
 
     monkeypatch.setitem(rewards.REGISTRY, "flaky", flaky)
-    expected = ("reward 'flaky' is NaN for clip 0 (/d/0.wav), hypothesis 1 ('hello'): check the reward functions "
-                "and plugins; the step was stopped before any update")
+    expected = (
+        "reward 'flaky' is NaN for clip 0 (/d/0.wav), hypothesis 1 ('hello'): check the reward functions "
+        "and plugins; the step was stopped before any update"
+    )
     with pytest.raises(FloatingPointError) as info:
         score_rollout(make_rollout())
     assert str(info.value) == expected
@@ -139,19 +148,23 @@ def test_nan_reward_raises_floating_point_error_naming_reward_clip_and_hypothesi
 
 
 def test_total_beyond_float32_raises_floating_point_error_naming_the_item(monkeypatch):
-    monkeypatch.setitem(rewards.REGISTRY, "big", lambda hyps, refs, metas: [1e39 if h == "hello" else 0.0
-                                                                             for h in hyps])
+    monkeypatch.setitem(
+        rewards.REGISTRY, "big", lambda hyps, refs, metas: [1e39 if h == "hello" else 0.0 for h in hyps]
+    )
     with pytest.raises(FloatingPointError, match=r"reward total is NaN/inf for \(clip, hypothesis\) \[\[0, 1\]\]"):
         score_rollout(make_rollout(), {"big": 1.0})
 
 
 def test_bad_reward_value_names_the_rollout_clip_and_hypothesis(monkeypatch):
-    monkeypatch.setitem(rewards.REGISTRY, "texty", lambda hyps, refs, metas: ["x" if h == "thank you" else 0.0
-                                                                               for h in hyps])
+    monkeypatch.setitem(
+        rewards.REGISTRY, "texty", lambda hyps, refs, metas: ["x" if h == "thank you" else 0.0 for h in hyps]
+    )
     with pytest.raises(rewards.RewardError) as info:
         score_rollout(make_rollout(), {"texty": 1.0})
-    assert str(info.value) == ("reward 'texty' returned 'x' (a str) for clip 5 (ref '', hyp 'thank you'); expected "
-                               "a float or None; in this rollout: clip 2 (/d/2.wav), hypothesis 1")
+    assert str(info.value) == (
+        "reward 'texty' returned 'x' (a str) for clip 5 (ref '', hyp 'thank you'); expected "
+        "a float or None; in this rollout: clip 2 (/d/2.wav), hypothesis 1"
+    )
     assert (info.value.reward, info.value.item) == ("texty", 5)
 
 
@@ -172,9 +185,9 @@ def test_reward_of_weight_zero_is_not_run_and_not_in_the_scores(monkeypatch):
     assert_tensor(scored.rewards["hallucination"], HALLUCINATION)
     assert_tensor(scored.rewards["total"], TOTAL)
     s = 1 / math.sqrt(2)
-    torch.testing.assert_close(scored.advantages, torch.tensor([[s, -s], [s, -s], [s, -s], [0.0, 0.0]]),
-                               atol=1e-5, rtol=0)
-
+    torch.testing.assert_close(
+        scored.advantages, torch.tensor([[s, -s], [s, -s], [s, -s], [0.0, 0.0]]), atol=1e-5, rtol=0
+    )
 
 
 def test_advantage_estimator_and_extra_reward_terms_enter_the_total():
@@ -182,7 +195,9 @@ def test_advantage_estimator_and_extra_reward_terms_enter_the_total():
     overlong = torch.tensor([[0.0, -1.0]] * 4)
     scored = score_and_advantage(rollout, estimator="rloo", extra={"overlong": overlong})
     total = torch.tensor(TOTAL) + overlong
-    assert scored.rewards["total"].tolist() == total.tolist() and scored.rewards["overlong"].tolist() == overlong.tolist()
+    assert (
+        scored.rewards["total"].tolist() == total.tolist() and scored.rewards["overlong"].tolist() == overlong.tolist()
+    )
     # rloo with G = 2: A_i = r_i - r_other
     assert scored.advantages.tolist() == [[a - b, b - a] for a, b in total.tolist()]
     with pytest.raises(ValueError, match="extra reward 'wer' must be new"):
@@ -192,8 +207,9 @@ def test_advantage_estimator_and_extra_reward_terms_enter_the_total():
 def test_select_groups_keeps_every_field_of_the_chosen_clips():
     rollout = make_rollout()
     flags = torch.tensor([[True, False], [False, False], [False, True], [True, True]])
-    rollout = RolloutBatch(rollout.prompts, rollout.token_ids, rollout.mask, rollout.sample_logprobs, rollout.texts,
-                           truncated=flags)
+    rollout = RolloutBatch(
+        rollout.prompts, rollout.token_ids, rollout.mask, rollout.sample_logprobs, rollout.texts, truncated=flags
+    )
     picked = select_groups(score_and_advantage(rollout), [3, 0])
     assert [c.audio for c in picked.rollout.prompts.clips] == ["/d/3.wav", "/d/0.wav"]
     assert picked.rollout.truncated.tolist() == [[True, True], [True, False]]

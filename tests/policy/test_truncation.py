@@ -1,4 +1,5 @@
 """policy.truncation: DAPO's overlong penalty and overlong filtering, on hand-computed values."""
+
 import pytest
 import torch
 
@@ -21,8 +22,14 @@ def test_overlong_penalty_ramps_over_the_buffer_and_is_full_when_truncated():
 def _scored() -> ScoredRollout:
     mask = torch.tensor([[[1, 1, 1], [1, 0, 0]], [[1, 1, 0], [1, 1, 1]]], dtype=torch.float32)
     prompts = PromptBatch((Clip("/a.wav", "a"), Clip("/b.wav", "b")), (torch.zeros(1, 4), torch.zeros(1, 4)))
-    rollout = RolloutBatch(prompts, mask.long(), mask, -mask, (("x", "y"), ("z", "w")),
-                           truncated=torch.tensor([[True, False], [False, True]]))
+    rollout = RolloutBatch(
+        prompts,
+        mask.long(),
+        mask,
+        -mask,
+        (("x", "y"), ("z", "w")),
+        truncated=torch.tensor([[True, False], [False, True]]),
+    )
     rewards = {"total": torch.tensor([[1.0, 0.0], [0.5, 0.2]])}
     return ScoredRollout(rollout, rewards, torch.tensor([[1.0, -1.0], [1.0, -1.0]]))
 

@@ -4,6 +4,7 @@
   after the test, so rewards registered by a test (or a plugin it loads) do not leak.
 * ``plugin_dir`` — a temporary folder on ``sys.path`` for plugin modules written by a test.
 """
+
 from __future__ import annotations
 
 import sys

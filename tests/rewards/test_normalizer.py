@@ -1,6 +1,7 @@
 """rewards.normalizer = basic | whisper_en: the WER and keyword rewards, the reward CLI and funrl.eval under each
 normaliser, against WERs worked out by hand and against jiwer on text put through transformers' Whisper English
 normaliser directly."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def whisper_en_of(text: str) -> str:
     import importlib.resources
 
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-    mapping = json.loads((importlib.resources.files("whisper_normalizer") / "normalizers" / "english.json")
-                         .read_text(encoding="utf-8"))
+
+    mapping = json.loads(
+        (importlib.resources.files("whisper_normalizer") / "normalizers" / "english.json").read_text(encoding="utf-8")
+    )
     return EnglishTextNormalizer(mapping)(text)
 
 
@@ -61,9 +64,10 @@ def test_whisper_en_keeps_decimals_and_currency_as_one_token():
 def test_keyword_reward_matches_british_and_american_spellings_under_whisper_en():
     meta = [{"keywords": ["colour"]}]
     basic = rewards.score_batch(["the color red"], ["the colour red"], meta, {"keyword": 1.0})
-    whisper = rewards.score_batch(["the color red"], ["the colour red"], meta, {"keyword": 1.0},
-                                  normalizer="whisper_en")
-    assert basic[0]["keyword"] == 0.5          # recall 0 (missed), precision 1 (nothing claimed)
+    whisper = rewards.score_batch(
+        ["the color red"], ["the colour red"], meta, {"keyword": 1.0}, normalizer="whisper_en"
+    )
+    assert basic[0]["keyword"] == 0.5  # recall 0 (missed), precision 1 (nothing claimed)
     assert whisper[0]["keyword"] == 1.0
 
 
@@ -107,8 +111,9 @@ def test_reward_cli_scores_with_the_normalizer_option(tmp_path):
     src.write_text("".join(json.dumps({"hyp": h, "ref": r}) + "\n" for r, h, *_ in CASES))
     for normalizer, column in (("basic", 2), ("whisper_en", 3)):
         out = tmp_path / f"{normalizer}.jsonl"
-        assert rewards_main(["score", str(src), "--weights", "wer=1", "--normalizer", normalizer,
-                             "--out", str(out)]) == 0
+        assert (
+            rewards_main(["score", str(src), "--weights", "wer=1", "--normalizer", normalizer, "--out", str(out)]) == 0
+        )
         got = [json.loads(line)["wer"] for line in out.read_text().splitlines()]
         assert got == pytest.approx([c[column] for c in CASES])
 
@@ -123,12 +128,11 @@ def test_reward_cli_refuses_a_normalizer_it_cannot_run(tmp_path, capsys, without
 
 
 def test_replay_rescores_under_the_normalizer(tmp_path):
-    group = {"ref": "twenty five apples", "hyps": ["25 apples", "twenty five apples"], "total": [0.0, 1.0],
-             "meta": {}}
+    group = {"ref": "twenty five apples", "hyps": ["25 apples", "twenty five apples"], "total": [0.0, 1.0], "meta": {}}
     src = tmp_path / "rollouts.jsonl"
     src.write_text(json.dumps({"step": 1, "clips": [group]}) + "\n")
     basic = replay(str(src), {"wer": 1.0}).as_dict()
     whisper = replay(str(src), {"wer": 1.0}, normalizer="whisper_en").as_dict()
     assert basic["rewards"]["wer"]["mean"] == pytest.approx((1 / 3 + 1.0) / 2)
-    assert whisper["rewards"]["wer"]["mean"] == 1.0           # both hypotheses read "25 apples": a flat group
+    assert whisper["rewards"]["wer"]["mean"] == 1.0  # both hypotheses read "25 apples": a flat group
     assert rewards_main(["replay", str(src), "--weights", "wer=1", "--normalizer", "whisper_en"]) == 0

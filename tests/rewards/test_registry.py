@@ -1,4 +1,5 @@
 """Registry, score_batch (totals, weights, loop equivalence, bad rewards) and plugin loading."""
+
 import math
 import textwrap
 
@@ -11,8 +12,14 @@ BUILTIN = ["wer", "keyword", "hallucination", "language"]
 
 HYPS = ["Hello world", "", "i will go go go go home now", "我爱北京", "thank you", "le chat est noir"]
 REFS = ["hello, world!", "", "i will go home now", "我爱北京天安门", "", "the cat is black"]
-METAS = [{"lang": "en", "keywords": ["world"]}, {"lang": "en"}, {"lang": "en", "keywords": ["home"]},
-         {"lang": "zh", "keywords": ["天安门"]}, {}, {"lang": "en", "keywords": ["cat"]}]
+METAS = [
+    {"lang": "en", "keywords": ["world"]},
+    {"lang": "en"},
+    {"lang": "en", "keywords": ["home"]},
+    {"lang": "zh", "keywords": ["天安门"]},
+    {},
+    {"lang": "en", "keywords": ["cat"]},
+]
 
 
 def test_builtin_rewards_are_registered_in_order():
@@ -46,14 +53,13 @@ def test_weights_mapping_leaves_unlisted_rewards_at_zero_and_skips_none():
     for row in rows:
         expected = 2.0 * row["wer"] + (0.5 * row["keyword"] if row["keyword"] is not None else 0.0)
         assert row["total"] == pytest.approx(expected)
-    assert rows[4]["total"] == 0.0                      # hallucination -1 has weight 0 here
-    assert all(list(row) == ["wer", "keyword", "total"] for row in rows)   # ... so it is not run
+    assert rows[4]["total"] == 0.0  # hallucination -1 has weight 0 here
+    assert all(list(row) == ["wer", "keyword", "total"] for row in rows)  # ... so it is not run
 
 
 def test_weights_none_means_every_reward_weight_one():
     rows = score_batch(HYPS, REFS, METAS, weights=None)
-    assert [r["total"] for r in rows] == [sum(v for k, v in r.items() if k != "total" and v is not None)
-                                          for r in rows]
+    assert [r["total"] for r in rows] == [sum(v for k, v in r.items() if k != "total" and v is not None) for r in rows]
 
 
 def test_unknown_weight_name_raises_value_error_listing_registered_names():
@@ -114,6 +120,7 @@ def test_reward_with_wrong_length_or_type_or_exception_is_named(restore_registry
 
     def boom(h, r, m):
         raise ZeroDivisionError("oops")
+
     register("boom")(boom)
     with pytest.raises(RewardError, match="'boom' failed: ZeroDivisionError: oops"):
         score_batch(["a"], ["a"], [{}])
@@ -134,13 +141,14 @@ def test_plugin_returning_a_string_mapping_or_none_is_a_reward_error(restore_reg
 
 def test_reward_exception_names_the_reward_and_the_clip_that_fails_alone(restore_registry):
     def picky(hyps, refs, metas):
-        return [1.0 / len(h) for h in hyps]        # ZeroDivisionError on the empty hypothesis
+        return [1.0 / len(h) for h in hyps]  # ZeroDivisionError on the empty hypothesis
 
     register("picky")(picky)
     with pytest.raises(RewardError) as info:
         score_batch(["a", "", "c"], ["x", "y", "z"], [{}] * 3, weights={"picky": 1.0})
-    assert str(info.value) == ("reward 'picky' failed: ZeroDivisionError: float division by zero; "
-                               "clip 1 (ref 'y', hyp '') fails alone too")
+    assert str(info.value) == (
+        "reward 'picky' failed: ZeroDivisionError: float division by zero; clip 1 (ref 'y', hyp '') fails alone too"
+    )
     assert info.value.reward == "picky" and info.value.item == 1
     assert isinstance(info.value.__cause__, ZeroDivisionError)
 
@@ -152,8 +160,11 @@ def test_reward_exception_only_on_the_whole_batch_says_no_clip_fails_alone(resto
         return [0.0]
 
     register("pairs_only")(pairs_only)
-    with pytest.raises(RewardError, match=r"'pairs_only' failed: RuntimeError: batch too big; "
-                                          r"no clip of the 2 fails alone") as info:
+    with pytest.raises(
+        RewardError,
+        match=r"'pairs_only' failed: RuntimeError: batch too big; "
+        r"no clip of the 2 fails alone",
+    ) as info:
         score_batch(["a", "b"], ["a", "b"], [{}, {}], weights={"pairs_only": 1.0})
     assert info.value.item is None
 
@@ -163,19 +174,25 @@ def test_wrong_value_type_names_the_clip_with_its_reference_and_hypothesis(resto
     long_ref = "word " * 30
     with pytest.raises(RewardError) as info:
         score_batch(["a", "b c"], ["a", long_ref], [{}, {}], weights={"texty": 1.0})
-    assert str(info.value) == ("reward 'texty' returned 'x' (a str) for clip 1 "
-                               f"(ref {long_ref[:40]!r}..., hyp 'b c'); expected a float or None")
+    assert str(info.value) == (
+        "reward 'texty' returned 'x' (a str) for clip 1 "
+        f"(ref {long_ref[:40]!r}..., hyp 'b c'); expected a float or None"
+    )
 
 
-@pytest.mark.parametrize("value, shown", [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "-inf"),
-                                          (10 ** 400, "inf")], ids=["nan", "inf", "-inf", "int-too-big"])
+@pytest.mark.parametrize(
+    "value, shown",
+    [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "-inf"), (10**400, "inf")],
+    ids=["nan", "inf", "-inf", "int-too-big"],
+)
 def test_non_finite_value_is_a_reward_error_naming_the_reward_and_the_clip(restore_registry, value, shown):
     register("shaky")(lambda h, r, m: [0.0 if x == "fine" else value for x in h])
     with pytest.raises(rewards.NonFiniteRewardError) as info:
         score_batch(["fine", "bad"], ["fine", "ref"], [{}, {}], weights={"shaky": 1.0})
     assert isinstance(info.value, RewardError)
-    assert str(info.value) == (f"reward 'shaky' returned {shown} for clip 1 (ref 'ref', hyp 'bad'); "
-                               "a reward must be a finite number or None")
+    assert str(info.value) == (
+        f"reward 'shaky' returned {shown} for clip 1 (ref 'ref', hyp 'bad'); a reward must be a finite number or None"
+    )
     assert (info.value.reward, info.value.item) == ("shaky", 1)
 
 
@@ -214,37 +231,48 @@ def write(plugin_dir, name, body):
 
 
 def test_plugin_registers_under_function_name_and_is_scored(plugin_dir):
-    write(plugin_dir, "brevity_plugin", """
+    write(
+        plugin_dir,
+        "brevity_plugin",
+        """
         def brevity(hyps, refs, metas):
             return [-len(h.split()) / 10 for h in hyps]
-    """)
+    """,
+    )
     assert load_plugin("brevity_plugin:brevity") == "brevity"
-    assert load_plugin("brevity_plugin:brevity") == "brevity"       # loading twice is harmless
+    assert load_plugin("brevity_plugin:brevity") == "brevity"  # loading twice is harmless
     rows = score_batch(["a b c"], ["a b c"], [{}])
     assert rows[0]["brevity"] == pytest.approx(-0.3)
-    assert rows[0]["total"] == pytest.approx(1.0 - 0.3)       # wer 1, keyword None, hallucination 0, language 0
+    assert rows[0]["total"] == pytest.approx(1.0 - 0.3)  # wer 1, keyword None, hallucination 0, language 0
 
 
 def test_decorated_plugin_keeps_its_registered_name(plugin_dir):
-    write(plugin_dir, "decorated_plugin", """
+    write(
+        plugin_dir,
+        "decorated_plugin",
+        """
         from rewards import register
 
         @register("shouting")
         def count_caps(hyps, refs, metas):
             return [float(sum(c.isupper() for c in h)) for h in hyps]
-    """)
+    """,
+    )
     assert load_plugin("decorated_plugin:count_caps") == "shouting"
     assert "count_caps" not in REGISTRY
     assert score_batch(["AbC"], ["abc"], [{}], weights={"shouting": 1.0})[0]["total"] == 2.0
 
 
-@pytest.mark.parametrize("spec, body, message", [
-    ("no_such_module_xyz:f", None, r"cannot import module 'no_such_module_xyz'"),
-    ("attr_plugin:missing", "def present(h, r, m): return []\n", r"has no attribute 'missing'"),
-    ("const_plugin:WEIGHT", "WEIGHT = 3\n", r"'WEIGHT' is a int, not a callable"),
-    ("broken_plugin:f", "def f(:\n", r"cannot import module 'broken_plugin' \(SyntaxError"),
-    ("just_a_module", None, r"expected 'module:function'"),
-])
+@pytest.mark.parametrize(
+    "spec, body, message",
+    [
+        ("no_such_module_xyz:f", None, r"cannot import module 'no_such_module_xyz'"),
+        ("attr_plugin:missing", "def present(h, r, m): return []\n", r"has no attribute 'missing'"),
+        ("const_plugin:WEIGHT", "WEIGHT = 3\n", r"'WEIGHT' is a int, not a callable"),
+        ("broken_plugin:f", "def f(:\n", r"cannot import module 'broken_plugin' \(SyntaxError"),
+        ("just_a_module", None, r"expected 'module:function'"),
+    ],
+)
 def test_plugin_errors_name_the_problem(plugin_dir, spec, body, message):
     if body is not None:
         write(plugin_dir, spec.split(":")[0], body)
@@ -261,9 +289,12 @@ def test_plugin_with_a_builtin_name_raises(plugin_dir):
 def test_rewards_package_imports_no_torch_and_nothing_of_funrl():
     import subprocess
     import sys
-    code = ("import sys, rewards, rewards.cli; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'funrl', 'policy', 'rollout')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+
+    code = (
+        "import sys, rewards, rewards.cli; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'funrl', 'policy', 'rollout')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert rewards.__all__

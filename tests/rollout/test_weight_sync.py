@@ -1,4 +1,5 @@
 """rollout.weight_sync: bucket boundaries by hand, laziness, module groups (no vLLM)."""
+
 import pytest
 import torch
 
@@ -28,12 +29,12 @@ def test_buckets_close_when_the_next_tensor_would_overflow():
 
 
 def test_tensor_larger_than_bucket_goes_alone():
-    items = [("s1", _t(5)), ("big", _t(100)), ("s2", _t(5)), ("s3", _t(5))]   # 20, 400, 20, 20 bytes
+    items = [("s1", _t(5)), ("big", _t(100)), ("s2", _t(5)), ("s3", _t(5))]  # 20, 400, 20, 20 bytes
     assert _names(iter_buckets(items, 50)) == [["s1"], ["big"], ["s2", "s3"]]
 
 
 def test_mixed_dtypes_use_their_own_byte_sizes():
-    items = [("f32", _t(10)), ("bf16", _t(20, torch.bfloat16)), ("f32b", _t(1))]   # 40, 40, 4
+    items = [("f32", _t(10)), ("bf16", _t(20, torch.bfloat16)), ("f32b", _t(1))]  # 40, 40, 4
     assert _names(iter_buckets(items, 80)) == [["f32", "bf16"], ["f32b"]]
 
 
@@ -62,35 +63,43 @@ def test_stream_is_consumed_lazily_one_bucket_at_a_time():
     def stream():
         for i in range(6):
             pulled.append(i)
-            yield f"w{i}", _t(10)   # 40 bytes each, 2 per bucket
+            yield f"w{i}", _t(10)  # 40 bytes each, 2 per bucket
 
     it = iter_buckets(stream(), 80)
     assert _names([next(it)]) == [["w0", "w1"]]
-    assert pulled == [0, 1, 2]   # only the tensor that closed the bucket was read ahead
+    assert pulled == [0, 1, 2]  # only the tensor that closed the bucket was read ahead
     assert _names([next(it)]) == [["w2", "w3"]]
     assert pulled == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("name, group", [
-    ("model.layers.3.self_attn.q_proj.weight", "model.layers.3"),
-    ("model.layers.12.mlp.experts.7.w1.weight", "model.layers.12"),
-    ("model.embed_tokens.weight", "model.embed_tokens"),
-    ("lm_head.weight", "lm_head"),
-    ("model.norm.weight", "model.norm"),
-    ("transformer.h.0.attn.c_attn.bias", "transformer.h.0"),
-    ("scale", "scale"),
-])
+@pytest.mark.parametrize(
+    "name, group",
+    [
+        ("model.layers.3.self_attn.q_proj.weight", "model.layers.3"),
+        ("model.layers.12.mlp.experts.7.w1.weight", "model.layers.12"),
+        ("model.embed_tokens.weight", "model.embed_tokens"),
+        ("lm_head.weight", "lm_head"),
+        ("model.norm.weight", "model.norm"),
+        ("transformer.h.0.attn.c_attn.bias", "transformer.h.0"),
+        ("scale", "scale"),
+    ],
+)
 def test_module_group_is_the_layer_or_the_module(name, group):
     assert module_group(name) == group
 
 
 def test_split_trailing_group_holds_back_the_last_layer():
     t = _t(1)
-    items = [("model.embed_tokens.weight", t), ("model.layers.0.a.weight", t), ("model.layers.0.b.weight", t),
-             ("model.layers.1.a.weight", t), ("model.layers.1.b.weight", t)]
+    items = [
+        ("model.embed_tokens.weight", t),
+        ("model.layers.0.a.weight", t),
+        ("model.layers.0.b.weight", t),
+        ("model.layers.1.a.weight", t),
+        ("model.layers.1.b.weight", t),
+    ]
     ready, rest = split_trailing_group(items)
     assert [n for n, _ in ready] == [n for n, _ in items[:3]]
     assert [n for n, _ in rest] == ["model.layers.1.a.weight", "model.layers.1.b.weight"]
-    ready, rest = split_trailing_group(items[3:])          # one group only: nothing is ready yet
+    ready, rest = split_trailing_group(items[3:])  # one group only: nothing is ready yet
     assert ready == [] and len(rest) == 2
     assert split_trailing_group([]) == ([], [])

@@ -1,5 +1,6 @@
 """Test helper: a tiny random Qwen2ForCausalLM with a local byte-level character tokenizer,
 plus independent HF references (log-probs of given tokens, greedy decoding)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,17 +28,32 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def build_tiny_qwen(out: Path, seed: int = 0) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """hidden 128, 4 heads / 2 kv heads (head_dim 32), 2 layers; saved as safetensors into ``out``."""
     tokenizer = build_tokenizer()
-    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      initializer_range=0.1, tie_word_embeddings=False, eos_token_id=EOS_ID, pad_token_id=0,
-                      bos_token_id=EOS_ID)
+    cfg = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+        eos_token_id=EOS_ID,
+        pad_token_id=0,
+        bos_token_id=EOS_ID,
+    )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg).eval()
     model.save_pretrained(out, safe_serialization=True)
@@ -52,7 +68,7 @@ def hf_logprobs(model, embeds: torch.Tensor, ids: list[int], temperature: float 
     tok = model.get_input_embeddings()(torch.tensor(ids, dtype=torch.long))
     logits = model(inputs_embeds=torch.cat([embeds, tok])[None]).logits[0].float() / temperature
     L = embeds.shape[0]
-    return torch.log_softmax(logits[L - 1: L - 1 + len(ids)], -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+    return torch.log_softmax(logits[L - 1 : L - 1 + len(ids)], -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
 """policy.models.audio.load_audio: any wav/flac -> 16 kHz mono float32; bad files name the path."""
+
 from __future__ import annotations
 
 import numpy as np

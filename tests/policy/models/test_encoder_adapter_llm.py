@@ -1,4 +1,5 @@
 """encoder_adapter_llm: length rules, padding invariance, CTC head, folder round trip, plain HF llm/ folder."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ LENGTHS = {1: (1, 1), 2: (1, 1), 3: (1, 1), 5: (2, 1), 7: (2, 1), 9: (3, 2), 17:
 def frontend() -> EncoderAdapterFrontend:
     torch.manual_seed(0)
     enc = EncoderConfig(d_model=32, n_heads=2, n_layers=2, ffn_dim=64, conv_kernel=5, subsample_channels=4)
-    return EncoderAdapterFrontend(FbankConfig(), enc, AdapterConfig(hidden_size=48, llm_hidden_size=24),
-                                  ctc_vocab_size=11).eval()
+    return EncoderAdapterFrontend(
+        FbankConfig(), enc, AdapterConfig(hidden_size=48, llm_hidden_size=24), ctc_vocab_size=11
+    ).eval()
 
 
 def _batch(lengths: list[int], seed: int = 0) -> FeatureBatch:
@@ -50,7 +52,7 @@ def test_padded_batch_equals_each_clip_alone(frontend):
     batch = _batch(lengths, seed=1)
     together = frontend(batch)
     for i, n in enumerate(lengths):
-        alone = frontend(FeatureBatch(batch.feats[i:i + 1, :n], torch.tensor([n])))[0]
+        alone = frontend(FeatureBatch(batch.feats[i : i + 1, :n], torch.tensor([n])))[0]
         torch.testing.assert_close(together[i], alone, rtol=0, atol=1e-5)
 
 
@@ -63,9 +65,9 @@ def test_tiny_model_audio_to_prompt_shapes(tiny_model_dir):
     model = load_audio_llm(tiny_model_dir)
     waves = [np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 8000)]
     feats = model.audio_features(waves)
-    assert feats.lengths.tolist() == [98, 48]          # 1 + (N - 400) // 160
+    assert feats.lengths.tolist() == [98, 48]  # 1 + (N - 400) // 160
     audio = model.embed_audio(feats)
-    assert [a.shape[0] for a in audio] == [13, 6]      # 98 -> 25 -> 13; 48 -> 12 -> 6
+    assert [a.shape[0] for a in audio] == [13, 6]  # 98 -> 25 -> 13; 48 -> 12 -> 6
     assert all(a.shape[1] == model.llm.config.hidden_size for a in audio)
 
 

@@ -1,4 +1,5 @@
 """policy.models.features: Kaldi fbank (25 ms / 10 ms, 80 bins) vs an independent numpy implementation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ def numpy_kaldi_fbank(wave: np.ndarray, bins: int = 80) -> np.ndarray:
     512-point FFT power spectrum, mel bins 20 Hz..Nyquist), float64, dither 0, input scaled to int16 range."""
     x = wave.astype(np.float64) * 32768.0
     n = 1 + (len(x) - 400) // 160
-    frames = np.stack([x[i * 160: i * 160 + 400] for i in range(n)])
+    frames = np.stack([x[i * 160 : i * 160 + 400] for i in range(n)])
     frames = frames - frames.mean(axis=1, keepdims=True)
     frames[:, 1:] = frames[:, 1:] - 0.97 * frames[:, :-1]
     frames[:, 0] = frames[:, 0] * (1 - 0.97)

@@ -61,8 +61,14 @@ def test_features_match_transformers_extractor(fixture, setting):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("frame_opts.window_type", "hanning"), ("frame_opts.preemph_coeff", 0.0), ("frame_opts.remove_dc_offset", False),
-     ("frame_opts.snip_edges", False), ("mel_opts.low_freq", 0.0), ("frame_opts.round_to_power_of_two", False)],
+    [
+        ("frame_opts.window_type", "hanning"),
+        ("frame_opts.preemph_coeff", 0.0),
+        ("frame_opts.remove_dc_offset", False),
+        ("frame_opts.snip_edges", False),
+        ("mel_opts.low_freq", 0.0),
+        ("frame_opts.round_to_power_of_two", False),
+    ],
 )
 def test_every_fixed_kaldi_option_is_pinned_by_the_fixture(fixture, field, value):
     """Changing any one option we hard-code moves the features far outside the tolerance above."""
@@ -119,8 +125,14 @@ def test_too_short_clip_is_a_clear_error():
 
 def test_config_from_preprocessor_json(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({"feature_extractor_type": "FunAsrNanoFeatureExtractor", "num_frames_lfr": 5,
-                    "stride_lfr": 3, "processor_class": "FunAsrNanoProcessor"})
+        json.dumps(
+            {
+                "feature_extractor_type": "FunAsrNanoFeatureExtractor",
+                "num_frames_lfr": 5,
+                "stride_lfr": 3,
+                "processor_class": "FunAsrNanoProcessor",
+            }
+        )
     )
     cfg = FunAsrFeatureConfig.from_folder(tmp_path)
     assert (cfg.num_frames_lfr, cfg.stride_lfr, cfg.feature_size, cfg.dim) == (5, 3, 80, 400)

@@ -27,9 +27,14 @@ FAMILY_NAMES = ["fun_asr_nano", "qwen2_audio", "qwen3_asr", "voxtral", "qwen2_5_
 LEGACY = ("audio_tower.", "multi_modal_projector.", "language_model.model.", "language_model.lm_head.")
 TRANSFORMERS5 = ("model.audio_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head.")
 # every key of the family's Hub checkpoints starts with one of these
-HUB_PREFIXES = {"qwen2_audio": LEGACY, "voxtral": LEGACY, "fun_asr_nano": TRANSFORMERS5, "qwen3_asr": TRANSFORMERS5,
-                "qwen2_5_omni_thinker": ("audio_tower.", "model.", "lm_head.", "visual."),
-                "qwen2_5_omni": ("thinker.audio_tower.", "thinker.model.", "thinker.lm_head.", "thinker.visual.")}
+HUB_PREFIXES = {
+    "qwen2_audio": LEGACY,
+    "voxtral": LEGACY,
+    "fun_asr_nano": TRANSFORMERS5,
+    "qwen3_asr": TRANSFORMERS5,
+    "qwen2_5_omni_thinker": ("audio_tower.", "model.", "lm_head.", "visual."),
+    "qwen2_5_omni": ("thinker.audio_tower.", "thinker.model.", "thinker.lm_head.", "thinker.visual."),
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,8 @@ def _hf_load(folder, family):
     if family.sub_config:  # the thinker of a full Qwen2.5-Omni folder
         kwargs["config"] = getattr(transformers.AutoConfig.from_pretrained(folder), family.sub_config)
     return getattr(transformers, family.model_class).from_pretrained(
-        folder, local_files_only=True, output_loading_info=True, **kwargs)
+        folder, local_files_only=True, output_loading_info=True, **kwargs
+    )
 
 
 def _check_transformers_loads_the_model(folder, model, family):
@@ -64,11 +70,10 @@ def _check_transformers_loads_the_model(folder, model, family):
     expected = H.to_hf_names(named, family, tied=False, layout="transformers5")  # the HF modules' own names
     state = hf.state_dict()
     for name, tensor in expected.items():
-        assert torch.equal(state[name[len(family.save_prefix):]], tensor), name
+        assert torch.equal(state[name[len(family.save_prefix) :]], tensor), name
     ids = torch.tensor([[5, 9, 17, 33, 2, 41]])
     with torch.no_grad():
-        torch.testing.assert_close(hf.eval()(input_ids=ids).logits, model.llm(input_ids=ids).logits,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(hf.eval()(input_ids=ids).logits, model.llm(input_ids=ids).logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -96,7 +101,7 @@ def test_a_source_with_transformers5_names_is_saved_with_them(tiny_dirs, tmp_pat
     source = shutil.copytree(tiny_dirs[name], tmp_path / "source")
     weights = load_file(source / "model.safetensors")
     to_new = {new: old for old, new in family.legacy_names}
-    renamed = {next((to_new[p] + k[len(p):] for p in to_new if k.startswith(p)), k): v for k, v in weights.items()}
+    renamed = {next((to_new[p] + k[len(p) :] for p in to_new if k.startswith(p)), k): v for k, v in weights.items()}
     assert all(k.startswith(TRANSFORMERS5) for k in renamed)
     save_file(renamed, str(source / "model.safetensors"), metadata={"format": "pt"})
     assert H.checkpoint_layout(source, family) == "transformers5"
@@ -133,8 +138,10 @@ def test_a_model_not_loaded_from_a_folder_gets_the_hub_names(tiny_dirs, tmp_path
 
 def test_layout_of_a_sharded_folder_comes_from_its_index(tmp_path):
     family = H.FAMILIES["qwen2_audio"]
-    weight_map = {"model.language_model.norm.weight": "model-00001-of-00002.safetensors",
-                  "model.audio_tower.conv1.weight": "model-00002-of-00002.safetensors"}
+    weight_map = {
+        "model.language_model.norm.weight": "model-00001-of-00002.safetensors",
+        "model.audio_tower.conv1.weight": "model-00002-of-00002.safetensors",
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     assert H.checkpoint_keys(tmp_path) == sorted(weight_map)
     assert H.checkpoint_layout(tmp_path, family) == "transformers5"
@@ -146,9 +153,14 @@ def test_layout_of_a_sharded_folder_comes_from_its_index(tmp_path):
 
 
 # vLLM 0.32 model classes that serve a family's folder, and the module roots its names must land in
-VLLM_MAPPERS = {"qwen3_asr": ("qwen3_asr", "Qwen3ASRForConditionalGeneration", ("audio_tower.", "language_model.")),
-                "qwen2_5_omni": ("qwen2_5_omni_thinker", "Qwen2_5OmniThinkerForConditionalGeneration",
-                                 ("audio_tower.", "visual.", "language_model."))}
+VLLM_MAPPERS = {
+    "qwen3_asr": ("qwen3_asr", "Qwen3ASRForConditionalGeneration", ("audio_tower.", "language_model.")),
+    "qwen2_5_omni": (
+        "qwen2_5_omni_thinker",
+        "Qwen2_5OmniThinkerForConditionalGeneration",
+        ("audio_tower.", "visual.", "language_model."),
+    ),
+}
 
 
 def _vllm_mapper(module: str, cls: str):
@@ -195,13 +207,19 @@ def test_vllm_loads_the_saved_qwen2_audio_folder(tiny_dirs, tmp_path):
     batch = model.audio_features([(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 7213)])
     feats = batch.feats.transpose(1, 2).contiguous()
     ids = model.tokenizer("the cat sat on the mat", add_special_tokens=False)["input_ids"]
-    llm = LLM(model=str(tmp_path / "out"), dtype="float32", enforce_eager=True, max_model_len=1024,
-              kv_cache_memory_bytes=32 << 20, seed=0)
+    llm = LLM(
+        model=str(tmp_path / "out"),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=1024,
+        kv_cache_memory_bytes=32 << 20,
+        seed=0,
+    )
     try:
-        theirs = llm.apply_model(lambda m: [e.cpu() for e in m.embed_multimodal(
-            input_features=feats, feature_attention_mask=batch.mask)])[0]
-        out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                           use_tqdm=False)
+        theirs = llm.apply_model(
+            lambda m: [e.cpu() for e in m.embed_multimodal(input_features=feats, feature_attention_mask=batch.mask)]
+        )[0]
+        out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
     finally:
         del llm
         gc.collect()
@@ -213,5 +231,4 @@ def test_vllm_loads_the_saved_qwen2_audio_folder(tiny_dirs, tmp_path):
     for a, b in zip(theirs, ours):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     vllm_lp = torch.tensor([step[t].logprob for step, t in zip(out[0].prompt_logprobs[1:], ids[1:])])
-    torch.testing.assert_close(vllm_lp, logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0],
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(vllm_lp, logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0], atol=1e-4, rtol=0)

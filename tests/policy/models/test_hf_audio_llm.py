@@ -30,18 +30,32 @@ FAMILY_NAMES = ["fun_asr_nano", "qwen2_audio", "qwen3_asr", "voxtral", "qwen2_5_
 #  qwen3_asr: clips under 8000 samples are zero-padded to 8000 -> 100, 50 frames -> 3x (L-1)//2+1 -> 13, 7
 #  voxtral: 100, 46 frames, but the whole 30 s window is embedded: 1500 encoder frames / 4 = 375 each
 #  qwen2_5_omni(_thinker): 100, 46 frames (padded to the longest only) -> as qwen2_audio: 25, 11
-FRAMES = {"fun_asr_nano": [17, 8], "qwen2_audio": [100, 46], "qwen3_asr": [100, 50], "voxtral": [100, 46],
-          "qwen2_5_omni_thinker": [100, 46], "qwen2_5_omni": [100, 46]}
-EMBEDS = {"fun_asr_nano": [17, 8], "qwen2_audio": [25, 11], "qwen3_asr": [13, 7], "voxtral": [375, 375],
-          "qwen2_5_omni_thinker": [25, 11], "qwen2_5_omni": [25, 11]}
+FRAMES = {
+    "fun_asr_nano": [17, 8],
+    "qwen2_audio": [100, 46],
+    "qwen3_asr": [100, 50],
+    "voxtral": [100, 46],
+    "qwen2_5_omni_thinker": [100, 46],
+    "qwen2_5_omni": [100, 46],
+}
+EMBEDS = {
+    "fun_asr_nano": [17, 8],
+    "qwen2_audio": [25, 11],
+    "qwen3_asr": [13, 7],
+    "voxtral": [375, 375],
+    "qwen2_5_omni_thinker": [25, 11],
+    "qwen2_5_omni": [25, 11],
+}
 
 
 @pytest.fixture(scope="module")
 def waves() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000
-    return [(0.1 * rng.standard_normal(16000) + 0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32),
-            (0.1 * rng.standard_normal(7213)).astype(np.float32)]
+    return [
+        (0.1 * rng.standard_normal(16000) + 0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32),
+        (0.1 * rng.standard_normal(7213)).astype(np.float32),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +81,12 @@ def _hf_audio_inputs(name: str, waves: list[np.ndarray]) -> dict[str, torch.Tens
         return {"input_features": torch.from_numpy(feats), "input_features_mask": torch.from_numpy(mask)}
     if name == "qwen3_asr":
         out = transformers.Qwen3ASRFeatureExtractor(feature_size=128, n_window=50)(
-            waves, sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
+            waves, sampling_rate=16000, return_attention_mask=True, return_tensors="pt"
+        )
         return {"input_features": out["input_features"], "input_features_mask": out["attention_mask"]}
     out = transformers.WhisperFeatureExtractor(feature_size=128)(
-        waves, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt")
+        waves, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt"
+    )
     extra = {} if name == "voxtral" else {"feature_attention_mask": out["attention_mask"]}
     return {"input_features": out["input_features"], **extra}
 
@@ -90,7 +106,7 @@ def test_sequence_logprobs_equal_hf_forward_with_audio_placeholders(tiny_dirs, w
     with torch.no_grad():
         prompts = model.build_prompt_embeds(model.embed_audio(model.audio_features(waves)), contexts)
         ours = model.sequence_logprobs(prompts, ids, mask)
-        rows = [0, 1, 1, 0]   # each prompt shared by two rows: packed (4-D mask) == one prompt per row
+        rows = [0, 1, 1, 0]  # each prompt shared by two rows: packed (4-D mask) == one prompt per row
         shared = model.sequence_logprobs(prompts, ids[rows], mask[rows], prompt_index=[0, 0, 1, 1])
         unshared = model.sequence_logprobs([prompts[j] for j in (0, 0, 1, 1)], ids[rows], mask[rows])
     torch.testing.assert_close(shared, unshared, atol=1e-5, rtol=0)
@@ -109,9 +125,9 @@ def test_sequence_logprobs_equal_hf_forward_with_audio_placeholders(tiny_dirs, w
         logp = logp.float().log_softmax(-1)
     for i, comp in enumerate(completions):
         start = len(seqs[i]) - len(comp) - 1
-        ref = logp[i, start:start + len(comp)].gather(-1, torch.tensor(comp)[:, None])[:, 0]
+        ref = logp[i, start : start + len(comp)].gather(-1, torch.tensor(comp)[:, None])[:, 0]
         torch.testing.assert_close(ours[i, : len(comp)], ref, atol=1e-5, rtol=0)
-        assert torch.all(ours[i, len(comp):] == 0)
+        assert torch.all(ours[i, len(comp) :] == 0)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -154,7 +170,8 @@ def test_save_round_trip_keeps_every_weight_and_the_prompt(tiny_dirs, tmp_path, 
     if family.sub_config:  # the thinker of a full Qwen2.5-Omni folder: keys saved under "thinker."
         kwargs["config"] = getattr(transformers.AutoConfig.from_pretrained(tmp_path / "copy"), family.sub_config)
     _, info = getattr(transformers, family.model_class).from_pretrained(
-        tmp_path / "copy", local_files_only=True, output_loading_info=True, **kwargs)
+        tmp_path / "copy", local_files_only=True, output_loading_info=True, **kwargs
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]  # incl. the unused vision tower (Omni)
 
 
@@ -195,11 +212,20 @@ def test_vllm_sampled_logprobs_equal_sequence_logprobs_on_exported_llm(tiny_dirs
     with torch.no_grad():
         prompts = model.build_prompt_embeds(model.embed_audio(model.audio_features(waves)), ["hello", None])
     folder = model.export_llm(tmp_path / "lm")
-    llm = LLM(model=str(folder), dtype="float32", enforce_eager=True, enable_prompt_embeds=True, max_model_len=256,
-              kv_cache_memory_bytes=64 << 20, seed=0)
+    llm = LLM(
+        model=str(folder),
+        dtype="float32",
+        enforce_eager=True,
+        enable_prompt_embeds=True,
+        max_model_len=256,
+        kv_cache_memory_bytes=64 << 20,
+        seed=0,
+    )
     try:
-        outs = llm.generate([{"prompt_embeds": p} for p in prompts],
-                            SamplingParams(n=3, max_tokens=8, temperature=1.0, logprobs=0, seed=0, ignore_eos=True))
+        outs = llm.generate(
+            [{"prompt_embeds": p} for p in prompts],
+            SamplingParams(n=3, max_tokens=8, temperature=1.0, logprobs=0, seed=0, ignore_eos=True),
+        )
     finally:
         del llm
         gc.collect()

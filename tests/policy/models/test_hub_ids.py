@@ -3,6 +3,7 @@
 The cache is a real Hub cache layout (``hub_cache`` fixture, checked with huggingface_hub's own
 ``scan_cache_dir``) holding the session's tiny ``encoder_adapter_llm`` checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ def test_revision_picks_the_snapshot_its_ref_names(hub_cache, tiny_model_dir):
     assert resolve_model_path(REPO).name == COMMIT
 
 
-def test_an_existing_local_folder_wins_over_a_cached_id_of_the_same_shape(hub_cache, tiny_model_dir, tmp_path,
-                                                                         monkeypatch):
+def test_an_existing_local_folder_wins_over_a_cached_id_of_the_same_shape(
+    hub_cache, tiny_model_dir, tmp_path, monkeypatch
+):
     hub_cache.add(tiny_model_dir, REPO, COMMIT)
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_model_dir, tmp_path / REPO)
@@ -101,8 +103,9 @@ def test_cache_folder_is_the_one_huggingface_hub_reads_from_the_same_environment
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     code = "from huggingface_hub import constants; print(constants.HF_HUB_CACHE)"
-    theirs = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env=dict(os.environ)).stdout.strip()
+    theirs = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ)
+    ).stdout.strip()
     assert hub_cache_dir() == Path(theirs)
 
 
@@ -134,8 +137,11 @@ def test_a_cached_snapshot_still_gets_the_safetensors_only_check(hub_cache, tiny
     shutil.copytree(tiny_model_dir, pickled)
     (pickled / "llm" / "model.safetensors").rename(pickled / "llm" / "pytorch_model.bin")
     hub_cache.add(pickled, REPO, COMMIT)
-    with pytest.raises(FileNotFoundError, match=r"snapshots/0123456789abcdef0123456789abcdef01234567/llm: expected "
-                                                r"an HF causal-LM folder with \*\.safetensors weights"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"snapshots/0123456789abcdef0123456789abcdef01234567/llm: expected "
+        r"an HF causal-LM folder with \*\.safetensors weights",
+    ):
         load_audio_llm(resolve_model_path(REPO))
 
 
@@ -177,17 +183,24 @@ except Exception as exc:
 """
 
 
-@pytest.mark.slow   # a child interpreter importing torch and transformers
+@pytest.mark.slow  # a child interpreter importing torch and transformers
 def test_resolving_makes_no_network_request_even_with_offline_mode_off(hub_cache, tiny_model_dir):
     hub_cache.add(tiny_model_dir, REPO, COMMIT)
     _Recorder.paths = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(hub_cache), "PYTHONPATH": str(ROOT),
-           "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_CACHE": str(hub_cache),
+        "PYTHONPATH": str(ROOT),
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
     try:
-        proc = subprocess.run([sys.executable, "-c", CHILD, REPO], capture_output=True, text=True, env=env,
-                              cwd=ROOT, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, REPO], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+        )
     finally:
         server.shutdown()
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,5 @@
 """AudioLLM.sequence_logprobs: padded batch == an unpadded per-token loop (<= 1e-5 fp32), all LLM families."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -116,7 +117,7 @@ def test_shared_prompt_packing_gives_the_unpacked_gradients(tiny_model_dir):
     for name, a, b in pairs:
         err, scale = float((b - a).abs().max()), float(a.abs().max())
         assert err <= 1e-5 * scale + 1e-7, f"{name}: max |diff| {err:.3g} against max |grad| {scale:.3g}"  # fp32 sums
-    assert min(float(g.abs().max()) for g in p0) > 0   # every prompt receives a gradient
+    assert min(float(g.abs().max()) for g in p0) > 0  # every prompt receives a gradient
 
 
 def test_shared_prompt_packing_rejects_a_bad_prompt_index(tiny_model_dir):
@@ -140,12 +141,12 @@ def test_temperature_gives_log_softmax_of_scaled_logits_packed_or_not(tiny_model
     for i, n in enumerate(lengths):
         if not n:
             continue
-        x = torch.cat([prompts[index[i]], emb(ids[i, :n - 1])])[None]
+        x = torch.cat([prompts[index[i]], emb(ids[i, : n - 1])])[None]
         logits = model.llm(inputs_embeds=x).logits[0, -n:].double() / t
         want = torch.log_softmax(logits, -1).gather(-1, ids[i, :n, None])[:, 0].float()
         torch.testing.assert_close(got[i, :n], want, rtol=0, atol=1e-5)
     plain = model.sequence_logprobs([prompts[j] for j in index], ids, mask)
-    assert float((plain - got).abs().max()) > 1e-2      # the temperature really changes them
+    assert float((plain - got).abs().max()) > 1e-2  # the temperature really changes them
 
 
 def test_shared_prompt_packing_refuses_attention_that_ignores_a_4d_mask(tiny_model_dir):

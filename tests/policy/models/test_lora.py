@@ -1,4 +1,5 @@
 """policy.models.lora: merged weights == the peft model, training model untouched, exported peft folder."""
+
 from __future__ import annotations
 
 import json

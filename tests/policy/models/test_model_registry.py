@@ -1,4 +1,5 @@
 """Adapter registry and load_audio_llm errors; scripts/make_tiny_model.py."""
+
 from __future__ import annotations
 
 import importlib.util

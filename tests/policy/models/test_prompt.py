@@ -1,4 +1,5 @@
 """Prompt layout [prefix | audio | suffix] (policy.models.prompt), one path for rollout and learner."""
+
 from __future__ import annotations
 
 import pytest
@@ -66,10 +67,11 @@ def test_layout_prefix_audio_suffix_rows(model):
         n_pre, n_suf = len(ids.prefix), len(ids.suffix)
         assert p.shape == (n_pre + a.shape[0] + n_suf, hidden)
         torch.testing.assert_close(p[:n_pre], emb(torch.tensor(ids.prefix)), rtol=0, atol=0)
-        torch.testing.assert_close(p[n_pre:n_pre + a.shape[0]], a, rtol=0, atol=0)
-        torch.testing.assert_close(p[n_pre + a.shape[0]:], emb(torch.tensor(ids.suffix)), rtol=0, atol=0)
-    assert len(prompt_token_ids(model.tokenizer, model.template, contexts[1]).prefix) == \
-        len(prompt_token_ids(model.tokenizer, model.template, None).prefix) + len("Context: hello 我爱北京\n")
+        torch.testing.assert_close(p[n_pre : n_pre + a.shape[0]], a, rtol=0, atol=0)
+        torch.testing.assert_close(p[n_pre + a.shape[0] :], emb(torch.tensor(ids.suffix)), rtol=0, atol=0)
+    assert len(prompt_token_ids(model.tokenizer, model.template, contexts[1]).prefix) == len(
+        prompt_token_ids(model.tokenizer, model.template, None).prefix
+    ) + len("Context: hello 我爱北京\n")
 
 
 def test_function_and_method_are_the_same_path(model):

@@ -1,4 +1,5 @@
 """policy.models.tokenizer.build_char_tokenizer: local character tokenizer, same after reload by any family."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,10 @@ def test_special_tokens_are_single_ids_and_eos_pad_set():
     for s in SPECIAL_TOKENS:
         assert tok(s, add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(s)]
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
-    assert tok.decode(tok(TEXT, add_special_tokens=False)["input_ids"], skip_special_tokens=True) == \
-        "user\nHello, World! 我爱北京。 x=3.5\n"
+    assert (
+        tok.decode(tok(TEXT, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+        == "user\nHello, World! 我爱北京。 x=3.5\n"
+    )
 
 
 def test_unlisted_characters_still_encode_as_bytes_and_round_trip():
@@ -52,5 +55,7 @@ def test_reload_beside_each_llm_config_is_identical(tmp_path, config_cls):
     assert again.decode(ids) == TEXT and len(again) == len(tok)
     assert again.eos_token_id == tok.eos_token_id and again.pad_token_id == tok.pad_token_id
     msgs = [{"role": "user", "content": "hi"}]
-    assert again.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
-        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        again.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )

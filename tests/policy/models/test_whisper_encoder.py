@@ -1,5 +1,6 @@
 """encoder_adapter_llm with ``encoder.type: whisper``: unpadded Whisper log-mel, length rules, padding invariance,
 equality with transformers' own WhisperEncoder forward on a full window, registry/config errors, save/export."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ from policy.models.base import get_adapter
 from policy.models.whisper_encoder import WhisperAudioEncoder, WhisperEncoderConfig, whisper_features
 
 # samples -> (mel frames = N // 160, encoder frames = ceil(T / 2), adapter frames = ceil(enc / 2)), by hand
-LENGTHS = {400: (2, 1, 1), 479: (2, 1, 1), 480: (3, 2, 1), 650: (4, 2, 1), 3210: (20, 10, 5), 7000: (43, 22, 11),
-           16000: (100, 50, 25)}
+LENGTHS = {
+    400: (2, 1, 1),
+    479: (2, 1, 1),
+    480: (3, 2, 1),
+    650: (4, 2, 1),
+    3210: (20, 10, 5),
+    7000: (43, 22, 11),
+    16000: (100, 50, 25),
+}
 
 
 def _waves(sizes, seed=0):
@@ -59,17 +67,18 @@ def test_padded_batch_equals_each_clip_alone(model):
 
 def test_unpadded_features_equal_the_30s_padded_extractor_but_the_last_frame():
     wave = _waves([12345])[0]
-    ours = whisper_features([wave], 80).feats[0]                        # [T, 80]
+    ours = whisper_features([wave], 80).feats[0]  # [T, 80]
     ref = transformers.WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=16000, return_tensors="np")
-    ref = torch.from_numpy(ref.input_features[0].T)                      # [3000, 80]
+    ref = torch.from_numpy(ref.input_features[0].T)  # [3000, 80]
     assert ours.shape == (77, 80)
     torch.testing.assert_close(ours[:-1], ref[:76], rtol=0, atol=1e-5)
 
 
 def test_full_window_forward_equals_transformers_whisper_encoder():
     torch.manual_seed(0)
-    enc = WhisperAudioEncoder(WhisperEncoderConfig(d_model=64, n_heads=4, n_layers=2, ffn_dim=96,
-                                                   max_source_positions=40)).eval()
+    enc = WhisperAudioEncoder(
+        WhisperEncoderConfig(d_model=64, n_heads=4, n_layers=2, ffn_dim=96, max_source_positions=40)
+    ).eval()
     feats = torch.randn(2, 80, 80)
     with torch.no_grad():
         ours, lengths = enc(feats, torch.tensor([80, 80]))
@@ -85,12 +94,16 @@ def test_whisper_folder_loads_through_the_registry_and_bad_configs_name_the_key(
     assert config["encoder"]["type"] == "whisper" and "features" not in config
     assert isinstance(load_audio_llm(whisper_dir).frontend.encoder, WhisperAudioEncoder)
     bad = tmp_path / "bad"
-    for change, message in (({"features": {"num_mel_bins": 80}}, "remove 'features'"),
-                            ({"cmvn": True}, "'cmvn': false"),
-                            ({"encoder": dict(config["encoder"], type="wav2vec")}, "encoder.type 'wav2vec'"),
-                            ({"encoder": dict(config["encoder"], n_heads=5)}, "encoder: encoder.d_model 96 is not "
-                                                                               "divisible by encoder.n_heads 5"),
-                            ({"encoder": dict(config["encoder"], kernel=3)}, r"encoder: unknown keys \['kernel'\]")):
+    for change, message in (
+        ({"features": {"num_mel_bins": 80}}, "remove 'features'"),
+        ({"cmvn": True}, "'cmvn': false"),
+        ({"encoder": dict(config["encoder"], type="wav2vec")}, "encoder.type 'wav2vec'"),
+        (
+            {"encoder": dict(config["encoder"], n_heads=5)},
+            "encoder: encoder.d_model 96 is not divisible by encoder.n_heads 5",
+        ),
+        ({"encoder": dict(config["encoder"], kernel=3)}, r"encoder: unknown keys \['kernel'\]"),
+    ):
         shutil.rmtree(bad, ignore_errors=True)
         shutil.copytree(whisper_dir, bad)
         (bad / "config.json").write_text(json.dumps({**config, **change}))
@@ -103,7 +116,7 @@ def test_saved_and_exported_whisper_model_reloads_with_the_same_outputs(whisper_
     from policy.model_export import fill_model, gathered_model_state
 
     trained = load_audio_llm(whisper_dir)
-    with torch.no_grad():   # stand-in for training: every frontend weight moves
+    with torch.no_grad():  # stand-in for training: every frontend weight moves
         for p in trained.frontend.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     plain = fill_model(load_audio_llm(whisper_dir), gathered_model_state(trained))
@@ -120,4 +133,4 @@ def test_saved_and_exported_whisper_model_reloads_with_the_same_outputs(whisper_
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(lp_got, lp_want, rtol=0, atol=0)
     original = load_audio_llm(whisper_dir).embed_audio(trained.audio_features(waves))[0]
-    assert (original - want[0]).abs().max() > 1e-3   # the round trip carried the moved weights
+    assert (original - want[0]).abs().max() > 1e-3  # the round trip carried the moved weights
