@@ -28,7 +28,7 @@ class ScriptedEngines:
         self.embedded += [c.text for c in clips]
         return PromptBatch(tuple(clips), tuple(torch.zeros(2, 4) for _ in clips))
 
-    def generate(self, prompts: PromptBatch) -> RolloutBatch:
+    def generate(self, prompts: PromptBatch, seed: int | None = None) -> RolloutBatch:  # seed: as Cluster.generate
         texts = tuple(
             (c.text,) * G
             if c.text.startswith("flat")
