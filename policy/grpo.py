@@ -53,9 +53,14 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
         return torch.zeros_like(r)
     mean = r.mean(dim=1, keepdim=True)
     std = r.std(dim=1, keepdim=True)  # unbiased (torch default)
-    adv = (r - mean) / (std + eps)
-    constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
-    return torch.where(constant, torch.zeros_like(adv), adv)
+    return _zero_flat_groups(r, (r - mean) / (std + eps))
+
+
+def _zero_flat_groups(r: Tensor, adv: Tensor) -> Tensor:
+    """``adv`` with every flat group (all rewards equal) set to exactly 0: float rounding of the mean
+    would otherwise leave ~1e-8 where there is no signal."""
+    flat = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
+    return torch.where(flat, torch.zeros_like(adv), adv)
 
 
 def _group_rewards(rewards: Tensor, where: str) -> Tensor:
@@ -74,7 +79,7 @@ def dr_grpo_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     r = _group_rewards(rewards, "dr_grpo_advantages")
     if r.shape[1] < 2:
         return torch.zeros_like(r)
-    return r - r.mean(dim=1, keepdim=True)
+    return _zero_flat_groups(r, r - r.mean(dim=1, keepdim=True))
 
 
 def rloo_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
@@ -85,7 +90,7 @@ def rloo_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     if G < 2:
         return torch.zeros_like(r)
     others = (r.sum(dim=1, keepdim=True) - r) / (G - 1)
-    return r - others
+    return _zero_flat_groups(r, r - others)
 
 
 # name -> (rewards [B, G], eps) -> advantages [B, G]; `learner.advantage` picks one

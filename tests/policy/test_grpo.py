@@ -347,6 +347,14 @@ def test_advantage_estimators_hand_computed():
         compute_advantages(torch.tensor([[1.0, float("nan")]]), "rloo")
 
 
+def test_every_estimator_gives_exactly_zero_to_a_flat_group_whose_mean_rounds():
+    # 0.1 is not exact in float32: mean(0.1 x 7) - 0.1 is ~1e-8, not 0, unless flat groups are zeroed
+    r = torch.full((1, 7), 0.1)
+    assert float((r - r.mean(dim=1, keepdim=True)).abs().max()) > 0  # the rounding this pins
+    for name in ADVANTAGE_ESTIMATORS:
+        assert compute_advantages(r, name).tolist() == [[0.0] * 7], name
+
+
 def test_rloo_equals_the_leave_one_out_loop():
     r = torch.rand(5, 6, generator=torch.Generator().manual_seed(0))
     want = [[float(r[b, i] - (r[b].sum() - r[b, i]) / 5) for i in range(6)] for b in range(5)]
