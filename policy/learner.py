@@ -53,6 +53,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from policy.augment import AugmentConfig, Augmenter
+from policy.buckets import iter_buckets
 from policy.config import LearnerConfig, ModelConfig
 from policy.distributed import all_reduce, barrier, init_process_group, mixed_precision, pick_device, shard
 from policy.grpo import grpo_loss, logprob_agreement
@@ -378,19 +379,7 @@ class Learner:
     def state_dict_for_sync(self, bucket_bytes: int, dtype: str = "float32") -> Iterator[NamedTensors]:
         """`named_weights_for_sync` (in ``dtype``) grouped into buckets of at most ``bucket_bytes`` (a bigger
         tensor alone); the sizes count the cast tensors."""
-        if bucket_bytes <= 0:
-            raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
-        bucket: NamedTensors = []
-        size = 0
-        for name, t in self.named_weights_for_sync(dtype):
-            nbytes = t.numel() * t.element_size()
-            if bucket and size + nbytes > bucket_bytes:
-                yield bucket
-                bucket, size = [], 0
-            bucket.append((name, t))
-            size += nbytes
-        if bucket:
-            yield bucket
+        return iter_buckets(self.named_weights_for_sync(dtype), bucket_bytes)
 
     def gather_weights(self, dtype: str = "float32") -> NamedTensors | None:
         """Collective: rank 0 returns the full list of (name, tensor) in ``dtype``; other ranks None."""

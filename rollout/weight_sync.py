@@ -1,49 +1,23 @@
 """Streaming full weights to the rollout engine in bounded buckets (pure functions).
 
-The learner gathers its full state dict one tensor at a time; :func:`iter_buckets`
-cuts that stream into buckets of at most ``bucket_bytes`` so that the sender never
-holds more than one bucket. The receiving side (``VLLMRolloutWorker.update_weights``)
-must not split one vLLM module across two reloads: vLLM fuses q/k/v and gate/up
-into one parameter, and an in-place reload of a module that receives only some of
-its weights leaves the rest uninitialised. :func:`split_trailing_group` holds back
-the tensors of the last *module group* of a bucket (a decoder layer, or a top-level
-module such as the embedding) until the next bucket or the end of the update.
+The learner gathers its full state dict one tensor at a time; :func:`iter_buckets` (`policy.buckets`, the one
+bucketing helper both sides use) cuts that stream into buckets of at most ``bucket_bytes`` so that the sender
+never holds more than one bucket. The receiving side (``VLLMRolloutWorker.update_weights``) must not split one
+vLLM module across two reloads: vLLM fuses q/k/v and gate/up into one parameter, and an in-place reload of a
+module that receives only some of its weights leaves the rest uninitialised. :func:`split_trailing_group` holds
+back the tensors of the last *module group* of a bucket (a decoder layer, or a top-level module such as the
+embedding) until the next bucket or the end of the update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 from torch import Tensor
 
+from policy.buckets import iter_buckets, tensor_nbytes
+
+__all__ = ["NamedTensors", "iter_buckets", "module_group", "split_trailing_group", "tensor_nbytes"]
+
 NamedTensors = list[tuple[str, Tensor]]
-
-
-def tensor_nbytes(tensor: Tensor) -> int:
-    """Bytes the tensor's elements occupy."""
-    return tensor.numel() * tensor.element_size()
-
-
-def iter_buckets(named_tensors: Iterable[tuple[str, Tensor]], bucket_bytes: int) -> Iterator[NamedTensors]:
-    """Group a stream of ``(name, tensor)`` into buckets of at most ``bucket_bytes`` each.
-
-    Order is preserved; the input is consumed lazily, so at most one bucket is held
-    at a time. A tensor larger than ``bucket_bytes`` forms a bucket of its own.
-    Empty buckets are never yielded.
-    """
-    if bucket_bytes <= 0:
-        raise ValueError(f"iter_buckets: bucket_bytes must be > 0, got {bucket_bytes}")
-    bucket: NamedTensors = []
-    size = 0
-    for name, tensor in named_tensors:
-        nbytes = tensor_nbytes(tensor)
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor))
-        size += nbytes
-    if bucket:
-        yield bucket
 
 
 def module_group(name: str) -> str:
