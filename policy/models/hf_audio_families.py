@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,20 @@ LEGACY_AUDIO_NAMES = (
 LAYOUTS = ("legacy", "transformers5")
 
 
+_OMNI_THINKER = AudioFamily(  # a Qwen2.5-Omni thinker saved on its own
+    "qwen2_5_omni_thinker",
+    "Qwen2_5OmniThinkerForConditionalGeneration",
+    "Qwen2ForCausalLM",
+    _whisper_longest_extractor,
+    _omni_embed,
+    "feature_attention_mask",
+    True,
+    ("<|audio_bos|>", "<|audio_eos|>"),
+    paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
+    text_config=_qwen2_text_config,
+    unused_prefixes=("visual.",),
+)
+
 FAMILIES: dict[str, AudioFamily] = {
     f.model_type: f
     for f in (
@@ -313,32 +327,12 @@ FAMILIES: dict[str, AudioFamily] = {
             legacy_names=LEGACY_AUDIO_NAMES,
             hub_layout="legacy",
         ),
-        AudioFamily(
-            "qwen2_5_omni_thinker",
-            "Qwen2_5OmniThinkerForConditionalGeneration",
-            "Qwen2ForCausalLM",
-            _whisper_longest_extractor,
-            _omni_embed,
-            "feature_attention_mask",
-            True,
-            ("<|audio_bos|>", "<|audio_eos|>"),
-            paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
-            text_config=_qwen2_text_config,
-            unused_prefixes=("visual.",),
-        ),
+        _OMNI_THINKER,
         # the full Qwen2.5-Omni checkpoint: only its thinker is loaded (keys "thinker.*"; talker/token2wav and
         # the pickled spk_dict.pt of the speech-output half are not read)
-        AudioFamily(
-            "qwen2_5_omni",
-            "Qwen2_5OmniThinkerForConditionalGeneration",
-            "Qwen2ForCausalLM",
-            _whisper_longest_extractor,
-            _omni_embed,
-            "feature_attention_mask",
-            True,
-            ("<|audio_bos|>", "<|audio_eos|>"),
-            paths={"tower": "audio_tower", "projector": None, "lm": "model", "head": "lm_head"},
-            text_config=_qwen2_text_config,
+        replace(
+            _OMNI_THINKER,
+            model_type="qwen2_5_omni",
             sub_config="thinker_config",
             save_prefix="thinker.",
             unused_prefixes=("thinker.visual.", "talker.", "token2wav."),

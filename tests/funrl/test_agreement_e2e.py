@@ -20,16 +20,10 @@ def demo_data(small_demo_data):
     return small_demo_data  # the session's reduced demo data (tests/conftest.py)
 
 
-def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_training(
-    tiny_model_dir, demo_data, tmp_path
-):
-    import ray
-
-    from funrl.cluster import Cluster
-    from funrl.train import train_step
-
+def _full_finetuning_config(model_dir, demo_data, tmp_path, extra=None):
+    """The tiny model, encoder and whole LLM training, 4 clips x 4 samples a step, one learner rank, fp32."""
     overrides = {
-        "model.path": tiny_model_dir,
+        "model.path": model_dir,
         "model.train_encoder": "true",
         "learner.finetune": "full",
         "data.train_manifest": demo_data.manifest("rl_train"),
@@ -42,8 +36,19 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_t
         "run.clips_per_step": 4,
         "run.out_dir": tmp_path / "run",
         "ray.num_cpus": 3,
-    }
-    cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+    } | (extra or {})
+    return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_and_llm_training(
+    tiny_model_dir, demo_data, tmp_path
+):
+    import ray
+
+    from funrl.cluster import Cluster
+    from funrl.train import train_step
+
+    cfg = _full_finetuning_config(tiny_model_dir, demo_data, tmp_path)
     sampler = ClipSampler(load_manifest(demo_data.manifest("rl_train")), 4, seed=0)
     gaps, metric = [], []
     try:
@@ -85,28 +90,11 @@ def test_augmented_clips_keep_vllm_and_learner_logprobs_equal_with_encoder_train
     noise = tmp_path / "noise"
     noise.mkdir()
     sf.write(noise / "white.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
-    overrides = {
-        "model.path": tiny_model_dir,
-        "model.train_encoder": "true",
-        "learner.finetune": "full",
-        "data.train_manifest": demo_data.manifest("rl_train"),
-        "rollout.n": 4,
-        "rollout.max_new_tokens": 12,
-        "rollout.kv_cache_memory_bytes": 32 << 20,
-        "learner.num_ranks": 1,
-        "learner.lr": 1e-3,
-        "learner.micro_batch": 16,
-        "run.clips_per_step": 4,
-        "run.out_dir": tmp_path / "run",
-        "ray.num_cpus": 3,
-        "data.augment.enabled": "true",
-        "data.augment.noise_dir": noise,
-        "data.augment.noise_prob": 1.0,
-        "data.augment.snr_db": "[0,5]",
-        "data.augment.speed_prob": 1.0,
-        "data.augment.gain_prob": 1.0,
-    }
-    cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+    augment = {"enabled": "true", "noise_dir": noise, "noise_prob": 1.0, "snr_db": "[0,5]"}
+    augment |= {"speed_prob": 1.0, "gain_prob": 1.0}
+    cfg = _full_finetuning_config(
+        tiny_model_dir, demo_data, tmp_path, {f"data.augment.{k}": v for k, v in augment.items()}
+    )
     sampler = ClipSampler(load_manifest(demo_data.manifest("rl_train")), 4, seed=0)
     gaps, metric, clean = [], [], []
     try:
