@@ -20,16 +20,16 @@ import numpy as np
 import torch
 
 import rewards
-from funrl.audio_check import check_clips, check_prompt_lengths
+from funrl.audio_check import check_prompt_lengths
 from funrl.checkpoint import CheckpointManager, CheckpointWriteError, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
-from funrl.config import ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict, validate_reward_names
-from funrl.data import ClipSampler, ManifestError, MixedSampler, make_sampler
-from funrl.data_formats import load_clips
+from funrl.config import ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict
+from funrl.data import ManifestError
 from funrl.eval import EvalReport, evaluate, format_table, write_report
-from funrl.loggers import check_available
+from funrl.inputs import Inputs, load_inputs, with_local_model
 from funrl.metrics import JsonlLog, MetricsLogger, should_log
 from funrl.preemption import GracefulStop, Preempted
+from funrl.records import rollout_record, step_record
 from funrl.timing import StageTimer
 from policy.augment import at_step
 from policy.messages import ScoredRollout
@@ -122,58 +122,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     data = load_inputs(cfg)  # everything checked before any file or actor
     with RunLock(cfg.run.out_dir):  # one process per run folder
         return _train(cfg, resume, data)
-
-
-def with_local_model(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with ``model.path`` as a local model folder whose ``model_type`` an adapter supports, before any
-    worker starts: a Hub id (``org/name[@revision]``) becomes its snapshot folder in the local Hugging Face cache
-    (`policy.models.hub`; never downloaded). The run's config.yaml then records that folder, so a resume loads
-    the same snapshot."""
-    from policy.models import get_adapter
-    from policy.models.base import read_config
-    from policy.models.hub import resolve_model_path
-
-    folder = resolve_model_path(cfg.model.path, key="model.path")
-    try:
-        get_adapter(read_config(folder)["model_type"], where=str(folder / "config.json"))
-    except ValueError as exc:
-        raise ConfigError(f"model.path {cfg.model.path}: {exc}", key="model.path") from None
-    if str(folder) == cfg.model.path:
-        return cfg
-    print(f"[funrl] model.path {cfg.model.path} -> {folder}", file=sys.stderr)
-    return replace(cfg, model=replace(cfg.model, path=str(folder)))
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """A run's data, checked: the sampler over the training clips, the test and dev clips (None: not given)."""
-
-    sampler: ClipSampler | MixedSampler
-    test_clips: list | None
-    eval_clips: list | None
-    train_clips: tuple = ()
-
-    def all_clips(self) -> list:
-        return [*self.train_clips, *(self.test_clips or ()), *(self.eval_clips or ())]
-
-
-def load_inputs(cfg: TrainConfig) -> Inputs:
-    """Reward plugins and names, every manifest line and audio file, the sampler: all problems before any
-    actor starts (ConfigError / ManifestError / RewardError)."""
-    load_rewards(cfg)
-    missing = check_available(cfg.run.loggers)
-    if missing:
-        raise ConfigError(missing, key="run.loggers")
-    clips = checked_manifest(cfg, cfg.data.train_manifest)
-    test_clips = checked_manifest(cfg, cfg.data.test_manifest) if cfg.data.test_manifest else None
-    eval_clips = checked_manifest(cfg, cfg.data.eval_manifest) if cfg.data.eval_manifest else None
-    try:
-        sampler = make_sampler(
-            clips, cfg.run.clips_per_step, cfg.data.noise_per_step, cfg.run.seed, shuffle=cfg.data.shuffle
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key="data.noise_per_step") from None
-    return Inputs(sampler, test_clips, eval_clips, tuple(clips))
 
 
 def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
@@ -311,25 +259,6 @@ def _checkpoint_after_failure(
         print(f"[funrl] step {step} failed, and so did the checkpoint of step {done}: {exc}", file=sys.stderr)
 
 
-def checked_manifest(cfg: TrainConfig, path: str) -> list:
-    """A manifest's clips (in data.format), every line and every audio file checked (`funrl.audio_check`,
-    data.on_bad_audio)."""
-    d = cfg.data
-    clips = load_clips(path, d.format, d.audio_cache_dir or None)
-    return check_clips(clips, d.min_audio_seconds, d.max_audio_seconds, d.on_bad_audio)
-
-
-def load_rewards(cfg: TrainConfig) -> None:
-    """Import and register ``rewards.plugins``; every name in ``rewards.weights`` must then be registered."""
-    for spec in cfg.rewards.plugins:
-        rewards.load_plugin(spec)
-    validate_reward_names(cfg, rewards.REGISTRY)
-    try:
-        rewards.text.check_normalizer(cfg.rewards.normalizer)
-    except rewards.text.NormalizerError as exc:
-        raise ConfigError(f"rewards.normalizer: {exc}", key="rewards.normalizer") from None
-
-
 def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> EvalReport:
     """Greedy evaluation of the current policy on ``clips`` through the running workers."""
     report, records = evaluate(
@@ -405,61 +334,6 @@ def score(cfg: TrainConfig, rollout) -> ScoredRollout:
     return score_and_advantage(
         rollout, cfg.rewards.weights, estimator=cfg.learner.advantage, extra=extra, normalizer=cfg.rewards.normalizer
     )
-
-
-def step_record(scored, stats, groups: dict[str, float]) -> dict[str, float]:
-    """Flat metrics of a step: each reward's mean/std, lengths, flat groups, learner stats."""
-    rec: dict[str, float] = {}
-    for name, values in scored.rewards.items():
-        valid = values[~torch.isnan(values)]
-        rec[f"reward.{name}.mean"] = float(valid.mean()) if valid.numel() else float("nan")
-        rec[f"reward.{name}.std"] = float(valid.std()) if valid.numel() > 1 else float("nan")
-    total = scored.rewards["total"]
-    rec["groups.zero_variance_frac"] = float((total.amax(1) == total.amin(1)).float().mean())
-    rec.update({f"groups.{k}": float(v) for k, v in groups.items()})
-    rec["hyp.length.mean"] = float(scored.rollout.mask.sum(-1).mean())
-    rec["hyp.truncated_frac"] = float(scored.rollout.truncated.float().mean())
-    rec["time.vllm_generate"] = scored.rollout.seconds  # inside the engine(s): the rest is transport
-    if stats is not None:
-        rec.update(
-            loss=stats.loss,
-            kl=stats.kl,
-            clip_frac=stats.clip_frac,
-            ratio_mean=stats.ratio_mean,
-            grad_norm=stats.grad_norm,
-            lr=stats.lr,
-        )
-        rec.update({name: stats.extra[key] for name, key in LEARNER_EXTRAS.items() if key in stats.extra})
-        rec["time.learner_compute"] = stats.seconds  # forward/backward/step inside the learner
-    return rec
-
-
-# metrics.jsonl name -> LearnStats.extra key: the sampler/learner agreement (before the update) and the
-# per-token outliers of the update, which a mean hides (one token with KL 200 among 2,000)
-LEARNER_EXTRAS = {
-    "rollout.logprob_diff.mean": "logprob_diff_mean",
-    "rollout.logprob_diff.max": "logprob_diff_max",
-    "rollout.is_weight.min": "is_weight_min",
-    "rollout.is_weight.max": "is_weight_max",
-    "kl_max": "kl_max",
-    "ratio_max": "ratio_max",
-    "ratio_min": "ratio_min",
-    "tis.weight_mean": "tis_weight_mean",
-    "tis.clip_frac": "tis_clip_frac",
-    "optimizer_steps": "optimizer_steps",
-}
-
-
-def rollout_record(scored: ScoredRollout) -> dict:
-    """What OUT/rollouts.jsonl keeps of a step: each clip's audio, reference, hypotheses, total rewards and
-    reward meta (language, keywords: what ``python -m rewards replay`` needs to rescore them)."""
-    total = scored.rewards["total"]
-    return {
-        "clips": [
-            {"audio": clip.audio, "ref": clip.text, "hyps": list(hyps), "total": total[i].tolist(), "meta": clip.meta()}
-            for i, (clip, hyps) in enumerate(zip(scored.rollout.prompts.clips, scored.rollout.texts))
-        ]
-    }
 
 
 def _progress(steps, total: int, done: int):

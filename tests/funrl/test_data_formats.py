@@ -350,7 +350,7 @@ def test_lhotse_bad_lines_are_reported_by_line_number(data):
 def test_data_format_config_key_is_validated_and_used_by_training(data):
     with pytest.raises(ConfigError, match="data.format must be one of jsonl, hf_datasets, lhotse, nemo"):
         load_config(None, ["data.format=csv"])
-    from funrl.train import checked_manifest
+    from funrl.inputs import checked_manifest
 
     path = _nemo_lines(data, [_nemo_rec(*c) for c in CLIPS])
     cfg = load_config(None, ["data.format=nemo", f"data.train_manifest={path}"])

@@ -66,7 +66,7 @@ def test_config_key_rewards_normalizer_is_checked():
 
 def test_training_refuses_an_uninstalled_normalizer_naming_the_key(monkeypatch):
     from funrl.config import ConfigError, load_config
-    from funrl.train import load_rewards
+    from funrl.inputs import load_rewards
 
     cfg = load_config(None, ["rewards.normalizer=whisper_en"])
     _whisper_en.cache_clear()

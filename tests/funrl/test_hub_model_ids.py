@@ -26,7 +26,7 @@ def _manifest(tmp_path):
 
 
 def test_train_config_gets_the_cached_snapshot_folder(hub_cache, tiny_model_dir):
-    from funrl.train import with_local_model
+    from funrl.inputs import with_local_model
 
     snapshot = hub_cache.add(tiny_model_dir, REPO, COMMIT)
     cfg = load_config(None, [f"model.path={REPO}@main", "data.train_manifest=t.jsonl", "model.dtype=bfloat16"])
@@ -41,7 +41,7 @@ def test_train_rejects_a_cached_snapshot_of_an_unsupported_model_type(hub_cache,
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "whisper_thing"}))
     hub_cache.add(tmp_path / "m", REPO, COMMIT)
-    from funrl.train import with_local_model
+    from funrl.inputs import with_local_model
 
     with pytest.raises(
         ConfigError,
