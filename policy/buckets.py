@@ -3,7 +3,8 @@ sync, used by the learner (what it sends) and the rollout worker (what it reload
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 from torch import Tensor
 
@@ -35,3 +36,29 @@ def iter_buckets(named_tensors: Iterable[tuple[str, Tensor]], bucket_bytes: int)
         size += nbytes
     if bucket:
         yield bucket
+
+
+def send_buckets(
+    buckets: Iterable[NamedTensors], send: Callable[[NamedTensors], None], finish: bool
+) -> dict[str, float]:
+    """Hand every bucket to ``send``, then call ``send.finish()`` (if it has one and ``finish``).
+
+    The buckets come from a collective gather, so a failing ``send`` stops the sending but not the iteration
+    (the other ranks are in the same collectives): the error is raised once every bucket is through.
+    Returns the seconds, the bucket count and the bytes (of the tensors as sent).
+    """
+    start, count, nbytes = time.perf_counter(), 0, 0
+    error: BaseException | None = None
+    for bucket in buckets:
+        count += 1
+        nbytes += sum(tensor_nbytes(t) for _, t in bucket)
+        if error is None:
+            try:
+                send(bucket)
+            except Exception as exc:  # noqa: BLE001 - re-raised once every bucket is through
+                error = exc
+    if error is not None:
+        raise error
+    if finish and hasattr(send, "finish"):
+        send.finish()
+    return {"seconds": time.perf_counter() - start, "buckets": float(count), "bytes": float(nbytes)}

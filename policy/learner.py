@@ -53,7 +53,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from policy.augment import AugmentConfig, Augmenter
-from policy.buckets import iter_buckets
+from policy.buckets import iter_buckets, send_buckets
 from policy.config import LearnerConfig, ModelConfig
 from policy.distributed import all_reduce, barrier, init_process_group, mixed_precision, pick_device, shard
 from policy.grpo import grpo_loss, logprob_agreement
@@ -67,7 +67,13 @@ from policy.learner_batch import (
     mini_batch_rows,
     plan_micro_batches,
 )
-from policy.learner_state import load_learner_state, make_scheduler, read_learner_info, save_learner_state
+from policy.learner_state import (
+    check_finite_weights,
+    load_learner_state,
+    make_scheduler,
+    read_learner_info,
+    save_learner_state,
+)
 from policy.learner_stats import UpdateSums
 from policy.messages import LearnStats, RolloutBatch, ScoredRollout
 from policy.models import AudioLLM, load_audio_llm
@@ -421,21 +427,8 @@ class Learner:
         A failing ``send`` stops the sending, but rank 0 still gathers to the end (the other ranks are in the
         same collectives) and raises afterwards. Returns rank 0's seconds / buckets / bytes (bytes as sent).
         """
-        start, count, nbytes = time.perf_counter(), 0, 0
-        error: BaseException | None = None
-        for bucket in self.state_dict_for_sync(bucket_bytes, dtype):
-            count += 1
-            nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
-            if error is None:
-                try:
-                    send(bucket)
-                except Exception as exc:  # noqa: BLE001 - re-raised once every rank is through
-                    error = exc
-        if error is None and self.rank == 0 and hasattr(send, "finish"):
-            send.finish()
-        if error is not None:
-            raise error
-        return {"seconds": time.perf_counter() - start, "buckets": float(count), "bytes": float(nbytes)}
+        buckets = self.state_dict_for_sync(bucket_bytes, dtype)
+        return send_buckets(buckets, send, finish=self.rank == 0)
 
     def export_adapter(self, folder: str) -> str:
         """LoRA only, collective: gather the adapter; rank 0 writes a peft folder (atomic) at ``folder``."""
@@ -463,41 +456,18 @@ class Learner:
         (`AudioLLM.export_llm`, text-only serving). Every rank raises if rank 0 fails.
         """
         self._require_setup()
-        from policy.model_export import fill_model, gathered_model_state
+        from policy.model_export import save_gathered_model
 
-        plain, error = None, None
-        if self.rank == 0:
-            try:
-                plain = load_audio_llm(self.model_dir, dtype=dtype, prompt=self.model_cfg.prompt)
-            except Exception as exc:  # noqa: BLE001 - raised on every rank below
-                error = exc
-        named = gathered_model_state(self._live, llm_only)
-        if plain is None:
-            for _ in named:  # the other ranks (and a failed rank 0) take part in the gathers
-                pass
-        else:
-            try:
-                fill_model(plain, named, f"save_model({folder})", prefixes=("llm.",) if llm_only else ())
-                if llm_only:
-                    with atomic_dir(folder) as tmp:
-                        plain.export_llm(tmp)
-                else:
-                    plain.save(folder)
-            except Exception as exc:  # noqa: BLE001 - raised on every rank below
-                error = exc
-        failed = all_reduce([0.0 if error is None else 1.0], op="max", device=self.device)[0]
-        if error is not None:
-            raise error
-        if failed:
-            raise RuntimeError(f"save_model({folder}): rank 0 failed to write the model (see its error)")
-        return str(Path(folder))
+        return save_gathered_model(
+            self._live, self.model_dir, self.model_cfg.prompt, folder, self.rank, self.device, llm_only, dtype
+        )
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str) -> str:
         """Collective: trainable weights + AdamW (DCP), scheduler, RNG of every rank, into ``folder``.
         FloatingPointError (nothing written) when a trainable weight is NaN/inf on any rank."""
         self._require_setup()
-        self._check_finite_weights(f"save_checkpoint({folder})")
+        check_finite_weights(self.root, f"save_checkpoint({folder})", self.device)
         info = {
             "updates": self.updates,
             "world_size": self.world_size,
@@ -507,23 +477,6 @@ class Learner:
         save_learner_state(folder, self.root, self.optimizer, self.scheduler, self.rank, info)
         barrier(self.device)
         return str(folder)
-
-    def _check_finite_weights(self, where: str) -> None:
-        """Collective: FloatingPointError naming the first non-finite trainable weight (this rank's shard)."""
-        bad = next(
-            (
-                name
-                for name, p in self.root.named_parameters()
-                if p.requires_grad
-                and not bool(torch.isfinite(p.detach().to_local() if hasattr(p, "to_local") else p.detach()).all())
-            ),
-            None,
-        )
-        if all_reduce([0.0 if bad is None else 1.0], op="max", device=self.device)[0]:
-            raise FloatingPointError(
-                f"{where}: trainable weights are NaN/inf ({bad or 'on another rank'}); "
-                "not written, so the last checkpoint stays the newest good one"
-            )
 
     def load_checkpoint(self, folder: str) -> dict[str, Any]:
         """Collective: restore a `save_checkpoint` folder (saved with any number of ranks)."""

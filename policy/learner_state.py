@@ -29,6 +29,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.optim.lr_scheduler import LambdaLR
 
+from policy.distributed import all_reduce
+
 STATE_FILE = "learner.json"
 _OPTIONS = StateDictOptions(ignore_frozen_params=True)
 # frozen parameters come from the model folder; `_checked_against` fails on a trainable key the checkpoint lacks;
@@ -153,6 +155,25 @@ def _checked_against(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
         if any(f"optim.state.{fqn}.{key}" in saved for key in entry)
     }
     return {"model": state["model"], "optim": {**state["optim"], "state": optim_state}}
+
+
+def check_finite_weights(root: nn.Module, where: str, device: torch.device) -> None:
+    """Collective: FloatingPointError naming the first non-finite trainable weight (this rank's shard), raised
+    on every rank, before a checkpoint is written."""
+    bad = next(
+        (
+            name
+            for name, p in root.named_parameters()
+            if p.requires_grad
+            and not bool(torch.isfinite(p.detach().to_local() if hasattr(p, "to_local") else p.detach()).all())
+        ),
+        None,
+    )
+    if all_reduce([0.0 if bad is None else 1.0], op="max", device=device)[0]:
+        raise FloatingPointError(
+            f"{where}: trainable weights are NaN/inf ({bad or 'on another rank'}); "
+            "not written, so the last checkpoint stays the newest good one"
+        )
 
 
 def save_learner_state(
