@@ -221,15 +221,13 @@ def _alias_bomb(levels: int = 9, width: int = 9) -> str:
 
 
 def test_a_yaml_alias_bomb_fails_fast_with_a_config_error_naming_file_and_line(tmp_path):
-    import time
 
     text = _alias_bomb()
     assert len(text.encode()) < 800  # a few hundred bytes, 9**9 nodes if expanded
     path = _write(tmp_path, text, "bomb.yaml")
-    start = time.perf_counter()
+    # refused at the first anchor, before any alias is expanded (expanding would not finish: pytest-timeout)
     with pytest.raises(ConfigError, match=r"bomb\.yaml:1: invalid YAML: a YAML anchor \(&l0\) is not allowed"):
         load_config(path, [])
-    assert time.perf_counter() - start < 0.5
 
 
 def test_yaml_anchors_and_aliases_are_refused_in_files_and_overrides_but_ampersands_in_values_load(tmp_path):
