@@ -306,6 +306,10 @@ class LearnerConfig:
     finetune: str = "full"  # full | lora
     lora: LoraConfig = field(default_factory=LoraConfig)
     dtype: str = "float32"
+    ref_dtype: str = "float32"  # full fine-tuning's frozen reference copy: bfloat16 halves its memory
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward: less memory, more compute
+    reshard_after_forward: bool = True  # False: keep the layers' gathered weights from forward to backward
+    # (one all-gather less per layer, the full weights held meanwhile: ZeRO-2 instead of ZeRO-3)
     num_ranks: int = 1
     gpus_per_rank: float = 0.0
     cpu_threads: int = 0  # torch threads of a rank on CPU; 0 = Ray's default (1 per rank)
@@ -336,6 +340,7 @@ class LearnerConfig:
                 "grad_clip": in_range(0),
                 "finetune": one_of("full", "lora"),
                 "dtype": one_of(*DTYPES),
+                "ref_dtype": one_of(*DTYPES),
                 "num_ranks": in_range(1),
                 "gpus_per_rank": in_range(0),
                 "cpu_threads": in_range(0),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed._composable import checkpoint
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -82,11 +83,23 @@ def shard(
     mesh: DeviceMesh,
     mp: MixedPrecisionPolicy,
     extra: Sequence[nn.Module] = (),
+    *,
+    checkpoint_layers: bool = False,
+    reshard_after_forward: bool = True,
 ) -> nn.Module:
-    """FSDP2: ``fully_shard`` each decoder layer (and each module of ``extra``), then the root."""
-    for module in [*layers, *extra]:
-        fully_shard(module, mesh=mesh, mp_policy=mp)
-    fully_shard(root, mesh=mesh, mp_policy=mp)
+    """FSDP2: ``fully_shard`` each decoder layer (and each module of ``extra``), then the root.
+
+    ``checkpoint_layers``: activation checkpointing per decoder layer (torch's composable ``checkpoint``, applied
+    before sharding, as FSDP2 expects): backward recomputes each layer's forward instead of keeping its
+    activations. ``reshard_after_forward=False``: the layers' gathered weights stay from forward to backward.
+    """
+    for layer in layers:
+        if checkpoint_layers:
+            checkpoint(layer)
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    for module in extra:
+        fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(root, mesh=mesh, mp_policy=mp)  # the root keeps FSDP2's default (not resharded: backward follows)
     return root
 
 

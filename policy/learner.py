@@ -163,12 +163,19 @@ class Learner:
         # the frontend is its own FSDP unit: gathered only when it runs (train_encoder), never otherwise
         own_units = [self.model.frontend] + ([ref_frontend] if ref_frontend is not None else [])
         self.root = shard(
-            PolicyForward(self.model, ref_frontend), self.model.decoder_layers(), self.mesh, mp, extra=own_units
+            PolicyForward(self.model, ref_frontend),
+            self.model.decoder_layers(),
+            self.mesh,
+            mp,
+            extra=own_units,
+            checkpoint_layers=cfg.activation_checkpointing,
+            reshard_after_forward=cfg.reshard_after_forward,
         )
         self.ref_root = None
-        if not self.lora and self.has_reference:
-            ref = self._load().requires_grad_(False).eval()
-            self.ref_root = shard(PolicyForward(ref), ref.decoder_layers(), self.mesh, mp, extra=[ref.frontend])
+        if not self.lora and self.has_reference:  # no backward through it: no checkpointing, no gathered copy
+            ref = self._load(cfg.ref_dtype).requires_grad_(False).eval()
+            ref_mp = mixed_precision(cfg.dtype if cfg.ref_dtype == "float32" else "float32", self.device)
+            self.ref_root = shard(PolicyForward(ref), ref.decoder_layers(), self.mesh, ref_mp, extra=[ref.frontend])
         params = [p for p in self.root.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
@@ -182,8 +189,8 @@ class Learner:
             "trainable": sum(p.numel() for p in params),
         }
 
-    def _load(self) -> AudioLLM:
-        return load_audio_llm(self.model_dir, dtype="float32", prompt=self.model_cfg.prompt)
+    def _load(self, dtype: str = "float32") -> AudioLLM:
+        return load_audio_llm(self.model_dir, dtype=dtype, prompt=self.model_cfg.prompt)
 
     def _require_setup(self) -> None:
         if self.model is None:

@@ -21,6 +21,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5  # vLLM share of GPU memory when on GPU
     num_workers: int = 1  # vLLM rollout workers (data parallel)
     gpus_per_worker: float = 0.0
+    tensor_parallel_size: int = 1  # GPUs one engine shards its model over (vLLM); = gpus_per_worker when > 1
     enforce_eager: bool = True
     max_model_len: int = 512  # prompt (text + audio embeddings) + hypothesis
     sync_bucket_bytes: int = 256 << 20  # weight-sync bucket size
@@ -44,6 +45,7 @@ class RolloutConfig:
                 "gpu_memory_utilization": in_range(0, 1, lo_open=True),
                 "num_workers": in_range(1),
                 "gpus_per_worker": in_range(0),
+                "tensor_parallel_size": in_range(1),
                 "max_model_len": in_range(2),
                 "sync_bucket_bytes": in_range(1),
                 "embed_batch_size": in_range(1),
@@ -58,6 +60,13 @@ class RolloutConfig:
                 f"rollout.overlong_buffer must be < rollout.max_new_tokens ({self.max_new_tokens}), "
                 f"got {self.overlong_buffer}",
                 key="rollout.overlong_buffer",
+            )
+        if self.tensor_parallel_size > 1 and self.gpus_per_worker != self.tensor_parallel_size:
+            raise ConfigError(
+                f"rollout.tensor_parallel_size={self.tensor_parallel_size} shards each engine over that many GPUs: "
+                f"set rollout.gpus_per_worker={self.tensor_parallel_size} (got {self.gpus_per_worker:g}; "
+                "tensor parallelism needs GPUs, a CPU engine runs with 1)",
+                key="rollout.tensor_parallel_size",
             )
         if self.max_new_tokens >= self.max_model_len:
             raise ConfigError(

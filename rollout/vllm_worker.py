@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # no usage reports from any process that imports this
@@ -72,6 +73,34 @@ def vllm_max_lora_rank(r: int) -> int:
     raise ValueError(f"learner.lora.r={r} is above the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]})")
 
 
+def engine_kwargs(
+    llm_dir: str, cfg: RolloutConfig, dtype: str, on_gpu: bool, enable_lora: bool, max_lora_rank: int
+) -> dict[str, Any]:
+    """The keyword arguments of ``vllm.LLM`` for one rollout engine: prompt embeddings on, prefix caching off
+    (vLLM does not cache prompt embeddings), processed (temperature) log-probs; the KV cache sized in bytes on
+    CPU, as a share of GPU memory (with sleep mode, for colocation) on GPU; ``rollout.tensor_parallel_size``
+    GPUs per engine (`RolloutConfig` checks them against ``rollout.gpus_per_worker``)."""
+    kwargs: dict[str, Any] = dict(
+        model=llm_dir,
+        dtype=dtype,
+        enforce_eager=cfg.enforce_eager,
+        enable_prompt_embeds=True,
+        max_model_len=cfg.max_model_len,
+        seed=cfg.seed,
+        enable_prefix_caching=False,
+        logprobs_mode="processed_logprobs",
+    )
+    if on_gpu:
+        kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=True)
+    else:
+        kwargs.update(kv_cache_memory_bytes=cfg.kv_cache_memory_bytes)
+    if cfg.tensor_parallel_size > 1:
+        kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size)
+    if enable_lora:
+        kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(max_lora_rank), max_loras=1)
+    return kwargs
+
+
 class VLLMRolloutWorker:
     """One vLLM engine: ``generate`` (sampling or greedy), ``logprobs_of``, weight sync, LoRA."""
 
@@ -91,22 +120,7 @@ class VLLMRolloutWorker:
         self.on_gpu = torch.cuda.is_available()
         self.multiprocess = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0"
         self.checkpoint_names, self.ignored_names = _checkpoint_names(self.llm_dir)
-        kwargs = dict(
-            model=self.llm_dir,
-            dtype=dtype,
-            enforce_eager=cfg.enforce_eager,
-            enable_prompt_embeds=True,
-            max_model_len=cfg.max_model_len,
-            seed=cfg.seed,
-            enable_prefix_caching=False,
-            logprobs_mode="processed_logprobs",
-        )
-        if self.on_gpu:
-            kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=True)
-        else:
-            kwargs.update(kv_cache_memory_bytes=cfg.kv_cache_memory_bytes)
-        if enable_lora:
-            kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(max_lora_rank), max_loras=1)
+        kwargs = engine_kwargs(self.llm_dir, cfg, dtype, self.on_gpu, enable_lora, max_lora_rank)
         self.enable_lora = enable_lora
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()

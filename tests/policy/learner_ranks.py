@@ -4,17 +4,40 @@ no micro-batches: one big batch), and the body of a learner rank run as a torch.
 from __future__ import annotations
 
 import traceback
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from policy.config import LearnerConfig, LoraConfig, ModelConfig
+from policy.distributed import free_port
 from policy.grpo import group_advantages, grpo_loss
 from policy.messages import Clip, PromptBatch, RolloutBatch, ScoredRollout
 from policy.models import load_audio_llm
 
 HIDDEN, VOCAB = 128, 843  # the tiny encoder_adapter_llm (Qwen2) of tests/conftest.py
+
+
+@contextmanager
+def one_rank_learner(model_dir, cfg, train_encoder: bool = False):
+    """A set-up `Learner` as rank 0 of 1 in this process (gloo), shut down on exit."""
+    from policy.learner import Learner
+
+    learner = Learner(
+        str(model_dir),
+        ModelConfig(path=str(model_dir), train_encoder=train_encoder),
+        cfg,
+        0,
+        1,
+        "127.0.0.1",
+        free_port(),
+    )
+    learner.setup()
+    try:
+        yield learner
+    finally:
+        learner.shutdown()
 
 
 def make_batch(

@@ -5,40 +5,18 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from learner_ranks import audio_batch, learner_cfg, make_batch, write_waves
+from learner_ranks import audio_batch, learner_cfg, make_batch, one_rank_learner, write_waves
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from policy.config import ModelConfig
-from policy.distributed import free_port, mixed_precision
+from policy.distributed import mixed_precision
 from policy.models import load_audio_llm
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def one_rank_learner(model_dir, cfg, train_encoder: bool = False):
-    from policy.learner import Learner
-
-    learner = Learner(
-        str(model_dir),
-        ModelConfig(path=str(model_dir), train_encoder=train_encoder),
-        cfg,
-        0,
-        1,
-        "127.0.0.1",
-        free_port(),
-    )
-    learner.setup()
-    try:
-        yield learner
-    finally:
-        learner.shutdown()
 
 
 def _run(model_dir, dtype: str) -> dict:

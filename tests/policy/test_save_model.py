@@ -6,16 +6,13 @@ one GRPO update and writes the model back in the same format. The written folder
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from learner_ranks import audio_batch, audio_prompts, learner_cfg, make_batch, rows, write_waves
+from learner_ranks import audio_batch, audio_prompts, learner_cfg, make_batch, one_rank_learner, rows, write_waves
 
-from policy.config import ModelConfig
-from policy.distributed import free_port
 from policy.models import get_adapter, load_audio_llm
 
 pytestmark = pytest.mark.slow
@@ -29,26 +26,6 @@ def waves(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def qwen2_audio_dir(tmp_path_factory) -> Path:
     return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
-
-
-@contextmanager
-def one_rank_learner(model_dir, cfg, train_encoder: bool = False):
-    from policy.learner import Learner
-
-    learner = Learner(
-        str(model_dir),
-        ModelConfig(path=str(model_dir), train_encoder=train_encoder),
-        cfg,
-        0,
-        1,
-        "127.0.0.1",
-        free_port(),
-    )
-    learner.setup()
-    try:
-        yield learner
-    finally:
-        learner.shutdown()
 
 
 def _state(model) -> dict[str, np.ndarray]:
