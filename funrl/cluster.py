@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from ray._raylet import Config as RayConfig
 
 from funrl.config import TrainConfig
 from funrl.placement import Placement, create_placement
+from funrl.syncs import make_syncs
 from policy.learner_group import LearnerGroup
 from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout
 from policy.ray_utils import WorkerError, WorkerTimeout, get_named, in_bundle, remote_class
@@ -94,8 +94,7 @@ class Cluster:
         self.cfg = cfg
         self._after_embedder = after_embedder
         self.out = Path(cfg.run.out_dir)
-        self._lora_version = 0
-        self._lora_path: str | None = None  # the adapter the engines serve (LoRA), for a restarted one
+        self.policy_version = 0  # learner updates behind the weights the engines serve (set by each sync)
         self._own_ray = False
         self.timeout_s = cfg.ray.call_timeout_s
         self.restarts = 0  # rollout engines restarted so far (run.max_worker_restarts)
@@ -152,6 +151,7 @@ class Cluster:
         )
         # surface a failed engine start now, by name (a first start may compile: no call timeout)
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
+        self.syncs = make_syncs(cfg, self.learner, self.embedder, self.rollouts, self._engine_dtype, self.timeout_s)
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
@@ -222,10 +222,8 @@ class Cluster:
         ray.kill(self.rollouts[i], no_restart=True)
         self.rollouts[i] = engine = self._start_engine(i)
         _get(f"rollout worker {i}", engine.ready.remote())
-        if self.cfg.learner.finetune == "full":
-            self.learner.push_weights([engine], self.cfg.rollout.sync_bucket_bytes, dtype=self._engine_dtype)
-        elif self._lora_path is not None:
-            _get(f"rollout worker {i}", engine.set_lora.remote(self._lora_path), self.timeout_s)
+        for sync in self.syncs:
+            sync.restore(engine, i, self.policy_version)
 
     # ---- the stages of a step --------------------------------------------------------
     def embed_call(self, method: str, *args):
@@ -262,43 +260,30 @@ class Cluster:
         try:
             stats = self.learner.update(batch)
             self.updates_finished += 1
+            self.policy_version += 1
             return stats
         finally:
             if self.cfg.ray.colocate:
                 self._get_all("rollout worker", [w.wake_up.remote() for w in self.rollouts])
 
     def sync(self) -> None:
-        """Learner weights -> every rollout worker (bucketed full weights, or the LoRA adapter); to the
-        embedding worker whatever it builds prompts with that the learner trains: the encoder + adapter
-        (``model.train_encoder``) and the LLM's input embedding table (full fine-tuning)."""
-        if self.cfg.model.train_encoder:
-            weights = self.learner.frontend_weights_for_sync()
-            _get("embedding worker", self.embedder.load_frontend_weights.remote(weights), self.timeout_s)
-        if self.cfg.learner.finetune == "full":
-            table = self.learner.input_embeddings_for_sync()
-            _get("embedding worker", self.embedder.load_input_embeddings.remote(table), self.timeout_s)
-        if self.cfg.learner.finetune == "lora":
-            self._lora_version += 1
-            folder = self.out / "rollout_lora" / f"v{self._lora_version:06d}"
-            self._lora_path = path = self.learner.export_adapter(str(folder))
-            self._with_restarts(
-                lambda: self._get_all("rollout worker", [w.set_lora.remote(path) for w in self.rollouts])
-            )
-            stale = folder.parent / f"v{self._lora_version - 2:06d}"  # loaded by vLLM two syncs ago
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            self._with_restarts(
-                lambda: self.learner.push_weights(
-                    self.rollouts, self.cfg.rollout.sync_bucket_bytes, dtype=self._engine_dtype
-                )
-            )
+        """The learner's weights to every worker that samples or embeds with them: each of the run's weight syncs
+        (`funrl.syncs.make_syncs`) pushes the current policy version; one that feeds the engines is retried after
+        restarting an engine that failed in it."""
+        for sync in self.syncs:
+            if sync.feeds_engines:
+                self._with_restarts(lambda sync=sync: sync.push(self.policy_version))
+            else:
+                sync.push(self.policy_version)
 
     # ---- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, folder: Path) -> None:
         self.learner.save_checkpoint(str(Path(folder) / "learner"))
 
     def load_checkpoint(self, folder: Path) -> None:
-        self.learner.load_checkpoint(str(folder))
+        """The learner's state from ``folder``; the policy version continues from its update count (the caller
+        then syncs the engines to it)."""
+        self.policy_version = int(self.learner.load_checkpoint(str(folder))["updates"])
 
     def _get_all(self, name: str, refs: list) -> list:
         return get_named([(f"{name} {i}", ref) for i, ref in enumerate(refs)], timeout_s=self.timeout_s)

@@ -75,7 +75,7 @@ from policy.learner_state import (
     save_learner_state,
 )
 from policy.learner_stats import UpdateSums
-from policy.messages import LearnStats, RolloutBatch, ScoredRollout
+from policy.messages import LearnStats, RolloutBatch, ScoredRollout, check_policy_version
 from policy.models import AudioLLM, load_audio_llm
 from policy.models.base import as_dtype, atomic_dir
 
@@ -198,8 +198,11 @@ class Learner:
 
     # ---------------------------------------------------------------------------------------- update
     def update(self, batch: ScoredRollout) -> LearnStats:
-        """One GRPO update on the whole batch (every rank gets the same batch); see the module doc."""
+        """One GRPO update on the whole batch (every rank gets the same batch); see the module doc.
+        `StaleRolloutError` (on every rank, nothing changed) when the batch was sampled with other weights than
+        this learner's current ones (``batch.rollout.policy_version`` != updates so far): a missed sync."""
         self._require_setup()
+        check_policy_version(batch.rollout.policy_version, self.updates)
         start = time.perf_counter()
         data = flatten_batch(batch)
         features = self._features(data)

@@ -35,9 +35,10 @@ class RolloutSender:
     """Sends weight buckets from learner rank 0 to rollout actors (``update_weights`` /
     ``finish_weight_update``); at most two buckets in flight. Built by the group, called inside rank 0."""
 
-    def __init__(self, rollouts: Sequence[Any], timeout_s: float | None = None) -> None:
+    def __init__(self, rollouts: Sequence[Any], timeout_s: float | None = None, version: int | None = None) -> None:
         self.rollouts = list(rollouts)
         self.timeout_s = timeout_s  # per engine answer; a hung engine is a WorkerTimeout naming it
+        self.version = version  # the policy version the engines serve once the update is finished
         self._pending: list = []
 
     def __call__(self, bucket: list) -> None:
@@ -48,7 +49,7 @@ class RolloutSender:
     def finish(self) -> None:
         self._wait()
         get_named(
-            [(f"rollout worker {i}", r.finish_weight_update.remote()) for i, r in enumerate(self.rollouts)],
+            [(f"rollout worker {i}", r.finish_weight_update.remote(self.version)) for i, r in enumerate(self.rollouts)],
             timeout_s=self.timeout_s,
         )
 
@@ -181,14 +182,17 @@ class LearnerGroup:
         ``load_input_embeddings`` under full fine-tuning."""
         return self._call("gather_input_embeddings")[0]
 
-    def push_weights(self, rollouts: Sequence[Any], bucket_bytes: int, dtype: str = "float32") -> dict[str, float]:
+    def push_weights(
+        self, rollouts: Sequence[Any], bucket_bytes: int, dtype: str = "float32", version: int | None = None
+    ) -> dict[str, float]:
         """Stream full weights from rank 0 straight to the rollout actors (``update_weights`` per bucket,
-        then ``finish_weight_update``), each tensor cast to ``dtype``: pass the rollout engine's dtype
+        then ``finish_weight_update(version)``), each tensor cast to ``dtype``: pass the rollout engine's dtype
         (``"bfloat16"`` halves the bytes; vLLM converts whatever arrives to its own dtype anyway). Returns rank
         0's seconds / buckets / bytes (as sent)."""
         # the sender's wait is shorter than the group's, so a hung engine is named, not rank 0
         sender_timeout = None if self.call_timeout_s is None else self.call_timeout_s / 2
-        return self._call("sync_weights", RolloutSender(rollouts, sender_timeout), bucket_bytes, dtype)[0]
+        sender = RolloutSender(rollouts, sender_timeout, version)
+        return self._call("sync_weights", sender, bucket_bytes, dtype)[0]
 
     def export_adapter(self, folder: str) -> str:
         """LoRA: write the adapter as a peft folder at ``folder`` (rank 0 writes); returns its path."""

@@ -56,6 +56,8 @@ class RolloutBatch:
     seconds: float = 0.0
     truncated: Tensor | None = None  # [B, G] bool, True where sampling stopped at max_new_tokens
     # (vLLM finish_reason "length"); None = all False
+    policy_version: int | None = None  # learner updates behind the weights the engine sampled with (set by
+    # each weight sync); the learner checks it. None: not from an engine (a hand-built batch), not checked
 
     def __post_init__(self) -> None:
         B, G, T = self.token_ids.shape
@@ -100,6 +102,26 @@ class RolloutBatch:
             texts=tuple(row for p in parts for row in p.texts),
             seconds=max(p.seconds for p in parts),
             truncated=torch.cat([p.truncated for p in parts]),
+            policy_version=_oldest(p.policy_version for p in parts),
+        )
+
+
+def _oldest(versions) -> int | None:
+    """The oldest weights among a batch's parts (what the learner must check), None when none is versioned."""
+    known = [v for v in versions if v is not None]
+    return min(known) if known else None
+
+
+class StaleRolloutError(ValueError):
+    """A rollout sampled with other weights than the learner's (a weight sync was missed or failed)."""
+
+
+def check_policy_version(sampled: int | None, updates: int) -> None:
+    """The weights a rollout was sampled with must be the learner's current ones: version = updates made."""
+    if sampled is not None and sampled != updates:
+        raise StaleRolloutError(
+            f"the rollout was sampled with policy version {sampled}, but the learner is at version {updates} "
+            f"({updates} updates): the engines did not receive the last weight sync"
         )
 
 

@@ -110,6 +110,7 @@ def select_groups(scored: ScoredRollout, idx: list[int]) -> ScoredRollout:
         texts=tuple(r.texts[i] for i in idx),
         seconds=r.seconds,
         truncated=None if r.truncated is None else r.truncated[keep],
+        policy_version=r.policy_version,
     )
     return ScoredRollout(
         rollout=rollout, rewards={k: v[keep] for k, v in scored.rewards.items()}, advantages=scored.advantages[keep]

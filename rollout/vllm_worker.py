@@ -130,6 +130,7 @@ class VLLMRolloutWorker:
         self._pending: list[tuple[str, Tensor]] = []  # held-back trailing module group
         self._loaded_groups: set[str] = set()  # groups loaded in the current update
         self.last_sync_seconds = 0.0
+        self.policy_version = 0  # learner updates behind the weights served (each weight sync sets it)
 
     def ready(self) -> bool:
         """True once the engine is up (the constructor has returned): lets a caller surface a failed start."""
@@ -196,6 +197,7 @@ class VLLMRolloutWorker:
             texts=texts,
             seconds=time.perf_counter() - start,
             truncated=truncated.view(B, G),
+            policy_version=self.policy_version,
         )
 
     def _reseed(self, seed: int) -> None:
@@ -257,12 +259,15 @@ class VLLMRolloutWorker:
         ready, self._pending = split_trailing_group(self._pending + bucket)
         self._reload(ready)
 
-    def finish_weight_update(self) -> None:
-        """Load the held-back tensors; ends the current update (no-op when nothing is pending)."""
+    def finish_weight_update(self, version: int | None = None) -> None:
+        """Load the held-back tensors; ends the current update (no-op when nothing is pending). ``version``: the
+        policy version the weights now served are (stamped on every later `RolloutBatch`)."""
         if self._pending:
             self._reload(self._pending)
         self._pending = []
         self._loaded_groups = set()
+        if version is not None:
+            self.policy_version = version
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, Tensor]], bucket_bytes: int | None = None) -> float:
         """Stream a full state dict in buckets of ``bucket_bytes`` (default ``cfg.sync_bucket_bytes``)
@@ -284,14 +289,17 @@ class VLLMRolloutWorker:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
 
     # ---------------------------------------------------------------------- LoRA
-    def set_lora(self, folder: str) -> None:
-        """Use the peft adapter in ``folder`` for every later generate/logprobs_of (new version id)."""
+    def set_lora(self, folder: str, version: int | None = None) -> None:
+        """Use the peft adapter in ``folder`` for every later generate/logprobs_of (new version id);
+        ``version``: its policy version (as `finish_weight_update`)."""
         if not self.enable_lora:
             raise RuntimeError("set_lora: this worker was built with enable_lora=False")
         if not (Path(folder) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"set_lora: {folder}/adapter_config.json not found (save a peft adapter there)")
         self._lora_version += 1
         self._lora = LoRARequest(f"funrl-adapter-{self._lora_version}", self._lora_version, str(folder))
+        if version is not None:
+            self.policy_version = version
 
     def clear_lora(self) -> None:
         """Generate with the base weights again."""

@@ -111,6 +111,8 @@ def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
             diff = ((learner_lp - rollout.sample_logprobs) * rollout.mask).abs().max().item()
             assert diff <= TOL, f"vLLM vs learner log-probs differ by {diff} after sync ({finetune})"
             assert rollout.mask.sum() > 0
+            # every engine serves the version the last sync pushed: the learner's update count
+            assert rollout.policy_version == cluster.policy_version == cluster.updates_finished >= 1
     finally:
         if ray.is_initialized():
             ray.shutdown()

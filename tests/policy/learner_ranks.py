@@ -295,15 +295,17 @@ class BucketRecorder:
     def __init__(self) -> None:
         self.buckets: list[list[tuple[str, np.ndarray]]] = []
         self.finished = 0
+        self.versions: list[int | None] = []
 
     def update_weights(self, named_tensors) -> None:
         self.buckets.append([(n, t.numpy().copy()) for n, t in named_tensors])
 
-    def finish_weight_update(self) -> None:
+    def finish_weight_update(self, version: int | None = None) -> None:
         self.finished += 1
+        self.versions.append(version)
 
-    def received(self) -> tuple[list, int]:
-        return self.buckets, self.finished
+    def received(self) -> tuple[list, int, list]:
+        return self.buckets, self.finished, self.versions
 
 
 def _trainable_and_optimizer(learner) -> tuple[dict[str, np.ndarray], dict]:

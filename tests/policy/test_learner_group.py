@@ -59,7 +59,7 @@ def full_run(ray_local, tiny_model_dir, tmp_path_factory) -> dict:
         out["stats1"] = a.update(b1)
         out["weights1"] = _np(a.named_weights_for_sync())
         recorder = remote_class(BucketRecorder, num_cpus=0).remote()
-        out["push"] = a.push_weights([recorder], BUCKET)
+        out["push"] = a.push_weights([recorder], BUCKET, version=1)
         out["received"] = ray.get(recorder.received.remote())
         try:
             a.update(make_batch(1, nan_adv=True))
@@ -94,10 +94,11 @@ def test_group_update_and_gathered_weights_equal_single_process_reference(full_r
 
 
 def test_push_weights_streams_bounded_buckets_in_state_dict_order(full_run):
-    buckets, finished = full_run["received"]
+    buckets, finished, versions = full_run["received"]
     want = full_run["weights1"]
     names = [n for b in buckets for n, _ in b]
     assert names == list(want) and finished == 1 and len(buckets) == full_run["push"]["buckets"] > 2
+    assert versions == [1]  # the policy version the engine serves once the update is finished
     for b in buckets:
         assert len(b) == 1 or sum(t.nbytes for _, t in b) <= BUCKET
     assert all(np.array_equal(t, want[n]) for b in buckets for n, t in b)

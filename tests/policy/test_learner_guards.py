@@ -10,6 +10,29 @@ from policy.distributed import free_port
 from policy.learner import Learner
 
 
+def test_update_refuses_a_rollout_sampled_with_other_weights_and_changes_nothing(tiny_model_dir):
+    from dataclasses import replace
+
+    from learner_ranks import learner_cfg, make_batch, one_rank_learner
+
+    from policy.messages import StaleRolloutError
+
+    def versioned(seed: int, version: int):
+        batch = make_batch(seed)
+        return replace(batch, rollout=replace(batch.rollout, policy_version=version))
+
+    with one_rank_learner(tiny_model_dir, learner_cfg(ppo_epochs=1)) as learner:
+        learner.update(versioned(1, 0))  # sampled with the starting weights: version 0
+        weights = [p.detach().full_tensor().clone() for p in learner.root.parameters()]
+        with pytest.raises(StaleRolloutError, match="sampled with policy version 0, but the learner is at version 1"):
+            learner.update(versioned(2, 0))  # the engines missed the sync after update 1
+        assert all(torch.equal(w, p.detach().full_tensor()) for w, p in zip(weights, learner.root.parameters()))
+        assert learner.updates == 1
+        learner.update(versioned(2, 1))
+        learner.update(make_batch(1))  # a hand-built batch (no version) is not checked
+        assert learner.updates == 3
+
+
 def test_save_checkpoint_refuses_nan_weights_and_writes_nothing(tiny_model_dir, tmp_path):
     learner = Learner(
         str(tiny_model_dir),

@@ -50,3 +50,25 @@ def test_scored_concat_joins_groups_rewards_and_advantages():
     assert joined.advantages.tolist() == [[1, 1], [1, 1], [-1, -1]] and joined.rollout.token_ids.shape == (3, 2, 4)
     with pytest.raises(ValueError, match="different rewards"):
         ScoredRollout.concat([a, ScoredRollout(b.rollout, {"total": b.rewards["total"]}, b.advantages)])
+
+
+def test_a_joined_or_selected_batch_carries_the_oldest_policy_version_of_its_parts():
+    from dataclasses import replace
+
+    from policy.scoring import select_groups
+
+    a, b = replace(_batch(2, 2, 3, "a"), policy_version=4), replace(_batch(1, 2, 3, "b"), policy_version=3)
+    assert RolloutBatch.concat([a, b]).policy_version == 3  # the learner then sees the stale part
+    assert RolloutBatch.concat([a, _batch(1, 2, 3, "c")]).policy_version == 4  # an unversioned part: no claim
+    assert RolloutBatch.concat([_batch(1, 2, 3, "c"), _batch(1, 2, 3, "d")]).policy_version is None
+    scored = ScoredRollout(a, {"total": torch.ones(2, 2)}, torch.ones(2, 2))
+    assert select_groups(scored, [1]).rollout.policy_version == 4
+
+
+def test_check_policy_version_names_both_versions():
+    from policy.messages import StaleRolloutError, check_policy_version
+
+    check_policy_version(None, 7)
+    check_policy_version(7, 7)
+    with pytest.raises(StaleRolloutError, match="policy version 6, but the learner is at version 7"):
+        check_policy_version(6, 7)

@@ -1,0 +1,31 @@
+"""funrl.syncs.make_syncs: which weight syncs a run gets, in which order, from its config (no actors: the syncs
+only hold the handles they are given)."""
+
+import pytest
+
+from funrl.config import load_config
+from funrl.syncs import EmbedderSync, LoraAdapterSync, ObjectStoreSync, make_syncs
+
+
+@pytest.mark.parametrize(
+    "finetune, train_encoder, want",
+    [
+        ("full", "false", [("embedder", False, True), "object_store"]),  # the prompts' text table trains
+        ("full", "true", [("embedder", True, True), "object_store"]),
+        ("lora", "false", ["lora_adapter"]),  # nothing the embedding worker uses trains
+        ("lora", "true", [("embedder", True, False), "lora_adapter"]),
+    ],
+)
+def test_each_finetune_mode_gets_its_engine_sync_after_the_embedder_sync(finetune, train_encoder, want, tmp_path):
+    cfg = load_config(
+        None,
+        [f"learner.finetune={finetune}", f"model.train_encoder={train_encoder}", f"run.out_dir={tmp_path}"],
+    )
+    engines: list = []
+    syncs = make_syncs(cfg, "learner", "embedder", engines, "float32", 60.0)
+    got = [(s.name, s.frontend, s.input_table) if isinstance(s, EmbedderSync) else s.name for s in syncs]
+    assert got == want
+    engine_sync = syncs[-1]
+    assert isinstance(engine_sync, (ObjectStoreSync, LoraAdapterSync)) and engine_sync.feeds_engines
+    assert engine_sync.engines is engines  # the cluster's own list: a restarted engine is seen
+    assert not any(s.feeds_engines for s in syncs[:-1])
