@@ -243,6 +243,12 @@ class TrainConfig:
                 f"optimizer steps: it must be <= run.clips_per_step ({self.run.clips_per_step})",
                 key="learner.mini_batches",
             )
+        if self.rollout.weight_sync == "collective" and self.learner.finetune == "lora":
+            raise ConfigError(
+                "rollout.weight_sync=collective broadcasts full weights; learner.finetune=lora moves only its adapter "
+                "(a folder the engines load): set rollout.weight_sync=object_store or learner.finetune=full",
+                key="rollout.weight_sync",
+            )
         if self.rollout.n < 2:
             raise ConfigError(
                 "rollout.n must be >= 2 for GRPO (advantages compare the n hypotheses "

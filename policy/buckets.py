@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from torch import Tensor
 
@@ -16,24 +17,27 @@ def tensor_nbytes(tensor: Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def iter_buckets(named_tensors: Iterable[tuple[str, Tensor]], bucket_bytes: int) -> Iterator[NamedTensors]:
+def iter_buckets(
+    items: Iterable[tuple[str, Any]], bucket_bytes: int, nbytes: Callable[[Any], int] = tensor_nbytes
+) -> Iterator[list[tuple[str, Any]]]:
     """Group a stream of ``(name, tensor)`` into buckets of at most ``bucket_bytes`` each.
 
     Order is preserved; the input is consumed lazily, so at most one bucket is held
     at a time. A tensor larger than ``bucket_bytes`` forms a bucket of its own.
-    Empty buckets are never yielded.
+    Empty buckets are never yielded. ``nbytes``: the size of an item's value (a tensor's by default; the
+    collective sync cuts the same buckets from ``(name, (shape, dtype))`` descriptions on the receiving side).
     """
     if bucket_bytes <= 0:
         raise ValueError(f"iter_buckets: bucket_bytes must be > 0, got {bucket_bytes}")
-    bucket: NamedTensors = []
+    bucket: list[tuple[str, Any]] = []
     size = 0
-    for name, tensor in named_tensors:
-        nbytes = tensor_nbytes(tensor)
-        if bucket and size + nbytes > bucket_bytes:
+    for name, value in items:
+        n = nbytes(value)
+        if bucket and size + n > bucket_bytes:
             yield bucket
             bucket, size = [], 0
-        bucket.append((name, tensor))
-        size += nbytes
+        bucket.append((name, value))
+        size += n
     if bucket:
         yield bucket
 

@@ -20,16 +20,9 @@ One `update(batch)`:
    counts updates). ``tis_cap``: truncated importance sampling with vLLM's log-probs; ``kl_clamp``: the
    per-token KL bound (`policy.grpo`).
 
-Loss scaling (gradient accumulation == one big batch of all the mini-batch's sequences over all ranks).
-Micro-batch j's ``grpo_loss`` is a mean over its own units; it is multiplied by ``n_j / N_total`` (N_total: of
-the mini-batch) where the *unit* is
-
-* ``token-mean``: a valid (mask != 0) token; n_j = valid tokens of micro-batch j, N_total = valid tokens of
-  the whole batch, so the sum over j is (sum of every token's loss) / (all valid tokens);
-* ``seq-mean-token-mean``: a sequence with at least one valid token; each sequence's loss is the mean over
-  its tokens, so the sum over j is (sum of sequence losses) / (non-empty sequences of the whole batch).
-
-FSDP averages gradients over ranks, so each backward uses ``loss * n_j / N_total * world_size``.
+Loss scaling: gradient accumulation equals one big batch of the mini-batch's sequences over all ranks; micro-batch
+j's loss (a mean over its own units: valid tokens for ``token-mean``, non-empty sequences otherwise) is scaled by
+``n_j / N_total * world_size`` (docs/design.md#mini-batches-epochs-and-micro-batches).
 ``model.train_encoder``: the frontend (encoder + adapter) trains too; the prompt embeddings in the batch are
 ignored and recomputed from the clips' audio inside the forward (`policy.learner_batch`); the reference uses
 the starting frontend. `named_frontend_weights_for_sync` feeds the embedding worker.
@@ -78,6 +71,7 @@ from policy.learner_stats import UpdateSums
 from policy.messages import LearnStats, RolloutBatch, ScoredRollout, check_policy_version
 from policy.models import AudioLLM, load_audio_llm
 from policy.models.base import as_dtype, atomic_dir
+from policy.weight_broadcast import WeightMeta, broadcast_buckets, describe, open_group
 
 NamedTensors = list[tuple[str, Tensor]]
 
@@ -379,10 +373,10 @@ class Learner:
         return grad_norm
 
     # ------------------------------------------------------------------------------------ weight sync
-    def named_weights_for_sync(self, dtype: str = "float32") -> Iterator[tuple[str, Tensor]]:
-        """Full LLM weights (LoRA merged) under the names vLLM loads, one tensor at a time, on CPU, each cast to
-        ``dtype`` (the rollout engine's, e.g. ``"bfloat16"``: half the bytes of the fp32 master weights) as
-        it is gathered, so no second full copy is made.
+    def named_weights_for_sync(self, dtype: str = "float32", to_host: bool = True) -> Iterator[tuple[str, Tensor]]:
+        """Full LLM weights (LoRA merged) under the names vLLM loads, one tensor at a time, on CPU (``to_host``;
+        else on the learner's device), each cast to ``dtype`` (the rollout engine's, e.g. ``"bfloat16"``: half the
+        bytes of the fp32 master weights) as it is gathered, so no second full copy is made.
 
         A collective: every rank must exhaust the iterator; rank 0 yields, the others yield nothing.
         """
@@ -390,12 +384,36 @@ class Learner:
         target = as_dtype(dtype)
         for name, tensor in self._live.llm_state_dict():
             if self.rank == 0:
-                yield name, tensor.detach().to(dtype=target).to("cpu")
+                t = tensor.detach().to(dtype=target)
+                yield name, t.to("cpu") if to_host else t
 
-    def state_dict_for_sync(self, bucket_bytes: int, dtype: str = "float32") -> Iterator[NamedTensors]:
+    def state_dict_for_sync(
+        self, bucket_bytes: int, dtype: str = "float32", to_host: bool = True
+    ) -> Iterator[NamedTensors]:
         """`named_weights_for_sync` (in ``dtype``) grouped into buckets of at most ``bucket_bytes`` (a bigger
         tensor alone); the sizes count the cast tensors."""
-        return iter_buckets(self.named_weights_for_sync(dtype), bucket_bytes)
+        return iter_buckets(self.named_weights_for_sync(dtype, to_host), bucket_bytes)
+
+    # the collective sync (policy.weight_broadcast): rank 0 broadcasts to the engines, the others gather with it
+    def join_weight_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        """Rank 0 joins the engines' weight group as its rank 0 (leaving an earlier one); the others do nothing."""
+        if self.rank == 0:
+            self._weight_group = open_group(host, port, 0, world_size, backend, timeout_s)
+            self._weight_backend = backend
+
+    def weight_meta(self, dtype: str = "float32") -> WeightMeta | None:
+        """Collective: the (name, shape, dtype) of every tensor `broadcast_weights` sends, on rank 0."""
+        meta = describe(self.named_weights_for_sync(dtype))
+        return meta if self.rank == 0 else None
+
+    def broadcast_weights(self, bucket_bytes: int, dtype: str = "float32") -> dict[str, float]:
+        """Collective: the full weights in buckets, broadcast by rank 0 to the weight group (nccl: from the
+        learner's GPU to the engines' GPUs, no host copy; gloo: from host memory)."""
+        group = getattr(self, "_weight_group", None) if self.rank == 0 else None
+        if self.rank == 0 and group is None:
+            raise RuntimeError("broadcast_weights: join_weight_group first")
+        to_host = getattr(self, "_weight_backend", "gloo") == "gloo"
+        return broadcast_buckets(group, self.state_dict_for_sync(bucket_bytes, dtype, to_host=to_host))
 
     def gather_weights(self, dtype: str = "float32") -> NamedTensors | None:
         """Collective: rank 0 returns the full list of (name, tensor) in ``dtype``; other ranks None."""

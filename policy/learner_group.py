@@ -95,12 +95,8 @@ class LearnerGroup:
         if len(bundles) != cfg.num_ranks:
             raise ValueError(f"placement gives {len(bundles)} bundles for {cfg.num_ranks} learner ranks")
         try:
-            addr, port = ray.get(
-                ray.remote(num_cpus=0)(_rendezvous_address)
-                .options(scheduling_strategy=in_bundle(pg, bundles[0]))
-                .remote()
-            )
-            self.master_addr, self.master_port = addr, port
+            self._rank0_bundle = in_bundle(pg, bundles[0])
+            addr, port = self.master_addr, self.master_port = self.free_address()
             options: dict[str, Any] = {"num_cpus": 1, "num_gpus": cfg.gpus_per_rank}
             if runtime_env:
                 options["runtime_env"] = runtime_env
@@ -193,6 +189,24 @@ class LearnerGroup:
         sender_timeout = None if self.call_timeout_s is None else self.call_timeout_s / 2
         sender = RolloutSender(rollouts, sender_timeout, version)
         return self._call("sync_weights", sender, bucket_bytes, dtype)[0]
+
+    def free_address(self) -> tuple[str, int]:
+        """An address (node IP, free port) on learner rank 0's node, e.g. for the weight group's store."""
+        return ray.get(
+            ray.remote(num_cpus=0)(_rendezvous_address).options(scheduling_strategy=self._rank0_bundle).remote()
+        )
+
+    def join_weight_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        """Rank 0 joins the engines' weight group (`policy.weight_broadcast`) as its rank 0."""
+        self._call("join_weight_group", host, port, world_size, backend, timeout_s)
+
+    def weight_meta(self, dtype: str = "float32") -> list:
+        """(name, shape, dtype) of every tensor `broadcast_weights` sends, in order."""
+        return self._call("weight_meta", dtype)[0]
+
+    def broadcast_weights(self, bucket_bytes: int, dtype: str = "float32") -> dict[str, float]:
+        """Rank 0 broadcasts the full weights to the weight group in buckets; rank 0's seconds / buckets / bytes."""
+        return self._call("broadcast_weights", bucket_bytes, dtype)[0]
 
     def export_adapter(self, folder: str) -> str:
         """LoRA: write the adapter as a peft folder at ``folder`` (rank 0 writes); returns its path."""

@@ -25,6 +25,8 @@ class RolloutConfig:
     enforce_eager: bool = True
     max_model_len: int = 512  # prompt (text + audio embeddings) + hypothesis
     sync_bucket_bytes: int = 256 << 20  # weight-sync bucket size
+    weight_sync: str = "object_store"  # full fine-tuning: object_store (buckets through Ray's object store) |
+    # collective (broadcast from learner rank 0 over a gloo/NCCL group of its own); LoRA moves its adapter folder
     embed_batch_size: int = 16  # clips per encoder forward in the embedding worker
     seed: int = 0
     truncated: str = "keep"  # hypotheses cut at max_new_tokens: keep | mask (no loss on
@@ -48,6 +50,7 @@ class RolloutConfig:
                 "tensor_parallel_size": in_range(1),
                 "max_model_len": in_range(2),
                 "sync_bucket_bytes": in_range(1),
+                "weight_sync": one_of("object_store", "collective"),
                 "embed_batch_size": in_range(1),
                 "seed": in_range(0),
                 "truncated": one_of("keep", "mask", "penalty"),

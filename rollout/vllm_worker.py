@@ -52,6 +52,7 @@ from vllm.lora.request import LoRARequest
 
 from policy.config import MAX_LORA_RANK
 from policy.messages import PromptBatch, RolloutBatch
+from policy.weight_broadcast import WeightMeta, open_group, receive_buckets
 from rollout.config import RolloutConfig
 from rollout.weight_sync import iter_buckets, module_group, split_trailing_group
 
@@ -276,6 +277,28 @@ class VLLMRolloutWorker:
         for bucket in iter_buckets(named_tensors, bucket_bytes or self.cfg.sync_bucket_bytes):
             self.update_weights(bucket)
         self.finish_weight_update()
+        self.last_sync_seconds = time.perf_counter() - start
+        return self.last_sync_seconds
+
+    def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+        """Join learner rank 0's weight group as ``rank`` (`policy.weight_broadcast`; a new group replaces an old
+        one). Blocks until every member has joined."""
+        self._weight_group = open_group(host, port, rank, world_size, backend, timeout_s)
+        self._weight_backend = backend
+
+    def receive_weights(self, meta: WeightMeta, bucket_bytes: int, version: int | None = None) -> float:
+        """The collective sync's receiving side: the buckets learner rank 0 broadcasts (cut from ``meta`` as it
+        cuts them), each reloaded as it arrives (`update_weights`); then ``finish_weight_update(version)``.
+        Returns the seconds it took."""
+        group = getattr(self, "_weight_group", None)
+        if group is None:
+            raise RuntimeError("receive_weights: join_weight_group first")
+        start = time.perf_counter()
+        on_gpu = self.on_gpu and getattr(self, "_weight_backend", "gloo") == "nccl"  # gloo: through host memory
+        device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        for bucket in receive_buckets(group, meta, bucket_bytes, device):
+            self.update_weights(bucket)
+        self.finish_weight_update(version)
         self.last_sync_seconds = time.perf_counter() - start
         return self.last_sync_seconds
 

@@ -2,7 +2,10 @@
 new weights through each sync of the run, in order, with the policy version they become.
 
 - `embedder.EmbedderSync`: the embedding worker's frontend / input embedding table, when the learner trains them;
-- `object_store.ObjectStoreSync`: full fine-tuning, bucketed full weights to every vLLM engine;
+- `object_store.ObjectStoreSync`: full fine-tuning, bucketed full weights to every vLLM engine through Ray's
+  object store (``rollout.weight_sync=object_store``);
+- `collective.CollectiveSync`: full fine-tuning, the same buckets broadcast from learner rank 0 over a gloo /
+  NCCL group of its own (``rollout.weight_sync=collective``);
 - `lora_adapter.LoraAdapterSync`: LoRA, the adapter folder to every engine.
 
 `make_syncs` is the one place that chooses them from the config.
@@ -15,11 +18,12 @@ from typing import Any
 
 from funrl.config import TrainConfig
 from funrl.syncs.base import WeightSync
+from funrl.syncs.collective import CollectiveSync
 from funrl.syncs.embedder import EmbedderSync
 from funrl.syncs.lora_adapter import LoraAdapterSync
 from funrl.syncs.object_store import ObjectStoreSync
 
-__all__ = ["EmbedderSync", "LoraAdapterSync", "ObjectStoreSync", "WeightSync", "make_syncs"]
+__all__ = ["CollectiveSync", "EmbedderSync", "LoraAdapterSync", "ObjectStoreSync", "WeightSync", "make_syncs"]
 
 
 def make_syncs(
@@ -31,8 +35,14 @@ def make_syncs(
     syncs: list[WeightSync] = []
     if cfg.model.train_encoder or full:
         syncs.append(EmbedderSync(learner, embedder, cfg.model.train_encoder, full, timeout_s))
-    if full:
-        syncs.append(ObjectStoreSync(learner, engines, cfg.rollout.sync_bucket_bytes, engine_dtype))
+    r = cfg.rollout
+    if full and r.weight_sync == "collective":
+        backend = "nccl" if r.gpus_per_worker > 0 and cfg.learner.gpus_per_rank > 0 else "gloo"
+        # the group's collectives wait at most half a call timeout, so an engine that stops answering is named
+        group_timeout = (timeout_s or 1800.0) / 2
+        syncs.append(CollectiveSync(learner, engines, r.sync_bucket_bytes, engine_dtype, backend, group_timeout))
+    elif full:
+        syncs.append(ObjectStoreSync(learner, engines, r.sync_bucket_bytes, engine_dtype))
     else:
         syncs.append(LoraAdapterSync(learner, engines, Path(cfg.run.out_dir) / "rollout_lora", timeout_s))
     return syncs

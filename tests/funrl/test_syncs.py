@@ -29,3 +29,19 @@ def test_each_finetune_mode_gets_its_engine_sync_after_the_embedder_sync(finetun
     assert isinstance(engine_sync, (ObjectStoreSync, LoraAdapterSync)) and engine_sync.feeds_engines
     assert engine_sync.engines is engines  # the cluster's own list: a restarted engine is seen
     assert not any(s.feeds_engines for s in syncs[:-1])
+
+
+def test_collective_is_chosen_by_rollout_weight_sync_and_uses_gloo_without_gpus(tmp_path):
+    from funrl.syncs import CollectiveSync
+
+    cfg = load_config(None, ["rollout.weight_sync=collective", f"run.out_dir={tmp_path}"])
+    sync = make_syncs(cfg, "learner", "embedder", [], "float32", 600.0)[-1]
+    assert isinstance(sync, CollectiveSync) and sync.backend == "gloo" and sync.timeout_s == 300.0
+
+
+def test_collective_sync_with_lora_is_a_config_error_naming_the_key():
+    from funrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="learner.finetune=lora moves only its adapter") as err:
+        load_config(None, ["rollout.weight_sync=collective", "learner.finetune=lora"])
+    assert err.value.key == "rollout.weight_sync"

@@ -77,10 +77,11 @@ def _overrides(model_dir, data, out, **extra) -> list[str]:
     [
         ("full", {}),
         ("lora", {}),
-        # engine 0 and rank 0 share bundle 0 of one placement group; the engine sleeps during each update
-        ("full", {"ray.colocate": "true", "learner.num_ranks": 1}),
-        # two vLLM engines: each samples half of the clips, and the sync reaches both
-        ("full", {"rollout.num_workers": 2, "learner.num_ranks": 1}),
+        # engine 0 and rank 0 share bundle 0 of one placement group; the engine sleeps during each update; the
+        # weights are broadcast over a gloo group of rank 0 and the engine (rollout.weight_sync=collective)
+        ("full", {"ray.colocate": "true", "learner.num_ranks": 1, "rollout.weight_sync": "collective"}),
+        # two vLLM engines: each samples half of the clips, and the broadcast reaches both
+        ("full", {"rollout.num_workers": 2, "learner.num_ranks": 1, "rollout.weight_sync": "collective"}),
     ],
 )
 def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
@@ -109,7 +110,10 @@ def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
             rollout = cluster.generate(cluster.embed(sampler.next_batch()))
             learner_lp = cluster.learner.logprobs(rollout)
             diff = ((learner_lp - rollout.sample_logprobs) * rollout.mask).abs().max().item()
-            assert diff <= TOL, f"vLLM vs learner log-probs differ by {diff} after sync ({finetune})"
+            sync = cluster.syncs[-1].name  # the engines' sync
+            assert sync == {"lora": "lora_adapter"}.get(finetune, placement.get("rollout.weight_sync", "object_store"))
+            tol = 1e-5 if sync == "collective" else TOL
+            assert diff <= tol, f"vLLM vs learner log-probs differ by {diff} after the {sync} sync ({finetune})"
             assert rollout.mask.sum() > 0
             # every engine serves the version the last sync pushed: the learner's update count
             assert rollout.policy_version == cluster.policy_version == cluster.updates_finished >= 1

@@ -1,0 +1,80 @@
+"""Weights broadcast from learner rank 0 straight into the rollout engines (the ``collective`` weight sync).
+
+A process group of its own joins learner rank 0 (rank 0 of the group) and every engine (ranks 1..E): built from a
+``TCPStore`` and a backend object, it is *stateless* — no ``init_process_group``, so it lives beside the FSDP
+group of the learner ranks and never touches it (the way OpenRLHF and verl join trainer and vLLM). Backend: gloo
+on CPU, NCCL on GPU.
+
+Both sides cut the same buckets (`policy.buckets.iter_buckets`): the learner from its gathered tensors, the engines
+from the weights' description (`WeightMeta`: name, shape, dtype of each, in state-dict order, taken once). Each
+bucket travels as one flat buffer in one ``broadcast``; an engine views it back into tensors and reloads them, so
+no object store, no file and no second full copy of the weights is involved on either side.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from policy.buckets import iter_buckets
+
+WeightMeta = list[tuple[str, tuple[int, ...], str]]  # (name, shape, dtype name) per tensor, in sending order
+NamedTensors = list[tuple[str, Tensor]]
+
+
+def open_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float) -> Any:
+    """Join the weight group as ``rank`` of ``world_size`` (rank 0 hosts the store); blocks until all have joined."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    if backend == "nccl":
+        return dist.ProcessGroupNCCL(store, rank, world_size)
+    raise ValueError(f"weight group backend must be gloo or nccl, got {backend!r}")
+
+
+def describe(named: Iterable[tuple[str, Tensor]]) -> WeightMeta:
+    """The `WeightMeta` of a stream of tensors (each dropped once described)."""
+    return [(name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in named]
+
+
+def _meta_nbytes(value: tuple[tuple[int, ...], str]) -> int:
+    shape, dtype = value
+    return math.prod(shape) * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+
+
+def broadcast_buckets(group: Any, buckets: Iterable[NamedTensors]) -> dict[str, float]:
+    """Rank 0 of the weight group: each bucket as one flat buffer (its tensors share one dtype). ``group`` None:
+    consume the buckets without sending (the other learner ranks, which take part in the gathers). Returns the
+    seconds, buckets and bytes sent."""
+    start, count, nbytes = time.perf_counter(), 0, 0
+    for bucket in buckets:
+        if group is None:
+            continue
+        flat = torch.cat([t.reshape(-1) for _, t in bucket]) if len(bucket) > 1 else bucket[0][1].reshape(-1)
+        group.broadcast(flat.contiguous(), 0).wait()
+        count += 1
+        nbytes += flat.numel() * flat.element_size()
+    return {"seconds": time.perf_counter() - start, "buckets": float(count), "bytes": float(nbytes)}
+
+
+def receive_buckets(group: Any, meta: WeightMeta, bucket_bytes: int, device: torch.device) -> Iterator[NamedTensors]:
+    """An engine of the weight group: the buckets rank 0 broadcasts, as ``(name, tensor)`` views of one buffer
+    each, cut from ``meta`` exactly as the sender cuts its tensors."""
+    described = [(name, (shape, dtype)) for name, shape, dtype in meta]
+    for bucket in iter_buckets(described, bucket_bytes, nbytes=_meta_nbytes):
+        dtype = getattr(torch, bucket[0][1][1])
+        if any(d != bucket[0][1][1] for _, (_, d) in bucket):
+            raise ValueError("receive_buckets: a bucket mixes dtypes; the learner casts every tensor to one")
+        sizes = [math.prod(shape) for _, (shape, _) in bucket]
+        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        group.broadcast(flat, 0).wait()
+        views = torch.split(flat, sizes)
+        yield [(name, v.view(shape)) for (name, (shape, _)), v in zip(bucket, views)]
