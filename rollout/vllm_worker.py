@@ -131,6 +131,7 @@ class VLLMRolloutWorker:
         self._pending: list[tuple[str, Tensor]] = []  # held-back trailing module group
         self._loaded_groups: set[str] = set()  # groups loaded in the current update
         self.last_sync_seconds = 0.0
+        self.reload_seconds = 0.0  # inside vLLM's reload_weights, summed over every reload (benchmarks)
         self.policy_version = 0  # learner updates behind the weights served (each weight sync sets it)
 
     def ready(self) -> bool:
@@ -403,6 +404,13 @@ class VLLMRolloutWorker:
         if not named_tensors:
             return
         self._loaded_groups |= {module_group(n) for n, _ in named_tensors}
+        start = time.perf_counter()
+        try:
+            self._reload_now(named_tensors)
+        finally:
+            self.reload_seconds += time.perf_counter() - start
+
+    def _reload_now(self, named_tensors: list[tuple[str, Tensor]]) -> None:
         with _quiet_partial_reload():
             if not self.multiprocess:
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})

@@ -217,6 +217,19 @@ SIZES: dict[str, dict[str, Any]] = {  # text head_dim 32 (vLLM's CPU attention n
         "whisper": WhisperEncoderConfig(d_model=144, n_heads=4, n_layers=3, ffn_dim=576),
         "adapter_hidden": 384,
     },
+    "100m": {  # a ~100 M-parameter LLM (benchmarks of the weight sync), the tiny frontend
+        "llm": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            head_dim=64,
+        ),
+        "encoder": EncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192, conv_kernel=7, subsample_channels=8),
+        "whisper": WhisperEncoderConfig(d_model=96, n_heads=4, n_layers=2, ffn_dim=192),
+        "adapter_hidden": 256,
+    },
 }
 LLM_FAMILIES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", True),
