@@ -396,7 +396,8 @@ class Learner:
 
     # the collective sync (policy.weight_broadcast): rank 0 broadcasts to the engines, the others gather with it
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
-        """Rank 0 joins the engines' weight group as its rank 0 (leaving an earlier one); the others do nothing."""
+        """Rank 0 joins the engines' weight group as its rank 0 (a new group replaces an earlier one); the others
+        do nothing."""
         if self.rank == 0:
             self._weight_group = open_group(host, port, 0, world_size, backend, timeout_s)
             self._weight_backend = backend

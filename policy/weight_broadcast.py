@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from policy.buckets import iter_buckets
+from policy.buckets import iter_buckets, send_buckets
 
 WeightMeta = list[tuple[str, tuple[int, ...], str]]  # (name, shape, dtype name) per tensor, in sending order
 NamedTensors = list[tuple[str, Tensor]]
@@ -52,17 +51,16 @@ def _meta_nbytes(value: tuple[tuple[int, ...], str]) -> int:
 
 def broadcast_buckets(group: Any, buckets: Iterable[NamedTensors]) -> dict[str, float]:
     """Rank 0 of the weight group: each bucket as one flat buffer (its tensors share one dtype). ``group`` None:
-    consume the buckets without sending (the other learner ranks, which take part in the gathers). Returns the
-    seconds, buckets and bytes sent."""
-    start, count, nbytes = time.perf_counter(), 0, 0
-    for bucket in buckets:
-        if group is None:
-            continue
-        flat = torch.cat([t.reshape(-1) for _, t in bucket]) if len(bucket) > 1 else bucket[0][1].reshape(-1)
-        group.broadcast(flat.contiguous(), 0).wait()
-        count += 1
-        nbytes += flat.numel() * flat.element_size()
-    return {"seconds": time.perf_counter() - start, "buckets": float(count), "bytes": float(nbytes)}
+    consume the buckets without sending (the other learner ranks, which take part in the gathers). As with the
+    object-store sender (`policy.buckets.send_buckets`), a failing broadcast stops the sending but not the gathers,
+    and is raised once every bucket is through. Returns the seconds, buckets and bytes sent."""
+
+    def send(bucket: NamedTensors) -> None:
+        if group is not None:
+            flat = torch.cat([t.reshape(-1) for _, t in bucket]) if len(bucket) > 1 else bucket[0][1].reshape(-1)
+            group.broadcast(flat.contiguous(), 0).wait()
+
+    return send_buckets(buckets, send, finish=False)
 
 
 def receive_buckets(group: Any, meta: WeightMeta, bucket_bytes: int, device: torch.device) -> Iterator[NamedTensors]:
