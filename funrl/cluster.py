@@ -22,6 +22,7 @@ from ray._raylet import AuthenticationMode, get_authentication_mode
 from ray._raylet import Config as RayConfig
 
 from funrl.config import TrainConfig
+from funrl.local_ray import LocalRay
 from funrl.placement import Placement, create_placement
 from funrl.syncs import make_syncs
 from policy.learner_group import LearnerGroup
@@ -96,6 +97,7 @@ class Cluster:
         self.out = Path(cfg.run.out_dir)
         self.policy_version = 0  # learner updates behind the weights the engines serve (set by each sync)
         self._own_ray = False
+        self._local_ray: LocalRay | None = None
         self.timeout_s = cfg.ray.call_timeout_s
         self.restarts = 0  # rollout engines restarted so far (run.max_worker_restarts)
         self.updates_started = 0  # learner updates begun / finished: tell the driver, after a
@@ -103,8 +105,8 @@ class Cluster:
 
     # ---- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> "Cluster":
-        self._start_ray()
         try:
+            self._start_ray()
             self._start_actors()
         except BaseException:
             self.shutdown()
@@ -167,7 +169,8 @@ class Cluster:
             need = 1 + cfg.rollout.num_workers + cfg.learner.num_ranks
             num_cpus = cfg.ray.num_cpus or max(need, os.cpu_count() or 1)
             num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+            self._local_ray = LocalRay(num_cpus, num_gpus)  # its own session: group signals reach the driver only
+            ray.init(address=self._local_ray.address, runtime_env=env, log_to_driver=True)
         self._own_ray = True
 
     def shutdown(self) -> None:
@@ -193,6 +196,9 @@ class Cluster:
             self.placement = None
         if self._own_ray and ray.is_initialized():
             ray.shutdown()
+        local, self._local_ray = self._local_ray, None
+        if local is not None:
+            local.stop()
 
     # ---- engine restarts -------------------------------------------------------------
     def _with_restarts(self, call):

@@ -5,8 +5,8 @@ The first signal only sets a flag: the driver finishes the step it is in, writes
 signal stops at once (KeyboardInterrupt), as Ctrl-C twice does elsewhere. Handlers are installed after Ray has
 started (Ray's driver installs its own) and the previous ones are restored on exit.
 
-Only the driver should get the signal: a signal sent to the whole process group also reaches Ray's processes,
-which then end with it, and the run keeps its last periodic checkpoint.
+A signal sent to the driver's whole process group (``timeout``, a closing terminal) does not stop the local Ray
+under it: that runs in a session of its own (funrl/local_ray.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Preemption: SIGTERM / SIGINT to the driver of `python -m funrl.train` finishes the step in progress, writes a
-checkpoint, prints the resume command and exits 143 / 130; `--resume` then continues with the same data order
-and a continuous step counter, and ends with the hypotheses and weights an uninterrupted run has."""
+"""Preemption: SIGTERM / SIGINT to `python -m funrl.train` (the driver alone or its whole process group)
+finishes the step in progress, writes a checkpoint, prints the resume command and exits 143 / 130; `--resume`
+then continues with the same data order and a continuous step counter, and ends with the hypotheses and weights
+an uninterrupted run has."""
 
 import os
 import signal
@@ -25,7 +26,7 @@ def _weights(run) -> dict:
     }
 
 
-def test_sigterm_to_the_driver_checkpoints_the_finished_step_and_resume_ends_where_an_uninterrupted_run_does(
+def test_sigterm_to_the_process_group_checkpoints_the_finished_step_and_resume_ends_where_an_uninterrupted_run_does(
     tiny_model_dir, small_demo_data, tmp_path
 ):
     sig, code = signal.SIGTERM, 143
@@ -44,7 +45,9 @@ def test_sigterm_to_the_driver_checkpoints_the_finished_step_and_resume_ends_whe
     }
     proc = run_train([f"{k}={v}" for k, v in {**args, "run.out_dir": out}.items()])
     wait_for_steps(out, proc, 1)  # one step done: the run is in its loop
-    proc.send_signal(sig)  # the driver only, as `kill PID` or a scheduler does
+    # the driver's whole process group, as `timeout`, a closing terminal or `kill -TERM -PGID` do: the local Ray
+    # runs in a session of its own (funrl/local_ray.py), so it lives on while the driver finishes the step
+    os.killpg(proc.pid, sig)
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == code, log[-3000:]
     stopped_at = len(jsonl(out / "metrics.jsonl"))

@@ -1,0 +1,119 @@
+"""The local Ray a training run starts for itself, in a session of its own.
+
+``ray.init()`` without an address starts the GCS, the raylet and the worker processes as children of the
+driver, in the driver's process group. A signal sent to the whole group — ``timeout``, a closing terminal,
+``kill -TERM -PGID``, many job launchers — then reaches Ray's processes as well as the driver; they end at
+once and the driver can neither finish its step nor write the checkpoint its SIGTERM handler promises.
+
+Here the head node is ``ray start --head --block`` in a new session (so group signals reach only the driver)
+with its own temporary directory (so a plain ``ray.init()`` elsewhere on the machine never joins it). The
+kernel ties it to the driver (``PR_SET_PDEATHSIG``): when the driver ends, even by SIGKILL, ``ray start`` gets
+SIGTERM and stops every process it started. The driver connects with ``ray.init(address=...)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_READY = "Ray runtime started"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: SIGTERM when the parent ends (and at once if it already has)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class LocalRay:
+    """``with LocalRay(num_cpus, num_gpus) as ray_head: ray.init(address=ray_head.address)``."""
+
+    def __init__(self, num_cpus: int, num_gpus: int, start_timeout_s: float = 180.0) -> None:
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="funrl-ray-"))  # short: Ray's socket paths must fit 107 bytes
+        self.address = f"127.0.0.1:{_free_port()}"
+        self._log = self.temp_dir / "ray_start.log"
+        command = [
+            *(sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"),
+            f"--port={self.address.rsplit(':', 1)[1]}",
+            f"--num-cpus={num_cpus}",
+            f"--num-gpus={num_gpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={self.temp_dir}",
+        ]
+        parent = os.getpid()
+        with open(self._log, "wb") as log:
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: _die_with_parent(parent),  # before exec, in the child
+            )
+        try:
+            self._wait_ready(start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while _READY not in self.log_text():
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the local Ray did not start (exit {self._proc.returncode}):\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local Ray did not start within {timeout_s:.0f} s:\n{self.tail()}")
+            time.sleep(0.2)
+
+    def log_text(self) -> str:
+        try:
+            return self._log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop every Ray process of this head (SIGTERM to ``ray start``, which stops its children; SIGKILL to the
+        whole session if that takes longer than ``timeout_s``) and remove the temporary directory."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)  # anything left in the session (the group it leads)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._proc.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalRay":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
