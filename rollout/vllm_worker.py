@@ -47,8 +47,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from vllm import LLM, SamplingParams
-from vllm.lora.request import LoRARequest
 
 from policy.config import MAX_LORA_RANK
 from policy.messages import PromptBatch, RolloutBatch
@@ -123,10 +121,12 @@ class VLLMRolloutWorker:
         self.checkpoint_names, self.ignored_names = _checkpoint_names(self.llm_dir)
         kwargs = engine_kwargs(self.llm_dir, cfg, dtype, self.on_gpu, enable_lora, max_lora_rank)
         self.enable_lora = enable_lora
+        from vllm import LLM  # here, not at import: the driver imports this module only to name the actor class
+
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.hidden_size = int(self.llm.llm_engine.model_config.get_hidden_size())
-        self._lora: LoRARequest | None = None
+        self._lora: Any = None  # a vllm LoRARequest once set_lora has run
         self._lora_version = 0
         self._pending: list[tuple[str, Tensor]] = []  # held-back trailing module group
         self._loaded_groups: set[str] = set()  # groups loaded in the current update
@@ -160,6 +160,8 @@ class VLLMRolloutWorker:
         one piece (special tokens skipped; vLLM's incremental detokenizer garbles non-ASCII
         characters of non-byte-level tokenizers).
         """
+        from vllm import SamplingParams
+
         self.finish_weight_update()
         start = time.perf_counter()
         G = n if n is not None else (1 if greedy else self.cfg.n)
@@ -217,6 +219,8 @@ class VLLMRolloutWorker:
         One prefill per hypothesis: prompt = [embeddings | tokens[:-1]] (mixed mode) with
         prompt log-probs; the last token is scored as the first output via ``logprob_token_ids``.
         """
+        from vllm import SamplingParams
+
         self.finish_weight_update()
         B, G, T = token_ids.shape
         lengths = _prefix_lengths(mask, (B, G, T))
@@ -320,6 +324,8 @@ class VLLMRolloutWorker:
             raise RuntimeError("set_lora: this worker was built with enable_lora=False")
         if not (Path(folder) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"set_lora: {folder}/adapter_config.json not found (save a peft adapter there)")
+        from vllm.lora.request import LoRARequest
+
         self._lora_version += 1
         self._lora = LoRARequest(f"funrl-adapter-{self._lora_version}", self._lora_version, str(folder))
         if version is not None:
