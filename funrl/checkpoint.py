@@ -20,6 +20,7 @@ folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -34,6 +35,7 @@ from typing import Callable
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 _TMP_DIR = re.compile(r"^\.tmp-step_\d{6,}-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+_LOW_SPACE_MIB = 64  # below this, a failed checkpoint write is taken for a full disk
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 
@@ -166,11 +168,12 @@ class CheckpointManager:
             kept = f"the newest checkpoint is still {newest.path}" if newest else "no earlier checkpoint exists"
             free = shutil.disk_usage(self.root).free / 2**20
             why = " ".join(str(cause).split())[:300]
+            no_space = getattr(cause, "errno", None) == errno.ENOSPC or "No space left" in why or free < _LOW_SPACE_MIB
+            fix = "Free space (or fix the folder)" if no_space else "Fix that cause"
             raise CheckpointWriteError(
                 f"writing the checkpoint of step {step} in {self.root} failed "
                 f"({type(cause).__name__}: {why}); {free:.1f} MiB free there; the partial "
-                f"copy was removed and {kept}. Free space (or fix the folder), then continue "
-                "with --resume"
+                f"copy was removed and {kept}. {fix}, then continue with --resume"
             ) from exc
         if final.exists():  # a re-run of the same step replaces the older copy
             _remove(final)

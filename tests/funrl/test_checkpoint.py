@@ -214,7 +214,24 @@ def test_a_failed_write_removes_the_partial_copy_and_names_the_newest_intact_che
         (folder / "shard.bin").write_bytes(b"x" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(CheckpointWriteError, match=r"step 2 .*No space left on device.*still .*step_000001"):
+    with pytest.raises(
+        CheckpointWriteError, match=r"step 2 .*No space left on device.*still .*step_000001.*Free space"
+    ):
         mgr.save(2, {"data": {}}, full_disk)
     assert sorted(p.name for p in mgr.root.iterdir()) == ["step_000001"]
     assert mgr.latest().step == 1
+
+
+def test_a_write_failing_for_another_reason_does_not_advise_freeing_space(tmp_path):
+    from funrl.checkpoint import CheckpointWriteError
+
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+
+    def worker_died(folder):
+        raise RuntimeError("learner rank 0 died: the actor is unavailable")
+
+    with pytest.raises(
+        CheckpointWriteError, match=r"rank 0 died.*no earlier checkpoint exists\. Fix that cause"
+    ) as err:
+        mgr.save(1, {"data": {}}, worker_died)
+    assert "Free space" not in str(err.value)
