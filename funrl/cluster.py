@@ -24,6 +24,7 @@ from ray._raylet import Config as RayConfig
 from funrl.config import TrainConfig
 from funrl.local_ray import LocalRay
 from funrl.placement import Placement, create_placement
+from funrl.placement import describe as describe_placement
 from funrl.syncs import make_syncs
 from policy.learner_group import LearnerGroup
 from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout
@@ -125,6 +126,7 @@ class Cluster:
         llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
         placement = create_placement(cfg)
         self.placement: Placement | None = placement
+        print(f"[funrl] placement: {describe_placement(placement)}", flush=True)
         plan, pg = placement.plan, placement.pg
         lora = cfg.learner.finetune == "lora"
         self._engine_dtype = cfg.model.dtype if on_gpu else "float32"  # weight sync sends this dtype

@@ -209,11 +209,36 @@ class RayConfig:
     num_cpus: int | None = None  # CPUs for a local Ray (None = Ray's default)
     call_timeout_s: float = 1800.0  # longest wait for one actor call (a step's generate, update, sync); past
     # it the actor counts as hung (an engine is restarted: run.max_worker_restarts)
+    placement_strategy: str = "PACK"  # how the engines' and ranks' bundles spread over nodes (Ray's strategies)
+    # extra Ray resources each engine's / each rank's bundle asks for, e.g. {rollout_node: 0.01}: only nodes
+    # started with that resource (`ray start --resources`) take it (docs/scaling.md#multi-node)
+    rollout_resources: dict[str, float] = field(default_factory=dict)
+    learner_resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate(
-            self, {"address": optional(non_empty), "num_cpus": optional(in_range(1)), "call_timeout_s": in_range(1)}
+            self,
+            {
+                "address": optional(non_empty),
+                "num_cpus": optional(in_range(1)),
+                "call_timeout_s": in_range(1),
+                "placement_strategy": one_of(*PLACEMENT_STRATEGIES),
+                "rollout_resources": _custom_resources,
+                "learner_resources": _custom_resources,
+            },
         )
+
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _custom_resources(v: dict[str, float]) -> str | None:
+    builtin = [k for k in v if k in _BUILTIN_RESOURCES]
+    if builtin:
+        return f"names Ray's own resource(s) {builtin}: CPUs and GPUs come from rollout.* / learner.* settings"
+    bad = [k for k, amount in v.items() if not k or not isinstance(amount, (int, float)) or amount <= 0]
+    return f"needs a name and an amount > 0 for each resource (got {bad})" if bad else None
 
 
 @dataclass(frozen=True)

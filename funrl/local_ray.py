@@ -14,6 +14,7 @@ SIGTERM and stops every process it started. The driver connects with ``ray.init(
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -43,21 +44,37 @@ def _die_with_parent(parent: int) -> None:
 
 
 class LocalRay:
-    """``with LocalRay(num_cpus, num_gpus) as ray_head: ray.init(address=ray_head.address)``."""
+    """``with LocalRay(num_cpus, num_gpus) as ray_head: ray.init(address=ray_head.address)``.
 
-    def __init__(self, num_cpus: int, num_gpus: int, start_timeout_s: float = 180.0) -> None:
+    ``join=ADDRESS`` starts a further raylet (a stand-in for a second node) joining that head instead;
+    ``resources`` are custom Ray resources of the node (``ray start --resources``)."""
+
+    def __init__(
+        self,
+        num_cpus: int,
+        num_gpus: int,
+        *,
+        resources: dict[str, float] | None = None,
+        join: str | None = None,
+        start_timeout_s: float = 180.0,
+    ) -> None:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="funrl-ray-"))  # short: Ray's socket paths must fit 107 bytes
-        self.address = f"127.0.0.1:{_free_port()}"
         self._log = self.temp_dir / "ray_start.log"
         command = [
-            *(sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"),
-            f"--port={self.address.rsplit(':', 1)[1]}",
+            *(sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats"),
             f"--num-cpus={num_cpus}",
             f"--num-gpus={num_gpus}",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={self.temp_dir}",
+            f"--dashboard-agent-listen-port={_free_port()}",  # two raylets on one machine must not share it
         ]
+        if resources:
+            command.append(f"--resources={json.dumps(resources)}")
+        if join:  # a worker node: the head's session (and temporary directory) is used
+            self.address = join
+            command.append(f"--address={join}")
+        else:
+            self.address = f"127.0.0.1:{_free_port()}"
+            port = self.address.rsplit(":", 1)[1]
+            command += ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"]
         parent = os.getpid()
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(

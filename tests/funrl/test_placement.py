@@ -37,6 +37,35 @@ def test_cpu_plans_ask_for_no_gpu():
     assert plan_bundles(_cfg("ray.colocate=true")).bundles == ({"CPU": 2.0},)
 
 
+def test_role_resources_go_into_each_bundle_of_that_role_and_add_up_when_colocated():
+    roles = (
+        "ray.rollout_resources={rollout_node: 0.5, shared: 1}",
+        "ray.learner_resources={learner_node: 2, shared: 1}",
+    )
+    plan = plan_bundles(_cfg("rollout.num_workers=2", *roles))
+    assert plan.bundles == (
+        {"CPU": 1.0, "rollout_node": 0.5, "shared": 1.0},
+        {"CPU": 1.0, "rollout_node": 0.5, "shared": 1.0},
+        {"CPU": 1.0, "learner_node": 2.0, "shared": 1.0},
+    )
+    colocated = plan_bundles(_cfg("ray.colocate=true", *roles))
+    assert colocated.bundles == ({"CPU": 2.0, "rollout_node": 0.5, "learner_node": 2.0, "shared": 2.0},)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ray.rollout_resources={GPU: 1}", "Ray's own resource"),
+        ("ray.learner_resources={learner_node: 0}", "amount > 0"),
+        ("ray.placement_strategy=pack", "must be one of PACK, SPREAD"),
+    ],
+)
+def test_bad_placement_settings_are_config_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        _cfg(override)
+    assert override.split("=")[0] in str(err.value)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

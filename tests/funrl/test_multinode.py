@@ -1,0 +1,60 @@
+"""Two Ray nodes on one machine: a head (`ray start --head`) and a second raylet (`ray start --address`), each
+with a custom resource standing in for its role. `python -m funrl.train ray.address=auto` places the rollout
+engine on one and the learner rank on the other (ray.rollout_resources / ray.learner_resources), trains, and a
+`--resume` on the same cluster continues the step counter."""
+
+import re
+import secrets
+
+import pytest
+from train_runs import jsonl, run_train
+
+from funrl.local_ray import LocalRay
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
+
+_PLACED = re.compile(r"\[funrl\] placement: rollout worker 0 -> node (\w+); learner rank 0 -> node (\w+)")
+
+
+def test_engine_and_learner_on_two_nodes_train_and_resume_through_ray_address_auto(
+    tiny_model_dir, small_demo_data, tmp_path, monkeypatch
+):
+    token = secrets.token_hex(32)  # the cluster's token: both raylets and the driver hold it
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "run"
+    args = {
+        "model.path": tiny_model_dir,
+        "data.train_manifest": small_demo_data.manifest("rl_train"),
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 8,
+        "rollout.kv_cache_memory_bytes": 32 << 20,
+        "learner.micro_batch": 16,
+        "run.steps": 2,
+        "run.clips_per_step": 4,
+        "run.save_every": 1,
+        "run.out_dir": out,
+        "ray.address": "auto",
+        "ray.placement_strategy": "SPREAD",
+        "ray.rollout_resources": "{rollout_node: 1}",
+        "ray.learner_resources": "{learner_node: 1}",
+    }
+    with LocalRay(2, 0, resources={"rollout_node": 1}) as head:
+        with LocalRay(2, 0, resources={"learner_node": 1}, join=head.address):
+            env = {"RAY_ADDRESS": head.address, "RAY_AUTH_TOKEN": token}  # what `ray.address=auto` finds
+            proc = run_train([f"{k}={v}" for k, v in args.items()], env_extra=env)
+            log = proc.communicate(timeout=600)[0]
+            assert proc.returncode == 0, log[-4000:]
+            placed = _PLACED.search(log)
+            assert placed is not None, log[-4000:]
+            assert placed.group(1) != placed.group(2)  # two raylets: the engine and the rank on different nodes
+            assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2]
+
+            resumed = run_train(["--resume", str(out), "run.steps=3"], env_extra=env)
+            log = resumed.communicate(timeout=600)[0]
+            assert resumed.returncode == 0, log[-4000:]
+            assert "at step 3" in log
+            again = _PLACED.search(log)
+            assert again is not None and again.groups() == placed.groups()  # each role on its node again
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == [1, 2, 3]
