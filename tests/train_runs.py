@@ -14,6 +14,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def tiny_run(model_dir: Path, manifest: Path, out: Path, extra: dict | None = None) -> dict:
+    """The overrides of a short CPU run of a tiny model (4 clips x 4 hypotheses of at most 8 tokens per step,
+    a 32 MiB KV cache, one micro-batch), then ``extra``; `as_args` turns them into ``key=value`` arguments."""
+    return {
+        "model.path": model_dir,
+        "data.train_manifest": manifest,
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 8,
+        "rollout.kv_cache_memory_bytes": 32 << 20,
+        "learner.micro_batch": 16,
+        "run.clips_per_step": 4,
+        "run.out_dir": out,
+        "ray.num_cpus": 3,
+    } | (extra or {})
+
+
+def as_args(overrides: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
 def run_train(args: list[str], env_extra: dict | None = None, cwd: Path = ROOT, **kw) -> subprocess.Popen:
     """``python -m funrl.train --no-demo ARGS`` with the default (secure) Ray settings; output in ``stdout``."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", **(env_extra or {}))

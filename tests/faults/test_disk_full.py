@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from train_runs import ROOT, jsonl
+from train_runs import ROOT, as_args, jsonl, tiny_run
 
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
@@ -42,21 +42,8 @@ def test_disk_full_during_a_checkpoint_removes_the_partial_copy_exits_1_and_resu
     disk, logs = tmp_path / "disk", tmp_path / "logs"
     disk.mkdir()
     logs.mkdir()
-    args = {
-        "model.path": tiny_model_dir,
-        "data.train_manifest": small_demo_data.manifest("rl_train"),
-        "rollout.n": 4,
-        "rollout.max_new_tokens": 8,
-        "rollout.kv_cache_memory_bytes": 32 << 20,
-        "learner.micro_batch": 16,
-        "run.steps": 4,
-        "run.clips_per_step": 4,
-        "run.save_every": 1,
-        "run.keep_last": 4,
-        "run.save_model": "false",
-        "run.out_dir": disk / "run",
-        "ray.num_cpus": 3,
-    }
+    extra = {"run.steps": 4, "run.save_every": 1, "run.keep_last": 4, "run.save_model": "false"}
+    args = tiny_run(tiny_model_dir, small_demo_data.manifest("rl_train"), disk / "run", extra)
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -67,7 +54,7 @@ def test_disk_full_during_a_checkpoint_removes_the_partial_copy_exits_1_and_resu
     )
     env.pop("RAY_AUTH_MODE", None)
     subprocess.run(
-        ["unshare", "-rm", "bash", "-c", SCRIPT, "funrl", *[f"{k}={v}" for k, v in args.items()]],
+        ["unshare", "-rm", "bash", "-c", SCRIPT, "funrl", *as_args(args)],
         cwd=ROOT,
         env=env,
         timeout=900,

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_runs import jsonl, run_train, wait_for_steps
+from train_runs import as_args, jsonl, run_train, tiny_run, wait_for_steps
 
 from funrl.config import load_config
 from funrl.data import ClipSampler, load_manifest
@@ -31,19 +31,9 @@ def test_sigterm_to_the_process_group_checkpoints_the_finished_step_and_resume_e
 ):
     sig, code = signal.SIGTERM, 143
     out, steps = tmp_path / "run", 5
-    args = {
-        "model.path": tiny_model_dir,
-        "data.train_manifest": small_demo_data.manifest("rl_train"),
-        "rollout.n": 4,
-        "rollout.max_new_tokens": 8,
-        "rollout.kv_cache_memory_bytes": 32 << 20,
-        "learner.micro_batch": 16,
-        "run.steps": steps,
-        "run.clips_per_step": 4,
-        "run.save_every": 100,
-        "ray.num_cpus": 3,
-    }
-    proc = run_train([f"{k}={v}" for k, v in {**args, "run.out_dir": out}.items()])
+    manifest = small_demo_data.manifest("rl_train")
+    args = tiny_run(tiny_model_dir, manifest, out, {"run.steps": steps, "run.save_every": 100})
+    proc = run_train(as_args(args))
     wait_for_steps(out, proc, 1)  # one step done: the run is in its loop
     # the driver's whole process group, as `timeout`, a closing terminal or `kill -TERM -PGID` do: the local Ray
     # runs in a session of its own (funrl/local_ray.py), so it lives on while the driver finishes the step
@@ -66,7 +56,7 @@ def test_sigterm_to_the_process_group_checkpoints_the_finished_step_and_resume_e
 
     # the same run, uninterrupted: the same hypotheses at every step (vLLM seeded per step) and the same weights
     whole = tmp_path / "whole"
-    proc = run_train([f"{k}={v}" for k, v in {**args, "run.out_dir": whole}.items()])
+    proc = run_train(as_args(args | {"run.out_dir": whole}))
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, log[-3000:]
     hyps = [[c["hyps"] for c in r["clips"]] for r in jsonl(out / "rollouts.jsonl")]

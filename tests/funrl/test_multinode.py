@@ -7,7 +7,7 @@ import re
 import secrets
 
 import pytest
-from train_runs import jsonl, run_train
+from train_runs import as_args, jsonl, run_train, tiny_run
 
 from funrl.local_ray import LocalRay
 
@@ -24,26 +24,14 @@ def test_engine_and_learner_on_two_nodes_train_and_resume_through_ray_address_au
     monkeypatch.setenv("RAY_AUTH_TOKEN", token)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     out = tmp_path / "run"
-    args = {
-        "model.path": tiny_model_dir,
-        "data.train_manifest": small_demo_data.manifest("rl_train"),
-        "rollout.n": 4,
-        "rollout.max_new_tokens": 8,
-        "rollout.kv_cache_memory_bytes": 32 << 20,
-        "learner.micro_batch": 16,
-        "run.steps": 2,
-        "run.clips_per_step": 4,
-        "run.save_every": 1,
-        "run.out_dir": out,
-        "ray.address": "auto",
-        "ray.placement_strategy": "SPREAD",
-        "ray.rollout_resources": "{rollout_node: 1}",
-        "ray.learner_resources": "{learner_node: 1}",
-    }
+    roles = {"ray.rollout_resources": "{rollout_node: 1}", "ray.learner_resources": "{learner_node: 1}"}
+    extra = {"run.steps": 2, "run.save_every": 1, "ray.address": "auto", "ray.placement_strategy": "SPREAD", **roles}
+    args = tiny_run(tiny_model_dir, small_demo_data.manifest("rl_train"), out, extra)
+    del args["ray.num_cpus"]  # joining a cluster: its nodes have the CPUs
     with LocalRay(2, 0, resources={"rollout_node": 1}) as head:
         with LocalRay(2, 0, resources={"learner_node": 1}, join=head.address):
             env = {"RAY_ADDRESS": head.address, "RAY_AUTH_TOKEN": token}  # what `ray.address=auto` finds
-            proc = run_train([f"{k}={v}" for k, v in args.items()], env_extra=env)
+            proc = run_train(as_args(args), env_extra=env)
             log = proc.communicate(timeout=600)[0]
             assert proc.returncode == 0, log[-4000:]
             placed = _PLACED.search(log)
