@@ -50,29 +50,49 @@ def _meta_nbytes(value: tuple[tuple[int, ...], str]) -> int:
 
 
 def broadcast_buckets(group: Any, buckets: Iterable[NamedTensors]) -> dict[str, float]:
-    """Rank 0 of the weight group: each bucket as one flat buffer (its tensors share one dtype). ``group`` None:
-    consume the buckets without sending (the other learner ranks, which take part in the gathers). As with the
-    object-store sender (`policy.buckets.send_buckets`), a failing broadcast stops the sending but not the gathers,
-    and is raised once every bucket is through. Returns the seconds, buckets and bytes sent."""
+    """Rank 0 of the weight group: each bucket as one flat buffer (its tensors share one dtype), sent
+    asynchronously: bucket k travels while bucket k + 1 is gathered (at most two in flight, as the object-store
+    sender). ``group`` None: consume the buckets without sending (the other learner ranks, which take part in
+    the gathers). As with the object-store sender (`policy.buckets.send_buckets`), a failing broadcast stops the
+    sending but not the gathers, and is raised once every bucket is through. Returns the seconds, buckets and
+    bytes sent."""
+    in_flight: list[tuple[Any, Tensor]] = []  # (work, buffer): the buffer must live until its work is done
+
+    def wait() -> None:
+        while in_flight:
+            in_flight.pop(0)[0].wait()
 
     def send(bucket: NamedTensors) -> None:
         if group is not None:
             flat = torch.cat([t.reshape(-1) for _, t in bucket]) if len(bucket) > 1 else bucket[0][1].reshape(-1)
-            group.broadcast(flat.contiguous(), 0).wait()
+            flat = flat.contiguous()
+            work = group.broadcast(flat, 0)
+            wait()  # the previous bucket
+            in_flight.append((work, flat))
 
-    return send_buckets(buckets, send, finish=False)
+    send.finish = wait  # type: ignore[attr-defined]
+    return send_buckets(buckets, send, finish=True)
 
 
 def receive_buckets(group: Any, meta: WeightMeta, bucket_bytes: int, device: torch.device) -> Iterator[NamedTensors]:
     """An engine of the weight group: the buckets rank 0 broadcasts, as ``(name, tensor)`` views of one buffer
-    each, cut from ``meta`` exactly as the sender cuts its tensors."""
+    each, cut from ``meta`` exactly as the sender cuts its tensors. The next bucket's receive is posted before a
+    bucket is handed out, so it travels while the caller reloads this one."""
     described = [(name, (shape, dtype)) for name, shape, dtype in meta]
-    for bucket in iter_buckets(described, bucket_bytes, nbytes=_meta_nbytes):
+    buckets = list(iter_buckets(described, bucket_bytes, nbytes=_meta_nbytes))
+
+    def post(bucket: list) -> tuple[Tensor, Any]:
         dtype = getattr(torch, bucket[0][1][1])
         if any(d != bucket[0][1][1] for _, (_, d) in bucket):
             raise ValueError("receive_buckets: a bucket mixes dtypes; the learner casts every tensor to one")
-        sizes = [math.prod(shape) for _, (shape, _) in bucket]
-        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
-        group.broadcast(flat, 0).wait()
-        views = torch.split(flat, sizes)
+        flat = torch.empty(sum(math.prod(shape) for _, (shape, _) in bucket), dtype=dtype, device=device)
+        return flat, group.broadcast(flat, 0)
+
+    pending = post(buckets[0]) if buckets else None
+    for i, bucket in enumerate(buckets):
+        assert pending is not None
+        flat, work = pending
+        work.wait()
+        pending = post(buckets[i + 1]) if i + 1 < len(buckets) else None
+        views = torch.split(flat, [math.prod(shape) for _, (shape, _) in bucket])
         yield [(name, v.view(shape)) for (name, (shape, _)), v in zip(bucket, views)]
