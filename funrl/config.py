@@ -211,7 +211,8 @@ class RayConfig:
     # it the actor counts as hung (an engine is restarted: run.max_worker_restarts)
     placement_strategy: str = "PACK"  # how the engines' and ranks' bundles spread over nodes (Ray's strategies)
     # extra Ray resources each engine's / each rank's bundle asks for, e.g. {rollout_node: 0.01}: only nodes
-    # started with that resource (`ray start --resources`) take it (docs/scaling.md#multi-node)
+    # started with that resource (`ray start --resources`) take it
+    # (docs/scaling.md#71-pinning-roles-to-nodes-and-the-two-node-test)
     rollout_resources: dict[str, float] = field(default_factory=dict)
     learner_resources: dict[str, float] = field(default_factory=dict)
 
