@@ -22,6 +22,7 @@ generate calls (4 prompts, 16 new tokens): how much a step's sync costs next to 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -185,6 +186,12 @@ def _print_paths(rows: dict[str, dict[str, float]], size: str, bucket_mb: int) -
     print(f"collective / object_store push time: {rows['collective']['push_s'] / rows['object_store']['push_s']:.2f}")
 
 
+def _write_json(path: str | None, record: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="tiny", choices=["tiny", "demo", "100m"])
@@ -192,13 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm", default="qwen2", choices=["qwen2", "qwen3", "llama"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bucket-mb", type=int, default=64)
+    p.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.bucket_mb < 1:
         p.error("--repeats and --bucket-mb must be >= 1")
     if args.paths:
-        _print_paths(compare_paths(args.size, args.llm, args.repeats, args.bucket_mb), args.size, args.bucket_mb)
+        rows = compare_paths(args.size, args.llm, args.repeats, args.bucket_mb)
+        _print_paths(rows, args.size, args.bucket_mb)
+        _write_json(args.json, {"size": args.size, "bucket_mb": args.bucket_mb, "paths": rows})
         return 0
     r = bench(args.size, args.llm, args.repeats, args.bucket_mb)
+    _write_json(args.json, {"size": args.size, "llm": args.llm, "bucket_mb": args.bucket_mb, **r})
     print(f"LLM weights            {r['llm_mb']:10.2f} MB ({args.size}, {args.llm}, buckets of {args.bucket_mb} MiB)")
     print(
         f"full sync, median      {r['sync_median_s'] * 1e3:10.1f} ms  "
