@@ -76,6 +76,11 @@ def worker_env(local: bool) -> dict[str, str]:
     return {k: os.environ[k] for k in (*_WORKER_ENV, *NO_USAGE_STATS)}
 
 
+def _worker_failure(exc_type: type | None) -> bool:
+    """An actor or Ray failed (its logs are worth keeping), not the input or a signal."""
+    return exc_type is not None and issubclass(exc_type, (WorkerError, ray.exceptions.RayError))
+
+
 def _get(name: str, ref, timeout_s: float | None = None):
     """ray.get that names the actor (and carries its traceback) when it fails or gives no answer in time."""
     return get_named([(name, ref)], timeout_s=timeout_s)[0]
@@ -109,8 +114,8 @@ class Cluster:
         try:
             self._start_ray()
             self._start_actors()
-        except BaseException:
-            self.shutdown()
+        except BaseException as exc:
+            self.shutdown(keep_ray_logs=_worker_failure(type(exc)))
             raise
         return self
 
@@ -157,8 +162,8 @@ class Cluster:
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
         self.syncs = make_syncs(cfg, self.learner, self.embedder, self.rollouts, self._engine_dtype, self.timeout_s)
 
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.shutdown(keep_ray_logs=_worker_failure(exc_type))
 
     def _start_ray(self) -> None:
         if ray.is_initialized():
@@ -175,8 +180,9 @@ class Cluster:
             ray.init(address=self._local_ray.address, runtime_env=env, log_to_driver=True)
         self._own_ray = True
 
-    def shutdown(self) -> None:
-        """Stop the learner group and the workers; stop Ray if this run started it."""
+    def shutdown(self, keep_ray_logs: bool = False) -> None:
+        """Stop the learner group and the workers; stop Ray if this run started it (keeping its logs, and
+        printing where they are, with ``keep_ray_logs``: after a failure)."""
         group = getattr(self, "learner", None)
         if group is not None:
             try:
@@ -200,7 +206,9 @@ class Cluster:
             ray.shutdown()
         local, self._local_ray = self._local_ray, None
         if local is not None:
-            local.stop()
+            local.stop(keep_logs=keep_ray_logs)
+            if keep_ray_logs:
+                print(f"[funrl] the local Ray's logs of this run: {local.logs_dir}", file=sys.stderr, flush=True)
 
     # ---- engine restarts -------------------------------------------------------------
     def _with_restarts(self, call):

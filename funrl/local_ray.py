@@ -113,9 +113,10 @@ class LocalRay:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
-    def stop(self, timeout_s: float = 60.0) -> None:
+    def stop(self, timeout_s: float = 60.0, keep_logs: bool = False) -> None:
         """Stop every Ray process of this head (SIGTERM to ``ray start``, which stops its children; SIGKILL to the
-        whole session if that takes longer than ``timeout_s``) and remove the temporary directory."""
+        whole session if that takes longer than ``timeout_s``) and remove the temporary directory, unless
+        ``keep_logs`` (a failed run: Ray's logs are in `logs_dir`)."""
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -127,7 +128,13 @@ class LocalRay:
         except (ProcessLookupError, PermissionError):
             pass
         self._proc.wait()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    @property
+    def logs_dir(self) -> Path:
+        """Ray's logs of this head's session (``ray start`` links ``session_latest`` to it)."""
+        return self.temp_dir / "session_latest" / "logs"
 
     def __enter__(self) -> "LocalRay":
         return self

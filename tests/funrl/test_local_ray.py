@@ -3,6 +3,7 @@ the run (its own temporary directory), and gone with the driver even when the dr
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,3 +77,19 @@ def test_local_ray_runs_in_its_own_session_and_stops_when_the_driver_is_sigkille
     while _ray_processes(info["temp_dir"]) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _ray_processes(info["temp_dir"]) == []  # PR_SET_PDEATHSIG: ray start stopped everything it started
+
+
+def test_stop_removes_the_temporary_folder_unless_told_to_keep_the_logs(monkeypatch):
+    from funrl.local_ray import LocalRay
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # for the `ray start` processes only: this one starts no Ray
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
+    kept, gone = LocalRay(1, 0), LocalRay(1, 0)
+    kept.stop(keep_logs=True)
+    gone.stop()
+    try:
+        assert kept.logs_dir.is_dir() and any(kept.logs_dir.glob("gcs_server*"))  # a failed run's Ray logs
+        assert not gone.temp_dir.exists()
+        assert _ray_processes(str(kept.temp_dir)) == [] and _ray_processes(str(gone.temp_dir)) == []
+    finally:
+        shutil.rmtree(kept.temp_dir, ignore_errors=True)
