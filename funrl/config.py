@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from funrl import config_loader
 from funrl.config_loader import dump_config, save_config, to_dict
+from funrl.config_loader import load_config as _load_config
 from funrl.data_formats import FORMATS
 from policy.augment import AugmentConfig
 from policy.config import (
@@ -301,4 +301,4 @@ def validate_reward_names(cfg: TrainConfig, registry_names: Iterable[str]) -> No
 def load_config(path: str | None, overrides: list[str], root: type = TrainConfig) -> Any:
     """Defaults <- YAML file ``path`` (any subset of keys) <- dotted ``overrides`` (``key=value``); see
     `funrl.config_loader`. ``root``: the top-level config dataclass (``TrainConfig`` unless given)."""
-    return config_loader.load_config(path, overrides, root)
+    return _load_config(path, overrides, root)

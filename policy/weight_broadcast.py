@@ -49,6 +49,30 @@ def _meta_nbytes(value: tuple[tuple[int, ...], str]) -> int:
     return math.prod(shape) * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
 
 
+class _Broadcaster:
+    """`send_buckets`' sender for rank 0 of the weight group: each bucket as one flat buffer, broadcast
+    asynchronously; the previous bucket's broadcast is awaited after the next one is posted, so one bucket
+    travels while the next is gathered. ``group`` None: sends nothing (the other learner ranks)."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self._previous: tuple[Any, Tensor] | None = None  # (work, buffer): the buffer lives until its work is done
+
+    def __call__(self, bucket: NamedTensors) -> None:
+        if self.group is None:
+            return
+        flat = torch.cat([t.reshape(-1) for _, t in bucket]) if len(bucket) > 1 else bucket[0][1].reshape(-1)
+        flat = flat.contiguous()
+        work = self.group.broadcast(flat, 0)
+        self.finish()
+        self._previous = (work, flat)
+
+    def finish(self) -> None:
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            previous[0].wait()
+
+
 def broadcast_buckets(group: Any, buckets: Iterable[NamedTensors]) -> dict[str, float]:
     """Rank 0 of the weight group: each bucket as one flat buffer (its tensors share one dtype), sent
     asynchronously: bucket k travels while bucket k + 1 is gathered (at most two in flight, as the object-store
@@ -56,22 +80,7 @@ def broadcast_buckets(group: Any, buckets: Iterable[NamedTensors]) -> dict[str, 
     the gathers). As with the object-store sender (`policy.buckets.send_buckets`), a failing broadcast stops the
     sending but not the gathers, and is raised once every bucket is through. Returns the seconds, buckets and
     bytes sent."""
-    in_flight: list[tuple[Any, Tensor]] = []  # (work, buffer): the buffer must live until its work is done
-
-    def wait() -> None:
-        while in_flight:
-            in_flight.pop(0)[0].wait()
-
-    def send(bucket: NamedTensors) -> None:
-        if group is not None:
-            flat = torch.cat([t.reshape(-1) for _, t in bucket]) if len(bucket) > 1 else bucket[0][1].reshape(-1)
-            flat = flat.contiguous()
-            work = group.broadcast(flat, 0)
-            wait()  # the previous bucket
-            in_flight.append((work, flat))
-
-    send.finish = wait  # type: ignore[attr-defined]
-    return send_buckets(buckets, send, finish=True)
+    return send_buckets(buckets, _Broadcaster(group), finish=True)
 
 
 def receive_buckets(group: Any, meta: WeightMeta, bucket_bytes: int, device: torch.device) -> Iterator[NamedTensors]:

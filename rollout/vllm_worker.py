@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # no usage reports from any process that imports this
@@ -53,6 +53,9 @@ from policy.messages import PromptBatch, RolloutBatch
 from policy.weight_broadcast import WeightMeta, open_group, receive_buckets
 from rollout.config import RolloutConfig
 from rollout.weight_sync import iter_buckets, module_group, split_trailing_group
+
+if TYPE_CHECKING:  # vLLM itself is imported where an engine is built
+    from vllm.lora.request import LoRARequest
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, MAX_LORA_RANK)  # the max_lora_rank values vLLM 0.32 accepts
@@ -126,7 +129,7 @@ class VLLMRolloutWorker:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.hidden_size = int(self.llm.llm_engine.model_config.get_hidden_size())
-        self._lora: Any = None  # a vllm LoRARequest once set_lora has run
+        self._lora: LoRARequest | None = None
         self._lora_version = 0
         self._pending: list[tuple[str, Tensor]] = []  # held-back trailing module group
         self._loaded_groups: set[str] = set()  # groups loaded in the current update
