@@ -15,6 +15,7 @@ import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 import torch
@@ -26,11 +27,11 @@ from funrl.local_ray import LocalRay
 from funrl.placement import Placement, create_placement
 from funrl.placement import describe as describe_placement
 from funrl.syncs import make_syncs
-from policy.learner_group import LearnerGroup
 from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout
 from policy.ray_utils import WorkerError, WorkerTimeout, get_named, in_bundle, remote_class
-from rollout.embedding import AudioEmbeddingWorker
-from rollout.vllm_worker import VLLMRolloutWorker
+
+if TYPE_CHECKING:
+    from policy.learner_group import LearnerGroup
 
 __all__ = ["NO_USAGE_STATS", "Cluster", "WorkerError", "WorkerTimeout", "worker_env"]
 
@@ -121,6 +122,7 @@ class Cluster:
 
     def _start_actors(self) -> None:
         cfg = self.cfg
+        AudioEmbeddingWorker, VLLMRolloutWorker, LearnerGroup = _actor_classes()
         on_gpu = cfg.rollout.gpus_per_worker > 0
         embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=0)
         self.embedder = embed_cls.remote(
@@ -176,7 +178,10 @@ class Cluster:
             need = 1 + cfg.rollout.num_workers + cfg.learner.num_ranks
             num_cpus = cfg.ray.num_cpus or max(need, os.cpu_count() or 1)
             num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            self._local_ray = LocalRay(num_cpus, num_gpus)  # its own session: group signals reach the driver only
+            # its own session: group signals reach the driver only; the actor classes import while it boots
+            self._local_ray = LocalRay(num_cpus, num_gpus, wait=False)
+            _actor_classes()
+            self._local_ray.wait_ready()
             ray.init(address=self._local_ray.address, runtime_env=env, log_to_driver=True)
         self._own_ray = True
 
@@ -303,6 +308,17 @@ class Cluster:
 
     def _get_all(self, name: str, refs: list) -> list:
         return get_named([(f"{name} {i}", ref) for i, ref in enumerate(refs)], timeout_s=self.timeout_s)
+
+
+def _actor_classes() -> tuple[type, type, type[LearnerGroup]]:
+    """The embedding worker, rollout worker and learner group classes, imported on first use: their modules
+    load torch, transformers and the model code (seconds), which a run that stops at a config or data error
+    never needs."""
+    from policy.learner_group import LearnerGroup
+    from rollout.embedding import AudioEmbeddingWorker
+    from rollout.vllm_worker import VLLMRolloutWorker
+
+    return AudioEmbeddingWorker, VLLMRolloutWorker, LearnerGroup
 
 
 def _failed_engine(err: WorkerError) -> int | None:

@@ -43,6 +43,28 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _kill_session(sid: int) -> None:
+    """SIGKILL to every process of session ``sid``: the group its leader leads, and on Linux the groups of their
+    own that Ray gives its worker processes."""
+    pids = []
+    if Path("/proc").is_dir():
+        for entry in os.listdir("/proc"):
+            try:  # fields after "(command)": state, ppid, pgrp, session, ...
+                if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                    pids.append(int(entry))
+            except (OSError, IndexError, ValueError):  # ended meanwhile
+                continue
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class LocalRay:
     """``with LocalRay(num_cpus, num_gpus) as ray_head: ray.init(address=ray_head.address)``.
 
@@ -57,7 +79,10 @@ class LocalRay:
         resources: dict[str, float] | None = None,
         join: str | None = None,
         start_timeout_s: float = 180.0,
+        wait: bool = True,
     ) -> None:
+        """``wait=False`` returns once ``ray start`` is launched; call `wait_ready` before connecting (the caller
+        can do other work, e.g. imports, while Ray boots)."""
         self.temp_dir = Path(tempfile.mkdtemp(prefix="funrl-ray-"))  # short: Ray's socket paths must fit 107 bytes
         self._log = self.temp_dir / "ray_start.log"
         command = [
@@ -85,8 +110,14 @@ class LocalRay:
                 start_new_session=True,
                 preexec_fn=lambda: _die_with_parent(parent),  # before exec, in the child
             )
+        self._start_timeout_s = start_timeout_s
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until the node is up (stopping it, and raising with the tail of its log, if it fails to start)."""
         try:
-            self._wait_ready(start_timeout_s)
+            self._wait_ready(self._start_timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -114,19 +145,17 @@ class LocalRay:
         return self._proc.poll() is None
 
     def stop(self, timeout_s: float = 60.0, keep_logs: bool = False) -> None:
-        """Stop every Ray process of this head (SIGTERM to ``ray start``, which stops its children; SIGKILL to the
-        whole session if that takes longer than ``timeout_s``) and remove the temporary directory, unless
-        ``keep_logs`` (a failed run: Ray's logs are in `logs_dir`)."""
-        if self._proc.poll() is None:
+        """Stop every Ray process of this node and remove the temporary directory, unless ``keep_logs`` (a failed
+        run: Ray's logs are in `logs_dir`). With ``keep_logs``, SIGTERM to ``ray start`` first, which stops its
+        children in turn and lets them flush their logs (up to ``timeout_s``); then, or at once without it (the
+        files are deleted anyway; seconds saved), SIGKILL to the whole session."""
+        if keep_logs and self._proc.poll() is None:
             self._proc.terminate()
             try:
                 self._proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(self._proc.pid, signal.SIGKILL)  # anything left in the session (the group it leads)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _kill_session(self._proc.pid)
         self._proc.wait()
         if not keep_logs:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
