@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up (scripts/setup.sh, with the dev extra), then the engineering gate, failing fast:
-# ruff (lint, then format check) and mypy (settings in pyproject.toml), then pytest with any arguments given.
+# ruff (lint, then format check) and mypy (settings in pyproject.toml), then pytest on every test but the GPU ones,
+# with any arguments given.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh" dev
@@ -13,4 +14,5 @@ echo "[test] mypy" >&2
 "$root/.venv/bin/mypy"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 export RAY_USAGE_STATS_ENABLED=0 VLLM_NO_USAGE_STATS=1 VLLM_DO_NOT_TRACK=1 DO_NOT_TRACK=1 HF_HUB_DISABLE_TELEMETRY=1
-exec "$root/.venv/bin/python" -m pytest "$@"
+# every marker but gpu (a plain pytest runs only the fast tier: pyproject.toml); a later -m given here wins
+exec "$root/.venv/bin/python" -m pytest -m "not gpu" "$@"
