@@ -63,7 +63,9 @@ def small_demo_data(tmp_path_factory: pytest.TempPathFactory):
     from funrl.demo.build import build_demo_data
     from funrl.demo.plan import DemoSizes
 
-    return build_demo_data(tmp_path_factory.mktemp("demo_small"), seed=0, sizes=DemoSizes.small(), progress=False)
+    # laid out as the demo's own small build is (`funrl.demo.run.demo_data_dir`): FUNRL_DEMO_DATA=ROOT/demo reuses it
+    root = tmp_path_factory.mktemp("demo_data") / "demo-small"
+    return build_demo_data(root, seed=0, sizes=DemoSizes.small(), progress=False)
 
 
 @pytest.fixture(params=LLM_FAMILIES)

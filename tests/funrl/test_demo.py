@@ -194,10 +194,9 @@ def test_bad_sizes_are_rejected():
         DemoSizes(test_noise=-1)
 
 
-@pytest.fixture(scope="module")
-def small_build(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "data"
-    return build_demo_data(root, seed=0, sizes=DemoSizes.small(), workers=1, progress=False)
+@pytest.fixture
+def small_build(small_demo_data):
+    return small_demo_data  # the session's small build (tests/conftest.py), read-only
 
 
 def _words_in(keyword: str, sentence: str) -> bool:

@@ -1,5 +1,6 @@
 """The built-in demo path (`python -m funrl.train` with no config) at reduced size, as a new user runs it:
-data built locally, the shipped starting model, eval before, GRPO steps, eval after, the before/after table."""
+the demo data (the session's build of it, reused as the demo reuses its own: building it is pinned in
+test_demo.py), the shipped starting model, eval before, GRPO steps, eval after, the before/after table."""
 
 import json
 import os
@@ -16,13 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 TABLE_ROWS = ("WER", "CER (zh)", "keyword recall", "hallucination rate (noise clips)", "language mismatch rate")
 
 
-def test_small_demo_runs_end_to_end_and_prints_the_before_after_table(tmp_path):
+def test_small_demo_runs_end_to_end_and_prints_the_before_after_table(small_demo_data, tmp_path):
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
         VLLM_ENABLE_V1_MULTIPROCESSING="0",
         RAY_AUTH_MODE="disabled",
-        FUNRL_DEMO_DATA=str(tmp_path / "data" / "demo"),
+        FUNRL_DEMO_DATA=str(small_demo_data.root.with_name("demo")),  # the small build: ROOT/demo-small
     )
     out = tmp_path / "run"
     proc = subprocess.run(
@@ -46,4 +47,5 @@ def test_small_demo_runs_end_to_end_and_prints_the_before_after_table(tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     assert (out / "model" / "config.json").is_file() and (out / "config.yaml").is_file()
-    assert "funrl/demo/assets/start_model" in (out / "config.yaml").read_text()
+    config = (out / "config.yaml").read_text()
+    assert "funrl/demo/assets/start_model" in config and str(small_demo_data.root) in config

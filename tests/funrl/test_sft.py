@@ -15,8 +15,6 @@ import torch.nn.functional as F
 import yaml
 
 from funrl.data import load_manifest
-from funrl.demo.build import build_demo_data
-from funrl.demo.plan import DemoSizes
 from funrl.sft import ctc_blank_id, greedy_decode, load_clips, lr_factor, main, sft_loss
 from funrl.sft_config import SftOptimConfig
 from policy.models import load_audio_llm
@@ -26,10 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo_small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sft") / "data"
-    return build_demo_data(root, seed=0, sizes=DemoSizes.small(), workers=1, progress=False)
+@pytest.fixture
+def demo_small(small_demo_data):
+    return small_demo_data  # the session's small build (tests/conftest.py), read-only
 
 
 def test_cli_reduced_recipe_writes_a_loadable_model(demo_small, tmp_path):
