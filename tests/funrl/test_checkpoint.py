@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -52,7 +53,9 @@ def test_half_written_checkpoint_is_never_picked_up(tmp_path):
 
 def test_next_save_removes_stale_temporary_folders(tmp_path):
     mgr = CheckpointManager(tmp_path, keep_last=2)
-    stale = tmp_path / "checkpoints" / ".tmp-step_000005-999"
+    gone = subprocess.Popen(["true"])  # a writer that has ended: its pid runs nothing (a fixed pid might)
+    gone.wait()
+    stale = tmp_path / "checkpoints" / f".tmp-step_000005-{gone.pid}"
     stale.mkdir(parents=True)
     mgr.save(6, {}, _payload("x"))
     assert not stale.exists()
