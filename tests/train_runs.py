@@ -34,12 +34,15 @@ def as_args(overrides: dict) -> list[str]:
     return [f"{k}={v}" for k, v in overrides.items()]
 
 
-def run_train(args: list[str], env_extra: dict | None = None, cwd: Path = ROOT, **kw) -> subprocess.Popen:
-    """``python -m funrl.train --no-demo ARGS`` with the default (secure) Ray settings; output in ``stdout``."""
+def run_train(
+    args: list[str], env_extra: dict | None = None, cwd: Path = ROOT, demo: bool = False, **kw
+) -> subprocess.Popen:
+    """``python -m funrl.train --no-demo ARGS`` (``ARGS`` alone with ``demo``: the built-in demo's config under
+    them) with the default (secure) Ray settings; output in ``stdout``."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", **(env_extra or {}))
     env.pop("RAY_AUTH_MODE", None)  # the driver's default: token authentication on its local Ray
     return subprocess.Popen(
-        [sys.executable, "-m", "funrl.train", "--no-demo", *args],
+        [sys.executable, "-m", "funrl.train", *([] if demo else ["--no-demo"]), *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

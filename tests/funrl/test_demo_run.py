@@ -1,42 +1,40 @@
-"""The built-in demo path (`python -m funrl.train` with no config) at reduced size, as a new user runs it:
-the demo data (the session's build of it, reused as the demo reuses its own: building it is pinned in
-test_demo.py), the shipped starting model, eval before, GRPO steps, eval after, the before/after table."""
+"""The built-in demo path (`python -m funrl.train` with no config) at reduced size, as a new user runs it: the
+demo data (the session's build of it, reused as the demo reuses its own: building it is pinned in test_demo.py),
+the shipped starting model with its encoder training (the demo recipe), eval before, GRPO steps, a SIGKILL after
+a checkpoint, `--resume` from another directory, eval after and the before/after table."""
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
+import signal
 
 import pytest
+from train_runs import jsonl, run_train, wait_for
 
 from funrl.eval import EvalReport
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 TABLE_ROWS = ("WER", "CER (zh)", "keyword recall", "hallucination rate (noise clips)", "language mismatch rate")
 
 
-def test_small_demo_runs_end_to_end_and_prints_the_before_after_table(small_demo_data, tmp_path):
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        VLLM_ENABLE_V1_MULTIPROCESSING="0",
-        RAY_AUTH_MODE="disabled",
-        FUNRL_DEMO_DATA=str(small_demo_data.root.with_name("demo")),  # the small build: ROOT/demo-small
-    )
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "funrl.train", "--demo-size", "small", f"run.out_dir={out}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    table = proc.stdout[proc.stdout.index("metric") :]
+def test_small_demo_killed_after_a_checkpoint_resumes_elsewhere_and_prints_the_before_after_table(
+    small_demo_data, tmp_path
+):
+    env = {"FUNRL_DEMO_DATA": str(small_demo_data.root.with_name("demo"))}  # the small build: .../demo-small
+    out, elsewhere, steps = tmp_path / "run", tmp_path / "elsewhere", 4
+    elsewhere.mkdir()
+    # run.out_dir relative to the first run's working directory; the resume runs from another one
+    args = ["--demo-size", "small", "run.out_dir=run", f"run.steps={steps}", "run.save_every=1"]
+    proc = run_train(args, env_extra=env, cwd=tmp_path, demo=True)
+    wait_for(out / "checkpoints" / "step_000002" / "COMPLETE", proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    assert len(jsonl(out / "metrics.jsonl")) < steps, "the run finished before it was killed: no resume tested"
+
+    resumed = run_train(["--resume", str(out)], env_extra=env, cwd=elsewhere, demo=True)
+    log = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, log[-4000:]
+    assert "resumed from" in log
+    table = log[log.rindex("\nmetric ") :]  # the table's header line
     for row in TABLE_ROWS:
         assert row in table, table
     assert "before" in table and "after" in table and "rel. change" in table
@@ -44,8 +42,11 @@ def test_small_demo_runs_end_to_end_and_prints_the_before_after_table(small_demo
     for name in ("eval_before.json", "eval_after.json"):
         report = json.loads((out / name).read_text())
         assert fields <= set(report) and report["num_clips"] > 0 and report["num_noise_clips"] > 0
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2]
-    assert (out / "model" / "config.json").is_file() and (out / "config.yaml").is_file()
+    assert [m["step"] for m in jsonl(out / "metrics.jsonl")] == list(range(1, steps + 1))
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts[-1] == f"step_{steps:06d}" and not any(n.startswith(".tmp") for n in ckpts)
+    assert (out / "model" / "config.json").is_file()
     config = (out / "config.yaml").read_text()
     assert "funrl/demo/assets/start_model" in config and str(small_demo_data.root) in config
+    assert "train_encoder: true" in config
+    assert list(elsewhere.iterdir()) == []  # nothing of the run went to the resuming process's directory

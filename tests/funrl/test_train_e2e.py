@@ -15,7 +15,6 @@ from funrl.config import load_config
 from funrl.data import ClipSampler, load_manifest
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 METRIC_KEYS = {
     "step",
@@ -133,11 +132,10 @@ def qwen2_audio_dir(tmp_path_factory) -> Path:
     return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
 
 
-# model fixture (None: the shipped demo starting model) and overrides of each model the resume test runs on;
-# the encoder trains as in the demo recipe (funrl/demo/grpo.yaml), where the CTC head never gets a gradient;
-# one learner rank there (the tiny case resumes 2 sharded ranks)
-RESUME_MODELS = {  # the tiny model's resume runs in tests/faults/test_preemption.py (after SIGTERM)
-    "demo_model_train_encoder": (None, {"model.train_encoder": "true", "learner.num_ranks": 1}),
+# model fixture and overrides of each model the resume test runs on; the encoder trains as in the demo recipe
+# (funrl/demo/grpo.yaml), where the CTC head never gets a gradient; one learner rank. The tiny model's resume
+# runs in tests/faults/test_preemption.py (after SIGTERM), the demo starting model's in test_demo_run.py.
+RESUME_MODELS = {
     "qwen2_audio_train_encoder": ("qwen2_audio_dir", {"model.train_encoder": "true", "learner.num_ranks": 1}),
 }
 
@@ -145,7 +143,7 @@ RESUME_MODELS = {  # the tiny model's resume runs in tests/faults/test_preemptio
 @pytest.mark.parametrize("model", list(RESUME_MODELS))
 def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(model, demo_data, tmp_path, request):
     fixture, extra = RESUME_MODELS[model]
-    model_dir = request.getfixturevalue(fixture) if fixture else ROOT / "funrl" / "demo" / "assets" / "start_model"
+    model_dir = request.getfixturevalue(fixture)
     out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
     steps = 4
