@@ -21,7 +21,7 @@ def demo_data(small_demo_data):
 
 
 def _full_finetuning_config(model_dir, demo_data, tmp_path, extra=None):
-    """The tiny model, encoder and whole LLM training, 4 clips x 4 samples a step, one learner rank, fp32."""
+    """The tiny model, encoder and whole LLM training, 4 clips x 4 samples a step, two sharded learner ranks, fp32."""
     overrides = {
         "model.path": model_dir,
         "model.train_encoder": "true",
@@ -30,12 +30,12 @@ def _full_finetuning_config(model_dir, demo_data, tmp_path, extra=None):
         "rollout.n": 4,
         "rollout.max_new_tokens": 12,
         "rollout.kv_cache_memory_bytes": 32 << 20,
-        "learner.num_ranks": 1,
+        "learner.num_ranks": 2,
         "learner.lr": 1e-3,
         "learner.micro_batch": 16,
         "run.clips_per_step": 4,
         "run.out_dir": tmp_path / "run",
-        "ray.num_cpus": 3,
+        "ray.num_cpus": 4,
     } | (extra or {})
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
@@ -43,10 +43,11 @@ def _full_finetuning_config(model_dir, demo_data, tmp_path, extra=None):
 def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_llm_training_and_augmented_audio(
     tiny_model_dir, demo_data, tmp_path
 ):
-    """Three steps of full fine-tuning with ``model.train_encoder`` and ``data.augment`` on: after every sync the
-    gap stays at summation order, although the input embedding table trains (the embedding worker's copy must be
-    synced) and the embedding worker samples from augmented audio (the learner must re-encode the same augmented
-    audio). The same rollout scored on the clean audio (the clips' step removed) is far off: the check can fail."""
+    """Three steps of full fine-tuning on two FSDP ranks with ``model.train_encoder`` and ``data.augment`` on: after
+    every sync the gap stays at summation order, although the input embedding table trains (the embedding worker's
+    copy must be synced) and the embedding worker samples from augmented audio (the learner must re-encode the same
+    augmented audio). The same rollout scored on the clean audio (the clips' step removed) is far off: the check can
+    fail."""
     from dataclasses import replace
 
     import numpy as np
@@ -87,6 +88,9 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_llm_train
                     float(((cluster.learner.logprobs(as_clean) - rollout.sample_logprobs) * rollout.mask).abs().max())
                 )
             moved = dict(cluster.learner.named_weights_for_sync())["model.embed_tokens.weight"]
+            # the 2 ranks' shards gathered and pushed through the object store; the engine serves the newest version
+            assert [s.name for s in cluster.syncs] == ["embedder", "object_store"]
+            assert rollout.policy_version == cluster.policy_version == cluster.updates_finished == 3
     finally:
         if ray.is_initialized():
             ray.shutdown()

@@ -73,8 +73,7 @@ def _overrides(model_dir, data, out, **extra) -> list[str]:
 
 @pytest.mark.parametrize(
     "finetune, placement",
-    [
-        ("full", {}),
+    [  # full fine-tuning on 2 ranks through the object store: tests/funrl/test_agreement_e2e.py
         ("lora", {}),
         # engine 0 and rank 0 share bundle 0 of one placement group; the engine sleeps during each update; the
         # weights are broadcast over a gloo group of rank 0 and the engine (rollout.weight_sync=collective)
