@@ -84,7 +84,9 @@ def test_stop_removes_the_temporary_folder_unless_told_to_keep_the_logs(monkeypa
 
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # for the `ray start` processes only: this one starts no Ray
     monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
-    kept, gone = LocalRay(1, 0), LocalRay(1, 0)
+    kept, gone = LocalRay(1, 0, wait=False), LocalRay(1, 0, wait=False)  # both boot at once
+    kept.wait_ready()
+    gone.wait_ready()
     kept.stop(keep_logs=True)
     gone.stop()
     try:

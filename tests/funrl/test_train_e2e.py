@@ -146,10 +146,9 @@ def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(model, 
     out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
     steps = 4
-    # run.out_dir relative to the first run's working directory; the resume runs from another one
-    args = _overrides(
-        model_dir, demo_data, "run", **{"run.steps": steps, "data.test_manifest": demo_data.manifest("test"), **extra}
-    )
+    # run.out_dir relative to the first run's working directory; the resume runs from another one (the eval table
+    # after a resume: test_demo_run.py)
+    args = _overrides(model_dir, demo_data, "run", **{"run.steps": steps, **extra})
     proc = _run(args, cwd=tmp_path)
     _wait_for(out / "checkpoints" / "step_000002" / "COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
@@ -160,7 +159,7 @@ def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(model, 
     resumed = _run(["--resume", str(out)], cwd=elsewhere)
     log = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, log[-4000:]
-    assert "resumed from" in log and "before" in log and "after" in log  # eval table printed
+    assert "resumed from" in log
 
     metrics = _jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
@@ -204,6 +203,7 @@ def test_nan_reward_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(t
         demo_data,
         out,
         **{"run.steps": 3, "rewards.plugins": "[nan_plugin:flaky]", "rewards.weights.flaky": 1.0},
+        **{"learner.num_ranks": 1, "ray.num_cpus": 3},  # the reward is scored in the driver: one rank is enough
     )
     env_path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     proc = _run(args, env_extra={"PYTHONPATH": env_path})
