@@ -46,18 +46,12 @@ def _die_with_parent(parent: int) -> None:
 def _kill_session(sid: int) -> None:
     """SIGKILL to every process of session ``sid``: the group its leader leads, and on Linux the groups of their
     own that Ray gives its worker processes."""
-    pids = []
-    if Path("/proc").is_dir():
-        for entry in os.listdir("/proc"):
-            try:  # fields after "(command)": state, ppid, pgrp, session, ...
-                if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
-                    pids.append(int(entry))
-            except (OSError, IndexError, ValueError):  # ended meanwhile
-                continue
+    pids = [int(e) for e in os.listdir("/proc") if e.isdigit()] if os.path.isdir("/proc") else []
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # ended meanwhile, or not ours
             pass
     try:
         os.killpg(sid, signal.SIGKILL)
