@@ -131,24 +131,17 @@ def qwen2_audio_dir(tmp_path_factory) -> Path:
     return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
 
 
-# model fixture and overrides of each model the resume test runs on; the encoder trains as in the demo recipe
-# (funrl/demo/grpo.yaml), where the CTC head never gets a gradient; one learner rank. The tiny model's resume
-# runs in tests/faults/test_preemption.py (after SIGTERM), the demo starting model's in test_demo_run.py.
-RESUME_MODELS = {
-    "qwen2_audio_train_encoder": ("qwen2_audio_dir", {"model.train_encoder": "true", "learner.num_ranks": 1}),
-}
-
-
-@pytest.mark.parametrize("model", list(RESUME_MODELS))
-def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(model, demo_data, tmp_path, request):
-    fixture, extra = RESUME_MODELS[model]
-    model_dir = request.getfixturevalue(fixture)
+def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(qwen2_audio_dir, demo_data, tmp_path):
+    """A Qwen2-Audio family model whose encoder trains as in the demo recipe (funrl/demo/grpo.yaml), one learner
+    rank. The tiny model's resume runs in tests/faults/test_preemption.py (after SIGTERM), the demo starting
+    model's in test_demo_run.py."""
+    extra = {"model.train_encoder": "true", "learner.num_ranks": 1}
     out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
     steps = 4
     # run.out_dir relative to the first run's working directory; the resume runs from another one (the eval table
     # after a resume: test_demo_run.py)
-    args = _overrides(model_dir, demo_data, "run", **{"run.steps": steps, **extra})
+    args = _overrides(qwen2_audio_dir, demo_data, "run", **{"run.steps": steps, **extra})
     proc = _run(args, cwd=tmp_path)
     _wait_for(out / "checkpoints" / "step_000002" / "COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
