@@ -254,10 +254,15 @@ class Cluster:
     def embed(self, clips: list[Clip]) -> PromptBatch:
         return _get("embedding worker", self.embedder.embed.remote(list(clips)), self.timeout_s)
 
-    def generate(self, prompts: PromptBatch, greedy: bool = False, seed: int | None = None) -> RolloutBatch:
+    def generate(
+        self, prompts: PromptBatch, greedy: bool = False, seed: int | None = None, restarts: bool = True
+    ) -> RolloutBatch:
         """Clips split over the engines; ``seed``: engine k resets its random stream to ``seed + (index of its
         first clip)`` (`VLLMRolloutWorker.generate`), so the same prompts on the same weights give the same
-        hypotheses, also after an engine restart or a resume."""
+        hypotheses, also after an engine restart or a resume. ``restarts=False``: an engine that fails is not
+        restarted here (sampling ahead runs beside the update: the step repairs it after)."""
+        if not restarts:
+            return self._generate(prompts, greedy, seed)
         return self._with_restarts(lambda: self._generate(prompts, greedy, seed))
 
     def _generate(self, prompts: PromptBatch, greedy: bool, seed: int | None) -> RolloutBatch:
@@ -273,13 +278,14 @@ class Cluster:
         ]
         return RolloutBatch.concat(get_named(refs, timeout_s=self.timeout_s), prompts)
 
-    def update(self, batch: ScoredRollout) -> LearnStats:
-        """One learner update; colocated engines sleep meanwhile (GPU memory goes to the learner)."""
+    def update(self, batch: ScoredRollout, max_lag: int = 0) -> LearnStats:
+        """One learner update; colocated engines sleep meanwhile (GPU memory goes to the learner). ``max_lag``: the
+        learner takes a batch sampled up to that many versions ago (``run.async_steps``)."""
         if self.cfg.ray.colocate:
             self._get_all("rollout worker", [w.sleep.remote() for w in self.rollouts])
         self.updates_started += 1
         try:
-            stats = self.learner.update(batch)
+            stats = self.learner.update(batch, max_lag)
             self.updates_finished += 1
             self.policy_version += 1
             return stats

@@ -159,6 +159,8 @@ class RunConfig:
     loggers: tuple[str, ...] = ("jsonl", "tensorboard")  # + wandb, mlflow (extras; offline / local files unless
     # WANDB_MODE / MLFLOW_TRACKING_URI say otherwise); jsonl is required
     project: str = "funrl"  # the W&B project and MLflow experiment of the run (named after OUT's folder)
+    async_steps: int = 0  # 1 = one step off: step t+1 is sampled (on weights one version behind) while the
+    # learner updates on step t; pair with learner.tis_cap (docs/design.md#one-step-off)
 
     def __post_init__(self) -> None:
         validate(
@@ -176,6 +178,7 @@ class RunConfig:
                 "max_worker_restarts": in_range(0),
                 "loggers": _loggers,
                 "project": non_empty,
+                "async_steps": in_range(0, 1),
             },
         )
         if self.max_refill_rounds and not self.dynamic_sampling:
@@ -248,6 +251,12 @@ class TrainConfig:
             )
         if self.ray.colocate:
             self._check_colocation()
+        if self.run.async_steps and self.ray.colocate:
+            raise ConfigError(
+                "run.async_steps=1 samples on the engines while the learner updates; ray.colocate=true puts the "
+                "engines to sleep during each update: set one of them back (ray.colocate=false or run.async_steps=0)",
+                key="run.async_steps",
+            )
         if self.learner.mini_batches > self.run.clips_per_step:
             raise ConfigError(
                 f"learner.mini_batches ({self.learner.mini_batches}) splits a step's clips into "

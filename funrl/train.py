@@ -12,7 +12,6 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,11 +29,9 @@ from funrl.inputs import Inputs, load_inputs, with_local_model
 from funrl.metrics import JsonlLog, MetricsLogger, should_log
 from funrl.preemption import GracefulStop, Preempted
 from funrl.records import rollout_record, step_record
+from funrl.step_rollouts import StepRollouts
 from funrl.timing import StageTimer
-from policy.augment import at_step
 from policy.messages import ScoredRollout
-from policy.scoring import drop_flat_groups, score_and_advantage, select_groups
-from policy.truncation import mask_truncated, rollout_penalty
 
 EPILOG = """\
 examples:
@@ -205,44 +202,41 @@ def run_steps(
     after the step in progress: a checkpoint, then `Preempted`."""
     out = Path(cfg.run.out_dir)
     progress = _progress(range(start, cfg.run.steps + 1), cfg.run.steps, start - 1)
-    for step in progress:
-        # the step travels with each clip: data.augment draws from (seed, step, clip) wherever audio is loaded
-        before, finished = sampler.state_dict(), cluster.updates_finished
-        try:
-            record, scored = train_step(
-                cfg,
-                cluster,
-                at_step(sampler.next_batch(), step),
-                more_clips=lambda: at_step(sampler.next_batch(), step),  # noqa: B023 - called in this step
-                step=step,
+    rollouts = StepRollouts(cfg, cluster, sampler)
+    try:
+        for step in progress:
+            before, finished = rollouts.position(step), cluster.updates_finished
+            try:
+                record, scored = train_step(cfg, cluster, rollouts, step)
+            except WorkerError:  # an engine past its restarts, a learner rank: keep what the learner holds
+                if cluster.updates_started == finished:  # failed before the update: step - 1's weights
+                    _checkpoint_after_failure(cfg, cluster, logs, step, step - 1, before, start)
+                elif cluster.updates_finished > finished:  # failed in the sync: step's (no metrics line)
+                    _checkpoint_after_failure(cfg, cluster, logs, step, step, rollouts.position(step + 1), start)
+                raise
+            if should_log(cfg.run.log_rollouts, step):
+                logs.samples.write(step, rollout_record(scored))
+            if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
+                dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
+                record |= {f"eval.{k}": v for k, v in asdict(dev).items() if isinstance(v, float)}
+            logs.metrics.log(step, record)
+            progress.set_postfix(
+                reward=f"{record['reward.total.mean']:.3f}",
+                wer=f"{1.0 - record.get('reward.wer.mean', float('nan')):.3f}",
+                kl=f"{record.get('kl', float('nan')):.3f}",
+                s_step=f"{record['time.step']:.1f}",
             )
-        except WorkerError:  # an engine past its restarts, a learner rank: keep what the learner holds
-            if cluster.updates_started == finished:  # failed before the update: step - 1's weights
-                _checkpoint_after_failure(cfg, cluster, logs, step, step - 1, before, start)
-            elif cluster.updates_finished > finished:  # failed in the sync: step's (no metrics line)
-                _checkpoint_after_failure(cfg, cluster, logs, step, step, sampler.state_dict(), start)
-            raise
-        if should_log(cfg.run.log_rollouts, step):
-            logs.samples.write(step, rollout_record(scored))
-        if cfg.run.eval_every and eval_clips and step % cfg.run.eval_every == 0:
-            dev = run_eval(cluster, eval_clips, out / "eval" / f"step_{step:06d}.json", progress=False)
-            record |= {f"eval.{k}": v for k, v in asdict(dev).items() if isinstance(v, float)}
-        logs.metrics.log(step, record)
-        progress.set_postfix(
-            reward=f"{record['reward.total.mean']:.3f}",
-            wer=f"{1.0 - record.get('reward.wer.mean', float('nan')):.3f}",
-            kl=f"{record.get('kl', float('nan')):.3f}",
-            s_step=f"{record['time.step']:.1f}",
-        )
-        if step % cfg.run.save_every == 0 or step == cfg.run.steps or stop.requested:
-            logs.ckpts.save(step, {"data": sampler.state_dict()}, cluster.save_checkpoint)
-        if stop.requested and step < cfg.run.steps:
-            progress.close()
-            raise Preempted(
-                f"stopped after step {step} of {cfg.run.steps} (checkpoint written); continue with:\n"
-                f"  python -m funrl.train --resume {out}",
-                stop.exit_code,
-            )
+            if step % cfg.run.save_every == 0 or step == cfg.run.steps or stop.requested:
+                logs.ckpts.save(step, {"data": rollouts.position(step + 1)}, cluster.save_checkpoint)
+            if stop.requested and step < cfg.run.steps:
+                progress.close()
+                raise Preempted(
+                    f"stopped after step {step} of {cfg.run.steps} (checkpoint written); continue with:\n"
+                    f"  python -m funrl.train --resume {out}",
+                    stop.exit_code,
+                )
+    finally:
+        rollouts.close()
 
 
 def _checkpoint_after_failure(
@@ -273,67 +267,24 @@ def run_eval(cluster: Cluster, clips, path: Path, progress: bool = True) -> Eval
     return report
 
 
-def train_step(
-    cfg: TrainConfig, cluster: Cluster, clips, more_clips: Callable[[], list] | None = None, step: int | None = None
-) -> tuple[dict[str, float], ScoredRollout]:
-    """One GRPO step; returns its metrics record and every group sampled, scored.
-    ``more_clips()``: the next clips, for dynamic sampling's refill rounds (``run.max_refill_rounds``).
-    ``step``: the engines sample with seeds drawn from (``rollout.seed``, step, round), so a resumed run samples
-    what an uninterrupted one would; None: the engines' streams go on."""
+def train_step(cfg: TrainConfig, cluster: Cluster, rollouts: StepRollouts, step: int) -> tuple[dict, ScoredRollout]:
+    """One GRPO step; returns its metrics record and every group sampled, scored. The engines sample with seeds
+    drawn from (``rollout.seed``, step, round), so a resumed run samples what an uninterrupted one would.
+    ``run.async_steps=1``: step + 1 is sampled while the learner updates (`funrl.step_rollouts`)."""
     t = StageTimer()
-    scored, batch, info = sample_groups(cfg, cluster, clips, more_clips, t, step)
+    sampled = rollouts.take(step, t)  # embed -> generate -> score (async: done during step - 1's update)
+    v = None if sampled.batch is None else sampled.batch.rollout.policy_version
+    lag = {} if v is None else {"policy_version.lag": cluster.policy_version - v}  # updates behind the learner
+    rollouts.start(step + 1)  # async: step + 1 samples on these weights while the learner updates
     with t("learn"):
-        stats = cluster.update(batch) if batch is not None else None
+        stats = cluster.update(sampled.batch, max_lag=cfg.run.async_steps) if sampled.batch is not None else None
+    with t("wait"):
+        rollouts.wait()  # the weights must not change under a generation
     with t("sync"):
         if stats is not None:
             cluster.sync()
-    return step_record(scored, stats, info) | t.as_metrics(), scored
-
-
-def sample_groups(
-    cfg: TrainConfig, cluster: Cluster, clips, more_clips, t: StageTimer, step: int | None = None
-) -> tuple[ScoredRollout, ScoredRollout | None, dict[str, float]]:
-    """embed -> generate -> score (-> drop flat groups -> refill, up to ``run.max_refill_rounds`` more rounds).
-    Returns every group sampled, the batch to train on (None: nothing left) and counts for the metrics."""
-    rounds = cfg.run.max_refill_rounds if (cfg.run.dynamic_sampling and more_clips is not None) else 0
-    sampled, kept, dropped = [], [], 0
-    for round_ in range(rounds + 1):
-        with t("embed"):
-            prompts = cluster.embed(clips if round_ == 0 else more_clips())
-        with t("generate"):
-            rollout = cluster.generate(prompts, seed=sampling_seed(cfg.rollout.seed, step, round_))
-        with t("score"):
-            sampled.append(score(cfg, rollout))
-            batch, n = drop_flat_groups(sampled[-1]) if cfg.run.dynamic_sampling else (sampled[-1], 0)
-        dropped += n
-        kept += [] if batch is None else [batch]
-        if sum(len(b.rollout.prompts.clips) for b in kept) >= cfg.run.clips_per_step:
-            break
-    batch = ScoredRollout.concat(kept) if kept else None
-    if batch is not None and len(batch.rollout.prompts.clips) > cfg.run.clips_per_step:
-        batch = select_groups(batch, list(range(cfg.run.clips_per_step)))
-    if batch is not None and cfg.rollout.truncated == "mask":
-        batch = mask_truncated(batch)
-    trained = 0 if batch is None else len(batch.rollout.prompts.clips)
-    return ScoredRollout.concat(sampled), batch, {"dropped": dropped, "refill_rounds": round_, "trained": trained}
-
-
-def sampling_seed(base: int, step: int | None, round_: int) -> int | None:
-    """The engines' seed for a step's sampling round (None without a step)."""
-    if step is None:
-        return None
-    return int(np.random.SeedSequence([base, step, round_]).generate_state(1)[0] >> 1)
-
-
-def score(cfg: TrainConfig, rollout) -> ScoredRollout:
-    """The composite reward (+ the overlong penalty with ``rollout.truncated=penalty``) and the advantages."""
-    extra = {}
-    if cfg.rollout.truncated == "penalty":
-        r = cfg.rollout
-        extra["overlong"] = rollout_penalty(rollout, r.max_new_tokens, r.overlong_buffer, r.overlong_penalty)
-    return score_and_advantage(
-        rollout, cfg.rewards.weights, estimator=cfg.learner.advantage, extra=extra, normalizer=cfg.rewards.normalizer
-    )
+    ahead = {f"time.{k}": v for k, v in sampled.seconds.items()}  # overlapped: not part of time.step
+    return step_record(sampled.scored, stats, sampled.info) | lag | ahead | t.as_metrics(), sampled.scored
 
 
 def _progress(steps, total: int, done: int):

@@ -191,12 +191,13 @@ class Learner:
             raise RuntimeError("Learner.setup() must run first (on every rank)")
 
     # ---------------------------------------------------------------------------------------- update
-    def update(self, batch: ScoredRollout) -> LearnStats:
+    def update(self, batch: ScoredRollout, max_lag: int = 0) -> LearnStats:
         """One GRPO update on the whole batch (every rank gets the same batch); see the module doc.
         `StaleRolloutError` (on every rank, nothing changed) when the batch was sampled with other weights than
-        this learner's current ones (``batch.rollout.policy_version`` != updates so far): a missed sync."""
+        this learner's current ones or the ``max_lag`` versions before them (one-step-off sampling): a missed
+        sync."""
         self._require_setup()
-        check_policy_version(batch.rollout.policy_version, self.updates)
+        check_policy_version(batch.rollout.policy_version, self.updates, max_lag)
         start = time.perf_counter()
         data = flatten_batch(batch)
         features = self._features(data)

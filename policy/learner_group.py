@@ -156,9 +156,9 @@ class LearnerGroup:
         ready, _ = ray.wait([r for _, r in refs], num_returns=len(refs), timeout=timeout_s)
         return len(ready) == len(refs)
 
-    def update(self, batch: ScoredRollout) -> LearnStats:
+    def update(self, batch: ScoredRollout, max_lag: int = 0) -> LearnStats:
         """One GRPO update on every rank (the batch goes to the object store once); rank 0's stats."""
-        return self._call("update", ray.put(batch))[0]
+        return self._call("update", ray.put(batch), max_lag)[0]
 
     def logprobs(self, batch: Any, reference: bool = False) -> Any:
         """``[B, G, T]`` log-probs of a RolloutBatch / ScoredRollout under the policy (or the reference)."""

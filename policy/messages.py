@@ -116,12 +116,14 @@ class StaleRolloutError(ValueError):
     """A rollout sampled with other weights than the learner's (a weight sync was missed or failed)."""
 
 
-def check_policy_version(sampled: int | None, updates: int) -> None:
-    """The weights a rollout was sampled with must be the learner's current ones: version = updates made."""
-    if sampled is not None and sampled != updates:
+def check_policy_version(sampled: int | None, updates: int, max_lag: int = 0) -> None:
+    """The weights a rollout was sampled with must be the learner's current ones (version = updates made), or,
+    sampling one step off (``run.async_steps``), at most ``max_lag`` versions older."""
+    if sampled is not None and not 0 <= updates - sampled <= max_lag:
+        allowed = f"version {updates}" if not max_lag else f"versions {max(updates - max_lag, 0)}..{updates}"
         raise StaleRolloutError(
             f"the rollout was sampled with policy version {sampled}, but the learner is at version {updates} "
-            f"({updates} updates): the engines did not receive the last weight sync"
+            f"({updates} updates) and takes {allowed}: the engines did not receive a weight sync"
         )
 
 

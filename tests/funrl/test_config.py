@@ -145,6 +145,14 @@ def test_ray_config_validation():
         RayConfig(address="")
 
 
+def test_async_steps_is_zero_or_one_and_refuses_colocated_engines_that_sleep_during_the_update():
+    assert load_config(None, ["run.async_steps=1"]).run.async_steps == 1
+    with pytest.raises(ConfigError, match=r"run\.async_steps must be in \[0, 1\], got 2"):
+        load_config(None, ["run.async_steps=2"])
+    with pytest.raises(ConfigError, match=r"run\.async_steps=1 samples on the engines while the learner updates"):
+        load_config(None, ["run.async_steps=1", "ray.colocate=true"])
+
+
 def test_round_trip_dump_then_load_is_identity(tmp_path):
     cfg = load_config(
         None,

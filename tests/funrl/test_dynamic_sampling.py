@@ -1,4 +1,4 @@
-"""The driver's dynamic sampling (funrl.train.sample_groups): flat groups dropped, the batch refilled with
+"""The driver's dynamic sampling (funrl.step_rollouts.sample_groups): flat groups dropped, the batch refilled with
 extra rounds of clips up to run.clips_per_step (DAPO), bounded by run.max_refill_rounds; truncation modes.
 
 The engines are a scripted stand-in (`ScriptedEngines`: embed and generate only); what is under test is the
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from funrl.config import load_config
+from funrl.step_rollouts import sample_groups
 from funrl.timing import StageTimer
-from funrl.train import sample_groups
 from policy.messages import Clip, PromptBatch, RolloutBatch
 
 G = 4

@@ -88,6 +88,7 @@ def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
     import ray
 
     from funrl.cluster import Cluster
+    from funrl.step_rollouts import StepRollouts
     from funrl.train import train_step
 
     cfg = load_config(
@@ -100,7 +101,8 @@ def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
             plan = cluster.placement.plan
             assert (plan.rollout == plan.learner) == cfg.ray.colocate
             before = dict(cluster.learner.named_weights_for_sync())
-            records = [train_step(cfg, cluster, sampler.next_batch())[0] for _ in range(2)]
+            rollouts = StepRollouts(cfg, cluster, sampler)
+            records = [train_step(cfg, cluster, rollouts, step)[0] for step in (1, 2)]
             after = dict(cluster.learner.named_weights_for_sync())
             changed = max((after[k] - before[k]).abs().max().item() for k in before)
             assert changed > 1e-5, f"no weight moved ({finetune})"

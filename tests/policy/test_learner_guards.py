@@ -31,6 +31,8 @@ def test_update_refuses_a_rollout_sampled_with_other_weights_and_changes_nothing
         learner.update(versioned(2, 1))
         learner.update(make_batch(1))  # a hand-built batch (no version) is not checked
         assert learner.updates == 3
+        learner.update(versioned(3, 2), max_lag=1)  # one step off (run.async_steps=1): one version behind
+        assert learner.updates == 4
 
 
 def test_save_checkpoint_refuses_nan_weights_and_writes_nothing(tiny_model_dir, tmp_path):

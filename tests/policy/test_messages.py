@@ -65,10 +65,16 @@ def test_a_joined_or_selected_batch_carries_the_oldest_policy_version_of_its_par
     assert select_groups(scored, [1]).rollout.policy_version == 4
 
 
-def test_check_policy_version_names_both_versions():
+def test_check_policy_version_names_both_versions_and_takes_up_to_max_lag_older_ones():
     from policy.messages import StaleRolloutError, check_policy_version
 
     check_policy_version(None, 7)
     check_policy_version(7, 7)
     with pytest.raises(StaleRolloutError, match="policy version 6, but the learner is at version 7"):
         check_policy_version(6, 7)
+    check_policy_version(6, 7, max_lag=1)  # one step off: sampled before the last update
+    check_policy_version(7, 7, max_lag=1)
+    with pytest.raises(StaleRolloutError, match=r"policy version 5, .* takes versions 6\.\.7"):
+        check_policy_version(5, 7, max_lag=1)
+    with pytest.raises(StaleRolloutError, match="policy version 8"):  # newer than the learner: never
+        check_policy_version(8, 7, max_lag=1)
