@@ -104,6 +104,8 @@ RECIPES = {
     "gspo": ["learner.loss=gspo", "learner.clip_eps_low=3e-4", "learner.clip_eps_high=4e-4"],
     "rloo": ["learner.advantage=rloo"],
     "grpo_mb2": ["learner.mini_batches=2"],
+    # one step off (run.async_steps=1): the next step samples while the learner updates, TIS-corrected
+    "grpo_async": ["run.async_steps=1", "learner.tis_cap=2"],
 }
 
 
