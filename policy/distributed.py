@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from collections.abc import Sequence
 
 import torch
@@ -16,12 +15,7 @@ from torch.distributed._composable import checkpoint
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-
-def free_port(host: str = "") -> int:
-    """A TCP port that was free a moment ago on this machine (the rank-0 rendezvous port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from policy.ports import free_port as free_port  # re-exported: the learner's callers take the rendezvous port here
 
 
 def pick_device(gpus_per_rank: float, rank: int) -> torch.device:

@@ -19,16 +19,12 @@ from ray.util.placement_group import remove_placement_group
 
 from policy.augment import AugmentConfig
 from policy.config import LearnerConfig, ModelConfig
-from policy.distributed import free_port
 from policy.learner import Learner
 from policy.messages import LearnStats, ScoredRollout
+from policy.ports import node_address
 from policy.ray_utils import WorkerError, get_named, in_bundle, remote_class, reserve_placement_group
 
 __all__ = ["LearnerGroup", "WorkerError"]
-
-
-def _rendezvous_address() -> tuple[str, int]:
-    return ray.util.get_node_ip_address(), free_port()
 
 
 class RolloutSender:
@@ -192,9 +188,7 @@ class LearnerGroup:
 
     def free_address(self) -> tuple[str, int]:
         """An address (node IP, free port) on learner rank 0's node, e.g. for the weight group's store."""
-        return ray.get(
-            ray.remote(num_cpus=0)(_rendezvous_address).options(scheduling_strategy=self._rank0_bundle).remote()
-        )
+        return ray.get(ray.remote(num_cpus=0)(node_address).options(scheduling_strategy=self._rank0_bundle).remote())
 
     def join_weight_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
         """Rank 0 joins the engines' weight group (`policy.weight_broadcast`) as its rank 0."""
