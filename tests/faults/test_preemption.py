@@ -30,7 +30,7 @@ def test_sigterm_to_the_process_group_checkpoints_the_finished_step_and_resume_e
     tiny_model_dir, small_demo_data, tmp_path
 ):
     sig, code = signal.SIGTERM, 143
-    out, steps = tmp_path / "run", 5
+    out, steps = tmp_path / "run", 3
     manifest = small_demo_data.manifest("rl_train")
     args = tiny_run(tiny_model_dir, manifest, out, {"run.steps": steps, "run.save_every": 100})
     proc = run_train(as_args(args))

@@ -72,6 +72,8 @@ try:
              "except Exception as exc:\n    print('REFUSED', type(exc).__name__)\n")
     gcs = ray.get_runtime_context().gcs_address
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    # a refused client retries for ~20 s (one try a second) before it gives up: 3 tries tell the same
+    env.update(RAY_NUM_REDIS_GET_RETRIES="3", RAY_gcs_server_port_wait_time_s="3")
     out = subprocess.run([sys.executable, "-c", probe, gcs], env=env, capture_output=True, text=True, timeout=180)
     print("RESULT", json.dumps({"worker": worker, "tokenless_client": out.stdout.strip().splitlines()[-1:]}))
 finally:

@@ -140,12 +140,12 @@ def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(qwen2_a
     extra = {"model.train_encoder": "true", "learner.num_ranks": 1}
     out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    steps = 4
+    steps = 3
     # run.out_dir relative to the first run's working directory; the resume runs from another one (the eval table
     # after a resume: test_demo_run.py)
     args = _overrides(qwen2_audio_dir, demo_data, "run", **{"run.steps": steps, **extra})
     proc = _run(args, cwd=tmp_path)
-    _wait_for(out / "checkpoints" / "step_000002" / "COMPLETE", proc)
+    _wait_for(out / "checkpoints" / "step_000001" / "COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     killed_at = len(_jsonl(out / "metrics.jsonl"))
