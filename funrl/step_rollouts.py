@@ -51,8 +51,7 @@ class StepRollouts:
 
     def __init__(self, cfg: TrainConfig, cluster, sampler) -> None:
         self.cfg, self.cluster, self.sampler = cfg, cluster, sampler
-        self.ahead_steps = cfg.run.async_steps
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="funrl-sample-ahead") if self.ahead_steps else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="funrl-sample-ahead") if cfg.run.async_steps else None
         self._ahead: _Ahead | None = None
 
     def take(self, step: int, t: StageTimer) -> Sampled:
@@ -124,12 +123,11 @@ def sample_groups(
     ``restarts=False``: an engine failure is raised, not repaired (sampling ahead leaves that to the step)."""
     rounds = cfg.run.max_refill_rounds if (cfg.run.dynamic_sampling and more_clips is not None) else 0
     sampled, kept, dropped = [], [], 0
-    extra = {} if restarts else {"restarts": False}
     for round_ in range(rounds + 1):
         with t("embed"):
-            prompts = cluster.embed(clips if round_ == 0 else more_clips())  # type: ignore[misc]
+            prompts = cluster.embed(clips if round_ == 0 or more_clips is None else more_clips())
         with t("generate"):
-            rollout = cluster.generate(prompts, seed=sampling_seed(cfg.rollout.seed, step, round_), **extra)
+            rollout = cluster.generate(prompts, seed=sampling_seed(cfg.rollout.seed, step, round_), restarts=restarts)
         with t("score"):
             sampled.append(score(cfg, rollout))
             batch, n = drop_flat_groups(sampled[-1]) if cfg.run.dynamic_sampling else (sampled[-1], 0)

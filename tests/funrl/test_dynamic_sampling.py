@@ -28,7 +28,7 @@ class ScriptedEngines:
         self.embedded += [c.text for c in clips]
         return PromptBatch(tuple(clips), tuple(torch.zeros(2, 4) for _ in clips))
 
-    def generate(self, prompts: PromptBatch, seed: int | None = None) -> RolloutBatch:  # seed: as Cluster.generate
+    def generate(self, prompts: PromptBatch, seed: int | None = None, restarts: bool = True) -> RolloutBatch:
         texts = tuple(
             (c.text,) * G
             if c.text.startswith("flat")

@@ -91,7 +91,8 @@ def test_one_step_off_samples_the_next_step_in_a_thread_beside_the_update_and_ch
     assert _texts(sampled) == ["clip2", "clip3"] and len(engines.calls) == 2  # not sampled again
     assert set(t.seconds) == {"wait"} and set(sampled.seconds) == {"embed", "generate", "score"}
     rollouts.start(4)  # past run.steps=3: nothing
-    assert rollouts._ahead is None
+    rollouts.wait()
+    assert len(engines.calls) == 2
     rollouts.close()
 
 
