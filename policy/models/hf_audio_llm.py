@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from policy.models.base import AudioLLM, FeatureBatch, load_tokenizer, read_config, register_adapter
 from policy.models.hf_audio_families import FAMILIES, LAYOUTS, AudioFamily, hf_inputs
 from policy.models.prompt import DEFAULT_INSTRUCTION, PromptTemplate
+from policy.models.prompt_embedder import PromptEmbedder, materialize, param_name, read_tensors
 
 __all__ = [
     "FAMILIES",
@@ -240,6 +241,45 @@ def load_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) -> tup
     return frontend.eval(), causal_lm_view(hf_model, family)
 
 
+def load_hf_frontend(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[HFAudioFrontend, nn.Module]:
+    """(frontend, the LLM's input embedding table) of the HF audio-LLM in ``folder``, without loading the LLM.
+
+    The model is built on the meta device (no memory) to find the parts; the audio tower is built for real
+    (its non-persistent buffers, e.g. sinusoid position tables, are computed at construction, as
+    ``from_pretrained`` does) and filled from the checkpoint, the projector and the table are read from it."""
+    folder = Path(folder)
+    family = family_of(folder)
+    check_safetensors_folder(folder)
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if family.sub_config is not None:
+        config = getattr(config, family.sub_config)
+    with torch.device("meta"):
+        shell = getattr(transformers, family.model_class)._from_config(config)
+    layout = checkpoint_layout(folder, family)
+
+    def weights(path: str, names: Iterable[str]) -> dict[str, Tensor]:
+        keys = {n: checkpoint_name(f"{path}.{n}", family, layout) for n in names}
+        found = read_tensors(folder, keys.values())
+        return {n: found[k] for n, k in keys.items()}
+
+    tower_path = str(family.paths["tower"])
+    meta_tower = _get(shell, tower_path)
+    tower = type(meta_tower)._from_config(meta_tower.config, dtype=dtype)
+    tower.load_state_dict(weights(tower_path, tower.state_dict()), strict=True)
+    projector: nn.Module = nn.Identity()
+    if family.paths["projector"] is not None:
+        meta_proj = _get(shell, family.paths["projector"])
+        projector = materialize(
+            meta_proj, weights(family.paths["projector"], meta_proj.state_dict()), dtype, str(folder)
+        )
+    lm_path = str(family.paths["lm"])
+    table = _get(shell, lm_path).get_input_embeddings()
+    name = param_name(_get(shell, lm_path), table.weight)
+    table = materialize(table, {"weight": weights(lm_path, [name])[name]}, dtype, str(folder))
+    frontend = HFAudioFrontend(family, tower, projector, family.extractor(folder, shell.config), str(folder))
+    return frontend.eval(), table
+
+
 # ------------------------------------------------------------------------------------------------- adapter
 
 
@@ -288,14 +328,22 @@ class HFAudioAdapter:
         folder = Path(folder)
         frontend, llm = load_hf_parts(folder, dtype)
         tokenizer = load_tokenizer(folder)
-        prompt_file = folder / PROMPT_FILE
-        if prompt_file.is_file():
-            template = PromptTemplate.from_dict(json.loads(prompt_file.read_text()), where=str(prompt_file))
-        else:
-            template = default_template(tokenizer, self.family)
+        template = self._template(folder, tokenizer)
         return AudioLLM(
             frontend, llm, tokenizer, template, self.family.model_type, adapter=self, config=read_config(folder)
         )
+
+    def load_frontend(self, folder: Path, dtype: torch.dtype = torch.float32) -> PromptEmbedder:
+        """Frontend + the LLM's input embedding table only (`load_hf_frontend`)."""
+        frontend, table = load_hf_frontend(folder, dtype)
+        tokenizer = load_tokenizer(folder)
+        return PromptEmbedder(frontend, table, tokenizer, self._template(Path(folder), tokenizer))
+
+    def _template(self, folder: Path, tokenizer: Any) -> PromptTemplate:
+        prompt_file = folder / PROMPT_FILE
+        if prompt_file.is_file():
+            return PromptTemplate.from_dict(json.loads(prompt_file.read_text()), where=str(prompt_file))
+        return default_template(tokenizer, self.family)
 
     def save(self, model: AudioLLM, folder: Path) -> None:
         """The HF checkpoint layout (config, preprocessor config, safetensors, tokenizer) + our prompt file.

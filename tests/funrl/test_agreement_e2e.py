@@ -21,7 +21,8 @@ def demo_data(small_demo_data):
 
 
 def _full_finetuning_config(model_dir, demo_data, tmp_path, extra=None):
-    """The tiny model, encoder and whole LLM training, 4 clips x 4 samples a step, two sharded learner ranks, fp32."""
+    """The tiny model, encoder and whole LLM training, 4 clips x 4 samples a step, two sharded learner ranks, two
+    embedding workers (2 clips each), fp32."""
     overrides = {
         "model.path": model_dir,
         "model.train_encoder": "true",
@@ -31,11 +32,12 @@ def _full_finetuning_config(model_dir, demo_data, tmp_path, extra=None):
         "rollout.max_new_tokens": 12,
         "rollout.kv_cache_memory_bytes": 32 << 20,
         "learner.num_ranks": 2,
+        "rollout.num_embedders": 2,
         "learner.lr": 1e-3,
         "learner.micro_batch": 16,
         "run.clips_per_step": 4,
         "run.out_dir": tmp_path / "run",
-        "ray.num_cpus": 4,
+        "ray.num_cpus": 5,
     } | (extra or {})
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
@@ -44,10 +46,10 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_llm_train
     tiny_model_dir, demo_data, tmp_path
 ):
     """Three steps of full fine-tuning on two FSDP ranks with ``model.train_encoder`` and ``data.augment`` on: after
-    every sync the gap stays at summation order, although the input embedding table trains (the embedding worker's
-    copy must be synced) and the embedding worker samples from augmented audio (the learner must re-encode the same
+    every sync the gap stays at summation order, although the input embedding table trains (both embedding workers'
+    copies must be synced) and the embedding workers sample from augmented audio (the learner must re-encode the same
     augmented audio). The same rollout scored on the clean audio (the clips' step removed) is far off: the check can
-    fail."""
+    fail. The driver's message bytes (``transfer.*``) are the prompts once each way plus the samples."""
     from dataclasses import replace
 
     import numpy as np
@@ -58,7 +60,7 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_llm_train
     from funrl.step_rollouts import StepRollouts
     from funrl.train import train_step
     from policy.augment import at_step
-    from policy.messages import PromptBatch
+    from policy.messages import PromptBatch, payload_bytes
 
     noise = tmp_path / "noise"
     noise.mkdir()
@@ -77,8 +79,13 @@ def test_vllm_and_learner_logprobs_agree_after_every_sync_with_encoder_llm_train
             for step in (1, 2, 3):
                 record, _ = train_step(cfg, cluster, rollouts, step)  # embed, generate, score, update, sync
                 metric.append(record["rollout.logprob_diff.max"])
+                assert record["transfer.embed_mb"] > 0 and record["transfer.update_mb"] > 0
                 rollout = cluster.generate(cluster.embed(at_step(sampler.next_batch(), step)))
                 assert rollout.mask.sum() > 0
+                moved_mib = cluster.transfer.take()  # prompts in from the embedders, out to the engine; samples back
+                prompt_bytes = payload_bytes(rollout.prompts)
+                assert moved_mib["transfer.embed_mb"] * 2**20 == prompt_bytes
+                assert moved_mib["transfer.generate_mb"] * 2**20 == prompt_bytes + payload_bytes(rollout.samples())
                 gaps.append(
                     float(((cluster.learner.logprobs(rollout) - rollout.sample_logprobs) * rollout.mask).abs().max())
                 )

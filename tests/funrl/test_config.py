@@ -130,6 +130,8 @@ def test_validation_errors_name_the_dotted_key_and_where_it_was_set(tmp_path):
         ({"max_new_tokens": 512}, r"rollout\.max_new_tokens must be < rollout\.max_model_len \(512\)"),
         ({"gpu_memory_utilization": 0}, r"rollout\.gpu_memory_utilization must be in \(0, 1\]"),
         ({"kv_cache_memory_bytes": 0}, r"rollout\.kv_cache_memory_bytes must be >= 1, got 0"),
+        ({"num_embedders": 0}, r"rollout\.num_embedders must be >= 1, got 0"),
+        ({"gpus_per_embedder": -1}, r"rollout\.gpus_per_embedder must be >= 0, got -1"),
     ],
 )
 def test_rollout_validation(kwargs, message):

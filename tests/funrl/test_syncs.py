@@ -45,3 +45,14 @@ def test_collective_sync_with_lora_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match="learner.finetune=lora moves only its adapter") as err:
         load_config(None, ["rollout.weight_sync=collective", "learner.finetune=lora"])
     assert err.value.key == "rollout.weight_sync"
+
+
+def test_transfer_meter_sums_bytes_by_stage_in_mib_and_restarts_after_take():
+    from funrl.cluster import TransferMeter
+
+    meter = TransferMeter()
+    meter.add("embed", 3 << 20)
+    meter.add("generate", 1 << 19)
+    meter.add("embed", 1 << 20)
+    assert meter.take() == {"transfer.embed_mb": 4.0, "transfer.generate_mb": 0.5, "transfer.mb": 4.5}
+    assert meter.take() == {"transfer.mb": 0.0}

@@ -78,3 +78,27 @@ def test_check_policy_version_names_both_versions_and_takes_up_to_max_lag_older_
         check_policy_version(5, 7, max_lag=1)
     with pytest.raises(StaleRolloutError, match="policy version 8"):  # newer than the learner: never
         check_policy_version(8, 7, max_lag=1)
+
+
+def test_samples_leave_the_prompts_behind_and_attach_back_to_the_same_batch():
+    a = _batch(2, 3, 4, "a", truncated=torch.tensor([[True, False, False], [False, False, True]]))
+    samples = a.samples()
+    assert not hasattr(samples, "prompts")
+    back = RolloutBatch.of(a.prompts, samples)
+    for name in a.__dataclass_fields__:  # the same objects, nothing copied
+        assert getattr(back, name) is getattr(a, name), name
+    with pytest.raises(ValueError, match=r"1 prompts for 2 rows"):
+        RolloutBatch.of(_batch(1, 3, 4, "b").prompts, a.samples())
+
+
+def test_payload_bytes_counts_every_tensor_of_a_message_by_hand():
+    from policy.messages import payload_bytes
+
+    a = _batch(2, 3, 4, "a")
+    prompts = 2 * (2 * 4 * 4)  # two [2, 4] float32 prompt embeddings
+    samples = 2 * 3 * 4 * (8 + 4 + 4) + 2 * 3  # ids int64, mask + logprobs float32, truncated bool
+    assert payload_bytes(a.prompts) == prompts
+    assert payload_bytes(a.samples()) == samples
+    assert payload_bytes(a) == prompts + samples
+    assert payload_bytes([a.samples(), {"x": torch.zeros(3, dtype=torch.float16)}]) == samples + 6
+    assert payload_bytes("text") == 0

@@ -132,3 +132,14 @@ def test_prompt_lengths_equal_the_embedded_prompts_for_clips_over_the_limit_and_
     # a limit between the shortest and the longest prompt: at least the longest clip (1.9 s) is measured
     mid = worker.prompt_lengths(clips, limit=sorted(actual)[2])
     assert mid[1] == actual[1] and all(m in (None, a) for m, a in zip(mid, actual))
+
+
+def test_the_worker_holds_the_frontend_and_input_table_but_no_llm_layer(worker, model_dir):
+    """What an embedding worker keeps in memory: the frontend and the LLM's input embedding table, no decoder layer
+    and no output head (the whole model is loaded only by `export_llm`, and freed)."""
+    full = load_audio_llm(model_dir)
+    held = {n: p.numel() for n, p in worker.model.named_parameters()}
+    frontend = sum(p.numel() for p in full.frontend.parameters())
+    table = full.llm.get_input_embeddings().weight.numel()
+    assert sum(held.values()) == frontend + table < sum(p.numel() for p in full.parameters())
+    assert not any("layers" in n or "lm_head" in n for n in held)
