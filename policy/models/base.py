@@ -176,7 +176,33 @@ def _full(t: Tensor) -> Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-class AudioLLM(nn.Module):
+class AudioToPrompt:
+    """audio -> prompt embeddings, for a module with ``frontend``, ``tokenizer``, ``template`` and
+    ``get_input_embeddings()`` (`AudioLLM`, and `policy.models.prompt_embedder.PromptEmbedder` without the LLM)."""
+
+    frontend: Any
+    tokenizer: Any
+    template: PromptTemplate
+
+    def get_input_embeddings(self) -> nn.Module:
+        raise NotImplementedError
+
+    def audio_features(self, waves: Sequence[np.ndarray]) -> FeatureBatch:
+        """The frontend's input features of 16 kHz mono float32 waveforms."""
+        return self.frontend.features(list(waves))
+
+    def embed_audio(self, feats: FeatureBatch) -> list[Tensor]:
+        """Per clip audio embeddings ``[L_a, H]`` in the LLM's hidden size."""
+        return self.frontend(feats)
+
+    def build_prompt_embeds(
+        self, audio_embeds: Sequence[Tensor], contexts: Sequence[str | None] | None = None
+    ) -> list[Tensor]:
+        """Per clip ``[prefix | audio | suffix]`` embeddings ``[L, H]`` (`policy.models.prompt`)."""
+        return build_prompt_embeds(self, self.tokenizer, self.template, audio_embeds, contexts)
+
+
+class AudioLLM(AudioToPrompt, nn.Module):
     """Frontend (features, encoder, projector) + causal LM + tokenizer + prompt template."""
 
     def __init__(
@@ -222,20 +248,9 @@ class AudioLLM(nn.Module):
                     ids.append(int(i))
         return ids
 
-    # ---------------------------------------------------------------------------------- audio -> prompt
-    def audio_features(self, waves: Sequence[np.ndarray]) -> FeatureBatch:
-        """The frontend's input features of 16 kHz mono float32 waveforms."""
-        return self.frontend.features(list(waves))
-
-    def embed_audio(self, feats: FeatureBatch) -> list[Tensor]:
-        """Per clip audio embeddings ``[L_a, H]`` in the LLM's hidden size."""
-        return self.frontend(feats)
-
-    def build_prompt_embeds(
-        self, audio_embeds: Sequence[Tensor], contexts: Sequence[str | None] | None = None
-    ) -> list[Tensor]:
-        """Per clip ``[prefix | audio | suffix]`` embeddings ``[L, H]`` (`policy.models.prompt`)."""
-        return build_prompt_embeds(self.llm, self.tokenizer, self.template, audio_embeds, contexts)
+    def get_input_embeddings(self) -> nn.Module:
+        """The LLM's input embedding table (the prompts' text is embedded with it)."""
+        return self.llm.get_input_embeddings()
 
     # ---------------------------------------------------------------------------------------- log-probs
     def sequence_logprobs(

@@ -13,20 +13,19 @@ name and shape; the tensors come from the checkpoint's safetensors (`read_tensor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from policy.models.base import AudioLLM, FeatureBatch, as_dtype, get_adapter, read_config
-from policy.models.prompt import PromptTemplate, build_prompt_embeds
+from policy.models.base import AudioLLM, AudioToPrompt, as_dtype, get_adapter, read_config
+from policy.models.prompt import PromptTemplate
 
 
-class PromptEmbedder(nn.Module):
+class PromptEmbedder(AudioToPrompt, nn.Module):
     """Frontend + input embedding table + tokenizer + template: `AudioLLM`'s audio -> prompt methods, same values."""
 
     def __init__(self, frontend: nn.Module, embed_tokens: nn.Embedding, tokenizer: Any, template: PromptTemplate):
@@ -43,17 +42,6 @@ class PromptEmbedder(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
-
-    def audio_features(self, waves: Sequence[np.ndarray]) -> FeatureBatch:
-        return self.frontend.features(list(waves))
-
-    def embed_audio(self, feats: FeatureBatch) -> list[Tensor]:
-        return self.frontend(feats)
-
-    def build_prompt_embeds(
-        self, audio_embeds: Sequence[Tensor], contexts: Sequence[str | None] | None = None
-    ) -> list[Tensor]:
-        return build_prompt_embeds(self, self.tokenizer, self.template, audio_embeds, contexts)
 
 
 def load_prompt_embedder(
