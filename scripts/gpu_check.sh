@@ -36,6 +36,7 @@ run_part() {  # NAME SECONDS COMMAND...: stdout+stderr to OUT/NAME.log, exit sta
 }
 
 run_part gpu_tests 240 "$py" -m pytest -m gpu -p no:cacheprovider -q tests/policy/test_learner_gpu.py \
+    tests/rollout/test_embedding_gpu.py \
     --junitxml "$out/gpu_tests.xml"
 run_part bench_gpu_learner 180 "$py" scripts/bench_gpu_learner.py --json "$out/bench_gpu_learner.json"
 if "$py" -c "import vllm, ray" >/dev/null 2>&1; then
