@@ -140,7 +140,9 @@ class Cluster:
         ]
         if self._after_embedder is not None:
             self._after_embedder(self)
-        llm_dir = _get("embedding worker 0", self.embedders[0].export_llm.remote(str(self.out / "rollout_llm")))
+        # the engines' LLM folder, written here (the driver has the model code imported already; the embedding
+        # workers hold no LLM to write it from)
+        llm_dir = export_engine_llm(cfg.model, str(self.out / "rollout_llm"))
         placement = create_placement(cfg)
         self.placement: Placement | None = placement
         print(f"[funrl] placement: {describe_placement(placement)}", flush=True)
@@ -374,6 +376,13 @@ def _actor_classes() -> tuple[type, type, type[LearnerGroup]]:
     from rollout.vllm_worker import VLLMRolloutWorker
 
     return AudioEmbeddingWorker, VLLMRolloutWorker, LearnerGroup
+
+
+def export_engine_llm(model_cfg, folder: str) -> str:
+    """`rollout.engine_folder.export_engine_llm`, imported on first use as the actor classes are."""
+    from rollout.engine_folder import export_engine_llm as export
+
+    return export(model_cfg, folder)
 
 
 def _failed_engine(err: WorkerError) -> int | None:

@@ -431,6 +431,7 @@ def _run(args: argparse.Namespace) -> int:
     embedder = _load_embedder(args, folder)
     from funrl.data import clip_location
     from rollout.config import RolloutConfig
+    from rollout.engine_folder import export_engine_llm
     from rollout.vllm_worker import VLLMRolloutWorker
 
     def embed(batch: list[Clip]) -> PromptBatch:
@@ -443,7 +444,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
 
     with tempfile.TemporaryDirectory(prefix="funrl-eval-") as tmp:
-        llm_dir = embedder.export_llm(str(Path(tmp) / "llm"))
+        llm_dir = export_engine_llm(embedder.model_cfg, str(Path(tmp) / "llm"))
         max_len = args.max_model_len or min(2048, _max_position(llm_dir) or 2048)
         if args.max_new_tokens >= max_len:
             raise InputError(f"--max-new-tokens {args.max_new_tokens} must be < --max-model-len {max_len}")

@@ -18,7 +18,6 @@ import torch
 from policy.augment import AugmentConfig, Augmenter
 from policy.config import ModelConfig
 from policy.messages import Clip, PromptBatch
-from policy.models import load_audio_llm
 from policy.models.audio import SAMPLE_RATE, load_audio
 from policy.models.prompt import prompt_token_ids
 from policy.models.prompt_embedder import load_prompt_embedder
@@ -48,13 +47,6 @@ class AudioEmbeddingWorker:
 
     def ready(self) -> bool:
         return True
-
-    def export_llm(self, folder: str) -> str:
-        """Write the LLM as a plain HF folder for vLLM (embeddings untied, so weight sync reaches the
-        output layer); returns its path. Loads the whole model for it (on the CPU) and frees it after."""
-        cfg = self.model_cfg
-        model = load_audio_llm(cfg.path, dtype=cfg.dtype, prompt=cfg.prompt)
-        return str(model.export_llm(folder, untie_embeddings=True))
 
     @torch.no_grad()
     def embed(self, clips: Sequence[Clip]) -> PromptBatch:

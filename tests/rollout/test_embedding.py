@@ -112,10 +112,12 @@ def test_load_frontend_weights_changes_embeddings_and_rejects_unknown_names(mode
     assert all(torch.equal(p, snapshot[n]) for n, p in w.model.frontend.named_parameters())
 
 
-def test_export_llm_writes_an_untied_folder_with_lm_head(worker, model_dir, tmp_path):
+def test_the_engines_llm_folder_is_untied_with_lm_head(model_dir, tmp_path):
+    from rollout.engine_folder import export_engine_llm
+
     source = json.loads((model_dir / "llm" / "config.json").read_text())
     assert source["tie_word_embeddings"] is True  # the tiny LLM ties its head
-    folder = worker.export_llm(str(tmp_path / "llm"))
+    folder = export_engine_llm(ModelConfig(path=str(model_dir)), str(tmp_path / "llm"))
     config = json.loads((tmp_path / "llm" / "config.json").read_text())
     assert folder == str(tmp_path / "llm") and config["tie_word_embeddings"] is False
     with safe_open(str(tmp_path / "llm" / "model.safetensors"), framework="pt") as fh:
@@ -136,7 +138,7 @@ def test_prompt_lengths_equal_the_embedded_prompts_for_clips_over_the_limit_and_
 
 def test_the_worker_holds_the_frontend_and_input_table_but_no_llm_layer(worker, model_dir):
     """What an embedding worker keeps in memory: the frontend and the LLM's input embedding table, no decoder layer
-    and no output head (the whole model is loaded only by `export_llm`, and freed)."""
+    and no output head (the engines' LLM folder is written by `rollout.engine_folder`, in a process of its own)."""
     full = load_audio_llm(model_dir)
     held = {n: p.numel() for n, p in worker.model.named_parameters()}
     frontend = sum(p.numel() for p in full.frontend.parameters())
