@@ -1,8 +1,8 @@
 """`PromptEmbedder`: the part of an audio-LLM that turns audio into prompt embeddings, loaded without the LLM.
 
 An embedding worker needs the frontend (features, encoder, projector), the LLM's input embedding table (the
-prompt's text is embedded with it), the tokenizer and the prompt template: for a 7 B LLM that is ~0.1 of the
-checkpoint. `load_prompt_embedder(folder)` reads only those tensors: an adapter with a ``load_frontend(folder,
+prompt's text is embedded with it), the tokenizer and the prompt template: for a 7 B LLM under a Whisper-large
+encoder, 1.2 of the checkpoint's 8.2 B parameters. `load_prompt_embedder(folder)` reads only those tensors: an adapter with a ``load_frontend(folder,
 dtype)`` method builds them itself (both built-in adapters do); for any other adapter the whole model is loaded
 and everything but those parts dropped.
 
