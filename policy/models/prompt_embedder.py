@@ -2,9 +2,9 @@
 
 An embedding worker needs the frontend (features, encoder, projector), the LLM's input embedding table (the
 prompt's text is embedded with it), the tokenizer and the prompt template: for a 7 B LLM under a Whisper-large
-encoder, 1.2 of the checkpoint's 8.2 B parameters. `load_prompt_embedder(folder)` reads only those tensors: an adapter with a ``load_frontend(folder,
-dtype)`` method builds them itself (both built-in adapters do); for any other adapter the whole model is loaded
-and everything but those parts dropped.
+encoder, 1.2 of the checkpoint's 8.2 B parameters. `load_prompt_embedder(folder)` reads only those tensors: an
+adapter with a ``load_frontend(folder, dtype)`` method builds them itself (both built-in adapters do); for any
+other adapter the whole model is loaded and everything but those parts dropped.
 
 The LLM's modules are built on PyTorch's ``meta`` device (no memory) only to learn the embedding table's
 name and shape; the tensors come from the checkpoint's safetensors (`read_tensors`).
