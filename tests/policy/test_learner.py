@@ -13,6 +13,7 @@ from learner_ranks import (
     audio_prompts,
     learner_cfg,
     make_batch,
+    ports_for_later,
     rank_main,
     reference_run,
     rows,
@@ -22,7 +23,7 @@ from learner_ranks import (
 )
 from tolerances import update_error
 
-from policy.distributed import free_port, rank_micro_batches
+from policy.distributed import rank_micro_batches
 from policy.learner_batch import flatten_batch, mini_batch_rows
 from policy.learner_state import lr_multiplier
 from policy.models import load_audio_llm
@@ -79,7 +80,7 @@ def waves(tmp_path_factory) -> list[str]:
 def ranks(tiny_model_dir, waves) -> dict:
     """Run every scenario once on 2 ranks (one spawn for the module); rank 0's results by scenario."""
     scenarios = _scenarios(waves)
-    ports = [free_port() for _ in scenarios]
+    ports = ports_for_later(len(scenarios))
     results = run_ranks(rank_main, WORLD, (ports, str(tiny_model_dir), scenarios), timeout_s=240)
     assert "__error__" not in results, results["__error__"]
     return results

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from learner_ranks import resume_rank_main, run_ranks, write_waves
-
-from policy.distributed import free_port
+from learner_ranks import ports_for_later, resume_rank_main, run_ranks, write_waves
 
 
 @pytest.mark.slow
 def test_resumed_encoder_training_learner_equals_the_uninterrupted_one(tiny_model_dir, tmp_path):
     waves = write_waves(tmp_path)
-    ports = [free_port(), free_port()]
+    ports = ports_for_later(2)
     results = run_ranks(resume_rank_main, 2, (ports, str(tiny_model_dir), waves, str(tmp_path / "ck")), 180)
     assert "__error__" not in results, results["__error__"]
     (weights, state), (got_weights, got_state) = results["uninterrupted"], results["resumed"]
