@@ -125,6 +125,8 @@ class Cluster:
     def _start_actors(self) -> None:
         cfg = self.cfg
         AudioEmbeddingWorker, VLLMRolloutWorker, LearnerGroup = _actor_classes()
+        from rollout.engine_folder import export_engine_llm  # imported on first use, as the actor classes are
+
         on_gpu = cfg.rollout.gpus_per_worker > 0
         gpus = cfg.rollout.gpus_per_embedder
         embed_cls = remote_class(AudioEmbeddingWorker, num_cpus=1, num_gpus=gpus)
@@ -207,11 +209,10 @@ class Cluster:
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         for actor in [*getattr(self, "rollouts", []), *getattr(self, "embedders", [])]:
-            if actor is not None:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception:  # noqa: BLE001 - already dead
-                    pass
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
         placement = getattr(self, "placement", None)
         if placement is not None:
             try:
@@ -265,11 +266,7 @@ class Cluster:
 
     def embed(self, clips: list[Clip]) -> PromptBatch:
         """Prompt embeddings of ``clips``, split over the embedding workers (``rollout.num_embedders``)."""
-        parts = self._on_embedders("embed", clips)
-        prompts = PromptBatch(
-            clips=tuple(c for p in parts for c in p.clips),
-            prompt_embeds=tuple(e for p in parts for e in p.prompt_embeds),
-        )
+        prompts = PromptBatch.concat(self._on_embedders("embed", clips))
         self.transfer.add("embed", payload_bytes(prompts))
         return prompts
 
@@ -280,7 +277,7 @@ class Cluster:
             (f"embedding worker {i}", getattr(e, method).remote([clips[j] for j in rng], *args))
             for i, (e, rng) in enumerate(zip(self.embedders, parts))
         ]
-        return get_named(refs, timeout_s=self.timeout_s) if refs else []
+        return get_named(refs, timeout_s=self.timeout_s)
 
     def generate(
         self, prompts: PromptBatch, greedy: bool = False, seed: int | None = None, restarts: bool = True
@@ -376,13 +373,6 @@ def _actor_classes() -> tuple[type, type, type[LearnerGroup]]:
     from rollout.vllm_worker import VLLMRolloutWorker
 
     return AudioEmbeddingWorker, VLLMRolloutWorker, LearnerGroup
-
-
-def export_engine_llm(model_cfg, folder: str) -> str:
-    """`rollout.engine_folder.export_engine_llm`, imported on first use as the actor classes are."""
-    from rollout.engine_folder import export_engine_llm as export
-
-    return export(model_cfg, folder)
 
 
 def _failed_engine(err: WorkerError) -> int | None:

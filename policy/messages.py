@@ -44,6 +44,14 @@ class PromptBatch:
         if len(self.clips) != len(self.prompt_embeds):
             raise ValueError(f"PromptBatch: {len(self.clips)} clips but {len(self.prompt_embeds)} prompt embeds")
 
+    @staticmethod
+    def concat(parts: "list[PromptBatch]") -> "PromptBatch":
+        """The prompts of ``parts`` in order as one batch."""
+        return PromptBatch(
+            clips=tuple(c for p in parts for c in p.clips),
+            prompt_embeds=tuple(e for p in parts for e in p.prompt_embeds),
+        )
+
 
 @dataclass(frozen=True)
 class Samples:
@@ -109,10 +117,7 @@ class RolloutBatch:
         if len(parts) == 1 and (prompts is None or prompts is parts[0].prompts):
             return parts[0]
         if prompts is None:
-            prompts = PromptBatch(
-                clips=tuple(c for p in parts for c in p.prompts.clips),
-                prompt_embeds=tuple(e for p in parts for e in p.prompts.prompt_embeds),
-            )
+            prompts = PromptBatch.concat([p.prompts for p in parts])
         T = max(p.token_ids.shape[2] for p in parts)
 
         def pad(t: Tensor) -> Tensor:
