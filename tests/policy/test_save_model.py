@@ -23,11 +23,6 @@ def waves(tmp_path_factory) -> list[str]:
     return write_waves(tmp_path_factory.mktemp("save_model_audio"))
 
 
-@pytest.fixture(scope="module")
-def qwen2_audio_dir(tmp_path_factory) -> Path:
-    return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
-
-
 def _state(model) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()}
 
