@@ -37,12 +37,14 @@ import torch.nn.functional as F
 from funrl.config import ConfigError, dump_config, save_config
 from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
-from funrl.sft_config import SftConfig, load_sft_config
+from funrl.sft_config import SftConfig, SftModelConfig, load_sft_config
+from policy.config import LoraConfig
 from policy.messages import Clip
 from policy.models import AudioLLM, FeatureBatch, get_adapter, load_audio_llm
 from policy.models.audio import load_audio
 from policy.models.features import fbank
 from policy.models.hub import resolve_model_path
+from policy.models.lora import train_adapter_only
 
 EPILOG = """\
 examples:
@@ -308,6 +310,14 @@ def _load_data(cfg: SftConfig, out: Path) -> _Data:
     return _Data(clips, waves, easy, dev)
 
 
+def _set_trainable(model: AudioLLM, m: SftModelConfig) -> None:
+    """``model.train``: every weight, the audio adapter alone, or the adapter + LoRA on the LLM."""
+    if m.train != "all":
+        train_adapter_only(model, LoraConfig(r=m.lora_r, alpha=2 * m.lora_r) if m.train == "adapter_lora" else None)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"[funrl.sft] model.train={m.train}: {n / 1e6:.2f} M trainable parameters", file=sys.stderr)
+
+
 def _optimizer(model: AudioLLM, o) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -379,6 +389,7 @@ def train(cfg: SftConfig) -> Path:
     data = _load_data(cfg, out)
     save_config(cfg, out / "config.yaml")
     model = build_model(cfg, data.waves)
+    _set_trainable(model, cfg.model)
     model.train()
     o = cfg.optim
     audio, sampler, easy_sampler = data.samplers(o.batch_size, cfg.run.seed)

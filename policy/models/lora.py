@@ -2,6 +2,7 @@
 
 * `apply_lora` wraps ``model.llm`` with peft LoRA (``target_modules`` configurable, Linear layers only); the
   LLM's base weights are frozen, the frontend is frozen unless ``train_frontend``.
+* `train_adapter_only` freezes all but the audio adapter (and the LoRA matrices, when LoRA is applied with it).
 * `merged_llm_state_dict` yields the LLM's weights under the plain HF names vLLM loads, each LoRA layer's
   weight as ``W + scaling * (B @ A)`` (computed in float32), without touching the training model. DTensor
   (FSDP2) parameters are gathered with ``full_tensor()``: a collective, so every rank must iterate it.
@@ -56,6 +57,23 @@ def apply_lora(model: AudioLLM, cfg: Any, train_frontend: bool = False) -> Audio
     )
     model.llm = get_peft_model(model.llm, peft_cfg)
     model.frontend.requires_grad_(train_frontend)
+    return model
+
+
+def train_adapter_only(model: AudioLLM, lora: Any | None = None) -> AudioLLM:
+    """Freeze every weight but the audio adapter's (``frontend.adapter``: a pretrained encoder and LLM stay as
+    they are, SLAM-ASR's recipe); with ``lora`` (as `apply_lora`'s ``cfg``), LoRA is applied to the LLM first
+    and its matrices train too. Returns ``model`` (changed in place)."""
+    adapter = getattr(model.frontend, "adapter", None)
+    if not isinstance(adapter, torch.nn.Module):
+        raise ValueError(f"this {model.model_type} model has no frontend.adapter to train alone")
+    if lora is not None:
+        apply_lora(model, lora)
+    model.requires_grad_(False)
+    adapter.requires_grad_(True)
+    for name, p in model.llm.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
     return model
 
 

@@ -157,32 +157,44 @@ def load_whisper_encoder_weights(encoder: WhisperAudioEncoder, folder: str | Pat
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors (convert the checkpoint with scripts/convert_whisper.py)")
-    state = {}
+    state: dict[str, Tensor] = {}
     for f in files:
-        for k, t in load_file(str(f)).items():
-            for prefix in ("model.encoder.", "encoder."):
-                if k.startswith(prefix):
-                    state[k[len(prefix) :]] = t
+        state.update(load_file(str(f)))
+    load_whisper_encoder_state(encoder, state, str(folder))
+
+
+def load_whisper_encoder_state(encoder: WhisperAudioEncoder, state: dict[str, Tensor], where: str) -> None:
+    """Copy the ``model.encoder.*`` (or ``encoder.*``) tensors of a Whisper state dict into ``encoder``;
+    ``where`` names the source in errors."""
+    own_state = {}
+    for k, t in state.items():
+        for prefix in ("model.encoder.", "encoder."):
+            if k.startswith(prefix):
+                own_state[k[len(prefix) :]] = t
     own = encoder.whisper.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    missing, unexpected = sorted(set(own) - set(own_state)), sorted(set(own_state) - set(own))
     bad = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        f"{k}: {tuple(own_state[k].shape)} vs {tuple(v.shape)}"
         for k, v in own.items()
-        if k in state and state[k].shape != v.shape
+        if k in own_state and own_state[k].shape != v.shape
     ]
     if missing or unexpected or bad:
         raise ValueError(
-            f"{folder}: its Whisper encoder does not match encoder {encoder.cfg}: missing {missing[:4]}, "
+            f"{where}: its Whisper encoder does not match encoder {encoder.cfg}: missing {missing[:4]}, "
             f"unexpected {unexpected[:4]}, shapes {bad[:4]}"
         )
     with torch.no_grad():
         for k, v in own.items():
-            v.copy_(state[k].to(v.dtype))
+            v.copy_(own_state[k].to(v.dtype))
 
 
 def whisper_encoder_config_from(folder: str | Path) -> WhisperEncoderConfig:
     """The encoder section matching a transformers Whisper folder's ``config.json`` (e.g. a converted one)."""
-    c = transformers.WhisperConfig.from_pretrained(folder, local_files_only=True)
+    return whisper_encoder_config(transformers.WhisperConfig.from_pretrained(folder, local_files_only=True))
+
+
+def whisper_encoder_config(c: Any) -> WhisperEncoderConfig:
+    """The encoder section matching a transformers ``WhisperConfig``."""
     return WhisperEncoderConfig(
         n_mels=c.num_mel_bins,
         d_model=c.d_model,

@@ -94,6 +94,14 @@ def test_curriculum_needs_a_manifest(capsys):
     assert "data.curriculum_steps" in capsys.readouterr().err
 
 
+def test_adapter_only_training_with_a_ctc_loss_is_refused_naming_model_train(capsys):
+    assert main(["data.train_manifest=a.jsonl", "model.train=adapter", "optim.ctc_weight=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "model.train=adapter keeps the encoder frozen" in err and "optim.ctc_weight=0" in err
+    assert main(["data.train_manifest=a.jsonl", "model.train=everything"]) == 2
+    assert "model.train" in capsys.readouterr().err
+
+
 def test_missing_manifest_exits_2(tmp_path, capsys):
     assert main([f"data.train_manifest={tmp_path / 'none.jsonl'}", f"run.out_dir={tmp_path / 'o'}"]) == 2
     assert "none.jsonl" in capsys.readouterr().err

@@ -122,6 +122,12 @@ def test_whisper_encoder_model_logprobs_equal_sequence_logprobs(tmp_path):
     _own_engine_agrees(get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "whisper", encoder="whisper"))
 
 
+def test_slam_asr_model_with_smollm2_tokenizer_logprobs_equal_sequence_logprobs(slam_asr_tiny_dir):
+    """The SLAM-ASR builder's folder (Whisper tiny.en encoder, SmolLM2's 49k tokenizer and chat template on a random
+    2-layer Llama: scripts/build_slam_asr.py --size tiny) is served by vLLM as it is."""
+    _own_engine_agrees(slam_asr_tiny_dir)
+
+
 def _own_engine_agrees(folder):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM

@@ -1,0 +1,67 @@
+"""The SLAM-ASR model's three commands as README "Training a real audio-LLM" gives them, at CI size (the same code
+path: `--size tiny` keeps Whisper tiny.en's encoder and SmolLM2's tokenizer, the LLM is a random 2-layer Llama):
+build, SFT of the adapter with funrl/recipes/slam_asr_sft.yaml, GRPO with LoRA with funrl/recipes/slam_asr_grpo.yaml;
+then the run exports with `python -m funrl.export` and the exported folder decodes in `python -m funrl.eval`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_runs import ROOT, jsonl, run_train
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
+
+
+def _run(args: list[str], timeout: int = 600) -> str:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_demo_data, tmp_path):
+    built, sft, grpo = tmp_path / "slam_asr", tmp_path / "sft", tmp_path / "grpo"
+    _run(["scripts/build_slam_asr.py", str(built), "--size", "tiny"])
+
+    log = _run(
+        ["-m", "funrl.sft", "--config", "funrl/recipes/slam_asr_sft.yaml", f"model.path={built}"]
+        + [f"data.train_manifest={small_demo_data.manifest('sft_train')}", f"run.out_dir={sft}"]
+        + ["optim.steps=2", "optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "run.eval_every=0"]
+        + [f"data.dev_manifest={small_demo_data.manifest('dev')}", "data.dev_clips=4", "run.max_new_tokens=8"]
+    )
+    assert "model.train=adapter: 2.10 M trainable parameters" in log
+    before = load_file(str(built / "frontend.safetensors"))
+    after = load_file(str(sft / "model" / "frontend.safetensors"))
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("adapter.") for k in moved)  # the Whisper encoder stays as it was
+    assert (
+        load_file(str(built / "llm" / "model.safetensors")).keys()
+        == load_file(str(sft / "model" / "llm" / "model.safetensors")).keys()
+    )
+
+    args = ["--config", str(ROOT / "funrl/recipes/slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
+    args += [f"data.train_manifest={small_demo_data.manifest('rl_train')}", "data.test_manifest="]
+    args += [f"run.out_dir={grpo}"]
+    args += ["run.steps=2", "run.clips_per_step=4", "data.noise_per_step=1", "rollout.n=4", "rollout.max_new_tokens=8"]
+    args += ["rollout.kv_cache_memory_bytes=33554432", "run.save_every=1", "ray.num_cpus=3"]
+    proc = run_train(args)
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, log[-3000:]
+    metrics = jsonl(grpo / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(m["rollout.logprob_diff.max"] < 1e-4 for m in metrics)  # LoRA on SmolLM2's vocabulary, fp32
+    assert (grpo / "rollout_lora").is_dir()  # the LoRA adapter reached vLLM as a folder
+
+    exported = tmp_path / "exported"
+    _run(["-m", "funrl.export", str(grpo), "--out", str(exported)])
+    report = tmp_path / "eval.json"
+    _run(
+        ["-m", "funrl.eval", "--model", str(exported), "--manifest", str(small_demo_data.manifest("test"))]
+        + ["--out", str(report), "--max-new-tokens", "8", "--no-progress"]
+    )
+    result = json.loads(report.read_text())
+    assert result["num_clips"] > 0 and result["num_noise_clips"] > 0
