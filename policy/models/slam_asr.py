@@ -75,7 +75,17 @@ def load_pretrained_llm(src: str | Path, dtype: torch.dtype = torch.float32) -> 
     where = _llm_source(src)
     tokenizer = transformers.AutoTokenizer.from_pretrained(**where)
     llm = transformers.AutoModelForCausalLM.from_pretrained(**where, dtype=dtype)
+    plain_config(llm.config)
     return llm.eval(), tokenizer
+
+
+def plain_config(config: Any) -> Any:
+    """Drop what a GGUF load leaves in the config: the weights are dequantised, but a ``quantization_config``
+    saved with them makes vLLM look for a GGUF file ("Unknown quantization method: gguf")."""
+    for attr in ("quantization_config", "_model_name_or_path"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    return config
 
 
 def tiny_llama_like(llm_config: Any, seed: int) -> nn.Module:
@@ -118,7 +128,7 @@ def build_slam_asr(
     if size == "tiny":  # the source's tokenizer and vocabulary, a random small Llama: its weights are not read
         where = _llm_source(llm or default_llm_source())
         tokenizer = transformers.AutoTokenizer.from_pretrained(**where)
-        lm = tiny_llama_like(transformers.AutoConfig.from_pretrained(**where), seed)
+        lm = tiny_llama_like(plain_config(transformers.AutoConfig.from_pretrained(**where)), seed)
     else:
         lm, tokenizer = load_pretrained_llm(llm or default_llm_source())
     lm.generation_config = _generation_config(tokenizer)

@@ -106,6 +106,18 @@ def test_missing_source_package_names_the_setup_command():
     assert default_llm_source().is_file() and default_llm_source().suffix == ".gguf"
 
 
+def test_gguf_quantization_entry_is_dropped_from_the_dequantised_llms_config():
+    import transformers
+
+    from policy.models.slam_asr import plain_config
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=1)
+    config.quantization_config = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
+    config._model_name_or_path = "Smollm2 135M 8k"
+    saved = plain_config(config).to_dict()
+    assert "quantization_config" not in saved and "_model_name_or_path" not in saved and saved["vocab_size"] == 64
+
+
 def test_unknown_size_is_refused_before_anything_loads(tmp_path):
     with pytest.raises(ValueError, match="unknown size 'huge'; known: full, tiny"):
         build_slam_asr(tmp_path / "m", size="huge")
