@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -37,14 +36,12 @@ import torch.nn.functional as F
 from funrl.config import ConfigError, dump_config, save_config
 from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
-from funrl.sft_config import SftConfig, SftModelConfig, load_sft_config
-from policy.config import LoraConfig
+from funrl.sft_config import SftConfig, load_sft_config
+from funrl.sft_model import build_model, set_trainable
 from policy.messages import Clip
-from policy.models import AudioLLM, FeatureBatch, get_adapter, load_audio_llm
+from policy.models import AudioLLM, FeatureBatch
 from policy.models.audio import load_audio
-from policy.models.features import fbank
 from policy.models.hub import resolve_model_path
-from policy.models.lora import train_adapter_only
 
 EPILOG = """\
 examples:
@@ -246,34 +243,6 @@ def load_clips(
     return clips, [load_audio(c.audio, max_seconds) for c in clips]
 
 
-def build_model(cfg: SftConfig, waves: Sequence[np.ndarray]) -> AudioLLM:
-    """Load ``model.path``, or build a new random model (CMVN statistics from up to 500 training clips)."""
-    if cfg.model.path:
-        return load_audio_llm(cfg.model.path)
-    with tempfile.TemporaryDirectory(prefix="funrl-sft-init-") as tmp:
-        folder = get_adapter("encoder_adapter_llm").build_tiny(
-            Path(tmp) / "model",
-            llm=cfg.model.llm,
-            seed=cfg.model.seed,
-            size=cfg.model.size,
-            ctc=cfg.model.ctc,
-            cmvn=cfg.model.cmvn,
-        )
-        model = load_audio_llm(folder)
-    if cfg.model.init_std > 0:
-        gen = torch.Generator().manual_seed(cfg.model.seed)
-        with torch.no_grad():
-            for module in model.llm.modules():
-                if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                    module.weight.normal_(0.0, cfg.model.init_std, generator=gen)
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.zero_()
-    if cfg.model.cmvn:
-        feats = np.concatenate([fbank(w, model.frontend.fbank_cfg) for w in waves[:500]])
-        model.frontend.set_cmvn(feats.mean(0), feats.std(0))
-    return model
-
-
 @dataclass
 class _Data:
     clips: list[Clip]  # speech clips of the training manifest
@@ -308,14 +277,6 @@ def _load_data(cfg: SftConfig, out: Path) -> _Data:
         n = cfg.data.dev_clips or len(dev_clips)
         dev = (dev_clips[:n], dev_waves[:n])
     return _Data(clips, waves, easy, dev)
-
-
-def _set_trainable(model: AudioLLM, m: SftModelConfig) -> None:
-    """``model.train``: every weight, the audio adapter alone, or the adapter + LoRA on the LLM."""
-    if m.train != "all":
-        train_adapter_only(model, LoraConfig(r=m.lora_r, alpha=2 * m.lora_r) if m.train == "adapter_lora" else None)
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"[funrl.sft] model.train={m.train}: {n / 1e6:.2f} M trainable parameters", file=sys.stderr)
 
 
 def _optimizer(model: AudioLLM, o) -> torch.optim.Optimizer:
@@ -389,7 +350,7 @@ def train(cfg: SftConfig) -> Path:
     data = _load_data(cfg, out)
     save_config(cfg, out / "config.yaml")
     model = build_model(cfg, data.waves)
-    _set_trainable(model, cfg.model)
+    set_trainable(model, cfg.model)
     model.train()
     o = cfg.optim
     audio, sampler, easy_sampler = data.samplers(o.batch_size, cfg.run.seed)

