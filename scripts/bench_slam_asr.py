@@ -1,0 +1,136 @@
+"""The SLAM-ASR model (docs/slam_asr.md) end to end, measured: build, SFT, GRPO, beside a same-time SFT control.
+
+    python scripts/bench_slam_asr.py [--out runs/bench_slam_asr] [--sft-minutes 120] [--grpo-steps 300]
+                                     [--real-speech MANIFEST] [--data data/demo] [--seed 0] [key=value ...]
+
+Steps (each skipped when its output is already there, so a stopped bench continues where it was):
+(1) `scripts/build_slam_asr.py OUT/model`; (2) `python -m funrl.sft --config funrl/recipes/slam_asr_sft.yaml`
+for ``--sft-minutes``; (3) `python -m funrl.train --config funrl/recipes/slam_asr_grpo.yaml` for
+``--grpo-steps`` (extra key=value arguments go to it), which evaluates the SFT model and its own result on
+the test split; (4) the control: `python -m funrl.sft` continuing the SFT model with ``model.train=adapter_lora``
+on the same RL clips (noise-only clips with their empty reference) for the wall time GRPO's steps took, then
+`python -m funrl.eval` on the test split; (5) with ``--real-speech``, `python -m funrl.eval` of the SFT, GRPO
+and control models on that manifest. Prints one markdown table (test WER, keyword recall, hallucination on
+noise, language mismatch, real-speech WER and hallucination) and the GRPO step's medians by stage, peak memory
+of all processes and the LoRA sync time; writes OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from funrl.metrics import read_metrics
+from funrl.timing import TreeMemory
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "funrl" / "recipes"
+COLUMNS = (
+    ("test WER", "test", "wer"),
+    ("keyword recall", "test", "keyword_recall"),
+    ("hallucination on noise", "test", "hallucination_rate"),
+    ("language mismatch", "test", "lang_mismatch_rate"),
+    ("real-speech WER", "real", "wer"),
+    ("real-speech hallucination", "real", "hallucination_rate"),
+)
+
+
+def run(args: list[str], log: Path) -> float:
+    """``python ARGS`` from the repository root, output to ``log``; returns its wall time in seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"python {' '.join(args)} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def evaluate(model: Path, manifest: Path, report: Path) -> dict:
+    if not report.is_file():
+        args = ["-m", "funrl.eval", "--model", str(model), "--manifest", str(manifest), "--out", str(report)]
+        run([*args, "--no-progress"], report.with_suffix(".log"))
+    return json.loads(report.read_text())
+
+
+def stage_medians(metrics: Path) -> dict[str, float]:
+    recs = read_metrics(metrics)[10:] or read_metrics(metrics)  # past the first steps' warm-up
+    keys = ("time.embed", "time.generate", "time.score", "time.learn", "time.sync", "time.step")
+    return {k: statistics.median(r[k] for r in recs if k in r) for k in keys}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_slam_asr")
+    p.add_argument("--sft-minutes", type=float, default=120.0)
+    p.add_argument("--grpo-steps", type=int, default=300)
+    p.add_argument("--real-speech", type=Path, help="a manifest of real recorded speech (never trained on)")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "demo", help="the demo data (sft_train, dev, ...)")
+    p.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: the builder's CI size (smoke test)")
+    p.add_argument("--sft-steps", type=int, default=3000, help="SFT step cap (optim.steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="extra GRPO config overrides")
+    a = p.parse_args()
+    out, data, seconds = a.out.resolve(), a.data.resolve(), {}
+    built, sft, grpo, control = out / "model", out / "sft", out / "grpo", out / "control"
+    with TreeMemory() as mem:
+        if not (built / "config.json").is_file():
+            args = ["scripts/build_slam_asr.py", str(built), "--seed", str(a.seed), "--size", a.size]
+            seconds["build"] = run(args, out / "build.log")
+        if not (sft / "model" / "config.json").is_file():
+            args = ["-m", "funrl.sft", "--config", str(RECIPES / "slam_asr_sft.yaml"), f"model.path={built}"]
+            args += [f"data.train_manifest={data / 'sft_train.jsonl'}", f"data.dev_manifest={data / 'dev.jsonl'}"]
+            args += [f"run.out_dir={sft}", f"optim.minutes={a.sft_minutes}", f"optim.steps={a.sft_steps}"]
+            args += [f"run.seed={a.seed}"]
+            seconds["sft"] = run(args, out / "sft.log")
+        if not (grpo / "eval_after.json").is_file():
+            args = ["-m", "funrl.train", "--config", str(RECIPES / "slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
+            args += [f"data.train_manifest={data / 'rl_train.jsonl'}", f"data.test_manifest={data / 'test.jsonl'}"]
+            args += [f"run.out_dir={grpo}", f"run.steps={a.grpo_steps}", f"run.seed={a.seed}", *a.overrides]
+            seconds["grpo"] = run(args, out / "grpo.log")
+    grpo_s = sum(m.get("time.step", 0.0) for m in read_metrics(grpo / "metrics.jsonl"))
+    if not (control / "model" / "config.json").is_file():
+        args = ["-m", "funrl.sft", "--config", str(RECIPES / "slam_asr_sft.yaml"), f"model.path={sft / 'model'}"]
+        args += ["model.train=adapter_lora", f"data.train_manifest={data / 'rl_train.jsonl'}", "data.noise_clips=true"]
+        args += [f"optim.minutes={grpo_s / 60:.3f}", "optim.steps=100000", "optim.lr=2e-4", "optim.warmup_steps=0"]
+        args += ["optim.schedule=constant", "run.eval_every=0", f"run.out_dir={control}", f"run.seed={a.seed}"]
+        seconds["control"] = run(args, out / "control.log")
+    models = {"SFT": sft / "model", "GRPO": grpo / "model", "SFT control": control / "model"}
+    reports = {
+        "SFT": {"test": json.loads((grpo / "eval_before.json").read_text())},
+        "GRPO": {"test": json.loads((grpo / "eval_after.json").read_text())},
+        "SFT control": {"test": evaluate(control / "model", data / "test.jsonl", control / "eval_test.json")},
+    }
+    if a.real_speech:
+        for name, model in models.items():
+            reports[name]["real"] = evaluate(model, a.real_speech, out / f"real_{name.replace(' ', '_')}.json")
+    stages = stage_medians(grpo / "metrics.jsonl")
+    result = {"seconds": seconds, "grpo_steps_s": grpo_s, "stages": stages, "reports": reports}
+    result |= {"peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    print(table(reports))
+    by_stage = ", ".join(f"{k[5:]} {v:.2f} s" for k, v in stages.items())
+    print(f"\nGRPO step (median of steps 11 on; of all when fewer): {by_stage}")
+    print(f"LoRA sync {stages['time.sync'] * 1000:.0f} ms; GRPO steps {grpo_s / 60:.1f} min; peak memory of all")
+    print(f"processes (build, SFT, GRPO): RSS {mem.peak_rss / 2**30:.2f} GiB, PSS {mem.peak_pss / 2**30:.2f} GiB")
+
+
+def table(reports: dict[str, dict[str, dict]]) -> str:
+    head = ["model", *[c for c, _, _ in COLUMNS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, by_split in reports.items():
+        cells = []
+        for _, split, key in COLUMNS:
+            value = by_split.get(split, {}).get(key)
+            cells.append("—" if value is None else f"{100 * value:.2f} %")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
