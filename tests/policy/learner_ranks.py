@@ -3,12 +3,9 @@ no micro-batches: one big batch), and the body of a learner rank run as a torch.
 
 from __future__ import annotations
 
-import random
-import socket
 import traceback
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,20 +21,11 @@ HIDDEN, VOCAB = 128, 843  # the tiny encoder_adapter_llm (Qwen2) of tests/confte
 
 def ports_for_later(n: int) -> list[int]:
     """``n`` distinct TCP ports, free now, for rendezvous that happen one after another over minutes (one per
-    scenario). They lie above Ray's worker ports (10002-19999) and below the kernel's ephemeral range (32768+ on
-    Linux), from which `free_port` picks: an ephemeral port picked early can be handed to another process's
-    outgoing connection before it is bound (seen in CI as EADDRINUSE)."""
-    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    top = int(ephemeral.read_text().split()[0]) if ephemeral.is_file() else 32768
-    rng = random.SystemRandom()
+    scenario): `free_port` draws them outside the kernel's ephemeral range, where no outgoing connection takes
+    them in the meantime."""
     out: list[int] = []
     while len(out) < n:
-        port = rng.randrange(20000, top)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
+        port = free_port()
         if port not in out:
             out.append(port)
     return out
