@@ -124,11 +124,12 @@ def build_slam_asr(
     """Write the assembled checkpoint to ``out`` (see module doc); returns ``out``."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
-    whisper_config, whisper_state, _ = load_whisper_source(whisper or default_whisper_source())
+    whisper = whisper or default_whisper_source()
+    whisper_config, whisper_state, _ = load_whisper_source(whisper)
     if size == "tiny":  # the source's tokenizer and vocabulary, a random small Llama: its weights are not read
         where = _llm_source(llm or default_llm_source())
         tokenizer = transformers.AutoTokenizer.from_pretrained(**where)
-        lm = tiny_llama_like(plain_config(transformers.AutoConfig.from_pretrained(**where)), seed)
+        lm = tiny_llama_like(transformers.AutoConfig.from_pretrained(**where), seed)
     else:
         lm, tokenizer = load_pretrained_llm(llm or default_llm_source())
     lm.generation_config = _generation_config(tokenizer)
@@ -140,7 +141,7 @@ def build_slam_asr(
     )
     torch.manual_seed(seed)
     frontend = EncoderAdapterFrontend(None, encoder, adapter).eval()
-    load_whisper_encoder_state(frontend.encoder, whisper_state, str(whisper or default_whisper_source()))
+    load_whisper_encoder_state(frontend.encoder, whisper_state, str(whisper))
     config = {
         "model_type": MODEL_TYPE,
         "cmvn": False,
