@@ -216,7 +216,7 @@ def resolve_manifests(cfg: SftConfig, out: Path) -> tuple[str, str, str]:
         from funrl.demo.build import build_demo_data
         from funrl.demo.plan import DemoSizes, plan_clips
 
-        sizes = DemoSizes.small() if d.demo_size == "small" else DemoSizes()
+        sizes = DemoSizes.preset(d.demo_size)
         paths = build_demo_data(d.demo_dir, seed=d.demo_seed, sizes=sizes)
         train, dev = train or str(paths.sft_train), dev or str(paths.dev)
         if d.curriculum_steps and not easy:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from funrl.config import load_config
 from funrl.data_formats import FORMATS
+from funrl.demo.plan import PRESETS
 from policy.config import ConfigError, in_range, non_empty, one_of, validate
 
 __all__ = [
@@ -82,7 +83,7 @@ class SftDataConfig:
     format: str = "jsonl"  # of the manifests given here: jsonl | hf_datasets | lhotse | nemo (docs/data.md)
     audio_cache_dir: str = ""  # embedded audio and excerpts are written here (wav); "" = .funrl_audio beside the data
     demo_dir: str = ""  # build (or reuse) the built-in demo data here when a manifest is ""
-    demo_size: str = "full"  # full | small (CI)
+    demo_size: str = "full"  # full | small (CI) | keyword_rich (funrl/demo/plan.py PRESETS)
     demo_seed: int = 0
     max_audio_seconds: float = 30.0
     dev_clips: int = 0  # evaluate on the first N dev clips (0 = all)
@@ -97,7 +98,7 @@ class SftDataConfig:
         validate(
             self,
             {
-                "demo_size": one_of("full", "small"),
+                "demo_size": one_of(*PRESETS),
                 "demo_seed": in_range(0),
                 "max_audio_seconds": in_range(0, lo_open=True),
                 "dev_clips": in_range(0),

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from funrl.demo.plan import BUILD_VERSION, DemoSizes, plan_clips
+from funrl.demo.plan import BUILD_VERSION, LATER_FIELDS, PRESETS, DemoSizes, plan_clips
 from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_to_file
 from funrl.demo.text import fingerprint
 from funrl.demo.tts import check_voices
@@ -75,7 +75,7 @@ def cache_key(seed: int, sizes: DemoSizes) -> str:
         {
             "version": BUILD_VERSION,
             "seed": int(seed),
-            "sizes": dataclasses.asdict(sizes),
+            "sizes": {k: v for k, v in dataclasses.asdict(sizes).items() if LATER_FIELDS.get(k, ()) != v},
             "text": fingerprint(),
             "sample_rate": SAMPLE_RATE,
         },
@@ -238,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("out_dir", help="data folder to create (reused when already built)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--small", action="store_true", help="tiny set for CI and tests (seconds)")
+    ap.add_argument("--size", choices=tuple(PRESETS), default="full", help="which preset (funrl/demo/plan.py)")
+    ap.add_argument("--small", action="store_true", help="the tiny set for CI and tests (seconds): --size small")
     ap.add_argument("--workers", type=int, default=None, help="rendering processes (default: auto)")
     args = ap.parse_args(argv)
-    sizes = DemoSizes.small() if args.small else DemoSizes()
+    sizes = DemoSizes.preset("small" if args.small else args.size)
     cached = is_built(args.out_dir, args.seed, sizes)
     t0 = time.perf_counter()
     paths = build_demo_data(args.out_dir, seed=args.seed, sizes=sizes, workers=args.workers)

@@ -20,6 +20,28 @@ BUILD_VERSION = 1  # bump when the plan or the rendering changes (invalidates ca
 MANDARIN_VOICES = (MANDARIN_VOICE,) + tuple(f"{MANDARIN_VOICE}+{v.split('+')[1]}" for v in ENGLISH_VARIANTS[::2])
 
 
+_SHARES = (
+    "mandarin_share",
+    "keyword_share",
+    "context_share",
+    "noisy_share",
+    "piper_share",
+    "two_keyword_share",
+    "sft_context_share",
+    "test_keyword_share",
+    "test_context_share",
+)
+# Fields added after BUILD_VERSION 1, with the value that reproduces version 1's plan: at that value they stay
+# out of the cache key, so data built before they existed is still recognised as the same set.
+LATER_FIELDS = {
+    "two_keyword_share": 0.2,
+    "sft_context_share": None,
+    "test_keyword_share": None,
+    "test_context_share": None,
+}
+PRESETS = {"full": "", "small": "small", "keyword_rich": "keyword_rich"}  # name -> DemoSizes classmethod
+
+
 @dataclass(frozen=True)
 class DemoSizes:
     """How many clips of each kind; shares are of each split's speech clips."""
@@ -37,14 +59,21 @@ class DemoSizes:
     noisy_share: float = 0.35  # of speech clips: mixed with noise
     piper_share: float = 0.2  # of English speech clips: neural voice (else espeak-ng)
     snr_db: tuple[float, float] = (0.0, 15.0)
+    two_keyword_share: float = 0.2  # of keyword clips: two keywords instead of one
+    # Per-split overrides (None: the shares above). Few SFT clips with context leave "use the prompt's context"
+    # for RL to learn; a test split rich in keywords measures recall on hundreds of them, not sixty.
+    sft_context_share: float | None = None
+    test_keyword_share: float | None = None
+    test_context_share: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("sft_train", "rl_train", "rl_noise", "dev", "dev_noise", "test", "test_noise"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"DemoSizes.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("mandarin_share", "keyword_share", "context_share", "noisy_share", "piper_share"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"DemoSizes.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in _SHARES:
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"DemoSizes.{name} must be in [0, 1], got {value}")
         lo, hi = self.snr_db
         if lo > hi:
             raise ValueError(f"DemoSizes.snr_db must be (low, high), got {self.snr_db}")
@@ -53,6 +82,36 @@ class DemoSizes:
     def small(cls) -> "DemoSizes":
         """About 60/40/20/20 clips: for CI and tests (a few seconds to build)."""
         return cls(sft_train=60, rl_train=34, rl_noise=6, dev=16, dev_noise=4, test=16, test_noise=4)
+
+    @classmethod
+    def keyword_rich(cls) -> "DemoSizes":
+        """The full set with keyword context on 15 % of SFT keyword clips and a 400-clip test split in which 80 %
+        of English clips carry keywords (40 % of them two) and 80 % of those get context: ~320 test keywords
+        on clips with context, where the full set has ~30."""
+        return cls(
+            test=400,
+            two_keyword_share=0.4,
+            sft_context_share=0.15,
+            test_keyword_share=0.8,
+            test_context_share=0.8,
+        )
+
+    @classmethod
+    def preset(cls, name: str) -> "DemoSizes":
+        """The named size of the demo data (`PRESETS`)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown demo data size {name!r}; choose one of {', '.join(PRESETS)}")
+        return getattr(cls, PRESETS[name])() if PRESETS[name] else cls()
+
+    def shares(self, split: str) -> tuple[float, float]:
+        """(keyword_share, context_share) of a split, its overrides applied."""
+        kw, ctx = self.keyword_share, self.context_share
+        if split == "sft_train" and self.sft_context_share is not None:
+            ctx = self.sft_context_share
+        if split == "test":
+            kw = kw if self.test_keyword_share is None else self.test_keyword_share
+            ctx = ctx if self.test_context_share is None else self.test_context_share
+        return kw, ctx
 
     def split_counts(self) -> dict[str, tuple[int, int]]:
         """split -> (speech clips, noise-only clips)."""
@@ -71,15 +130,16 @@ def _exact_subset(rng: np.random.Generator, n: int, share: float) -> np.ndarray:
     return mask
 
 
-def _sentences(rng: np.random.Generator, n: int, sizes: DemoSizes, seen: set[str]) -> list[dict]:
+def _sentences(rng: np.random.Generator, split: str, n: int, sizes: DemoSizes, seen: set[str]) -> list[dict]:
     """n unique (never in `seen`) sentences with their language, keywords and context."""
+    keyword_share, context_share = sizes.shares(split)
     is_zh = _exact_subset(rng, n, sizes.mandarin_share)
     en_idx = np.flatnonzero(~is_zh)
     has_kw = np.zeros(n, dtype=bool)
-    has_kw[en_idx[_exact_subset(rng, en_idx.size, sizes.keyword_share)]] = True
+    has_kw[en_idx[_exact_subset(rng, en_idx.size, keyword_share)]] = True
     kw_idx = np.flatnonzero(has_kw)
     has_ctx = np.zeros(n, dtype=bool)
-    has_ctx[kw_idx[_exact_subset(rng, kw_idx.size, sizes.context_share)]] = True
+    has_ctx[kw_idx[_exact_subset(rng, kw_idx.size, context_share)]] = True
     out = []
     kws: tuple[str, ...]
     for i in range(n):
@@ -87,7 +147,8 @@ def _sentences(rng: np.random.Generator, n: int, sizes: DemoSizes, seen: set[str
             if is_zh[i]:
                 sent, kws = text_mod.mandarin_sentence(rng), ()
             else:
-                sent, kws = text_mod.english_sentence(rng, int(has_kw[i]) * (1 + int(rng.random() < 0.2)))
+                n_kw = int(has_kw[i]) * (1 + int(rng.random() < sizes.two_keyword_share))
+                sent, kws = text_mod.english_sentence(rng, n_kw)
             if sent not in seen:
                 break
         seen.add(sent)
@@ -155,7 +216,7 @@ def plan_clips(seed: int, sizes: DemoSizes) -> list[ClipSpec]:
     seen: set[str] = set()
     specs: list[ClipSpec] = []
     for split, (n_speech, n_noise) in sizes.split_counts().items():
-        fields = _speech_specs(rng, split, _sentences(rng, n_speech, sizes, seen), sizes)
+        fields = _speech_specs(rng, split, _sentences(rng, split, n_speech, sizes, seen), sizes)
         fields += _noise_specs(rng, split, n_noise)
         order = rng.permutation(len(fields))
         for j, k in enumerate(order):

@@ -16,10 +16,10 @@ from pathlib import Path
 from funrl.config import TrainConfig, load_config
 from funrl.demo import start_model_dir
 from funrl.demo.build import build_demo_data
-from funrl.demo.plan import DemoSizes
+from funrl.demo.plan import PRESETS, DemoSizes
 
 GRPO_CONFIG = Path(__file__).resolve().parent / "grpo.yaml"
-DEMO_SIZES = ("full", "small")
+DEMO_SIZES = tuple(PRESETS)
 # The reduced run CI uses: the same path end to end, in about a minute.
 SMALL_OVERRIDES = ("run.steps=2", "run.clips_per_step=4", "data.noise_per_step=1", "rollout.n=4", "run.save_every=2")
 
@@ -27,7 +27,7 @@ SMALL_OVERRIDES = ("run.steps=2", "run.clips_per_step=4", "data.noise_per_step=1
 def demo_data_dir(size: str) -> Path:
     # absolute: a run's config.yaml names its manifests, and --resume may run from another directory
     root = Path(os.environ.get("FUNRL_DEMO_DATA", "data/demo")).absolute()
-    return root if size == "full" else root.with_name(root.name + "-small")
+    return root if size == "full" else root.with_name(f"{root.name}-{size}")
 
 
 def demo_config(overrides: Sequence[str] = (), size: str = "full") -> TrainConfig:
@@ -41,8 +41,7 @@ def demo_config(overrides: Sequence[str] = (), size: str = "full") -> TrainConfi
         + (f", starting model {model}" if model else ""),
         flush=True,
     )
-    sizes = DemoSizes() if size == "full" else DemoSizes.small()
-    paths = build_demo_data(demo_data_dir(size), seed=0, sizes=sizes)
+    paths = build_demo_data(demo_data_dir(size), seed=0, sizes=DemoSizes.preset(size))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = [
         f"data.train_manifest={paths.manifest('rl_train')}",

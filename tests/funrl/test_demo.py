@@ -192,6 +192,37 @@ def test_bad_sizes_are_rejected():
         DemoSizes(noisy_share=1.5)
     with pytest.raises(ValueError, match="test_noise"):
         DemoSizes(test_noise=-1)
+    with pytest.raises(ValueError, match="test_context_share"):
+        DemoSizes(test_context_share=-0.1)
+    with pytest.raises(ValueError, match="unknown demo data size 'tiny'.*full, small, keyword_rich"):
+        DemoSizes.preset("tiny")
+
+
+def test_fields_added_later_keep_the_first_versions_plan_and_cache_key():
+    # the key data/demo was built under since version 1: same plan, so no rebuild after an upgrade
+    assert cache_key(0, DemoSizes()) == "5f8156489907439eedbd14f6ceab4a48c18a2977b3df41b053edf07f2922dfdf"
+    assert cache_key(0, DemoSizes(two_keyword_share=0.2, sft_context_share=None)) == cache_key(0, DemoSizes())
+    assert cache_key(0, DemoSizes(sft_context_share=0.5)) != cache_key(0, DemoSizes())
+    assert DemoSizes.preset("full") == DemoSizes() and DemoSizes.preset("small") == DemoSizes.small()
+
+
+def test_split_overrides_apply_to_their_split_only():
+    sizes = DemoSizes(keyword_share=0.25, context_share=0.5, sft_context_share=0.1, test_keyword_share=0.8)
+    assert sizes.shares("sft_train") == (0.25, 0.1)
+    assert sizes.shares("rl_train") == sizes.shares("dev") == (0.25, 0.5)
+    assert sizes.shares("test") == (0.8, 0.5)
+
+
+def test_keyword_rich_plan_puts_300_keywords_with_context_in_test_and_little_context_in_sft():
+    specs = plan_clips(0, DemoSizes.keyword_rich())
+    test_en = [c for c in specs if c.split == "test" and c.lang == "en"]
+    assert len(test_en) == 360  # 400 speech clips, 10 % Mandarin
+    assert sum(bool(c.keywords) for c in test_en) == 288  # exactly 80 %
+    assert sum(len(c.keywords) for c in test_en if c.context) >= 300
+    sft_kw = [c for c in specs if c.split == "sft_train" and c.keywords]
+    assert round(sum(bool(c.context) for c in sft_kw) / len(sft_kw), 2) == 0.15
+    rl_kw = [c for c in specs if c.split == "rl_train" and c.keywords]  # other splits keep the full set's shares
+    assert round(sum(bool(c.context) for c in rl_kw) / len(rl_kw), 2) == 0.5
 
 
 @pytest.fixture
