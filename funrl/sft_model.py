@@ -41,6 +41,7 @@ def build_model(cfg: SftConfig, waves: Sequence[np.ndarray]) -> AudioLLM:
             cmvn=m.cmvn and whisper is None,
             encoder=m.encoder,
             whisper=whisper[0] if whisper else None,
+            splice=m.splice,
         )
         model = load_audio_llm(folder)
     if whisper is not None:

@@ -339,10 +339,11 @@ class EncoderAdapterLLM:
         instruction: str = DEFAULT_INSTRUCTION,
         encoder: str = "conformer",
         whisper: WhisperEncoderConfig | None = None,
+        splice: int = 2,
     ) -> Path:
         """A random checkpoint (tokenizer built locally, LLM family ``llm``, ``encoder`` conformer or whisper)
         written to ``folder``; ``whisper`` replaces the size's whisper encoder section (e.g. a pretrained one's,
-        whose weights are loaded afterwards)."""
+        whose weights are loaded afterwards); the adapter stacks ``splice`` encoder frames per audio token."""
         if size not in SIZES:
             raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
         if encoder not in ("conformer", WHISPER):
@@ -352,7 +353,7 @@ class EncoderAdapterLLM:
         lm = tiny_llm(llm, tokenizer, size)
         enc = (whisper or SIZES[size][WHISPER]) if encoder == WHISPER else SIZES[size]["encoder"]
         adapter = AdapterConfig(
-            splice=2, hidden_size=SIZES[size]["adapter_hidden"], llm_hidden_size=lm.config.hidden_size
+            splice=splice, hidden_size=SIZES[size]["adapter_hidden"], llm_hidden_size=lm.config.hidden_size
         )
         fbank = None if encoder == WHISPER else FbankConfig()
         frontend = EncoderAdapterFrontend(

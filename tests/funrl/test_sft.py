@@ -224,14 +224,35 @@ def test_new_model_on_a_pretrained_whisper_encoder_holds_its_weights_and_no_cmvn
     from policy.models.slam_asr import default_whisper_source
     from policy.models.whisper_convert import load_whisper_source
 
-    cfg = load_sft_config(None, ["data.train_manifest=a.jsonl", "model.size=tiny", "model.encoder=whisper"])
-    model = build_model(cfg, [])  # no waves: a whisper encoder takes no CMVN statistics
+    overrides = ["data.train_manifest=a.jsonl", "model.size=tiny", "model.encoder=whisper", "model.splice=4"]
+    model = build_model(load_sft_config(None, overrides), [])  # no waves: a whisper encoder takes no CMVN statistics
     _, state, _ = load_whisper_source(default_whisper_source())
     own = model.frontend.encoder.whisper.state_dict()
     assert len(own) > 50
     for name, tensor in own.items():
         assert torch.equal(tensor, state[f"model.encoder.{name}"].float()), name
     assert not model.frontend.has_cmvn and model.frontend.ctc is not None  # model.ctc=true: a CTC head on top
-    assert model.frontend.adapter.fc1.in_features == 2 * 384  # splice 2 of tiny.en's d_model
+    assert model.frontend.adapter.fc1.in_features == 4 * 384  # model.splice=4 frames of tiny.en's d_model
     # the LLM is the size's new one, redrawn from N(0, init_std)
     assert abs(float(model.llm.get_input_embeddings().weight.std()) - 0.02) < 0.002
+
+
+def test_whisper_demo_recipe_keeps_the_pretrained_encoder_frozen_from_step_one(demo_small, tmp_path):
+    from policy.models.slam_asr import default_whisper_source
+    from policy.models.whisper_convert import load_whisper_source
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "funrl.sft", "--config", str(REPO / "funrl/demo/sft_whisper.yaml")]
+    cmd += [f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", "optim.steps=6"]
+    cmd += ["optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "optim.lr=3e-3", "run.eval_every=0"]
+    cmd += ["run.log_every=3", "run.max_new_tokens=8", "data.dev_clips=4", f"run.out_dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6] and log[-1]["ce"] < log[0]["ce"]
+    model = load_audio_llm(out / "model")
+    assert model.frontend.ctc is None and model.frontend.adapter.fc1.in_features == 4 * 384  # recipe: splice 4
+    _, state, _ = load_whisper_source(default_whisper_source())
+    for name, tensor in model.frontend.encoder.whisper.state_dict().items():  # frozen: tiny.en's own weights
+        assert torch.equal(tensor, state[f"model.encoder.{name}"].float()), name
