@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from funrl.config import ConfigError, dump_config, save_config
 from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
+from funrl.sft_cache import EncoderCache, cached_audio_embeds
 from funrl.sft_config import SftConfig, load_sft_config
 from funrl.sft_model import build_model, set_trainable
 from policy.messages import Clip
@@ -93,14 +94,21 @@ def sft_loss(
     finally:
         if hook is not None:
             hook.remove()
-    prompts = model.build_prompt_embeds(audio, list(contexts))
-    ids, mask, targets = completion_ids(model, texts)
-    logp = model.sequence_logprobs(prompts, ids, mask)
-    ce = -logp.sum() / mask.sum()
+    ce, targets = completion_ce(model, audio, texts, contexts)
     if ctc_weight <= 0:
         return ce, float(ce.detach()), 0.0
     ctc = _ctc_loss(model, *caught["enc"], targets)
     return ce + ctc_weight * ctc, float(ce.detach()), float(ctc.detach())
+
+
+def completion_ce(
+    model: AudioLLM, audio: Sequence[torch.Tensor], texts: Sequence[str], contexts: Sequence[str | None]
+) -> tuple[torch.Tensor, list[list[int]]]:
+    """Token-mean CE of each text + EOS after its prompt (``audio`` embeddings + context), and the text ids."""
+    prompts = model.build_prompt_embeds(audio, list(contexts))
+    ids, mask, targets = completion_ids(model, texts)
+    logp = model.sequence_logprobs(prompts, ids, mask)
+    return -logp.sum() / mask.sum(), targets
 
 
 def _ctc_loss(model: AudioLLM, enc: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
@@ -329,9 +337,18 @@ class _Meter:
 
 
 def _step_loss(
-    model: AudioLLM, o, batch: tuple[list, list, list], rng: np.random.Generator, encoder_phase: bool
+    model: AudioLLM,
+    o,
+    batch: tuple[list, list, list],
+    rng: np.random.Generator,
+    encoder_phase: bool,
+    cache: EncoderCache | None,
 ) -> tuple[torch.Tensor, float, float]:
     waves, texts, contexts = batch
+    if cache is not None:  # items are tuples of waves; their states were computed before step 1
+        enc, lengths = cache.batch(waves, o.spec_time_masks, rng)
+        ce, _ = completion_ce(model, cached_audio_embeds(model, enc, lengths), texts, contexts)
+        return ce, float(ce.detach()), 0.0
     feats = spec_augment(model.audio_features(waves), o.spec_freq_masks, o.spec_time_masks, rng)
     if encoder_phase:
         return encoder_ctc_loss(model, feats, texts)
@@ -355,6 +372,7 @@ def train(cfg: SftConfig) -> Path:
     model.train()
     o = cfg.optim
     audio, sampler, easy_sampler = data.samplers(o.batch_size, cfg.run.seed)
+    cache = EncoderCache(model, list(audio.values())) if o.cache_encoder else None
     rng = np.random.default_rng(cfg.run.seed)
     cuts: dict[int, list[int]] = {}
     opt = _optimizer(model, o)
@@ -376,9 +394,16 @@ def train(cfg: SftConfig) -> Path:
                 g["lr"] = lr
             source = easy_sampler if easy_sampler is not None and step < cfg.data.curriculum_steps else sampler
             batch = concat_pairs(
-                source.next_batch(), audio, source.clips, o.concat_prob, rng, o.shuffle_words_prob, cuts
+                source.next_batch(),
+                audio,
+                source.clips,
+                o.concat_prob,
+                rng,
+                o.shuffle_words_prob,
+                cuts,
+                cache is not None,
             )
-            loss, ce, ctc = _step_loss(model, o, batch, rng, encoder_phase)
+            loss, ce, ctc = _step_loss(model, o, batch, rng, encoder_phase, cache)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
             opt.zero_grad(set_to_none=True)

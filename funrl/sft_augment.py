@@ -110,10 +110,12 @@ def concat_pairs(
     rng: np.random.Generator,
     shuffle_prob: float = 0.0,
     cuts: dict[int, list[int]] | None = None,
-) -> tuple[list[np.ndarray], list[str], list[str | None]]:
+    pieces: bool = False,
+) -> tuple[list, list[str], list[str | None]]:
     """(waves, texts, contexts) of a batch: each clip with cuts gets its words shuffled with probability
     ``shuffle_prob``; each English clip, with probability ``prob``, is followed by a random English clip of
-    ``pool`` (audio concatenated, texts joined by a space, contexts by ", ")."""
+    ``pool`` (audio concatenated, texts joined by a space, contexts by ", "). ``pieces``: each item is the
+    tuple of its waves instead (one or two, in order; for `funrl.sft_cache.EncoderCache`)."""
     cuts = cuts or {}
 
     def one(c: Clip) -> tuple[np.ndarray, str]:
@@ -125,12 +127,13 @@ def concat_pairs(
     english = [c for c in pool if c.lang in (None, "en")]
     for c in batch:
         (wave, text), ctx = one(c), c.context
+        item: tuple[np.ndarray, ...] = (wave,)
         if prob > 0 and english and c.lang in (None, "en") and rng.random() < prob:
             other = english[int(rng.integers(len(english)))]
             wave2, text2 = one(other)
-            wave, text = np.concatenate([wave, wave2]), f"{text} {text2}"
+            item, text = (wave, wave2), f"{text} {text2}"
             ctx = ", ".join(x for x in (ctx, other.context) if x) or None
-        waves.append(wave)
+        waves.append(item if pieces else item[0] if len(item) == 1 else np.concatenate(item))
         texts.append(text)
         contexts.append(ctx)
     return waves, texts, contexts

@@ -135,6 +135,8 @@ class SftOptimConfig:
     spec_time_masks: int = 0  # SpecAugment: masks of up to 10 frames (100 ms) each
     concat_prob: float = 0.0  # share of English clips joined with a random other English clip (audio and text):
     # new word sequences every step, so the LLM cannot memorise the transcripts
+    cache_encoder: bool = False  # with the encoder frozen from step 1: compute each clip's encoder states once
+    # (funrl/sft_cache.py); pairs are joined and time masks applied on the states (up to 5 frames each)
 
     def __post_init__(self) -> None:
         validate(
@@ -215,6 +217,14 @@ class SftConfig:
                 f"model.train={self.model.train} keeps the encoder frozen: set optim.encoder_steps=0 and "
                 "optim.ctc_weight=0 (or model.train=all)",
                 key="model.train",
+            )
+        o = self.optim
+        if o.cache_encoder and (not o.freeze_encoder or o.encoder_steps or o.shuffle_words_prob or o.spec_freq_masks):
+            raise ConfigError(
+                "optim.cache_encoder needs an encoder frozen from the start and inputs it can reuse: set "
+                "optim.freeze_encoder=true, optim.encoder_steps=0, optim.shuffle_words_prob=0 and "
+                "optim.spec_freq_masks=0 (or optim.cache_encoder=false)",
+                key="optim.cache_encoder",
             )
         if self.optim.ctc_weight > 0 and not self.model.path and not self.model.ctc:
             raise ConfigError(
