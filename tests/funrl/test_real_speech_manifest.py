@@ -1,0 +1,57 @@
+"""scripts/real_speech_manifest.py: which Asterisk prompts it keeps, and that their audio reaches 16 kHz intact."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from funrl.data import load_manifest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "real_speech_manifest.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("real_speech_manifest", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prompts_are_kept_by_words_and_text_and_resampled_to_16k(tmp_path):
+    sounds = tmp_path / "en_US_f_Allison"
+    (sounds / "followme").mkdir(parents=True)
+    tone = np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32) * 0.5  # 1 s at 8 kHz
+    for name in ("agent-pass", "followme/agent-pass", "press-4", "added", "visit-web"):
+        sf.write(sounds / f"{name}.wav", tone, 8000, subtype="PCM_16")
+    lines = [
+        "; Core Asterisk Sounds in English",
+        "agent-pass: Please enter your password... followed by the pound key.",
+        "followme/agent-pass: Please hold while I try.",
+        "press-4: Press 4 to mark this message as urgent.",  # a digit: spoken form ambiguous
+        "added: Added.",  # one word
+        "visit-web: For more information, visit www.asterisk.org.",
+        "missing-file: There is no recording for this one.",
+    ]
+    script = tmp_path / "core-sounds-en.txt.gz"
+    with gzip.open(script, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    assert _module().main([str(sounds), str(script), str(tmp_path / "out")]) == 0
+    clips = load_manifest(tmp_path / "out" / "real_speech.jsonl")
+    assert [c.text for c in clips] == [
+        "Please enter your password followed by the pound key.",
+        "Please hold while I try.",
+    ]
+    assert {Path(c.audio).name for c in clips} == {"agent-pass.wav", "followme__agent-pass.wav"}
+    audio, rate = sf.read(clips[0].audio, dtype="float32")
+    assert rate == 16000 and len(audio) == 16000 and all(c.lang == "en" for c in clips)
+    assert abs(float(np.abs(audio).max()) - 0.5) < 0.02  # the level survives the resampling
+
+
+def test_a_missing_folder_exits_2_naming_it(tmp_path, capsys):
+    assert _module().main([str(tmp_path / "nope"), str(tmp_path / "s.txt"), str(tmp_path / "out")]) == 2
+    assert "nope does not exist" in capsys.readouterr().err
