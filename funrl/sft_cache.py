@@ -57,5 +57,4 @@ class EncoderCache:
 def cached_audio_embeds(model: AudioLLM, enc: Tensor, lengths: Tensor) -> list[Tensor]:
     """Per item audio embeddings ``[ceil(T / splice), llm_hidden]`` from encoder states (the adapter trains)."""
     p = next(model.frontend.adapter.parameters())
-    out, out_lengths = model.frontend.adapter(enc.to(p.device, p.dtype), lengths.to(p.device))
-    return [out[i, :n] for i, n in enumerate(out_lengths.tolist())]
+    return model.frontend.adapt(enc.to(p.device, p.dtype), lengths.to(p.device))

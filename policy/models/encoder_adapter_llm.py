@@ -150,7 +150,10 @@ class EncoderAdapterFrontend(nn.Module):
 
         Each is a copy, not a view of the padded batch: FSDP2 hooks the module's outputs for its backward
         all-gather, and a view output would lose that hook to any later in-place op."""
-        enc, lengths = self.encode(batch)
+        return self.adapt(*self.encode(batch))
+
+    def adapt(self, enc: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Per clip audio embeddings from encoder states ``[B, T_enc, d]`` and their lengths ``[B]``."""
         out, out_lengths = self.adapter(enc, lengths)
         return [out[i, :n].clone() for i, n in enumerate(out_lengths.tolist())]
 
