@@ -55,9 +55,11 @@ ROWS = (
     ("WER", "wer"),
     ("CER (zh)", "cer"),
     ("keyword recall", "keyword_recall"),
+    ("  of it, clips with context", "keyword_recall_context"),
     ("hallucination rate (noise clips)", "hallucination_rate"),
     ("language mismatch rate", "lang_mismatch_rate"),
 )
+OPTIONAL_ROWS = {"keyword_recall_context"}  # left out of a table where no report has a value
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class EvalReport:
     num_chars: int = 0  # reference tokens of the CER clips (denominator of cer)
     num_lang_checked: int = 0  # speech clips with a known language (denominator of lang_mismatch_rate)
     normalizer: str = "basic"  # the text normaliser of the counts (rewards.text.NORMALIZERS)
+    # keyword recall on the clips whose prompt carried context (the keywords, as the demo gives them): what
+    # the model makes of the context, apart from what it hears
+    keyword_recall_context: float | None = None
+    num_keywords_context: int = 0
 
     def as_metrics(self, prefix: str = "eval.") -> dict[str, float]:
         return {
@@ -173,6 +179,7 @@ def clip_results(clips: Sequence[Clip], hyps: Sequence[str], normalizer: str = "
                 "keywords": list(clip.keywords),
                 "keywords_ref": kw_ref,
                 "keywords_hit": kw_hit,
+                "context": bool(clip.context),
                 "hyp_lang": detect_language(hyp),
                 "lang_mismatch": language_mismatch(hyp, clip.lang) if checked else None,
                 "rewards": score,
@@ -193,6 +200,8 @@ def summarise(records: Sequence[dict]) -> EvalReport:
     noise = [r for r in records if r["noise"]]
     checked = [r for r in records if r["lang_mismatch"] is not None]
     kw_total = sum(len(r["keywords_ref"]) for r in records)
+    with_ctx = [r for r in records if r.get("context")]
+    kw_ctx = sum(len(r["keywords_ref"]) for r in with_ctx)
     return EvalReport(
         num_clips=len(records),
         wer=rate(errors["wer"], words["wer"]),
@@ -206,6 +215,8 @@ def summarise(records: Sequence[dict]) -> EvalReport:
         num_chars=words["cer"],
         num_lang_checked=len(checked),
         normalizer=records[0].get("normalizer", "basic") if records else "basic",
+        keyword_recall_context=rate(sum(len(r["keywords_hit"]) for r in with_ctx), kw_ctx),
+        num_keywords_context=kw_ctx,
     )
 
 
@@ -265,6 +276,8 @@ def format_table(columns: dict[str, EvalReport]) -> str:
     lines = ["metric".ljust(width) + "".join(h.rjust(col) for h in heads)]
     for label, key in ROWS:
         vals = [getattr(columns[n], key) for n in names]
+        if key in OPTIONAL_ROWS and all(v is None for v in vals):
+            continue
         cells = [_fmt(v) for v in vals] + ([_rel(*vals)] if len(names) == 2 else [])
         lines.append(label.ljust(width) + "".join(c.rjust(col) for c in cells))
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from funrl.checkpoint import CheckpointManager, CheckpointWriteError, RunLock, R
 from funrl.cluster import Cluster, WorkerError
 from funrl.config import ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict
 from funrl.data import ManifestError
+from funrl.demo.plan import DEFAULT_DEMO_SIZE, PRESETS
 from funrl.eval import EvalReport, evaluate, format_table, write_report
 from funrl.inputs import Inputs, load_inputs, with_local_model
 from funrl.metrics import JsonlLog, MetricsLogger, should_log
@@ -60,9 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--demo-size",
-        choices=["full", "small"],
-        default="full",
-        help="built-in demo only: 'small' is the reduced data and run CI uses (about a minute)",
+        choices=tuple(PRESETS),
+        default=DEFAULT_DEMO_SIZE,
+        help="built-in demo only: which data preset (funrl/demo/plan.py); 'small' is the reduced data and run CI "
+        "uses (about a minute)",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. rollout.n=8")
     return p.parse_args(argv)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from funrl.demo import start_model_dir
-from funrl.demo.run import demo_data_dir
+from funrl.demo.run import DEFAULT_DEMO_SIZE, DEMO_SIZES, demo_data_dir
 from funrl.eval import EvalReport, format_table
 from funrl.metrics import read_metrics
 
@@ -37,19 +37,18 @@ def run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
 
 
-def grpo(seed: int, out: Path, extra: list[str]) -> tuple[EvalReport, EvalReport, float, float]:
+def grpo(seed: int, out: Path, extra: list[str], size: str) -> tuple[EvalReport, EvalReport, float, float]:
     start = time.perf_counter()
-    run(
-        [sys.executable, "-m", "funrl.train", f"run.seed={seed}", f"run.out_dir={out}", *extra], out.with_suffix(".log")
-    )
+    cmd = [sys.executable, "-m", "funrl.train", "--demo-size", size, f"run.seed={seed}", f"run.out_dir={out}"]
+    run([*cmd, *extra], out.with_suffix(".log"))
     wall = time.perf_counter() - start
     train_s = sum(m.get("time.step", 0.0) for m in read_metrics(out / "metrics.jsonl"))
     load = lambda name: EvalReport(**json.loads((out / name).read_text()))  # noqa: E731
     return load("eval_before.json"), load("eval_after.json"), train_s, wall
 
 
-def control(seed: int, out: Path, minutes: float) -> EvalReport:
-    data = demo_data_dir("full")
+def control(seed: int, out: Path, minutes: float, size: str) -> EvalReport:
+    data = demo_data_dir(size)
     run(
         [
             sys.executable,
@@ -122,7 +121,7 @@ def recipes(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for name in args.recipes:
             folder = out / f"{name}-{seed}"
-            before, after, train_s, wall = grpo(seed, folder, [*RECIPES[name], *args.overrides])
+            before, after, train_s, wall = grpo(seed, folder, [*RECIPES[name], *args.overrides], args.demo_size)
             results[f"{name}/{seed}"] = {
                 "recipe": name,
                 "seed": seed,
@@ -133,7 +132,7 @@ def recipes(args: argparse.Namespace) -> None:
                 **run_stats(folder),
             }
             if not args.no_control and name == args.recipes[0]:
-                sft = control(seed, out / f"sft-{seed}", train_s / 60)
+                sft = control(seed, out / f"sft-{seed}", train_s / 60, args.demo_size)
                 results[f"sft_control/{seed}"] = {
                     "recipe": "sft_control",
                     "seed": seed,
@@ -154,6 +153,7 @@ def summary(results: dict) -> str:
         ("test WER", "wer"),
         ("hallucination", "hallucination_rate"),
         ("keyword recall", "keyword_recall"),
+        ("keyword recall (context)", "keyword_recall_context"),
         ("Mandarin CER", "cer"),
     ]
     head = ["recipe", "seeds", *[c for c, _ in cols], "mean KL", "GRPO min", "max log-prob gap"]
@@ -169,7 +169,7 @@ def summary(results: dict) -> str:
     for name, rs in by.items():
         start = rs[0]["before"]
         cells = [
-            f"{mean([r['after'][k] for r in rs]):.4f} ({start[k]:.4f})" if start[k] is not None else "-"
+            f"{mean([r['after'][k] for r in rs]):.4f} ({start[k]:.4f})" if start.get(k) is not None else "-"
             for _, k in cols
         ]
         lines.append(
@@ -184,6 +184,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="runs/bench_demo")
     p.add_argument("--no-control", action="store_true", help="GRPO runs only")
+    p.add_argument("--demo-size", choices=DEMO_SIZES, default=DEFAULT_DEMO_SIZE, help="the demo data preset")
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), help="compare these algorithm variants")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args()
@@ -191,10 +192,10 @@ def main() -> None:
         return recipes(args)
     out, results = Path(args.out), {}
     for seed in args.seeds:
-        before, after, train_s, wall = grpo(seed, out / f"grpo-{seed}", args.overrides)
+        before, after, train_s, wall = grpo(seed, out / f"grpo-{seed}", args.overrides, args.demo_size)
         columns = {"start (SFT)": before, "GRPO": after}
         if not args.no_control:
-            columns["SFT control"] = control(seed, out / f"sft-{seed}", train_s / 60)
+            columns["SFT control"] = control(seed, out / f"sft-{seed}", train_s / 60, args.demo_size)
         results[seed] = {"train_s": train_s, "wall_s": wall, **{k: v.__dict__ for k, v in columns.items()}}
         print(f"\n### seed {seed}: GRPO {train_s / 60:.1f} min of steps, whole run {wall / 60:.1f} min\n")
         print(format_table(columns), flush=True)

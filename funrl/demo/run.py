@@ -16,7 +16,7 @@ from pathlib import Path
 from funrl.config import TrainConfig, load_config
 from funrl.demo import start_model_dir
 from funrl.demo.build import build_demo_data
-from funrl.demo.plan import PRESETS, DemoSizes
+from funrl.demo.plan import DEFAULT_DEMO_SIZE, PRESETS, DemoSizes
 
 GRPO_CONFIG = Path(__file__).resolve().parent / "grpo.yaml"
 DEMO_SIZES = tuple(PRESETS)
@@ -30,7 +30,7 @@ def demo_data_dir(size: str) -> Path:
     return root if size == "full" else root.with_name(f"{root.name}-{size}")
 
 
-def demo_config(overrides: Sequence[str] = (), size: str = "full") -> TrainConfig:
+def demo_config(overrides: Sequence[str] = (), size: str = DEFAULT_DEMO_SIZE) -> TrainConfig:
     """The demo's config: data built (or reused) first, then ``grpo.yaml`` + paths + ``overrides``."""
     if size not in DEMO_SIZES:
         raise ValueError(f"demo size must be one of {DEMO_SIZES}, got {size!r}")

@@ -28,7 +28,10 @@ CASES = [
         Clip("/a/2.wav", "the walrus eats soup", "en", keywords=("Walrus", "gondola")),
         "the walrus eat soup and",
     ),  # S1 I1 / 4; kw 1/1
-    (Clip("/a/3.wav", "I love New York", "en", keywords=("new york",)), "i love new work"),  # S1 / 4; kw 0/1
+    (
+        Clip("/a/3.wav", "I love New York", "en", keywords=("new york",), context="new york"),
+        "i love new work",
+    ),  # S1 / 4; kw 0/1, with context
     (
         Clip("/a/4.wav", "the house is big and the garden is small", "en"),
         "das haus ist groß und der garten ist klein",
@@ -72,6 +75,7 @@ def test_per_clip_records_count_token_errors_keywords_and_language():
     assert [r["metric"] for r in recs] == ["wer"] * 4 + ["cer"] * 3 + [None] * 3
     assert recs[1]["keywords_ref"] == ["Walrus"] and recs[1]["keywords_hit"] == ["Walrus"]  # gondola not in ref
     assert recs[2]["keywords_ref"] == ["new york"] and recs[2]["keywords_hit"] == []
+    assert [r["context"] for r in recs] == [False, False, True] + [False] * 7
     assert [r["hallucinated"] for r in recs] == [None] * 7 + [False, True, False]
     assert [r["lang_mismatch"] for r in recs] == [False, False, False, True, False, True, None, None, None, None]
     assert recs[5]["hyp_lang"] == "latin?" and recs[4]["hyp_lang"] == "zh"
@@ -86,6 +90,7 @@ def test_summary_rates_match_hand_counts():
     assert rep.wer == pytest.approx((2 + 2 + 1 + 9) / (6 + 4 + 4 + 9)) and rep.num_words == 23
     assert rep.cer == pytest.approx((2 + 5 + 0) / (4 + 5 + 2)) and rep.num_chars == 11
     assert rep.keyword_recall == pytest.approx(1 / 2) and rep.num_keywords == 2
+    assert rep.keyword_recall_context == 0.0 and rep.num_keywords_context == 1  # clip 3 alone had context
     assert rep.hallucination_rate == pytest.approx(1 / 3)
     assert rep.lang_mismatch_rate == pytest.approx(2 / 6) and rep.num_lang_checked == 6
 
@@ -142,7 +147,8 @@ def test_format_table_two_columns_adds_relative_change():
 def test_format_table_other_column_counts_have_no_relative_change():
     one = format_table({"model": _report()}).splitlines()
     three = format_table({"a": _report(), "b": _report(), "c": _report()}).splitlines()
-    assert len(one) == len(three) == 6
+    assert len(one) == len(three) == 6  # no report has keyword recall on clips with context: no row for it
+    assert len(format_table({"model": _report(keyword_recall_context=0.5)}).splitlines()) == 7
     assert one[0].split() == ["metric", "model"] and three[0].split() == ["metric", "a", "b", "c"]
     assert "rel." not in "\n".join(one + three)
 
