@@ -6,11 +6,18 @@
         pkg/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz data/real_speech
     python -m funrl.eval --model MODEL --manifest data/real_speech/real_speech.jsonl
 
+    # optional: real non-speech recordings too (hallucination), e.g. the music-on-hold package
+    apt-get download asterisk-moh-opsound-wav && dpkg -x asterisk-moh-opsound-wav_*.deb moh
+    python scripts/real_speech_manifest.py ... data/real_speech --non-speech moh/usr/share/asterisk/moh
+
 The package (CC-BY-SA 3.0) holds ~570 prompts read by one professional voice (Allison Smith), 8 kHz 16-bit
 wav, and a script with the text of each ("agent-pass: Please enter your password followed by the pound key.").
 This keeps prompts of at least ``--min-words`` words whose text has no digits or web addresses (their spoken
 form is ambiguous under the project's text normaliser), resamples them to 16 kHz and writes OUT/wav/*.wav and
-OUT/real_speech.jsonl (``lang: en``). It is for checking a model on a real voice, never for training: FunRL's
+OUT/real_speech.jsonl (``lang: en``). ``--non-speech DIR`` adds ``--segments`` evenly spaced 4-second pieces of
+each wav in DIR as noise-only clips (``text: ""``): the music-on-hold package (asterisk-moh-opsound-wav,
+CC-BY-SA 3.0) holds five instrumental recordings, real audio on which any text is a hallucination. It is for
+checking a model on a real voice, never for training: FunRL's
 demo never reads it.
 """
 
@@ -54,14 +61,35 @@ def select(script: dict[str, str], sounds: Path, min_words: int) -> list[tuple[P
     return keep
 
 
+def non_speech_pieces(folder: Path, segments: int, seconds: float = 4.0) -> list[tuple[str, np.ndarray]]:
+    """(name, 16 kHz mono samples) of ``segments`` evenly spaced ``seconds``-long pieces of each wav in ``folder``."""
+    pieces = []
+    for wav in sorted(folder.glob("*.wav")):
+        audio = _read_16k(wav)
+        size = int(seconds * SAMPLE_RATE)
+        if len(audio) < size:
+            continue
+        for k, start in enumerate(np.linspace(0, len(audio) - size, segments).astype(int)):
+            pieces.append((f"{wav.stem}_{k:02d}.wav", audio[start : start + size]))
+    return pieces
+
+
+def _read_16k(wav: Path) -> np.ndarray:
+    audio, rate = sf.read(wav, dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    return soxr.resample(mono, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else mono
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sounds", type=Path, help="the en_US_f_Allison folder of asterisk-core-sounds-en-wav")
     ap.add_argument("script", type=Path, help="core-sounds-en.txt(.gz) of asterisk-core-sounds-en")
     ap.add_argument("out", type=Path, help="output folder (wav/ and real_speech.jsonl)")
     ap.add_argument("--min-words", type=int, default=3)
+    ap.add_argument("--non-speech", type=Path, help="a folder of non-speech wavs (e.g. music) for noise-only clips")
+    ap.add_argument("--segments", type=int, default=10, help="noise-only pieces per --non-speech wav")
     args = ap.parse_args(argv)
-    for path in (args.sounds, args.script):
+    for path in (args.sounds, args.script, *([args.non_speech] if args.non_speech else [])):
         if not path.exists():
             print(f"error: {path} does not exist (see --help for where the package puts it)", file=sys.stderr)
             return 2
@@ -72,14 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
     records, seconds = [], 0.0
     for wav, text in keep:
-        audio, rate = sf.read(wav, dtype="float32", always_2d=True)
-        audio = soxr.resample(audio.mean(axis=1), rate, SAMPLE_RATE) if rate != SAMPLE_RATE else audio.mean(axis=1)
+        audio = _read_16k(wav)
         dest = args.out / "wav" / ("__".join(wav.relative_to(args.sounds).parts))  # followme/x and x differ
         sf.write(dest, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
         seconds += len(audio) / SAMPLE_RATE
         records.append({"audio": f"wav/{dest.name}", "text": text, "lang": "en"})
+    pieces = non_speech_pieces(args.non_speech, args.segments) if args.non_speech else []
+    for name, audio in pieces:
+        sf.write(args.out / "wav" / f"nonspeech__{name}", np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+        records.append({"audio": f"wav/nonspeech__{name}", "text": ""})
     manifest = write_manifest(records, args.out / "real_speech.jsonl")
-    print(f"{len(records)} prompts, {seconds / 60:.1f} min of speech -> {manifest}")
+    extra = f" + {len(pieces)} non-speech pieces" if pieces else ""
+    print(f"{len(keep)} prompts, {seconds / 60:.1f} min of speech{extra} -> {manifest}")
     return 0
 
 
