@@ -46,7 +46,8 @@ from policy.models.hub import resolve_model_path
 
 EPILOG = """\
 examples:
-  python -m funrl.sft --config funrl/demo/sft.yaml             # the shipped demo starting model
+  python -m funrl.sft --config funrl/demo/sft_whisper.yaml     # the shipped demo starting model (Whisper encoder)
+  python -m funrl.sft --config funrl/demo/sft.yaml             # the earlier one (a Conformer from scratch)
   python -m funrl.sft data.train_manifest=train.jsonl data.dev_manifest=dev.jsonl optim.steps=3000
   python -m funrl.sft --config funrl/demo/sft.yaml data.demo_size=small model.size=tiny optim.steps=20
   python -m funrl.sft model.path=runs/sft/model data.train_manifest=more.jsonl optim.lr=2e-4   # continue

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from funrl.config import load_config
 from funrl.demo import start_model_dir
 from funrl.demo.run import DEFAULT_DEMO_SIZE, DEMO_SIZES, demo_data_dir
 from funrl.eval import EvalReport, format_table
@@ -47,8 +48,11 @@ def grpo(seed: int, out: Path, extra: list[str], size: str) -> tuple[EvalReport,
     return load("eval_before.json"), load("eval_after.json"), train_s, wall
 
 
-def control(seed: int, out: Path, minutes: float, size: str) -> EvalReport:
+def control(seed: int, out: Path, minutes: float, size: str, grpo_out: Path) -> EvalReport:
     data = demo_data_dir(size)
+    # what GRPO trained, the control trains: with model.train_encoder off, the encoder stays frozen (its states
+    # cached once, as in the starting model's SFT)
+    frozen = not load_config(str(grpo_out / "config.yaml")).model.train_encoder
     run(
         [
             sys.executable,
@@ -66,6 +70,7 @@ def control(seed: int, out: Path, minutes: float, size: str) -> EvalReport:
             "run.eval_every=0",
             f"run.seed={seed}",
             f"run.out_dir={out}",
+            *(["optim.freeze_encoder=true", "optim.cache_encoder=true"] if frozen else []),
         ],
         out.with_suffix(".sft.log"),
     )
@@ -132,7 +137,7 @@ def recipes(args: argparse.Namespace) -> None:
                 **run_stats(folder),
             }
             if not args.no_control and name == args.recipes[0]:
-                sft = control(seed, out / f"sft-{seed}", train_s / 60, args.demo_size)
+                sft = control(seed, out / f"sft-{seed}", train_s / 60, args.demo_size, folder)
                 results[f"sft_control/{seed}"] = {
                     "recipe": "sft_control",
                     "seed": seed,
@@ -195,7 +200,9 @@ def main() -> None:
         before, after, train_s, wall = grpo(seed, out / f"grpo-{seed}", args.overrides, args.demo_size)
         columns = {"start (SFT)": before, "GRPO": after}
         if not args.no_control:
-            columns["SFT control"] = control(seed, out / f"sft-{seed}", train_s / 60, args.demo_size)
+            columns["SFT control"] = control(
+                seed, out / f"sft-{seed}", train_s / 60, args.demo_size, out / f"grpo-{seed}"
+            )
         results[seed] = {"train_s": train_s, "wall_s": wall, **{k: v.__dict__ for k, v in columns.items()}}
         print(f"\n### seed {seed}: GRPO {train_s / 60:.1f} min of steps, whole run {wall / 60:.1f} min\n")
         print(format_table(columns), flush=True)

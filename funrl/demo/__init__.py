@@ -2,8 +2,8 @@
 ordinary manifests. Build it with `python -m funrl.demo.build OUT_DIR` or
 `funrl.demo.build.build_demo_data(out_dir)`.
 
-The shipped starting model (an ``encoder_adapter_llm`` warm-started by ``python -m funrl.sft --config
-funrl/demo/sft.yaml``; see ``assets/README.md``) lives in `START_MODEL`; `start_model_dir()` checks it.
+The shipped starting model (an ``encoder_adapter_llm`` on Whisper tiny.en's encoder, trained by ``python -m
+funrl.sft --config funrl/demo/sft_whisper.yaml``; see ``assets/README.md``) lives in `START_MODEL`; `start_model_dir()` checks it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 START_MODEL = ASSETS / "start_model"  # model folder: config.json, frontend.safetensors, llm/
-SFT_CONFIG = Path(__file__).resolve().parent / "sft.yaml"  # the recipe that trained it
+SFT_CONFIG = Path(__file__).resolve().parent / "sft_whisper.yaml"  # the recipe that trained it
 
 
 def start_model_dir() -> Path:
@@ -20,6 +20,6 @@ def start_model_dir() -> Path:
     if not (START_MODEL / "config.json").is_file():
         raise FileNotFoundError(
             f"the shipped demo starting model is missing from {START_MODEL}; rebuild it with "
-            f"`python -m funrl.sft --config {SFT_CONFIG}` and copy OUT/model there"
+            f"`python -m funrl.sft --config {SFT_CONFIG}` and `python scripts/ship_demo_model.py OUT`"
         )
     return START_MODEL

@@ -40,7 +40,7 @@ LATER_FIELDS = {
     "test_context_share": None,
 }
 PRESETS = {"full": "", "small": "small", "keyword_rich": "keyword_rich"}  # name -> DemoSizes classmethod
-DEFAULT_DEMO_SIZE = "full"  # what `python -m funrl.train` with no arguments builds and trains on
+DEFAULT_DEMO_SIZE = "keyword_rich"  # what `python -m funrl.train` with no arguments builds and trains on
 
 
 @dataclass(frozen=True)

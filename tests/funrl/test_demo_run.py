@@ -48,5 +48,5 @@ def test_small_demo_killed_after_a_checkpoint_resumes_elsewhere_and_prints_the_b
     assert (out / "model" / "config.json").is_file()
     config = (out / "config.yaml").read_text()
     assert "funrl/demo/assets/start_model" in config and str(small_demo_data.root) in config
-    assert "train_encoder: true" in config
+    assert "train_encoder: false" in config  # the recipe trains the LLM alone on the frozen Whisper encoder
     assert list(elsewhere.iterdir()) == []  # nothing of the run went to the resuming process's directory
