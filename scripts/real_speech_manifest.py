@@ -12,13 +12,13 @@
 
 The package (CC-BY-SA 3.0) holds ~570 prompts read by one professional voice (Allison Smith), 8 kHz 16-bit
 wav, and a script with the text of each ("agent-pass: Please enter your password followed by the pound key.").
-This keeps prompts of at least ``--min-words`` words whose text has no digits or web addresses (their spoken
-form is ambiguous under the project's text normaliser), resamples them to 16 kHz and writes OUT/wav/*.wav and
-OUT/real_speech.jsonl (``lang: en``). ``--non-speech DIR`` adds ``--segments`` evenly spaced 4-second pieces of
-each wav in DIR as noise-only clips (``text: ""``): the music-on-hold package (asterisk-moh-opsound-wav,
-CC-BY-SA 3.0) holds five instrumental recordings, real audio on which any text is a hallucination. It is for
-checking a model on a real voice, never for training: FunRL's
-demo never reads it.
+This keeps prompts of at least ``--min-words`` words and at most ``--max-seconds`` seconds whose text has no
+digits or web addresses (their spoken form is ambiguous under the project's text normaliser), resamples them to
+16 kHz and writes OUT/wav/*.wav and OUT/real_speech.jsonl (``lang: en``). ``--non-speech DIR`` adds
+``--segments`` evenly spaced 4-second pieces of each wav in DIR as noise-only clips (``text: ""``): the
+music-on-hold package (asterisk-moh-opsound-wav, CC-BY-SA 3.0) holds five instrumental recordings, real audio on
+which any text is a hallucination. It is for checking a model on a real voice, never for training: FunRL's demo
+never reads it.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("script", type=Path, help="core-sounds-en.txt(.gz) of asterisk-core-sounds-en")
     ap.add_argument("out", type=Path, help="output folder (wav/ and real_speech.jsonl)")
     ap.add_argument("--min-words", type=int, default=3)
+    ap.add_argument("--max-seconds", type=float, default=20.0, help="leave out longer prompts (a few run to 30 s+)")
     ap.add_argument("--non-speech", type=Path, help="a folder of non-speech wavs (e.g. music) for noise-only clips")
     ap.add_argument("--segments", type=int, default=10, help="noise-only pieces per --non-speech wav")
     args = ap.parse_args(argv)
@@ -99,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
     records, seconds = [], 0.0
-    for wav, text in keep:
+    for wav, text in list(keep):
         audio = _read_16k(wav)
+        if len(audio) > args.max_seconds * SAMPLE_RATE:
+            keep.remove((wav, text))
+            continue
         dest = args.out / "wav" / ("__".join(wav.relative_to(args.sounds).parts))  # followme/x and x differ
         sf.write(dest, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
         seconds += len(audio) / SAMPLE_RATE
