@@ -36,7 +36,7 @@ import soxr
 from funrl.data import write_manifest
 
 SAMPLE_RATE = 16000
-_BAD = re.compile(r"[0-9]|www\.|\.org|\.com|@")
+_BAD = re.compile(r"[0-9]|www\.|\.org|\.com|@|\[")  # digits, addresses, [descriptions of non-speech]
 
 
 def read_script(path: Path) -> dict[str, str]:

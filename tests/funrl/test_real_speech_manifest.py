@@ -26,7 +26,7 @@ def test_prompts_are_kept_by_words_and_text_and_resampled_to_16k(tmp_path):
     sounds = tmp_path / "en_US_f_Allison"
     (sounds / "followme").mkdir(parents=True)
     tone = np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32) * 0.5  # 1 s at 8 kHz
-    for name in ("agent-pass", "followme/agent-pass", "press-4", "added", "visit-web"):
+    for name in ("agent-pass", "followme/agent-pass", "press-4", "added", "visit-web", "beep"):
         sf.write(sounds / f"{name}.wav", tone, 8000, subtype="PCM_16")
     sf.write(sounds / "long-one.wav", np.tile(tone, 21), 8000, subtype="PCM_16")  # 21 s: over --max-seconds 20
     lines = [
@@ -38,6 +38,7 @@ def test_prompts_are_kept_by_words_and_text_and_resampled_to_16k(tmp_path):
         "visit-web: For more information, visit www.asterisk.org.",
         "missing-file: There is no recording for this one.",
         "long-one: A prompt that runs on for far too long.",
+        "beep: [this is a simple beep tone]",  # no speech: described, not spoken
     ]
     script = tmp_path / "core-sounds-en.txt.gz"
     with gzip.open(script, "wt", encoding="utf-8") as f:
