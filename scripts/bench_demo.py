@@ -52,7 +52,7 @@ def control(seed: int, out: Path, minutes: float, size: str, grpo_out: Path) -> 
     data = demo_data_dir(size)
     # what GRPO trained, the control trains: with model.train_encoder off, the encoder stays frozen (its states
     # cached once, as in the starting model's SFT)
-    frozen = not load_config(str(grpo_out / "config.yaml")).model.train_encoder
+    frozen = not load_config(str(grpo_out / "config.yaml"), []).model.train_encoder
     run(
         [
             sys.executable,
