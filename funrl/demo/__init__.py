@@ -3,7 +3,8 @@ ordinary manifests. Build it with `python -m funrl.demo.build OUT_DIR` or
 `funrl.demo.build.build_demo_data(out_dir)`.
 
 The shipped starting model (an ``encoder_adapter_llm`` on Whisper tiny.en's encoder, trained by ``python -m
-funrl.sft --config funrl/demo/sft_whisper.yaml``; see ``assets/README.md``) lives in `START_MODEL`; `start_model_dir()` checks it.
+funrl.sft --config funrl/demo/sft_whisper.yaml``; see ``assets/README.md``) lives in `START_MODEL`;
+`start_model_dir()` checks it.
 """
 
 from __future__ import annotations
