@@ -2,7 +2,6 @@
 the missing device; the report turns a check folder (exit codes, JSON numbers, JUnit XML) into one JSON and one
 Markdown table, and fails when a part failed."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,16 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _report_module():
-    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "scripts" / "gpu_report.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_report")
 
 
 def _check_folder(folder: Path, learner_rc: str = "0") -> Path:

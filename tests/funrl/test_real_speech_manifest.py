@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from script_loader import load_script
 
 from funrl.data import load_manifest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "real_speech_manifest.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("real_speech_manifest", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("real_speech_manifest")
 
 
 def test_prompts_are_kept_by_words_and_text_and_resampled_to_16k(tmp_path):

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_loader import load_script
 
 from policy.models import get_adapter, load_audio_llm
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ship_demo_model.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ship_demo_model", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ship_demo_model")
 
 
 @pytest.fixture

@@ -4,25 +4,18 @@ tests/policy/test_learner_gpu.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_loader import load_script
 from torch.utils.flop_counter import FlopCounterMode
 
 from policy.models import load_audio_llm
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_gpu_learner.py"
-
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu_learner", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_gpu_learner")
 
 
 bench = load_bench()
