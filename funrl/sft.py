@@ -226,7 +226,7 @@ def resolve_manifests(cfg: SftConfig, out: Path) -> tuple[str, str, str]:
         from funrl.demo.plan import DemoSizes, plan_clips
 
         sizes = DemoSizes.preset(d.demo_size)
-        paths = build_demo_data(d.demo_dir, seed=d.demo_seed, sizes=sizes)
+        paths = build_demo_data(d.demo_dir, seed=d.demo_seed, sizes=sizes, splits=("sft_train", "dev"))
         train, dev = train or str(paths.sft_train), dev or str(paths.dev)
         if d.curriculum_steps and not easy:
             clean = {

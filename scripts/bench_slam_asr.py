@@ -1,7 +1,7 @@
 """The SLAM-ASR model (docs/slam_asr.md) end to end, measured: build, SFT, GRPO, beside a same-time SFT control.
 
     python scripts/bench_slam_asr.py [--out runs/bench_slam_asr] [--sft-minutes 120] [--grpo-steps 300]
-                                     [--real-speech MANIFEST] [--data data/demo] [--seed 0] [key=value ...]
+                                     [--real-speech MANIFEST] [--data data/demo-keyword_rich] [--seed 0] [key=value ...]
 
 Steps (each skipped when its output is already there, so a stopped bench continues where it was):
 (1) `scripts/build_slam_asr.py OUT/model`; (2) `python -m funrl.sft --config funrl/recipes/slam_asr_sft.yaml`
@@ -70,7 +70,9 @@ def main() -> None:
     p.add_argument("--sft-minutes", type=float, default=120.0)
     p.add_argument("--grpo-steps", type=int, default=300)
     p.add_argument("--real-speech", type=Path, help="a manifest of real recorded speech (never trained on)")
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "demo", help="the demo data (sft_train, dev, ...)")
+    p.add_argument(
+        "--data", type=Path, default=ROOT / "data" / "demo-keyword_rich", help="the demo data (sft_train, dev, ...)"
+    )
     p.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: the builder's CI size (smoke test)")
     p.add_argument("--sft-steps", type=int, default=3000, help="SFT step cap (optim.steps)")
     p.add_argument("--seed", type=int, default=0)

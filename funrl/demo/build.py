@@ -1,4 +1,4 @@
-"""Build the built-in demo speech task: `python -m funrl.demo.build OUT_DIR [--seed N] [--small]`.
+"""Build the built-in demo speech task: `python -m funrl.demo.build OUT_DIR [--seed N] [--size S] [--splits ...]`.
 
 Writes ordinary manifests (docs/design.md#data-manifest) — `sft_train.jsonl`, `rl_train.jsonl`, `dev.jsonl`,
 `test.jsonl` — and `wav/` (16-bit 16 kHz mono) into OUT_DIR, from speech synthesised locally
@@ -11,9 +11,10 @@ Writes ordinary manifests (docs/design.md#data-manifest) — `sft_train.jsonl`, 
 * noise-only clips (`text: ""`) in rl_train, dev and test — never in sft_train, as in real SFT data.
 
 Splits are made by sentence: no sentence occurs in two splits (checked after every build).
-The output is deterministic for a seed and cached: `DONE` holds a hash of the parameters, a
-second call with the same parameters returns at once, and a folder without a valid stamp is
-rebuilt (in a temporary folder that is renamed into place when complete).
+The output is deterministic for a seed and cached: `DONE` holds a hash of the parameters and the
+splits built, a second call with the same parameters returns at once, a call asking for more splits
+renders only those, and a folder without a valid stamp is rebuilt (in a temporary folder that is
+renamed into place when complete).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import soundfile as sf
 
 from funrl.demo.plan import BUILD_VERSION, LATER_FIELDS, PRESETS, DemoSizes, plan_clips
 from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_to_file
@@ -84,9 +88,23 @@ def cache_key(seed: int, sizes: DemoSizes) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def is_built(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes | None = None) -> bool:
+def built_splits(out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes | None = None) -> frozenset[str]:
+    """The splits a finished build of these parameters holds in `out_dir` (none when absent or stale).
+
+    `DONE` holds the parameters' hash, then a `splits:` line (a stamp without that line holds all splits).
+    """
     stamp = Path(out_dir) / "DONE"
-    return stamp.is_file() and stamp.read_text().strip() == cache_key(seed, sizes or DemoSizes())
+    lines = stamp.read_text().splitlines() if stamp.is_file() else []
+    if not lines or lines[0].strip() != cache_key(seed, sizes or DemoSizes()):
+        return frozenset()
+    named = [ln.split(":", 1)[1].split() for ln in lines[1:] if ln.startswith("splits:")]
+    return frozenset(named[0] if named else SPLITS) & frozenset(SPLITS)
+
+
+def is_built(
+    out_dir: str | os.PathLike, seed: int = 0, sizes: DemoSizes | None = None, splits: Sequence[str] = SPLITS
+) -> bool:
+    return set(splits) <= built_splits(out_dir, seed, sizes)
 
 
 def check_split_by_sentence(texts: dict[str, set[str]]) -> None:
@@ -146,7 +164,7 @@ def _render_all(specs: list[ClipSpec], folder: Path, workers: int, progress: boo
 
 def _summary(specs: list[ClipSpec], samples: dict[str, int], seed: int, sizes: DemoSizes) -> dict:
     per_split = {}
-    for split in SPLITS:
+    for split in [s for s in SPLITS if any(c.split == s for c in specs)]:
         mine = [s for s in specs if s.split == split]
         speech = [s for s in mine if s.text]
         per_split[split] = {
@@ -168,17 +186,34 @@ def _summary(specs: list[ClipSpec], samples: dict[str, int], seed: int, sizes: D
     }
 
 
-def _write_outputs(specs: list[ClipSpec], folder: Path, key: str, summary: dict) -> None:
+def _write_outputs(specs: list[ClipSpec], folder: Path, key: str, summary: dict, splits: Sequence[str]) -> None:
+    """Write the manifests of `splits` (all of `specs` are theirs), build.json and last the DONE stamp."""
     from funrl.data import load_manifest, write_manifest  # imports torch: only when building
 
-    for split in SPLITS:
+    for split in splits:
         write_manifest([s.manifest_record() for s in specs if s.split == split], folder / f"{split}.jsonl")
-    texts = {split: {c.text for c in load_manifest(folder / f"{split}.jsonl")} for split in SPLITS}
-    check_split_by_sentence(texts)
-    if any(t == "" for t in texts["sft_train"]):
+    if "sft_train" in splits and any(s.text == "" for s in specs if s.split == "sft_train"):
         raise RuntimeError("demo data: a noise-only clip ended up in sft_train")
+    for split in splits:  # what was written reads back as the plan
+        if [c.text for c in load_manifest(folder / f"{split}.jsonl")] != [s.text for s in specs if s.split == split]:
+            raise RuntimeError(f"demo data: {split}.jsonl does not read back as planned")
     (folder / "build.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    (folder / "DONE").write_text(key + "\n")
+    (folder / "DONE").write_text(f"{key}\nsplits: {' '.join(splits)}\n")
+
+
+def _adopt(src: Path, tmp: Path, specs: list[ClipSpec]) -> dict[str, int]:
+    """Hard-link (or copy) the wavs of `specs` from a finished build in `src` into `tmp`; returns their lengths."""
+    samples = {}
+    for spec in specs:
+        name = f"{spec.name}.wav"
+        try:
+            os.link(src / "wav" / name, tmp / "wav" / name)
+        except FileExistsError:
+            pass
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(src / "wav" / name, tmp / "wav" / name)
+        samples[spec.name] = sf.info(str(tmp / "wav" / name)).frames
+    return samples
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
@@ -197,17 +232,26 @@ def build_demo_data(
     sizes: DemoSizes | None = None,
     workers: int | None = None,
     progress: bool = True,
+    splits: Sequence[str] = SPLITS,
 ) -> DemoPaths:
     """Build (or reuse) the demo data set in `out_dir`; returns its manifest paths.
 
+    `splits`: which splits to render (the GRPO demo needs no sft_train: two thirds of the clips). Splits a
+    finished build of the same parameters already holds are kept, so asking for sft_train later renders only
+    it; every clip is the same as in a build of all splits at once, as the plan covers all of them.
     `workers`: rendering processes (default: 2 when there are two or more CPU cores and the
     set is large enough to pay for starting them, else 1). The output does not depend on it.
     """
     sizes = sizes or DemoSizes()
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown demo split(s) {unknown}; the demo has {', '.join(SPLITS)}")
     out_dir = Path(out_dir).absolute()
     key = cache_key(seed, sizes)
-    if is_built(out_dir, seed, sizes):
+    have = built_splits(out_dir, seed, sizes)
+    if set(splits) <= have:
         return DemoPaths(out_dir)
+    want = [s for s in SPLITS if s in have or s in splits]
     check_voices()
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -216,15 +260,22 @@ def build_demo_data(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "wav").mkdir(parents=True)
     try:
-        specs = plan_clips(seed, sizes)
+        plan = plan_clips(seed, sizes)
+        check_split_by_sentence({split: {c.text for c in plan if c.split == split} for split in SPLITS})
+        new = [c for c in plan if c.split in want and c.split not in have]
+        samples = _adopt(out_dir, tmp, [c for c in plan if c.split in have])
         if workers is None:
-            workers = min(2, os.cpu_count() or 1) if len(specs) >= 300 else 1
-        samples = _render_all(specs, tmp, workers, progress)
-        _write_outputs(specs, tmp, key, _summary(specs, samples, seed, sizes))
-        if is_built(out_dir, seed, sizes):  # another process finished the same build first
+            workers = min(2, os.cpu_count() or 1) if len(new) >= 300 else 1
+        samples |= _render_all(new, tmp, workers, progress)
+        have_now = built_splits(out_dir, seed, sizes)  # another process may have finished meanwhile
+        if set(want) <= have_now:
             shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            _move_into_place(tmp, out_dir)
+            return DemoPaths(out_dir)
+        samples |= _adopt(out_dir, tmp, [c for c in plan if c.split in have_now - set(want)])
+        want = [s for s in SPLITS if s in want or s in have_now]
+        specs = [c for c in plan if c.split in want]
+        _write_outputs(specs, tmp, key, _summary(specs, samples, seed, sizes), want)
+        _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -241,11 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=tuple(PRESETS), default="full", help="which preset (funrl/demo/plan.py)")
     ap.add_argument("--small", action="store_true", help="the tiny set for CI and tests (seconds): --size small")
     ap.add_argument("--workers", type=int, default=None, help="rendering processes (default: auto)")
+    ap.add_argument(
+        "--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="which splits to build (default: all)"
+    )
     args = ap.parse_args(argv)
     sizes = DemoSizes.preset("small" if args.small else args.size)
-    cached = is_built(args.out_dir, args.seed, sizes)
+    cached = is_built(args.out_dir, args.seed, sizes, args.splits)
     t0 = time.perf_counter()
-    paths = build_demo_data(args.out_dir, seed=args.seed, sizes=sizes, workers=args.workers)
+    paths = build_demo_data(args.out_dir, seed=args.seed, sizes=sizes, workers=args.workers, splits=args.splits)
     info = json.loads((paths.root / "build.json").read_text())
     print(f"{'reused' if cached else 'built'} demo data in {paths.root} ({time.perf_counter() - t0:.1f} s)")
     cols = ("clips", "noise_only", "mandarin", "with_keywords", "with_context", "noisy_speech", "piper", "hours")

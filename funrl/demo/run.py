@@ -41,7 +41,8 @@ def demo_config(overrides: Sequence[str] = (), size: str = DEFAULT_DEMO_SIZE) ->
         + (f", starting model {model}" if model else ""),
         flush=True,
     )
-    paths = build_demo_data(demo_data_dir(size), seed=0, sizes=DemoSizes.preset(size))
+    splits = ("rl_train", "dev", "test")  # GRPO trains on rl_train: no need to render sft_train
+    paths = build_demo_data(demo_data_dir(size), seed=0, sizes=DemoSizes.preset(size), splits=splits)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = [
         f"data.train_manifest={paths.manifest('rl_train')}",

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from funrl.data import load_manifest
 from funrl.demo import noise, text, tts
-from funrl.demo.build import SPLITS, build_demo_data, cache_key, check_split_by_sentence
+from funrl.demo.build import SPLITS, build_demo_data, cache_key, check_split_by_sentence, is_built
 from funrl.demo.plan import DemoSizes, plan_clips
 from funrl.demo.render import ClipSpec, render_audio, to_pcm16
 
@@ -279,7 +279,7 @@ def test_half_built_or_stale_folder_is_rebuilt_and_foreign_folder_refused(small_
     (target / "test.jsonl").write_text("half written")  # no DONE: a crashed build
     sizes = DemoSizes(sft_train=3, rl_train=2, rl_noise=1, dev=1, dev_noise=1, test=1, test_noise=1, piper_share=0.0)
     paths = build_demo_data(target, seed=3, sizes=sizes, progress=False)
-    assert (paths.root / "DONE").read_text().strip() == cache_key(3, sizes)
+    assert (paths.root / "DONE").read_text().splitlines()[0] == cache_key(3, sizes)
     assert len(load_manifest(paths.test)) == 2
     assert not list(tmp_path.glob(".d.*"))  # no temp folders left
     foreign = tmp_path / "mine"
@@ -290,6 +290,26 @@ def test_half_built_or_stale_folder_is_rebuilt_and_foreign_folder_refused(small_
     assert (foreign / "thesis.tex").read_text() == "precious"
     info = json.loads((paths.root / "build.json").read_text())
     assert info["splits"]["test"]["noise_only"] == 1
+
+
+@pytest.mark.slow
+def test_splits_built_later_match_a_build_of_all_splits_at_once(tmp_path):
+    sizes = DemoSizes(sft_train=4, rl_train=2, rl_noise=1, dev=1, dev_noise=1, test=1, test_noise=1, piper_share=0.0)
+    whole = build_demo_data(tmp_path / "whole", seed=5, sizes=sizes, workers=1, progress=False)
+    part = build_demo_data(tmp_path / "part", seed=5, sizes=sizes, progress=False, splits=("rl_train", "test"))
+    assert not part.sft_train.exists() and not part.dev.exists() and len(os.listdir(part.root / "wav")) == 5
+    assert is_built(part.root, 5, sizes, ("test",)) and not is_built(part.root, 5, sizes)
+    kept = os.stat(part.root / "wav" / os.listdir(part.root / "wav")[0]).st_ino
+    part = build_demo_data(tmp_path / "part", seed=5, sizes=sizes, progress=False, splits=("sft_train", "dev"))
+    assert is_built(part.root, 5, sizes) and kept in {e.stat().st_ino for e in os.scandir(part.root / "wav")}
+    names = sorted(os.listdir(whole.root / "wav"))
+    assert names == sorted(os.listdir(part.root / "wav")) and len(names) == 11
+    match, mismatch, errors = filecmp.cmpfiles(whole.root / "wav", part.root / "wav", names, shallow=False)
+    assert (len(match), mismatch, errors) == (11, [], [])
+    for f in [f"{s}.jsonl" for s in SPLITS] + ["DONE", "build.json"]:
+        assert (whole.root / f).read_bytes() == (part.root / f).read_bytes(), f
+    with pytest.raises(ValueError, match="unknown demo split"):
+        build_demo_data(tmp_path / "x", seed=5, sizes=sizes, splits=("train",))
 
 
 def test_demo_data_folder_is_absolute_so_a_run_resumes_from_any_directory(monkeypatch):
