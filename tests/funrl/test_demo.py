@@ -6,6 +6,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,13 +263,18 @@ def test_small_build_is_deterministic_and_cached(small_build, tmp_path):
     again = build_demo_data(small_build.root, seed=0, sizes=DemoSizes.small(), progress=False)
     assert again == small_build and (small_build.root / "DONE").stat().st_mtime_ns == stamp
     other = build_demo_data(tmp_path / "b", seed=0, sizes=DemoSizes.small(), workers=2, progress=False)
-    cmp = filecmp.dircmp(small_build.root, other.root)
-    names = sorted(os.listdir(small_build.root / "wav"))
-    assert names == sorted(os.listdir(other.root / "wav")) and len(names) == 140
-    match, mismatch, errors = filecmp.cmpfiles(small_build.root / "wav", other.root / "wav", names, shallow=False)
-    assert (len(match), mismatch, errors) == (140, [], [])
+    assert_same_build(small_build.root, other.root, clips=140)
+
+
+def assert_same_build(a: Path, b: Path, clips: int) -> None:
+    """Two data folders hold the same files, byte for byte: `clips` wavs, the manifests, DONE, build.json."""
+    names = sorted(os.listdir(a / "wav"))
+    assert names == sorted(os.listdir(b / "wav")) and len(names) == clips
+    match, mismatch, errors = filecmp.cmpfiles(a / "wav", b / "wav", names, shallow=False)
+    assert (len(match), mismatch, errors) == (clips, [], [])
     for f in [f"{s}.jsonl" for s in SPLITS] + ["DONE", "build.json"]:
-        assert (small_build.root / f).read_bytes() == (other.root / f).read_bytes(), f
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    cmp = filecmp.dircmp(a, b)
     assert not cmp.left_only and not cmp.right_only
 
 
@@ -302,12 +308,7 @@ def test_splits_built_later_match_a_build_of_all_splits_at_once(tmp_path):
     kept = os.stat(part.root / "wav" / os.listdir(part.root / "wav")[0]).st_ino
     part = build_demo_data(tmp_path / "part", seed=5, sizes=sizes, progress=False, splits=("sft_train", "dev"))
     assert is_built(part.root, 5, sizes) and kept in {e.stat().st_ino for e in os.scandir(part.root / "wav")}
-    names = sorted(os.listdir(whole.root / "wav"))
-    assert names == sorted(os.listdir(part.root / "wav")) and len(names) == 11
-    match, mismatch, errors = filecmp.cmpfiles(whole.root / "wav", part.root / "wav", names, shallow=False)
-    assert (len(match), mismatch, errors) == (11, [], [])
-    for f in [f"{s}.jsonl" for s in SPLITS] + ["DONE", "build.json"]:
-        assert (whole.root / f).read_bytes() == (part.root / f).read_bytes(), f
+    assert_same_build(whole.root, part.root, clips=11)
     with pytest.raises(ValueError, match="unknown demo split"):
         build_demo_data(tmp_path / "x", seed=5, sizes=sizes, splits=("train",))
 
