@@ -1,12 +1,14 @@
 """The SLAM-ASR model's three commands as README "Training a real audio-LLM" gives them, at CI size (the same code
 path: `--size tiny` keeps Whisper tiny.en's encoder and SmolLM2's tokenizer, the LLM is a random 2-layer Llama):
-build, SFT of the adapter with funrl/recipes/slam_asr_sft.yaml, GRPO with LoRA with funrl/recipes/slam_asr_grpo.yaml;
-then the run exports with `python -m funrl.export` and the exported folder decodes in `python -m funrl.eval`."""
+build, SFT of the adapter + LoRA with funrl/recipes/slam_asr_sft.yaml, GRPO with LoRA with
+funrl/recipes/slam_asr_grpo.yaml; then the run exports with `python -m funrl.export` and the exported folder
+decodes in `python -m funrl.eval`."""
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +25,17 @@ def _run(args: list[str], timeout: int = 600) -> str:
     return proc.stdout + proc.stderr
 
 
+def _trainable_params(model: Path, lora_r: int) -> int:
+    """The adapter's two Linear layers, plus LoRA on q/k/v/o of every LLM layer: r * (fan_in + fan_out) each."""
+    a = json.loads((model / "config.json").read_text())
+    stacked, hidden = a["encoder"]["d_model"] * a["adapter"]["splice"], a["adapter"]["hidden_size"]
+    adapter = (stacked + 1) * hidden + (hidden + 1) * a["adapter"]["llm_hidden_size"]
+    c = json.loads((model / "llm" / "config.json").read_text())
+    d, hd = c["hidden_size"], c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    return adapter + c["num_hidden_layers"] * lora_r * ((d + q) + 2 * (d + kv) + (q + d))
+
+
 def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_demo_data, tmp_path):
     built, sft, grpo = tmp_path / "slam_asr", tmp_path / "sft", tmp_path / "grpo"
     _run(["scripts/build_slam_asr.py", str(built), "--size", "tiny"])
@@ -33,15 +46,16 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
         + ["optim.steps=2", "optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "run.eval_every=0"]
         + [f"data.dev_manifest={small_demo_data.manifest('dev')}", "data.dev_clips=4", "run.max_new_tokens=8"]
     )
-    assert "model.train=adapter: 2.10 M trainable parameters" in log
+    assert f"model.train=adapter_lora: {_trainable_params(built, lora_r=8) / 1e6:.2f} M trainable parameters" in log
     before = load_file(str(built / "frontend.safetensors"))
     after = load_file(str(sft / "model" / "frontend.safetensors"))
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("adapter.") for k in moved)  # the Whisper encoder stays as it was
-    assert (
-        load_file(str(built / "llm" / "model.safetensors")).keys()
-        == load_file(str(sft / "model" / "llm" / "model.safetensors")).keys()
-    )
+    llm_before = load_file(str(built / "llm" / "model.safetensors"))
+    llm_after = load_file(str(sft / "model" / "llm" / "model.safetensors"))
+    assert llm_before.keys() == llm_after.keys()  # the LoRA is merged: a plain LLM folder again
+    moved = {k for k in llm_before if not torch.equal(llm_before[k], llm_after[k])}
+    assert moved and all(k.rsplit(".", 2)[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in moved), moved
 
     args = ["--config", str(ROOT / "funrl/recipes/slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
     args += [f"data.train_manifest={small_demo_data.manifest('rl_train')}", "data.test_manifest="]
