@@ -149,7 +149,7 @@ class Cluster:
         self.placement: Placement | None = placement
         print(f"[funrl] placement: {describe_placement(placement)}", flush=True)
         plan, pg = placement.plan, placement.pg
-        lora = cfg.learner.finetune == "lora"
+        lora = cfg.lora_adapter_sync  # the engines serve a LoRA adapter (else they get full weights)
         self._engine_dtype = cfg.model.dtype if on_gpu else "float32"  # weight sync sends this dtype
 
         def start_engine(i: int):

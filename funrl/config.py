@@ -241,6 +241,11 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
+    @property
+    def lora_adapter_sync(self) -> bool:
+        """LoRA training whose adapter folder the engines load (vLLM LoRA); else full weights reach them."""
+        return self.learner.finetune == "lora" and self.rollout.lora_sync == "adapter"
+
     def __post_init__(self) -> None:
         validate(self)
         if self.data.noise_per_step >= self.run.clips_per_step:
@@ -263,10 +268,11 @@ class TrainConfig:
                 f"optimizer steps: it must be <= run.clips_per_step ({self.run.clips_per_step})",
                 key="learner.mini_batches",
             )
-        if self.rollout.weight_sync == "collective" and self.learner.finetune == "lora":
+        if self.rollout.weight_sync == "collective" and self.lora_adapter_sync:
             raise ConfigError(
-                "rollout.weight_sync=collective broadcasts full weights; learner.finetune=lora moves only its adapter "
-                "(a folder the engines load): set rollout.weight_sync=object_store or learner.finetune=full",
+                "rollout.weight_sync=collective broadcasts full weights; learner.finetune=lora with "
+                "rollout.lora_sync=adapter moves only its adapter (a folder the engines load): set "
+                "rollout.weight_sync=object_store, rollout.lora_sync=merged or learner.finetune=full",
                 key="rollout.weight_sync",
             )
         if self.rollout.n < 2:

@@ -27,6 +27,9 @@ class RolloutConfig:
     sync_bucket_bytes: int = 256 << 20  # weight-sync bucket size
     weight_sync: str = "object_store"  # full fine-tuning: object_store (buckets through Ray's object store) |
     # collective (broadcast from learner rank 0 over a gloo/NCCL group of its own); LoRA moves its adapter folder
+    lora_sync: str = "adapter"  # LoRA: adapter (the peft folder, served by vLLM's LoRA layers) | merged (the LoRA
+    # merged into full weights, moved as full fine-tuning's are by weight_sync; the engine runs without LoRA
+    # layers: vLLM 0.32's LoRA embedding layer fails on a batch that mixes prompt-embeds and token positions)
     embed_batch_size: int = 16  # clips per encoder forward in the embedding worker
     num_embedders: int = 1  # embedding workers; a step's clips are split over them (each holds the frontend and
     # the LLM's input embedding table only, not the LLM)
@@ -54,6 +57,7 @@ class RolloutConfig:
                 "max_model_len": in_range(2),
                 "sync_bucket_bytes": in_range(1),
                 "weight_sync": one_of("object_store", "collective"),
+                "lora_sync": one_of("adapter", "merged"),
                 "embed_batch_size": in_range(1),
                 "num_embedders": in_range(1),
                 "gpus_per_embedder": in_range(0),

@@ -6,7 +6,8 @@ new weights through each sync of the run, in order, with the policy version they
   object store (``rollout.weight_sync=object_store``);
 - `collective.CollectiveSync`: full fine-tuning, the same buckets broadcast from learner rank 0 over a gloo /
   NCCL group of its own (``rollout.weight_sync=collective``);
-- `lora_adapter.LoraAdapterSync`: LoRA, the adapter folder to every engine.
+- `lora_adapter.LoraAdapterSync`: LoRA, the adapter folder to every engine (``rollout.lora_sync=adapter``); with
+  ``rollout.lora_sync=merged`` the LoRA is merged into full weights, moved as full fine-tuning's are.
 
 `make_syncs` is the one place that chooses them from the config.
 """
@@ -35,14 +36,15 @@ def make_syncs(
     syncs: list[WeightSync] = []
     if cfg.model.train_encoder or full:
         syncs.append(EmbedderSync(learner, embedders, cfg.model.train_encoder, full, timeout_s))
-    r = cfg.rollout
-    if full and r.weight_sync == "collective":
+    if cfg.lora_adapter_sync:
+        syncs.append(LoraAdapterSync(learner, engines, Path(cfg.run.out_dir) / "rollout_lora", timeout_s))
+        return syncs
+    r = cfg.rollout  # full weights (LoRA merged into them when learner.finetune=lora)
+    if r.weight_sync == "collective":
         backend = "nccl" if r.gpus_per_worker > 0 and cfg.learner.gpus_per_rank > 0 else "gloo"
         # the group's collectives wait at most half a call timeout, so an engine that stops answering is named
         group_timeout = (timeout_s or 1800.0) / 2
         syncs.append(CollectiveSync(learner, engines, r.sync_bucket_bytes, engine_dtype, backend, group_timeout))
-    elif full:
-        syncs.append(ObjectStoreSync(learner, engines, r.sync_bucket_bytes, engine_dtype))
     else:
-        syncs.append(LoraAdapterSync(learner, engines, Path(cfg.run.out_dir) / "rollout_lora", timeout_s))
+        syncs.append(ObjectStoreSync(learner, engines, r.sync_bucket_bytes, engine_dtype))
     return syncs

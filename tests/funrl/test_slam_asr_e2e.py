@@ -59,7 +59,7 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
 
     args = ["--config", str(ROOT / "funrl/recipes/slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
     args += [f"data.train_manifest={small_demo_data.manifest('rl_train')}", "data.test_manifest="]
-    args += [f"run.out_dir={grpo}"]
+    args += [f"run.out_dir={grpo}", "learner.lr=1e-2"]  # a LoRA step 2's log-probs can see
     args += ["run.steps=2", "run.clips_per_step=4", "data.noise_per_step=1", "rollout.n=4", "rollout.max_new_tokens=8"]
     args += ["rollout.kv_cache_memory_bytes=33554432", "run.save_every=1", "ray.num_cpus=3"]
     proc = run_train(args)
@@ -67,8 +67,10 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
     assert proc.returncode == 0, log[-3000:]
     metrics = jsonl(grpo / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
-    assert all(m["rollout.logprob_diff.max"] < 1e-4 for m in metrics)  # LoRA on SmolLM2's vocabulary, fp32
-    assert (grpo / "rollout_lora").is_dir()  # the LoRA adapter reached vLLM as a folder
+    # step 2 samples from the LoRA step 1 trained, merged into full weights (rollout.lora_sync: merged): the
+    # engine's log-probs agree with the learner's, on SmolLM2's vocabulary, in fp32
+    assert all(m["rollout.logprob_diff.max"] < 1e-4 for m in metrics)
+    assert metrics[1]["kl"] > 1e-4 and not (grpo / "rollout_lora").exists()
 
     exported = tmp_path / "exported"
     _run(["-m", "funrl.export", str(grpo), "--out", str(exported)])

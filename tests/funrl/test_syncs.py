@@ -8,19 +8,22 @@ from funrl.syncs import EmbedderSync, LoraAdapterSync, ObjectStoreSync, make_syn
 
 
 @pytest.mark.parametrize(
-    "finetune, train_encoder, want",
+    "finetune, train_encoder, lora_sync, want",
     [
-        ("full", "false", [("embedder", False, True), "object_store"]),  # the prompts' text table trains
-        ("full", "true", [("embedder", True, True), "object_store"]),
-        ("lora", "false", ["lora_adapter"]),  # nothing the embedding worker uses trains
-        ("lora", "true", [("embedder", True, False), "lora_adapter"]),
+        ("full", "false", "adapter", [("embedder", False, True), "object_store"]),  # the prompts' text table trains
+        ("full", "true", "adapter", [("embedder", True, True), "object_store"]),
+        ("lora", "false", "adapter", ["lora_adapter"]),  # nothing the embedding worker uses trains
+        ("lora", "true", "adapter", [("embedder", True, False), "lora_adapter"]),
+        ("lora", "false", "merged", ["object_store"]),  # the LoRA merged into full weights
+        ("lora", "true", "merged", [("embedder", True, False), "object_store"]),
     ],
 )
-def test_each_finetune_mode_gets_its_engine_sync_after_the_embedder_sync(finetune, train_encoder, want, tmp_path):
-    cfg = load_config(
-        None,
-        [f"learner.finetune={finetune}", f"model.train_encoder={train_encoder}", f"run.out_dir={tmp_path}"],
-    )
+def test_each_finetune_mode_gets_its_engine_sync_after_the_embedder_sync(
+    finetune, train_encoder, lora_sync, want, tmp_path
+):
+    overrides = [f"learner.finetune={finetune}", f"model.train_encoder={train_encoder}", f"run.out_dir={tmp_path}"]
+    cfg = load_config(None, [*overrides, f"rollout.lora_sync={lora_sync}"])
+    assert cfg.lora_adapter_sync == (want[-1] == "lora_adapter")  # what decides the engines' enable_lora
     engines: list = []
     syncs = make_syncs(cfg, "learner", "embedder", engines, "float32", 60.0)
     got = [(s.name, s.frontend, s.input_table) if isinstance(s, EmbedderSync) else s.name for s in syncs]
@@ -39,12 +42,16 @@ def test_collective_is_chosen_by_rollout_weight_sync_and_uses_gloo_without_gpus(
     assert isinstance(sync, CollectiveSync) and sync.backend == "gloo" and sync.timeout_s == 300.0
 
 
-def test_collective_sync_with_lora_is_a_config_error_naming_the_key():
+def test_collective_sync_with_a_lora_adapter_is_a_config_error_naming_the_key_and_merged_lora_is_broadcast(tmp_path):
     from funrl.config import ConfigError
+    from funrl.syncs import CollectiveSync
 
-    with pytest.raises(ConfigError, match="learner.finetune=lora moves only its adapter") as err:
+    with pytest.raises(ConfigError, match="rollout.lora_sync=adapter moves only its adapter") as err:
         load_config(None, ["rollout.weight_sync=collective", "learner.finetune=lora"])
     assert err.value.key == "rollout.weight_sync"
+    merged = ["rollout.weight_sync=collective", "learner.finetune=lora", "rollout.lora_sync=merged"]
+    cfg = load_config(None, [*merged, f"run.out_dir={tmp_path}"])
+    assert isinstance(make_syncs(cfg, "learner", "embedder", [], "float32", 600.0)[-1], CollectiveSync)
 
 
 def test_transfer_meter_sums_bytes_by_stage_in_mib_and_restarts_after_take():
