@@ -100,22 +100,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
     records, seconds = [], 0.0
-    for wav, text in list(keep):
+    for wav, text in keep:
         audio = _read_16k(wav)
         if len(audio) > args.max_seconds * SAMPLE_RATE:
-            keep.remove((wav, text))
             continue
         dest = args.out / "wav" / ("__".join(wav.relative_to(args.sounds).parts))  # followme/x and x differ
         sf.write(dest, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
         seconds += len(audio) / SAMPLE_RATE
         records.append({"audio": f"wav/{dest.name}", "text": text, "lang": "en"})
+    prompts = len(records)
     pieces = non_speech_pieces(args.non_speech, args.segments) if args.non_speech else []
     for name, audio in pieces:
         sf.write(args.out / "wav" / f"nonspeech__{name}", np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
         records.append({"audio": f"wav/nonspeech__{name}", "text": ""})
     manifest = write_manifest(records, args.out / "real_speech.jsonl")
     extra = f" + {len(pieces)} non-speech pieces" if pieces else ""
-    print(f"{len(keep)} prompts, {seconds / 60:.1f} min of speech{extra} -> {manifest}")
+    print(f"{prompts} prompts, {seconds / 60:.1f} min of speech{extra} -> {manifest}")
     return 0
 
 
