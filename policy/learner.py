@@ -33,7 +33,6 @@ optimizer step (gradients cleared; the message says whether earlier steps of the
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -48,11 +47,10 @@ from torch import Tensor, nn
 from policy.augment import AugmentConfig, Augmenter
 from policy.buckets import iter_buckets, send_buckets
 from policy.config import LearnerConfig, ModelConfig
-from policy.distributed import all_reduce, barrier, init_process_group, mixed_precision, pick_device, shard
+from policy.distributed import all_reduce, barrier, init_process_group, pick_device
 from policy.grpo import grpo_loss, logprob_agreement
 from policy.learner_batch import (
     MicroBatch,
-    PolicyForward,
     Rows,
     flatten_batch,
     flatten_rollout,
@@ -60,6 +58,7 @@ from policy.learner_batch import (
     mini_batch_rows,
     plan_micro_batches,
 )
+from policy.learner_build import shard_policy
 from policy.learner_state import (
     check_finite_weights,
     load_learner_state,
@@ -136,43 +135,11 @@ class Learner:
         )
         torch.manual_seed(cfg.seed)  # identical LoRA init on every rank before sharding
         self.model = self._load()
-        self.lora = cfg.finetune == "lora"
-        ref_frontend = None
-        self.has_reference = cfg.beta > 0  # beta = 0: the KL term is off, so no reference is kept or run
-        if self.lora:
-            from policy.models.lora import apply_lora
-
-            if self.train_encoder and self.has_reference:
-                ref_frontend = copy.deepcopy(self.model.frontend).requires_grad_(False).eval()
-            apply_lora(self.model, cfg.lora, train_frontend=self.train_encoder)
-            if any(p.requires_grad for p in self.model.llm.get_input_embeddings().parameters()):
-                raise ValueError(
-                    "learner.lora.target_modules adapts the LLM's input embedding, which the "
-                    "embedding worker uses to build prompts and is not synced under LoRA: "
-                    "remove it from learner.lora.target_modules (or use learner.finetune=full)"
-                )
-        else:
-            self.model.frontend.requires_grad_(self.train_encoder)
-        mp = mixed_precision(cfg.dtype, self.device)
-        # the frontend is its own FSDP unit: gathered only when it runs (train_encoder), never otherwise
-        own_units = [self.model.frontend] + ([ref_frontend] if ref_frontend is not None else [])
-        self.root = shard(
-            PolicyForward(self.model, ref_frontend),
-            self.model.decoder_layers(),
-            self.mesh,
-            mp,
-            extra=own_units,
-            checkpoint_layers=cfg.activation_checkpointing,
-            reshard_after_forward=cfg.reshard_after_forward,
-        )
-        self.ref_root = None
-        if not self.lora and self.has_reference:  # no backward through it: no checkpointing, no gathered copy
-            ref = self._load(cfg.ref_dtype).requires_grad_(False).eval()
-            ref_mp = mixed_precision(cfg.dtype if cfg.ref_dtype == "float32" else "float32", self.device)
-            self.ref_root = shard(PolicyForward(ref), ref.decoder_layers(), self.mesh, ref_mp, extra=[ref.frontend])
-        params = [p for p in self.root.parameters() if p.requires_grad]
+        built = shard_policy(self.model, cfg, self.train_encoder, self.mesh, self.device, self._load)
+        self.root, self.ref_root = built.root, built.ref_root
+        self.lora, self.has_reference = built.lora, built.has_reference
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+            built.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
         )
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         torch.manual_seed(cfg.seed + 1000 * (self.rank + 1))  # per-rank stream for dropout
@@ -180,7 +147,7 @@ class Learner:
             "rank": self.rank,
             "device": str(self.device),
             "parameters": sum(p.numel() for p in self.root.parameters()),  # DTensor numel is global
-            "trainable": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in built.params),
         }
 
     def _load(self, dtype: str = "float32") -> AudioLLM:
