@@ -38,6 +38,8 @@ from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
 from funrl.sft_cache import EncoderCache, cached_audio_embeds
 from funrl.sft_config import SftConfig, load_sft_config
+from funrl.sft_embed_ctc import EmbedCtc, make_embed_ctc
+from funrl.sft_eval import evaluate
 from funrl.sft_model import build_model, set_trainable
 from policy.messages import Clip
 from policy.models import AudioLLM, FeatureBatch
@@ -78,9 +80,16 @@ def completion_ids(model: AudioLLM, texts: Sequence[str]) -> tuple[torch.Tensor,
 
 
 def sft_loss(
-    model: AudioLLM, feats: FeatureBatch, texts: Sequence[str], contexts: Sequence[str | None], ctc_weight: float
+    model: AudioLLM,
+    feats: FeatureBatch,
+    texts: Sequence[str],
+    contexts: Sequence[str | None],
+    ctc_weight: float,
+    embed_ctc: EmbedCtc | None = None,
+    embed_ctc_weight: float = 0.0,
 ) -> tuple[torch.Tensor, float, float]:
-    """(loss, ce, ctc): token-mean CE over the completions (EOS included) + ``ctc_weight`` x mean CTC.
+    """(loss, ce, ctc): token-mean CE over the completions (EOS included) + ``ctc_weight`` x mean CTC of the
+    encoder's CTC head + ``embed_ctc_weight`` x the adapter output's `EmbedCtc`; ``ctc`` is the sum of the two.
 
     The encoder runs once: its output inside ``embed_audio`` is caught by a forward hook for the CTC head.
     """
@@ -96,10 +105,25 @@ def sft_loss(
         if hook is not None:
             hook.remove()
     ce, targets = completion_ce(model, audio, texts, contexts)
+    loss, ectc = with_embed_ctc(ce, audio, targets, embed_ctc, embed_ctc_weight)
     if ctc_weight <= 0:
-        return ce, float(ce.detach()), 0.0
+        return loss, float(ce.detach()), ectc
     ctc = _ctc_loss(model, *caught["enc"], targets)
-    return ce + ctc_weight * ctc, float(ce.detach()), float(ctc.detach())
+    return loss + ctc_weight * ctc, float(ce.detach()), float(ctc.detach()) + ectc
+
+
+def with_embed_ctc(
+    ce: torch.Tensor,
+    audio: Sequence[torch.Tensor],
+    targets: list[list[int]],
+    embed_ctc: EmbedCtc | None,
+    weight: float,
+) -> tuple[torch.Tensor, float]:
+    """(ce + weight x embed CTC, the embed CTC's value): ``ce`` alone when there is none."""
+    if embed_ctc is None or weight <= 0:
+        return ce, 0.0
+    ctc = embed_ctc(audio, targets)
+    return ce + weight * ctc, float(ctc.detach())
 
 
 def completion_ce(
@@ -132,68 +156,6 @@ def encoder_ctc_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str])
     enc, lengths = model.frontend.encode(feats)
     ctc = _ctc_loss(model, enc, lengths, [tok(t, add_special_tokens=False)["input_ids"] for t in texts])
     return ctc, float("nan"), float(ctc.detach())
-
-
-# -------------------------------------------------------------------------------------------- decoding
-
-
-@torch.no_grad()
-def greedy_decode(
-    model: AudioLLM,
-    waves: Sequence[np.ndarray],
-    contexts: Sequence[str | None],
-    max_new_tokens: int = 96,
-    batch_size: int = 32,
-) -> list[str]:
-    """Greedy transcripts (HF ``generate`` on the left-padded prompt embeddings, KV cache)."""
-    was_training = model.training
-    model.eval()
-    llm, tok = model.llm, model.tokenizer
-    out: list[str] = []
-    try:
-        for start in range(0, len(waves), batch_size):
-            chunk = list(waves[start : start + batch_size])
-            prompts = model.build_prompt_embeds(
-                model.embed_audio(model.audio_features(chunk)), list(contexts[start : start + batch_size])
-            )
-            width = max(p.shape[0] for p in prompts)
-            inputs = prompts[0].new_zeros(len(prompts), width, prompts[0].shape[-1])
-            attn = torch.zeros(len(prompts), width, dtype=torch.long)
-            for i, p in enumerate(prompts):
-                inputs[i, width - p.shape[0] :] = p
-                attn[i, width - p.shape[0] :] = 1
-            gen = llm.generate(
-                inputs_embeds=inputs,
-                attention_mask=attn,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=model.eos_token_ids,
-                pad_token_id=tok.pad_token_id,
-            )
-            out += [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
-    finally:
-        model.train(was_training)
-    return out
-
-
-def evaluate(
-    model: AudioLLM, clips: Sequence[Clip], waves: Sequence[np.ndarray], max_new_tokens: int, batch_size: int
-) -> dict[str, float]:
-    """dev_wer (English speech clips), dev_cer_zh (Mandarin), dev_noise_nonempty (noise-only clips)."""
-    from rewards.builtin import token_errors
-
-    hyps = greedy_decode(model, waves, [c.context for c in clips], max_new_tokens, batch_size)
-    groups = {"dev_wer": lambda c: c.text and c.lang != "zh", "dev_cer_zh": lambda c: c.text and c.lang == "zh"}
-    res: dict[str, float] = {}
-    for name, keep in groups.items():
-        idx = [i for i, c in enumerate(clips) if keep(c)]
-        if idx:
-            errs = token_errors([hyps[i] for i in idx], [clips[i].text for i in idx])
-            res[name] = sum(e for e, _ in errs) / max(1, sum(n for _, n in errs))
-    noise = [hyps[i] for i, c in enumerate(clips) if not c.text]
-    if noise:
-        res["dev_noise_nonempty"] = sum(bool(h.strip()) for h in noise) / len(noise)
-    return res
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -288,10 +250,11 @@ def _load_data(cfg: SftConfig, out: Path) -> _Data:
     return _Data(clips, waves, easy, dev)
 
 
-def _optimizer(model: AudioLLM, o) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only."""
+def _optimizer(model: AudioLLM, o, embed_ctc: EmbedCtc | None = None) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (the embed-CTC blank vector trains too, without decay)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    other += list(embed_ctc.parameters()) if embed_ctc is not None else []
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=o.lr
     )
@@ -344,16 +307,20 @@ def _step_loss(
     rng: np.random.Generator,
     encoder_phase: bool,
     cache: EncoderCache | None,
+    embed_ctc: EmbedCtc | None,
 ) -> tuple[torch.Tensor, float, float]:
     waves, texts, contexts = batch
     if cache is not None:  # items are tuples of waves; their states were computed before step 1
         enc, lengths = cache.batch(waves, o.spec_time_masks, rng)
-        ce, _ = completion_ce(model, cached_audio_embeds(model, enc, lengths), texts, contexts)
-        return ce, float(ce.detach()), 0.0
+        audio = cached_audio_embeds(model, enc, lengths)
+        ce, targets = completion_ce(model, audio, texts, contexts)
+        loss, ectc = with_embed_ctc(ce, audio, targets, embed_ctc, o.embed_ctc_weight)
+        return loss, float(ce.detach()), ectc
     feats = spec_augment(model.audio_features(waves), o.spec_freq_masks, o.spec_time_masks, rng)
     if encoder_phase:
         return encoder_ctc_loss(model, feats, texts)
-    return sft_loss(model, feats, texts, contexts, 0.0 if o.freeze_encoder else o.ctc_weight)
+    ctc_weight = 0.0 if o.freeze_encoder else o.ctc_weight
+    return sft_loss(model, feats, texts, contexts, ctc_weight, embed_ctc, o.embed_ctc_weight)
 
 
 def train(cfg: SftConfig) -> Path:
@@ -376,7 +343,8 @@ def train(cfg: SftConfig) -> Path:
     cache = EncoderCache(model, list(audio.values())) if o.cache_encoder else None
     rng = np.random.default_rng(cfg.run.seed)
     cuts: dict[int, list[int]] = {}
-    opt = _optimizer(model, o)
+    embed_ctc = make_embed_ctc(model, [c.text for c in data.clips]) if o.embed_ctc_weight > 0 else None
+    opt = _optimizer(model, o, embed_ctc)
     meter = _Meter(out / "train_log.jsonl")
     step = 0
     bar = tqdm(total=o.steps, desc="SFT", unit="step", dynamic_ncols=True)
@@ -404,7 +372,7 @@ def train(cfg: SftConfig) -> Path:
                 cuts,
                 cache is not None,
             )
-            loss, ce, ctc = _step_loss(model, o, batch, rng, encoder_phase, cache)
+            loss, ce, ctc = _step_loss(model, o, batch, rng, encoder_phase, cache, embed_ctc)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
             opt.zero_grad(set_to_none=True)

@@ -135,6 +135,9 @@ class SftOptimConfig:
     spec_time_masks: int = 0  # SpecAugment: masks of up to 10 frames (100 ms) each
     concat_prob: float = 0.0  # share of English clips joined with a random other English clip (audio and text):
     # new word sequences every step, so the LLM cannot memorise the transcripts
+    embed_ctc_weight: float = 0.0  # CTC of the adapter's output against the transcript's LLM tokens, scored by
+    # distance to the LLM's input embeddings (funrl/sft_embed_ctc.py): a pretrained LLM then reads the audio
+    # vectors as the words' own embeddings; speeds up an adapter between pretrained parts (SLAM-ASR)
     cache_encoder: bool = False  # with the encoder frozen from step 1: compute each clip's encoder states once
     # (funrl/sft_cache.py); pairs are joined and time masks applied on the states (up to 5 frames each)
 
@@ -150,6 +153,7 @@ class SftOptimConfig:
                 "steps": in_range(1),
                 "minutes": in_range(0),
                 "ctc_weight": in_range(0),
+                "embed_ctc_weight": in_range(0),
                 "grad_clip": in_range(0),
                 "weight_decay": in_range(0),
                 "spec_freq_masks": in_range(0),

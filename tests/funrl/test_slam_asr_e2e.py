@@ -47,6 +47,7 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
         + [f"data.dev_manifest={small_demo_data.manifest('dev')}", "data.dev_clips=4", "run.max_new_tokens=8"]
     )
     assert f"model.train=adapter_lora: {_trainable_params(built, lora_r=8) / 1e6:.2f} M trainable parameters" in log
+    assert jsonl(sft / "train_log.jsonl")[-1]["ctc"] > 0  # the recipe's embedding-space CTC is in the loss
     before = load_file(str(built / "frontend.safetensors"))
     after = load_file(str(sft / "model" / "frontend.safetensors"))
     moved = {k for k in before if not torch.equal(before[k], after[k])}

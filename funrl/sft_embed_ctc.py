@@ -1,0 +1,80 @@
+"""CTC in the LLM's embedding space (``optim.embed_ctc_weight``): a training-only loss on the adapter's output.
+
+An adapter between a pretrained speech encoder and a pretrained LLM (SLAM-ASR) starts random: its vectors mean
+nothing to the LLM, and cross-entropy alone has to discover both what to put there and how the LLM should read
+it. On few CPU cores that takes thousands of steps. This loss gives the adapter a direct target: each audio
+vector ``a_t`` scores every candidate token ``v`` by its negative squared distance to the LLM's own input
+embedding ``e_v``,
+
+    logit(t, v) = -||a_t - e_v||^2,        plus one learned "blank" vector b for frames that carry no token,
+
+and CTC aligns the frames to the transcript's tokens. The adapter learns to write, in order, vectors near the
+embeddings of the words it hears: text the LLM already knows how to copy. The candidates are the tokens of the
+training transcripts (the softmax over all 49 k SmolLM2 tokens costs ~25x more for the same pull); the LLM's
+embeddings stay frozen and the blank vector is used only here: nothing of this head is saved with the model.
+A token first seen in a batch (a joined pair's transcript can tokenise differently) joins the candidates then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class EmbedCtc(nn.Module):
+    """CTC of audio vectors against token ids, scored by distance to ``embedding`` rows (see module doc)."""
+
+    def __init__(self, embedding: Tensor, candidates: Iterable[int]) -> None:
+        super().__init__()
+        self.embedding = embedding.detach()  # [V, D], the LLM's own (frozen) input embeddings
+        self.index: dict[int, int] = {}  # token id -> class (class 0 is the blank)
+        self.rows = torch.zeros(0, embedding.shape[1], device=embedding.device)  # [C, D]
+        self._add(candidates)
+        if not self.index:
+            raise ValueError("embed CTC needs at least one candidate token (the training transcripts are empty)")
+        self.blank = nn.Parameter(self.rows.mean(0))  # [D]
+
+    def _add(self, ids: Iterable[int]) -> None:
+        new = sorted({int(i) for i in ids} - self.index.keys())
+        if not new:
+            return
+        self.index.update({tok: len(self.index) + 1 + k for k, tok in enumerate(new)})
+        self.rows = torch.cat([self.rows, self.embedding[new].float()])
+
+    def logits(self, audio: Tensor) -> Tensor:
+        """``[..., 1 + C]`` negative squared distances of ``audio [..., D]`` to the blank and each candidate."""
+        a = audio.float()
+        a_sq = a.pow(2).sum(-1, keepdim=True)
+        to_rows = a_sq - 2 * a @ self.rows.T + self.rows.pow(2).sum(-1)
+        to_blank = (a - self.blank).pow(2).sum(-1, keepdim=True)
+        return -torch.cat([to_blank, to_rows], -1)
+
+    def forward(self, audio: Sequence[Tensor], targets: Sequence[Sequence[int]]) -> Tensor:
+        """Mean CTC loss (per target token, as ``F.ctc_loss``'s ``mean``) of each clip's audio vectors
+        ``[T_i, D]`` against its token ids; a clip too short for its tokens counts 0 (``zero_infinity``)."""
+        if len(audio) != len(targets):
+            raise ValueError(f"{len(audio)} audio rows but {len(targets)} targets")
+        self._add(t for row in targets for t in row)
+        lengths = torch.tensor([a.shape[0] for a in audio])
+        padded = nn.utils.rnn.pad_sequence(list(audio), batch_first=True)  # [B, T, D]
+        log_probs = self.logits(padded).log_softmax(-1).transpose(0, 1)  # [T, B, 1 + C]
+        flat = torch.tensor([self.index[t] for row in targets for t in row], dtype=torch.long)
+        return F.ctc_loss(
+            log_probs,
+            flat,
+            lengths,
+            torch.tensor([len(r) for r in targets]),
+            blank=0,
+            reduction="mean",
+            zero_infinity=True,
+        )
+
+
+def make_embed_ctc(model, texts: Iterable[str]) -> EmbedCtc:
+    """An `EmbedCtc` on ``model``'s LLM input embeddings, its candidates the tokens of ``texts``."""
+    tok = model.tokenizer
+    ids = [i for t in texts if t for i in tok(t, add_special_tokens=False)["input_ids"]]
+    return EmbedCtc(model.get_input_embeddings().weight, ids)

@@ -1,0 +1,73 @@
+"""The embedding-space CTC of `funrl.sft_embed_ctc`: scores by hand, the loss against a brute-force sum over
+alignments, and that minimising it moves audio vectors onto the target tokens' embeddings."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from funrl.sft_embed_ctc import EmbedCtc
+
+EMB = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-1.0, -1.0]])  # 4 tokens in 2-D
+
+
+def test_logits_are_negative_squared_distances_to_the_blank_then_each_candidate() -> None:
+    head = EmbedCtc(EMB, [2, 0])  # candidates: token 0, token 2 (sorted); blank = their mean (2, 1.5)
+    a = torch.tensor([[1.0, 1.0]])
+    # blank (2, 1.5): 1 + 0.25; token 0 (1, 0): 0 + 1; token 2 (3, 3): 4 + 4
+    assert head.logits(a).tolist() == [[-1.25, -1.0, -8.0]]
+    assert head.index == {0: 1, 2: 2}
+
+
+def _brute_force_ctc(log_probs: torch.Tensor, target: list[int]) -> float:
+    """-log of the summed probability of every frame labelling that collapses to ``target`` (blank = 0)."""
+    t_len, n_cls = log_probs.shape
+    total = 0.0
+    for path in itertools.product(range(n_cls), repeat=t_len):
+        collapsed = [c for i, c in enumerate(path) if c != 0 and (i == 0 or path[i - 1] != c)]
+        if collapsed == target:
+            total += math.exp(sum(float(log_probs[t, c]) for t, c in enumerate(path)))
+    return -math.log(total)
+
+
+def test_loss_equals_the_brute_force_sum_over_alignments_per_target_token() -> None:
+    torch.manual_seed(0)
+    head = EmbedCtc(EMB, [0, 1, 2, 3])
+    audio = [torch.randn(4, 2), torch.randn(3, 2)]
+    targets = [[1, 1], [3]]  # a repeated token needs a blank between its two frames
+    got = float(head(audio, targets).detach())
+    want = []
+    for a, tgt in zip(audio, targets):
+        lp = head.logits(a).detach().log_softmax(-1)
+        want.append(_brute_force_ctc(lp, [head.index[t] for t in tgt]) / len(tgt))
+    assert got == pytest.approx(sum(want) / len(want), rel=1e-5)
+
+
+def test_tokens_first_seen_in_a_batch_join_the_candidates() -> None:
+    head = EmbedCtc(EMB, [0])
+    loss = head([torch.zeros(3, 2)], [[3, 0]])
+    assert torch.isfinite(loss)
+    assert head.index == {0: 1, 3: 2}
+    assert torch.equal(head.rows, EMB[[0, 3]])
+
+
+def test_minimising_it_makes_the_nearest_embeddings_of_the_audio_vectors_spell_the_transcript() -> None:
+    torch.manual_seed(1)
+    head = EmbedCtc(EMB, [0, 1, 2, 3])
+    audio = torch.nn.Parameter(torch.randn(6, 2) * 0.1)
+    opt = torch.optim.Adam([audio, *head.parameters()], lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        head([audio], [[2, 0, 3]]).backward()
+        opt.step()
+    classes = head.logits(audio.detach()).argmax(-1).tolist()
+    collapsed = [c for i, c in enumerate(classes) if c != 0 and (i == 0 or classes[i - 1] != c)]
+    assert collapsed == [head.index[t] for t in (2, 0, 3)]
+
+
+def test_too_few_frames_for_the_tokens_count_zero_not_inf() -> None:
+    head = EmbedCtc(EMB, [0, 1])
+    assert float(head([torch.zeros(1, 2)], [[0, 1]]).detach()) == 0.0
