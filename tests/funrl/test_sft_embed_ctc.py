@@ -71,3 +71,11 @@ def test_minimising_it_makes_the_nearest_embeddings_of_the_audio_vectors_spell_t
 def test_too_few_frames_for_the_tokens_count_zero_not_inf() -> None:
     head = EmbedCtc(EMB, [0, 1])
     assert float(head([torch.zeros(1, 2)], [[0, 1]]).detach()) == 0.0
+
+
+def test_a_negative_weight_is_refused_naming_the_key() -> None:
+    from funrl.config import ConfigError
+    from funrl.sft_config import SftOptimConfig
+
+    with pytest.raises(ConfigError, match="embed_ctc_weight"):
+        SftOptimConfig(embed_ctc_weight=-1.0)
