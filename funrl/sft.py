@@ -1,15 +1,16 @@
 """``python -m funrl.sft``: supervised training (SFT) of an ``encoder_adapter_llm`` audio-LLM.
 
 Loss = cross-entropy of the transcript tokens (and EOS) after the clip's prompt + ``optim.ctc_weight`` x CTC
-on the encoder's CTC head (blank = the pad token). The prompt is built by the model layer itself
+on the encoder's CTC head (blank = the pad token) + ``optim.embed_ctc_weight`` x CTC of the adapter's output
+vectors in the LLM's embedding space (`funrl.sft_embed_ctc`). The prompt is built by the model layer itself
 (``audio_features -> embed_audio -> build_prompt_embeds`` with the clip's context), so the SFT model learns
 exactly the prompt the rollout gives it. Noise-only clips (``text: ""``) are skipped unless
 ``data.noise_clips=true`` (then their target is EOS alone). Every
 ``run.eval_every`` steps the model decodes the dev clips greedily (WER on English, CER on Mandarin, share of
 non-empty outputs on noise-only clips) and is saved.
 
-Writes OUT/config.yaml, OUT/train_log.jsonl (step, loss, ce, ctc, lr, elapsed_s; dev_* when evaluated) and
-OUT/model (the model folder; ``policy.models.load_audio_llm`` loads it).
+Writes OUT/config.yaml, OUT/train_log.jsonl (step, loss, ce, ctc = the CTC losses summed, lr, elapsed_s; dev_*
+when evaluated) and OUT/model (the model folder; ``policy.models.load_audio_llm`` loads it).
 """
 
 from __future__ import annotations
