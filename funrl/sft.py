@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from funrl.config import ConfigError, dump_config, save_config
 from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
 from funrl.sft_cache import EncoderCache, cached_audio_embeds
 from funrl.sft_config import SftConfig, load_sft_config
-from funrl.sft_embed_ctc import EmbedCtc, make_embed_ctc
+from funrl.sft_embed_ctc import EmbedCtc, ctc_mean, make_embed_ctc
 from funrl.sft_eval import evaluate
 from funrl.sft_model import build_model, set_trainable
 from policy.messages import Clip
@@ -139,16 +138,7 @@ def completion_ce(
 
 def _ctc_loss(model: AudioLLM, enc: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
     log_probs = model.frontend.ctc(enc).float().log_softmax(-1).transpose(0, 1)  # [T, B, V]
-    flat = torch.tensor([i for row in targets for i in row], dtype=torch.long)
-    return F.ctc_loss(
-        log_probs,
-        flat,
-        lengths.cpu(),
-        torch.tensor([len(r) for r in targets]),
-        blank=ctc_blank_id(model.tokenizer),
-        reduction="mean",
-        zero_infinity=True,
-    )
+    return ctc_mean(targets, log_probs, lengths, blank=ctc_blank_id(model.tokenizer))
 
 
 def encoder_ctc_loss(model: AudioLLM, feats: FeatureBatch, texts: Sequence[str]) -> tuple[torch.Tensor, float, float]:

@@ -61,16 +61,22 @@ class EmbedCtc(nn.Module):
         lengths = torch.tensor([a.shape[0] for a in audio])
         padded = nn.utils.rnn.pad_sequence(list(audio), batch_first=True)  # [B, T, D]
         log_probs = self.logits(padded).log_softmax(-1).transpose(0, 1)  # [T, B, 1 + C]
-        flat = torch.tensor([self.index[t] for row in targets for t in row], dtype=torch.long)
-        return F.ctc_loss(
-            log_probs,
-            flat,
-            lengths,
-            torch.tensor([len(r) for r in targets]),
-            blank=0,
-            reduction="mean",
-            zero_infinity=True,
-        )
+        return ctc_mean([[self.index[t] for t in row] for row in targets], log_probs, lengths, blank=0)
+
+
+def ctc_mean(targets: Sequence[Sequence[int]], log_probs: Tensor, lengths: Tensor, blank: int) -> Tensor:
+    """``F.ctc_loss`` (``mean``: per target token, then over the batch) of ``log_probs [T, B, V]`` with ``lengths
+    [B]`` frames against each row's class ids; a row too short for its targets counts 0 (``zero_infinity``)."""
+    flat = torch.tensor([c for row in targets for c in row], dtype=torch.long)
+    return F.ctc_loss(
+        log_probs,
+        flat,
+        lengths.cpu(),
+        torch.tensor([len(r) for r in targets]),
+        blank=blank,
+        reduction="mean",
+        zero_infinity=True,
+    )
 
 
 def make_embed_ctc(model, texts: Iterable[str]) -> EmbedCtc:
