@@ -369,8 +369,8 @@ def train(cfg: SftConfig) -> Path:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # the norm is computed either way: a NaN/inf gradient with a finite loss must not reach the weights
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(  # every trained tensor (the embed-CTC blank vector too)
+                [p for g in opt.param_groups for p in g["params"]], o.grad_clip if o.grad_clip > 0 else float("inf")
             )
             if not torch.isfinite(grad_norm):
                 raise FloatingPointError(
