@@ -10,7 +10,9 @@ exactly the prompt the rollout gives it. Noise-only clips (``text: ""``) are ski
 non-empty outputs on noise-only clips) and is saved.
 
 Writes OUT/config.yaml, OUT/train_log.jsonl (step, loss, ce, ctc = the CTC losses summed, lr, elapsed_s; dev_*
-when evaluated) and OUT/model (the model folder; ``policy.models.load_audio_llm`` loads it).
+when evaluated), OUT/model (the model folder; ``policy.models.load_audio_llm`` loads it) and, every
+``run.save_every`` steps and at the end, an atomic checkpoint in OUT/checkpoints: ``--resume OUT`` continues a
+killed run from it with the batches and schedule an uninterrupted run would have had (`funrl.sft_checkpoint`).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from funrl.checkpoint import Checkpoint, CheckpointManager, RunLock, RunLockedError
 from funrl.config import ConfigError, dump_config, save_config
 from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
 from funrl.sft_cache import EncoderCache, cached_audio_embeds
+from funrl.sft_checkpoint import SftRunState, check_config, restore, save
 from funrl.sft_config import SftConfig, load_sft_config
 from funrl.sft_embed_ctc import EmbedCtc, ctc_mean, make_embed_ctc
 from funrl.sft_eval import evaluate
@@ -52,7 +56,9 @@ examples:
   python -m funrl.sft --config funrl/demo/sft.yaml             # the earlier one (a Conformer from scratch)
   python -m funrl.sft data.train_manifest=train.jsonl data.dev_manifest=dev.jsonl optim.steps=3000
   python -m funrl.sft --config funrl/demo/sft.yaml data.demo_size=small model.size=tiny optim.steps=20
-  python -m funrl.sft model.path=runs/sft/model data.train_manifest=more.jsonl optim.lr=2e-4   # continue
+  python -m funrl.sft --resume runs/sft                         # continue a killed run from its last checkpoint
+  python -m funrl.sft --resume runs/sft optim.steps=4000        # ... and train it longer
+  python -m funrl.sft model.path=runs/sft/model data.train_manifest=more.jsonl run.out_dir=runs/sft2  # new data
 Overrides are dotted keys of the config (sections model, data, optim, run; see OUT/config.yaml).
 """
 
@@ -269,12 +275,20 @@ def _start_llm_phase(model: AudioLLM, o, data: _Data) -> dict[int, list[int]]:
 
 
 class _Meter:
-    """Running means of loss/ce/ctc, written to OUT/train_log.jsonl every ``log_every`` steps."""
+    """Running means of loss/ce/ctc, written to OUT/train_log.jsonl every ``log_every`` steps. Resumed at step
+    ``resume_step`` (elapsed ``elapsed_s``), the log keeps its lines up to that step and the clock goes on."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, resume_step: int | None = None, elapsed_s: float = 0.0) -> None:
+        kept = []
+        if resume_step is not None and path.is_file():
+            kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if json.loads(ln)["step"] <= resume_step]
         self.file = open(path, "w", encoding="utf-8")
-        self.t0 = time.perf_counter()
+        self.file.writelines(ln + "\n" for ln in kept)
+        self.t0 = time.perf_counter() - elapsed_s
         self.sums, self.count = {"loss": 0.0, "ce": 0.0, "ctc": 0.0}, 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
 
     def add(self, loss: float, ce: float, ctc: float) -> None:
         for k, v in (("loss", loss), ("ce", ce), ("ctc", ctc)):
@@ -284,7 +298,7 @@ class _Meter:
     def flush(self, step: int, lr: float, extra: dict[str, float]) -> dict:
         rec = {"step": step, **{k: round(v / self.count, 5) for k, v in self.sums.items() if v == v}, "lr": lr}
         rec.update({k: round(v, 4) for k, v in extra.items()})
-        rec["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
+        rec["elapsed_s"] = round(self.elapsed(), 1)
         self.file.write(json.dumps(rec) + "\n")
         self.file.flush()
         self.sums, self.count = dict.fromkeys(self.sums, 0.0), 0
@@ -314,16 +328,46 @@ def _step_loss(
     return sft_loss(model, feats, texts, contexts, ctc_weight, embed_ctc, o.embed_ctc_weight)
 
 
-def train(cfg: SftConfig) -> Path:
-    """Run the SFT stage; returns the output folder (config.yaml, train_log.jsonl, model/)."""
-    from tqdm import tqdm
+def _optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, grad_clip: float, step: int, out: Path) -> None:
+    """Backward + AdamW step; a non-finite loss or gradient norm raises before the weights change."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"SFT loss is {float(loss)} at step {step}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    # the norm is computed either way: a NaN/inf gradient with a finite loss must not reach the weights
+    grad_norm = torch.nn.utils.clip_grad_norm_(  # every trained tensor (the embed-CTC blank vector too)
+        [p for g in opt.param_groups for p in g["params"]], grad_clip if grad_clip > 0 else float("inf")
+    )
+    if not torch.isfinite(grad_norm):
+        raise FloatingPointError(
+            f"SFT gradient norm is {float(grad_norm)} at step {step} (loss {float(loss):.4g}); the step was "
+            f"skipped, {out / 'model'} keeps the last good model"
+        )
+    opt.step()
 
-    torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)
-    if cfg.model.path:  # a Hub id (org/name[@revision]) -> its snapshot folder in the local HF cache, checked first
-        cfg = replace(cfg, model=replace(cfg.model, path=str(resolve_model_path(cfg.model.path, key="model.path"))))
+
+def _last_checkpoint(ckpts: CheckpointManager, cfg: SftConfig, resume: bool) -> Checkpoint | None:
+    """The checkpoint to resume from (``resume``), or None for a new run; refuses to start over a run."""
     out = Path(cfg.run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    last = ckpts.latest()
+    if resume and last is None:
+        raise FileNotFoundError(
+            f"--resume {out}: no checkpoint in {ckpts.root} (a run saves one every run.save_every steps); "
+            "start it anew without --resume"
+        )
+    if not resume and last is not None:
+        raise ConfigError(
+            f"{out} already holds an SFT run (checkpoint {last.path}): continue it with "
+            f"`python -m funrl.sft --resume {out}`, delete the folder, or choose another run.out_dir",
+            key="run.out_dir",
+        )
+    if last is not None:
+        check_config(last, cfg)  # before anything is loaded or config.yaml rewritten
+    return last
+
+
+def _start(cfg: SftConfig, out: Path, last: Checkpoint | None) -> tuple[SftRunState, _Data, dict, int, float]:
+    """Data, model, optimizer and samplers of the run, restored from ``last`` when resuming."""
     data = _load_data(cfg, out)
     save_config(cfg, out / "config.yaml")
     model = build_model(cfg, data.waves)
@@ -331,54 +375,68 @@ def train(cfg: SftConfig) -> Path:
     model.train()
     o = cfg.optim
     audio, sampler, easy_sampler = data.samplers(o.batch_size, cfg.run.seed)
-    cache = EncoderCache(model, list(audio.values())) if o.cache_encoder else None
-    rng = np.random.default_rng(cfg.run.seed)
-    cuts: dict[int, list[int]] = {}
     embed_ctc = make_embed_ctc(model, [c.text for c in data.clips]) if o.embed_ctc_weight > 0 else None
-    opt = _optimizer(model, o, embed_ctc)
-    meter = _Meter(out / "train_log.jsonl")
-    step = 0
-    bar = tqdm(total=o.steps, desc="SFT", unit="step", dynamic_ncols=True)
+    samplers = {"train": sampler, **({"easy": easy_sampler} if easy_sampler is not None else {})}
+    rng = np.random.default_rng(cfg.run.seed)
+    state = SftRunState(model, _optimizer(model, o, embed_ctc), embed_ctc, samplers, rng)
+    step, elapsed = 0, 0.0
+    if last is not None:
+        step, elapsed = restore(last, state, cfg)
+        print(f"[funrl.sft] resumed from {last.path} at step {step + 1} ({elapsed / 60:.1f} min in)", file=sys.stderr)
+    return state, data, audio, step, elapsed
+
+
+def train(cfg: SftConfig, resume: bool = False) -> Path:
+    """Run the SFT stage (``resume``: from the last checkpoint in ``run.out_dir``); returns the output folder
+    (config.yaml, train_log.jsonl, model/, checkpoints/)."""
+    torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    if cfg.model.path:  # a Hub id (org/name[@revision]) -> its snapshot folder in the local HF cache, checked first
+        cfg = replace(cfg, model=replace(cfg.model, path=str(resolve_model_path(cfg.model.path, key="model.path"))))
+    out = Path(cfg.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        ckpts = CheckpointManager(out, keep_last=1)
+        last = _last_checkpoint(ckpts, cfg, resume)
+        state, data, audio, step, elapsed = _start(cfg, out, last)
+        meter = _Meter(out / "train_log.jsonl", step if last else None, elapsed)
+        try:
+            _loop(cfg, out, state, data, audio, step, meter, ckpts)
+        finally:
+            meter.file.close()
+    return out
+
+
+def _loop(cfg: SftConfig, out: Path, s: SftRunState, data: _Data, audio: dict, step: int, meter: _Meter, ckpts) -> None:
+    from tqdm import tqdm
+
+    o, model = cfg.optim, s.model
+    cache = EncoderCache(model, list(audio.values())) if o.cache_encoder else None
+    cuts: dict[int, list[int]] = {}
+    llm_phase_started = False
 
     def progress() -> float:
         p = step / o.steps
-        return max(p, (time.perf_counter() - meter.t0) / (60 * o.minutes)) if o.minutes else p
+        return max(p, meter.elapsed() / (60 * o.minutes)) if o.minutes else p
 
-    try:
+    with tqdm(total=o.steps, initial=step, desc="SFT", unit="step", dynamic_ncols=True) as bar:
         while step < o.steps and progress() < 1.0:
             encoder_phase = step < o.encoder_steps
-            if step == o.encoder_steps and (step > 0 or o.shuffle_words_prob > 0 or o.freeze_encoder):
-                cuts = _start_llm_phase(model, o, data)
+            if not llm_phase_started and not encoder_phase:
+                llm_phase_started = True
+                if step > 0 or o.shuffle_words_prob > 0 or o.freeze_encoder:
+                    cuts = _start_llm_phase(model, o, data)
             lr = o.lr * lr_factor(step if encoder_phase else step - o.encoder_steps, progress(), o)
-            for g in opt.param_groups:
+            for g in s.opt.param_groups:
                 g["lr"] = lr
-            source = easy_sampler if easy_sampler is not None and step < cfg.data.curriculum_steps else sampler
+            easy = "easy" in s.samplers and step < cfg.data.curriculum_steps
+            source = s.samplers["easy" if easy else "train"]
+            clips = source.next_batch()
             batch = concat_pairs(
-                source.next_batch(),
-                audio,
-                source.clips,
-                o.concat_prob,
-                rng,
-                o.shuffle_words_prob,
-                cuts,
-                cache is not None,
+                clips, audio, source.clips, o.concat_prob, s.rng, o.shuffle_words_prob, cuts, cache is not None
             )
-            loss, ce, ctc = _step_loss(model, o, batch, rng, encoder_phase, cache, embed_ctc)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"SFT loss is {float(loss)} at step {step + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            # the norm is computed either way: a NaN/inf gradient with a finite loss must not reach the weights
-            grad_norm = torch.nn.utils.clip_grad_norm_(  # every trained tensor (the embed-CTC blank vector too)
-                [p for g in opt.param_groups for p in g["params"]], o.grad_clip if o.grad_clip > 0 else float("inf")
-            )
-            if not torch.isfinite(grad_norm):
-                raise FloatingPointError(
-                    f"SFT gradient norm is {float(grad_norm)} at step {step + 1} (loss "
-                    f"{float(loss):.4g}); the step was skipped, {out / 'model'} keeps the "
-                    "last good model"
-                )
-            opt.step()
+            loss, ce, ctc = _step_loss(model, o, batch, s.rng, encoder_phase, cache, s.embed_ctc)
+            _optimizer_step(loss, s.opt, o.grad_clip, step + 1, out)
             step += 1
             meter.add(float(loss.detach()), ce, ctc)
             last = step >= o.steps or progress() >= 1.0
@@ -390,11 +448,9 @@ def train(cfg: SftConfig) -> Path:
                     model.save(out / "model")
                 rec = meter.flush(step, lr, res)
                 bar.set_postfix({k: rec[k] for k in ("loss", "ce", "ctc", "dev_wer") if k in rec})
+            if cfg.run.save_every and (step % cfg.run.save_every == 0 or last):
+                save(ckpts, step, meter.elapsed(), s, cfg)
             bar.update(1)
-    finally:
-        bar.close()
-        meter.file.close()
-    return out
 
 
 def keys_help() -> str:
@@ -409,6 +465,23 @@ def keys_help() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config(args: argparse.Namespace) -> SftConfig:
+    """--resume OUT: OUT/config.yaml with the overrides, trained in OUT; else --config with the overrides."""
+    if not args.resume:
+        return load_sft_config(args.config, args.overrides)
+    if args.config or any(o.split("=", 1)[0].strip() == "run.out_dir" for o in args.overrides):
+        raise ConfigError(
+            f"--resume {args.resume} continues the run in that folder with its own config.yaml: drop --config and "
+            "run.out_dir (to branch off, copy the folder and resume the copy)",
+            key="run.out_dir",
+        )
+    path = Path(args.resume) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {args.resume}: {path} does not exist (not an SFT run folder?)")
+    cfg = load_sft_config(str(path), args.overrides)
+    return replace(cfg, run=replace(cfg.run, out_dir=str(args.resume)))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m funrl.sft",
@@ -417,13 +490,18 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML config file (any subset of the keys; the rest keep defaults)")
+    p.add_argument(
+        "--resume",
+        metavar="OUT",
+        help="continue the run in folder OUT from its last checkpoint (OUT/config.yaml; optim/run overrides allowed)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. optim.lr=1e-3")
     args = p.parse_args(argv)
     try:
-        cfg = load_sft_config(args.config, args.overrides)
+        cfg = _config(args)
         print("[funrl.sft] config:\n" + dump_config(cfg), file=sys.stderr)
-        out = train(cfg)
-    except (ConfigError, ManifestError, FileNotFoundError) as exc:
+        out = train(cfg, resume=bool(args.resume))
+    except (ConfigError, ManifestError, FileNotFoundError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (FloatingPointError, ValueError) as exc:

@@ -171,6 +171,7 @@ class SftRunConfig:
     out_dir: str = "runs/sft"  # config.yaml, train_log.jsonl, model/
     seed: int = 0  # data order and SpecAugment
     eval_every: int = 200  # dev WER every N steps (0 = only at the end); the model is saved then too
+    save_every: int = 100  # a resumable checkpoint (OUT/checkpoints) every N steps and at the end; 0 = none
     log_every: int = 10  # train_log.jsonl: one line per N steps (means over them)
     eval_batch: int = 32
     max_new_tokens: int = 96  # greedy decoding limit
@@ -183,6 +184,7 @@ class SftRunConfig:
                 "out_dir": non_empty,
                 "seed": in_range(0),
                 "eval_every": in_range(0),
+                "save_every": in_range(0),
                 "log_every": in_range(1),
                 "eval_batch": in_range(1),
                 "max_new_tokens": in_range(1),

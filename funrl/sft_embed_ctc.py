@@ -44,6 +44,15 @@ class EmbedCtc(nn.Module):
         self.index.update({tok: len(self.index) + 1 + k for k, tok in enumerate(new)})
         self.rows = torch.cat([self.rows, self.embedding[new].float()])
 
+    def tokens(self) -> list[int]:
+        """The candidate token ids in class order (class k + 1 is ``tokens()[k]``)."""
+        return sorted(self.index, key=self.index.__getitem__)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        """Add ``tokens`` one at a time in the given order (a saved `tokens()` list rebuilds the same classes)."""
+        for tok in tokens:
+            self._add((tok,))
+
     def logits(self, audio: Tensor) -> Tensor:
         """``[..., 1 + C]`` negative squared distances of ``audio [..., D]`` to the blank and each candidate."""
         a = audio.float()

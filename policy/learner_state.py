@@ -80,7 +80,8 @@ def _scheduler_state(scheduler: LambdaLR) -> dict[str, Any]:
     return state
 
 
-def _rng_save(folder: Path, rank: int) -> None:
+def save_rng_state(folder: Path, rank: int) -> None:
+    """This process's python, numpy (global) and torch RNG states into ``rng_rank{rank}.json/.safetensors``."""
     np_state: Any = np.random.get_state()  # the legacy tuple (kind, keys, pos, has_gauss, gauss)
     py_version, py_state, py_gauss = random.getstate()
     meta = {
@@ -94,7 +95,8 @@ def _rng_save(folder: Path, rank: int) -> None:
     save_file(tensors, str(folder / f"rng_rank{rank}.safetensors"))
 
 
-def _rng_load(folder: Path, rank: int) -> bool:
+def load_rng_state(folder: Path, rank: int) -> bool:
+    """Restore what `save_rng_state` wrote for ``rank``; False (states untouched) when it wrote nothing."""
     meta_path, tensor_path = folder / f"rng_rank{rank}.json", folder / f"rng_rank{rank}.safetensors"
     if not (meta_path.is_file() and tensor_path.is_file()):
         return False  # saved with fewer ranks: this rank keeps its seeded state
@@ -193,7 +195,7 @@ def save_learner_state(
     if rank == 0:
         state = {**info, "scheduler": _scheduler_state(scheduler)}
         (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
-    _rng_save(folder, rank)
+    save_rng_state(folder, rank)
     return folder
 
 
@@ -223,5 +225,5 @@ def load_learner_state(
     sched = dict(info["scheduler"])
     sched["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
     scheduler.load_state_dict(sched)
-    _rng_load(folder, rank)
+    load_rng_state(folder, rank)
     return info

@@ -79,3 +79,12 @@ def test_a_negative_weight_is_refused_naming_the_key() -> None:
 
     with pytest.raises(ConfigError, match="embed_ctc_weight"):
         SftOptimConfig(embed_ctc_weight=-1.0)
+
+
+def test_saved_tokens_rebuild_the_same_classes_after_lazy_additions() -> None:
+    head = EmbedCtc(EMB, [2, 0])
+    head(torch.zeros(1, 4, 2).unbind(0), [[3, 1]])  # 1 and 3 join lazily, in sorted order
+    assert head.tokens() == [0, 2, 1, 3]
+    again = EmbedCtc(EMB, [2, 0])
+    again.extend(head.tokens())  # what a resumed SFT run does with the checkpoint's list
+    assert again.index == head.index and torch.equal(again.rows, head.rows)

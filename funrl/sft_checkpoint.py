@@ -1,0 +1,123 @@
+"""Resumable SFT (``python -m funrl.sft --resume OUT``).
+
+Every ``run.save_every`` steps (and at the end) `save` writes an atomic checkpoint (`funrl.checkpoint`: temp
+folder, fsync, ``COMPLETE``, rename) into ``OUT/checkpoints/step_NNNNNN``:
+
+    trained.safetensors   every tensor the optimizer trains (named as in the model) + the model's buffers
+    optimizer.pt          AdamW's state (loaded with ``weights_only=True``)
+    embed_ctc.safetensors the embedding-space CTC's blank vector (when ``optim.embed_ctc_weight > 0``)
+    rng_rank0.*           the python / numpy / torch RNG states
+    trainer_state.json    step, elapsed seconds (the time-based schedule goes on from there), the samplers'
+                          positions, the augmentation RNG's state, the embed-CTC candidate tokens, the
+                          model + data config the run was started with
+
+`restore` loads it into a freshly built run of the same config, so the resumed run draws the batches,
+augmentations and dropout an uninterrupted one would. Frozen weights are not saved: they come back from
+``model.path`` (or the seeded build) exactly as at the start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from funrl.checkpoint import Checkpoint, CheckpointManager
+from funrl.config import ConfigError
+from funrl.data import ClipSampler
+from funrl.sft_config import SftConfig
+from funrl.sft_embed_ctc import EmbedCtc
+from policy.learner_state import load_rng_state, save_rng_state
+from policy.models import AudioLLM
+
+CHECKED_SECTIONS = ("model", "data")  # a resumed run must match these; optim/run keys may change (e.g. more steps)
+
+
+@dataclass
+class SftRunState:
+    """What of a running SFT a checkpoint holds (the model and optimizer are updated in place on restore)."""
+
+    model: AudioLLM
+    opt: torch.optim.Optimizer
+    embed_ctc: EmbedCtc | None
+    samplers: dict[str, ClipSampler]  # "train" and, with a curriculum, "easy"
+    rng: np.random.Generator  # concatenation, word shuffling and SpecAugment draws
+
+
+def _trained_tensors(s: SftRunState) -> dict[str, torch.Tensor]:
+    """The optimizer's tensors by model name, plus the model's (persistent) buffers; cloned so tied or
+    shared storage saves as separate tensors."""
+    trained = {id(p) for g in s.opt.param_groups for p in g["params"]}
+    params = dict(s.model.named_parameters(remove_duplicate=False))
+    out = {}
+    for name, t in s.model.state_dict(keep_vars=True).items():
+        if name not in params or id(params[name]) in trained:
+            out[name] = t.detach().clone().contiguous()
+    return out
+
+
+def _config_sections(cfg: SftConfig) -> dict[str, dict]:
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in CHECKED_SECTIONS}
+
+
+def save(ckpts: CheckpointManager, step: int, elapsed_s: float, s: SftRunState, cfg: SftConfig) -> Checkpoint:
+    """Write step ``step`` of the run atomically (keeps ``ckpts.keep_last``)."""
+
+    def payload(tmp: Path) -> None:
+        save_file(_trained_tensors(s), str(tmp / "trained.safetensors"))
+        torch.save(s.opt.state_dict(), tmp / "optimizer.pt")
+        if s.embed_ctc is not None:
+            save_file({"blank": s.embed_ctc.blank.detach().clone()}, str(tmp / "embed_ctc.safetensors"))
+        save_rng_state(tmp, 0)
+
+    state = {
+        "elapsed_s": elapsed_s,
+        "samplers": {k: v.state_dict() for k, v in s.samplers.items()},
+        "rng": s.rng.bit_generator.state,
+        "embed_ctc_tokens": s.embed_ctc.tokens() if s.embed_ctc is not None else [],
+        "config": _config_sections(cfg),
+    }
+    return ckpts.save(step, state, payload)
+
+
+def check_config(ckpt: Checkpoint, cfg: SftConfig) -> None:
+    """Refuse (naming the key) a resumed config whose model or data section differs from the checkpoint's."""
+    saved, now = ckpt.trainer_state().get("config", {}), _config_sections(cfg)
+    for section in CHECKED_SECTIONS:
+        for key, value in now[section].items():
+            before = saved.get(section, {}).get(key)
+            if before != value:
+                raise ConfigError(
+                    f"--resume: {section}.{key} is {value!r} but the run in {ckpt.path.parent.parent} was started "
+                    f"with {before!r}; drop that override (a changed model or data section starts a new run: "
+                    "choose another run.out_dir)",
+                    key=f"{section}.{key}",
+                )
+
+
+def restore(ckpt: Checkpoint, s: SftRunState, cfg: SftConfig) -> tuple[int, float]:
+    """Load ``ckpt`` into ``s`` (built from the same config); returns (step, elapsed seconds)."""
+    state = ckpt.trainer_state()
+    check_config(ckpt, cfg)
+    tensors = load_file(str(ckpt.path / "trained.safetensors"))
+    missing, unexpected = s.model.load_state_dict(tensors, strict=False)
+    wanted = set(_trained_tensors(s))
+    if unexpected or wanted - tensors.keys():
+        raise ValueError(
+            f"{ckpt.path}: its tensors do not fit this model (not in the model: {sorted(unexpected)[:3]}, not in "
+            f"the checkpoint: {sorted(wanted - tensors.keys())[:3]}); resume with the config the run started with"
+        )
+    s.opt.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=True))
+    if s.embed_ctc is not None:
+        s.embed_ctc.extend(state["embed_ctc_tokens"])
+        with torch.no_grad():
+            s.embed_ctc.blank.copy_(load_file(str(ckpt.path / "embed_ctc.safetensors"))["blank"])
+    for name, sampler in s.samplers.items():
+        sampler.load_state_dict(state["samplers"][name])
+    s.rng.bit_generator.state = state["rng"]
+    load_rng_state(ckpt.path, 0)
+    return int(state["step"]), float(state["elapsed_s"])

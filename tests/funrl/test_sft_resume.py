@@ -1,0 +1,113 @@
+"""funrl.sft --resume: a killed SFT run continues from its last atomic checkpoint as if never stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import funrl.sft as sft
+from funrl.sft_config import load_sft_config
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _overrides(demo, out: Path) -> list[str]:
+    # every source of randomness and state: the encoder phase, the curriculum sampler, clip joining, SpecAugment,
+    # dropout-free tiny model, AdamW, and the embedding-space CTC (whose candidates grow with joined clips)
+    return [
+        f"data.demo_dir={demo.root}",
+        "data.demo_size=small",
+        "data.dev_clips=4",
+        "model.size=tiny",
+        "optim.steps=6",
+        "optim.minutes=0",
+        "optim.warmup_steps=2",
+        "optim.batch_size=4",
+        "optim.encoder_steps=2",
+        "optim.shuffle_words_prob=0",
+        "optim.embed_ctc_weight=0.5",
+        "data.curriculum_steps=3",
+        "run.eval_every=0",
+        "run.save_every=2",
+        "run.log_every=1",
+        "run.max_new_tokens=4",
+        f"run.out_dir={out}",
+    ]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resumed_sft_run_matches_an_uninterrupted_one(small_demo_data, tmp_path, monkeypatch):
+    whole = sft.train(load_sft_config(str(REPO / "funrl/demo/sft.yaml"), _overrides(small_demo_data, tmp_path / "a")))
+
+    cut = tmp_path / "b"
+    cfg = load_sft_config(str(REPO / "funrl/demo/sft.yaml"), _overrides(small_demo_data, cut))
+    real_step = sft._optimizer_step
+
+    def dies_at_step_5(loss, opt, grad_clip, step, out):
+        if step == 5:  # after step 4's checkpoint, before step 5 changes any weight
+            raise Killed
+        return real_step(loss, opt, grad_clip, step, out)
+
+    monkeypatch.setattr(sft, "_optimizer_step", dies_at_step_5)
+    with pytest.raises(Killed):
+        sft.train(cfg)
+    monkeypatch.setattr(sft, "_optimizer_step", real_step)
+    assert [r["step"] for r in _log(cut)] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_000004"]  # keep_last=1, atomic
+    elapsed_at_4 = _log(cut)[-1]["elapsed_s"]
+
+    assert sft.main(["--resume", str(cut)]) == 0
+    resumed = _log(cut)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert resumed[4]["elapsed_s"] >= elapsed_at_4  # the time-based schedule's clock goes on
+    for a, b in zip(_log(whole), resumed):
+        assert {k: v for k, v in a.items() if k != "elapsed_s"} == {k: v for k, v in b.items() if k != "elapsed_s"}
+    final_a = load_file(str(whole / "checkpoints/step_000006/trained.safetensors"))
+    final_b = load_file(str(cut / "checkpoints/step_000006/trained.safetensors"))
+    assert final_a.keys() == final_b.keys() and any(k.startswith("frontend.encoder") for k in final_a)
+    for name in final_a:  # same machine, same batches, same RNG draws: the same floats
+        assert torch.equal(final_a[name], final_b[name]), name
+    state = json.loads((cut / "checkpoints/step_000006/trainer_state.json").read_text())
+    assert state["step"] == 6 and state["samplers"].keys() == {"train", "easy"} and state["embed_ctc_tokens"]
+
+
+def test_sft_start_and_resume_errors_name_the_folder_and_the_fix(small_demo_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*_overrides(small_demo_data, out), "optim.steps=2", "optim.encoder_steps=0", "data.curriculum_steps=0"]
+    assert sft.main(["--config", str(REPO / "funrl/demo/sft.yaml"), *args]) == 0
+    capsys.readouterr()
+
+    assert sft.main(["--config", str(REPO / "funrl/demo/sft.yaml"), *args]) == 2  # would start over the run
+    err = capsys.readouterr().err
+    assert f"--resume {out}" in err and "run.out_dir" in err
+
+    assert sft.main(["--resume", str(out), "model.size=demo"]) == 2  # a changed model is another run
+    err = capsys.readouterr().err
+    assert "model.size" in err and "'tiny'" in err
+
+    assert sft.main(["--resume", str(out), f"run.out_dir={tmp_path / 'x'}"]) == 2
+    assert "drop --config and run.out_dir" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sft.main(["--resume", str(empty)]) == 2
+    assert str(empty / "config.yaml") in capsys.readouterr().err
+
+    assert sft.main(["--resume", str(out), "optim.steps=3"]) == 0  # a finished run trained further
+    assert [r["step"] for r in _log(out)] == [1, 2, 3]
+
+    (out / "checkpoints/step_000003/COMPLETE").unlink()  # a torn checkpoint is never resumed from
+    assert sft.main(["--resume", str(out)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
