@@ -45,6 +45,7 @@ from funrl.sft_config import SftConfig, load_sft_config
 from funrl.sft_embed_ctc import EmbedCtc, ctc_mean, make_embed_ctc
 from funrl.sft_eval import evaluate
 from funrl.sft_model import build_model, set_trainable
+from funrl.sft_silence import silence_clips
 from policy.messages import Clip
 from policy.models import AudioLLM, FeatureBatch
 from policy.models.audio import load_audio
@@ -238,6 +239,9 @@ def _load_data(cfg: SftConfig, out: Path) -> _Data:
         )
 
     clips, waves = load(train_path, speech_only=not d.noise_clips)
+    if d.silence_clips:
+        quiet, quiet_waves = silence_clips(d.silence_clips, cfg.run.seed)
+        clips, waves = clips + quiet, waves + quiet_waves
     easy = load(easy_path, speech_only=True) if easy_path else None
     dev = None
     if dev_path:
@@ -449,7 +453,7 @@ def _loop(cfg: SftConfig, out: Path, s: SftRunState, data: _Data, audio: dict, s
                 rec = meter.flush(step, lr, res)
                 bar.set_postfix({k: rec[k] for k in ("loss", "ce", "ctc", "dev_wer") if k in rec})
             if cfg.run.save_every and (step % cfg.run.save_every == 0 or last):
-                save(ckpts, step, meter.elapsed(), s, cfg)
+                save(ckpts, step, meter.elapsed(), s, cfg, finished=last)
             bar.update(1)
 
 

@@ -113,9 +113,10 @@ def concat_pairs(
     pieces: bool = False,
 ) -> tuple[list, list[str], list[str | None]]:
     """(waves, texts, contexts) of a batch: each clip with cuts gets its words shuffled with probability
-    ``shuffle_prob``; each English clip, with probability ``prob``, is followed by a random English clip of
-    ``pool`` (audio concatenated, texts joined by a space, contexts by ", "). ``pieces``: each item is the
-    tuple of its waves instead (one or two, in order; for `funrl.sft_cache.EncoderCache`)."""
+    ``shuffle_prob``; each English speech clip, with probability ``prob``, is followed by a random English speech
+    clip of ``pool`` (audio concatenated, texts joined by a space, contexts by ", "; noise-only clips are never
+    joined). ``pieces``: each item is the tuple of its waves instead (one or two, in order; for
+    `funrl.sft_cache.EncoderCache`)."""
     cuts = cuts or {}
 
     def one(c: Clip) -> tuple[np.ndarray, str]:
@@ -124,11 +125,11 @@ def concat_pairs(
         return audio[id(c)], c.text
 
     waves, texts, contexts = [], [], []
-    english = [c for c in pool if c.lang in (None, "en")]
+    english = [c for c in pool if c.text and c.lang in (None, "en")]  # speech: a noise-only clip stays alone
     for c in batch:
         (wave, text), ctx = one(c), c.context
         item: tuple[np.ndarray, ...] = (wave,)
-        if prob > 0 and english and c.lang in (None, "en") and rng.random() < prob:
+        if prob > 0 and english and c.text and c.lang in (None, "en") and rng.random() < prob:
             other = english[int(rng.integers(len(english)))]
             wave2, text2 = one(other)
             item, text = (wave, wave2), f"{text} {text2}"

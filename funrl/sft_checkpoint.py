@@ -7,9 +7,9 @@ folder, fsync, ``COMPLETE``, rename) into ``OUT/checkpoints/step_NNNNNN``:
     optimizer.pt          AdamW's state (loaded with ``weights_only=True``)
     embed_ctc.safetensors the embedding-space CTC's blank vector (when ``optim.embed_ctc_weight > 0``)
     rng_rank0.*           the python / numpy / torch RNG states
-    trainer_state.json    step, elapsed seconds (the time-based schedule goes on from there), the samplers'
-                          positions, the augmentation RNG's state, the embed-CTC candidate tokens, the
-                          model + data config the run was started with
+    trainer_state.json    step, elapsed seconds (the time-based schedule goes on from there), whether the run
+                          had ended (``finished``), the samplers' positions, the augmentation RNG's state,
+                          the embed-CTC candidate tokens, the model + data config the run was started with
 
 `restore` loads it into a freshly built run of the same config, so the resumed run draws the batches,
 augmentations and dropout an uninterrupted one would. Frozen weights are not saved: they come back from
@@ -64,8 +64,10 @@ def _config_sections(cfg: SftConfig) -> dict[str, dict]:
     return {name: dataclasses.asdict(getattr(cfg, name)) for name in CHECKED_SECTIONS}
 
 
-def save(ckpts: CheckpointManager, step: int, elapsed_s: float, s: SftRunState, cfg: SftConfig) -> Checkpoint:
-    """Write step ``step`` of the run atomically (keeps ``ckpts.keep_last``)."""
+def save(
+    ckpts: CheckpointManager, step: int, elapsed_s: float, s: SftRunState, cfg: SftConfig, finished: bool = False
+) -> Checkpoint:
+    """Write step ``step`` of the run atomically (keeps ``ckpts.keep_last``); ``finished``: the run's last step."""
 
     def payload(tmp: Path) -> None:
         save_file(_trained_tensors(s), str(tmp / "trained.safetensors"))
@@ -76,6 +78,7 @@ def save(ckpts: CheckpointManager, step: int, elapsed_s: float, s: SftRunState, 
 
     state = {
         "elapsed_s": elapsed_s,
+        "finished": finished,
         "samplers": {k: v.state_dict() for k, v in s.samplers.items()},
         "rng": s.rng.bit_generator.state,
         "embed_ctc_tokens": s.embed_ctc.tokens() if s.embed_ctc is not None else [],

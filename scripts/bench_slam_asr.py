@@ -3,12 +3,14 @@
     python scripts/bench_slam_asr.py [--out runs/bench_slam_asr] [--sft-minutes 120] [--grpo-steps 300]
                                      [--real-speech MANIFEST] [--data data/demo-keyword_rich] [--seed 0] [key=value ...]
 
-Steps (each skipped when its output is already there, so a stopped bench continues where it was):
+Steps (each skipped when its output is already there; a stage stopped midway resumes from its newest checkpoint
+with ``--resume``, so a killed bench goes on where it was):
 (1) `scripts/build_slam_asr.py OUT/model`; (2) `python -m funrl.sft --config funrl/recipes/slam_asr_sft.yaml`
 for ``--sft-minutes``; (3) `python -m funrl.train --config funrl/recipes/slam_asr_grpo.yaml` for
 ``--grpo-steps`` (extra key=value arguments go to it), which evaluates the SFT model and its own result on
 the test split; (4) the control: `python -m funrl.sft` continuing the SFT model with ``model.train=adapter_lora``
-on the same RL clips (noise-only clips with their empty reference) for the wall time GRPO's steps took, then
+on the same RL clips (noise-only clips with their empty reference; cross-entropy only) for the wall time GRPO's
+steps took, then
 `python -m funrl.eval` on the test split; (5) with ``--real-speech``, `python -m funrl.eval` of the SFT, GRPO
 and control models on that manifest. Prints one markdown table (test WER, keyword recall, hallucination on
 noise, language mismatch, real-speech WER and hallucination) and the GRPO step's medians by stage, peak memory
@@ -25,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from funrl.checkpoint import CheckpointManager
 from funrl.metrics import read_metrics
 from funrl.timing import TreeMemory
 
@@ -49,6 +52,25 @@ def run(args: list[str], log: Path) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"python {' '.join(args)} failed (exit {proc.returncode}); see {log}")
     return time.perf_counter() - start
+
+
+def _checkpointed(folder: Path) -> bool:
+    return CheckpointManager(folder).latest() is not None
+
+
+def _unfinished(sft: Path) -> bool:
+    """An SFT run stopped before its end: its newest intact checkpoint is not the final one."""
+    last = CheckpointManager(sft).latest()
+    return last is not None and not last.trainer_state().get("finished", False)
+
+
+def resumed(args: list[str], folder: Path) -> list[str]:
+    """``args`` as a fresh run, or ``--resume folder`` (with the same overrides) when a stopped run left a
+    checkpoint there: a killed bench goes on inside the stage it was in."""
+    if not _checkpointed(folder):
+        return args
+    overrides = [x for x in args[4:] if not x.startswith("run.out_dir=")]  # past -m MODULE --config RECIPE
+    return [*args[:2], "--resume", str(folder), *overrides]
 
 
 def evaluate(model: Path, manifest: Path, report: Path) -> dict:
@@ -84,24 +106,25 @@ def main() -> None:
         if not (built / "config.json").is_file():
             args = ["scripts/build_slam_asr.py", str(built), "--seed", str(a.seed), "--size", a.size]
             seconds["build"] = run(args, out / "build.log")
-        if not (sft / "model" / "config.json").is_file():
+        if not (sft / "model" / "config.json").is_file() or _unfinished(sft):
             args = ["-m", "funrl.sft", "--config", str(RECIPES / "slam_asr_sft.yaml"), f"model.path={built}"]
             args += [f"data.train_manifest={data / 'sft_train.jsonl'}", f"data.dev_manifest={data / 'dev.jsonl'}"]
             args += [f"run.out_dir={sft}", f"optim.minutes={a.sft_minutes}", f"optim.steps={a.sft_steps}"]
             args += [f"run.seed={a.seed}"]
-            seconds["sft"] = run(args, out / "sft.log")
+            seconds["sft"] = run(resumed(args, sft), out / "sft.log")
         if not (grpo / "eval_after.json").is_file():
             args = ["-m", "funrl.train", "--config", str(RECIPES / "slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
             args += [f"data.train_manifest={data / 'rl_train.jsonl'}", f"data.test_manifest={data / 'test.jsonl'}"]
             args += [f"run.out_dir={grpo}", f"run.steps={a.grpo_steps}", f"run.seed={a.seed}", *a.overrides]
-            seconds["grpo"] = run(args, out / "grpo.log")
+            seconds["grpo"] = run(resumed(args, grpo), out / "grpo.log")
     grpo_s = sum(m.get("time.step", 0.0) for m in read_metrics(grpo / "metrics.jsonl"))
-    if not (control / "model" / "config.json").is_file():
+    if not (control / "model" / "config.json").is_file() or _unfinished(control):
         args = ["-m", "funrl.sft", "--config", str(RECIPES / "slam_asr_sft.yaml"), f"model.path={sft / 'model'}"]
         args += ["model.train=adapter_lora", f"data.train_manifest={data / 'rl_train.jsonl'}", "data.noise_clips=true"]
         args += [f"optim.minutes={grpo_s / 60:.3f}", "optim.steps=100000", "optim.lr=2e-4", "optim.warmup_steps=0"]
         args += ["optim.schedule=constant", "run.eval_every=0", f"run.out_dir={control}", f"run.seed={a.seed}"]
-        seconds["control"] = run(args, out / "control.log")
+        args += ["optim.embed_ctc_weight=0"]  # its blank vector is not in the model: it would restart untrained
+        seconds["control"] = run(resumed(args, control), out / "control.log")
     models = {"SFT": sft / "model", "GRPO": grpo / "model", "SFT control": control / "model"}
     reports = {
         "SFT": {"test": json.loads((grpo / "eval_before.json").read_text())},
