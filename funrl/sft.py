@@ -5,7 +5,8 @@ on the encoder's CTC head (blank = the pad token) + ``optim.embed_ctc_weight`` x
 vectors in the LLM's embedding space (`funrl.sft_embed_ctc`). The prompt is built by the model layer itself
 (``audio_features -> embed_audio -> build_prompt_embeds`` with the clip's context), so the SFT model learns
 exactly the prompt the rollout gives it. Noise-only clips (``text: ""``) are skipped unless
-``data.noise_clips=true`` (then their target is EOS alone). Every
+``data.noise_clips=true`` (then their target is EOS alone); ``data.silence_clips=N`` adds N generated near-silent
+clips with that target (`funrl.sft_silence`). Every
 ``run.eval_every`` steps the model decodes the dev clips greedily (WER on English, CER on Mandarin, share of
 non-empty outputs on noise-only clips) and is saved.
 
