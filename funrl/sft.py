@@ -242,6 +242,7 @@ def _load_data(cfg: SftConfig, out: Path) -> _Data:
     clips, waves = load(train_path, speech_only=not d.noise_clips)
     if d.silence_clips:
         quiet, quiet_waves = silence_clips(d.silence_clips, cfg.run.seed)
+        print(f"[funrl.sft] {len(clips)} clips of {train_path} + {len(quiet)} room-tone clips", file=sys.stderr)
         clips, waves = clips + quiet, waves + quiet_waves
     easy = load(easy_path, speech_only=True) if easy_path else None
     dev = None

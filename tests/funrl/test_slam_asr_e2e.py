@@ -45,7 +45,9 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
         + [f"data.train_manifest={small_demo_data.manifest('sft_train')}", f"run.out_dir={sft}"]
         + ["optim.steps=2", "optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "run.eval_every=0"]
         + [f"data.dev_manifest={small_demo_data.manifest('dev')}", "data.dev_clips=4", "run.max_new_tokens=8"]
+        + ["data.silence_clips=2"]  # the recipe's 150, at CI size
     )
+    assert " + 2 room-tone clips" in log
     assert f"model.train=adapter_lora: {_trainable_params(built, lora_r=8) / 1e6:.2f} M trainable parameters" in log
     assert jsonl(sft / "train_log.jsonl")[-1]["ctc"] > 0  # the recipe's embedding-space CTC is in the loss
     before = load_file(str(built / "frontend.safetensors"))
