@@ -41,8 +41,8 @@ from funrl.config import ConfigError, dump_config, save_config
 from funrl.data import ClipSampler, ManifestError, load_manifest
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
 from funrl.sft_cache import EncoderCache, cached_audio_embeds
-from funrl.sft_checkpoint import SftRunState, check_config, restore, save
-from funrl.sft_config import SftConfig, load_sft_config
+from funrl.sft_checkpoint import SftRunState, restore, resume_config, resume_point, save
+from funrl.sft_config import SftConfig
 from funrl.sft_embed_ctc import EmbedCtc, ctc_mean, make_embed_ctc
 from funrl.sft_eval import evaluate
 from funrl.sft_model import build_model, set_trainable
@@ -352,26 +352,6 @@ def _optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, grad_clip: f
     opt.step()
 
 
-def _last_checkpoint(ckpts: CheckpointManager, cfg: SftConfig, resume: bool) -> Checkpoint | None:
-    """The checkpoint to resume from (``resume``), or None for a new run; refuses to start over a run."""
-    out = Path(cfg.run.out_dir)
-    last = ckpts.latest()
-    if resume and last is None:
-        raise FileNotFoundError(
-            f"--resume {out}: no checkpoint in {ckpts.root} (a run saves one every run.save_every steps); "
-            "start it anew without --resume"
-        )
-    if not resume and last is not None:
-        raise ConfigError(
-            f"{out} already holds an SFT run (checkpoint {last.path}): continue it with "
-            f"`python -m funrl.sft --resume {out}`, delete the folder, or choose another run.out_dir",
-            key="run.out_dir",
-        )
-    if last is not None:
-        check_config(last, cfg)  # before anything is loaded or config.yaml rewritten
-    return last
-
-
 def _start(cfg: SftConfig, out: Path, last: Checkpoint | None) -> tuple[SftRunState, _Data, dict, int, float]:
     """Data, model, optimizer and samplers of the run, restored from ``last`` when resuming."""
     data = _load_data(cfg, out)
@@ -403,7 +383,7 @@ def train(cfg: SftConfig, resume: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         ckpts = CheckpointManager(out, keep_last=1)
-        last = _last_checkpoint(ckpts, cfg, resume)
+        last = resume_point(ckpts, cfg, resume)
         state, data, audio, step, elapsed = _start(cfg, out, last)
         meter = _Meter(out / "train_log.jsonl", step if last else None, elapsed)
         try:
@@ -471,23 +451,6 @@ def keys_help() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _config(args: argparse.Namespace) -> SftConfig:
-    """--resume OUT: OUT/config.yaml with the overrides, trained in OUT; else --config with the overrides."""
-    if not args.resume:
-        return load_sft_config(args.config, args.overrides)
-    if args.config or any(o.split("=", 1)[0].strip() == "run.out_dir" for o in args.overrides):
-        raise ConfigError(
-            f"--resume {args.resume} continues the run in that folder with its own config.yaml: drop --config and "
-            "run.out_dir (to branch off, copy the folder and resume the copy)",
-            key="run.out_dir",
-        )
-    path = Path(args.resume) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {args.resume}: {path} does not exist (not an SFT run folder?)")
-    cfg = load_sft_config(str(path), args.overrides)
-    return replace(cfg, run=replace(cfg.run, out_dir=str(args.resume)))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m funrl.sft",
@@ -504,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. optim.lr=1e-3")
     args = p.parse_args(argv)
     try:
-        cfg = _config(args)
+        cfg = resume_config(args.resume, args.config, args.overrides)
         print("[funrl.sft] config:\n" + dump_config(cfg), file=sys.stderr)
         out = train(cfg, resume=bool(args.resume))
     except (ConfigError, ManifestError, FileNotFoundError, RunLockedError) as exc:

@@ -19,7 +19,7 @@ augmentations and dropout an uninterrupted one would. Frozen weights are not sav
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from funrl.checkpoint import Checkpoint, CheckpointManager
 from funrl.config import ConfigError
 from funrl.data import ClipSampler
-from funrl.sft_config import SftConfig
+from funrl.sft_config import SftConfig, load_sft_config
 from funrl.sft_embed_ctc import EmbedCtc
 from policy.learner_state import load_rng_state, save_rng_state
 from policy.models import AudioLLM
@@ -124,3 +124,40 @@ def restore(ckpt: Checkpoint, s: SftRunState, cfg: SftConfig) -> tuple[int, floa
     s.rng.bit_generator.state = state["rng"]
     load_rng_state(ckpt.path, 0)
     return int(state["step"]), float(state["elapsed_s"])
+
+
+def resume_config(resume: str | None, config: str | None, overrides: list[str]) -> SftConfig:
+    """--resume OUT: OUT/config.yaml with the overrides, trained in OUT; else ``config`` with the overrides."""
+    if not resume:
+        return load_sft_config(config, overrides)
+    if config or any(o.split("=", 1)[0].strip() == "run.out_dir" for o in overrides):
+        raise ConfigError(
+            f"--resume {resume} continues the run in that folder with its own config.yaml: drop --config and "
+            "run.out_dir (to branch off, copy the folder and resume the copy)",
+            key="run.out_dir",
+        )
+    path = Path(resume) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: {path} does not exist (not an SFT run folder?)")
+    cfg = load_sft_config(str(path), overrides)
+    return replace(cfg, run=replace(cfg.run, out_dir=str(resume)))
+
+
+def resume_point(ckpts: CheckpointManager, cfg: SftConfig, resume: bool) -> Checkpoint | None:
+    """The checkpoint to resume from (``resume``), or None for a new run; refuses to start over a run."""
+    out = Path(cfg.run.out_dir)
+    last = ckpts.latest()
+    if resume and last is None:
+        raise FileNotFoundError(
+            f"--resume {out}: no checkpoint in {ckpts.root} (a run saves one every run.save_every steps); "
+            "start it anew without --resume"
+        )
+    if not resume and last is not None:
+        raise ConfigError(
+            f"{out} already holds an SFT run (checkpoint {last.path}): continue it with "
+            f"`python -m funrl.sft --resume {out}`, delete the folder, or choose another run.out_dir",
+            key="run.out_dir",
+        )
+    if last is not None:
+        check_config(last, cfg)  # before anything is loaded or config.yaml rewritten
+    return last
