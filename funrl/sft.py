@@ -280,6 +280,13 @@ def _start_llm_phase(model: AudioLLM, o, data: _Data) -> dict[int, list[int]]:
     return cuts
 
 
+def _logged_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class _Meter:
     """Running means of loss/ce/ctc, written to OUT/train_log.jsonl every ``log_every`` steps. Resumed at step
     ``resume_step`` (elapsed ``elapsed_s``), the log keeps its lines up to that step and the clock goes on."""
@@ -287,7 +294,8 @@ class _Meter:
     def __init__(self, path: Path, resume_step: int | None = None, elapsed_s: float = 0.0) -> None:
         kept = []
         if resume_step is not None and path.is_file():
-            kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if json.loads(ln)["step"] <= resume_step]
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [ln for ln in lines if _logged_step(ln) <= resume_step]  # a line torn by the kill goes too
         self.file = open(path, "w", encoding="utf-8")
         self.file.writelines(ln + "\n" for ln in kept)
         self.t0 = time.perf_counter() - elapsed_s

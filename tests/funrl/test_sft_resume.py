@@ -67,6 +67,8 @@ def test_resumed_sft_run_matches_an_uninterrupted_one(small_demo_data, tmp_path,
     assert [r["step"] for r in _log(cut)] == [1, 2, 3, 4]
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_000004"]  # keep_last=1, atomic
     elapsed_at_4 = _log(cut)[-1]["elapsed_s"]
+    with open(cut / "train_log.jsonl", "a") as f:
+        f.write('{"step": 5, "loss"')  # the kill tore a line being written
 
     assert sft.main(["--resume", str(cut)]) == 0
     resumed = _log(cut)
