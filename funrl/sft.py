@@ -375,7 +375,7 @@ def _start(cfg: SftConfig, out: Path, last: Checkpoint | None) -> tuple[SftRunSt
     state = SftRunState(model, _optimizer(model, o, embed_ctc), embed_ctc, samplers, rng)
     step, elapsed = 0, 0.0
     if last is not None:
-        step, elapsed = restore(last, state, cfg)
+        step, elapsed = restore(last, state)
         print(f"[funrl.sft] resumed from {last.path} at step {step + 1} ({elapsed / 60:.1f} min in)", file=sys.stderr)
     return state, data, audio, step, elapsed
 
@@ -401,7 +401,16 @@ def train(cfg: SftConfig, resume: bool = False) -> Path:
     return out
 
 
-def _loop(cfg: SftConfig, out: Path, s: SftRunState, data: _Data, audio: dict, step: int, meter: _Meter, ckpts) -> None:
+def _loop(
+    cfg: SftConfig,
+    out: Path,
+    s: SftRunState,
+    data: _Data,
+    audio: dict,
+    step: int,
+    meter: _Meter,
+    ckpts: CheckpointManager,
+) -> None:
     from tqdm import tqdm
 
     o, model = cfg.optim, s.model

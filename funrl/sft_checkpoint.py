@@ -48,16 +48,17 @@ class SftRunState:
     rng: np.random.Generator  # concatenation, word shuffling and SpecAugment draws
 
 
-def _trained_tensors(s: SftRunState) -> dict[str, torch.Tensor]:
-    """The optimizer's tensors by model name, plus the model's (persistent) buffers; cloned so tied or
-    shared storage saves as separate tensors."""
+def _trained_names(s: SftRunState) -> list[str]:
+    """The state-dict names of the optimizer's tensors and of the model's (persistent) buffers."""
     trained = {id(p) for g in s.opt.param_groups for p in g["params"]}
     params = dict(s.model.named_parameters(remove_duplicate=False))
-    out = {}
-    for name, t in s.model.state_dict(keep_vars=True).items():
-        if name not in params or id(params[name]) in trained:
-            out[name] = t.detach().clone().contiguous()
-    return out
+    return [name for name in s.model.state_dict(keep_vars=True) if name not in params or id(params[name]) in trained]
+
+
+def _trained_tensors(s: SftRunState) -> dict[str, torch.Tensor]:
+    """`_trained_names`' tensors, cloned so tied or shared storage saves as separate tensors."""
+    state = s.model.state_dict(keep_vars=True)
+    return {name: state[name].detach().clone().contiguous() for name in _trained_names(s)}
 
 
 def _config_sections(cfg: SftConfig) -> dict[str, dict]:
@@ -102,13 +103,13 @@ def check_config(ckpt: Checkpoint, cfg: SftConfig) -> None:
                 )
 
 
-def restore(ckpt: Checkpoint, s: SftRunState, cfg: SftConfig) -> tuple[int, float]:
-    """Load ``ckpt`` into ``s`` (built from the same config); returns (step, elapsed seconds)."""
+def restore(ckpt: Checkpoint, s: SftRunState) -> tuple[int, float]:
+    """Load ``ckpt`` (chosen and checked against the config by `resume_point`) into ``s``, built from that
+    config; returns (step, elapsed seconds)."""
     state = ckpt.trainer_state()
-    check_config(ckpt, cfg)
     tensors = load_file(str(ckpt.path / "trained.safetensors"))
-    missing, unexpected = s.model.load_state_dict(tensors, strict=False)
-    wanted = set(_trained_tensors(s))
+    _, unexpected = s.model.load_state_dict(tensors, strict=False)
+    wanted = set(_trained_names(s))
     if unexpected or wanted - tensors.keys():
         raise ValueError(
             f"{ckpt.path}: its tensors do not fit this model (not in the model: {sorted(unexpected)[:3]}, not in "
