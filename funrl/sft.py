@@ -30,7 +30,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +38,16 @@ import torch
 
 from funrl.checkpoint import Checkpoint, CheckpointManager, RunLock, RunLockedError
 from funrl.config import ConfigError, dump_config, save_config
-from funrl.data import ClipSampler, ManifestError, load_manifest
+from funrl.data import ManifestError
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
 from funrl.sft_cache import EncoderCache, cached_audio_embeds
 from funrl.sft_checkpoint import SftRunState, restore, resume_config, resume_point, save
 from funrl.sft_config import SftConfig
+from funrl.sft_data import SftData, load_data
 from funrl.sft_embed_ctc import EmbedCtc, ctc_mean, make_embed_ctc
 from funrl.sft_eval import evaluate
 from funrl.sft_model import build_model, set_trainable
-from funrl.sft_silence import silence_clips
-from policy.messages import Clip
 from policy.models import AudioLLM, FeatureBatch
-from policy.models.audio import load_audio
 from policy.models.hub import resolve_model_path
 
 EPILOG = """\
@@ -173,86 +171,6 @@ def lr_factor(step: int, progress: float, cfg) -> float:
     return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def resolve_manifests(cfg: SftConfig, out: Path) -> tuple[str, str, str]:
-    """(train, dev, curriculum) manifest paths ("" = none); builds (or reuses) the demo data where needed.
-
-    The demo's curriculum manifest (its clean espeak English sft_train clips) is written to OUT.
-    """
-    d = cfg.data
-    train, dev = d.train_manifest, d.dev_manifest
-    easy = d.curriculum_manifest if d.curriculum_steps else ""
-    if d.demo_dir and (not train or not dev or (d.curriculum_steps and not easy)):
-        from funrl.data import write_manifest
-        from funrl.demo.build import build_demo_data
-        from funrl.demo.plan import DemoSizes, plan_clips
-
-        sizes = DemoSizes.preset(d.demo_size)
-        paths = build_demo_data(d.demo_dir, seed=d.demo_seed, sizes=sizes, splits=("sft_train", "dev"))
-        train, dev = train or str(paths.sft_train), dev or str(paths.dev)
-        if d.curriculum_steps and not easy:
-            clean = {
-                s.manifest_record()["audio"]: s
-                for s in plan_clips(d.demo_seed, sizes)
-                if s.split == "sft_train" and s.noise_kind is None and s.engine == "espeak" and s.lang == "en"
-            }
-            root = paths.sft_train.parent
-            rows = [c for c in load_manifest(paths.sft_train) if Path(c.audio).relative_to(root).as_posix() in clean]
-            easy = str(write_manifest(rows, out / "curriculum.jsonl"))
-    return train, dev, easy
-
-
-def load_clips(
-    path: str, max_seconds: float, speech_only: bool, fmt: str = "jsonl", audio_cache_dir: str = ""
-) -> tuple[list[Clip], list[np.ndarray]]:
-    """The manifest's clips (``fmt``: `funrl.data_formats.FORMATS`) and their 16 kHz mono waves."""
-    from funrl.data_formats import load_clips as load_formatted
-
-    clips = [c for c in load_formatted(path, fmt, audio_cache_dir or None) if c.text or not speech_only]
-    if not clips:
-        raise ManifestError(path, [f'{path}: no speech clips (every clip has text "")'])
-    return clips, [load_audio(c.audio, max_seconds) for c in clips]
-
-
-@dataclass
-class _Data:
-    clips: list[Clip]  # speech clips of the training manifest
-    waves: list[np.ndarray]
-    easy: tuple[list[Clip], list[np.ndarray]] | None  # curriculum clips (first data.curriculum_steps steps)
-    dev: tuple[list[Clip], list[np.ndarray]] | None
-
-    def samplers(self, batch_size: int, seed: int) -> tuple[dict[int, np.ndarray], ClipSampler, ClipSampler | None]:
-        """(id(clip) -> wave for train + curriculum clips, train sampler, curriculum sampler or None)."""
-        audio = {id(c): w for c, w in zip(self.clips, self.waves)}
-        if self.easy:
-            audio.update({id(c): w for c, w in zip(*self.easy)})
-        easy = ClipSampler(self.easy[0], batch_size, seed=seed) if self.easy else None
-        return audio, ClipSampler(self.clips, batch_size, seed=seed), easy
-
-
-def _load_data(cfg: SftConfig, out: Path) -> _Data:
-    train_path, dev_path, easy_path = resolve_manifests(cfg, out)
-    d = cfg.data
-    given = {d.train_manifest, d.dev_manifest, d.curriculum_manifest} - {""}  # the demo's manifests are JSONL
-
-    def load(path: str, speech_only: bool) -> tuple[list[Clip], list[np.ndarray]]:
-        return load_clips(
-            path, d.max_audio_seconds, speech_only, d.format if path in given else "jsonl", d.audio_cache_dir
-        )
-
-    clips, waves = load(train_path, speech_only=not d.noise_clips)
-    if d.silence_clips:
-        quiet, quiet_waves = silence_clips(d.silence_clips, cfg.run.seed)
-        print(f"[funrl.sft] {len(clips)} clips of {train_path} + {len(quiet)} room-tone clips", file=sys.stderr)
-        clips, waves = clips + quiet, waves + quiet_waves
-    easy = load(easy_path, speech_only=True) if easy_path else None
-    dev = None
-    if dev_path:
-        dev_clips, dev_waves = load(dev_path, speech_only=False)
-        n = cfg.data.dev_clips or len(dev_clips)
-        dev = (dev_clips[:n], dev_waves[:n])
-    return _Data(clips, waves, easy, dev)
-
-
 def _optimizer(model: AudioLLM, o, embed_ctc: EmbedCtc | None = None) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (the embed-CTC blank vector trains too, without decay)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -263,7 +181,7 @@ def _optimizer(model: AudioLLM, o, embed_ctc: EmbedCtc | None = None) -> torch.o
     )
 
 
-def _start_llm_phase(model: AudioLLM, o, data: _Data) -> dict[int, list[int]]:
+def _start_llm_phase(model: AudioLLM, o, data: SftData) -> dict[int, list[int]]:
     """At step ``optim.encoder_steps`` (0: from the start, e.g. a pretrained encoder): freeze the encoder + CTC
     head (if asked); returns the CTC word cuts."""
     if o.freeze_encoder:
@@ -360,9 +278,9 @@ def _optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, grad_clip: f
     opt.step()
 
 
-def _start(cfg: SftConfig, out: Path, last: Checkpoint | None) -> tuple[SftRunState, _Data, dict, int, float]:
+def _start(cfg: SftConfig, out: Path, last: Checkpoint | None) -> tuple[SftRunState, SftData, dict, int, float]:
     """Data, model, optimizer and samplers of the run, restored from ``last`` when resuming."""
-    data = _load_data(cfg, out)
+    data = load_data(cfg, out)
     save_config(cfg, out / "config.yaml")
     model = build_model(cfg, data.waves)
     set_trainable(model, cfg.model)
@@ -405,7 +323,7 @@ def _loop(
     cfg: SftConfig,
     out: Path,
     s: SftRunState,
-    data: _Data,
+    data: SftData,
     audio: dict,
     step: int,
     meter: _Meter,

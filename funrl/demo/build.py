@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,11 +142,14 @@ def _remove_stale_builds(out_dir: Path) -> None:
             pass
 
 
-def _render_all(specs: list[ClipSpec], folder: Path, workers: int, progress: bool) -> dict[str, int]:
+def render_all(
+    specs: Sequence[ClipSpec], job: Callable[[ClipSpec], tuple[str, int]], workers: int, progress: bool, desc: str
+) -> dict[str, int]:
+    """Run ``job`` (a picklable clip renderer returning (name, samples)) on every spec, in ``workers``
+    processes when more than one; returns the samples of each clip by name."""
     from tqdm import tqdm
 
-    job = functools.partial(render_to_file, out_dir=str(folder))
-    bar = tqdm(total=len(specs), desc="demo data", unit="clip", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(specs), desc=desc, unit="clip", disable=not progress, file=sys.stderr)
     samples: dict[str, int] = {}
     with bar:
         if workers <= 1:
@@ -266,7 +269,8 @@ def build_demo_data(
         samples = _adopt(out_dir, tmp, [c for c in plan if c.split in have])
         if workers is None:
             workers = min(2, os.cpu_count() or 1) if len(new) >= 300 else 1
-        samples |= _render_all(new, tmp, workers, progress)
+        job = functools.partial(render_to_file, out_dir=str(tmp))
+        samples |= render_all(new, job, workers, progress, "demo data")
         have_now = built_splits(out_dir, seed, sizes)  # another process may have finished meanwhile
         if set(want) <= have_now:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -165,7 +165,7 @@ def _sentences(rng: np.random.Generator, split: str, n: int, sizes: DemoSizes, s
     return out
 
 
-def _voice_fields(rng: np.random.Generator, lang: str, piper: bool) -> dict:
+def voice_fields(rng: np.random.Generator, lang: str, piper: bool) -> dict:
     if piper:
         return {"engine": "piper", "length_scale": round(float(rng.uniform(0.8, 1.25)), 3)}
     voices = MANDARIN_VOICES if lang == "zh" else ENGLISH_VARIANTS
@@ -186,7 +186,7 @@ def _speech_specs(rng: np.random.Generator, split: str, sents: list[dict], sizes
     piper[en_idx[_exact_subset(rng, en_idx.size, sizes.piper_share)]] = True
     specs = []
     for i, s in enumerate(sents):
-        fields = dict(s, split=split, **_voice_fields(rng, s["lang"], bool(piper[i])))
+        fields = dict(s, split=split, **voice_fields(rng, s["lang"], bool(piper[i])))
         if noisy[i]:
             fields["noise_kind"] = NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))]
             fields["snr_db"] = round(float(rng.uniform(*sizes.snr_db)), 2)

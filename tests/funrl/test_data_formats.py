@@ -405,15 +405,15 @@ def test_convert_cli_bad_input_exits_2_with_the_reason(data, capsys):
 
 
 def test_sft_reads_its_given_manifests_in_data_format(data, tmp_path):
-    from funrl.sft import _load_data
     from funrl.sft_config import load_sft_config
+    from funrl.sft_data import load_data
     from policy.models.audio import load_audio
 
     with pytest.raises(ConfigError, match="data.format must be one of jsonl, hf_datasets, lhotse, nemo"):
         load_sft_config(None, ["data.format=csv", "data.train_manifest=x"])
     train = _nemo_lines(data, [_nemo_rec(*c) for c in CLIPS])
     cfg = load_sft_config(None, ["data.format=nemo", f"data.train_manifest={train}", "data.noise_clips=true"])
-    loaded = _load_data(cfg, tmp_path)
+    loaded = load_data(cfg, tmp_path)
     ref = load_manifest(data / "ref.jsonl")
     _same_clips(loaded.clips, ref)
     assert all(np.array_equal(w, load_audio(c.audio, 30.0)) for w, c in zip(loaded.waves, ref))

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 import yaml
 
 from funrl.data import load_manifest
-from funrl.sft import ctc_blank_id, load_clips, lr_factor, main, sft_loss
+from funrl.sft import ctc_blank_id, lr_factor, main, sft_loss
 from funrl.sft_config import SftOptimConfig
+from funrl.sft_data import load_clips
 from funrl.sft_eval import greedy_decode
 from policy.models import load_audio_llm
 from policy.models.prompt import prompt_token_ids

@@ -44,12 +44,12 @@ def test_noise_only_clips_are_never_joined_to_speech_or_to_each_other() -> None:
 
 @pytest.mark.slow
 def test_sft_data_holds_the_silence_clips_beside_the_speech_clips(small_demo_data, tmp_path) -> None:
-    from funrl.sft import _load_data
     from funrl.sft_config import load_sft_config
+    from funrl.sft_data import load_data
 
     over = [f"data.demo_dir={small_demo_data.root}", "data.demo_size=small", "data.silence_clips=7"]
     cfg = load_sft_config(str(REPO / "funrl/demo/sft.yaml"), [*over, "data.curriculum_steps=0"])
-    data = _load_data(cfg, tmp_path)
+    data = load_data(cfg, tmp_path)
     quiet = [c for c in data.clips if c.source == "data.silence_clips"]
     assert len(quiet) == 7 and all(c.text for c in data.clips if c not in quiet)  # speech clips + the 7
     assert len(data.waves) == len(data.clips)
