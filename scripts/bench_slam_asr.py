@@ -1,12 +1,14 @@
 """The SLAM-ASR model (docs/slam_asr.md) end to end, measured: build, SFT, GRPO, beside a same-time SFT control.
 
     python scripts/bench_slam_asr.py [--out runs/bench_slam_asr] [--sft-minutes 120] [--grpo-steps 300]
-                                     [--real-speech MANIFEST] [--data data/demo-keyword_rich] [--seed 0] [key=value ...]
+                                     [--real-speech MANIFEST] [--data data/demo-keyword_rich] [--seed 0]
+                                     [--sft-from funrl/recipes/assets/slam_asr_sft] [key=value ...]
 
 Steps (each skipped when its output is already there; a stage stopped midway resumes from its newest checkpoint
 with ``--resume``, so a killed bench goes on where it was):
 (1) `scripts/build_slam_asr.py OUT/model`; (2) `python -m funrl.sft --config funrl/recipes/slam_asr_sft.yaml`
-for ``--sft-minutes``; (3) `python -m funrl.train --config funrl/recipes/slam_asr_grpo.yaml` for
+for ``--sft-minutes`` (with ``--sft-from ASSET``: the shipped SFT model rebuilt on OUT/model by
+`scripts/ship_slam_sft.py unpack` instead); (3) `python -m funrl.train --config funrl/recipes/slam_asr_grpo.yaml` for
 ``--grpo-steps`` (extra key=value arguments go to it), which evaluates the SFT model and its own result on
 the test split; (4) the control: `python -m funrl.sft` continuing the SFT model with ``model.train=adapter_lora``
 on the same RL clips (noise-only clips with their empty reference; cross-entropy only) for the wall time GRPO's
@@ -98,6 +100,9 @@ def main() -> None:
     p.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: the builder's CI size (smoke test)")
     p.add_argument("--sft-steps", type=int, default=3000, help="SFT step cap (optim.steps)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sft-from", type=Path, help="start from a shipped SFT model (scripts/ship_slam_sft.py pack) instead of SFT"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra GRPO config overrides")
     a = p.parse_args()
     out, data, seconds = a.out.resolve(), a.data.resolve(), {}
@@ -106,6 +111,9 @@ def main() -> None:
         if not (built / "config.json").is_file():
             args = ["scripts/build_slam_asr.py", str(built), "--seed", str(a.seed), "--size", a.size]
             seconds["build"] = run(args, out / "build.log")
+        if a.sft_from and not (sft / "model" / "config.json").is_file():
+            args = ["scripts/ship_slam_sft.py", "unpack", str(built), str(sft / "model"), "--from", str(a.sft_from)]
+            seconds["sft"] = run(args, out / "sft.log")
         if not (sft / "model" / "config.json").is_file() or _unfinished(sft):
             args = ["-m", "funrl.sft", "--config", str(RECIPES / "slam_asr_sft.yaml"), f"model.path={built}"]
             args += [f"data.train_manifest={data / 'sft_train.jsonl'}", f"data.dev_manifest={data / 'dev.jsonl'}"]

