@@ -74,6 +74,22 @@ def load_config(path: str | None, overrides: list[str], root: type) -> Any:
         raise ConfigError(f"{exc} (set in {where})", key=exc.key) from None
 
 
+def resumed_config(resume: str, overrides: list[str], root: type) -> Any:
+    """``--resume OUT``: OUT/config.yaml with ``overrides``, trained in OUT whatever run.out_dir it holds (the saved
+    one may be relative to the working directory of the run that wrote it); a run.out_dir override is an error."""
+    if any(o.partition("=")[0].strip() == "run.out_dir" for o in overrides):
+        raise ConfigError(
+            f"--resume {resume} continues the run in {resume} with its own config.yaml: drop the run.out_dir "
+            "override (to train elsewhere, copy the folder and resume the copy)",
+            key="run.out_dir",
+        )
+    path = Path(resume) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: {path} does not exist (not a run folder?)")
+    cfg = load_config(str(path), overrides, root)
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(resume)))
+
+
 def _read_yaml(path: str, root: type) -> tuple[dict[str, Any], dict[str, int]]:
     """The file's mapping and the 1-based line of every dotted key in it."""
     try:

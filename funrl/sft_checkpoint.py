@@ -19,7 +19,7 @@ augmentations and dropout an uninterrupted one would. Frozen weights are not sav
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from funrl.checkpoint import Checkpoint, CheckpointManager
 from funrl.config import ConfigError
+from funrl.config_loader import resumed_config
 from funrl.data import ClipSampler
 from funrl.sft_config import SftConfig, load_sft_config
 from funrl.sft_embed_ctc import EmbedCtc
@@ -131,17 +132,13 @@ def resume_config(resume: str | None, config: str | None, overrides: list[str]) 
     """--resume OUT: OUT/config.yaml with the overrides, trained in OUT; else ``config`` with the overrides."""
     if not resume:
         return load_sft_config(config, overrides)
-    if config or any(o.split("=", 1)[0].strip() == "run.out_dir" for o in overrides):
+    if config:
         raise ConfigError(
-            f"--resume {resume} continues the run in that folder with its own config.yaml: drop --config and "
-            "run.out_dir (to branch off, copy the folder and resume the copy)",
-            key="run.out_dir",
+            f"--resume {resume} continues the run in that folder with its own config.yaml: drop --config "
+            "(to branch off, copy the folder and resume the copy)",
+            key="--config",
         )
-    path = Path(resume) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: {path} does not exist (not an SFT run folder?)")
-    cfg = load_sft_config(str(path), overrides)
-    return replace(cfg, run=replace(cfg.run, out_dir=str(resume)))
+    return resumed_config(resume, overrides, SftConfig)
 
 
 def resume_point(ckpts: CheckpointManager, cfg: SftConfig, resume: bool) -> Checkpoint | None:

@@ -12,7 +12,7 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from funrl.audio_check import check_prompt_lengths
 from funrl.checkpoint import CheckpointManager, CheckpointWriteError, RunLock, RunLockedError
 from funrl.cluster import Cluster, WorkerError
 from funrl.config import ConfigError, TrainConfig, dump_config, load_config, save_config, to_dict
+from funrl.config_loader import resumed_config
 from funrl.data import ManifestError
 from funrl.demo.plan import DEFAULT_DEMO_SIZE, PRESETS
 from funrl.eval import EvalReport, evaluate, format_table, write_report
@@ -74,14 +75,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """--resume OUT: OUT/config.yaml, trained in OUT; --config or a data.train_manifest override: that; else the
     demo."""
     if args.resume:
-        # the saved run.out_dir may be relative to the original run's working directory: the run is in OUT
-        if any(o.partition("=")[0].strip() == "run.out_dir" for o in args.overrides):
-            raise ConfigError(
-                f"--resume {args.resume} continues the run in {args.resume}: drop the run.out_dir "
-                "override (to train elsewhere, copy the folder and resume the copy)"
-            )
-        cfg = load_config(str(Path(args.resume) / "config.yaml"), args.overrides)
-        return replace(cfg, run=replace(cfg.run, out_dir=str(args.resume)))
+        return resumed_config(args.resume, args.overrides, TrainConfig)
     if args.config or args.no_demo or any(o.startswith("data.train_manifest=") for o in args.overrides):
         cfg = load_config(args.config, args.overrides)
         if not cfg.data.train_manifest:

@@ -100,7 +100,9 @@ def test_sft_start_and_resume_errors_name_the_folder_and_the_fix(small_demo_data
     assert "model.size" in err and "'tiny'" in err
 
     assert sft.main(["--resume", str(out), f"run.out_dir={tmp_path / 'x'}"]) == 2
-    assert "drop --config and run.out_dir" in capsys.readouterr().err
+    assert "drop the run.out_dir override" in capsys.readouterr().err
+    assert sft.main(["--resume", str(out), "--config", str(REPO / "funrl/demo/sft.yaml")]) == 2
+    assert "drop --config" in capsys.readouterr().err
 
     empty = tmp_path / "empty"
     empty.mkdir()
