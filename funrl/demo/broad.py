@@ -157,6 +157,7 @@ def build_broad_data(out_dir: str | os.PathLike, n: int, seed: int = 0, progress
         raise FileExistsError(f"{out} holds files the broad-clip builder did not write; choose another folder")
     check_voices()
     specs = plan_broad(n, seed)
+    _chain.cache_clear()  # the chain is ~1 GB of Python objects: not kept for the training that follows
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "wav").mkdir(parents=True)
