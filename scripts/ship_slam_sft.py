@@ -5,8 +5,9 @@
 
 The SLAM-ASR model (docs/slam_asr.md) is 145 M parameters, but its SFT (``model.train=adapter_lora``) trains
 only the adapter and a LoRA on the LLM: 3.5 M. ``pack`` copies RUN's final checkpoint's trained tensors
-(``trained.safetensors``: those 3.5 M and the model's buffers, float32, 14 MB), RUN's ``config.yaml`` and
-``train_log.jsonl`` into the asset folder (written under a temporary name, then renamed). ``unpack`` loads BUILT
+(``trained.safetensors``: those 3.5 M and the model's buffers, float32, 14 MB), RUN's ``config.yaml`` (its
+``run.out_dir`` set to the recipe's) and ``train_log.jsonl`` into the asset folder, written under a temporary
+name, then renamed. ``unpack`` loads BUILT
 (a model folder of ``scripts/build_slam_asr.py``, which rebuilds the pretrained parts from the wheels), puts on
 it the LoRA of the run's ``model.train`` and ``model.lora_r``, loads the shipped tensors (every trained name
 must be there, and nothing else) and saves the model as the SFT run saved it (LoRA merged) to OUT: the same
@@ -21,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from safetensors.torch import load_file
 
 from funrl.checkpoint import CheckpointManager
+from funrl.config_loader import save_config
 from funrl.sft_config import load_sft_config
 from funrl.sft_model import set_trainable
 from policy.models import load_audio_llm
@@ -44,9 +47,11 @@ def pack(run: Path, to: Path = ASSET) -> Path:
         raise SystemExit(f"{run}: no finished SFT checkpoint; finish it first: python -m funrl.sft --resume {run}")
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
+    os.chmod(tmp, 0o755)
     shutil.copy2(last.path / FILES[0], tmp / FILES[0])
-    for name in FILES[1:]:
-        shutil.copy2(run / name, tmp / name)
+    shutil.copy2(run / FILES[2], tmp / FILES[2])
+    cfg = load_sft_config(str(run / FILES[1]), [])  # the run's folder is of no use elsewhere: the recipe's default
+    save_config(replace(cfg, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
     if to.exists():
         shutil.rmtree(to)
     os.replace(tmp, to)
