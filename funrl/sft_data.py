@@ -76,6 +76,8 @@ class SftData:
 
 
 def load_data(cfg: SftConfig, out: Path) -> SftData:
+    """The run's clips: the training manifest's (speech only unless ``data.noise_clips``) + the room-tone and
+    broad-vocabulary clips asked for, the curriculum clips, and the first ``data.dev_clips`` dev clips."""
     train_path, dev_path, easy_path = resolve_manifests(cfg, out)
     d = cfg.data
     given = {d.train_manifest, d.dev_manifest, d.curriculum_manifest} - {""}  # the demo's manifests are JSONL
