@@ -34,13 +34,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import soxr
 
-from funrl.demo.build import render_all
+from funrl.demo.build import move_into_place, remove_stale_builds, render_all
 from funrl.demo.noise import NOISE_KINDS
 from funrl.demo.plan import voice_fields
-from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_audio, to_pcm16
+from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_audio, write_clip
 from funrl.demo.tts import check_voices
 from funrl.extras import require
 
@@ -137,9 +136,7 @@ def render_broad(spec: BroadSpec, out_dir: str) -> tuple[str, int]:
     if spec.telephone:
         narrow = soxr.resample(audio, SAMPLE_RATE, 8000, quality="HQ")
         audio = np.clip(soxr.resample(narrow, 8000, SAMPLE_RATE, quality="HQ"), -1.0, 1.0)
-    pcm = to_pcm16(audio)
-    sf.write(Path(out_dir) / "wav" / f"{spec.name}.wav", pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return spec.name, int(pcm.size)
+    return write_clip(spec.name, audio, out_dir)
 
 
 def _key(n: int, seed: int) -> str:
@@ -158,18 +155,18 @@ def build_broad_data(out_dir: str | os.PathLike, n: int, seed: int = 0, progress
     check_voices()
     specs = plan_broad(n, seed)
     _chain.cache_clear()  # the chain is ~1 GB of Python objects: not kept for the training that follows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(out)  # temp folders of killed builds
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "wav").mkdir(parents=True)
     try:
         job = functools.partial(render_broad, out_dir=str(tmp))
         render_all(specs, job, min(2, os.cpu_count() or 1) if n >= 300 else 1, progress, "broad clips")
-        lines = [json.dumps({"audio": f"wav/{s.name}.wav", "text": s.text, "lang": "en"}) for s in specs]
+        lines = [json.dumps(s.manifest_record()) for s in specs]
         (tmp / MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
         (tmp / "DONE").write_text(key + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

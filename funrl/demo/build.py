@@ -131,7 +131,7 @@ def _check_replaceable(out_dir: Path) -> None:
         )
 
 
-def _remove_stale_builds(out_dir: Path) -> None:
+def remove_stale_builds(out_dir: Path) -> None:
     """Delete temp folders of builds whose process is gone (a crashed or killed build)."""
     for tmp in out_dir.parent.glob(f".{out_dir.name}.building-*"):
         try:
@@ -219,7 +219,7 @@ def _adopt(src: Path, tmp: Path, specs: list[ClipSpec]) -> dict[str, int]:
     return samples
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
+def move_into_place(tmp: Path, out_dir: Path) -> None:
     old = None
     if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -258,7 +258,7 @@ def build_demo_data(
     check_voices()
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(out_dir)
+    remove_stale_builds(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "wav").mkdir(parents=True)
@@ -279,7 +279,7 @@ def build_demo_data(
         want = [s for s in SPLITS if s in want or s in have_now]
         specs = [c for c in plan if c.split in want]
         _write_outputs(specs, tmp, key, _summary(specs, samples, seed, sizes), want)
-        _move_into_place(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

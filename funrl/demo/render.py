@@ -113,8 +113,13 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(audio, np.float64) * 32767.0), -32768, 32767).astype(np.int16)
 
 
+def write_clip(name: str, audio: np.ndarray, out_dir: str) -> tuple[str, int]:
+    """Write float audio to `<out_dir>/wav/<name>.wav` (PCM 16-bit); returns (name, samples)."""
+    pcm = to_pcm16(audio)
+    sf.write(Path(out_dir) / "wav" / f"{name}.wav", pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return name, int(pcm.size)
+
+
 def render_to_file(spec: ClipSpec, out_dir: str) -> tuple[str, int]:
     """Render `spec` to `<out_dir>/wav/<name>.wav` (PCM 16-bit); returns (name, samples)."""
-    pcm = to_pcm16(render_audio(spec))
-    sf.write(Path(out_dir) / "wav" / f"{spec.name}.wav", pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return spec.name, int(pcm.size)
+    return write_clip(spec.name, render_audio(spec), out_dir)
