@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from policy.models.base import atomic_dir
+
 ASSETS = Path(__file__).resolve().parents[1] / "funrl" / "demo" / "assets"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -53,15 +55,11 @@ def ship(run: Path, assets: Path, encoder_dtype: str) -> None:
     model = run / "model"
     if not (model / "config.json").is_file():
         raise SystemExit(f"{model} holds no model (config.json missing): is {run} a finished funrl.sft run?")
-    staged = Path(tempfile.mkdtemp(prefix=".ship.", dir=assets)) / "start_model"
-    try:
-        shutil.copytree(model, staged)
+    with atomic_dir(assets / "start_model") as staged:
+        shutil.copytree(model, staged, dirs_exist_ok=True)
         if encoder_dtype != "float32":
             before, after = cast_encoder(staged / "frontend.safetensors", DTYPES[encoder_dtype])
             print(f"frontend.safetensors: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB (encoder in {encoder_dtype})")
-        _replace(staged, assets / "start_model")
-    finally:
-        shutil.rmtree(staged.parent, ignore_errors=True)
     for name, dst in (("config.yaml", "sft_config.yaml"), ("train_log.jsonl", "train_log.jsonl")):
         if (run / name).is_file():
             _replace(run / name, assets / dst)

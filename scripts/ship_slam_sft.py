@@ -21,7 +21,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from funrl.config_loader import save_config
 from funrl.sft_config import load_sft_config
 from funrl.sft_model import set_trainable
 from policy.models import load_audio_llm
+from policy.models.base import atomic_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "funrl" / "recipes" / "assets" / "slam_asr_sft"
@@ -45,16 +45,11 @@ def pack(run: Path, to: Path = ASSET) -> Path:
     last = CheckpointManager(run).latest()
     if last is None or not last.trainer_state().get("finished", False):
         raise SystemExit(f"{run}: no finished SFT checkpoint; finish it first: python -m funrl.sft --resume {run}")
-    to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.", dir=to.parent))
-    os.chmod(tmp, 0o755)
-    shutil.copy2(last.path / FILES[0], tmp / FILES[0])
-    shutil.copy2(run / FILES[2], tmp / FILES[2])
-    cfg = load_sft_config(str(run / FILES[1]), [])  # the run's folder is of no use elsewhere: the recipe's default
-    save_config(replace(cfg, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
-    if to.exists():
-        shutil.rmtree(to)
-    os.replace(tmp, to)
+    with atomic_dir(to) as tmp:
+        shutil.copy2(last.path / FILES[0], tmp / FILES[0])
+        shutil.copy2(run / FILES[2], tmp / FILES[2])
+        cfg = load_sft_config(str(run / FILES[1]), [])  # the run's folder is of no use elsewhere: the recipe's
+        save_config(replace(cfg, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
     return to
 
 
