@@ -44,7 +44,7 @@ from funrl.sft_cache import EncoderCache, cached_audio_embeds
 from funrl.sft_checkpoint import SftRunState, restore, resume_config, resume_point, save
 from funrl.sft_config import SftConfig
 from funrl.sft_data import SftData, load_data
-from funrl.sft_embed_ctc import EmbedCtc, ctc_mean, make_embed_ctc
+from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, ctc_mean, load_head, make_embed_ctc, save_head
 from funrl.sft_eval import evaluate
 from funrl.sft_model import build_model, set_trainable
 from policy.models import AudioLLM, FeatureBatch
@@ -288,6 +288,10 @@ def _start(cfg: SftConfig, out: Path, last: Checkpoint | None) -> tuple[SftRunSt
     o = cfg.optim
     audio, sampler, easy_sampler = data.samplers(o.batch_size, cfg.run.seed)
     embed_ctc = make_embed_ctc(model, [c.text for c in data.clips]) if o.embed_ctc_weight > 0 else None
+    saved_head = Path(cfg.model.path) / HEAD_FILE if cfg.model.path else None
+    if embed_ctc is not None and last is None and saved_head is not None and saved_head.is_file():
+        load_head(embed_ctc, saved_head)  # an SFT model continued: its trained blank, not a fresh one
+        print(f"[funrl.sft] embedding CTC continues from {saved_head}", file=sys.stderr)
     samplers = {"train": sampler, **({"easy": easy_sampler} if easy_sampler is not None else {})}
     rng = np.random.default_rng(cfg.run.seed)
     state = SftRunState(model, _optimizer(model, o, embed_ctc), embed_ctc, samplers, rng)
@@ -367,6 +371,8 @@ def _loop(
                 if evaluated:
                     res = evaluate(model, *data.dev, cfg.run.max_new_tokens, cfg.run.eval_batch) if data.dev else {}
                     model.save(out / "model")
+                    if s.embed_ctc is not None:
+                        save_head(s.embed_ctc, out / "model")
                 rec = meter.flush(step, lr, res)
                 bar.set_postfix({k: rec[k] for k in ("loss", "ce", "ctc", "dev_wer") if k in rec})
             if cfg.run.save_every and (step % cfg.run.save_every == 0 or last):

@@ -11,17 +11,24 @@ embedding ``e_v``,
 and CTC aligns the frames to the transcript's tokens. The adapter learns to write, in order, vectors near the
 embeddings of the words it hears: text the LLM already knows how to copy. The candidates are the tokens of the
 training transcripts (the softmax over all 49 k SmolLM2 tokens costs ~25x more for the same pull); the LLM's
-embeddings stay frozen and the blank vector is used only here: nothing of this head is saved with the model.
-A token first seen in a batch (a joined pair's transcript can tokenise differently) joins the candidates then.
+embeddings stay frozen and the blank vector is used only here. The SFT writes it beside the model it saves
+(``embed_ctc.safetensors``: the blank and the candidate tokens; inference ignores it), so an SFT that starts
+from that model folder goes on with a trained blank instead of a fresh one (`load_head`). A token first seen
+in a batch (a joined pair's transcript can tokenise differently) joins the candidates then.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+HEAD_FILE = "embed_ctc.safetensors"  # in a model folder: the blank vector [D] and the candidate token ids [C]
 
 
 class EmbedCtc(nn.Module):
@@ -93,3 +100,31 @@ def make_embed_ctc(model, texts: Iterable[str]) -> EmbedCtc:
     tok = model.tokenizer
     ids = [i for t in texts if t for i in tok(t, add_special_tokens=False)["input_ids"]]
     return EmbedCtc(model.get_input_embeddings().weight, ids)
+
+
+def save_head(head: EmbedCtc, folder: Path) -> Path:
+    """Write ``head``'s blank vector and candidate tokens to ``folder/HEAD_FILE`` (temp file + rename)."""
+    path = Path(folder) / HEAD_FILE
+    tmp = path.with_name(f".{HEAD_FILE}.tmp-{os.getpid()}")
+    tensors = {"blank": head.blank.detach().cpu().clone(), "tokens": torch.tensor(head.tokens(), dtype=torch.long)}
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def load_head(head: EmbedCtc, path: Path) -> None:
+    """Continue ``head`` from a `save_head` file: its candidates join ``head``'s, its blank replaces the fresh one."""
+    try:
+        saved = load_file(str(path))
+    except Exception as exc:  # safetensors' own error names no file
+        raise ValueError(f"{path}: unreadable ({exc}); delete the file to start the CTC head afresh") from exc
+    blank, tokens = saved.get("blank"), saved.get("tokens")
+    vocab, width = head.embedding.shape
+    if blank is None or tokens is None or blank.shape != (width,) or (tokens.numel() and int(tokens.max()) >= vocab):
+        raise ValueError(
+            f"{path}: not the embedding CTC of this model (expected a blank of width {width} and token ids below "
+            f"{vocab}); delete the file to start the CTC head afresh"
+        )
+    head.extend(tokens.tolist())
+    with torch.no_grad():
+        head.blank.copy_(blank)

@@ -6,8 +6,9 @@
 The SLAM-ASR model (docs/slam_asr.md) is 145 M parameters, but its SFT (``model.train=adapter_lora``) trains
 only the adapter and a LoRA on the LLM: 3.5 M. ``pack`` copies RUN's final checkpoint's trained tensors
 (``trained.safetensors``: those 3.5 M and the model's buffers, float32, 14 MB), RUN's ``config.yaml`` (its
-``run.out_dir`` set to the recipe's) and ``train_log.jsonl`` into the asset folder, written under a temporary
-name, then renamed. ``unpack`` loads BUILT
+``run.out_dir`` set to the recipe's), ``train_log.jsonl`` and the embedding CTC's blank vector
+(``embed_ctc.safetensors``, so that an SFT can continue the model) into the asset folder, written under a
+temporary name, then renamed. ``unpack`` loads BUILT
 (a model folder of ``scripts/build_slam_asr.py``, which rebuilds the pretrained parts from the wheels), puts on
 it the LoRA of the run's ``model.train`` and ``model.lora_r``, loads the shipped tensors (every trained name
 must be there, and nothing else) and saves the model as the SFT run saved it (LoRA merged) to OUT: the same
@@ -26,11 +27,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from safetensors.torch import load_file
+import torch
+from safetensors.torch import load_file, save_file
 
 from funrl.checkpoint import CheckpointManager
 from funrl.config_loader import save_config
 from funrl.sft_config import load_sft_config
+from funrl.sft_embed_ctc import HEAD_FILE
 from funrl.sft_model import set_trainable
 from policy.models import load_audio_llm
 from policy.models.base import atomic_dir
@@ -50,6 +53,10 @@ def pack(run: Path, to: Path = ASSET) -> Path:
         shutil.copy2(run / FILES[2], tmp / FILES[2])
         cfg = load_sft_config(str(run / FILES[1]), [])  # the run's folder is of no use elsewhere: the recipe's
         save_config(replace(cfg, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
+        if (last.path / HEAD_FILE).is_file():  # the embedding CTC's blank, so that an SFT can continue the model
+            blank = load_file(str(last.path / HEAD_FILE))["blank"]
+            tokens = torch.tensor(last.trainer_state()["embed_ctc_tokens"], dtype=torch.long)
+            save_file({"blank": blank, "tokens": tokens}, str(tmp / HEAD_FILE))
     return to
 
 
@@ -70,6 +77,8 @@ def unpack(built: Path, out: Path, asset: Path = ASSET) -> Path:
             f"{sorted(trained - tensors.keys())[:3]}): build BUILT with scripts/build_slam_asr.py at the run's size"
         )
     model.save(out)
+    if (asset / HEAD_FILE).is_file():
+        shutil.copy2(asset / HEAD_FILE, out / HEAD_FILE)
     return out
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from funrl.sft_embed_ctc import EmbedCtc
+from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, load_head, save_head
 
 EMB = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-1.0, -1.0]])  # 4 tokens in 2-D
 
@@ -88,3 +88,17 @@ def test_saved_tokens_rebuild_the_same_classes_after_lazy_additions() -> None:
     again = EmbedCtc(EMB, [2, 0])
     again.extend(head.tokens())  # what a resumed SFT run does with the checkpoint's list
     assert again.index == head.index and torch.equal(again.rows, head.rows)
+
+
+def test_a_saved_head_restores_its_blank_and_candidates_and_refuses_another_models(tmp_path) -> None:
+    head = EmbedCtc(EMB, [2, 0, 1])
+    with torch.no_grad():
+        head.blank.copy_(torch.tensor([5.0, -5.0]))
+    path = save_head(head, tmp_path)
+    fresh = EmbedCtc(EMB, [3])  # another data set's candidates: its blank starts at row 3, (-1, -1)
+    load_head(fresh, path)
+    assert fresh.blank.tolist() == [5.0, -5.0] and fresh.tokens() == [3, 0, 1, 2]
+    assert fresh.logits(torch.tensor([[5.0, -5.0]]))[0, 0] == 0.0  # on the blank: distance 0
+    wider = EmbedCtc(torch.zeros(4, 3), [0])
+    with pytest.raises(ValueError, match=f"{HEAD_FILE}: not the embedding CTC of this model"):
+        load_head(wider, path)

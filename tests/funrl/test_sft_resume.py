@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 
 import funrl.sft as sft
 from funrl.sft_config import load_sft_config
+from funrl.sft_embed_ctc import HEAD_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -115,3 +117,27 @@ def test_sft_start_and_resume_errors_name_the_folder_and_the_fix(small_demo_data
     (out / "checkpoints/step_000003/COMPLETE").unlink()  # a torn checkpoint is never resumed from
     assert sft.main(["--resume", str(out)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_an_sft_started_from_a_saved_sft_model_continues_its_trained_ctc_blank(small_demo_data, tmp_path, capsys):
+    first = tmp_path / "first"
+    args = [*_overrides(small_demo_data, first), "optim.steps=2", "optim.encoder_steps=0", "data.curriculum_steps=0"]
+    assert sft.main(["--config", str(REPO / "funrl/demo/sft.yaml"), *args]) == 0
+    head = load_file(str(first / "model" / HEAD_FILE))
+    ckpt_blank = load_file(str(first / "checkpoints/step_000002/embed_ctc.safetensors"))["blank"]
+    state = json.loads((first / "checkpoints/step_000002/trainer_state.json").read_text())
+    assert torch.equal(head["blank"], ckpt_blank) and head["tokens"].tolist() == state["embed_ctc_tokens"]
+
+    second = tmp_path / "second"
+    cfg = load_sft_config(
+        str(REPO / "funrl/demo/sft.yaml"), [*_overrides(small_demo_data, second), f"model.path={first / 'model'}"]
+    )
+    run, *_ = sft._start(cfg, second, None)
+    assert torch.equal(run.embed_ctc.blank.detach(), ckpt_blank)  # not the fresh mean of the candidate rows
+    assert set(state["embed_ctc_tokens"]) <= set(run.embed_ctc.tokens())
+    assert f"embedding CTC continues from {first / 'model' / HEAD_FILE}" in capsys.readouterr().err
+
+    (first / "model" / HEAD_FILE).write_bytes(b"not safetensors")
+    cfg = replace(cfg, run=replace(cfg.run, out_dir=str(tmp_path / "third")))
+    with pytest.raises(ValueError, match=f"{HEAD_FILE}: unreadable.*delete the file"):
+        sft._start(cfg, tmp_path / "third", None)

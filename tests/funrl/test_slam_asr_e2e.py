@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 from train_runs import ROOT, jsonl, run_train
 
+from funrl.sft_embed_ctc import HEAD_FILE
+
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 
@@ -67,6 +69,8 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
     for part in ("frontend.safetensors", "llm/model.safetensors"):
         a, b = load_file(str(sft / "model" / part)), load_file(str(unpacked / part))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    a, b = load_file(str(sft / "model" / HEAD_FILE)), load_file(str(unpacked / HEAD_FILE))  # the CTC's blank too
+    assert torch.equal(a["blank"], b["blank"]) and torch.equal(a["tokens"], b["tokens"])
 
     args = ["--config", str(ROOT / "funrl/recipes/slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
     args += [f"data.train_manifest={small_demo_data.manifest('rl_train')}", "data.test_manifest="]
