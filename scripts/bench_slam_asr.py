@@ -131,7 +131,7 @@ def main() -> None:
         args += ["model.train=adapter_lora", f"data.train_manifest={data / 'rl_train.jsonl'}", "data.noise_clips=true"]
         args += [f"optim.minutes={grpo_s / 60:.3f}", "optim.steps=100000", "optim.lr=2e-4", "optim.warmup_steps=0"]
         args += ["optim.schedule=constant", "run.eval_every=0", f"run.out_dir={control}", f"run.seed={a.seed}"]
-        args += ["optim.embed_ctc_weight=0"]  # its blank vector is not in the model: it would restart untrained
+        args += ["optim.embed_ctc_weight=0"]  # cross-entropy alone: the answer GRPO's rewards carry, no more
         args += ["data.broad_clips=0"]  # the RL clips alone, as GRPO has
         seconds["control"] = run(resumed(args, control), out / "control.log")
     models = {"SFT": sft / "model", "GRPO": grpo / "model", "SFT control": control / "model"}
