@@ -37,18 +37,15 @@ def cast_encoder(frontend_file: Path, dtype: torch.dtype) -> tuple[int, int]:
 
 
 def _replace(src: Path, dst: Path) -> None:
-    """Put a copy of ``src`` (file or folder) at ``dst`` through a temp path in the same folder + rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent)) / dst.name
-    (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp)
-    old = dst.with_name(f".{dst.name}.old")
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    shutil.rmtree(tmp.parent, ignore_errors=True)
-    if old.is_dir():
-        shutil.rmtree(old)
-    elif old.exists():
-        old.unlink()
+    """Put a copy of the file ``src`` at ``dst`` through a temp file in the same folder + rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def ship(run: Path, assets: Path, encoder_dtype: str) -> None:

@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from funrl.demo.build import move_into_place, remove_stale_builds, render_all
+from funrl.demo.build import remove_stale_builds, render_all
 from funrl.demo.noise import NOISE_KINDS
 from funrl.demo.plan import voice_fields
 from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_audio, write_clip
 from funrl.demo.tts import check_voices
 from funrl.extras import require
+from policy.files import replace_dir
 
 VERSION = 1  # bump when the text walk or the rendering changes (invalidates built folders)
 MANIFEST = "broad_train.jsonl"
@@ -166,7 +167,7 @@ def build_broad_data(out_dir: str | os.PathLike, n: int, seed: int = 0, progress
         lines = [json.dumps(s.manifest_record()) for s in specs]
         (tmp / MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
         (tmp / "DONE").write_text(key + "\n")
-        move_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

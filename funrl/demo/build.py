@@ -39,6 +39,7 @@ from funrl.demo.plan import BUILD_VERSION, LATER_FIELDS, PRESETS, DemoSizes, pla
 from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_to_file
 from funrl.demo.text import fingerprint
 from funrl.demo.tts import check_voices
+from policy.files import replace_dir
 
 SPLITS = ("sft_train", "rl_train", "dev", "test")
 TRAIN_SPLITS = ("sft_train", "rl_train")
@@ -219,16 +220,6 @@ def _adopt(src: Path, tmp: Path, specs: list[ClipSpec]) -> dict[str, int]:
     return samples
 
 
-def move_into_place(tmp: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_demo_data(
     out_dir: str | os.PathLike,
     seed: int = 0,
@@ -279,7 +270,7 @@ def build_demo_data(
         want = [s for s in SPLITS if s in want or s in have_now]
         specs = [c for c in plan if c.split in want]
         _write_outputs(specs, tmp, key, _summary(specs, samples, seed, sizes), want)
-        move_into_place(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

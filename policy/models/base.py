@@ -40,7 +40,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from policy.files import created_mode
+from policy.files import created_mode, replace_dir
 from policy.models.packing import packed_logprobs, token_logprobs
 from policy.models.prompt import PromptTemplate, build_prompt_embeds
 
@@ -376,13 +376,7 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
     os.chmod(tmp, created_mode(0o777))  # mkdtemp makes it 0700
     try:
         yield tmp
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
