@@ -38,6 +38,7 @@ import torch
 
 from funrl.checkpoint import Checkpoint, CheckpointManager, RunLock, RunLockedError
 from funrl.config import ConfigError, dump_config, save_config
+from funrl.cpu import native_bf16
 from funrl.data import ManifestError
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
 from funrl.sft_cache import EncoderCache, cached_audio_embeds
@@ -237,6 +238,13 @@ class _Meter:
         return rec
 
 
+def _autocast_bf16(autocast: str) -> bool:
+    """optim.autocast resolved on this CPU (auto: bf16 where it is native), said once at the start."""
+    bf16 = autocast == "bf16" or (autocast == "auto" and native_bf16())
+    print(f"[funrl.sft] optim.autocast={autocast}: training forward in {'bf16' if bf16 else 'fp32'}", flush=True)
+    return bf16
+
+
 def _step_loss(
     model: AudioLLM,
     o,
@@ -339,6 +347,7 @@ def _loop(
     cache = EncoderCache(model, list(audio.values())) if o.cache_encoder else None
     cuts: dict[int, list[int]] = {}
     llm_phase_started = False
+    bf16 = _autocast_bf16(o.autocast)
 
     def progress() -> float:
         p = step / o.steps
@@ -360,7 +369,8 @@ def _loop(
             batch = concat_pairs(
                 clips, audio, source.clips, o.concat_prob, s.rng, o.shuffle_words_prob, cuts, cache is not None
             )
-            loss, ce, ctc = _step_loss(model, o, batch, s.rng, encoder_phase, cache, s.embed_ctc)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, ce, ctc = _step_loss(model, o, batch, s.rng, encoder_phase, cache, s.embed_ctc)
             _optimizer_step(loss, s.opt, o.grad_clip, step + 1, out)
             step += 1
             meter.add(float(loss.detach()), ce, ctc)

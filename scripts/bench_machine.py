@@ -14,13 +14,14 @@ import argparse
 import functools
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from funrl.cpu import cpu_model_and_flags
 
 # (name, FLOPs, builder of a zero-argument callable) at the demo's shapes: 24 clips x 8 hypotheses, ~100 positions,
 # hidden 192, FFN 512, 6 heads of 32, vocabulary 843; a square GEMM for the machine's peak.
@@ -33,15 +34,7 @@ SHAPES = {
 
 
 def cpu_facts() -> dict:
-    flags: set[str] = set()
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
+    model, flags = cpu_model_and_flags()
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
     return {
         "cpu": model,

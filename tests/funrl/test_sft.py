@@ -147,6 +147,27 @@ def test_sft_loss_equals_hand_computed_ce_plus_ctc(tiny_model_dir, demo_small):
     assert ctc0 == 0.0 and float(ce_only.detach()) == pytest.approx(float(ce_hand), abs=1e-4)
 
 
+def test_bf16_autocast_loss_tracks_fp32_and_keeps_fp32_gradients(tiny_model_dir, demo_small):
+    """optim.autocast=bf16 runs the loss under torch.autocast: close to the fp32 loss, fp32 weights and grads."""
+    model = load_audio_llm(tiny_model_dir)
+    model.train()
+    clips, waves = load_clips(str(demo_small.sft_train), 30.0, speech_only=True)
+    texts, contexts = [c.text for c in clips[:4]], [c.context for c in clips[:4]]
+    feats = model.audio_features(waves[:4])
+    ref, ce_ref, ctc_ref = sft_loss(model, feats, texts, contexts, ctc_weight=0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, ce, ctc = sft_loss(model, feats, texts, contexts, ctc_weight=0.5)
+    assert loss.dtype == torch.float32  # log-softmax and the CTC run in fp32 under autocast
+    assert ce == pytest.approx(ce_ref, rel=0.02) and ctc == pytest.approx(ctc_ref, rel=0.02)
+    assert ce != ce_ref  # bf16 matmuls did run: a disabled autocast would match exactly
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g in grads)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match="autocast"):
+        SftOptimConfig(autocast="fp16")
+
+
 def test_noise_clip_target_is_eos_alone(tiny_model_dir, demo_small):
     """data.noise_clips: an empty transcript trains -log p(EOS | prompt); its CTC target is empty (finite)."""
     model = load_audio_llm(tiny_model_dir)
