@@ -1,6 +1,6 @@
 """Ship a finished SFT run of the SLAM-ASR model as the few MB it trained, and rebuild its model from them.
 
-    python scripts/ship_slam_sft.py pack RUN [--to funrl/recipes/assets/slam_asr_sft]
+    python scripts/ship_slam_sft.py pack RUN [--to funrl/recipes/assets/slam_asr_sft] [--on BASE_ASSET]
     python scripts/ship_slam_sft.py unpack BUILT OUT [--from funrl/recipes/assets/slam_asr_sft]
 
 The SLAM-ASR model (docs/slam_asr.md) is 145 M parameters, but its SFT (``model.train=adapter_lora``) trains
@@ -14,6 +14,12 @@ it the LoRA of the run's ``model.train`` and ``model.lora_r``, loads the shipped
 must be there, and nothing else) and saves the model as the SFT run saved it (LoRA merged) to OUT: the same
 weights, bit for bit. So a benchmark can start GRPO from the shipped SFT model without two hours of SFT first
 (`scripts/bench_slam_asr.py --sft-from`).
+
+A further SFT from that model (``model.path`` = the unpacked model) trains a new adapter state and a new LoRA on
+the merged LLM, so its tensors alone do not rebuild it: ``pack RUN --on BASE`` ships it as a chain. The asset
+folder gets RUN's files, with BASE (the asset the run started from, itself maybe a chain) copied into its
+``base/``. ``unpack`` rebuilds ``base/`` first (recursively, into a temporary folder) and puts RUN's tensors on
+that, again bit for bit. A chained ``config.yaml`` says ``model.path: base``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,39 +48,61 @@ from policy.models.base import atomic_dir
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "funrl" / "recipes" / "assets" / "slam_asr_sft"
 FILES = ("trained.safetensors", "config.yaml", "train_log.jsonl")
+BASE = "base"  # a chained asset's folder for the asset its run started from
 
 
-def pack(run: Path, to: Path = ASSET) -> Path:
-    """Copy the finished run's trained tensors, config and log into ``to`` (replaced atomically)."""
+def pack(run: Path, to: Path = ASSET, on: Path | None = None) -> Path:
+    """Copy the finished run's trained tensors, config and log into ``to`` (replaced atomically); with ``on``,
+    the asset the run started from goes into ``to/base`` (module doc)."""
     last = CheckpointManager(run).latest()
     if last is None or not last.trainer_state().get("finished", False):
         raise SystemExit(f"{run}: no finished SFT checkpoint; finish it first: python -m funrl.sft --resume {run}")
+    cfg = load_sft_config(str(run / FILES[1]), [])
+    if on is not None:
+        _check_asset(on)
+        if not cfg.model.path:
+            raise SystemExit(f"{run}: model.path is empty (a run from scratch): pack it without --on")
     with atomic_dir(to) as tmp:
         shutil.copy2(last.path / FILES[0], tmp / FILES[0])
         shutil.copy2(run / FILES[2], tmp / FILES[2])
-        cfg = load_sft_config(str(run / FILES[1]), [])  # the run's folder is of no use elsewhere: the recipe's
-        save_config(replace(cfg, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
+        model = replace(cfg.model, path="base") if on is not None else cfg.model  # the run's folders are of no
+        save_config(replace(cfg, model=model, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
         if (last.path / HEAD_FILE).is_file():  # the embedding CTC's blank, so that an SFT can continue the model
             blank = load_file(str(last.path / HEAD_FILE))["blank"]
             tokens = torch.tensor(last.trainer_state()["embed_ctc_tokens"], dtype=torch.long)
             save_file({"blank": blank, "tokens": tokens}, str(tmp / HEAD_FILE))
+        if on is not None:
+            shutil.copytree(on, tmp / BASE)
     return to
+
+
+def _check_asset(asset: Path) -> None:
+    missing = [name for name in FILES[:2] if not (asset / name).is_file()]
+    if missing:
+        raise SystemExit(f"{asset}: {', '.join(missing)} missing; give the folder `pack` wrote (--from / --on)")
 
 
 def unpack(built: Path, out: Path, asset: Path = ASSET) -> Path:
     """Rebuild the shipped SFT model on ``built`` (a `build_slam_asr.py` folder) and save it to ``out``."""
-    missing = [name for name in FILES[:2] if not (asset / name).is_file()]
-    if missing:
-        raise SystemExit(f"{asset}: {', '.join(missing)} missing; give the folder `pack` wrote (--from)")
-    cfg = load_sft_config(str(asset / "config.yaml"), [f"model.path={built}"])
-    model = load_audio_llm(built)
+    _check_asset(asset)
+    if (asset / BASE).is_dir():  # a chain: rebuild the model this run started from, then put its tensors on it
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="slam_sft_base_", dir=out.parent) as tmp:
+            return _apply(unpack(built, Path(tmp) / "model", asset / BASE), out, asset)
+    return _apply(built, out, asset)
+
+
+def _apply(start: Path, out: Path, asset: Path) -> Path:
+    """Load ``start``, put on it the asset's LoRA and trained tensors, save to ``out`` (LoRA merged)."""
+    cfg = load_sft_config(str(asset / "config.yaml"), [f"model.path={start}"])
+    model = load_audio_llm(start)
     set_trainable(model, cfg.model)
     tensors = load_file(str(asset / FILES[0]))
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
     _, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or trained - tensors.keys():
         raise SystemExit(
-            f"{asset / FILES[0]} does not fit {built} (not in the model: {sorted(unexpected)[:3]}; not shipped: "
+            f"{asset / FILES[0]} does not fit {start} (not in the model: {sorted(unexpected)[:3]}; not shipped: "
             f"{sorted(trained - tensors.keys())[:3]}): build BUILT with scripts/build_slam_asr.py at the run's size"
         )
     model.save(out)
@@ -88,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("pack", help="copy a finished run's trained tensors, config and log into the asset folder")
     a.add_argument("run", type=Path)
     a.add_argument("--to", type=Path, default=ASSET)
+    a.add_argument("--on", type=Path, help="the asset RUN started from (an SFT continued from its unpacked model)")
     b = sub.add_parser("unpack", help="rebuild the shipped SFT model on a built SLAM-ASR model folder")
     b.add_argument("built", type=Path)
     b.add_argument("out", type=Path)
     b.add_argument("--from", dest="asset", type=Path, default=ASSET)
     args = p.parse_args(argv)
     if args.command == "pack":
-        print(f"packed {args.run} into {pack(args.run, args.to)}", file=sys.stderr)
+        print(f"packed {args.run} into {pack(args.run, args.to, args.on)}", file=sys.stderr)
     else:
         print(f"rebuilt the SFT model in {unpack(args.built, args.out, args.asset)}", file=sys.stderr)
     return 0

@@ -38,17 +38,31 @@ def _trainable_params(model: Path, lora_r: int) -> int:
     return adapter + c["num_hidden_layers"] * lora_r * ((d + q) + 2 * (d + kv) + (q + d))
 
 
+def _sft_args(start: Path, out: Path, data, tmp_path: Path) -> list[str]:
+    """The SFT recipe at CI size, from model folder ``start`` into ``out``."""
+    return (
+        ["-m", "funrl.sft", "--config", "funrl/recipes/slam_asr_sft.yaml", f"model.path={start}"]
+        + [f"data.train_manifest={data.manifest('sft_train')}", f"run.out_dir={out}"]
+        + ["optim.steps=2", "optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "run.eval_every=0"]
+        + [f"data.dev_manifest={data.manifest('dev')}", "data.dev_clips=4", "run.max_new_tokens=8"]
+        + ["data.silence_clips=2", "data.broad_clips=2", f"data.broad_dir={tmp_path / 'broad'}"]  # at CI size
+    )
+
+
+def _same_model(a_dir: Path, b_dir: Path) -> None:
+    """Both model folders hold the same tensors, bit for bit, and the same embedding-CTC blank."""
+    for part in ("frontend.safetensors", "llm/model.safetensors"):
+        a, b = load_file(str(a_dir / part)), load_file(str(b_dir / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    a, b = load_file(str(a_dir / HEAD_FILE)), load_file(str(b_dir / HEAD_FILE))
+    assert torch.equal(a["blank"], b["blank"]) and torch.equal(a["tokens"], b["tokens"])
+
+
 def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_demo_data, tmp_path):
     built, sft, grpo = tmp_path / "slam_asr", tmp_path / "sft", tmp_path / "grpo"
     _run(["scripts/build_slam_asr.py", str(built), "--size", "tiny"])
 
-    log = _run(
-        ["-m", "funrl.sft", "--config", "funrl/recipes/slam_asr_sft.yaml", f"model.path={built}"]
-        + [f"data.train_manifest={small_demo_data.manifest('sft_train')}", f"run.out_dir={sft}"]
-        + ["optim.steps=2", "optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "run.eval_every=0"]
-        + [f"data.dev_manifest={small_demo_data.manifest('dev')}", "data.dev_clips=4", "run.max_new_tokens=8"]
-        + ["data.silence_clips=2", "data.broad_clips=2", f"data.broad_dir={tmp_path / 'broad'}"]  # at CI size
-    )
+    log = _run(_sft_args(built, sft, small_demo_data, tmp_path))
     assert " + 2 room-tone clips" in log and "+ 2 broad-vocabulary clips" in log
     assert f"model.train=adapter_lora: {_trainable_params(built, lora_r=8) / 1e6:.2f} M trainable parameters" in log
     assert jsonl(sft / "train_log.jsonl")[-1]["ctc"] > 0  # the recipe's embedding-space CTC is in the loss
@@ -66,11 +80,17 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
     asset, unpacked = tmp_path / "asset", tmp_path / "unpacked"
     _run(["scripts/ship_slam_sft.py", "pack", str(sft), "--to", str(asset)])
     _run(["scripts/ship_slam_sft.py", "unpack", str(built), str(unpacked), "--from", str(asset)])
-    for part in ("frontend.safetensors", "llm/model.safetensors"):
-        a, b = load_file(str(sft / "model" / part)), load_file(str(unpacked / part))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
-    a, b = load_file(str(sft / "model" / HEAD_FILE)), load_file(str(unpacked / HEAD_FILE))  # the CTC's blank too
-    assert torch.equal(a["blank"], b["blank"]) and torch.equal(a["tokens"], b["tokens"])
+    _same_model(sft / "model", unpacked)
+    # an SFT continued from the unpacked model ships as a chain on that asset, and rebuilds bit for bit too
+    sft2, asset2, unpacked2 = tmp_path / "sft2", tmp_path / "asset2", tmp_path / "unpacked2"
+    _run(_sft_args(unpacked, sft2, small_demo_data, tmp_path))
+    _run(["scripts/ship_slam_sft.py", "pack", str(sft2), "--to", str(asset2), "--on", str(asset)])
+    assert (asset2 / "base" / "trained.safetensors").read_bytes() == (asset / "trained.safetensors").read_bytes()
+    _run(["scripts/ship_slam_sft.py", "unpack", str(built), str(unpacked2), "--from", str(asset2)])
+    _same_model(sft2 / "model", unpacked2)
+    assert not torch.equal(
+        *(load_file(str(d / "frontend.safetensors"))["adapter.fc1.weight"] for d in (sft2 / "model", unpacked))
+    )
 
     args = ["--config", str(ROOT / "funrl/recipes/slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
     args += [f"data.train_manifest={small_demo_data.manifest('rl_train')}", "data.test_manifest="]
