@@ -15,16 +15,12 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def cpu_model_and_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, frozenset[str]]:
     """(model name, flags) of the first CPU in ``cpuinfo``; (platform.processor(), empty) where there is none."""
-    model, flags = platform.processor(), frozenset[str]()
-    if not cpuinfo.is_file():
-        return model, flags
-    for line in cpuinfo.read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == platform.processor():
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = frozenset(value.split())
-    return model, flags
+    first: dict[str, str] = {}
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            first.setdefault(key.strip(), value.strip())
+    return first.get("model name", platform.processor()), frozenset(first.get("flags", "").split())
 
 
 def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

@@ -65,7 +65,8 @@ def pack(run: Path, to: Path = ASSET, on: Path | None = None) -> Path:
     with atomic_dir(to) as tmp:
         shutil.copy2(last.path / FILES[0], tmp / FILES[0])
         shutil.copy2(run / FILES[2], tmp / FILES[2])
-        model = replace(cfg.model, path="base") if on is not None else cfg.model  # the run's folders are of no
+        # the run's folders are of no use elsewhere: the recipe's out_dir, and a chain's start is its base/
+        model = replace(cfg.model, path=BASE) if on is not None else cfg.model
         save_config(replace(cfg, model=model, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
         if (last.path / HEAD_FILE).is_file():  # the embedding CTC's blank, so that an SFT can continue the model
             blank = load_file(str(last.path / HEAD_FILE))["blank"]
