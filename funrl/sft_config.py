@@ -92,6 +92,7 @@ class SftDataConfig:
     noise_clips: bool = False  # train on noise-only clips too (target: EOS at once, i.e. an empty transcript)
     silence_clips: int = 0  # N generated near-silent clips (room tone, -80..-60 dBFS, 1-5 s) with an empty target
     # among the training clips: the model learns that an empty transcript exists (`funrl.sft_silence`)
+    silence_babble: float = 0.0  # share of those clips with distant talk (babble of 6 SFT speech clips) in the tone
     broad_clips: int = 0  # N clips of broad-vocabulary English sentences (`funrl.demo.broad`) among the training
     # clips, built (or reused) in broad_dir: a pretrained LLM keeps writing real English instead of the demo's words
     broad_dir: str = "data/broad"
@@ -110,6 +111,7 @@ class SftDataConfig:
                 "max_audio_seconds": in_range(0, lo_open=True),
                 "dev_clips": in_range(0),
                 "silence_clips": in_range(0),
+                "silence_babble": in_range(0, 1),
                 "broad_clips": in_range(0),
                 "curriculum_steps": in_range(0),
                 "format": one_of(*FORMATS),

@@ -89,7 +89,7 @@ def load_data(cfg: SftConfig, out: Path) -> SftData:
 
     clips, waves = load(train_path, speech_only=not d.noise_clips)
     if d.silence_clips:
-        quiet, quiet_waves = silence_clips(d.silence_clips, cfg.run.seed)
+        quiet, quiet_waves = silence_clips(d.silence_clips, cfg.run.seed, d.silence_babble, waves)
         print(f"[funrl.sft] {len(clips)} clips of {train_path} + {len(quiet)} room-tone clips", file=sys.stderr)
         clips, waves = clips + quiet, waves + quiet_waves
     if d.broad_clips:

@@ -31,6 +31,28 @@ def test_silence_clips_are_seeded_room_tone_at_minus_80_to_60_dbfs_with_empty_ta
     assert f"{levels[0]:.0f} dBFS" in clips[0].audio  # a message naming the clip says what it is
 
 
+def test_babble_share_puts_distant_talk_of_the_given_speech_under_the_first_clips_at_the_same_level() -> None:
+    t = np.arange(32000) / 16000
+    talkers = [np.sin(2 * np.pi * 500 * (i + 1) * t).astype(np.float32) for i in range(8)]  # tones 0.5-4 kHz
+    clips, waves = silence_clips(9, seed=1, babble_share=1 / 3, talkers=talkers)
+    plain, plain_waves = silence_clips(9, seed=1)
+    assert [c.audio.startswith("<room tone with distant talk") for c in clips] == [True] * 3 + [False] * 6
+    assert all(-80.01 <= _dbfs(w) <= -59.99 for w in waves)  # the same room-tone levels, babble included
+    assert len(waves[0]) == len(plain_waves[0])  # the first clip draws its length and level before its babble
+
+    def tone_share(wave: np.ndarray) -> float:  # of the power, in the talkers' tones (+-20 Hz, smeared)
+        power = np.abs(np.fft.rfft(wave.astype(np.float64))) ** 2
+        freqs = np.fft.rfftfreq(len(wave), 1 / 16000)
+        near = np.min(np.abs(freqs[:, None] - 500 * np.arange(1, 9)[None, :]), axis=1) <= 20
+        return float(power[near].sum() / power.sum())
+
+    assert min(tone_share(w) for w in waves[:3]) > 0.3 > 0.05 > tone_share(plain_waves[0])
+    assert all(c.text == "" for c in clips)
+    with pytest.raises(ValueError, match="data.silence_babble: babble needs at least 6 speech clips, got 2"):
+        silence_clips(3, seed=0, babble_share=0.5, talkers=talkers[:2])
+    assert silence_clips(3, seed=0, babble_share=0.1, talkers=())[0] == silence_clips(3, seed=0)[0]  # rounds to 0
+
+
 def test_noise_only_clips_are_never_joined_to_speech_or_to_each_other() -> None:
     speech = [Clip(audio=f"s{i}.wav", text=f"word{i}", lang="en") for i in range(3)]
     quiet, quiet_waves = silence_clips(3, seed=0)
