@@ -5,11 +5,12 @@ folder, fsync, ``COMPLETE``, rename) into ``OUT/checkpoints/step_NNNNNN``:
 
     trained.safetensors   every tensor the optimizer trains (named as in the model) + the model's buffers
     optimizer.pt          AdamW's state (loaded with ``weights_only=True``)
-    embed_ctc.safetensors the embedding-space CTC's blank vector (when ``optim.embed_ctc_weight > 0``)
+    embed_ctc.safetensors the embedding-space CTC's blank vector and candidate tokens (when
+                          ``optim.embed_ctc_weight > 0``; the file a saved model holds too: `sft_embed_ctc.save_head`)
     rng_rank0.*           the python / numpy / torch RNG states
     trainer_state.json    step, elapsed seconds (the time-based schedule goes on from there), whether the run
                           had ended (``finished``), the samplers' positions, the augmentation RNG's state,
-                          the embed-CTC candidate tokens, the model + data config the run was started with
+                          the model + data config the run was started with
 
 `restore` loads it into a freshly built run of the same config, so the resumed run draws the batches,
 augmentations and dropout an uninterrupted one would. Frozen weights are not saved: they come back from
@@ -31,7 +32,7 @@ from funrl.config import ConfigError
 from funrl.config_loader import resumed_config
 from funrl.data import ClipSampler
 from funrl.sft_config import SftConfig, load_sft_config
-from funrl.sft_embed_ctc import EmbedCtc
+from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, load_head, save_head
 from policy.learner_state import load_rng_state, save_rng_state
 from policy.models import AudioLLM
 
@@ -75,7 +76,7 @@ def save(
         save_file(_trained_tensors(s), str(tmp / "trained.safetensors"))
         torch.save(s.opt.state_dict(), tmp / "optimizer.pt")
         if s.embed_ctc is not None:
-            save_file({"blank": s.embed_ctc.blank.detach().clone()}, str(tmp / "embed_ctc.safetensors"))
+            save_head(s.embed_ctc, tmp)  # the blank and the candidate tokens, as beside a saved model
         save_rng_state(tmp, 0)
 
     state = {
@@ -83,7 +84,6 @@ def save(
         "finished": finished,
         "samplers": {k: v.state_dict() for k, v in s.samplers.items()},
         "rng": s.rng.bit_generator.state,
-        "embed_ctc_tokens": s.embed_ctc.tokens() if s.embed_ctc is not None else [],
         "config": _config_sections(cfg),
     }
     return ckpts.save(step, state, payload)
@@ -118,9 +118,8 @@ def restore(ckpt: Checkpoint, s: SftRunState) -> tuple[int, float]:
         )
     s.opt.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=True))
     if s.embed_ctc is not None:
-        s.embed_ctc.extend(state["embed_ctc_tokens"])
-        with torch.no_grad():
-            s.embed_ctc.blank.copy_(load_file(str(ckpt.path / "embed_ctc.safetensors"))["blank"])
+        s.embed_ctc.extend(state.get("embed_ctc_tokens", []))  # where checkpoints before 2026-12-05 kept them
+        load_head(s.embed_ctc, ckpt.path / HEAD_FILE)
     for name, sampler in s.samplers.items():
         sampler.load_state_dict(state["samplers"][name])
     s.rng.bit_generator.state = state["rng"]

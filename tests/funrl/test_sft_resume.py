@@ -84,7 +84,8 @@ def test_resumed_sft_run_matches_an_uninterrupted_one(small_demo_data, tmp_path,
     for name in final_a:  # same machine, same batches, same RNG draws: the same floats
         assert torch.equal(final_a[name], final_b[name]), name
     state = json.loads((cut / "checkpoints/step_000006/trainer_state.json").read_text())
-    assert state["step"] == 6 and state["samplers"].keys() == {"train", "easy"} and state["embed_ctc_tokens"]
+    assert state["step"] == 6 and state["samplers"].keys() == {"train", "easy"}
+    assert load_file(str(cut / "checkpoints/step_000006" / HEAD_FILE))["tokens"].numel()  # the CTC's candidates
 
 
 def test_sft_start_and_resume_errors_name_the_folder_and_the_fix(small_demo_data, tmp_path, capsys):
@@ -124,9 +125,9 @@ def test_an_sft_started_from_a_saved_sft_model_continues_its_trained_ctc_blank(s
     args = [*_overrides(small_demo_data, first), "optim.steps=2", "optim.encoder_steps=0", "data.curriculum_steps=0"]
     assert sft.main(["--config", str(REPO / "funrl/demo/sft.yaml"), *args]) == 0
     head = load_file(str(first / "model" / HEAD_FILE))
-    ckpt_blank = load_file(str(first / "checkpoints/step_000002/embed_ctc.safetensors"))["blank"]
-    state = json.loads((first / "checkpoints/step_000002/trainer_state.json").read_text())
-    assert torch.equal(head["blank"], ckpt_blank) and head["tokens"].tolist() == state["embed_ctc_tokens"]
+    ckpt_head = load_file(str(first / "checkpoints/step_000002" / HEAD_FILE))  # one format, model and checkpoint
+    ckpt_blank, ckpt_tokens = ckpt_head["blank"], ckpt_head["tokens"].tolist()
+    assert torch.equal(head["blank"], ckpt_blank) and head["tokens"].tolist() == ckpt_tokens
 
     second = tmp_path / "second"
     cfg = load_sft_config(
@@ -134,7 +135,7 @@ def test_an_sft_started_from_a_saved_sft_model_continues_its_trained_ctc_blank(s
     )
     run, *_ = sft._start(cfg, second, None)
     assert torch.equal(run.embed_ctc.blank.detach(), ckpt_blank)  # not the fresh mean of the candidate rows
-    assert set(state["embed_ctc_tokens"]) <= set(run.embed_ctc.tokens())
+    assert set(ckpt_tokens) <= set(run.embed_ctc.tokens())
     assert f"embedding CTC continues from {first / 'model' / HEAD_FILE}" in capsys.readouterr().err
 
     (first / "model" / HEAD_FILE).write_bytes(b"not safetensors")
