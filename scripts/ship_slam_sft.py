@@ -69,9 +69,10 @@ def pack(run: Path, to: Path = ASSET, on: Path | None = None) -> Path:
         model = replace(cfg.model, path=BASE) if on is not None else cfg.model
         save_config(replace(cfg, model=model, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
         if (last.path / HEAD_FILE).is_file():  # the embedding CTC's blank, so that an SFT can continue the model
-            blank = load_file(str(last.path / HEAD_FILE))["blank"]
-            tokens = torch.tensor(last.trainer_state()["embed_ctc_tokens"], dtype=torch.long)
-            save_file({"blank": blank, "tokens": tokens}, str(tmp / HEAD_FILE))
+            head = load_file(str(last.path / HEAD_FILE))  # the blank and candidate tokens, as a model folder has them
+            if "tokens" not in head:  # a checkpoint written before 2026-12-05 kept them in trainer_state.json
+                head["tokens"] = torch.tensor(last.trainer_state()["embed_ctc_tokens"], dtype=torch.long)
+            save_file(head, str(tmp / HEAD_FILE))
         if on is not None:
             shutil.copytree(on, tmp / BASE)
     return to
