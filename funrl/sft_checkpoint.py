@@ -32,7 +32,7 @@ from funrl.config import ConfigError
 from funrl.config_loader import resumed_config
 from funrl.data import ClipSampler
 from funrl.sft_config import SftConfig, load_sft_config
-from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, load_head, save_head
+from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, apply_head, save_head
 from policy.learner_state import load_rng_state, save_rng_state
 from policy.models import AudioLLM
 
@@ -104,6 +104,15 @@ def check_config(ckpt: Checkpoint, cfg: SftConfig) -> None:
                 )
 
 
+def head_tensors(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The checkpoint's embedding-CTC head as `save_head` writes it beside a model: ``blank`` and ``tokens``.
+    Checkpoints written before 2026-12-05 held the blank alone there and the tokens in trainer_state.json."""
+    saved = load_file(str(ckpt.path / HEAD_FILE))
+    if "tokens" not in saved:
+        saved["tokens"] = torch.tensor(ckpt.trainer_state()["embed_ctc_tokens"], dtype=torch.long)
+    return saved
+
+
 def restore(ckpt: Checkpoint, s: SftRunState) -> tuple[int, float]:
     """Load ``ckpt`` (chosen and checked against the config by `resume_point`) into ``s``, built from that
     config; returns (step, elapsed seconds)."""
@@ -118,8 +127,7 @@ def restore(ckpt: Checkpoint, s: SftRunState) -> tuple[int, float]:
         )
     s.opt.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=True))
     if s.embed_ctc is not None:
-        s.embed_ctc.extend(state.get("embed_ctc_tokens", []))  # where checkpoints before 2026-12-05 kept them
-        load_head(s.embed_ctc, ckpt.path / HEAD_FILE)
+        apply_head(s.embed_ctc, head_tensors(ckpt), ckpt.path / HEAD_FILE)
     for name, sampler in s.samplers.items():
         sampler.load_state_dict(state["samplers"][name])
     s.rng.bit_generator.state = state["rng"]

@@ -118,9 +118,14 @@ def load_head(head: EmbedCtc, path: Path) -> None:
         saved = load_file(str(path))
     except Exception as exc:  # safetensors' own error names no file
         raise ValueError(f"{path}: unreadable ({exc}); delete the file to start the CTC head afresh") from exc
-    blank, tokens = saved.get("blank"), saved.get("tokens", torch.zeros(0, dtype=torch.long))
+    apply_head(head, saved, path)
+
+
+def apply_head(head: EmbedCtc, saved: dict[str, torch.Tensor], path: Path) -> None:
+    """`load_head` of tensors already read from ``path`` (named in the error when they do not fit ``head``)."""
+    blank, tokens = saved.get("blank"), saved.get("tokens")
     vocab, width = head.embedding.shape
-    if blank is None or blank.shape != (width,) or (tokens.numel() and int(tokens.max()) >= vocab):
+    if blank is None or tokens is None or blank.shape != (width,) or (tokens.numel() and int(tokens.max()) >= vocab):
         raise ValueError(
             f"{path}: not the embedding CTC of this model (expected a blank of width {width} and token ids below "
             f"{vocab}); delete the file to start the CTC head afresh"

@@ -34,11 +34,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from funrl.checkpoint import CheckpointManager
 from funrl.config_loader import save_config
+from funrl.sft_checkpoint import head_tensors
 from funrl.sft_config import load_sft_config
 from funrl.sft_embed_ctc import HEAD_FILE
 from funrl.sft_model import set_trainable
@@ -69,10 +69,7 @@ def pack(run: Path, to: Path = ASSET, on: Path | None = None) -> Path:
         model = replace(cfg.model, path=BASE) if on is not None else cfg.model
         save_config(replace(cfg, model=model, run=replace(cfg.run, out_dir="runs/slam_asr_sft")), tmp / FILES[1])
         if (last.path / HEAD_FILE).is_file():  # the embedding CTC's blank, so that an SFT can continue the model
-            head = load_file(str(last.path / HEAD_FILE))  # the blank and candidate tokens, as a model folder has them
-            if "tokens" not in head:  # a checkpoint written before 2026-12-05 kept them in trainer_state.json
-                head["tokens"] = torch.tensor(last.trainer_state()["embed_ctc_tokens"], dtype=torch.long)
-            save_file(head, str(tmp / HEAD_FILE))
+            save_file(head_tensors(last), str(tmp / HEAD_FILE))  # the blank and candidate tokens
         if on is not None:
             shutil.copytree(on, tmp / BASE)
     return to

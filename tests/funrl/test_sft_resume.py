@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import funrl.sft as sft
+from funrl.checkpoint import CheckpointManager
+from funrl.sft_checkpoint import head_tensors
 from funrl.sft_config import load_sft_config
 from funrl.sft_embed_ctc import HEAD_FILE
 
@@ -128,6 +130,12 @@ def test_an_sft_started_from_a_saved_sft_model_continues_its_trained_ctc_blank(s
     ckpt_head = load_file(str(first / "checkpoints/step_000002" / HEAD_FILE))  # one format, model and checkpoint
     ckpt_blank, ckpt_tokens = ckpt_head["blank"], ckpt_head["tokens"].tolist()
     assert torch.equal(head["blank"], ckpt_blank) and head["tokens"].tolist() == ckpt_tokens
+    ckpt = CheckpointManager(first).latest()  # a checkpoint of the old format (tokens in trainer_state.json) ...
+    state = json.loads((ckpt.path / "trainer_state.json").read_text())
+    (ckpt.path / "trainer_state.json").write_text(json.dumps({**state, "embed_ctc_tokens": ckpt_tokens}))
+    save_file({"blank": ckpt_blank}, str(ckpt.path / HEAD_FILE))
+    old = head_tensors(ckpt)  # ... reads as the new one
+    assert torch.equal(old["blank"], ckpt_blank) and old["tokens"].tolist() == ckpt_tokens
 
     second = tmp_path / "second"
     cfg = load_sft_config(
