@@ -93,8 +93,10 @@ def check_config(ckpt: Checkpoint, cfg: SftConfig) -> None:
     """Refuse (naming the key) a resumed config whose model or data section differs from the checkpoint's."""
     saved, now = ckpt.trainer_state().get("config", {}), _config_sections(cfg)
     for section in CHECKED_SECTIONS:
+        # a key newer than the run: the run had the key's default behaviour (a default_factory key must match)
+        defaults = {f.name: f.default for f in dataclasses.fields(type(getattr(cfg, section)))}
         for key, value in now[section].items():
-            before = saved.get(section, {}).get(key)
+            before = saved.get(section, {}).get(key, defaults[key])
             if before != value:
                 raise ConfigError(
                     f"--resume: {section}.{key} is {value!r} but the run in {ckpt.path.parent.parent} was started "

@@ -114,6 +114,10 @@ def test_sft_start_and_resume_errors_name_the_folder_and_the_fix(small_demo_data
     assert sft.main(["--resume", str(empty)]) == 2
     assert str(empty / "config.yaml") in capsys.readouterr().err
 
+    state_file = out / "checkpoints/step_000002/trainer_state.json"  # a run from before data.silence_babble
+    state = json.loads(state_file.read_text())
+    del state["config"]["data"]["silence_babble"]
+    state_file.write_text(json.dumps(state))
     assert sft.main(["--resume", str(out), "optim.steps=3"]) == 0  # a finished run trained further
     assert [r["step"] for r in _log(out)] == [1, 2, 3]
 
