@@ -129,7 +129,8 @@ def restore(ckpt: Checkpoint, s: SftRunState) -> tuple[int, float]:
         )
     s.opt.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=True))
     if s.embed_ctc is not None:
-        apply_head(s.embed_ctc, head_tensors(ckpt), ckpt.path / HEAD_FILE)
+        remedy = "resume with the config the run started with, or delete this checkpoint to resume from an earlier one"
+        apply_head(s.embed_ctc, head_tensors(ckpt), ckpt.path / HEAD_FILE, remedy)
     for name, sampler in s.samplers.items():
         sampler.load_state_dict(state["samplers"][name])
     s.rng.bit_generator.state = state["rng"]

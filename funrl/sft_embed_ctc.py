@@ -117,18 +117,21 @@ def load_head(head: EmbedCtc, path: Path) -> None:
     try:
         saved = load_file(str(path))
     except Exception as exc:  # safetensors' own error names no file
-        raise ValueError(f"{path}: unreadable ({exc}); delete the file to start the CTC head afresh") from exc
+        raise ValueError(f"{path}: unreadable ({exc}); {FRESH_HEAD}") from exc
     apply_head(head, saved, path)
 
 
-def apply_head(head: EmbedCtc, saved: dict[str, torch.Tensor], path: Path) -> None:
-    """`load_head` of tensors already read from ``path`` (named in the error when they do not fit ``head``)."""
+FRESH_HEAD = "delete the file to start the CTC head afresh"
+
+
+def apply_head(head: EmbedCtc, saved: dict[str, torch.Tensor], path: Path, remedy: str = FRESH_HEAD) -> None:
+    """`load_head` of tensors already read from ``path`` (named, with ``remedy``, when they do not fit ``head``)."""
     blank, tokens = saved.get("blank"), saved.get("tokens")
     vocab, width = head.embedding.shape
     if blank is None or tokens is None or blank.shape != (width,) or (tokens.numel() and int(tokens.max()) >= vocab):
         raise ValueError(
             f"{path}: not the embedding CTC of this model (expected a blank of width {width} and token ids below "
-            f"{vocab}); delete the file to start the CTC head afresh"
+            f"{vocab}); {remedy}"
         )
     head.extend(tokens.tolist())
     with torch.no_grad():

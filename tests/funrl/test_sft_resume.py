@@ -121,6 +121,13 @@ def test_sft_start_and_resume_errors_name_the_folder_and_the_fix(small_demo_data
     assert sft.main(["--resume", str(out), "optim.steps=3"]) == 0  # a finished run trained further
     assert [r["step"] for r in _log(out)] == [1, 2, 3]
 
+    head_file = out / "checkpoints/step_000003" / HEAD_FILE  # a damaged head: the message points to an earlier one
+    good_head = head_file.read_bytes()
+    save_file({"blank": torch.zeros(3), "tokens": torch.tensor([0])}, str(head_file))
+    assert sft.main(["--resume", str(out), "optim.steps=4"]) == 1
+    assert f"{head_file}: not the embedding CTC" in (err := capsys.readouterr().err) and "earlier one" in err
+    head_file.write_bytes(good_head)
+
     (out / "checkpoints/step_000003/COMPLETE").unlink()  # a torn checkpoint is never resumed from
     assert sft.main(["--resume", str(out)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
