@@ -10,7 +10,9 @@ Detection, in two stages, on the normalised tokens of ``rewards.text``:
    not vote. The script with most votes wins; on a tie the expected one wins.
 2. **English or not**, only for a Latin-script winner, over its Latin tokens:
    function words (English vs German/French/Spanish/Italian/Portuguese/Dutch;
-   words shared by English and another list count for neither) plus tokens with
+   words shared by English and another list count for neither, nor do ordinary
+   English words that are another language's function word, such as "hat",
+   "war", "die", "am", nor single letters) plus tokens with
    letters outside ASCII (evidence against English). One side wins when it has at
    least one hit and at least twice the other's. Otherwise, and only for texts of
    at least ``LINGUA_MIN_TOKENS`` Latin tokens, ``lingua`` decides (restricted to
@@ -100,8 +102,11 @@ uma é não na no nos ao mais mas eu ele nós você são foi isso het een van da
 ook als bij nog wel naar heb hebben ik je jij hij zij wij ze dit geen
 i a in so no as is was do me on an son d m s""".split()
 )
-EN_WORDS = frozenset(_EN - _OTHER)
-OTHER_WORDS = frozenset(_OTHER - _EN)
+# ordinary English words that are another language's function word, and single letters (spelled-out
+# initials, "N B S"): no evidence either way ("small violin hat" is English; "hat" was German evidence)
+_AMBIGUOUS = set("am hat war die den hay pour con per met van um ha ma c e j l n o y".split())
+EN_WORDS = frozenset(_EN - _OTHER - _AMBIGUOUS)
+OTHER_WORDS = frozenset(_OTHER - _EN - _AMBIGUOUS)
 
 
 @lru_cache(maxsize=4096)

@@ -115,3 +115,22 @@ def test_language_batch_equals_per_item_loop():
     refs = [""] * len(hyps)
     assert language(hyps, refs, metas) == [language([h], [r], [m])[0] for h, r, m in zip(hyps, refs, metas)]
     assert language(hyps, refs, metas) == [0.0, -1.0, -1.0, 0.0, -1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "hyp",
+    [
+        "small violin hat",  # demo references: "hat" is also German's "has"
+        "kitchen hat hat zucchini nine labyrinth",
+        "the war is over",
+        "I am here",
+        "N B S",  # spelled-out letters: "n" and "c" are French elisions too
+        "pour the tea",
+    ],
+)
+def test_english_words_that_are_also_foreign_function_words_are_not_a_mismatch(hyp):
+    assert one(hyp, "en") == 0.0
+
+
+def test_those_words_do_not_make_a_foreign_sentence_english():
+    assert one("die Katze hat den Ball und ist nicht hier", "en") == -1.0  # und, ist, nicht still decide
