@@ -13,8 +13,9 @@ Detection, in two stages, on the normalised tokens of ``rewards.text``:
    words shared by English and another list count for neither, nor do ordinary
    English words that are another language's function word, such as "hat",
    "war", "die", "am", nor single letters) plus tokens with
-   letters outside ASCII (evidence against English). One side wins when it has at
-   least one hit and at least twice the other's. Otherwise, and only for texts of
+   letters outside ASCII (evidence against English). English wins with at least
+   one hit and twice the other side's; not-English needs at least two hits (a
+   truncated word such as "te" in "broccoli lunch te" is one) and twice English's. Otherwise, and only for texts of
    at least ``LINGUA_MIN_TOKENS`` Latin tokens, ``lingua`` decides (restricted to
    those seven languages, high accuracy, minimum relative distance 0.25; built
    once, on first use). Still undecided -> not a mismatch.
@@ -177,7 +178,7 @@ def is_english(latin_tokens: list[str] | tuple[str, ...]) -> bool | None:
             other += 1
     if en and en >= 2 * other:
         return True
-    if other and other >= 2 * en:
+    if other >= 2 and other >= 2 * en:  # one stray token ("ho", "te") is not enough against English
         return False
     if len(latin_tokens) < LINGUA_MIN_TOKENS:
         return None

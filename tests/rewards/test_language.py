@@ -126,6 +126,7 @@ def test_language_batch_equals_per_item_loop():
         "I am here",
         "N B S",  # spelled-out letters: "n" and "c" are French elisions too
         "pour the tea",
+        "broccoli lunch te",  # one stray token that is a foreign function word: not enough
     ],
 )
 def test_english_words_that_are_also_foreign_function_words_are_not_a_mismatch(hyp):
