@@ -215,6 +215,7 @@ def load_learner_state(
     """Collective: restore what `save_learner_state` wrote (any world size); returns the saved info."""
     folder = Path(folder)
     info = read_learner_info(folder)
+    base_lrs = list(scheduler.base_lrs)  # this config's learner.lr
     fill_never_stepped_state(optimizer)  # the templates DCP loads into (without: a zero-gradient step to make them)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     state = _checked_against(folder / "dcp", {"model": model_sd, "optim": optim_sd})
@@ -225,5 +226,17 @@ def load_learner_state(
     sched = dict(info["scheduler"])
     sched["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
     scheduler.load_state_dict(sched)
+    _schedule_from_config(optimizer, scheduler, base_lrs)
     load_rng_state(folder, rank)
     return info
+
+
+def _schedule_from_config(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, base_lrs: list[float]) -> None:
+    """The next update's LR from this config's schedule at the saved update count: the LR the checkpoint holds
+    is where the saved schedule had got to, which for a run resumed with more run.steps (or another learner.lr)
+    is not this one's (a cosine run of 80 steps resumed to 200 would take step 81 at LR 0). Unchanged config:
+    the same value, computed by the same expression."""
+    scheduler.base_lrs = base_lrs
+    for group, base, fn in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)

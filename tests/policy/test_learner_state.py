@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
 from policy.config import LearnerConfig
-from policy.learner_state import load_learner_state, make_scheduler, save_learner_state
+from policy.learner_state import load_learner_state, lr_multiplier, make_scheduler, save_learner_state
 
 STEPS, SAVE_AT = 4, 2
 
@@ -129,3 +129,19 @@ def test_checkpoint_missing_a_trainable_weight_fails_naming_it(tmp_path):
         r"e\.g\. spare\.weight, spare\.bias",
     ):
         load_learner_state(tmp_path / "ck", net, opt, sched, rank=0)
+
+
+def test_a_run_resumed_with_more_steps_or_another_lr_follows_the_new_schedule_from_the_saved_update(tmp_path):
+    net, opt, sched = _fresh()  # linear over STEPS = 4 updates, lr 0.05: the LR after all 4 is 0
+    _steps(net, opt, sched, range(1, STEPS + 1), None)
+    assert opt.param_groups[0]["lr"] == 0.0
+    save_learner_state(tmp_path / "ck", net, opt, sched, rank=0, info={"updates": STEPS})
+
+    net = Net()
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1, weight_decay=0.1)
+    sched = make_scheduler(opt, LearnerConfig(lr=0.1, lr_schedule="linear", warmup_steps=1), 2 * STEPS)
+    load_learner_state(tmp_path / "ck", net, opt, sched, rank=0)
+    # update 5 of 8 (0-based 4), warm-up 1: 0.1 * (1 - (4 - 1) / (8 - 1)) = 0.1 * 4 / 7
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 4 / 7) == 0.1 * lr_multiplier(4, "linear", 1, 8)
+    _steps(net, opt, sched, [STEPS + 1], None)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 3 / 7)  # and the schedule goes on from there
