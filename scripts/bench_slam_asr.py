@@ -5,7 +5,8 @@
                                      [--sft-from funrl/recipes/assets/slam_asr_sft] [key=value ...]
 
 Steps (each skipped when its output is already there; a stage stopped midway resumes from its newest checkpoint
-with ``--resume``, so a killed bench goes on where it was):
+with ``--resume``, so a killed bench goes on where it was; a finished bench run again with a larger
+``--grpo-steps`` resumes GRPO to that step and then the control to GRPO's new minutes, and evaluates both anew):
 (1) `scripts/build_slam_asr.py OUT/model`; (2) `python -m funrl.sft --config funrl/recipes/slam_asr_sft.yaml`
 for ``--sft-minutes`` (with ``--sft-from ASSET``: the shipped SFT model rebuilt on OUT/model by
 `scripts/ship_slam_sft.py unpack` instead); (3) `python -m funrl.train --config funrl/recipes/slam_asr_grpo.yaml` for
@@ -66,6 +67,25 @@ def _unfinished(sft: Path) -> bool:
     return last is not None and not last.trainer_state().get("finished", False)
 
 
+def grpo_steps_done(grpo: Path) -> int:
+    """The last step a GRPO stage logged (0 before its first)."""
+    path = grpo / "metrics.jsonl"
+    return max((int(m["step"]) for m in read_metrics(path)), default=0) if path.is_file() else 0
+
+
+def sft_minutes_done(sft: Path) -> float:
+    """Minutes an SFT stage has trained, by its newest checkpoint (0 without one)."""
+    last = CheckpointManager(sft).latest()
+    return float(last.trainer_state()["elapsed_s"]) / 60 if last is not None else 0.0
+
+
+def drop_reports(reports: list[Path]) -> None:
+    """A finished stage asked to go further (more GRPO steps, the control's minutes to match) resumes; the
+    reports of the model it had are removed so that they are made again."""
+    for report in reports:
+        report.unlink(missing_ok=True)
+
+
 def resumed(args: list[str], folder: Path) -> list[str]:
     """``args`` as a fresh run, or ``--resume folder`` (with the same overrides) when a stopped run left a
     checkpoint there: a killed bench goes on inside the stage it was in."""
@@ -120,13 +140,19 @@ def main() -> None:
             args += [f"run.out_dir={sft}", f"optim.minutes={a.sft_minutes}", f"optim.steps={a.sft_steps}"]
             args += [f"run.seed={a.seed}"]
             seconds["sft"] = run(resumed(args, sft), out / "sft.log")
-        if not (grpo / "eval_after.json").is_file():
+        grpo_more = (grpo / "eval_after.json").is_file() and grpo_steps_done(grpo) < a.grpo_steps
+        if grpo_more:  # a finished run trained further: `--resume` with the larger run.steps
+            drop_reports([out / "real_GRPO.json"])
+        if not (grpo / "eval_after.json").is_file() or grpo_more:
             args = ["-m", "funrl.train", "--config", str(RECIPES / "slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
             args += [f"data.train_manifest={data / 'rl_train.jsonl'}", f"data.test_manifest={data / 'test.jsonl'}"]
             args += [f"run.out_dir={grpo}", f"run.steps={a.grpo_steps}", f"run.seed={a.seed}", *a.overrides]
             seconds["grpo"] = run(resumed(args, grpo), out / "grpo.log")
     grpo_s = sum(m.get("time.step", 0.0) for m in read_metrics(grpo / "metrics.jsonl"))
-    if not (control / "model" / "config.json").is_file() or _unfinished(control):
+    control_more = (control / "model" / "config.json").is_file() and sft_minutes_done(control) < grpo_s / 60
+    if control_more:  # GRPO went further: the control resumes to its new minutes
+        drop_reports([control / "eval_test.json", out / "real_SFT_control.json"])
+    if not (control / "model" / "config.json").is_file() or _unfinished(control) or control_more:
         args = ["-m", "funrl.sft", "--config", str(RECIPES / "slam_asr_sft.yaml"), f"model.path={sft / 'model'}"]
         args += ["model.train=adapter_lora", f"data.train_manifest={data / 'rl_train.jsonl'}", "data.noise_clips=true"]
         args += [f"optim.minutes={grpo_s / 60:.3f}", "optim.steps=100000", "optim.lr=2e-4", "optim.warmup_steps=0"]

@@ -1,6 +1,9 @@
-"""scripts/bench_slam_asr.py: a stage a killed bench left midway resumes from its checkpoint, a finished one not."""
+"""scripts/bench_slam_asr.py: a stage a killed bench left midway resumes from its checkpoint, a finished one not
+unless asked to go further (more GRPO steps, and the control to GRPO's new minutes)."""
 
 from __future__ import annotations
+
+import json
 
 from funrl.checkpoint import CheckpointManager
 from tests.script_loader import load_script
@@ -25,3 +28,21 @@ def test_an_sft_stage_whose_newest_checkpoint_is_its_last_step_is_finished(tmp_p
     assert not bench._unfinished(out)
     (out / "checkpoints/step_000006/COMPLETE").unlink()  # torn: the newest intact one is step 4's
     assert bench._unfinished(out)
+
+
+def test_how_far_a_grpo_and_an_sft_stage_got_is_read_from_their_logs_and_checkpoints(tmp_path):
+    grpo, control = tmp_path / "grpo", tmp_path / "control"
+    assert bench.grpo_steps_done(grpo) == 0 and bench.sft_minutes_done(control) == 0.0
+    grpo.mkdir()
+    (grpo / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "time.step": 30.0}) + "\n" for s in (1, 2, 80)))
+    assert bench.grpo_steps_done(grpo) == 80  # --grpo-steps 200 then resumes it
+    CheckpointManager(control).save(1055, {"finished": True, "elapsed_s": 2488.2}, lambda tmp: None)
+    assert bench.sft_minutes_done(control) == 2488.2 / 60  # below GRPO's new minutes: the control resumes
+
+
+def test_reports_of_a_stage_that_goes_further_are_dropped_to_be_made_again(tmp_path):
+    reports = [tmp_path / "eval_test.json", tmp_path / "real_SFT_control.json", tmp_path / "never_made.json"]
+    for r in reports[:2]:
+        r.write_text("{}")
+    bench.drop_reports(reports)
+    assert not any(r.exists() for r in reports)
