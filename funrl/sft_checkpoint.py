@@ -32,7 +32,7 @@ from funrl.config import ConfigError
 from funrl.config_loader import resumed_config
 from funrl.data import ClipSampler
 from funrl.sft_config import SftConfig, load_sft_config
-from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, apply_head, save_head
+from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, apply_head, read_head, save_head
 from policy.learner_state import load_rng_state, save_rng_state
 from policy.models import AudioLLM
 
@@ -106,10 +106,13 @@ def check_config(ckpt: Checkpoint, cfg: SftConfig) -> None:
                 )
 
 
+BAD_HEAD = "resume with the config the run started with, or delete this checkpoint to resume from an earlier one"
+
+
 def head_tensors(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """The checkpoint's embedding-CTC head as `save_head` writes it beside a model: ``blank`` and ``tokens``.
     Checkpoints written before 2026-12-05 held the blank alone there and the tokens in trainer_state.json."""
-    saved = load_file(str(ckpt.path / HEAD_FILE))
+    saved = read_head(ckpt.path / HEAD_FILE, BAD_HEAD)
     if "tokens" not in saved:
         saved["tokens"] = torch.tensor(ckpt.trainer_state()["embed_ctc_tokens"], dtype=torch.long)
     return saved
@@ -129,8 +132,7 @@ def restore(ckpt: Checkpoint, s: SftRunState) -> tuple[int, float]:
         )
     s.opt.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=True))
     if s.embed_ctc is not None:
-        remedy = "resume with the config the run started with, or delete this checkpoint to resume from an earlier one"
-        apply_head(s.embed_ctc, head_tensors(ckpt), ckpt.path / HEAD_FILE, remedy)
+        apply_head(s.embed_ctc, head_tensors(ckpt), ckpt.path / HEAD_FILE, BAD_HEAD)
     for name, sampler in s.samplers.items():
         sampler.load_state_dict(state["samplers"][name])
     s.rng.bit_generator.state = state["rng"]

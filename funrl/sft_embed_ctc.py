@@ -112,16 +112,20 @@ def save_head(head: EmbedCtc, folder: Path) -> Path:
     return path
 
 
+FRESH_HEAD = "delete the file to start the CTC head afresh"
+
+
+def read_head(path: Path, remedy: str = FRESH_HEAD) -> dict[str, torch.Tensor]:
+    """The tensors of a `save_head` file, or an error naming ``path`` and ``remedy``."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors' own error names no file
+        raise ValueError(f"{path}: unreadable ({exc}); {remedy}") from exc
+
+
 def load_head(head: EmbedCtc, path: Path) -> None:
     """Continue ``head`` from a `save_head` file: its candidates join ``head``'s, its blank replaces the fresh one."""
-    try:
-        saved = load_file(str(path))
-    except Exception as exc:  # safetensors' own error names no file
-        raise ValueError(f"{path}: unreadable ({exc}); {FRESH_HEAD}") from exc
-    apply_head(head, saved, path)
-
-
-FRESH_HEAD = "delete the file to start the CTC head afresh"
+    apply_head(head, read_head(path), path)
 
 
 def apply_head(head: EmbedCtc, saved: dict[str, torch.Tensor], path: Path, remedy: str = FRESH_HEAD) -> None:
