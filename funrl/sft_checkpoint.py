@@ -20,6 +20,7 @@ augmentations and dropout an uninterrupted one would. Frozen weights are not sav
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,13 +98,25 @@ def check_config(ckpt: Checkpoint, cfg: SftConfig) -> None:
         defaults = {f.name: f.default for f in dataclasses.fields(type(getattr(cfg, section)))}
         for key, value in now[section].items():
             before = saved.get(section, {}).get(key, defaults[key])
-            if before != value:
+            if not same_setting(before, value):
                 raise ConfigError(
                     f"--resume: {section}.{key} is {value!r} but the run in {ckpt.path.parent.parent} was started "
                     f"with {before!r}; drop that override (a changed model or data section starts a new run: "
                     "choose another run.out_dir)",
                     key=f"{section}.{key}",
                 )
+
+
+def same_setting(before: object, now: object) -> bool:
+    """Equal values, or two path strings naming the same existing file or folder (a symlink, a relative path)."""
+    if before == now:
+        return True
+    if not (isinstance(before, str) and isinstance(now, str) and before and now):
+        return False
+    try:
+        return os.path.samefile(before, now)
+    except OSError:  # either one is missing: only equal strings are the same
+        return False
 
 
 BAD_HEAD = "resume with the config the run started with, or delete this checkpoint to resume from an earlier one"

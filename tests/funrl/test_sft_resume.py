@@ -118,7 +118,9 @@ def test_sft_start_and_resume_errors_name_the_folder_and_the_fix(small_demo_data
     state = json.loads(state_file.read_text())
     del state["config"]["data"]["silence_babble"]
     state_file.write_text(json.dumps(state))
-    assert sft.main(["--resume", str(out), "optim.steps=3"]) == 0  # a finished run trained further
+    link = tmp_path / "demo_link"  # the same data folder by another path is the same run
+    link.symlink_to(small_demo_data.root, target_is_directory=True)
+    assert sft.main(["--resume", str(out), "optim.steps=3", f"data.demo_dir={link}"]) == 0  # trained further
     assert [r["step"] for r in _log(out)] == [1, 2, 3]
 
     head_file = out / "checkpoints/step_000003" / HEAD_FILE  # a damaged head: the message points to an earlier one
