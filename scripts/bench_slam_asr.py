@@ -171,13 +171,22 @@ def main() -> None:
             reports[name]["real"] = evaluate(model, a.real_speech, out / f"real_{name.replace(' ', '_')}.json")
     stages = stage_medians(grpo / "metrics.jsonl")
     result = {"seconds": seconds, "grpo_steps_s": grpo_s, "stages": stages, "reports": reports}
-    result |= {"peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss}
+    measured = bool(seconds.keys() & {"build", "sft", "grpo"})  # else no stage ran under `mem` this time
+    result |= {"peak_rss": mem.peak_rss if measured else None, "peak_pss": mem.peak_pss if measured else None}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     print(table(reports))
+    print_stages(stages, grpo_s, result["peak_rss"], result["peak_pss"])
+
+
+def print_stages(stages: dict[str, float], grpo_s: float, peak_rss: int | None, peak_pss: int | None) -> None:
     by_stage = ", ".join(f"{k[5:]} {v:.2f} s" for k, v in stages.items())
     print(f"\nGRPO step (median of steps 11 on; of all when fewer): {by_stage}")
-    print(f"LoRA sync {stages['time.sync'] * 1000:.0f} ms; GRPO steps {grpo_s / 60:.1f} min; peak memory of all")
-    print(f"processes (build, SFT, GRPO): RSS {mem.peak_rss / 2**30:.2f} GiB, PSS {mem.peak_pss / 2**30:.2f} GiB")
+    print(f"LoRA sync {stages['time.sync'] * 1000:.0f} ms; GRPO steps {grpo_s / 60:.1f} min")
+    if peak_rss is None or peak_pss is None:
+        print("peak memory: not measured (build, SFT and GRPO were all done before this run)")
+    else:
+        gib = f"RSS {peak_rss / 2**30:.2f} GiB, PSS {peak_pss / 2**30:.2f} GiB"
+        print(f"peak memory of all processes (build, SFT, GRPO): {gib}")
 
 
 def table(reports: dict[str, dict[str, dict]]) -> str:

@@ -46,3 +46,13 @@ def test_reports_of_a_stage_that_goes_further_are_dropped_to_be_made_again(tmp_p
         r.write_text("{}")
     bench.drop_reports(reports)
     assert not any(r.exists() for r in reports)
+
+
+def test_peak_memory_is_printed_only_when_a_stage_ran_under_the_sampler(capsys):
+    stages = {"time.embed": 0.9, "time.generate": 16.8, "time.sync": 1.3}
+    bench.print_stages(stages, 1800.0, 3 * 2**30, 2**30)
+    out = capsys.readouterr().out
+    assert "LoRA sync 1300 ms; GRPO steps 30.0 min" in out and "RSS 3.00 GiB, PSS 1.00 GiB" in out
+    bench.print_stages(stages, 1800.0, None, None)  # every stage was done before: the driver alone was sampled
+    out = capsys.readouterr().out
+    assert "peak memory: not measured" in out and "GiB" not in out
