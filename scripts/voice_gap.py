@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from funrl.data import load_manifest, write_manifest  # noqa: E402
-from funrl.demo.tts import get_piper  # noqa: E402
+from funrl.demo.tts import get_piper, telephone_16k  # noqa: E402
 
 SAMPLE_RATE = 16000
 
@@ -43,7 +43,7 @@ def versions(audio: np.ndarray, rate: int, warp: float) -> dict[str, np.ndarray]
     audio = (audio * (0.5 / peak) if peak > 0 else audio).astype(np.float32)
     return {
         "piper": soxr.resample(audio, rate, SAMPLE_RATE),
-        "piper_8k": soxr.resample(soxr.resample(audio, rate, 8000), 8000, SAMPLE_RATE),
+        "piper_8k": telephone_16k(audio, rate),
         "piper_up": soxr.resample(audio, round(rate * warp), SAMPLE_RATE),
     }
 

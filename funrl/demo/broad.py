@@ -34,13 +34,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import soxr
 
 from funrl.demo.build import remove_stale_builds, render_all
 from funrl.demo.noise import NOISE_KINDS
 from funrl.demo.plan import voice_fields
-from funrl.demo.render import SAMPLE_RATE, ClipSpec, render_audio, write_clip
-from funrl.demo.tts import check_voices
+from funrl.demo.render import ClipSpec, render_audio, write_clip
+from funrl.demo.tts import check_voices, telephone_16k
 from funrl.extras import require
 from policy.files import replace_dir
 
@@ -135,8 +134,7 @@ def render_broad(spec: BroadSpec, out_dir: str) -> tuple[str, int]:
     """Render ``spec`` to ``<out_dir>/wav/<name>.wav``; returns (name, samples)."""
     audio = render_audio(spec)
     if spec.telephone:
-        narrow = soxr.resample(audio, SAMPLE_RATE, 8000, quality="HQ")
-        audio = np.clip(soxr.resample(narrow, 8000, SAMPLE_RATE, quality="HQ"), -1.0, 1.0)
+        audio = telephone_16k(audio)
     return write_clip(spec.name, audio, out_dir)
 
 

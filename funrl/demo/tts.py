@@ -55,6 +55,12 @@ def _to_16k(audio: np.ndarray, rate: int) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def telephone_16k(audio: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``audio`` at ``rate`` Hz as a telephone line carries it: resampled to 8 kHz, then to 16 kHz, within ±1."""
+    narrow = soxr.resample(audio, rate, 8000, quality="HQ")
+    return np.clip(soxr.resample(narrow, 8000, SAMPLE_RATE, quality="HQ"), -1.0, 1.0)
+
+
 class EspeakSynth:
     """espeak-ng via ctypes. `synth(text, voice, rate, pitch)` -> float32 16 kHz mono.
 
