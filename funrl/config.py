@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from funrl.config_loader import dump_config, save_config, to_dict
 from funrl.config_loader import load_config as _load_config
 from funrl.data_formats import FORMATS
+from funrl.demo.plan import DEFAULT_DEMO_SIZE, PRESETS
 from policy.augment import AugmentConfig
 from policy.config import (
     ConfigError,
@@ -76,6 +77,9 @@ class DataConfig:
     on_bad_audio: str = "error"  # a clip whose audio does not decode, is too short/long or not finite:
     # error (all named before any worker starts) | skip (each named, left out)
     noise_per_step: int = 0  # noise-only clips (text "") in every training batch; 0 = sample uniformly
+    demo_dir: str = ""  # build (or reuse) the built-in demo data here, and take its rl_train / dev / test
+    # splits for train_manifest / eval_manifest / test_manifest where they are "" (funrl.sft's key of that name)
+    demo_size: str = DEFAULT_DEMO_SIZE  # the demo data preset in demo_dir: full | small | keyword_rich
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # online augmentation of the training batches
 
     def __post_init__(self) -> None:
@@ -87,6 +91,7 @@ class DataConfig:
                 "min_audio_seconds": in_range(0),
                 "on_bad_audio": one_of("error", "skip"),
                 "format": one_of(*FORMATS),
+                "demo_size": one_of(*PRESETS),
             },
         )
         if self.min_audio_seconds >= self.max_audio_seconds:

@@ -78,10 +78,14 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         return resumed_config(args.resume, args.overrides, TrainConfig)
     if args.config or args.no_demo or any(o.startswith("data.train_manifest=") for o in args.overrides):
         cfg = load_config(args.config, args.overrides)
+        if cfg.data.demo_dir:
+            from funrl.demo.run import with_demo_data
+
+            cfg = with_demo_data(cfg)
         if not cfg.data.train_manifest:
             raise ConfigError(
-                "data.train_manifest is not set: give a manifest (data.train_manifest=PATH), "
-                "or run without --config/--no-demo for the built-in demo"
+                "data.train_manifest is not set: give a manifest (data.train_manifest=PATH), the built-in demo "
+                "data (data.demo_dir=DIR), or run without --config/--no-demo for the built-in demo"
             )
         return cfg
     from funrl.demo.run import demo_config

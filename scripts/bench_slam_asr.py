@@ -146,6 +146,7 @@ def main() -> None:
         if not (grpo / "eval_after.json").is_file() or grpo_more:
             args = ["-m", "funrl.train", "--config", str(RECIPES / "slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
             args += [f"data.train_manifest={data / 'rl_train.jsonl'}", f"data.test_manifest={data / 'test.jsonl'}"]
+            args += ["data.demo_dir="]  # the bench's own data folder, not the recipe's
             args += [f"run.out_dir={grpo}", f"run.steps={a.grpo_steps}", f"run.seed={a.seed}", *a.overrides]
             seconds["grpo"] = run(resumed(args, grpo), out / "grpo.log")
     grpo_s = sum(m.get("time.step", 0.0) for m in read_metrics(grpo / "metrics.jsonl"))

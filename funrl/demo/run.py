@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from funrl.config import TrainConfig, load_config
 from funrl.demo import start_model_dir
@@ -55,3 +57,23 @@ def demo_config(overrides: Sequence[str] = (), size: str = DEFAULT_DEMO_SIZE) ->
     if size == "small":
         base += SMALL_OVERRIDES
     return load_config(str(GRPO_CONFIG), [*base, *overrides])
+
+
+DEMO_SPLITS = {"train_manifest": "rl_train", "eval_manifest": "dev", "test_manifest": "test"}  # data key -> split
+
+
+def with_demo_data(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with each of ``data.train_manifest`` / ``eval_manifest`` / ``test_manifest`` left "" set to the
+    built-in demo's rl_train / dev / test split in ``data.demo_dir``, built there first (or reused: a folder
+    `funrl.sft` built holds sft_train and dev, and only the missing splits are rendered). ``cfg`` itself when
+    ``data.demo_dir`` is "" or every manifest is given. A recipe can so train on the demo data as written,
+    in a fresh clone."""
+    d = cfg.data
+    wanted = {key: split for key, split in DEMO_SPLITS.items() if not getattr(d, key)}
+    if not d.demo_dir or not wanted:
+        return cfg
+    folder = Path(d.demo_dir).absolute()  # absolute: config.yaml names the manifests, --resume may run elsewhere
+    print(f"[funrl] built-in demo data ({d.demo_size}) in {folder}: {', '.join(wanted.values())}", flush=True)
+    paths = build_demo_data(folder, seed=0, sizes=DemoSizes.preset(d.demo_size), splits=tuple(wanted.values()))
+    filled: dict[str, Any] = {key: str(paths.manifest(split)) for key, split in wanted.items()}
+    return replace(cfg, data=replace(d, **filled))

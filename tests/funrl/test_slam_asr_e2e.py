@@ -93,7 +93,7 @@ def test_build_sft_grpo_export_and_eval_of_the_slam_asr_model_at_ci_size(small_d
     )
 
     args = ["--config", str(ROOT / "funrl/recipes/slam_asr_grpo.yaml"), f"model.path={sft / 'model'}"]
-    args += [f"data.train_manifest={small_demo_data.manifest('rl_train')}", "data.test_manifest="]
+    args += [f"data.train_manifest={small_demo_data.manifest('rl_train')}", "data.test_manifest=", "data.demo_dir="]
     args += [f"run.out_dir={grpo}", "learner.lr=1e-2"]  # a LoRA step 2's log-probs can see
     args += ["run.steps=2", "run.clips_per_step=4", "data.noise_per_step=1", "rollout.n=4", "rollout.max_new_tokens=8"]
     args += ["rollout.kv_cache_memory_bytes=33554432", "run.save_every=1", "ray.num_cpus=3"]
