@@ -68,6 +68,13 @@ class EmbedCtc(nn.Module):
         to_blank = (a - self.blank).pow(2).sum(-1, keepdim=True)
         return -torch.cat([to_blank, to_rows], -1)
 
+    def greedy(self, audio: Tensor) -> list[int]:
+        """The token ids ``audio [T, D]`` reads as by itself: each vector's nearest class (blank or candidate),
+        repeats merged, blanks dropped (greedy CTC decoding; what the adapter writes before the LLM reads it)."""
+        classes = self.logits(audio).argmax(-1).tolist()
+        tokens = self.tokens()
+        return [tokens[c - 1] for i, c in enumerate(classes) if c != 0 and (i == 0 or c != classes[i - 1])]
+
     def forward(self, audio: Sequence[Tensor], targets: Sequence[Sequence[int]]) -> Tensor:
         """Mean CTC loss (per target token, as ``F.ctc_loss``'s ``mean``) of each clip's audio vectors
         ``[T_i, D]`` against its token ids; a clip too short for its tokens counts 0 (``zero_infinity``)."""

@@ -69,6 +69,14 @@ def test_minimising_it_makes_the_nearest_embeddings_of_the_audio_vectors_spell_t
     assert collapsed == [head.index[t] for t in (2, 0, 3)]
 
 
+def test_greedy_reads_the_nearest_class_per_vector_merging_repeats_and_dropping_blanks() -> None:
+    head = EmbedCtc(EMB, [2, 0])  # classes: blank (2, 1.5), token 0 (1, 0), token 2 (3, 3)
+    # nearest: token 2, token 2 (merged), blank, token 2 (again: a blank separates), token 0, blank
+    audio = torch.tensor([[3.0, 3.0], [2.9, 3.1], [2.0, 1.5], [3.0, 2.9], [1.0, 0.1], [2.0, 1.4]])
+    assert head.greedy(audio) == [2, 2, 0]
+    assert head.greedy(torch.tensor([[2.0, 1.5]])) == []
+
+
 def test_too_few_frames_for_the_tokens_count_zero_not_inf() -> None:
     head = EmbedCtc(EMB, [0, 1])
     assert float(head([torch.zeros(1, 2)], [[0, 1]]).detach()) == 0.0
