@@ -5,11 +5,12 @@
 
 A model trained with the embedding-space CTC (`optim.embed_ctc_weight`, `funrl/sft_embed_ctc.py`) keeps the CTC's
 blank vector and candidate tokens beside it (``embed_ctc.safetensors``). Each speech clip of the evaluation's
-per-clip file is run through the model's encoder and adapter only, and every audio vector is read as its nearest
-class (blank or a candidate token's input embedding), repeats merged and blanks dropped: the text the adapter
-writes before the LLM reads it. Its WER is printed beside the LLM's (the evaluation's own transcripts), on the
-same clips and by the same normaliser. About equal: the LLM copies what the adapter wrote, and the adapter (the
-acoustic reading) is what to improve; far better than the adapter's: the LLM repairs it with its language prior.
+per-clip file that it scored by WER (Mandarin clips, scored by CER, are left out) is run through the model's
+encoder and adapter only, and every audio vector is read as its nearest class (blank or a candidate token's input
+embedding), repeats merged and blanks dropped: the text the adapter writes before the LLM reads it. Its WER is
+printed beside the LLM's (the evaluation's own transcripts), on the same clips and by the same normaliser. About
+equal: the LLM copies what the adapter wrote, and the adapter (the acoustic reading) is what to improve; far
+better than the adapter's: the LLM repairs it with its language prior.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the numbers and every clip's three texts here (JSON)")
     a = p.parse_args(argv)
     rows = [json.loads(line) for line in a.clips.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if not r["noise"]]
+    rows = [r for r in rows if not r["noise"] and r.get("metric", "wer") == "wer"]  # CER-scored (Mandarin) aside
     if not rows:
-        raise SystemExit(f"error: {a.clips} holds no speech clip")
+        raise SystemExit(f"error: {a.clips} holds no speech clip scored by WER")
     refs, llm = [r["ref"] for r in rows], [r["hyp"] for r in rows]
     adapter = adapter_readings(a.model, [r["audio"] for r in rows])
     norm = rows[0].get("normalizer", "basic")

@@ -26,13 +26,16 @@ def _clips_file(tmp_path, small_demo_data):
         {"audio": str(speech[0].audio), "ref": "one two three four", "hyp": "one two tree four", "noise": False},
         {"audio": str(speech[1].audio), "ref": "five six", "hyp": "five six seven", "noise": False},
         {"audio": str(noise.audio), "ref": "", "hyp": "words on noise", "noise": True},
+        {"audio": str(speech[0].audio), "ref": "我们", "hyp": "你们", "noise": False, "metric": "cer"},
     ]
     path = tmp_path / "r.clips.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, rows[:2]
 
 
-def test_both_readings_are_scored_by_jiwer_on_the_speech_clips_only(slam_asr_tiny_dir, small_demo_data, tmp_path):
+def test_both_readings_are_scored_by_jiwer_on_the_wer_scored_speech_clips_only(
+    slam_asr_tiny_dir, small_demo_data, tmp_path
+):
     model_dir = tmp_path / "model"
     shutil.copytree(slam_asr_tiny_dir, model_dir)
     model = load_audio_llm(model_dir)
