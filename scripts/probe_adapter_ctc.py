@@ -26,15 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from funrl.eval_metrics import clip_results, summarise  # noqa: E402
 from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, apply_head, read_head  # noqa: E402
+from policy.messages import Clip  # noqa: E402
 from policy.models.audio import load_audio  # noqa: E402
 from policy.models.base import load_audio_llm  # noqa: E402
-from rewards.builtin import token_errors  # noqa: E402
-
-
-def corpus_wer(hyps: list[str], refs: list[str], normalizer: str) -> float:
-    errors = token_errors(hyps, refs, normalizer)
-    return sum(e for e, _ in errors) / max(1, sum(n for _, n in errors))
 
 
 def adapter_readings(model_dir: Path, audio_paths: list[str]) -> list[str]:
@@ -45,7 +41,7 @@ def adapter_readings(model_dir: Path, audio_paths: list[str]) -> list[str]:
         raise SystemExit(f"error: {head_file} not found: the model was not trained with optim.embed_ctc_weight > 0")
     saved = read_head(head_file, remedy="give a model folder an SFT with the embedding CTC wrote")
     head = EmbedCtc(model.get_input_embeddings().weight, saved["tokens"].tolist()[:1])
-    apply_head(head, saved, head_file)
+    apply_head(head, saved, head_file)  # the rest joins in the saved class order (a fresh head sorts them)
     out = []
     with torch.no_grad():
         for path in audio_paths:
@@ -61,23 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the numbers and every clip's three texts here (JSON)")
     a = p.parse_args(argv)
     rows = [json.loads(line) for line in a.clips.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if not r["noise"] and r.get("metric", "wer") == "wer"]  # CER-scored (Mandarin) aside
+    rows = [r for r in rows if r["metric"] == "wer"]  # speech scored by WER: noise-only and Mandarin (CER) aside
     if not rows:
         raise SystemExit(f"error: {a.clips} holds no speech clip scored by WER")
-    refs, llm = [r["ref"] for r in rows], [r["hyp"] for r in rows]
     adapter = adapter_readings(a.model, [r["audio"] for r in rows])
-    norm = rows[0].get("normalizer", "basic")
-    result = {
-        "clips": len(rows),
-        "adapter_wer": corpus_wer(adapter, refs, norm),
-        "llm_wer": corpus_wer(llm, refs, norm),
-    }
+    clips = [Clip(audio=r["audio"], text=r["ref"], lang=r["lang"]) for r in rows]
+    # scored as funrl.eval scores: its records of the adapter's texts, and its own records of the LLM's
+    scored = clip_results(clips, adapter, rows[0]["normalizer"])
+    result = {"clips": len(rows), "adapter_wer": summarise(scored).wer, "llm_wer": summarise(rows).wer}
     print(json.dumps(result))
-    for ref, ada, hyp in list(zip(refs, adapter, llm))[:5]:
-        print(f"  reference: {ref}\n  adapter:   {ada}\n  LLM:       {hyp}")
+    texts = [{"ref": r["ref"], "adapter": x, "llm": r["hyp"]} for r, x in zip(rows, adapter)]
+    for t in texts[:5]:
+        print(f"  reference: {t['ref']}\n  adapter:   {t['adapter']}\n  LLM:       {t['llm']}")
     if a.out:
-        clips = [{"ref": r, "adapter": x, "llm": h} for r, x, h in zip(refs, adapter, llm)]
-        a.out.write_text(json.dumps({**result, "per_clip": clips}, indent=1, ensure_ascii=False))
+        a.out.write_text(json.dumps({**result, "per_clip": texts}, indent=1, ensure_ascii=False))
     return 0
 
 

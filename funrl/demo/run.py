@@ -22,6 +22,7 @@ from funrl.demo.plan import DEFAULT_DEMO_SIZE, PRESETS, DemoSizes
 
 GRPO_CONFIG = Path(__file__).resolve().parent / "grpo.yaml"
 DEMO_SIZES = tuple(PRESETS)
+DEMO_SPLITS = {"train_manifest": "rl_train", "eval_manifest": "dev", "test_manifest": "test"}  # data key -> split
 # The reduced run CI uses: the same path end to end, in about a minute.
 SMALL_OVERRIDES = ("run.steps=2", "run.clips_per_step=4", "data.noise_per_step=1", "rollout.n=4", "run.save_every=2")
 
@@ -43,23 +44,15 @@ def demo_config(overrides: Sequence[str] = (), size: str = DEFAULT_DEMO_SIZE) ->
         + (f", starting model {model}" if model else ""),
         flush=True,
     )
-    splits = ("rl_train", "dev", "test")  # GRPO trains on rl_train: no need to render sft_train
+    splits = tuple(DEMO_SPLITS.values())  # GRPO trains on rl_train: no need to render sft_train
     paths = build_demo_data(demo_data_dir(size), seed=0, sizes=DemoSizes.preset(size), splits=splits)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = [
-        f"data.train_manifest={paths.manifest('rl_train')}",
-        f"data.eval_manifest={paths.manifest('dev')}",
-        f"data.test_manifest={paths.manifest('test')}",
-        f"run.out_dir=runs/demo-{stamp}",
-    ]
+    base = [f"data.{key}={paths.manifest(split)}" for key, split in DEMO_SPLITS.items()]
+    base.append(f"run.out_dir=runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if model is not None:
         base.append(f"model.path={model}")
     if size == "small":
         base += SMALL_OVERRIDES
     return load_config(str(GRPO_CONFIG), [*base, *overrides])
-
-
-DEMO_SPLITS = {"train_manifest": "rl_train", "eval_manifest": "dev", "test_manifest": "test"}  # data key -> split
 
 
 def with_demo_data(cfg: TrainConfig) -> TrainConfig:

@@ -12,25 +12,29 @@ import torch
 from script_loader import load_script
 
 from funrl.data import load_manifest
+from funrl.eval_metrics import clip_results
 from funrl.sft_embed_ctc import make_embed_ctc, save_head
+from policy.messages import Clip
 from policy.models.audio import load_audio
 from policy.models.base import load_audio_llm
 from rewards.text import tokens
 
 
 def _clips_file(tmp_path, small_demo_data):
-    clips = load_manifest(small_demo_data.manifest("test"))
-    speech = [c for c in clips if c.text][:2]
-    noise = next(c for c in clips if not c.text)
-    rows = [
-        {"audio": str(speech[0].audio), "ref": "one two three four", "hyp": "one two tree four", "noise": False},
-        {"audio": str(speech[1].audio), "ref": "five six", "hyp": "five six seven", "noise": False},
-        {"audio": str(noise.audio), "ref": "", "hyp": "words on noise", "noise": True},
-        {"audio": str(speech[0].audio), "ref": "我们", "hyp": "你们", "noise": False, "metric": "cer"},
+    """A funrl.eval per-clip file: two English speech clips, a noise-only clip and a Mandarin (CER) clip."""
+    manifest = load_manifest(small_demo_data.manifest("test"))
+    speech = [c.audio for c in manifest if c.text][:2]
+    noise = next(c.audio for c in manifest if not c.text)
+    clips = [
+        Clip(audio=speech[0], text="one two three four", lang="en"),
+        Clip(audio=speech[1], text="five six", lang="en"),
+        Clip(audio=noise, text=""),
+        Clip(audio=speech[0], text="我们", lang="zh"),
     ]
+    records = clip_results(clips, ["one two tree four", "five six seven", "words on noise", "你们"])
     path = tmp_path / "r.clips.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path, rows[:2]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path, records[:2]
 
 
 def test_both_readings_are_scored_by_jiwer_on_the_wer_scored_speech_clips_only(
