@@ -77,6 +77,8 @@ class DataConfig:
     on_bad_audio: str = "error"  # a clip whose audio does not decode, is too short/long or not finite:
     # error (all named before any worker starts) | skip (each named, left out)
     noise_per_step: int = 0  # noise-only clips (text "") in every training batch; 0 = sample uniformly
+    lang_per_step: dict[str, int] = field(default_factory=dict)  # language -> speech clips of that manifest "lang"
+    # in every training batch ({zh: 4}: a rare language a fixed share of each step); {} = no such quota
     demo_dir: str = ""  # build (or reuse) the built-in demo data here, and take its rl_train / dev / test
     # splits for train_manifest / eval_manifest / test_manifest where they are "" (funrl.sft's key of that name)
     demo_size: str = DEFAULT_DEMO_SIZE  # the demo data preset in demo_dir: full | small | keyword_rich
@@ -92,6 +94,7 @@ class DataConfig:
                 "on_bad_audio": one_of("error", "skip"),
                 "format": one_of(*FORMATS),
                 "demo_size": one_of(*PRESETS),
+                "lang_per_step": _lang_counts,
             },
         )
         if self.min_audio_seconds >= self.max_audio_seconds:
@@ -100,6 +103,11 @@ class DataConfig:
                 f"data.max_audio_seconds ({self.max_audio_seconds:g})",
                 key="data.min_audio_seconds",
             )
+
+
+def _lang_counts(v: dict[str, int]) -> str | None:
+    bad = {lang: n for lang, n in v.items() if not lang or not isinstance(n, int) or n < 1}
+    return f"must map language codes to counts >= 1 (bad: {bad})" if bad else None
 
 
 def _plugins(v: tuple[str, ...]) -> str | None:
@@ -253,11 +261,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.data.noise_per_step >= self.run.clips_per_step:
+        fixed = self.data.noise_per_step + sum(self.data.lang_per_step.values())
+        if fixed >= self.run.clips_per_step:
+            key = "data.lang_per_step" if self.data.lang_per_step else "data.noise_per_step"
             raise ConfigError(
-                f"data.noise_per_step ({self.data.noise_per_step}) must be smaller than "
-                f"run.clips_per_step ({self.run.clips_per_step})",
-                key="data.noise_per_step",
+                f"data.noise_per_step ({self.data.noise_per_step}) plus data.lang_per_step's counts "
+                f"({sum(self.data.lang_per_step.values())}) must be smaller than run.clips_per_step "
+                f"({self.run.clips_per_step}): the rest of each batch comes from the other clips",
+                key=key,
             )
         if self.ray.colocate:
             self._check_colocation()

@@ -291,52 +291,91 @@ class ClipSampler:
 
 
 class MixedSampler:
-    """Batches with exactly ``noise_per_step`` noise-only clips (``text == ""``) and the rest speech clips.
+    """Batches with a fixed number of clips from each pool: exactly ``noise_per_step`` noise-only clips
+    (``text == ""``), ``lang_per_step[L]`` speech clips of each language ``L`` (the manifest's ``lang``), and the
+    rest from every other clip.
 
     Each pool has its own `ClipSampler` (same seed, so the same epoch-based, resumable order within the
-    pool); the state is both positions. Gives noise-only clips a fixed share of every step, whatever
-    their share of the manifest.
+    pool); the state is every pool's position. Gives noise-only clips, or the clips of a rare language, a fixed
+    share of every step, whatever their share of the manifest. With ``noise_per_step == 0`` noise-only clips stay
+    in the rest.
     """
 
-    def __init__(self, clips: list[Clip], clips_per_step: int, noise_per_step: int, seed: int, shuffle: bool = True):
-        noise = [c for c in clips if not c.text]
-        speech = [c for c in clips if c.text]
-        if not 0 < noise_per_step < clips_per_step:
+    def __init__(
+        self,
+        clips: list[Clip],
+        clips_per_step: int,
+        noise_per_step: int,
+        seed: int,
+        shuffle: bool = True,
+        lang_per_step: Mapping[str, int] | None = None,
+    ):
+        fixed = {f"lang:{lang}": int(n) for lang, n in (lang_per_step or {}).items()}
+        if noise_per_step:
+            fixed = {"noise": int(noise_per_step), **fixed}
+        rest = clips_per_step - sum(fixed.values())
+        if not fixed or min(fixed.values()) < 1 or rest < 1:
             raise ValueError(
-                f"MixedSampler: need 0 < noise_per_step ({noise_per_step}) < clips_per_step ({clips_per_step})"
+                f"MixedSampler: need noise_per_step ({noise_per_step}) and each of lang_per_step "
+                f"({dict(lang_per_step or {})}) >= 1, summing to less than clips_per_step ({clips_per_step})"
             )
-        if not noise:
+        pools: dict[str, list[Clip]] = {name: [] for name in ("speech", *fixed)}
+        for clip in clips:
+            pools[_pool_of(clip, fixed)].append(clip)
+        if "noise" in fixed and not pools["noise"]:
             raise ValueError(
                 "data.noise_per_step > 0 but the training manifest has no noise-only clip "
                 '(text ""); set data.noise_per_step=0 or add such clips'
             )
-        if not speech:
-            raise ValueError("the training manifest has only noise-only clips; data.noise_per_step needs speech too")
-        self.speech = ClipSampler(speech, clips_per_step - noise_per_step, seed, shuffle)
-        self.noise = ClipSampler(noise, noise_per_step, seed, shuffle)
+        for name in fixed:
+            if name != "noise" and not pools[name]:
+                raise ValueError(
+                    f"data.lang_per_step asks for {name[5:]!r} clips but the training manifest has no speech clip "
+                    f'with "lang": "{name[5:]}"; drop that entry or add such clips'
+                )
+        if not pools["speech"]:
+            raise ValueError(
+                "the training manifest has no clip outside data.noise_per_step's and data.lang_per_step's pools: "
+                "the rest of every batch needs some"
+            )
+        counts = {"speech": rest, **fixed}
+        self.pools = {name: ClipSampler(pool, counts[name], seed, shuffle) for name, pool in pools.items()}
 
     def next_batch(self) -> list[Clip]:
-        return self.speech.next_batch() + self.noise.next_batch()
+        return [clip for sampler in self.pools.values() for clip in sampler.next_batch()]
 
     def state_dict(self) -> dict[str, dict[str, int]]:
-        return {"speech": self.speech.state_dict(), "noise": self.noise.state_dict()}
+        return {name: sampler.state_dict() for name, sampler in self.pools.items()}
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, int]]) -> None:
-        if set(state) != {"speech", "noise"}:
+        if set(state) != set(self.pools):
             raise ValueError(
-                f"MixedSampler state needs 'speech' and 'noise' positions; got keys {sorted(state)} "
-                "(was the run started with another data.noise_per_step?)"
+                f"MixedSampler state needs the positions {sorted(self.pools)}; got keys {sorted(state)} "
+                "(was the run started with another data.noise_per_step or data.lang_per_step?)"
             )
-        self.speech.load_state_dict(state["speech"])
-        self.noise.load_state_dict(state["noise"])
+        for name, sampler in self.pools.items():
+            sampler.load_state_dict(state[name])
+
+
+def _pool_of(clip: Clip, fixed: Mapping[str, int]) -> str:
+    """The `MixedSampler` pool a clip belongs to: "noise", "lang:<lang>" or the rest, "speech"."""
+    if not clip.text:
+        return "noise" if "noise" in fixed else "speech"
+    return f"lang:{clip.lang}" if f"lang:{clip.lang}" in fixed else "speech"
 
 
 def make_sampler(
-    clips: list[Clip], clips_per_step: int, noise_per_step: int, seed: int, shuffle: bool = True
+    clips: list[Clip],
+    clips_per_step: int,
+    noise_per_step: int,
+    seed: int,
+    shuffle: bool = True,
+    lang_per_step: Mapping[str, int] | None = None,
 ) -> ClipSampler | MixedSampler:
-    """`ClipSampler` (uniform over the manifest) or, with ``noise_per_step > 0``, a `MixedSampler`."""
-    if noise_per_step:
-        return MixedSampler(clips, clips_per_step, noise_per_step, seed, shuffle)
+    """`ClipSampler` (uniform over the manifest) or, with ``noise_per_step > 0`` or a ``lang_per_step``, a
+    `MixedSampler`."""
+    if noise_per_step or lang_per_step:
+        return MixedSampler(clips, clips_per_step, noise_per_step, seed, shuffle, lang_per_step)
     return ClipSampler(clips, clips_per_step, seed, shuffle)
 
 

@@ -58,11 +58,13 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
     test_clips = checked_manifest(cfg, cfg.data.test_manifest) if cfg.data.test_manifest else None
     eval_clips = checked_manifest(cfg, cfg.data.eval_manifest) if cfg.data.eval_manifest else None
     try:
+        d = cfg.data
         sampler = make_sampler(
-            clips, cfg.run.clips_per_step, cfg.data.noise_per_step, cfg.run.seed, shuffle=cfg.data.shuffle
+            clips, cfg.run.clips_per_step, d.noise_per_step, cfg.run.seed, d.shuffle, d.lang_per_step
         )
     except ValueError as exc:
-        raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key="data.noise_per_step") from None
+        key = "data.lang_per_step" if "lang_per_step" in str(exc) else "data.noise_per_step"
+        raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key=key) from None
     return Inputs(sampler, test_clips, eval_clips, tuple(clips))
 
 

@@ -256,3 +256,13 @@ def test_log_rollouts_accepts_all_off_every_n_and_names_the_key_otherwise():
     assert load_config(None, ["run.log_rollouts=every_10"]).run.log_rollouts == "every_10"
     with pytest.raises(ConfigError, match="run.log_rollouts must be all, off or every_N"):
         load_config(None, ["run.log_rollouts=sometimes"])
+
+
+def test_lang_per_step_loads_as_counts_and_its_quota_plus_noise_must_leave_room_in_the_batch():
+    cfg = load_config(None, ["data.lang_per_step.zh=4", "data.noise_per_step=2", "run.clips_per_step=8"])
+    assert cfg.data.lang_per_step == {"zh": 4}
+    with pytest.raises(ConfigError, match=r"data\.lang_per_step must map language codes to counts >= 1"):
+        load_config(None, ["data.lang_per_step.zh=0"])
+    with pytest.raises(ConfigError, match=r"plus data\.lang_per_step's counts \(6\) must be smaller") as info:
+        load_config(None, ["data.lang_per_step.zh=6", "data.noise_per_step=2", "run.clips_per_step=8"])
+    assert info.value.key == "data.lang_per_step"

@@ -274,3 +274,49 @@ def test_make_sampler_needs_noise_clips_when_asked_for_them():
     assert isinstance(make_sampler(_mixed_clips(), 5, 0, seed=0), ClipSampler)
     with pytest.raises(ValueError, match="no noise-only clip"):
         make_sampler(_mixed_clips(n_noise=0), 5, 2, seed=0)
+
+
+def _lang_clips(n_en=12, n_zh=3, n_noise=2):
+    return (
+        [Clip(audio=f"/e{i}.wav", text=f"word {i}", lang="en") for i in range(n_en)]
+        + [Clip(audio=f"/z{i}.wav", text=f"字{i}", lang="zh") for i in range(n_zh)]
+        + [Clip(audio=f"/n{i}.wav", text="") for i in range(n_noise)]
+    )
+
+
+def test_lang_per_step_puts_exactly_k_clips_of_that_language_in_every_batch():
+    sampler = make_sampler(_lang_clips(), 6, noise_per_step=1, seed=2, lang_per_step={"zh": 2})
+    batches = [sampler.next_batch() for _ in range(6)]  # 6 x 2 zh = 12 draws of 3 clips: 4 epochs of that pool
+    assert all(len(b) == 6 for b in batches)
+    assert all(sum(c.lang == "zh" for c in b) == 2 and sum(not c.text for c in b) == 1 for b in batches)
+    zh = [c.audio for b in batches for c in b if c.lang == "zh"]
+    assert sorted(zh[:3]) == ["/z0.wav", "/z1.wav", "/z2.wav"]  # the pool's first epoch: each clip once
+    expected = ClipSampler(_lang_clips()[12:15], 2, seed=2)  # the pool follows a plain sampler of its clips
+    assert zh[:4] == [c.audio for c in expected.next_batch() + expected.next_batch()]
+    en = [c.audio for b in batches for c in b if c.lang == "en"]
+    assert sorted(en[:12]) == sorted(f"/e{i}.wav" for i in range(12))  # the rest: English clips only
+
+
+def test_lang_per_step_without_noise_quota_leaves_noise_clips_in_the_rest():
+    sampler = make_sampler(_lang_clips(), 5, noise_per_step=0, seed=0, lang_per_step={"zh": 1})
+    assert isinstance(sampler, MixedSampler) and sorted(sampler.state_dict()) == ["lang:zh", "speech"]
+    rest = [c for _ in range(14) for c in sampler.next_batch() if c.lang != "zh"]  # 14 x 4 = 56 >= 4 epochs of 14
+    assert {c.audio for c in rest[:14]} == {f"/e{i}.wav" for i in range(12)} | {"/n0.wav", "/n1.wav"}
+
+
+def test_lang_per_step_resumes_identically_and_refuses_a_state_without_its_pool():
+    a = make_sampler(_lang_clips(), 6, 1, seed=0, lang_per_step={"zh": 2})
+    for _ in range(5):
+        a.next_batch()
+    b = make_sampler(_lang_clips(), 6, 1, seed=0, lang_per_step={"zh": 2})
+    b.load_state_dict(a.state_dict())
+    assert [c.audio for c in a.next_batch()] == [c.audio for c in b.next_batch()]
+    with pytest.raises(ValueError, match="lang_per_step"):
+        b.load_state_dict(make_sampler(_lang_clips(), 6, 1, seed=0).state_dict())
+
+
+def test_lang_per_step_names_a_language_the_manifest_lacks_and_a_quota_that_fills_the_batch():
+    with pytest.raises(ValueError, match="'fr' clips .* no speech clip"):
+        make_sampler(_lang_clips(), 6, 1, seed=0, lang_per_step={"fr": 1})
+    with pytest.raises(ValueError, match="summing to less than clips_per_step"):
+        make_sampler(_lang_clips(), 3, 1, seed=0, lang_per_step={"zh": 2})
