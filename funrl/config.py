@@ -79,6 +79,7 @@ class DataConfig:
     noise_per_step: int = 0  # noise-only clips (text "") in every training batch; 0 = sample uniformly
     lang_per_step: dict[str, int] = field(default_factory=dict)  # language -> speech clips of that manifest "lang"
     # in every training batch ({zh: 4}: a rare language a fixed share of each step); {} = no such quota
+    context_per_step: int = 0  # other speech clips whose prompt carries context (keywords) in every training batch
     demo_dir: str = ""  # build (or reuse) the built-in demo data here, and take its rl_train / dev / test
     # splits for train_manifest / eval_manifest / test_manifest where they are "" (funrl.sft's key of that name)
     demo_size: str = DEFAULT_DEMO_SIZE  # the demo data preset in demo_dir: full | small | keyword_rich
@@ -90,6 +91,7 @@ class DataConfig:
             {
                 "max_audio_seconds": in_range(0, lo_open=True),
                 "noise_per_step": in_range(0),
+                "context_per_step": in_range(0),
                 "min_audio_seconds": in_range(0),
                 "on_bad_audio": one_of("error", "skip"),
                 "format": one_of(*FORMATS),
@@ -261,14 +263,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        fixed = self.data.noise_per_step + sum(self.data.lang_per_step.values())
-        if fixed >= self.run.clips_per_step:
-            key = "data.lang_per_step" if self.data.lang_per_step else "data.noise_per_step"
+        d = self.data
+        if d.noise_per_step + d.context_per_step + sum(d.lang_per_step.values()) >= self.run.clips_per_step:
+            key = "data.lang_per_step" if d.lang_per_step else "data.noise_per_step"
             raise ConfigError(
-                f"data.noise_per_step ({self.data.noise_per_step}) plus data.lang_per_step's counts "
-                f"({sum(self.data.lang_per_step.values())}) must be smaller than run.clips_per_step "
-                f"({self.run.clips_per_step}): the rest of each batch comes from the other clips",
-                key=key,
+                f"data.noise_per_step ({d.noise_per_step}) plus data.context_per_step ({d.context_per_step}) "
+                f"plus data.lang_per_step's counts ({sum(d.lang_per_step.values())}) must be smaller than "
+                f"run.clips_per_step ({self.run.clips_per_step}): the rest of each batch comes from the other clips",
+                key="data.context_per_step" if d.context_per_step else key,
             )
         if self.ray.colocate:
             self._check_colocation()

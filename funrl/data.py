@@ -292,8 +292,9 @@ class ClipSampler:
 
 class MixedSampler:
     """Batches with a fixed number of clips from each pool: exactly ``noise_per_step`` noise-only clips
-    (``text == ""``), ``lang_per_step[L]`` speech clips of each language ``L`` (the manifest's ``lang``), and the
-    rest from every other clip.
+    (``text == ""``), ``lang_per_step[L]`` speech clips of each language ``L`` (the manifest's ``lang``),
+    ``context_per_step`` other speech clips whose prompt carries context (keywords), and the rest from every other
+    clip.
 
     Each pool has its own `ClipSampler` (same seed, so the same epoch-based, resumable order within the
     pool); the state is every pool's position. Gives noise-only clips, or the clips of a rare language, a fixed
@@ -309,15 +310,19 @@ class MixedSampler:
         seed: int,
         shuffle: bool = True,
         lang_per_step: Mapping[str, int] | None = None,
+        context_per_step: int = 0,
     ):
         fixed = {f"lang:{lang}": int(n) for lang, n in (lang_per_step or {}).items()}
         if noise_per_step:
             fixed = {"noise": int(noise_per_step), **fixed}
+        if context_per_step:
+            fixed["context"] = int(context_per_step)
         rest = clips_per_step - sum(fixed.values())
         if not fixed or min(fixed.values()) < 1 or rest < 1:
             raise ValueError(
-                f"MixedSampler: need noise_per_step ({noise_per_step}) and each of lang_per_step "
-                f"({dict(lang_per_step or {})}) >= 1, summing to less than clips_per_step ({clips_per_step})"
+                f"MixedSampler: need quotas >= 1 (noise_per_step {noise_per_step}, context_per_step "
+                f"{context_per_step}, lang_per_step {dict(lang_per_step or {})}) summing to less than "
+                f"clips_per_step ({clips_per_step})"
             )
         pools: dict[str, list[Clip]] = {name: [] for name in ("speech", *fixed)}
         for clip in clips:
@@ -327,16 +332,21 @@ class MixedSampler:
                 "data.noise_per_step > 0 but the training manifest has no noise-only clip "
                 '(text ""); set data.noise_per_step=0 or add such clips'
             )
+        if "context" in fixed and not pools["context"]:
+            raise ValueError(
+                "data.context_per_step > 0 but the training manifest has no speech clip with a context "
+                '(outside data.lang_per_step\'s languages); set data.context_per_step=0 or give clips a "context"'
+            )
         for name in fixed:
-            if name != "noise" and not pools[name]:
+            if name.startswith("lang:") and not pools[name]:
                 raise ValueError(
                     f"data.lang_per_step asks for {name[5:]!r} clips but the training manifest has no speech clip "
                     f'with "lang": "{name[5:]}"; drop that entry or add such clips'
                 )
         if not pools["speech"]:
             raise ValueError(
-                "the training manifest has no clip outside data.noise_per_step's and data.lang_per_step's pools: "
-                "the rest of every batch needs some"
+                "the training manifest has no clip outside the pools of data.noise_per_step, data.lang_per_step "
+                "and data.context_per_step: the rest of every batch needs some"
             )
         counts = {"speech": rest, **fixed}
         self.pools = {name: ClipSampler(pool, counts[name], seed, shuffle) for name, pool in pools.items()}
@@ -351,17 +361,20 @@ class MixedSampler:
         if set(state) != set(self.pools):
             raise ValueError(
                 f"MixedSampler state needs the positions {sorted(self.pools)}; got keys {sorted(state)} "
-                "(was the run started with another data.noise_per_step or data.lang_per_step?)"
+                "(was the run started with another data.noise_per_step, data.lang_per_step or "
+                "data.context_per_step?)"
             )
         for name, sampler in self.pools.items():
             sampler.load_state_dict(state[name])
 
 
 def _pool_of(clip: Clip, fixed: Mapping[str, int]) -> str:
-    """The `MixedSampler` pool a clip belongs to: "noise", "lang:<lang>" or the rest, "speech"."""
+    """The `MixedSampler` pool a clip belongs to: "noise", "lang:<lang>", "context" or the rest, "speech"."""
     if not clip.text:
         return "noise" if "noise" in fixed else "speech"
-    return f"lang:{clip.lang}" if f"lang:{clip.lang}" in fixed else "speech"
+    if f"lang:{clip.lang}" in fixed:
+        return f"lang:{clip.lang}"
+    return "context" if clip.context and "context" in fixed else "speech"
 
 
 def make_sampler(
@@ -371,11 +384,12 @@ def make_sampler(
     seed: int,
     shuffle: bool = True,
     lang_per_step: Mapping[str, int] | None = None,
+    context_per_step: int = 0,
 ) -> ClipSampler | MixedSampler:
-    """`ClipSampler` (uniform over the manifest) or, with ``noise_per_step > 0`` or a ``lang_per_step``, a
-    `MixedSampler`."""
-    if noise_per_step or lang_per_step:
-        return MixedSampler(clips, clips_per_step, noise_per_step, seed, shuffle, lang_per_step)
+    """`ClipSampler` (uniform over the manifest) or, with a quota (``noise_per_step``, ``lang_per_step``,
+    ``context_per_step``), a `MixedSampler`."""
+    if noise_per_step or lang_per_step or context_per_step:
+        return MixedSampler(clips, clips_per_step, noise_per_step, seed, shuffle, lang_per_step, context_per_step)
     return ClipSampler(clips, clips_per_step, seed, shuffle)
 
 

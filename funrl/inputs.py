@@ -59,11 +59,11 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
     eval_clips = checked_manifest(cfg, cfg.data.eval_manifest) if cfg.data.eval_manifest else None
     try:
         d = cfg.data
-        sampler = make_sampler(
-            clips, cfg.run.clips_per_step, d.noise_per_step, cfg.run.seed, d.shuffle, d.lang_per_step
-        )
+        quotas = (d.noise_per_step, cfg.run.seed, d.shuffle, d.lang_per_step, d.context_per_step)
+        sampler = make_sampler(clips, cfg.run.clips_per_step, *quotas)
     except ValueError as exc:
-        key = "data.lang_per_step" if "lang_per_step" in str(exc) else "data.noise_per_step"
+        named = [k for k in ("context_per_step", "lang_per_step") if f"data.{k}" in str(exc)]
+        key = f"data.{named[0]}" if named else "data.noise_per_step"
         raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key=key) from None
     return Inputs(sampler, test_clips, eval_clips, tuple(clips))
 

@@ -263,6 +263,6 @@ def test_lang_per_step_loads_as_counts_and_its_quota_plus_noise_must_leave_room_
     assert cfg.data.lang_per_step == {"zh": 4}
     with pytest.raises(ConfigError, match=r"data\.lang_per_step must map language codes to counts >= 1"):
         load_config(None, ["data.lang_per_step.zh=0"])
-    with pytest.raises(ConfigError, match=r"plus data\.lang_per_step's counts \(6\) must be smaller") as info:
+    with pytest.raises(ConfigError, match=r"plus data\.lang_per_step.s counts \(6\) must be smaller") as info:
         load_config(None, ["data.lang_per_step.zh=6", "data.noise_per_step=2", "run.clips_per_step=8"])
     assert info.value.key == "data.lang_per_step"

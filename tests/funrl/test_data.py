@@ -320,3 +320,14 @@ def test_lang_per_step_names_a_language_the_manifest_lacks_and_a_quota_that_fill
         make_sampler(_lang_clips(), 6, 1, seed=0, lang_per_step={"fr": 1})
     with pytest.raises(ValueError, match="summing to less than clips_per_step"):
         make_sampler(_lang_clips(), 3, 1, seed=0, lang_per_step={"zh": 2})
+
+
+def test_context_per_step_puts_exactly_k_clips_with_prompt_context_in_every_batch():
+    clips = _lang_clips() + [Clip(audio=f"/c{i}.wav", text=f"kw {i}", lang="en", context="kw") for i in range(4)]
+    sampler = make_sampler(clips, 7, 1, seed=1, lang_per_step={"zh": 1}, context_per_step=3)
+    batches = [sampler.next_batch() for _ in range(4)]
+    assert all(sum(c.context is not None for c in b) == 3 and sum(c.lang == "zh" for c in b) == 1 for b in batches)
+    context = [c.audio for b in batches for c in b if c.context]
+    assert sorted(context[:4]) == [f"/c{i}.wav" for i in range(4)]
+    with pytest.raises(ValueError, match="data.context_per_step > 0 but .* no speech clip with a context"):
+        make_sampler(_lang_clips(), 6, 1, seed=0, context_per_step=2)
