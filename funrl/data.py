@@ -291,64 +291,33 @@ class ClipSampler:
 
 
 class MixedSampler:
-    """Batches with a fixed number of clips from each pool: exactly ``noise_per_step`` noise-only clips
-    (``text == ""``), ``lang_per_step[L]`` speech clips of each language ``L`` (the manifest's ``lang``),
-    ``context_per_step`` other speech clips whose prompt carries context (keywords), and the rest from every other
-    clip.
+    """Batches with a fixed number of clips from each pool of ``quotas`` (pool name -> clips per batch, from
+    `quotas`): "noise" holds the noise-only clips (``text == ""``), "lang:L" the speech clips of language L (the
+    manifest's ``lang``), "context" other speech clips whose prompt carries context (keywords); the rest of each
+    batch comes from every other clip (pool "speech").
 
     Each pool has its own `ClipSampler` (same seed, so the same epoch-based, resumable order within the
     pool); the state is every pool's position. Gives noise-only clips, or the clips of a rare language, a fixed
-    share of every step, whatever their share of the manifest. With ``noise_per_step == 0`` noise-only clips stay
-    in the rest.
+    share of every step, whatever their share of the manifest. Without a "noise" quota noise-only clips stay in
+    the rest.
     """
 
     def __init__(
-        self,
-        clips: list[Clip],
-        clips_per_step: int,
-        noise_per_step: int,
-        seed: int,
-        shuffle: bool = True,
-        lang_per_step: Mapping[str, int] | None = None,
-        context_per_step: int = 0,
+        self, clips: list[Clip], clips_per_step: int, quotas: Mapping[str, int], seed: int, shuffle: bool = True
     ):
-        fixed = {f"lang:{lang}": int(n) for lang, n in (lang_per_step or {}).items()}
-        if noise_per_step:
-            fixed = {"noise": int(noise_per_step), **fixed}
-        if context_per_step:
-            fixed["context"] = int(context_per_step)
-        rest = clips_per_step - sum(fixed.values())
-        if not fixed or min(fixed.values()) < 1 or rest < 1:
+        rest = clips_per_step - sum(quotas.values())
+        if not quotas or min(quotas.values()) < 1 or rest < 1:
             raise ValueError(
-                f"MixedSampler: need quotas >= 1 (noise_per_step {noise_per_step}, context_per_step "
-                f"{context_per_step}, lang_per_step {dict(lang_per_step or {})}) summing to less than "
-                f"clips_per_step ({clips_per_step})"
+                f"MixedSampler: need quotas >= 1 ({dict(quotas)}) summing to less than clips_per_step "
+                f"({clips_per_step})"
             )
-        pools: dict[str, list[Clip]] = {name: [] for name in ("speech", *fixed)}
+        pools: dict[str, list[Clip]] = {name: [] for name in ("speech", *quotas)}
         for clip in clips:
-            pools[_pool_of(clip, fixed)].append(clip)
-        if "noise" in fixed and not pools["noise"]:
-            raise ValueError(
-                "data.noise_per_step > 0 but the training manifest has no noise-only clip "
-                '(text ""); set data.noise_per_step=0 or add such clips'
-            )
-        if "context" in fixed and not pools["context"]:
-            raise ValueError(
-                "data.context_per_step > 0 but the training manifest has no speech clip with a context "
-                '(outside data.lang_per_step\'s languages); set data.context_per_step=0 or give clips a "context"'
-            )
-        for name in fixed:
-            if name.startswith("lang:") and not pools[name]:
-                raise ValueError(
-                    f"data.lang_per_step asks for {name[5:]!r} clips but the training manifest has no speech clip "
-                    f'with "lang": "{name[5:]}"; drop that entry or add such clips'
-                )
-        if not pools["speech"]:
-            raise ValueError(
-                "the training manifest has no clip outside the pools of data.noise_per_step, data.lang_per_step "
-                "and data.context_per_step: the rest of every batch needs some"
-            )
-        counts = {"speech": rest, **fixed}
+            pools[_pool_of(clip, quotas)].append(clip)
+        for name in (*quotas, "speech"):
+            if not pools[name]:
+                raise ValueError(_EMPTY_POOL.get(name) or _EMPTY_POOL["lang"].format(lang=name[5:]))
+        counts = {"speech": rest, **quotas}
         self.pools = {name: ClipSampler(pool, counts[name], seed, shuffle) for name, pool in pools.items()}
 
     def next_batch(self) -> list[Clip]:
@@ -368,28 +337,42 @@ class MixedSampler:
             sampler.load_state_dict(state[name])
 
 
-def _pool_of(clip: Clip, fixed: Mapping[str, int]) -> str:
+_EMPTY_POOL = {  # a MixedSampler pool with no clip: what to do
+    "noise": 'data.noise_per_step > 0 but the training manifest has no noise-only clip (text ""); '
+    "set data.noise_per_step=0 or add such clips",
+    "context": "data.context_per_step > 0 but the training manifest has no speech clip with a context (outside "
+    'data.lang_per_step\'s languages); set data.context_per_step=0 or give clips a "context"',
+    "lang": "data.lang_per_step asks for {lang!r} clips but the training manifest has no speech clip with "
+    '"lang": "{lang}"; drop that entry or add such clips',
+    "speech": "the training manifest has no clip outside the pools of data.noise_per_step, data.lang_per_step "
+    "and data.context_per_step: the rest of every batch needs some",
+}
+
+
+def quotas(
+    noise_per_step: int = 0, lang_per_step: Mapping[str, int] | None = None, context_per_step: int = 0
+) -> dict[str, int]:
+    """`MixedSampler`'s pool name -> clips per batch, for the quotas that are set (an empty dict: none)."""
+    out = {"noise": int(noise_per_step)} if noise_per_step else {}
+    out.update({f"lang:{lang}": int(n) for lang, n in (lang_per_step or {}).items()})
+    return {**out, "context": int(context_per_step)} if context_per_step else out
+
+
+def _pool_of(clip: Clip, quotas: Mapping[str, int]) -> str:
     """The `MixedSampler` pool a clip belongs to: "noise", "lang:<lang>", "context" or the rest, "speech"."""
     if not clip.text:
-        return "noise" if "noise" in fixed else "speech"
-    if f"lang:{clip.lang}" in fixed:
+        return "noise" if "noise" in quotas else "speech"
+    if f"lang:{clip.lang}" in quotas:
         return f"lang:{clip.lang}"
-    return "context" if clip.context and "context" in fixed else "speech"
+    return "context" if clip.context and "context" in quotas else "speech"
 
 
 def make_sampler(
-    clips: list[Clip],
-    clips_per_step: int,
-    noise_per_step: int,
-    seed: int,
-    shuffle: bool = True,
-    lang_per_step: Mapping[str, int] | None = None,
-    context_per_step: int = 0,
+    clips: list[Clip], clips_per_step: int, pools: Mapping[str, int], seed: int, shuffle: bool = True
 ) -> ClipSampler | MixedSampler:
-    """`ClipSampler` (uniform over the manifest) or, with a quota (``noise_per_step``, ``lang_per_step``,
-    ``context_per_step``), a `MixedSampler`."""
-    if noise_per_step or lang_per_step or context_per_step:
-        return MixedSampler(clips, clips_per_step, noise_per_step, seed, shuffle, lang_per_step, context_per_step)
+    """`ClipSampler` (uniform over the manifest) or, with quotas (`quotas`), a `MixedSampler`."""
+    if pools:
+        return MixedSampler(clips, clips_per_step, pools, seed, shuffle)
     return ClipSampler(clips, clips_per_step, seed, shuffle)
 
 

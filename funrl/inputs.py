@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import rewards
 from funrl.audio_check import check_clips
 from funrl.config import ConfigError, TrainConfig, validate_reward_names
-from funrl.data import ClipSampler, MixedSampler, make_sampler
+from funrl.data import ClipSampler, MixedSampler, make_sampler, quotas
 from funrl.data_formats import load_clips
 from funrl.loggers import check_available
 
@@ -59,8 +59,8 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
     eval_clips = checked_manifest(cfg, cfg.data.eval_manifest) if cfg.data.eval_manifest else None
     try:
         d = cfg.data
-        quotas = (d.noise_per_step, cfg.run.seed, d.shuffle, d.lang_per_step, d.context_per_step)
-        sampler = make_sampler(clips, cfg.run.clips_per_step, *quotas)
+        pools = quotas(d.noise_per_step, d.lang_per_step, d.context_per_step)
+        sampler = make_sampler(clips, cfg.run.clips_per_step, pools, cfg.run.seed, d.shuffle)
     except ValueError as exc:
         named = [k for k in ("context_per_step", "lang_per_step") if f"data.{k}" in str(exc)]
         key = f"data.{named[0]}" if named else "data.noise_per_step"

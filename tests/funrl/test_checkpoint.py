@@ -197,7 +197,7 @@ def test_resume_override_the_checkpoint_rejects_leaves_config_yaml_unchanged(tin
     out.mkdir()
     save_config(cfg, out / "config.yaml")
     before = (out / "config.yaml").read_text()
-    sampler = make_sampler(load_manifest(manifest), 1, 0, cfg.run.seed)
+    sampler = make_sampler(load_manifest(manifest), 1, {}, cfg.run.seed)
     CheckpointManager(out).save(3, {"data": sampler.state_dict()}, _payload("w"))
     code = main(["--resume", str(out), "run.seed=5"])  # the sampler state was saved with seed 0
     err = capsys.readouterr().err

@@ -8,7 +8,15 @@ import os
 import numpy as np
 import pytest
 
-from funrl.data import ClipSampler, ManifestError, MixedSampler, load_manifest, make_sampler, write_manifest
+from funrl.data import (
+    ClipSampler,
+    ManifestError,
+    MixedSampler,
+    load_manifest,
+    make_sampler,
+    quotas,
+    write_manifest,
+)
 from policy.messages import Clip
 
 
@@ -247,7 +255,7 @@ def _mixed_clips(n_speech=10, n_noise=3):
 
 
 def test_mixed_sampler_puts_exactly_k_noise_clips_in_every_batch_and_visits_each_pool_per_epoch():
-    sampler = MixedSampler(_mixed_clips(), clips_per_step=5, noise_per_step=2, seed=3)
+    sampler = MixedSampler(_mixed_clips(), 5, {"noise": 2}, seed=3)
     batches = [sampler.next_batch() for _ in range(6)]  # 6 x 3 speech = 18 (1.8 epochs), 6 x 2 noise = 12 (4 epochs)
     assert all(sum(c.text == "" for c in b) == 2 and len(b) == 5 for b in batches)
     speech = [c.audio for b in batches for c in b if c.text]
@@ -260,10 +268,10 @@ def test_mixed_sampler_puts_exactly_k_noise_clips_in_every_batch_and_visits_each
 
 
 def test_mixed_sampler_resumes_identically_and_refuses_a_plain_state():
-    a = MixedSampler(_mixed_clips(), 5, 2, seed=0)
+    a = MixedSampler(_mixed_clips(), 5, {"noise": 2}, seed=0)
     for _ in range(4):
         a.next_batch()
-    b = MixedSampler(_mixed_clips(), 5, 2, seed=0)
+    b = MixedSampler(_mixed_clips(), 5, {"noise": 2}, seed=0)
     b.load_state_dict(a.state_dict())
     assert [c.audio for c in a.next_batch()] == [c.audio for c in b.next_batch()]
     with pytest.raises(ValueError, match="noise_per_step"):
@@ -271,9 +279,9 @@ def test_mixed_sampler_resumes_identically_and_refuses_a_plain_state():
 
 
 def test_make_sampler_needs_noise_clips_when_asked_for_them():
-    assert isinstance(make_sampler(_mixed_clips(), 5, 0, seed=0), ClipSampler)
+    assert isinstance(make_sampler(_mixed_clips(), 5, {}, seed=0), ClipSampler)
     with pytest.raises(ValueError, match="no noise-only clip"):
-        make_sampler(_mixed_clips(n_noise=0), 5, 2, seed=0)
+        make_sampler(_mixed_clips(n_noise=0), 5, {"noise": 2}, seed=0)
 
 
 def _lang_clips(n_en=12, n_zh=3, n_noise=2):
@@ -285,7 +293,7 @@ def _lang_clips(n_en=12, n_zh=3, n_noise=2):
 
 
 def test_lang_per_step_puts_exactly_k_clips_of_that_language_in_every_batch():
-    sampler = make_sampler(_lang_clips(), 6, noise_per_step=1, seed=2, lang_per_step={"zh": 2})
+    sampler = make_sampler(_lang_clips(), 6, quotas(1, {"zh": 2}), seed=2)
     batches = [sampler.next_batch() for _ in range(6)]  # 6 x 2 zh = 12 draws of 3 clips: 4 epochs of that pool
     assert all(len(b) == 6 for b in batches)
     assert all(sum(c.lang == "zh" for c in b) == 2 and sum(not c.text for c in b) == 1 for b in batches)
@@ -298,36 +306,36 @@ def test_lang_per_step_puts_exactly_k_clips_of_that_language_in_every_batch():
 
 
 def test_lang_per_step_without_noise_quota_leaves_noise_clips_in_the_rest():
-    sampler = make_sampler(_lang_clips(), 5, noise_per_step=0, seed=0, lang_per_step={"zh": 1})
+    sampler = make_sampler(_lang_clips(), 5, quotas(0, {"zh": 1}), seed=0)
     assert isinstance(sampler, MixedSampler) and sorted(sampler.state_dict()) == ["lang:zh", "speech"]
     rest = [c for _ in range(14) for c in sampler.next_batch() if c.lang != "zh"]  # 14 x 4 = 56 >= 4 epochs of 14
     assert {c.audio for c in rest[:14]} == {f"/e{i}.wav" for i in range(12)} | {"/n0.wav", "/n1.wav"}
 
 
 def test_lang_per_step_resumes_identically_and_refuses_a_state_without_its_pool():
-    a = make_sampler(_lang_clips(), 6, 1, seed=0, lang_per_step={"zh": 2})
+    a = make_sampler(_lang_clips(), 6, quotas(1, {"zh": 2}), seed=0)
     for _ in range(5):
         a.next_batch()
-    b = make_sampler(_lang_clips(), 6, 1, seed=0, lang_per_step={"zh": 2})
+    b = make_sampler(_lang_clips(), 6, quotas(1, {"zh": 2}), seed=0)
     b.load_state_dict(a.state_dict())
     assert [c.audio for c in a.next_batch()] == [c.audio for c in b.next_batch()]
     with pytest.raises(ValueError, match="lang_per_step"):
-        b.load_state_dict(make_sampler(_lang_clips(), 6, 1, seed=0).state_dict())
+        b.load_state_dict(make_sampler(_lang_clips(), 6, quotas(1), seed=0).state_dict())
 
 
 def test_lang_per_step_names_a_language_the_manifest_lacks_and_a_quota_that_fills_the_batch():
     with pytest.raises(ValueError, match="'fr' clips .* no speech clip"):
-        make_sampler(_lang_clips(), 6, 1, seed=0, lang_per_step={"fr": 1})
+        make_sampler(_lang_clips(), 6, quotas(1, {"fr": 1}), seed=0)
     with pytest.raises(ValueError, match="summing to less than clips_per_step"):
-        make_sampler(_lang_clips(), 3, 1, seed=0, lang_per_step={"zh": 2})
+        make_sampler(_lang_clips(), 3, quotas(1, {"zh": 2}), seed=0)
 
 
 def test_context_per_step_puts_exactly_k_clips_with_prompt_context_in_every_batch():
     clips = _lang_clips() + [Clip(audio=f"/c{i}.wav", text=f"kw {i}", lang="en", context="kw") for i in range(4)]
-    sampler = make_sampler(clips, 7, 1, seed=1, lang_per_step={"zh": 1}, context_per_step=3)
+    sampler = make_sampler(clips, 7, quotas(1, {"zh": 1}, 3), seed=1)
     batches = [sampler.next_batch() for _ in range(4)]
     assert all(sum(c.context is not None for c in b) == 3 and sum(c.lang == "zh" for c in b) == 1 for b in batches)
     context = [c.audio for b in batches for c in b if c.context]
     assert sorted(context[:4]) == [f"/c{i}.wav" for i in range(4)]
     with pytest.raises(ValueError, match="data.context_per_step > 0 but .* no speech clip with a context"):
-        make_sampler(_lang_clips(), 6, 1, seed=0, context_per_step=2)
+        make_sampler(_lang_clips(), 6, quotas(1, None, 2), seed=0)
