@@ -263,14 +263,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        d = self.data
-        if d.noise_per_step + d.context_per_step + sum(d.lang_per_step.values()) >= self.run.clips_per_step:
-            key = "data.lang_per_step" if d.lang_per_step else "data.noise_per_step"
+        d, lang = self.data, sum(self.data.lang_per_step.values())
+        if d.noise_per_step + d.context_per_step + lang >= self.run.clips_per_step:
+            set_keys = [k for k, v in (("context_per_step", d.context_per_step), ("lang_per_step", lang)) if v]
             raise ConfigError(
                 f"data.noise_per_step ({d.noise_per_step}) plus data.context_per_step ({d.context_per_step}) "
-                f"plus data.lang_per_step's counts ({sum(d.lang_per_step.values())}) must be smaller than "
+                f"plus data.lang_per_step's counts ({lang}) must be smaller than "
                 f"run.clips_per_step ({self.run.clips_per_step}): the rest of each batch comes from the other clips",
-                key="data.context_per_step" if d.context_per_step else key,
+                key=f"data.{(set_keys or ['noise_per_step'])[0]}",
             )
         if self.ray.colocate:
             self._check_colocation()

@@ -316,7 +316,7 @@ class MixedSampler:
             pools[_pool_of(clip, quotas)].append(clip)
         for name in (*quotas, "speech"):
             if not pools[name]:
-                raise ValueError(_EMPTY_POOL.get(name) or _EMPTY_POOL["lang"].format(lang=name[5:]))
+                raise EmptyPoolError(name)
         counts = {"speech": rest, **quotas}
         self.pools = {name: ClipSampler(pool, counts[name], seed, shuffle) for name, pool in pools.items()}
 
@@ -337,6 +337,21 @@ class MixedSampler:
             sampler.load_state_dict(state[name])
 
 
+class EmptyPoolError(ValueError):
+    """A `MixedSampler` pool the manifest has no clip for; ``key`` is the config key that asked for it."""
+
+    def __init__(self, pool: str):
+        kind = "lang" if pool.startswith("lang:") else pool
+        super().__init__(_EMPTY_POOL[kind].format(lang=pool[5:]))
+        self.key = _POOL_KEY[kind]
+
+
+_POOL_KEY = {
+    "noise": "data.noise_per_step",
+    "context": "data.context_per_step",
+    "lang": "data.lang_per_step",
+    "speech": "data.noise_per_step",
+}
 _EMPTY_POOL = {  # a MixedSampler pool with no clip: what to do
     "noise": 'data.noise_per_step > 0 but the training manifest has no noise-only clip (text ""); '
     "set data.noise_per_step=0 or add such clips",

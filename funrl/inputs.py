@@ -62,8 +62,7 @@ def load_inputs(cfg: TrainConfig) -> Inputs:
         pools = quotas(d.noise_per_step, d.lang_per_step, d.context_per_step)
         sampler = make_sampler(clips, cfg.run.clips_per_step, pools, cfg.run.seed, d.shuffle)
     except ValueError as exc:
-        named = [k for k in ("context_per_step", "lang_per_step") if f"data.{k}" in str(exc)]
-        key = f"data.{named[0]}" if named else "data.noise_per_step"
+        key = getattr(exc, "key", "data.noise_per_step")  # EmptyPoolError names the quota that asked for the pool
         raise ConfigError(f"{cfg.data.train_manifest}: {exc}", key=key) from None
     return Inputs(sampler, test_clips, eval_clips, tuple(clips))
 

@@ -10,6 +10,7 @@ import pytest
 
 from funrl.data import (
     ClipSampler,
+    EmptyPoolError,
     ManifestError,
     MixedSampler,
     load_manifest,
@@ -339,3 +340,11 @@ def test_context_per_step_puts_exactly_k_clips_with_prompt_context_in_every_batc
     assert sorted(context[:4]) == [f"/c{i}.wav" for i in range(4)]
     with pytest.raises(ValueError, match="data.context_per_step > 0 but .* no speech clip with a context"):
         make_sampler(_lang_clips(), 6, quotas(1, None, 2), seed=0)
+
+
+def test_an_empty_pool_names_the_config_key_of_the_quota_that_asked_for_it():
+    speech_only = [Clip(audio="/e.wav", text="word", lang="en")]
+    for pools, key in ((quotas(1), "noise"), (quotas(0, None, 1), "context"), (quotas(0, {"zh": 1}), "lang")):
+        with pytest.raises(EmptyPoolError) as info:
+            make_sampler(speech_only, 4, pools, seed=0)
+        assert info.value.key == f"data.{key}_per_step"
