@@ -44,9 +44,8 @@ def demo_config(overrides: Sequence[str] = (), size: str = DEFAULT_DEMO_SIZE) ->
         + (f", starting model {model}" if model else ""),
         flush=True,
     )
-    splits = tuple(DEMO_SPLITS.values())  # GRPO trains on rl_train: no need to render sft_train
-    paths = build_demo_data(demo_data_dir(size), seed=0, sizes=DemoSizes.preset(size), splits=splits)
-    base = [f"data.{key}={paths.manifest(split)}" for key, split in DEMO_SPLITS.items()]
+    # GRPO trains on rl_train: no need to render sft_train
+    base = [f"data.{key}={path}" for key, path in demo_manifests(demo_data_dir(size), size, DEMO_SPLITS).items()]
     base.append(f"run.out_dir=runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if model is not None:
         base.append(f"model.path={model}")
@@ -67,6 +66,12 @@ def with_demo_data(cfg: TrainConfig) -> TrainConfig:
         return cfg
     folder = Path(d.demo_dir).absolute()  # absolute: config.yaml names the manifests, --resume may run elsewhere
     print(f"[funrl] built-in demo data ({d.demo_size}) in {folder}: {', '.join(wanted.values())}", flush=True)
-    paths = build_demo_data(folder, seed=0, sizes=DemoSizes.preset(d.demo_size), splits=tuple(wanted.values()))
-    filled: dict[str, Any] = {key: str(paths.manifest(split)) for key, split in wanted.items()}
+    filled: dict[str, Any] = demo_manifests(folder, d.demo_size, wanted)
     return replace(cfg, data=replace(d, **filled))
+
+
+def demo_manifests(folder: Path, size: str, splits: dict[str, str]) -> dict[str, str]:
+    """Each ``data`` key of ``splits`` (key -> demo split) -> the manifest of that split in ``folder``, the splits
+    built there first (or reused)."""
+    paths = build_demo_data(folder, seed=0, sizes=DemoSizes.preset(size), splits=tuple(splits.values()))
+    return {key: str(paths.manifest(split)) for key, split in splits.items()}
