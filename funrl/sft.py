@@ -47,7 +47,7 @@ from funrl.sft_config import SftConfig
 from funrl.sft_data import SftData, load_data
 from funrl.sft_embed_ctc import HEAD_FILE, EmbedCtc, ctc_mean, load_head, make_embed_ctc, save_head
 from funrl.sft_eval import evaluate
-from funrl.sft_model import build_model, set_trainable
+from funrl.sft_model import build_model, encoder_top_parameters, set_trainable
 from policy.models import AudioLLM, FeatureBatch
 from policy.models.hub import resolve_model_path
 
@@ -182,14 +182,16 @@ def _optimizer(model: AudioLLM, o, embed_ctc: EmbedCtc | None = None) -> torch.o
     )
 
 
-def _start_llm_phase(model: AudioLLM, o, data: SftData) -> dict[int, list[int]]:
+def _start_llm_phase(model: AudioLLM, o, data: SftData, n_top: int) -> dict[int, list[int]]:
     """At step ``optim.encoder_steps`` (0: from the start, e.g. a pretrained encoder): freeze the encoder + CTC
-    head (if asked); returns the CTC word cuts."""
+    head (if asked) but for its last ``n_top`` layers (``model.encoder_top_layers``); returns the CTC word cuts."""
     if o.freeze_encoder:
         ctc = model.frontend.ctc
+        keep = {id(p) for p in encoder_top_parameters(model, n_top)}
         for p in [*model.frontend.encoder.parameters(), *(ctc.parameters() if ctc is not None else ())]:
-            p.requires_grad_(False)
-            p.grad = None
+            if id(p) not in keep:
+                p.requires_grad_(False)
+                p.grad = None
     if o.shuffle_words_prob <= 0:
         return {}
     cuts = word_cuts(model, data.clips, data.waves)
@@ -257,7 +259,7 @@ def _step_loss(
     waves, texts, contexts = batch
     if cache is not None:  # items are tuples of waves; their states were computed before step 1
         enc, lengths = cache.batch(waves, o.spec_time_masks, rng)
-        audio = cached_audio_embeds(model, enc, lengths)
+        audio = cached_audio_embeds(model, enc, lengths, cache.top_layers)
         ce, targets = completion_ce(model, audio, texts, contexts)
         loss, ectc = with_embed_ctc(ce, audio, targets, embed_ctc, o.embed_ctc_weight)
         return loss, float(ce.detach()), ectc
@@ -344,7 +346,9 @@ def _loop(
     from tqdm import tqdm
 
     o, model = cfg.optim, s.model
-    cache = EncoderCache(model, list(audio.values())) if o.cache_encoder else None
+    cache = (
+        EncoderCache(model, list(audio.values()), top_layers=cfg.model.encoder_top_layers) if o.cache_encoder else None
+    )
     cuts: dict[int, list[int]] = {}
     llm_phase_started = False
     bf16 = _autocast_bf16(o.autocast)
@@ -359,7 +363,7 @@ def _loop(
             if not llm_phase_started and not encoder_phase:
                 llm_phase_started = True
                 if step > 0 or o.shuffle_words_prob > 0 or o.freeze_encoder:
-                    cuts = _start_llm_phase(model, o, data)
+                    cuts = _start_llm_phase(model, o, data, cfg.model.encoder_top_layers)
             lr = o.lr * lr_factor(step if encoder_phase else step - o.encoder_steps, progress(), o)
             for g in s.opt.param_groups:
                 g["lr"] = lr

@@ -4,7 +4,8 @@ A frozen pretrained encoder (Whisper tiny.en: 8 M parameters at 50 frames/s) cos
 the adapter and a small LLM are what train. Each training clip's states are computed once, before step 1; a
 step then joins a clip pair's states in time (instead of encoding the joined audio) and masks time spans of the
 states (instead of the features). The encoder masks padded frames, so a clip's states do not depend on the batch
-it was computed in.
+it was computed in. With ``model.encoder_top_layers`` N, the cache holds the states below a Whisper encoder's last
+N layers, and those layers (which train) run on them every step.
 """
 
 from __future__ import annotations
@@ -16,23 +17,26 @@ import torch
 from torch import Tensor
 
 from policy.models import AudioLLM
+from policy.models.base import FeatureBatch
 
 Pieces = tuple[np.ndarray, ...]  # one training item: a clip's wave, or a pair's two waves in order
 
 
 class EncoderCache:
-    """``id(wave) -> encoder states [T_enc, d]`` of every wave given (the arrays must stay alive)."""
+    """``id(wave) -> encoder states [T_enc, d]`` of every wave given (the arrays must stay alive); with
+    ``top_layers`` N, the states below the Whisper encoder's last N layers (`WhisperAudioEncoder.below_top`)."""
 
-    def __init__(self, model: AudioLLM, waves: Sequence[np.ndarray], batch_size: int = 16) -> None:
+    def __init__(self, model: AudioLLM, waves: Sequence[np.ndarray], batch_size: int = 16, top_layers: int = 0) -> None:
         from tqdm import tqdm
 
         self.states: dict[int, Tensor] = {}
+        self.top_layers = top_layers
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))  # similar lengths: little padding
         starts = range(0, len(order), batch_size)
         with torch.no_grad():
             for start in tqdm(starts, desc="encoder cache", unit="batch", dynamic_ncols=True):
                 idx = order[start : start + batch_size]
-                enc, lengths = model.frontend.encode(model.audio_features([waves[i] for i in idx]))
+                enc, lengths = _encode_below(model, model.audio_features([waves[i] for i in idx]), top_layers)
                 for row, i in enumerate(idx):
                     self.states[id(waves[i])] = enc[row, : int(lengths[row])].clone()
 
@@ -54,7 +58,19 @@ class EncoderCache:
         return out, lengths
 
 
-def cached_audio_embeds(model: AudioLLM, enc: Tensor, lengths: Tensor) -> list[Tensor]:
-    """Per item audio embeddings ``[ceil(T / splice), llm_hidden]`` from encoder states (the adapter trains)."""
+def _encode_below(model: AudioLLM, batch: FeatureBatch, top_layers: int) -> tuple[Tensor, Tensor]:
+    if not top_layers:
+        return model.frontend.encode(batch)
+    p = next(model.frontend.encoder.parameters())
+    batch = batch.to(p.device, p.dtype)
+    return model.frontend.encoder.below_top(batch.feats, batch.lengths, top_layers)
+
+
+def cached_audio_embeds(model: AudioLLM, enc: Tensor, lengths: Tensor, top_layers: int = 0) -> list[Tensor]:
+    """Per item audio embeddings ``[ceil(T / splice), llm_hidden]`` from cached states (the adapter trains, and
+    with ``top_layers`` N the Whisper encoder's last N layers, run here on states from below them)."""
     p = next(model.frontend.adapter.parameters())
-    return model.frontend.adapt(enc.to(p.device, p.dtype), lengths.to(p.device))
+    enc, lengths = enc.to(p.device, p.dtype), lengths.to(p.device)
+    if top_layers:
+        enc, lengths = model.frontend.encoder.top(enc, lengths, top_layers)
+    return model.frontend.adapt(enc, lengths)

@@ -57,6 +57,10 @@ class SftModelConfig:
     # merged into the saved LLM)
     train: str = "all"
     lora_r: int = 8
+    # With train adapter | adapter_lora on a whisper encoder: its last N transformer layers (and final LayerNorm)
+    # train too, a context-reading stage between the frozen encoder and the adapter (optim.cache_encoder then
+    # caches the states below them); 0 = the encoder stays frozen
+    encoder_top_layers: int = 0
 
     def __post_init__(self) -> None:
         validate(
@@ -70,8 +74,15 @@ class SftModelConfig:
                 "encoder": one_of("conformer", "whisper"),
                 "lora_r": in_range(1, 256),
                 "splice": in_range(1, 16),
+                "encoder_top_layers": in_range(0),
             },
         )
+        if self.encoder_top_layers and self.train == "all":
+            raise ConfigError(
+                "model.encoder_top_layers trains part of an encoder the adapter recipes keep frozen; with "
+                "model.train=all every encoder weight trains already: set model.train=adapter or adapter_lora",
+                key="model.encoder_top_layers",
+            )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,12 @@ from policy.config import LoraConfig
 from policy.models import AudioLLM, get_adapter, load_audio_llm
 from policy.models.features import fbank
 from policy.models.lora import train_adapter_only
-from policy.models.whisper_encoder import WhisperEncoderConfig, load_whisper_encoder_state, whisper_encoder_config
+from policy.models.whisper_encoder import (
+    WhisperAudioEncoder,
+    WhisperEncoderConfig,
+    load_whisper_encoder_state,
+    whisper_encoder_config,
+)
 
 
 def build_model(cfg: SftConfig, waves: Sequence[np.ndarray]) -> AudioLLM:
@@ -71,8 +76,25 @@ def _pretrained_whisper(path: str) -> tuple[WhisperEncoderConfig, dict[str, torc
 
 
 def set_trainable(model: AudioLLM, m: SftModelConfig) -> None:
-    """``model.train``: every weight, the audio adapter alone, or the adapter + LoRA on the LLM."""
+    """``model.train``: every weight, the audio adapter alone, or the adapter + LoRA on the LLM; with
+    ``model.encoder_top_layers``, the Whisper encoder's last layers too."""
     if m.train != "all":
         train_adapter_only(model, LoraConfig(r=m.lora_r, alpha=2 * m.lora_r) if m.train == "adapter_lora" else None)
+    for p in encoder_top_parameters(model, m.encoder_top_layers):
+        p.requires_grad_(True)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"[funrl.sft] model.train={m.train}: {n / 1e6:.2f} M trainable parameters", file=sys.stderr)
+
+
+def encoder_top_parameters(model: AudioLLM, n_top: int) -> list[torch.nn.Parameter]:
+    """The weights of ``model.encoder_top_layers``: a Whisper encoder's last ``n_top`` layers and final LayerNorm
+    (none for 0); an error names the key when the model's encoder is no Whisper encoder."""
+    if n_top == 0:
+        return []
+    encoder = getattr(model.frontend, "encoder", None)
+    if not isinstance(encoder, WhisperAudioEncoder):
+        raise ValueError(
+            f"model.encoder_top_layers={n_top} trains a Whisper encoder's last layers, but this "
+            f"{model.model_type} model's encoder is {type(encoder).__name__}: set model.encoder_top_layers=0"
+        )
+    return encoder.top_parameters(n_top)

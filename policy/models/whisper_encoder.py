@@ -126,6 +126,11 @@ class WhisperAudioEncoder(nn.Module):
         return (lengths + 1) // 2
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.top(*self.below_top(feats, lengths, 0), 0)
+
+    def below_top(self, feats: Tensor, lengths: Tensor, n_top: int) -> tuple[Tensor, Tensor]:
+        """States ``[B, ceil(T / 2), d]`` before the last ``n_top`` transformer layers (and the final LayerNorm),
+        and their lengths: what an SFT that trains those layers caches (funrl/sft_cache.py)."""
         enc = self.whisper
         limit = 2 * self.cfg.max_source_positions
         if int(lengths.max()) > limit:
@@ -138,15 +143,35 @@ class WhisperAudioEncoder(nn.Module):
         h = F.gelu(enc.conv1(x)) * _valid(lengths, x.shape[-1])[:, None, :].to(x.dtype)
         h = F.gelu(enc.conv2(h)).transpose(1, 2)  # [B, ceil(T / 2), d]
         out_lengths = self.output_lengths(lengths)
-        valid = _valid(out_lengths, h.shape[1])
         h = h + enc.embed_positions.weight[: h.shape[1]].to(h.dtype)
+        return self._layers(h, out_lengths, enc.layers[: len(enc.layers) - n_top]), out_lengths
+
+    def top(self, h: Tensor, lengths: Tensor, n_top: int) -> tuple[Tensor, Tensor]:
+        """The last ``n_top`` transformer layers and the final LayerNorm on ``below_top``'s states; padded frames
+        (at and after each length) come out zero."""
+        layers = self.whisper.layers
+        h = self.whisper.layer_norm(self._layers(h, lengths, layers[len(layers) - n_top :]))
+        return h * _valid(lengths, h.shape[1])[:, :, None].to(h.dtype), lengths
+
+    def top_parameters(self, n_top: int) -> list[nn.Parameter]:
+        """The weights ``top(.., n_top)`` uses: the last ``n_top`` layers and the final LayerNorm."""
+        if not 0 < n_top <= len(self.whisper.layers):
+            raise ValueError(f"the Whisper encoder has {len(self.whisper.layers)} layers; cannot train the top {n_top}")
+        top = [*self.whisper.layers[len(self.whisper.layers) - n_top :], self.whisper.layer_norm]
+        return [p for module in top for p in module.parameters()]
+
+    @staticmethod
+    def _layers(h: Tensor, lengths: Tensor, layers: Sequence[nn.Module]) -> Tensor:
+        """``layers`` in turn, padded keys (at and after each length) masked out of attention."""
+        if len(layers) == 0:
+            return h
+        valid = _valid(lengths, h.shape[1])
         bias = torch.zeros(valid.shape, dtype=h.dtype, device=h.device)
         bias = bias.masked_fill(~valid, torch.finfo(h.dtype).min)[:, None, None, :]  # [B, 1, 1, T']
         bias = bias.expand(-1, 1, h.shape[1], -1)
-        for layer in enc.layers:
+        for layer in layers:
             h = layer(h, bias)
-        h = enc.layer_norm(h)
-        return h * valid[:, :, None].to(h.dtype), out_lengths
+        return h
 
 
 def load_whisper_encoder_weights(encoder: WhisperAudioEncoder, folder: str | Path) -> None:

@@ -279,3 +279,24 @@ def test_whisper_demo_recipe_keeps_the_pretrained_encoder_frozen_from_step_one(d
     _, state, _ = load_whisper_source(default_whisper_source())
     for name, tensor in model.frontend.encoder.whisper.state_dict().items():  # frozen: tiny.en's own weights
         assert torch.equal(tensor, state[f"model.encoder.{name}"].float()), name
+
+
+def test_encoder_top_layers_train_through_the_cache_while_the_layers_below_stay_pretrained(demo_small, tmp_path):
+    from policy.models.slam_asr import default_whisper_source
+    from policy.models.whisper_convert import load_whisper_source
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "funrl.sft", "--config", str(REPO / "funrl/demo/sft_whisper.yaml")]
+    cmd += [f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", "optim.steps=3"]
+    cmd += ["optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "optim.lr=3e-3", "run.eval_every=0"]
+    cmd += ["run.log_every=3", "run.max_new_tokens=8", "data.dev_clips=4", f"run.out_dir={out}"]
+    cmd += ["model.train=adapter", "model.encoder_top_layers=1"]  # the recipe caches the encoder: below the top
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_audio_llm(out / "model")
+    _, state, _ = load_whisper_source(default_whisper_source())
+    last = len(model.frontend.encoder.whisper.layers) - 1
+    for name, tensor in model.frontend.encoder.whisper.state_dict().items():
+        trained = name.startswith((f"layers.{last}.", "layer_norm."))
+        assert torch.equal(tensor, state[f"model.encoder.{name}"].float()) != trained, name

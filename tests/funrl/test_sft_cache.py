@@ -69,3 +69,62 @@ def test_cache_needs_an_encoder_frozen_from_the_start_and_reusable_inputs(extra)
     with pytest.raises(ConfigError, match="optim.cache_encoder"):
         load_sft_config(None, [*base, "model.ctc=true", *extra])
     assert load_sft_config(None, base).optim.cache_encoder
+
+
+@pytest.mark.parametrize("n_top", [0, 1, 2])
+def test_states_below_the_top_layers_then_the_top_layers_are_the_whole_encoder(model, waves, n_top):
+    encoder = model.frontend.encoder
+    feats = model.audio_features(waves)  # a padded batch of five lengths
+    with torch.no_grad():
+        want, want_len = encoder(feats.feats, feats.lengths)
+        below, lengths = encoder.below_top(feats.feats, feats.lengths, n_top)
+        got, got_len = encoder.top(below, lengths, n_top)
+    assert torch.equal(got_len, want_len)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_embeddings_from_a_cache_below_the_top_layer_equal_the_model_path_per_clip(model, waves):
+    cache = EncoderCache(model, waves, batch_size=2, top_layers=1)
+    enc, lengths = cache.batch([(w,) for w in waves], 0, np.random.default_rng(0))
+    with torch.no_grad():
+        got = cached_audio_embeds(model, enc, lengths, cache.top_layers)
+        want = [model.embed_audio(model.audio_features([w]))[0] for w in waves]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_top_layers_train_the_last_layer_and_final_norm_beside_the_adapter(tmp_path, waves):
+    from funrl.sft_model import set_trainable
+
+    folder = get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "m", encoder="whisper")
+    model = load_audio_llm(folder)
+    m = load_sft_config(
+        None, ["data.train_manifest=a.jsonl", "model.train=adapter", "model.encoder_top_layers=1", "optim.ctc_weight=0"]
+    )
+    set_trainable(model, m.model)
+    last = len(model.frontend.encoder.whisper.layers) - 1
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    top = {f"frontend.encoder.whisper.layers.{last}.", "frontend.encoder.whisper.layer_norm."}
+    assert {n for n in names if "encoder" in n} == {
+        n for n, _ in model.named_parameters() if any(n.startswith(t) for t in top)
+    }
+    assert any(n.startswith("frontend.adapter.") for n in names)
+    cache = EncoderCache(model, waves[:2], top_layers=1)
+    enc, lengths = cache.batch([(waves[0],), (waves[1],)], 0, np.random.default_rng(0))
+    sum(e.square().sum() for e in cached_audio_embeds(model, enc, lengths, 1)).backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None and bool(p.grad.abs().sum() > 0)) == (n in names and "lora" not in n), n
+
+
+def test_encoder_top_layers_is_refused_with_every_weight_training_and_on_a_conformer_encoder(tmp_path):
+    from funrl.sft_model import set_trainable
+
+    with pytest.raises(ConfigError, match="model.encoder_top_layers") as err:
+        load_sft_config(None, ["data.train_manifest=a.jsonl", "model.train=all", "model.encoder_top_layers=1"])
+    assert err.value.key == "model.encoder_top_layers"
+    conformer = load_audio_llm(get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "c"))
+    m = load_sft_config(
+        None, ["data.train_manifest=a.jsonl", "model.train=adapter", "model.encoder_top_layers=1", "optim.ctc_weight=0"]
+    )
+    with pytest.raises(ValueError, match=r"model.encoder_top_layers=1 .* ConformerEncoder"):
+        set_trainable(conformer, m.model)
