@@ -260,42 +260,37 @@ def test_new_model_on_a_pretrained_whisper_encoder_holds_its_weights_and_no_cmvn
     assert abs(float(model.llm.get_input_embeddings().weight.std()) - 0.02) < 0.002
 
 
-def test_whisper_demo_recipe_keeps_the_pretrained_encoder_frozen_from_step_one(demo_small, tmp_path):
+def _whisper_recipe_run(demo_small, tmp_path, steps: int, *extra: str) -> tuple[Path, dict]:
+    """funrl/demo/sft_whisper.yaml at CI size for ``steps`` steps (+ ``extra`` overrides): the run folder and
+    Whisper tiny.en's own weights (``model.encoder.*``)."""
     from policy.models.slam_asr import default_whisper_source
     from policy.models.whisper_convert import load_whisper_source
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "funrl.sft", "--config", str(REPO / "funrl/demo/sft_whisper.yaml")]
-    cmd += [f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", "optim.steps=6"]
+    cmd += [f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", f"optim.steps={steps}"]
     cmd += ["optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "optim.lr=3e-3", "run.eval_every=0"]
-    cmd += ["run.log_every=3", "run.max_new_tokens=8", "data.dev_clips=4", f"run.out_dir={out}"]
+    cmd += ["run.log_every=3", "run.max_new_tokens=8", "data.dev_clips=4", f"run.out_dir={out}", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, load_whisper_source(default_whisper_source())[1]
+
+
+def test_whisper_demo_recipe_keeps_the_pretrained_encoder_frozen_from_step_one(demo_small, tmp_path):
+    out, state = _whisper_recipe_run(demo_small, tmp_path, 6)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [3, 6] and log[-1]["ce"] < log[0]["ce"]
     model = load_audio_llm(out / "model")
     assert model.frontend.ctc is None and model.frontend.adapter.fc1.in_features == 4 * 384  # recipe: splice 4
-    _, state, _ = load_whisper_source(default_whisper_source())
     for name, tensor in model.frontend.encoder.whisper.state_dict().items():  # frozen: tiny.en's own weights
         assert torch.equal(tensor, state[f"model.encoder.{name}"].float()), name
 
 
 def test_encoder_top_layers_train_through_the_cache_while_the_layers_below_stay_pretrained(demo_small, tmp_path):
-    from policy.models.slam_asr import default_whisper_source
-    from policy.models.whisper_convert import load_whisper_source
-
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "funrl.sft", "--config", str(REPO / "funrl/demo/sft_whisper.yaml")]
-    cmd += [f"data.demo_dir={demo_small.root}", "data.demo_size=small", "model.size=tiny", "optim.steps=3"]
-    cmd += ["optim.minutes=0", "optim.warmup_steps=1", "optim.batch_size=4", "optim.lr=3e-3", "run.eval_every=0"]
-    cmd += ["run.log_every=3", "run.max_new_tokens=8", "data.dev_clips=4", f"run.out_dir={out}"]
-    cmd += ["model.train=adapter", "model.encoder_top_layers=1"]  # the recipe caches the encoder: below the top
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the recipe caches the encoder: the states below its last layer, which trains
+    out, state = _whisper_recipe_run(demo_small, tmp_path, 3, "model.train=adapter", "model.encoder_top_layers=1")
     model = load_audio_llm(out / "model")
-    _, state, _ = load_whisper_source(default_whisper_source())
     last = len(model.frontend.encoder.whisper.layers) - 1
     for name, tensor in model.frontend.encoder.whisper.state_dict().items():
         trained = name.startswith((f"layers.{last}.", "layer_norm."))
