@@ -172,14 +172,25 @@ def lr_factor(step: int, progress: float, cfg) -> float:
     return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def _optimizer(model: AudioLLM, o, embed_ctc: EmbedCtc | None = None) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (the embed-CTC blank vector trains too, without decay)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    other += list(embed_ctc.parameters()) if embed_ctc is not None else []
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=o.lr
-    )
+def _optimizer(
+    model: AudioLLM, o, embed_ctc: EmbedCtc | None = None, encoder: Sequence[torch.nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (the embed-CTC blank vector trains too, without decay); the
+    ``encoder`` weights (``model.encoder_top_layers``) in groups of their own at ``optim.encoder_lr_scale``."""
+    scale = o.encoder_lr_scale
+    own = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in own and p.requires_grad]
+    extra = list(embed_ctc.parameters()) if embed_ctc is not None else []
+    groups = [
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": o.weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in rest if p.dim() < 2] + extra, "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+    if encoder:
+        groups += [
+            {"params": [p for p in encoder if p.dim() >= 2], "weight_decay": o.weight_decay, "lr_scale": scale},
+            {"params": [p for p in encoder if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale},
+        ]
+    return torch.optim.AdamW(groups, lr=o.lr)
 
 
 def _start_llm_phase(model: AudioLLM, o, data: SftData, n_top: int) -> dict[int, list[int]]:
@@ -304,7 +315,8 @@ def _start(cfg: SftConfig, out: Path, last: Checkpoint | None) -> tuple[SftRunSt
         print(f"[funrl.sft] embedding CTC continues from {saved_head}", file=sys.stderr)
     samplers = {"train": sampler, **({"easy": easy_sampler} if easy_sampler is not None else {})}
     rng = np.random.default_rng(cfg.run.seed)
-    state = SftRunState(model, _optimizer(model, o, embed_ctc), embed_ctc, samplers, rng)
+    opt = _optimizer(model, o, embed_ctc, encoder_top_parameters(model, cfg.model.encoder_top_layers))
+    state = SftRunState(model, opt, embed_ctc, samplers, rng)
     step, elapsed = 0, 0.0
     if last is not None:
         step, elapsed = restore(last, state)
@@ -366,7 +378,7 @@ def _loop(
                     cuts = _start_llm_phase(model, o, data, cfg.model.encoder_top_layers)
             lr = o.lr * lr_factor(step if encoder_phase else step - o.encoder_steps, progress(), o)
             for g in s.opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)  # a checkpoint from before lr_scale: 1
             easy = "easy" in s.samplers and step < cfg.data.curriculum_steps
             source = s.samplers["easy" if easy else "train"]
             clips = source.next_batch()

@@ -128,3 +128,20 @@ def test_encoder_top_layers_is_refused_with_every_weight_training_and_on_a_confo
     )
     with pytest.raises(ValueError, match=r"model.encoder_top_layers=1 .* ConformerEncoder"):
         set_trainable(conformer, m.model)
+
+
+def test_encoder_top_layers_get_their_own_optimizer_groups_at_the_scaled_learning_rate(tmp_path):
+    from funrl.sft import _optimizer
+    from funrl.sft_model import encoder_top_parameters, set_trainable
+
+    model = load_audio_llm(get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "m", encoder="whisper"))
+    over = ["data.train_manifest=a.jsonl", "model.train=adapter", "model.encoder_top_layers=1", "optim.ctc_weight=0"]
+    cfg = load_sft_config(None, [*over, "optim.encoder_lr_scale=0.25"])
+    set_trainable(model, cfg.model)
+    top = encoder_top_parameters(model, 1)
+    opt = _optimizer(model, cfg.optim, None, top)
+    scaled = {id(p) for g in opt.param_groups if g["lr_scale"] == 0.25 for p in g["params"]}
+    assert scaled == {id(p) for p in top}
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trained  # each once: AdamW refuses repeats
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0, 0.01, 0.0]
