@@ -57,9 +57,9 @@ class SftModelConfig:
     # merged into the saved LLM)
     train: str = "all"
     lora_r: int = 8
-    # With train adapter | adapter_lora on a whisper encoder: its last N transformer layers (and final LayerNorm)
-    # train too, a context-reading stage between the frozen encoder and the adapter (optim.cache_encoder then
-    # caches the states below them); 0 = the encoder stays frozen
+    # A whisper encoder kept frozen (train adapter | adapter_lora, or optim.freeze_encoder): its last N transformer
+    # layers (and final LayerNorm) train all the same, a context-reading stage between the frozen layers and the
+    # adapter (optim.cache_encoder then caches the states below them); 0 = the whole encoder stays frozen
     encoder_top_layers: int = 0
 
     def __post_init__(self) -> None:
@@ -77,12 +77,6 @@ class SftModelConfig:
                 "encoder_top_layers": in_range(0),
             },
         )
-        if self.encoder_top_layers and self.train == "all":
-            raise ConfigError(
-                "model.encoder_top_layers trains part of an encoder the adapter recipes keep frozen; with "
-                "model.train=all every encoder weight trains already: set model.train=adapter or adapter_lora",
-                key="model.encoder_top_layers",
-            )
 
 
 @dataclass(frozen=True)
@@ -252,6 +246,13 @@ class SftConfig:
                 key="model.train",
             )
         o = self.optim
+        if self.model.encoder_top_layers and self.model.train == "all" and not o.freeze_encoder:
+            raise ConfigError(
+                "model.encoder_top_layers trains the last layers of an otherwise frozen encoder, but with "
+                "model.train=all and optim.freeze_encoder=false every encoder weight trains: set "
+                "optim.freeze_encoder=true or model.train=adapter / adapter_lora",
+                key="model.encoder_top_layers",
+            )
         if o.cache_encoder and (not o.freeze_encoder or o.encoder_steps or o.shuffle_words_prob or o.spec_freq_masks):
             raise ConfigError(
                 "optim.cache_encoder needs an encoder frozen from the start and inputs it can reuse: set "

@@ -288,8 +288,8 @@ def test_whisper_demo_recipe_keeps_the_pretrained_encoder_frozen_from_step_one(d
 
 
 def test_encoder_top_layers_train_through_the_cache_while_the_layers_below_stay_pretrained(demo_small, tmp_path):
-    # the recipe caches the encoder: the states below its last layer, which trains
-    out, state = _whisper_recipe_run(demo_small, tmp_path, 3, "model.train=adapter", "model.encoder_top_layers=1")
+    # the recipe freezes the encoder (but its last layer now) and caches the states below that layer
+    out, state = _whisper_recipe_run(demo_small, tmp_path, 3, "model.encoder_top_layers=1")
     model = load_audio_llm(out / "model")
     last = len(model.frontend.encoder.whisper.layers) - 1
     for name, tensor in model.frontend.encoder.whisper.state_dict().items():

@@ -116,12 +116,14 @@ def test_encoder_top_layers_train_the_last_layer_and_final_norm_beside_the_adapt
         assert (p.grad is not None and bool(p.grad.abs().sum() > 0)) == (n in names and "lora" not in n), n
 
 
-def test_encoder_top_layers_is_refused_with_every_weight_training_and_on_a_conformer_encoder(tmp_path):
+def test_encoder_top_layers_is_refused_with_the_whole_encoder_training_and_on_a_conformer_encoder(tmp_path):
     from funrl.sft_model import set_trainable
 
     with pytest.raises(ConfigError, match="model.encoder_top_layers") as err:
         load_sft_config(None, ["data.train_manifest=a.jsonl", "model.train=all", "model.encoder_top_layers=1"])
     assert err.value.key == "model.encoder_top_layers"
+    frozen = ["data.train_manifest=a.jsonl", "model.encoder_top_layers=1", "optim.freeze_encoder=true"]
+    assert load_sft_config(None, frozen).model.encoder_top_layers == 1  # train=all, the encoder frozen but its top
     conformer = load_audio_llm(get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "c"))
     m = load_sft_config(
         None, ["data.train_manifest=a.jsonl", "model.train=adapter", "model.encoder_top_layers=1", "optim.ctc_weight=0"]
