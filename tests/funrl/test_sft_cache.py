@@ -3,6 +3,8 @@ from them equal the uncached path, pairs join in time, and configs it cannot ser
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -130,6 +132,12 @@ def test_encoder_top_layers_is_refused_with_the_whole_encoder_training_and_on_a_
     )
     with pytest.raises(ValueError, match=r"model.encoder_top_layers=1 .* ConformerEncoder"):
         set_trainable(conformer, m.model)
+    whisper = load_audio_llm(get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "w", encoder="whisper"))
+    too_many = replace(m.model, encoder_top_layers=len(whisper.frontend.encoder.whisper.layers) + 1)
+    with pytest.raises(
+        ValueError, match=r"model.encoder_top_layers=\d+, but .* set model.encoder_top_layers to at most"
+    ):
+        set_trainable(whisper, too_many)
 
 
 def test_encoder_top_layers_get_their_own_optimizer_groups_at_the_scaled_learning_rate(tmp_path):
