@@ -87,6 +87,14 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
                 "data.train_manifest is not set: give a manifest (data.train_manifest=PATH), the built-in demo "
                 "data (data.demo_dir=DIR), or run without --config/--no-demo for the built-in demo"
             )
+        if not cfg.model.path and not args.config:
+            raise ConfigError(
+                "model.path is not set: data.train_manifest given on the command line without --config trains from "
+                "the defaults, not the built-in demo. For the demo's recipe and starting model on these clips add "
+                "--config funrl/demo/grpo.yaml model.path=funrl/demo/assets/start_model (and data.test_manifest=PATH "
+                "for the before/after table); else give model.path=DIR",
+                key="model.path",
+            )
         return cfg
     from funrl.demo.run import demo_config
 

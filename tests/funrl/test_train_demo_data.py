@@ -56,3 +56,8 @@ def test_without_demo_dir_or_train_manifest_the_error_names_both_ways(tmp_path):
 def test_an_unknown_demo_size_names_the_key_and_the_choices():
     with pytest.raises(ConfigError, match=r"data\.demo_size.*keyword_rich"):
         load_config(None, ["data.demo_size=huge"])
+
+
+def test_a_train_manifest_alone_on_the_command_line_says_how_to_get_the_demo_recipe_and_model(tmp_path):
+    with pytest.raises(ConfigError, match=r"--config funrl/demo/grpo.yaml model.path=funrl/demo/assets/start_model"):
+        resolve_config(parse_args([f"data.train_manifest={tmp_path / 'mine.jsonl'}"]))
