@@ -97,9 +97,10 @@ def encoder_top_parameters(model: AudioLLM, n_top: int) -> list[torch.nn.Paramet
             f"model.encoder_top_layers={n_top} trains a Whisper encoder's last layers, but this "
             f"{model.model_type} model's encoder is {type(encoder).__name__}: set model.encoder_top_layers=0"
         )
-    if n_top > len(encoder.whisper.layers):
+    try:
+        return encoder.top_parameters(n_top)
+    except ValueError as exc:  # more layers than the encoder has
         raise ValueError(
-            f"model.encoder_top_layers={n_top}, but the model's Whisper encoder has {len(encoder.whisper.layers)} "
-            f"layers: set model.encoder_top_layers to at most {len(encoder.whisper.layers)}"
-        )
-    return encoder.top_parameters(n_top)
+            f"model.encoder_top_layers={n_top}, but {exc}: set model.encoder_top_layers to at most "
+            f"{len(encoder.whisper.layers)}"
+        ) from None

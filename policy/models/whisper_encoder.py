@@ -156,7 +156,7 @@ class WhisperAudioEncoder(nn.Module):
     def top_parameters(self, n_top: int) -> list[nn.Parameter]:
         """The weights ``top(.., n_top)`` uses: the last ``n_top`` layers and the final LayerNorm."""
         if not 0 < n_top <= len(self.whisper.layers):
-            raise ValueError(f"the Whisper encoder has {len(self.whisper.layers)} layers; cannot train the top {n_top}")
+            raise ValueError(f"the Whisper encoder has {len(self.whisper.layers)} layers, not {n_top} to train")
         top = [*self.whisper.layers[len(self.whisper.layers) - n_top :], self.whisper.layer_norm]
         return [p for module in top for p in module.parameters()]
 
