@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from funrl.sft_config import SftConfig, SftModelConfig
-from policy.config import LoraConfig
+from policy.config import ConfigError, LoraConfig
 from policy.models import AudioLLM, get_adapter, load_audio_llm
 from policy.models.features import fbank
 from policy.models.lora import train_adapter_only
@@ -88,19 +88,21 @@ def set_trainable(model: AudioLLM, m: SftModelConfig) -> None:
 
 def encoder_top_parameters(model: AudioLLM, n_top: int) -> list[torch.nn.Parameter]:
     """The weights of ``model.encoder_top_layers``: a Whisper encoder's last ``n_top`` layers and final LayerNorm
-    (none for 0); an error names the key when the model's encoder is no Whisper encoder."""
+    (none for 0); a `ConfigError` names the key when the model's encoder is no Whisper encoder or has fewer layers."""
     if n_top == 0:
         return []
     encoder = getattr(model.frontend, "encoder", None)
     if not isinstance(encoder, WhisperAudioEncoder):
-        raise ValueError(
+        raise ConfigError(
             f"model.encoder_top_layers={n_top} trains a Whisper encoder's last layers, but this "
-            f"{model.model_type} model's encoder is {type(encoder).__name__}: set model.encoder_top_layers=0"
+            f"{model.model_type} model's encoder is {type(encoder).__name__}: set model.encoder_top_layers=0",
+            key="model.encoder_top_layers",
         )
     try:
         return encoder.top_parameters(n_top)
     except ValueError as exc:  # more layers than the encoder has
-        raise ValueError(
+        raise ConfigError(
             f"model.encoder_top_layers={n_top}, but {exc}: set model.encoder_top_layers to at most "
-            f"{len(encoder.whisper.layers)}"
+            f"{len(encoder.whisper.layers)}",
+            key="model.encoder_top_layers",
         ) from None
