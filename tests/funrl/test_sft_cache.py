@@ -135,9 +135,10 @@ def test_encoder_top_layers_is_refused_with_the_whole_encoder_training_and_on_a_
     whisper = load_audio_llm(get_adapter("encoder_adapter_llm").build_tiny(tmp_path / "w", encoder="whisper"))
     too_many = replace(m.model, encoder_top_layers=len(whisper.frontend.encoder.whisper.layers) + 1)
     with pytest.raises(
-        ValueError, match=r"model.encoder_top_layers=\d+, but .* set model.encoder_top_layers to at most"
-    ):
+        ConfigError, match=r"model.encoder_top_layers=\d+, but .* set model.encoder_top_layers to at most"
+    ) as too_deep:
         set_trainable(whisper, too_many)
+    assert too_deep.value.key == "model.encoder_top_layers"  # funrl.sft exits 2, as for any config error
 
 
 def test_encoder_top_layers_get_their_own_optimizer_groups_at_the_scaled_learning_rate(tmp_path):
