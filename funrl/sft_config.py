@@ -101,6 +101,9 @@ class SftDataConfig:
     broad_clips: int = 0  # N clips of broad-vocabulary English sentences (`funrl.demo.broad`) among the training
     # clips, built (or reused) in broad_dir: a pretrained LLM keeps writing real English instead of the demo's words
     broad_dir: str = "data/broad"
+    everyday_clips: int = 0  # N clips of everyday English sentences written by SmolLM2 (`funrl.demo.everyday`;
+    # "please", "sorry", "I am": words encyclopedia prose lacks), built (or reused) in everyday_dir
+    everyday_dir: str = "data/everyday"
     # Curriculum: the first curriculum_steps steps draw only from curriculum_manifest (easy clips, e.g. clean
     # speech: the encoder's CTC leaves its blank/space plateau far sooner on them); with the demo data and
     # curriculum_manifest "", its clean espeak English sft_train clips are used.
@@ -118,6 +121,7 @@ class SftDataConfig:
                 "silence_clips": in_range(0),
                 "silence_babble": in_range(0, 1),
                 "broad_clips": in_range(0),
+                "everyday_clips": in_range(0),
                 "curriculum_steps": in_range(0),
                 "format": one_of(*FORMATS),
             },

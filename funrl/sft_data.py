@@ -76,8 +76,9 @@ class SftData:
 
 
 def load_data(cfg: SftConfig, out: Path) -> SftData:
-    """The run's clips: the training manifest's (speech only unless ``data.noise_clips``) + the room-tone and
-    broad-vocabulary clips asked for, the curriculum clips, and the first ``data.dev_clips`` dev clips."""
+    """The run's clips: the training manifest's (speech only unless ``data.noise_clips``) + the room-tone,
+    broad-vocabulary and everyday-English clips asked for, the curriculum clips, and the first
+    ``data.dev_clips`` dev clips."""
     train_path, dev_path, easy_path = resolve_manifests(cfg, out)
     d = cfg.data
     given = {d.train_manifest, d.dev_manifest, d.curriculum_manifest} - {""}  # the demo's manifests are JSONL
@@ -98,6 +99,12 @@ def load_data(cfg: SftConfig, out: Path) -> SftData:
         broad, broad_waves = load(str(build_broad_data(d.broad_dir, d.broad_clips, d.demo_seed)), True)
         print(f"[funrl.sft] + {len(broad)} broad-vocabulary clips of {d.broad_dir}", file=sys.stderr)
         clips, waves = clips + broad, waves + broad_waves
+    if d.everyday_clips:
+        from funrl.demo.everyday import build_everyday_data
+
+        every, every_waves = load(str(build_everyday_data(d.everyday_dir, d.everyday_clips, d.demo_seed)), True)
+        print(f"[funrl.sft] + {len(every)} everyday-English clips of {d.everyday_dir}", file=sys.stderr)
+        clips, waves = clips + every, waves + every_waves
     easy = load(easy_path, speech_only=True) if easy_path else None
     dev = None
     if dev_path:

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -105,15 +106,20 @@ class BroadSpec(ClipSpec):
 
 def plan_broad(n: int, seed: int = 0) -> list[BroadSpec]:
     """The ``n`` clips' text, voice, noise, level and band, all drawn here from ``seed``."""
+    return plan_clips(broad_sentences(n, seed), seed, "broad")
+
+
+def plan_clips(texts: list[str], seed: int, prefix: str) -> list[BroadSpec]:
+    """A clip of each text, named ``<prefix>_00000``...: voice, noise, level and band drawn from ``seed``."""
     rng = np.random.default_rng([seed, 0xB40AE])
     specs = []
-    for i, text in enumerate(broad_sentences(n, seed)):
+    for i, text in enumerate(texts):
         fields = voice_fields(rng, "en", piper=bool(rng.random() < 0.5))
         noisy = rng.random() < 0.2
         specs.append(
             BroadSpec(
-                name=f"broad_{i:05d}",
-                split="broad_train",
+                name=f"{prefix}_{i:05d}",
+                split=f"{prefix}_train",
                 text=text,
                 lang="en",
                 keywords=(),
@@ -143,17 +149,34 @@ def _key(n: int, seed: int) -> str:
 
 
 def build_broad_data(out_dir: str | os.PathLike, n: int, seed: int = 0, progress: bool = True) -> Path:
-    """Build (or reuse) ``n`` broad clips in ``out_dir``; returns the manifest's path. The folder is written
-    under a temporary name and renamed when complete, so a killed build leaves nothing half-made."""
+    """Build (or reuse) ``n`` broad clips in ``out_dir``; returns the manifest's path."""
+
+    def plan() -> list[BroadSpec]:
+        specs = plan_broad(n, seed)
+        _chain.cache_clear()  # the chain is ~1 GB of Python objects: not kept for the training that follows
+        return specs
+
+    return build_clip_folder(out_dir, _key(n, seed), plan, MANIFEST, "broad clips", progress)
+
+
+def build_clip_folder(
+    out_dir: str | os.PathLike,
+    key: str,
+    plan: Callable[[], list[BroadSpec]],
+    manifest: str,
+    what: str,
+    progress: bool = True,
+) -> Path:
+    """Render ``plan()``'s clips into ``out_dir`` with ``manifest`` beside them, unless its ``DONE`` stamp is
+    already ``key``; returns the manifest's path. The folder is written under a temporary name and renamed when
+    complete, so a killed build leaves nothing half-made."""
     out = Path(out_dir).absolute()
-    key = _key(n, seed)
     if (out / "DONE").is_file() and (out / "DONE").read_text().strip() == key:
-        return out / MANIFEST
+        return out / manifest
     if out.exists() and not (out / "DONE").is_file() and any(out.iterdir()):
-        raise FileExistsError(f"{out} holds files the broad-clip builder did not write; choose another folder")
+        raise FileExistsError(f"{out} holds files the {what} builder did not write; choose another folder")
     check_voices()
-    specs = plan_broad(n, seed)
-    _chain.cache_clear()  # the chain is ~1 GB of Python objects: not kept for the training that follows
+    specs = plan()
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(out)  # temp folders of killed builds
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
@@ -161,15 +184,15 @@ def build_broad_data(out_dir: str | os.PathLike, n: int, seed: int = 0, progress
     (tmp / "wav").mkdir(parents=True)
     try:
         job = functools.partial(render_broad, out_dir=str(tmp))
-        render_all(specs, job, min(2, os.cpu_count() or 1) if n >= 300 else 1, progress, "broad clips")
+        render_all(specs, job, min(2, os.cpu_count() or 1) if len(specs) >= 300 else 1, progress, what)
         lines = [json.dumps(s.manifest_record()) for s in specs]
-        (tmp / MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (tmp / manifest).write_text("\n".join(lines) + "\n", encoding="utf-8")
         (tmp / "DONE").write_text(key + "\n")
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out / MANIFEST
+    return out / manifest
 
 
 def main(argv: list[str] | None = None) -> int:
