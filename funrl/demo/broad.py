@@ -195,16 +195,29 @@ def build_clip_folder(
     return out / manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m funrl.demo.broad", description=__doc__.split("\n\n")[0])
+def folder_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of a clip-folder builder: OUT_DIR, ``--clips``, ``--seed``; ``doc`` (its module doc)
+    is the help text."""
+    head, rest = doc.split("\n\n", 1)
+    ap = argparse.ArgumentParser(
+        prog=prog, description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("out_dir", help="folder to create (reused when already built with these parameters)")
     ap.add_argument("--clips", type=int, default=4000, help="how many clips (default 4000)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    path = build_broad_data(args.out_dir, args.clips, args.seed)
+    return ap
+
+
+def print_summary(path: Path) -> None:
+    """One line on stderr: the manifest, its clips and their distinct words."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     vocab = {w for r in rows for w in r["text"].split()}
     print(f"{path}: {len(rows)} clips, {len(vocab)} distinct words", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = folder_parser("python -m funrl.demo.broad", __doc__).parse_args(argv)
+    print_summary(build_broad_data(args.out_dir, args.clips, args.seed))
     return 0
 
 

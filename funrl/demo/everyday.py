@@ -21,9 +21,7 @@ machine may write others from the same seed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import re
 import sys
@@ -32,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from funrl.demo.broad import BroadSpec, build_clip_folder, plan_clips
+from funrl.demo.broad import BroadSpec, build_clip_folder, folder_parser, plan_clips, print_summary
 
 VERSION = 1  # bump when the prompts, the sampling or the sentence filter change (invalidates built folders)
 MANIFEST = "everyday_train.jsonl"
@@ -172,16 +170,10 @@ def build_everyday_data(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m funrl.demo.everyday", description=__doc__.split("\n\n")[0])
-    ap.add_argument("out_dir", help="folder to create (reused when already built with these parameters)")
-    ap.add_argument("--clips", type=int, default=4000, help="how many clips (default 4000)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = folder_parser("python -m funrl.demo.everyday", __doc__)
     ap.add_argument("--llm", help="GGUF file or transformers causal-LM folder (default: SmolLM2-135M-Instruct)")
     args = ap.parse_args(argv)
-    path = build_everyday_data(args.out_dir, args.clips, args.seed, args.llm)
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    vocab = {w for r in rows for w in r["text"].split()}
-    print(f"{path}: {len(rows)} clips, {len(vocab)} distinct words", file=sys.stderr)
+    print_summary(build_everyday_data(args.out_dir, args.clips, args.seed, args.llm))
     return 0
 
 
