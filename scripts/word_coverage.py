@@ -1,0 +1,101 @@
+"""How often a model writes a word right, by how often the word occurs in its training text.
+
+    python scripts/word_coverage.py EVAL.clips.jsonl TRAIN.jsonl [TRAIN.jsonl ...]
+
+EVAL.clips.jsonl is the per-clip file `python -m funrl.eval --out R.json` writes beside R.json; the TRAIN
+manifests are those the model learnt from (their ``text`` fields). Each reference word of the evaluated speech
+clips is aligned to the hypothesis (jiwer, lower-cased letters and apostrophes only) and counted as right when
+the alignment keeps it; the words are put in buckets by how many times they occur in the training text. A model
+that hears sounds writes unseen words about as well as seen ones; one that learnt words writes unseen words
+almost never. BENCHMARKS.md ("Which words the SLAM-ASR model writes") shows both tables of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import jiwer
+
+BUCKETS = ((0, 0), (1, 2), (3, 9), (10, 99), (100, None))  # occurrences in the training text, inclusive
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def text_counts(manifests: Iterable[Path]) -> Counter[str]:
+    """How many times each word occurs in the ``text`` of the manifests' lines."""
+    counts: Counter[str] = Counter()
+    for path in manifests:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                counts.update(words(json.loads(line).get("text", "")))
+    return counts
+
+
+def kept_words(ref: str, hyp: str) -> list[tuple[str, bool]]:
+    """Each reference word and whether the alignment to ``hyp`` keeps it (an ``equal`` chunk)."""
+    ref_words, hyp_words = words(ref), words(hyp)
+    if not ref_words:
+        return []
+    if not hyp_words:
+        return [(w, False) for w in ref_words]
+    kept = [False] * len(ref_words)
+    for chunk in jiwer.process_words(" ".join(ref_words), " ".join(hyp_words)).alignments[0]:
+        if chunk.type == "equal":
+            kept[chunk.ref_start_idx : chunk.ref_end_idx] = [True] * (chunk.ref_end_idx - chunk.ref_start_idx)
+    return list(zip(ref_words, kept))
+
+
+def bucket_of(n: int) -> str:
+    for lo, hi in BUCKETS:
+        if n >= lo and (hi is None or n <= hi):
+            return f"{lo}+" if hi is None else (f"{lo}" if lo == hi else f"{lo}-{hi}")
+    raise ValueError(n)
+
+
+def coverage_table(rows: Iterable[dict], counts: Counter[str]) -> dict[str, tuple[int, int]]:
+    """Bucket -> (reference words in it, of them written right), over the speech clips of ``rows``."""
+    table = {bucket_of(lo): (0, 0) for lo, _ in BUCKETS}
+    for row in rows:
+        if row.get("noise"):
+            continue
+        for word, right in kept_words(row["ref"], row.get("hyp") or ""):
+            total, hits = table[bucket_of(counts[word])]
+            table[bucket_of(counts[word])] = (total + 1, hits + right)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("clips", type=Path, help="per-clip file of python -m funrl.eval (R.clips.jsonl)")
+    ap.add_argument("train", type=Path, nargs="+", help="training manifests (JSONL with a text field)")
+    args = ap.parse_args(argv)
+    for path in [args.clips, *args.train]:
+        if not path.is_file():
+            print(f"word_coverage: {path} does not exist", file=sys.stderr)
+            return 2
+    rows = [json.loads(line) for line in args.clips.read_text(encoding="utf-8").splitlines() if line.strip()]
+    table = coverage_table(rows, text_counts(args.train))
+    all_words = sum(t for t, _ in table.values())
+    print("| times in the training text | share of the reference words | written right |")
+    print("|---|---|---|")
+    for bucket, (total, hits) in table.items():
+        right = f"{100 * hits / total:.1f} %" if total else "–"
+        print(f"| {bucket} | {100 * total / max(all_words, 1):.1f} % ({total}) | {right} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
