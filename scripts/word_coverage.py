@@ -4,8 +4,9 @@
 
 EVAL.clips.jsonl is the per-clip file `python -m funrl.eval --out R.json` writes beside R.json; the TRAIN
 manifests are those the model learnt from (their ``text`` fields). Each reference word of the evaluated speech
-clips is aligned to the hypothesis (jiwer, lower-cased letters and apostrophes only) and counted as right when
-the alignment keeps it; the words are put in buckets by how many times they occur in the training text. A model
+clips (the words `funrl.eval` scores: the basic normaliser's tokens) is aligned to the hypothesis (jiwer) and
+counted as right when the alignment keeps it; the words are put in buckets by how many times they occur in the
+training text. A model
 that hears sounds writes unseen words about as well as seen ones; one that learnt words writes unseen words
 almost never. BENCHMARKS.md ("Which words the SLAM-ASR model writes") shows both tables of a run.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -22,12 +22,14 @@ from pathlib import Path
 
 import jiwer
 
+from rewards.text import tokenize
+
 BUCKETS = ((0, 0), (1, 2), (3, 9), (10, 99), (100, None))  # occurrences in the training text, inclusive
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    """The words WER counts: the reward library's basic normaliser and tokens, as `funrl.eval` uses them."""
+    return tokenize(text, "basic")
 
 
 def text_counts(manifests: Iterable[Path]) -> Counter[str]:
@@ -68,8 +70,9 @@ def coverage_table(rows: Iterable[dict], counts: Counter[str]) -> dict[str, tupl
         if row.get("noise"):
             continue
         for word, right in kept_words(row["ref"], row.get("hyp") or ""):
-            total, hits = table[bucket_of(counts[word])]
-            table[bucket_of(counts[word])] = (total + 1, hits + right)
+            bucket = bucket_of(counts[word])
+            total, hits = table[bucket]
+            table[bucket] = (total + 1, hits + right)
     return table
 
 

@@ -107,18 +107,11 @@ def _safetensors_folder(src: Path, tmp: Path) -> Path:
     safetensors folders)."""
     if src.is_dir():
         return src
-    from safetensors.torch import save_file
-
+    from policy.models.base import write_causal_lm
     from policy.models.slam_asr import load_pretrained_llm
 
-    model, tokenizer = load_pretrained_llm(src)  # a GGUF load: transformers will not save it, so it is written here
-    model.config.architectures = [type(model).__name__]
-    model.config.save_pretrained(tmp)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save_pretrained(tmp)
-    return tmp
+    model, tokenizer = load_pretrained_llm(src)  # a GGUF load: transformers will not save_pretrained it
+    return write_causal_lm(tmp, model, model.state_dict().items(), tokenizer)
 
 
 def _sample(folder: Path, n: int, seed: int, progress: bool) -> list[str]:

@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -336,27 +336,7 @@ class AudioLLM(AudioToPrompt, nn.Module):
         this: vLLM's in-place weight reload never refreshes a tied head (it keeps a processed copy), so
         a synced ``embed_tokens`` would leave the output layer stale.
         """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        base = self.base_llm()
-        config = copy.deepcopy(base.config)
-        config.architectures = [type(base).__name__]  # vLLM picks its model class by this
-        tied = bool(getattr(base.config.get_text_config(), "tie_word_embeddings", False))
-        if untie_embeddings and tied:
-            config.tie_word_embeddings = False
-            config.get_text_config().tie_word_embeddings = False
-            tied = False
-        config.save_pretrained(folder)
-        if getattr(base, "generation_config", None) is not None:
-            base.generation_config.save_pretrained(folder)
-        weights = {
-            k: v.to("cpu").contiguous().clone()
-            for k, v in self.llm_state_dict()
-            if not (tied and k == "lm_head.weight")
-        }
-        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        self.tokenizer.save_pretrained(folder)
-        return folder
+        return write_causal_lm(folder, self.base_llm(), self.llm_state_dict(), self.tokenizer, untie_embeddings)
 
     def save(self, folder: str | Path) -> Path:
         """Save the whole model with its adapter's layout; atomic (temp dir beside it, then rename)."""
@@ -380,3 +360,30 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_causal_lm(
+    folder: str | Path,
+    base: Any,
+    weights: Iterable[tuple[str, Tensor]],
+    tokenizer: Any,
+    untie_embeddings: bool = False,
+) -> Path:
+    """Write ``weights`` (HF names) with ``base``'s config and generation config and ``tokenizer`` as a plain HF
+    causal-LM folder that vLLM loads as it is (`AudioLLM.export_llm` says what ``untie_embeddings`` is for)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(base.config)
+    config.architectures = [type(base).__name__]  # vLLM picks its model class by this
+    tied = bool(getattr(base.config.get_text_config(), "tie_word_embeddings", False))
+    if untie_embeddings and tied:
+        config.tie_word_embeddings = False
+        config.get_text_config().tie_word_embeddings = False
+        tied = False
+    config.save_pretrained(folder)
+    if getattr(base, "generation_config", None) is not None:
+        base.generation_config.save_pretrained(folder)
+    kept = {k: v.to("cpu").contiguous().clone() for k, v in weights if not (tied and k == "lm_head.weight")}
+    save_file(kept, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(folder)
+    return folder
