@@ -11,7 +11,6 @@ encoder and the tokenizer but draws a random 2-layer Llama (the CI size).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -19,15 +18,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from funrl.cli_help import doc_parser
 from policy.models.slam_asr import SIZES, build_slam_asr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser(__doc__ or "")
     parser.add_argument("out", type=Path, help="output model folder (must not exist)")
     parser.add_argument("--whisper", type=Path, help="CTranslate2 or transformers Whisper folder (default: tiny.en)")
     parser.add_argument("--llm", type=Path, help="GGUF file or transformers causal-LM folder (default: SmolLM2-135M)")

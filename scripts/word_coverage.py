@@ -13,7 +13,6 @@ almost never. BENCHMARKS.md ("Which words the SLAM-ASR model writes") shows both
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import jiwer
 
+from funrl.cli_help import doc_parser
 from rewards.text import tokenize
 
 BUCKETS = ((0, 0), (1, 2), (3, 9), (10, 99), (100, None))  # occurrences in the training text, inclusive
@@ -77,11 +77,7 @@ def coverage_table(rows: Iterable[dict], counts: Counter[str]) -> dict[str, tupl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = doc_parser(__doc__ or "")
     ap.add_argument("clips", type=Path, help="per-clip file of python -m funrl.eval (R.clips.jsonl)")
     ap.add_argument("train", type=Path, nargs="+", help="training manifests (JSONL with a text field)")
     args = ap.parse_args(argv)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from funrl.cli_help import doc_parser
 from funrl.demo.build import remove_stale_builds, render_all
 from funrl.demo.noise import NOISE_KINDS
 from funrl.demo.plan import voice_fields
@@ -198,10 +199,7 @@ def build_clip_folder(
 def folder_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """The command line of a clip-folder builder: OUT_DIR, ``--clips``, ``--seed``; ``doc`` (its module doc)
     is the help text."""
-    head, rest = doc.split("\n\n", 1)
-    ap = argparse.ArgumentParser(
-        prog=prog, description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = doc_parser(doc, prog)
     ap.add_argument("out_dir", help="folder to create (reused when already built with these parameters)")
     ap.add_argument("--clips", type=int, default=4000, help="how many clips (default 4000)")
     ap.add_argument("--seed", type=int, default=0)
