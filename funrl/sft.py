@@ -14,6 +14,8 @@ Writes OUT/config.yaml, OUT/train_log.jsonl (step, loss, ce, ctc = the CTC losse
 when evaluated), OUT/model (the model folder; ``policy.models.load_audio_llm`` loads it) and, every
 ``run.save_every`` steps and at the end, an atomic checkpoint in OUT/checkpoints: ``--resume OUT`` continues a
 killed run from it with the batches and schedule an uninterrupted run would have had (`funrl.sft_checkpoint`).
+SIGTERM or Ctrl-C once: the step in progress ends, a checkpoint is written and the run exits 143 (130), printing
+the command that resumes it; a second signal stops at once (`funrl.preemption`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from funrl.checkpoint import Checkpoint, CheckpointManager, RunLock, RunLockedEr
 from funrl.config import ConfigError, dump_config, save_config
 from funrl.cpu import native_bf16
 from funrl.data import ManifestError
+from funrl.preemption import GracefulStop, Preempted
 from funrl.sft_augment import concat_pairs, spec_augment, word_cuts
 from funrl.sft_cache import EncoderCache, cached_audio_embeds
 from funrl.sft_checkpoint import SftRunState, restore, resume_config, resume_point, save
@@ -369,7 +372,7 @@ def _loop(
         p = step / o.steps
         return max(p, meter.elapsed() / (60 * o.minutes)) if o.minutes else p
 
-    with tqdm(total=o.steps, initial=step, desc="SFT", unit="step", dynamic_ncols=True) as bar:
+    with GracefulStop() as stop, tqdm(total=o.steps, initial=step, desc="SFT", unit="step", dynamic_ncols=True) as bar:
         while step < o.steps and progress() < 1.0:
             encoder_phase = step < o.encoder_steps
             if not llm_phase_started and not encoder_phase:
@@ -401,9 +404,20 @@ def _loop(
                         save_head(s.embed_ctc, out / "model")
                 rec = meter.flush(step, lr, res)
                 bar.set_postfix({k: rec[k] for k in ("loss", "ce", "ctc", "dev_wer") if k in rec})
-            if cfg.run.save_every and (step % cfg.run.save_every == 0 or last):
+            if cfg.run.save_every and (step % cfg.run.save_every == 0 or last or stop.requested):
                 save(ckpts, step, meter.elapsed(), s, cfg, finished=last)
             bar.update(1)
+            if stop.requested and not last:
+                raise Preempted(_stopped(step, o.steps, out, bool(cfg.run.save_every)), stop.exit_code)
+
+
+def _stopped(step: int, steps: int, out: Path, saved: bool) -> str:
+    if not saved:
+        return f"stopped after step {step} of at most {steps}; no checkpoint (run.save_every=0)"
+    return (
+        f"stopped after step {step} of at most {steps} (checkpoint written); continue with:\n"
+        f"  python -m funrl.sft --resume {out}"
+    )
 
 
 def keys_help() -> str:
@@ -443,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FloatingPointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Preempted as exc:
+        print(f"[funrl.sft] {exc}", file=sys.stderr)
+        return exc.exit_code
     print(f"[funrl.sft] model: {out / 'model'}", file=sys.stderr)
     return 0
 

@@ -163,3 +163,35 @@ def test_an_sft_started_from_a_saved_sft_model_continues_its_trained_ctc_blank(s
     cfg = replace(cfg, run=replace(cfg.run, out_dir=str(tmp_path / "third")))
     with pytest.raises(ValueError, match=f"{HEAD_FILE}: unreadable.*delete the file"):
         sft._start(cfg, tmp_path / "third", None)
+
+
+def test_sigterm_ends_the_sft_step_in_progress_writes_its_checkpoint_and_resume_matches_an_uninterrupted_run(
+    small_demo_data, tmp_path, monkeypatch, capsys
+):
+    import os
+    import signal
+
+    config = str(REPO / "funrl/demo/sft.yaml")
+    whole = sft.train(load_sft_config(config, _overrides(small_demo_data, tmp_path / "a")))
+    cut = tmp_path / "b"
+    real_step = sft._optimizer_step
+
+    def terminated_during_step_3(loss, opt, grad_clip, step, out):
+        if step == 3:  # as a scheduler's preemption notice arrives mid-step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(loss, opt, grad_clip, step, out)
+
+    monkeypatch.setattr(sft, "_optimizer_step", terminated_during_step_3)
+    assert sft.main(["--config", config, *_overrides(small_demo_data, cut)]) == 143
+    monkeypatch.setattr(sft, "_optimizer_step", real_step)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+    assert f"python -m funrl.sft --resume {cut}" in capsys.readouterr().err
+    assert [r["step"] for r in _log(cut)] == [1, 2, 3]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_000003"]  # save_every=2: the stop's
+
+    assert sft.main(["--resume", str(cut)]) == 0
+    assert [r["step"] for r in _log(cut)] == [1, 2, 3, 4, 5, 6]
+    final_a = load_file(str(whole / "checkpoints/step_000006/trained.safetensors"))
+    final_b = load_file(str(cut / "checkpoints/step_000006/trained.safetensors"))
+    for name in final_a:
+        assert torch.equal(final_a[name], final_b[name]), name
