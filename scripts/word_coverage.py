@@ -22,6 +22,7 @@ from pathlib import Path
 import jiwer
 
 from funrl.cli_help import doc_parser
+from funrl.data import ManifestError, load_manifest
 from rewards.text import tokenize
 
 BUCKETS = ((0, 0), (1, 2), (3, 9), (10, 99), (100, None))  # occurrences in the training text, inclusive
@@ -36,9 +37,8 @@ def text_counts(manifests: Iterable[Path]) -> Counter[str]:
     """How many times each word occurs in the ``text`` of the manifests' lines."""
     counts: Counter[str] = Counter()
     for path in manifests:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                counts.update(words(json.loads(line).get("text", "")))
+        for clip in load_manifest(path, check_audio=False):  # a bad line: ManifestError naming file:line
+            counts.update(words(clip.text))
     return counts
 
 
@@ -79,14 +79,19 @@ def coverage_table(rows: Iterable[dict], counts: Counter[str]) -> dict[str, tupl
 def main(argv: list[str] | None = None) -> int:
     ap = doc_parser(__doc__ or "")
     ap.add_argument("clips", type=Path, help="per-clip file of python -m funrl.eval (R.clips.jsonl)")
-    ap.add_argument("train", type=Path, nargs="+", help="training manifests (JSONL with a text field)")
+    ap.add_argument("train", type=Path, nargs="+", help="training manifests (JSONL, as funrl.sft reads them)")
     args = ap.parse_args(argv)
     for path in [args.clips, *args.train]:
         if not path.is_file():
             print(f"word_coverage: {path} does not exist", file=sys.stderr)
             return 2
     rows = [json.loads(line) for line in args.clips.read_text(encoding="utf-8").splitlines() if line.strip()]
-    table = coverage_table(rows, text_counts(args.train))
+    try:
+        counts = text_counts(args.train)
+    except ManifestError as exc:
+        print(f"word_coverage: {exc}", file=sys.stderr)
+        return 2
+    table = coverage_table(rows, counts)
     all_words = sum(t for t, _ in table.values())
     print("| times in the training text | share of the reference words | written right |")
     print("|---|---|---|")

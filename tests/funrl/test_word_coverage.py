@@ -44,8 +44,17 @@ def test_main_prints_the_table_and_refuses_a_missing_file(tmp_path, capsys) -> N
     wc = _script()
     clips, train = tmp_path / "r.clips.jsonl", tmp_path / "t.jsonl"
     clips.write_text(json.dumps({"ref": "a cat", "hyp": "a cat", "noise": False}) + "\n")
-    train.write_text(json.dumps({"text": "a cat"}) + "\n")
+    train.write_text(json.dumps({"audio": "a.wav", "text": "a cat"}) + "\n")
     assert wc.main([str(clips), str(train)]) == 0
     assert "| 1-2 | 100.0 % (2) | 100.0 % |" in capsys.readouterr().out
     assert wc.main([str(clips), str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_main_names_the_file_and_line_of_a_bad_training_manifest_line(tmp_path, capsys) -> None:
+    wc = _script()
+    clips, train = tmp_path / "r.clips.jsonl", tmp_path / "t.jsonl"
+    clips.write_text(json.dumps({"ref": "a cat", "hyp": "a cat", "noise": False}) + "\n")
+    train.write_text(json.dumps({"audio": "a.wav", "text": "a cat"}) + "\n{not json\n")
+    assert wc.main([str(clips), str(train)]) == 2
+    assert f"{train}:2:" in capsys.readouterr().err
